@@ -1,0 +1,30 @@
+"""The WebSocket close codes the relay sends, standard and application-defined."""
+
+from __future__ import annotations
+
+import enum
+
+
+class CloseCode(enum.IntEnum):
+    """Every close code the relay sends; the README's table lists the same ones."""
+
+    #: The member or the relay ended the session on purpose.
+    NORMAL = 1000
+    #: The relay is shutting down.
+    GOING_AWAY = 1001
+    #: The client broke the WebSocket protocol (unmasked frame, bad opcode, ...).
+    PROTOCOL_ERROR = 1002
+    #: A text message was not valid UTF-8.
+    INVALID_PAYLOAD = 1007
+    #: A message was larger than the relay's ``max_message_size``.
+    MESSAGE_TOO_BIG = 1009
+    #: A bug in the relay: the session could not go on.
+    INTERNAL_ERROR = 1011
+    #: A newer connection joined the same group under the same id.
+    REPLACED = 4000
+    #: The member's mailbox stayed full longer than ``slow_member_timeout``.
+    SLOW_CONSUMER = 4001
+    #: The member got the start of a message whose sender left before finishing it.
+    MESSAGE_TRUNCATED = 4002
+    #: The member did not answer the relay's ping within ``ping_timeout``.
+    KEEPALIVE_TIMEOUT = 4003

@@ -1,0 +1,261 @@
+"""Sans-I/O WebSocket framing for the relay (RFC 6455 §5).
+
+:class:`FrameParser` turns the bytes a client sends into events. Data is handed over
+as it arrives, frame boundaries or not, so the relay can forward a message of any size
+without holding it whole. The ``frame*`` functions build server frames, which are never
+masked, so one built frame serves every member of a group.
+"""
+
+from __future__ import annotations
+
+import codecs
+import struct
+
+import attrs
+
+from ._close_codes import CloseCode
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+# Close codes a peer may put on the wire (RFC 6455 §7.4; 1004-1006 and 1015 are reserved
+# for local use, 1016-2999 for future standards).
+_WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)}) | frozenset(
+    range(3000, 5000)
+)
+# Control frame payloads are at most 125 bytes; a close reason at most 123.
+_MAX_CLOSE_REASON = 123
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the session ends with ``code`` and ``reason``."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@attrs.frozen(slots=True)
+class Data:
+    """A piece of a message: ``first`` and ``last`` mark the message's ends."""
+
+    payload: bytes
+    text: bool
+    first: bool
+    last: bool
+
+
+@attrs.frozen(slots=True)
+class Ping:
+    """A ping from the client."""
+
+    payload: bytes
+
+
+@attrs.frozen(slots=True)
+class Pong:
+    """A pong from the client."""
+
+    payload: bytes
+
+
+@attrs.frozen(slots=True)
+class Close:
+    """The client's close frame (``code`` None when it carried none)."""
+
+    code: int | None
+    reason: str
+
+
+Event = Data | Ping | Pong | Close
+
+
+class FrameParser:
+    """Parse client-to-server frames; raise :class:`ProtocolError` on any violation.
+
+    Only incomplete frame headers and incomplete control frames are buffered (a few
+    bytes), never message data. After a close frame, further input is ignored.
+    """
+
+    def __init__(self, max_message_size: int | None = None) -> None:
+        self._max_message_size = max_message_size
+        self._leftover = b""
+        self._closed = False
+        # The data frame whose payload is arriving.
+        self._remaining = 0
+        self._mask = b""
+        self._fin = False
+        # The message the data belongs to.
+        self._in_message = False
+        self._started = False
+        self._text = False
+        self._size = 0
+        self._utf8: codecs.IncrementalDecoder | None = None
+
+    @property
+    def in_message(self) -> bool:
+        """True between a message's first frame and its final one."""
+        return self._in_message
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume ``data``; return the events it completes, in order."""
+        if self._closed:
+            return []
+        if self._leftover:
+            data = self._leftover + data
+            self._leftover = b""
+        events: list[Event] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                chunk = self._unmask(data[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                self._data(events, chunk, self._fin and not self._remaining)
+                continue
+            if end - pos < 2:
+                break
+            b0, b1 = data[pos], data[pos + 1]
+            if b0 & 0x70:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+            if not b1 & 0x80:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+            fin, opcode, length = bool(b0 & 0x80), b0 & 0x0F, b1 & 0x7F
+            header = 6 if length < 126 else 8 if length == 126 else 14
+            if end - pos < header:
+                break
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length too large")
+            mask = data[pos + header - 4 : pos + header]
+            if opcode >= OP_CLOSE:
+                if not fin:
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+                if length > 125:
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frame too long")
+                if end - pos - header < length:
+                    break
+                self._mask = mask
+                payload = self._unmask(data[pos + header : pos + header + length])
+                pos += header + length
+                events.append(self._control(opcode, payload))
+                if self._closed:
+                    return events
+                continue
+            if opcode == OP_CONTINUATION:
+                if not self._in_message:
+                    raise ProtocolError(
+                        CloseCode.PROTOCOL_ERROR, "continuation frame outside a message"
+                    )
+            elif opcode in (OP_TEXT, OP_BINARY):
+                if self._in_message:
+                    raise ProtocolError(
+                        CloseCode.PROTOCOL_ERROR, "new message before the previous one ended"
+                    )
+                self._in_message, self._started = True, False
+                self._text, self._size = opcode == OP_TEXT, 0
+            else:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+            self._size += length
+            if self._max_message_size is not None and self._size > self._max_message_size:
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"message larger than {self._max_message_size} bytes",
+                )
+            pos += header
+            self._mask, self._remaining, self._fin = mask, length, fin
+            if not length and (fin or not self._started):
+                self._data(events, b"", fin)
+        if pos < end:
+            self._leftover = data[pos:]
+        return events
+
+    def _unmask(self, chunk: bytes) -> bytes:
+        n = len(chunk)
+        if not n:
+            return chunk
+        mask = self._mask
+        key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "little")
+        # Keep the mask aligned for the rest of this frame's payload.
+        shift = n & 3
+        self._mask = mask[shift:] + mask[:shift]
+        return (int.from_bytes(chunk, "little") ^ key).to_bytes(n, "little")
+
+    def _data(self, events: list[Event], chunk: bytes, last: bool) -> None:
+        first = not self._started
+        self._started = True
+        if self._text:
+            try:
+                if first and last:
+                    chunk.decode("utf-8")
+                else:
+                    if first:
+                        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+                    assert self._utf8 is not None
+                    self._utf8.decode(chunk, last)
+            except UnicodeDecodeError:
+                raise ProtocolError(
+                    CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
+                ) from None
+        events.append(Data(chunk, self._text, first, last))
+        if last:
+            self._in_message = False
+            self._utf8 = None
+
+    def _control(self, opcode: int, payload: bytes) -> Event:
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        if opcode != OP_CLOSE:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        self._closed = True
+        if not payload:
+            return Close(None, "")
+        if len(payload) == 1:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        code = int.from_bytes(payload[:2], "big")
+        if code not in _WIRE_CLOSE_CODES:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                CloseCode.INVALID_PAYLOAD, "close reason is not valid UTF-8"
+            ) from None
+        return Close(code, reason)
+
+
+_HEADER_SHORT = struct.Struct("!BB")
+_HEADER_MEDIUM = struct.Struct("!BBH")
+_HEADER_LONG = struct.Struct("!BBQ")
+
+
+def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
+    """The header of an unmasked server frame carrying ``length`` payload bytes."""
+    b0 = opcode | 0x80 if fin else opcode
+    if length < 126:
+        return _HEADER_SHORT.pack(b0, length)
+    if length < 65536:
+        return _HEADER_MEDIUM.pack(b0, 126, length)
+    return _HEADER_LONG.pack(b0, 127, length)
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """An unmasked server frame."""
+    return frame_header(opcode, len(payload), fin) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; the reason is cut to fit a control frame, on a character boundary."""
+    encoded = reason.encode("utf-8")[:_MAX_CLOSE_REASON].decode("utf-8", "ignore").encode()
+    return frame(OP_CLOSE, code.to_bytes(2, "big") + encoded)

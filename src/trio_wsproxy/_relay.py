@@ -1,0 +1,234 @@
+"""The relay: listeners, the handshake phase of each connection, keepalive, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+
+import attrs
+import trio
+
+from ._close_codes import CloseCode
+from ._config import RelayConfig
+from ._groups import GroupRegistry, LocalRegistry
+from ._handshake import Join, Limits, Refusal, decide, head_complete, refuse
+from ._session import READ_SIZE, Session
+
+logger = logging.getLogger("trio_wsproxy.relay")
+
+# How long a refusal's response may take to write before the connection is dropped.
+_REFUSAL_WRITE_TIMEOUT = 2.0
+
+
+@attrs.frozen
+class RelayStats:
+    """A snapshot of what the relay carries and has carried."""
+
+    #: Groups with at least one member now.
+    groups: int
+    #: Members connected now.
+    members: int
+    #: Messages received from members and relayed, since the relay started.
+    messages: int
+    #: Payload bytes of those messages.
+    bytes: int
+    #: Copies queued for recipients (a message to a group of 10 counts 9).
+    deliveries: int
+
+
+class Relay:
+    """A running relay, as handed back by ``nursery.start(serve_relay, config)``.
+
+    Its listeners are bound when you get it; cancel the scope it runs in to stop it.
+    """
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        listeners: list[trio.abc.Listener[trio.abc.Stream]],
+        registry: GroupRegistry,
+        ports: list[int],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.listeners = listeners
+        #: The TCP ports the relay listens on (one per bound address).
+        self.ports = ports
+        #: True once shutdown has begun.
+        self.closing = False
+        self.sessions: set[Session] = set()
+        self.messages = 0
+        self.bytes = 0
+        self.deliveries = 0
+        self._limits = Limits(
+            path=config.path,
+            max_id_length=config.max_id_length,
+            max_group_length=config.max_id_length,
+            max_head_size=config.max_handshake_size,
+        )
+
+    @property
+    def port(self) -> int:
+        """The (first) port the relay listens on; useful with ``port=0``."""
+        return self.ports[0]
+
+    @property
+    def url(self) -> str:
+        """The relay's base URL, e.g. ``ws://127.0.0.1:8765/ws``."""
+        scheme = "wss" if self.config.tls else "ws"
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        elif host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}{self.config.path}"
+
+    @property
+    def stats(self) -> RelayStats:
+        """Live statistics: members and groups now, traffic since start."""
+        return RelayStats(
+            groups=self.registry.group_count,
+            members=self.registry.member_count,
+            messages=self.messages,
+            bytes=self.bytes,
+            deliveries=self.deliveries,
+        )
+
+    def group_size(self, name: str) -> int:
+        """How many members the group ``name`` has now (0 if it does not exist)."""
+        group = self.registry.group(name)
+        return len(group.members) if group is not None else 0
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        remote = _remote_address(stream)
+        accepted = False
+        try:
+            decision, leftover = await self._read_handshake(stream)
+            if isinstance(decision, Refusal):
+                logger.info("refused %s: %d %s", remote, decision.status, decision.reason)
+                with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
+                    await stream.send_all(decision.response)
+                return
+            await stream.send_all(decision.response)
+            accepted = True
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            logger.debug("connection from %s lost during the handshake: %s", remote, exc)
+            return
+        finally:
+            if not accepted:
+                await trio.aclose_forcefully(stream)
+        session = Session(self, stream, decision.id, decision.group, remote, leftover)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def _read_handshake(self, stream: trio.abc.Stream) -> tuple[Join | Refusal, bytes]:
+        buffer = bytearray()
+        with trio.move_on_after(self.config.handshake_timeout):
+            while True:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    raise trio.BrokenResourceError("closed before finishing its request")
+                buffer += data
+                complete = head_complete(buffer, self._limits)
+                if isinstance(complete, Refusal):
+                    return complete, b""
+                if complete:
+                    end = buffer.index(b"\r\n\r\n") + 4
+                    return decide(bytes(buffer[:end]), self._limits), bytes(buffer[end:])
+        return (
+            refuse(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"request not complete within {self.config.handshake_timeout:g}s",
+            ),
+            b"",
+        )
+
+    async def _keepalive(self, interval: float) -> None:
+        timeout = self.config.ping_timeout
+        # Timestamps are taken per tick, not per read: the hot path only counts reads.
+        tick = min(interval, timeout) / 4
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for session in list(self.sessions):
+                session.keepalive(now, interval, timeout)
+
+    def _shut_down(self) -> None:
+        self.closing = True
+        for session in list(self.sessions):
+            session.close(CloseCode.GOING_AWAY, "relay shutting down")
+
+
+async def serve_relay(
+    config: RelayConfig | None = None,
+    *,
+    registry: GroupRegistry | None = None,
+    task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a relay until cancelled: ``relay = await nursery.start(serve_relay, config)``.
+
+    The listeners are bound before ``nursery.start`` returns the :class:`Relay`.
+    Cancelling closes every session with 1001 (each gets ``close_timeout`` to finish its
+    close handshake) and then returns.
+    """
+    config = config or RelayConfig()
+    if config.log_level is not None:
+        logging.getLogger("trio_wsproxy").setLevel(config.log_level.upper())
+    tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+    ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp_listeners)
+    if config.tls:
+        assert config.certfile is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.certfile, config.keyfile)
+        listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
+    relay = Relay(config, listeners, registry or LocalRegistry(), ports)
+    async with trio.open_nursery() as nursery:
+        if config.ping_interval is not None:
+            nursery.start_soon(relay._keepalive, config.ping_interval)
+        await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)
+        logger.info("relay listening on %s", relay.url)
+        task_status.started(relay)
+        try:
+            await trio.sleep_forever()
+        finally:
+            relay._shut_down()
+
+
+@asynccontextmanager
+async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
+    """Run a relay for the duration of an ``async with`` block (tests, embedding)::
+
+    async with open_relay(RelayConfig(port=0)) as relay:
+        ...  # connect to relay.url
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            relay: Relay = await nursery.start(serve_relay, config)
+            try:
+                yield relay
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The relay itself does not fail; an error here almost always comes from the
+        # caller's block, which should see its own exception, not a group of one.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+def _remote_address(stream: trio.abc.Stream) -> str:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        try:
+            address = inner.socket.getpeername()
+        except OSError:
+            return "?"
+        return f"{address[0]}:{address[1]}"
+    return "?"

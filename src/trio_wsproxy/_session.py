@@ -1,0 +1,311 @@
+"""One member's session: a receiver task that reads and fans out, a sender task that
+drains the member's mailbox onto its socket."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._close_codes import CloseCode
+from ._frames import (
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Close,
+    Data,
+    FrameParser,
+    Ping,
+    ProtocolError,
+    close_frame,
+    frame,
+    frame_header,
+)
+from ._mailbox import Mailbox
+
+if TYPE_CHECKING:
+    from ._groups import Group
+    from ._relay import Relay
+
+logger = logging.getLogger("trio_wsproxy.relay")
+
+# Bytes asked of the socket per read: large enough that a burst of small messages is
+# parsed in one go, small enough not to allocate much per read.
+READ_SIZE = 65536
+# The sender writes at most about this much per send_all, so a member that drains
+# slowly still shows progress (and frees mailbox room) often.
+WRITE_BATCH = 262144
+# A message that has not ended after this many bytes is forwarded piece by piece as it
+# arrives instead of being assembled; below it, a message goes out as one frame.
+STREAM_THRESHOLD = 262144
+_PING_FRAME = frame(OP_PING, b"")
+
+
+class Session:
+    """A connected member. Created after a successful upgrade; :meth:`run` owns its tasks."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        stream: trio.abc.Stream,
+        member_id: str,
+        group_name: str,
+        remote: str,
+        leftover: bytes = b"",
+    ) -> None:
+        self.id = member_id
+        self.group_name = group_name
+        self.remote = remote
+        self.mailbox = Mailbox(relay.config.mailbox_bytes)
+        self._relay = relay
+        self._stream = stream
+        self._leftover = leftover
+        self._group: Group | None = None
+        # Shielded: the relay's cancellation must not cut a session mid-frame; close()
+        # ends it instead, and its deadline bounds how long ending may take.
+        self._scope = trio.CancelScope(shield=True)
+        self._close: tuple[int, str] | None = None
+        # Set when the member's close frame arrived (or its connection is gone): the
+        # sender may then close TCP. _eof: the connection is gone, write nothing more.
+        self._peer_closed = trio.Event()
+        self._eof = False
+        # The message being streamed to the group, and who it is going to.
+        self._stream_to: tuple[Session, ...] = ()
+        self._parts: list[bytes] = []
+        self._parts_size = 0
+        self._opcode = OP_BINARY
+        self._streaming = False
+        # Keepalive bookkeeping, read by the relay's keepalive task.
+        self.reads = 0
+        self.reads_seen = 0
+        self.heard_at = trio.current_time()
+        self.pinged_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session id={self.id!r} group={self.group_name!r} remote={self.remote}>"
+
+    @property
+    def closing(self) -> bool:
+        """True once the session has started to close, for whatever reason."""
+        return self._close is not None
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave the group now and end the session with ``code`` (callable from any task).
+
+        What is still queued for the member is discarded: the close code tells its
+        client that it may have missed messages. The first call decides the code.
+        """
+        if self._close is not None:
+            return
+        self._close = (code, reason)
+        self._relay.registry.leave(self)
+        self.mailbox.close()
+        self._scope.deadline = min(
+            self._scope.deadline, trio.current_time() + self._relay.config.close_timeout
+        )
+        level = logging.INFO if code in _NOTEWORTHY else logging.DEBUG
+        logger.log(level, "closing %r with %d: %s", self, code, reason)
+
+    async def run(self) -> None:
+        """Serve the member until the session ends; never raises for a client's fault."""
+        relay = self._relay
+        try:
+            with self._scope:
+                self._group = await relay.registry.join(self)
+                logger.info("%r joined", self)
+                if relay.closing:
+                    self.close(CloseCode.GOING_AWAY, "relay shutting down")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._send_loop, nursery.cancel_scope)
+                    await self._receive_loop()
+        finally:
+            relay.registry.leave(self)
+            self._end_stream(truncated=True)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+            code = self._close[0] if self._close else None
+            logger.info("%r left (close code %s)", self, code)
+
+    async def _receive_loop(self) -> None:
+        parser = FrameParser(self._relay.config.max_message_size)
+        stream = self._stream
+        data = self._leftover
+        self._leftover = b""
+        while True:
+            if data:
+                self.reads += 1
+                try:
+                    events = parser.feed(data)
+                except ProtocolError as exc:
+                    # Fail the connection (RFC 6455 §7.1.7): no close reply is awaited.
+                    self.close(exc.code, exc.reason)
+                    self._peer_closed.set()
+                    return
+                for event in events:
+                    if type(event) is Data:
+                        if self._close is None:
+                            await self._on_data(event)
+                    elif type(event) is Ping:
+                        await self._deliver(frame(OP_PONG, event.payload), (self,))
+                    elif type(event) is Close:
+                        # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
+                        code = event.code if event.code is not None else CloseCode.NORMAL
+                        self.close(code, event.reason)
+                        self._peer_closed.set()
+                        return
+                    # A pong only proves the member is alive, which self.reads records.
+            try:
+                received = await stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                received = b""
+            data = received if isinstance(received, bytes) else bytes(received)
+            if not data:
+                self._peer_gone("connection closed without a close frame")
+                return
+
+    def _peer_gone(self, reason: str) -> None:
+        self._eof = True
+        self._peer_closed.set()
+        if self._close is None:
+            logger.debug("%r: %s", self, reason)
+            self.close(CloseCode.NORMAL, reason)
+            # Nobody is left to hear a close frame.
+            self._scope.cancel()
+
+    async def _send_loop(self, session_scope: trio.CancelScope) -> None:
+        mailbox, stream = self.mailbox, self._stream
+        try:
+            while self._close is None:
+                batch, size = await mailbox.take(WRITE_BATCH)
+                if self._close is not None:
+                    break
+                await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                mailbox.written(size)
+            assert self._close is not None
+            if not self._eof:
+                await stream.send_all(close_frame(*self._close))
+            # RFC 6455 §7.1.1: the server closes TCP once both close frames were seen.
+            await self._peer_closed.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._peer_gone("connection lost while writing")
+        session_scope.cancel()
+
+    async def _on_data(self, event: Data) -> None:
+        payload = event.payload
+        relay = self._relay
+        if event.first:
+            self._opcode = OP_TEXT if event.text else OP_BINARY
+            if event.last:
+                relay.messages += 1
+                relay.bytes += len(payload)
+                await self._broadcast(frame_header(self._opcode, len(payload)) + payload)
+                return
+            self._parts, self._parts_size, self._streaming = [], 0, False
+        relay.bytes += len(payload)
+        if self._streaming:
+            await self._forward(OP_CONTINUATION, payload, event.last)
+            return
+        self._parts.append(payload)
+        self._parts_size += len(payload)
+        if event.last:
+            relay.messages += 1
+            whole = b"".join(self._parts)
+            self._parts = []
+            await self._broadcast(frame_header(self._opcode, len(whole)) + whole)
+        elif self._parts_size >= STREAM_THRESHOLD:
+            await self._start_stream()
+            first = b"".join(self._parts)
+            self._parts = []
+            await self._forward(self._opcode, first, False)
+
+    async def _broadcast(self, data: bytes) -> None:
+        """Queue one framed message for every other member of the group."""
+        group = self._group
+        assert group is not None
+        if group.streamer is not None:
+            await self._wait_for_stream(group)
+        blocked: list[Session] | None = None
+        recipients = group.sessions
+        for member in recipients:
+            if member is not self and not member.mailbox.offer(data):
+                if blocked is None:
+                    blocked = []
+                blocked.append(member)
+        self._relay.deliveries += len(recipients) - 1
+        if blocked is not None:
+            await self._deliver(data, blocked)
+
+    async def _deliver(self, data: bytes, members: tuple[Session, ...] | list[Session]) -> None:
+        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full.
+
+        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
+        4001: the group waits that long for it at most.
+        """
+        timeout = self._relay.config.slow_member_timeout
+        for member in members:
+            mailbox = member.mailbox
+            while not mailbox.offer(data):
+                if mailbox.full_since is None:
+                    mailbox.full_since = trio.current_time()
+                if not await mailbox.wait_room(mailbox.full_since + timeout):
+                    member.close(
+                        CloseCode.SLOW_CONSUMER,
+                        f"mailbox full for {timeout:g}s: member reads too slowly",
+                    )
+
+    async def _wait_for_stream(self, group: Group) -> None:
+        while group.streamer is not None and group.streamer is not self:
+            await group.stream_done.wait()
+
+    async def _start_stream(self) -> None:
+        group = self._group
+        assert group is not None
+        await self._wait_for_stream(group)
+        group.streamer = self
+        group.stream_done = trio.Event()
+        self._stream_to = tuple(member for member in group.sessions if member is not self)
+        self._streaming = True
+        self._relay.deliveries += len(self._stream_to)
+
+    async def _forward(self, opcode: int, payload: bytes, last: bool) -> None:
+        """Forward one piece of a streaming message to the members it started with."""
+        await self._deliver(frame(opcode, payload, last), self._stream_to)
+        if last:
+            self._relay.messages += 1
+            self._end_stream(truncated=False)
+
+    def _end_stream(self, truncated: bool) -> None:
+        group = self._group
+        if not self._streaming or group is None:
+            return
+        if truncated:
+            for member in self._stream_to:
+                member.close(
+                    CloseCode.MESSAGE_TRUNCATED,
+                    "a message was cut off: its sender left mid-message",
+                )
+        self._streaming = False
+        self._stream_to = ()
+        if group.streamer is self:
+            group.streamer = None
+            group.stream_done.set()
+
+    def keepalive(self, now: float, interval: float, timeout: float) -> None:
+        """Called by the relay's keepalive task: ping a silent member, close a dead one."""
+        if self.reads != self.reads_seen:
+            self.reads_seen = self.reads
+            self.heard_at = now
+            self.pinged_at = None
+        elif self.pinged_at is None:
+            if now - self.heard_at >= interval:
+                self.pinged_at = now
+                self.mailbox.offer_control(_PING_FRAME)
+        elif now - self.pinged_at >= timeout:
+            self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
+
+
+# Closes worth a line at INFO; the rest (normal closes) are DEBUG.
+_NOTEWORTHY = frozenset(CloseCode) - {CloseCode.NORMAL, CloseCode.GOING_AWAY}

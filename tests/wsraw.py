@@ -1,0 +1,152 @@
+"""A deliberately bare WebSocket client for tests: exact bytes in, exact frames out.
+
+Well-behaved clients (trio-websocket) cannot send unmasked frames, broken UTF-8 or half a
+handshake; this one can, and it reads server frames one by one, so a test can check
+fragmentation and close codes exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import trio
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
+    """A client frame, masked unless told otherwise."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    stream = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+    body = (int.from_bytes(payload, "little") ^ stream).to_bytes(n, "little") if n else b""
+    return head + key + body
+
+
+class RawClient:
+    """One TCP connection speaking WebSocket by hand."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    @classmethod
+    async def open(cls, port: int, target: str = "/ws?id=raw&groupName=g") -> RawClient:
+        """Connect and upgrade; fails the test unless the relay answers 101."""
+        client = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        status, _headers, body = await client.handshake(target)
+        assert status == 101, (status, body)
+        return client
+
+    async def handshake(self, target: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+        key = base64.b64encode(os.urandom(16)).decode()
+        await self.stream.send_all(
+            (
+                f"GET {target} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+            ).encode()
+        )
+        return await self.read_response()
+
+    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        """Read an HTTP response head (and, for a refusal, its body)."""
+        while b"\r\n\r\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            assert data, "connection closed before a response"
+            self.buffer += data
+        end = self.buffer.index(b"\r\n\r\n") + 4
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        del self.buffer[:end]
+        lines = head.split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = b""
+        if status != 101:
+            length = int(headers.get("content-length", "0"))
+            while len(self.buffer) < length:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    break
+                self.buffer += data
+            body = bytes(self.buffer[:length])
+        return status, headers, body
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send_frame(
+        self, opcode: int, payload: bytes, fin: bool = True, masked: bool = True
+    ) -> None:
+        await self.stream.send_all(mask_frame(opcode, payload, fin, masked))
+
+    async def _need(self, n: int) -> None:
+        while len(self.buffer) < n:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.buffer += data
+
+    async def recv_frame(self) -> tuple[bool, int, bytes]:
+        """The next server frame: (fin, opcode, payload)."""
+        await self._need(2)
+        b0, b1 = self.buffer[0], self.buffer[1]
+        assert not b1 & 0x80, "server frames must not be masked"
+        n, head = b1 & 0x7F, 2
+        if n == 126:
+            await self._need(4)
+            n, head = struct.unpack("!H", self.buffer[2:4])[0], 4
+        elif n == 127:
+            await self._need(10)
+            n, head = struct.unpack("!Q", self.buffer[2:10])[0], 10
+        await self._need(head + n)
+        payload = bytes(self.buffer[head : head + n])
+        del self.buffer[: head + n]
+        return bool(b0 & 0x80), b0 & 0x0F, payload
+
+    async def recv_message(self) -> tuple[int, bytes]:
+        """The next data message, fragments joined; control frames other than close skipped.
+
+        A close frame comes back as (OP_CLOSE, payload)."""
+        parts: list[bytes] = []
+        opcode = None
+        while True:
+            fin, op, payload = await self.recv_frame()
+            if op == OP_CLOSE:
+                return op, payload
+            if op in (OP_PING, OP_PONG):
+                continue
+            if opcode is None:
+                assert op in (OP_TEXT, OP_BINARY), f"message starts with opcode {op}"
+                opcode = op
+            else:
+                assert op == OP_CONT, "two messages interleaved"
+            parts.append(payload)
+            if fin:
+                return opcode, b"".join(parts)
+
+    async def expect_close(self) -> tuple[int, str]:
+        """Skip data until the close frame; return its (code, reason)."""
+        while True:
+            op, payload = await self.recv_message()
+            if op == OP_CLOSE:
+                return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -45,9 +45,15 @@ def test_a_small_message_is_one_event() -> None:
 
 
 def test_several_frames_in_one_read() -> None:
-    data = mask_frame(OP_TEXT, b"a") + mask_frame(OP_BINARY, b"\x00\xff") + mask_frame(OP_PING, b"p")
+    data = (
+        mask_frame(OP_TEXT, b"a") + mask_frame(OP_BINARY, b"\x00\xff") + mask_frame(OP_PING, b"p")
+    )
     events = FrameParser().feed(data)
-    assert events == [Data(b"a", True, True, True), Data(b"\x00\xff", False, True, True), Ping(b"p")]
+    assert events == [
+        Data(b"a", True, True, True),
+        Data(b"\x00\xff", False, True, True),
+        Ping(b"p"),
+    ]
 
 
 def test_payload_is_handed_over_before_the_frame_ends() -> None:
@@ -97,7 +103,10 @@ def test_empty_messages_are_messages() -> None:
         (mask_frame(0x3, b"x"), CloseCode.PROTOCOL_ERROR),  # reserved data opcode
         (mask_frame(0xB, b"x"), CloseCode.PROTOCOL_ERROR),  # reserved control opcode
         (mask_frame(OP_CONT, b"x"), CloseCode.PROTOCOL_ERROR),  # nothing to continue
-        (mask_frame(OP_TEXT, b"a", fin=False) + mask_frame(OP_TEXT, b"b"), CloseCode.PROTOCOL_ERROR),
+        (
+            mask_frame(OP_TEXT, b"a", fin=False) + mask_frame(OP_TEXT, b"b"),
+            CloseCode.PROTOCOL_ERROR,
+        ),
         (mask_frame(OP_PING, b"x", fin=False), CloseCode.PROTOCOL_ERROR),
         (mask_frame(OP_PING, b"x" * 126), CloseCode.PROTOCOL_ERROR),
         (mask_frame(OP_CLOSE, b"\x03"), CloseCode.PROTOCOL_ERROR),  # 1-byte close payload
@@ -133,7 +142,9 @@ def test_utf8_character_split_across_frames_is_fine() -> None:
 
 def test_truncated_text_at_message_end_is_invalid() -> None:
     with pytest.raises(ProtocolError) as info:
-        FrameParser().feed(mask_frame(OP_TEXT, "€".encode()[:2], fin=False) + mask_frame(OP_CONT, b""))
+        FrameParser().feed(
+            mask_frame(OP_TEXT, "€".encode()[:2], fin=False) + mask_frame(OP_CONT, b"")
+        )
     assert info.value.code == CloseCode.INVALID_PAYLOAD
 
 

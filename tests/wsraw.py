@@ -142,9 +142,9 @@ class RawClient:
                 return opcode, b"".join(parts)
 
     async def expect_close(self) -> tuple[int, str]:
-        """Skip data until the close frame; return its (code, reason)."""
+        """Skip frames until the close frame; return its (code, reason)."""
         while True:
-            op, payload = await self.recv_message()
+            _fin, op, payload = await self.recv_frame()
             if op == OP_CLOSE:
                 return int.from_bytes(payload[:2], "big"), payload[2:].decode()
 

@@ -112,9 +112,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    failure: OSError | None = None
     try:
         trio.run(_serve, config)
-    except OSError as exc:
+    except* OSError as group:
         # Port in use, bad address, unreadable certificate: say so in one line.
-        print(f"trio-wsproxy: cannot serve: {exc}", file=sys.stderr)
+        failure = group.exceptions[0]  # type: ignore[assignment]
+    if failure is not None:
+        print(f"trio-wsproxy: cannot serve: {failure}", file=sys.stderr)
         sys.exit(1)

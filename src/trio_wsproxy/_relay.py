@@ -63,6 +63,7 @@ class Relay:
         self.messages = 0
         self.bytes = 0
         self.deliveries = 0
+        self._membership_changed = trio.Event()
         self._limits = Limits(
             path=config.path,
             max_id_length=config.max_id_length,
@@ -101,6 +102,24 @@ class Relay:
         """How many members the group ``name`` has now (0 if it does not exist)."""
         group = self.registry.group(name)
         return len(group.members) if group is not None else 0
+
+    async def wait_members(self, count: int, group: str | None = None) -> None:
+        """Wait until the relay has exactly ``count`` members (in ``group``, if given).
+
+        For tests and orchestration: joins and leaves are asynchronous, so a client's
+        connect returning does not mean the relay has already registered it. Time out
+        with the caller's cancel scope.
+        """
+        while True:
+            now = self.group_size(group) if group is not None else self.registry.member_count
+            if now == count:
+                return
+            await self._membership_changed.wait()
+
+    def membership_changed(self) -> None:
+        """Called by sessions on every join and leave; wakes :meth:`wait_members`."""
+        self._membership_changed.set()
+        self._membership_changed = trio.Event()
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         remote = _remote_address(stream)

@@ -102,6 +102,7 @@ class Session:
             return
         self._close = (code, reason)
         self._relay.registry.leave(self)
+        self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
             self._scope.deadline, trio.current_time() + self._relay.config.close_timeout
@@ -115,6 +116,7 @@ class Session:
         try:
             with self._scope:
                 self._group = await relay.registry.join(self)
+                relay.membership_changed()
                 logger.info("%r joined", self)
                 if relay.closing:
                     self.close(CloseCode.GOING_AWAY, "relay shutting down")
@@ -123,6 +125,7 @@ class Session:
                     await self._receive_loop()
         finally:
             relay.registry.leave(self)
+            relay.membership_changed()
             self._end_stream(truncated=True)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)

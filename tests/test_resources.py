@@ -1,0 +1,106 @@
+"""What the relay process costs: flat memory for huge messages, no CPU when idle.
+
+These run the relay as its own process (``python -m trio_wsproxy serve``) and read its
+peak memory and CPU time from /proc, as an operator would see them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from wsraw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, RawClient
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+async def relay_process() -> AsyncIterator[tuple[int, int]]:
+    """(pid, port) of a relay running as its own process."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = b""
+    with trio.fail_after(20):
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1)
+            assert chunk, "relay exited early"
+            line += chunk
+    port = int(line.decode().rsplit(":", 1)[1].split("/")[0])
+    try:
+        yield process.pid, port
+    finally:
+        process.terminate()
+        with trio.fail_after(10):
+            await process.wait()
+
+
+async def test_a_256_mib_message_crosses_the_relay_intact_with_flat_memory(
+    relay_process: tuple[int, int],
+) -> None:
+    pid, port = relay_process
+    sender = await RawClient.open(port, "/ws?id=sender&groupName=bulk")
+    receiver = await RawClient.open(port, "/ws?id=receiver&groupName=bulk")
+    # A pong proves the receiver's session is reading, so it has joined its group.
+    await receiver.send_frame(OP_PING, b"")
+    assert (await receiver.recv_frame())[1] == OP_PONG
+    chunk = os.urandom(1 << 20)
+    count = 256
+    expected = hashlib.sha256()
+
+    async def send() -> None:
+        for i in range(count):
+            piece = chunk[i:] + chunk[:i]  # every MiB different, so order errors show
+            expected.update(piece)
+            await sender.send_frame(OP_BINARY if i == 0 else OP_CONT, piece, fin=i == count - 1)
+
+    received = hashlib.sha256()
+    size = 0
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while True:
+                fin, _opcode, payload = await receiver.recv_frame()
+                received.update(payload)
+                size += len(payload)
+                if fin:
+                    break
+    assert size == count << 20
+    assert received.digest() == expected.digest()
+    assert peak_rss_mib(pid) < 64
+
+
+async def test_a_thousand_idle_members_cost_no_cpu(relay_process: tuple[int, int]) -> None:
+    pid, port = relay_process
+    clients = []
+    for i in range(1000):
+        clients.append(await RawClient.open(port, f"/ws?id=m{i}&groupName=g{i // 4}"))
+    await trio.sleep(0.5)
+    before = cpu_seconds(pid)
+    await trio.sleep(3)
+    used = cpu_seconds(pid) - before
+    assert used / 3 < 0.01, f"idle relay used {100 * used / 3:.1f}% CPU"
+    for client in clients:
+        await client.aclose()

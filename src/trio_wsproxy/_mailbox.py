@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import math
+import os
 
 import trio
+
+#: :meth:`Mailbox.offer` results.
+FULL = 0
+QUEUED = 1
+#: Queued and held for a direct write: the caller must call :meth:`Mailbox.flush`
+#: before it next yields to the scheduler.
+HELD = 2
 
 
 class Mailbox:
     """Outgoing frames of one member, in order, on a Trio memory channel.
 
     Producers (the receivers of the other members) never block in :meth:`offer`: it
-    queues a frame if it fits and says False otherwise, and the producer decides how
-    long to wait in :meth:`wait_room`. The member's sender task takes everything queued
-    at once (:meth:`take`), writes it, then reports the bytes :meth:`written`, so bytes
-    being written still count against the bound.
+    queues a frame if it fits and says FULL otherwise, and the producer decides how long
+    to wait in :meth:`wait_room`. The member's sender task takes everything queued at
+    once (:meth:`take`), writes it, then reports the bytes :meth:`written`, so bytes being
+    written still count against the bound.
+
+    The direct path: when nothing is queued, the sender task is idle, so a producer may
+    write to the member's socket itself (``fd``) instead of waking the sender — the
+    same bytes in the same order, one task switch fewer. Frames offered while nothing
+    is queued are held (HELD) until the producer's :meth:`flush`, which writes what the
+    socket takes at once and hands any rest to the sender task through the channel.
     """
 
-    __slots__ = ("_receive", "_room", "_send", "capacity", "closed", "full_since", "queued")
+    __slots__ = (
+        "_held",
+        "_receive",
+        "_room",
+        "_send",
+        "capacity",
+        "closed",
+        "fd",
+        "full_since",
+        "queued",
+    )
 
     def __init__(self, capacity: int) -> None:
         # Unbounded as a channel: the bound is in bytes, enforced by offer().
         self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
         self._room: trio.Event | None = None
+        self._held: list[bytes] | None = None
         self.capacity = capacity
         #: Bytes accepted and not yet written.
         self.queued = 0
@@ -30,23 +55,57 @@ class Mailbox:
         self.full_since: float | None = None
         #: Set by :meth:`close`; a closed mailbox accepts and discards everything.
         self.closed = False
+        #: The member's socket, for direct writes; None where that is not possible (TLS).
+        self.fd: int | None = None
 
-    def offer(self, frame: bytes) -> bool:
-        """Queue ``frame`` if it fits; a frame always fits an empty mailbox."""
+    def offer(self, frame: bytes) -> int:
+        """Queue ``frame`` if it fits (a frame always fits an empty mailbox): QUEUED, or
+        HELD when the caller must :meth:`flush`; FULL when it does not fit."""
         if self.closed:
-            return True
+            return QUEUED
         queued = self.queued
-        if queued and queued + len(frame) > self.capacity:
-            return False
-        self.queued = queued + len(frame)
+        if queued:
+            if queued + len(frame) > self.capacity:
+                return FULL
+            self.queued = queued + len(frame)
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self._send.send_nowait(frame)
+            return QUEUED
+        self.queued = len(frame)
+        if self.fd is not None:
+            self._held = [frame]
+            return HELD
         self._send.send_nowait(frame)
-        return True
+        return QUEUED
 
     def offer_control(self, frame: bytes) -> None:
         """Queue a small control frame (ping, pong) regardless of the bound."""
         if not self.closed:
             self.queued += len(frame)
-            self._send.send_nowait(frame)
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self._send.send_nowait(frame)
+
+    def flush(self) -> None:
+        """Write held frames straight to the socket; what it does not take goes to the
+        sender task. Only the producer that got HELD calls this, before it yields."""
+        held, self._held = self._held, None
+        if held is None or self.closed or self.fd is None:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        try:
+            written = os.write(self.fd, data)
+        except OSError:
+            # Would block, or the connection is broken: the sender task's own write
+            # waits for room or reports the error and ends the session.
+            written = 0
+        if written:
+            self.written(written)
+        if written < len(data):
+            self._send.send_nowait(data[written:] if written else data)
 
     async def wait_room(self, deadline: float) -> bool:
         """Wait until a write frees room or the mailbox closes; False at ``deadline``."""
@@ -73,7 +132,7 @@ class Mailbox:
         return batch, size
 
     def written(self, size: int) -> None:
-        """The sender wrote ``size`` bytes it had taken: make room and wake producers."""
+        """``size`` bytes taken from the mailbox were written: make room, wake producers."""
         self.queued -= size
         self.full_since = None
         if self._room is not None:
@@ -81,10 +140,15 @@ class Mailbox:
             self._room = None
 
     def close(self) -> None:
-        """Discard what is queued from now on, wake the sender and any waiting producer."""
+        """Discard what is queued from now on, wake the sender and any waiting producer.
+
+        Also ends direct writes, before the member's socket is closed and its number
+        can be reused."""
         if self.closed:
             return
         self.closed = True
+        self.fd = None
+        self._held = None
         self._send.send_nowait(b"")
         if self._room is not None:
             self._room.set()

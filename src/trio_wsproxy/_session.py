@@ -4,6 +4,7 @@ drains the member's mailbox onto its socket."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +25,7 @@ from ._frames import (
     frame,
     frame_header,
 )
-from ._mailbox import Mailbox
+from ._mailbox import FULL, HELD, Mailbox
 
 if TYPE_CHECKING:
     from ._groups import Group
@@ -60,6 +61,8 @@ class Session:
         self.group_name = group_name
         self.remote = remote
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
+        if isinstance(stream, trio.SocketStream) and os.name == "posix":
+            self.mailbox.fd = stream.socket.fileno()
         self._relay = relay
         self._stream = stream
         self._leftover = leftover
@@ -74,6 +77,9 @@ class Session:
         self._eof = False
         # The message being streamed to the group, and who it is going to.
         self._stream_to: tuple[Session, ...] = ()
+        # Mailboxes this receiver holds frames in for a direct write (see Mailbox):
+        # flushed after each read's events, and before anything that may yield.
+        self._held: list[Mailbox] = []
         self._parts: list[bytes] = []
         self._parts_size = 0
         self._opcode = OP_BINARY
@@ -126,6 +132,7 @@ class Session:
         finally:
             relay.registry.leave(self)
             relay.membership_changed()
+            self.mailbox.close()
             self._end_stream(truncated=True)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
@@ -137,6 +144,14 @@ class Session:
         stream = self._stream
         data = self._leftover
         self._leftover = b""
+        try:
+            await self._read_and_fan_out(parser, stream, data)
+        finally:
+            self._flush()
+
+    async def _read_and_fan_out(
+        self, parser: FrameParser, stream: trio.abc.Stream, data: bytes
+    ) -> None:
         while True:
             if data:
                 self.reads += 1
@@ -160,14 +175,35 @@ class Session:
                         self._peer_closed.set()
                         return
                     # A pong only proves the member is alive, which self.reads records.
-            try:
-                received = await stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                received = b""
-            data = received if isinstance(received, bytes) else bytes(received)
+                self._flush()
+            data = await self._receive_some(stream)
             if not data:
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    async def _receive_some(self, stream: trio.abc.Stream) -> bytes:
+        """The next bytes from the member; b"" when its connection is gone."""
+        fd = self.mailbox.fd
+        if fd is None:
+            try:
+                received = await stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            return received if isinstance(received, bytes) else bytes(received)
+        # Plain TCP: wait first, then read once. Having just drained the socket, a read
+        # attempt before waiting would almost always fail with EAGAIN — a wasted syscall
+        # per message where messages come one per read (ping-pong, small groups).
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                return b""
+            try:
+                return os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
 
     def _peer_gone(self, reason: str) -> None:
         self._eof = True
@@ -231,12 +267,17 @@ class Session:
         if group.streamer is not None:
             await self._wait_for_stream(group)
         blocked: list[Session] | None = None
+        held = self._held
         recipients = group.sessions
         for member in recipients:
-            if member is not self and not member.mailbox.offer(data):
-                if blocked is None:
-                    blocked = []
-                blocked.append(member)
+            if member is not self:
+                result = member.mailbox.offer(data)
+                if result == HELD:
+                    held.append(member.mailbox)
+                elif result == FULL:
+                    if blocked is None:
+                        blocked = []
+                    blocked.append(member)
         self._relay.deliveries += len(recipients) - 1
         if blocked is not None:
             await self._deliver(data, blocked)
@@ -250,7 +291,16 @@ class Session:
         timeout = self._relay.config.slow_member_timeout
         for member in members:
             mailbox = member.mailbox
-            while not mailbox.offer(data):
+            while True:
+                result = mailbox.offer(data)
+                if result == HELD:
+                    self._held.append(mailbox)
+                if result != FULL:
+                    break
+                if self._held:
+                    # Flushing may write this very mailbox out: offer again first.
+                    self._flush()
+                    continue
                 if mailbox.full_since is None:
                     mailbox.full_since = trio.current_time()
                 if not await mailbox.wait_room(mailbox.full_since + timeout):
@@ -259,8 +309,14 @@ class Session:
                         f"mailbox full for {timeout:g}s: member reads too slowly",
                     )
 
+    def _flush(self) -> None:
+        for mailbox in self._held:
+            mailbox.flush()
+        self._held.clear()
+
     async def _wait_for_stream(self, group: Group) -> None:
         while group.streamer is not None and group.streamer is not self:
+            self._flush()
             await group.stream_done.wait()
 
     async def _start_stream(self) -> None:

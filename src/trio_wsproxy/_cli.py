@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -15,6 +17,7 @@ import trio
 
 from ._config import RelayConfig
 from ._relay import serve_relay
+from ._tokens import mint_token
 
 logger = logging.getLogger("trio_wsproxy.cli")
 
@@ -55,6 +58,16 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_handshake_size": parse_size,
     "max_id_length": int,
     "close_timeout": float,
+    "healthz_path": _optional(str),
+    "metrics_path": _optional(str),
+    "token_secret_file": str,
+    "allowed_origins": str,
+    "max_members": _optional(int),
+    "max_group_members": _optional(int),
+    "max_groups": _optional(int),
+    "max_message_rate": _optional(float),
+    "max_byte_rate": _optional(parse_size),
+    "log_format": str,
 }
 
 
@@ -70,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for field in attrs.fields(RelayConfig):
+        if field.metadata.get("env"):
+            continue  # a secret: from the environment, never from the command line
         default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
         serve.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
@@ -79,13 +96,92 @@ def build_parser() -> argparse.ArgumentParser:
             help=field.metadata["help"],
             metavar=field.name.upper(),
         )
+    token = commands.add_parser(
+        "token",
+        help="mint an access token for a relay that has a token secret",
+        description="Print an HS256 access token for one member id and its groups. The "
+        "secret comes from --secret-file or the TRIO_WSPROXY_TOKEN_SECRET variable.",
+    )
+    token.add_argument("--secret-file", help="file holding the relay's token secret")
+    token.add_argument("--id", required=True, dest="member_id", help="the member id")
+    token.add_argument(
+        "--group",
+        required=True,
+        action="append",
+        dest="groups",
+        help="a group it may join; a trailing * makes it a prefix (repeatable)",
+    )
+    token.add_argument(
+        "--ttl", default="1h", type=parse_duration, help="lifetime: 3600, 90s, 30m, 12h, 7d"
+    )
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RelayConfig:
-    """The RelayConfig the parsed ``serve`` flags describe."""
-    values = {field.name: getattr(args, field.name) for field in attrs.fields(RelayConfig)}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"3600"``, ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``: seconds as a float."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 30m, 12h, 7d)")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def _mint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.secret_file:
+        try:
+            with open(args.secret_file, encoding="utf-8") as file:
+                secret = file.read().strip()
+        except OSError as exc:
+            parser.error(f"cannot read the secret file: {exc}")
+    else:
+        secret = os.environ.get("TRIO_WSPROXY_TOKEN_SECRET", "")
+    if not secret:
+        parser.error("no secret: give --secret-file or set TRIO_WSPROXY_TOKEN_SECRET")
+    try:
+        print(mint_token(secret, args.member_id, args.groups, args.ttl))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> RelayConfig:
+    """The RelayConfig the parsed ``serve`` flags (and the environment's secrets) describe."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in attrs.fields(RelayConfig):
+        env = field.metadata.get("env")
+        values[field.name] = environ.get(env) or None if env else getattr(args, field.name)
     return RelayConfig(**values)
+
+
+# Attributes every LogRecord has; anything else was passed as ``extra`` and is a field.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's extra
+    fields (member, group, remote, code, reason, status)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
 
 
 async def _serve(config: RelayConfig) -> None:
@@ -103,15 +199,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``trio-wsproxy`` console script and ``python -m trio_wsproxy``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        _mint(args, parser)
+        return
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=(config.log_level or "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=(config.log_level or "WARNING").upper(), handlers=[handler])
     failure: OSError | None = None
     try:
         trio.run(_serve, config)

@@ -29,8 +29,17 @@ def _valid_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -
         raise ValueError(f"path must start with '/' and have no query, got {value!r}")
 
 
-def _setting(default: Any, help: str, validator: Any = None) -> Any:
-    return attrs.field(default=default, validator=validator, metadata={"help": help})
+def _setting(
+    default: Any, help: str, validator: Any = None, *, env: str | None = None, **kwargs: Any
+) -> Any:
+    metadata = {"help": help, "env": env}
+    return attrs.field(default=default, validator=validator, metadata=metadata, **kwargs)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(origin.strip().rstrip("/") for origin in value if origin.strip())
 
 
 @attrs.frozen(kw_only=True)
@@ -83,9 +92,66 @@ class RelayConfig:
         _positive,
     )
 
+    healthz_path: str | None = _setting(
+        "/healthz", "Plain-HTTP health check path (200 ok, 503 while stopping); none: off."
+    )
+    metrics_path: str | None = _setting(
+        "/metrics", "Plain-HTTP Prometheus metrics path on the relay's port; none: off."
+    )
+    token_secret: str | None = _setting(
+        None,
+        "HS256 secret: every connection must then present a token. Never a flag, so it "
+        "stays out of process lists: set it from the environment or token_secret_file.",
+        env="TRIO_WSPROXY_TOKEN_SECRET",
+        repr=False,
+    )
+    token_secret_file: str | None = _setting(
+        None, "File holding the HS256 token secret (turns tokens on)."
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (),
+        "Comma-separated browser origins allowed to connect (403 for others); "
+        "requests without an Origin header are not browsers and pass.",
+        converter=_origins,
+    )
+    max_members: int | None = _setting(
+        None,
+        "Most members the relay holds (503 before the upgrade); none: no limit.",
+        _positive_or_none,
+    )
+    max_group_members: int | None = _setting(
+        None,
+        "Most members in one group (503 before the upgrade); none: no limit.",
+        _positive_or_none,
+    )
+    max_groups: int | None = _setting(
+        None,
+        "Most groups at once (503 for a member that would open another); none: no limit.",
+        _positive_or_none,
+    )
+    max_message_rate: float | None = _setting(
+        None,
+        "Messages per second one member may send; the relay reads no faster.",
+        _positive_or_none,
+    )
+    max_byte_rate: int | None = _setting(
+        None,
+        "Bytes per second one member may send; the relay reads no faster.",
+        _positive_or_none,
+    )
+    log_format: str = _setting(
+        "text",
+        "Log line format of the command line: text, or json for log shippers.",
+        attrs.validators.in_(("text", "json")),
+    )
+
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together: give both or neither")
+        if self.token_secret is not None and self.token_secret_file is not None:
+            raise ValueError("give the token secret once: token_secret or token_secret_file")
+        if self.token_secret == "":
+            raise ValueError("token_secret is empty")
 
     @property
     def tls(self) -> bool:

@@ -22,11 +22,15 @@ _HEAD_END = b"\r\n\r\n"
 
 @attrs.frozen
 class Join:
-    """An accepted upgrade: who joins which group, and the 101 response to send."""
+    """A valid upgrade: who joins which group, and the 101 response to send if admitted."""
 
     id: str
     group: str
     response: bytes
+    #: The access token from ``?access_token=`` or ``Authorization: Bearer``, if any.
+    token: str | None = attrs.field(default=None, repr=False)
+    #: The ``Origin`` header (browsers send it), if any.
+    origin: str | None = None
 
 
 @attrs.frozen
@@ -36,6 +40,15 @@ class Refusal:
     status: int
     reason: str
     response: bytes
+    #: A short label for metrics and logs (``bad_request``, ``token_expired``, ...).
+    kind: str
+
+
+@attrs.frozen
+class Probe:
+    """A plain GET of one of the relay's own HTTP endpoints (health, metrics)."""
+
+    path: str
 
 
 @attrs.frozen
@@ -43,6 +56,8 @@ class Limits:
     """What the handshake checks besides the protocol itself."""
 
     path: str = "/ws"
+    #: Paths answered as plain HTTP (health, metrics) instead of being refused.
+    probes: frozenset[str] = frozenset()
     max_id_length: int = 256
     max_group_length: int = 256
     max_head_size: int = 16384
@@ -57,12 +72,20 @@ def head_complete(buffer: bytes | bytearray, limits: Limits) -> bool | Refusal:
         return refuse(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             f"request head longer than {limits.max_head_size} bytes",
+            kind="head_too_large",
         )
     return False
 
 
-def refuse(status: int, reason: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> Refusal:
-    """Build a refusal whose body is ``reason`` on one line of plain text."""
+def refuse(
+    status: int,
+    reason: str,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+    *,
+    kind: str | None = None,
+) -> Refusal:
+    """Build a refusal whose body is ``reason`` on one line of plain text; ``kind``
+    defaults to the status's name (``bad_request``, ``not_found``, ...)."""
     body = (reason + "\n").encode()
     phrase = HTTPStatus(status).phrase
     lines = [
@@ -73,7 +96,19 @@ def refuse(status: int, reason: str, extra_headers: tuple[tuple[str, str], ...] 
         *(f"{name}: {value}" for name, value in extra_headers),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return Refusal(status=status, reason=reason, response=head + body)
+    label = kind or HTTPStatus(status).name.lower()
+    return Refusal(status=status, reason=reason, response=head + body, kind=label)
+
+
+def respond(status: int, body: bytes, content_type: str) -> bytes:
+    """A complete plain HTTP response that closes the connection."""
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
 
 
 def accept_token(key: str) -> str:
@@ -82,7 +117,7 @@ def accept_token(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def decide(head: bytes, limits: Limits) -> Join | Refusal:
+def decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
     """Check a complete request head (up to and including the blank line).
 
     Returns the Join to upgrade with, or the Refusal to answer with. Never raises on
@@ -113,6 +148,8 @@ def decide(head: bytes, limits: Limits) -> Join | Refusal:
         url = urlsplit(target)
     except ValueError:
         return refuse(HTTPStatus.BAD_REQUEST, "malformed request target")
+    if url.path in limits.probes and method in ("GET", "HEAD"):
+        return Probe(url.path)
     if url.path != limits.path:
         return refuse(HTTPStatus.NOT_FOUND, f"no such path: use {limits.path}")
     if method != "GET":
@@ -148,13 +185,19 @@ def decide(head: bytes, limits: Limits) -> Join | Refusal:
     if isinstance(group, Refusal):
         return group
 
+    token = query.get("access_token", [""])[0] or None
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        token = credentials.strip()
     response = (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n"
     ).encode("ascii")
-    return Join(id=member_id, group=group, response=response)
+    return Join(
+        id=member_id, group=group, response=response, token=token, origin=headers.get("origin")
+    )
 
 
 def _single(query: dict[str, list[str]], name: str, max_length: int) -> str | Refusal:

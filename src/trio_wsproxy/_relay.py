@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -14,8 +15,11 @@ import trio
 from ._close_codes import CloseCode
 from ._config import RelayConfig
 from ._groups import GroupRegistry, LocalRegistry
-from ._handshake import Join, Limits, Refusal, decide, head_complete, refuse
+from ._handshake import Join, Limits, Probe, Refusal, decide, head_complete, refuse, respond
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import render_metrics
 from ._session import READ_SIZE, Session
+from ._tokens import check_token
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -51,6 +55,7 @@ class Relay:
         listeners: list[trio.abc.Listener[trio.abc.Stream]],
         registry: GroupRegistry,
         ports: list[int],
+        secret: str | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -63,9 +68,16 @@ class Relay:
         self.messages = 0
         self.bytes = 0
         self.deliveries = 0
+        #: Sessions closed, by close code; refusals by (kind, status); times a sender
+        #: found a recipient's mailbox full. Read by /metrics.
+        self.closes: collections.Counter[int] = collections.Counter()
+        self.refusals: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.mailbox_full = 0
+        self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(
             path=config.path,
+            probes=frozenset(p for p in (config.healthz_path, config.metrics_path) if p),
             max_id_length=config.max_id_length,
             max_group_length=config.max_id_length,
             max_head_size=config.max_handshake_size,
@@ -126,8 +138,21 @@ class Relay:
         accepted = False
         try:
             decision, leftover = await self._read_handshake(stream)
+            if isinstance(decision, Probe):
+                with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
+                    await stream.send_all(self._probe_response(decision))
+                return
+            if isinstance(decision, Join):
+                decision = self.admit(decision) or decision
             if isinstance(decision, Refusal):
-                logger.info("refused %s: %d %s", remote, decision.status, decision.reason)
+                self.refusals[decision.kind, decision.status] += 1
+                logger.info(
+                    "refused %s: %d %s",
+                    remote,
+                    decision.status,
+                    decision.reason,
+                    extra={"remote": remote, "status": decision.status, "reason": decision.reason},
+                )
                 with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
                     await stream.send_all(decision.response)
                 return
@@ -146,7 +171,50 @@ class Relay:
         finally:
             self.sessions.discard(session)
 
-    async def _read_handshake(self, stream: trio.abc.Stream) -> tuple[Join | Refusal, bytes]:
+    def admit(self, join: Join) -> Refusal | None:
+        """Who may join (origin, token) and whether there is room; None admits ``join``."""
+        config = self.config
+        if config.allowed_origins and join.origin is not None:
+            if join.origin.rstrip("/") not in config.allowed_origins:
+                return refuse(HTTPStatus.FORBIDDEN, "origin not allowed", kind="origin")
+        if self._secret is not None:
+            verdict = check_token(join.token, self._secret, join.id, join.group)
+            if verdict is not None:
+                challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
+                return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
+        full = self.over_limit(join.id, join.group)
+        if full is not None:
+            return refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
+        return None
+
+    def over_limit(self, member_id: str, group_name: str) -> tuple[str, str] | None:
+        """(kind, reason) when one more member ``member_id`` in ``group_name`` would
+        break a limit; a member replacing its own older connection adds nobody."""
+        config = self.config
+        group = self.registry.group(group_name)
+        if group is not None and member_id in group.members:
+            return None
+        if config.max_members is not None and self.registry.member_count >= config.max_members:
+            return "relay_full", f"relay full: {config.max_members} members"
+        if group is None:
+            if config.max_groups is not None and self.registry.group_count >= config.max_groups:
+                return "too_many_groups", f"relay full: {config.max_groups} groups"
+        elif (
+            config.max_group_members is not None and len(group.members) >= config.max_group_members
+        ):
+            return "group_full", f"group full: {config.max_group_members} members"
+        return None
+
+    def _probe_response(self, probe: Probe) -> bytes:
+        if probe.path == self.config.metrics_path:
+            return respond(HTTPStatus.OK, render_metrics(self), METRICS_CONTENT_TYPE)
+        if self.closing:
+            return respond(HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain")
+        return respond(HTTPStatus.OK, b"ok\n", "text/plain")
+
+    async def _read_handshake(
+        self, stream: trio.abc.Stream
+    ) -> tuple[Join | Refusal | Probe, bytes]:
         buffer = bytearray()
         with trio.move_on_after(self.config.handshake_timeout):
             while True:
@@ -207,7 +275,7 @@ async def serve_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, listeners, registry or LocalRegistry(), ports)
+    relay = Relay(config, listeners, registry or LocalRegistry(), ports, _token_secret(config))
     async with trio.open_nursery() as nursery:
         if config.ping_interval is not None:
             nursery.start_soon(relay._keepalive, config.ping_interval)
@@ -240,6 +308,16 @@ async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+def _token_secret(config: RelayConfig) -> str | None:
+    if config.token_secret_file is None:
+        return config.token_secret
+    with open(config.token_secret_file, encoding="utf-8") as file:
+        secret = file.read().strip()
+    if not secret:
+        raise ValueError(f"token secret file {config.token_secret_file!r} is empty")
+    return secret
 
 
 def _remote_address(stream: trio.abc.Stream) -> str:

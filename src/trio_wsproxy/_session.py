@@ -26,6 +26,7 @@ from ._frames import (
     frame_header,
 )
 from ._mailbox import FULL, HELD, Mailbox
+from ._ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from ._groups import Group
@@ -84,6 +85,14 @@ class Session:
         self._parts_size = 0
         self._opcode = OP_BINARY
         self._streaming = False
+        config = relay.config
+        self._message_rate = (
+            TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
+        )
+        self._byte_rate = (
+            TokenBucket(config.max_byte_rate) if config.max_byte_rate is not None else None
+        )
+        self._limited = self._message_rate is not None or self._byte_rate is not None
         # Keepalive bookkeeping, read by the relay's keepalive task.
         self.reads = 0
         self.reads_seen = 0
@@ -107,6 +116,7 @@ class Session:
         if self._close is not None:
             return
         self._close = (code, reason)
+        self._relay.closes[code] += 1
         self._relay.registry.leave(self)
         self._relay.membership_changed()
         self.mailbox.close()
@@ -114,18 +124,37 @@ class Session:
             self._scope.deadline, trio.current_time() + self._relay.config.close_timeout
         )
         level = logging.INFO if code in _NOTEWORTHY else logging.DEBUG
-        logger.log(level, "closing %r with %d: %s", self, code, reason)
+        fields = self._log_fields(code, reason)
+        logger.log(level, "closing %r with %d: %s", self, code, reason, extra=fields)
+
+    def _log_fields(self, code: int | None = None, reason: str | None = None) -> dict[str, object]:
+        """Structured fields for log shippers (``--log-format json``)."""
+        fields: dict[str, object] = {
+            "member": self.id,
+            "group": self.group_name,
+            "remote": self.remote,
+        }
+        if code is not None:
+            fields["code"] = code
+        if reason is not None:
+            fields["reason"] = reason
+        return fields
 
     async def run(self) -> None:
         """Serve the member until the session ends; never raises for a client's fault."""
         relay = self._relay
         try:
             with self._scope:
-                self._group = await relay.registry.join(self)
-                relay.membership_changed()
-                logger.info("%r joined", self)
-                if relay.closing:
-                    self.close(CloseCode.GOING_AWAY, "relay shutting down")
+                full = relay.over_limit(self.id, self.group_name)
+                if full is not None:
+                    # Admitted, but others took the room while our 101 was on its way.
+                    self.close(CloseCode.TRY_AGAIN_LATER, full[1])
+                else:
+                    self._group = await relay.registry.join(self)
+                    relay.membership_changed()
+                    logger.info("%r joined", self, extra=self._log_fields())
+                    if relay.closing:
+                        self.close(CloseCode.GOING_AWAY, "relay shutting down")
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
                     await self._receive_loop()
@@ -137,7 +166,7 @@ class Session:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self._stream)
             code = self._close[0] if self._close else None
-            logger.info("%r left (close code %s)", self, code)
+            logger.info("%r left (close code %s)", self, code, extra=self._log_fields(code))
 
     async def _receive_loop(self) -> None:
         parser = FrameParser(self._relay.config.max_message_size)
@@ -165,6 +194,8 @@ class Session:
                 for event in events:
                     if type(event) is Data:
                         if self._close is None:
+                            if self._limited:
+                                await self._pace(event)
                             await self._on_data(event)
                     elif type(event) is Ping:
                         await self._deliver(frame(OP_PONG, event.payload), (self,))
@@ -204,6 +235,21 @@ class Session:
                 continue
             except OSError:
                 return b""
+
+    async def _pace(self, event: Data) -> None:
+        """Forward no faster than the member's rate limits: sleep off any excess first.
+
+        While this sleeps nothing more is read from the member, so TCP pushes back on
+        the flood at its source."""
+        now = trio.current_time()
+        delay = 0.0
+        if self._message_rate is not None and event.first:
+            delay = self._message_rate.charge(1, now)
+        if self._byte_rate is not None:
+            delay = max(delay, self._byte_rate.charge(len(event.payload), now))
+        if delay > 0:
+            self._flush()
+            await trio.sleep(delay)
 
     def _peer_gone(self, reason: str) -> None:
         self._eof = True
@@ -303,6 +349,7 @@ class Session:
                     continue
                 if mailbox.full_since is None:
                     mailbox.full_since = trio.current_time()
+                    self._relay.mailbox_full += 1
                 if not await mailbox.wait_room(mailbox.full_since + timeout):
                     member.close(
                         CloseCode.SLOW_CONSUMER,

@@ -5,20 +5,69 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
+from ._client import (
+    DEFAULT_RECONNECT_CODES,
+    BadMessage,
+    BadMessageKind,
+    Client,
+    ClientClosed,
+    ClientConfig,
+    ClientError,
+    ClientStats,
+    ClosedByRelay,
+    ConnectError,
+    Disconnected,
+    HandshakeRefused,
+    Incoming,
+    NotConnected,
+    ReplyError,
+    RequestTimeout,
+    open_client,
+)
 from ._close_codes import CloseCode
 from ._config import DEFAULT_PORT, RelayConfig
+from ._envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope
 from ._groups import Group, GroupRegistry, LocalRegistry
 from ._relay import Relay, RelayStats, open_relay, serve_relay
+from ._tokens import check_token, mint_token
+from ._typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_RECONNECT_CODES",
+    "BadMessage",
+    "BadMessageKind",
+    "Client",
+    "ClientClosed",
+    "ClientConfig",
+    "ClientError",
+    "ClientStats",
     "CloseCode",
+    "ClosedByRelay",
+    "ConnectError",
+    "Disconnected",
+    "Envelope",
+    "EnvelopeError",
     "Group",
     "GroupRegistry",
+    "HandshakeRefused",
+    "Incoming",
     "LocalRegistry",
+    "NotConnected",
+    "PayloadError",
     "Relay",
     "RelayConfig",
     "RelayStats",
+    "ReplyError",
+    "RequestTimeout",
+    "TypeRegistry",
+    "check_token",
+    "decode_envelope",
+    "dotnet_generic_name",
+    "encode_envelope",
+    "message_type",
+    "mint_token",
+    "open_client",
     "open_relay",
     "serve_relay",
 ]

@@ -1,0 +1,151 @@
+"""The typed envelope: the .NET EasyWebSocketProxy JSON shape, encoded and decoded without I/O.
+
+A typed message travels as one text frame holding exactly this object, keys in this order::
+
+    {"Id":null,"MessageType":"SharedData.Models.SocketMessage",
+     "Message":{"Message":"Hello from Client 1","ReplyRequired":false},"ReplyId":null}
+
+``Id`` and ``ReplyId`` are GUID strings or null: a request carries a fresh GUID in ``Id``,
+its answer carries that GUID in ``ReplyId``. The .NET client parses both as ``Guid?``, so
+anything but a GUID there would break a .NET member of the group.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, NoReturn
+
+import attrs
+
+__all__ = [
+    "Envelope",
+    "EnvelopeError",
+    "decode_envelope",
+    "encode_envelope",
+    "new_message_id",
+    "normalize_message_id",
+]
+
+# System.Text.Json writes compact JSON; matching it keeps our frames byte-identical to a
+# .NET client's for the same message (for ASCII payloads).
+_SEPARATORS = (",", ":")
+
+
+class EnvelopeError(ValueError):
+    """A text frame that is not a valid envelope. ``str(error)`` says why, in one line."""
+
+    #: True when the text was not JSON at all (as opposed to JSON of the wrong shape).
+    not_json: bool
+
+    def __init__(self, reason: str, *, not_json: bool = False) -> None:
+        super().__init__(reason)
+        self.not_json = not_json
+
+
+@attrs.frozen
+class Envelope:
+    """One typed message as it travels: the four fields of the .NET ``MessageWrapper``.
+
+    The attribute names are Python's; the JSON keys are the .NET ones (``Id``,
+    ``MessageType``, ``Message``, ``ReplyId``).
+    """
+
+    #: The full name of the payload's type, e.g. ``"System.String"``; receivers dispatch on it.
+    message_type: str
+    #: The payload, already unstructured to JSON-compatible values (dict, list, str, ...).
+    message: Any = None
+    #: A GUID string when the sender waits for an answer, else None.
+    id: str | None = None
+    #: The ``id`` of the request this message answers, else None.
+    reply_id: str | None = None
+
+
+def new_message_id() -> str:
+    """Return a fresh request id: a GUID, lower-case as .NET writes it (``Guid.ToString()``)."""
+    return str(uuid.uuid4())
+
+
+def normalize_message_id(value: str) -> str:
+    """Return the canonical (lower-case, hyphenated) spelling of a GUID id; other ids unchanged.
+
+    .NET parses ``Id`` as a ``Guid``, so it may echo it back in any GUID spelling; comparing
+    canonical forms keeps a reply matched to its request whatever the replier wrote.
+    """
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
+def encode_envelope(envelope: Envelope) -> str:
+    """Return the text frame for ``envelope``: compact JSON, keys in the .NET order.
+
+    Raises :exc:`EnvelopeError` if the payload is not JSON-serialisable (NaN, infinity, or
+    an object the converter did not unstructure).
+    """
+    document = {
+        "Id": envelope.id,
+        "MessageType": envelope.message_type,
+        "Message": envelope.message,
+        "ReplyId": envelope.reply_id,
+    }
+    try:
+        return json.dumps(document, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # Python's json accepts NaN and Infinity; JSON (and System.Text.Json) does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_envelope(text: str) -> Envelope:
+    """Parse a text frame into an :class:`Envelope`.
+
+    Strict where a .NET peer is strict (the text must be a JSON object, ``MessageType`` a
+    non-empty string, ``Id``/``ReplyId`` strings or null) and lenient where it is lenient
+    (a missing ``Message``, ``Id`` or ``ReplyId`` reads as null; unknown keys are ignored).
+    Raises :exc:`EnvelopeError` with a one-line reason otherwise.
+    """
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise EnvelopeError(f"not JSON: {exc}", not_json=True) from None
+    except RecursionError:
+        raise EnvelopeError("not JSON: nested too deeply", not_json=True) from None
+    if not isinstance(document, dict):
+        raise EnvelopeError(f"not an envelope: expected a JSON object, got {_kind(document)}")
+    message_type = document.get("MessageType")
+    if not isinstance(message_type, str) or not message_type:
+        raise EnvelopeError(
+            f"not an envelope: MessageType must be a non-empty string, got {_kind(message_type)}"
+        )
+    ids: dict[str, str | None] = {}
+    for key in ("Id", "ReplyId"):
+        value = document.get(key)
+        if value is not None and not isinstance(value, str):
+            raise EnvelopeError(
+                f"not an envelope: {key} must be a string or null, got {_kind(value)}"
+            )
+        ids[key] = value
+    return Envelope(
+        message_type=message_type,
+        message=document.get("Message"),
+        id=ids["Id"],
+        reply_id=ids["ReplyId"],
+    )
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)

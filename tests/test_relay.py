@@ -232,7 +232,7 @@ async def test_an_endless_request_head_is_answered_431(relay: Relay, join: Join)
     assert status == 431
 
 
-@pytest.mark.relay_config(handshake_timeout=0.3)
+@pytest.mark.wsproxy_relay(handshake_timeout=0.3)
 async def test_a_half_finished_handshake_is_dropped_after_the_deadline(
     relay: Relay, join: Join
 ) -> None:
@@ -282,7 +282,7 @@ async def test_a_bad_frame_closes_only_its_session(
     assert await good_b.get_message() == "carry on"
 
 
-@pytest.mark.relay_config(max_message_size=1000)
+@pytest.mark.wsproxy_relay(max_message_size=1000)
 async def test_a_message_over_the_limit_gets_1009(relay: Relay, join: Join) -> None:
     a, b = await join("a"), await join("b")
     await members(relay, 2, "g")
@@ -335,7 +335,7 @@ async def test_a_client_close_is_echoed(relay: Relay, join: Join) -> None:
     await members(relay, 0, None)
 
 
-@pytest.mark.relay_config(ping_interval=0.2, ping_timeout=0.3)
+@pytest.mark.wsproxy_relay(ping_interval=0.2, ping_timeout=0.3)
 async def test_silent_members_are_pinged_and_dead_ones_closed_with_4003(
     relay: Relay, join: Join
 ) -> None:
@@ -450,7 +450,7 @@ async def test_a_small_message_from_a_departing_sender_is_not_cut(relay: Relay, 
 # -- slow members --------------------------------------------------------------------------
 
 
-@pytest.mark.relay_config(mailbox_bytes=64 * 1024, slow_member_timeout=0.5)
+@pytest.mark.wsproxy_relay(mailbox_bytes=64 * 1024, slow_member_timeout=0.5)
 async def test_a_member_that_stops_reading_is_closed_4001_and_the_group_carries_on(
     relay: Relay, join: Join
 ) -> None:

@@ -39,7 +39,7 @@ async def upgrade(port: int, target: str, extra: str = "") -> tuple[int, bytes, 
 # -- tokens --------------------------------------------------------------------------------
 
 
-@pytest.mark.relay_config(token_secret=SECRET)
+@pytest.mark.wsproxy_relay(token_secret=SECRET)
 async def test_with_a_secret_every_connection_needs_a_valid_token(relay: Relay) -> None:
     good = mint_token(SECRET, "alice", ["lobby"], ttl=60)
     expired = mint_token(SECRET, "alice", ["lobby"], ttl=10, now=time.time() - 60)
@@ -66,7 +66,7 @@ async def test_with_a_secret_every_connection_needs_a_valid_token(relay: Relay) 
     assert (await in_query.expect_close())[0] == CloseCode.REPLACED
 
 
-@pytest.mark.relay_config(token_secret=SECRET)
+@pytest.mark.wsproxy_relay(token_secret=SECRET)
 async def test_only_a_token_holder_can_take_an_id_over(relay: Relay) -> None:
     token = mint_token(SECRET, "alice", ["lobby"], ttl=60)
     status, _, alice = await upgrade(
@@ -120,7 +120,7 @@ def test_the_token_command_mints_what_the_relay_accepts(tmp_path: Path) -> None:
 # -- origins -------------------------------------------------------------------------------
 
 
-@pytest.mark.relay_config(allowed_origins=("https://chat.example",))
+@pytest.mark.wsproxy_relay(allowed_origins=("https://chat.example",))
 async def test_browsers_from_other_origins_are_refused(relay: Relay) -> None:
     target = "/ws?id=a&groupName=g"
     status, body, _ = await upgrade(relay.port, target, "Origin: https://evil.example\r\n")
@@ -134,7 +134,7 @@ async def test_browsers_from_other_origins_are_refused(relay: Relay) -> None:
 # -- limits --------------------------------------------------------------------------------
 
 
-@pytest.mark.relay_config(max_members=2)
+@pytest.mark.wsproxy_relay(max_members=2)
 async def test_a_full_relay_refuses_with_503_but_lets_an_id_reconnect(relay: Relay) -> None:
     members = [
         await upgrade(relay.port, f"/ws?id={m}&groupName={g}")
@@ -149,7 +149,7 @@ async def test_a_full_relay_refuses_with_503_but_lets_an_id_reconnect(relay: Rel
     assert replacement[0] == 101  # a member reconnecting under its own id adds nobody
 
 
-@pytest.mark.relay_config(max_group_members=2, max_groups=2)
+@pytest.mark.wsproxy_relay(max_group_members=2, max_groups=2)
 async def test_group_size_and_group_count_limits(relay: Relay) -> None:
     members = [
         await upgrade(relay.port, target)
@@ -166,7 +166,7 @@ async def test_group_size_and_group_count_limits(relay: Relay) -> None:
     assert late[0] == 101
 
 
-@pytest.mark.relay_config(max_message_rate=50)
+@pytest.mark.wsproxy_relay(max_message_rate=50)
 async def test_a_flooding_member_is_read_no_faster_than_its_rate(relay: Relay) -> None:
     async with (
         tw.open_websocket_url(f"{relay.url}?id=flood&groupName=g") as flood,
@@ -227,7 +227,7 @@ async def test_metrics_parse_as_prometheus_text_and_count_what_happened(relay: R
     assert ("trio_wsproxy_backplane_up", (("kind", "LocalRegistry"),)) in samples
 
 
-@pytest.mark.relay_config(metrics_path=None, healthz_path=None)
+@pytest.mark.wsproxy_relay(metrics_path=None, healthz_path=None)
 async def test_probes_can_be_turned_off(relay: Relay) -> None:
     assert (await http_get(relay.port, "/metrics"))[0] == 404
     assert (await http_get(relay.port, "/healthz"))[0] == 404

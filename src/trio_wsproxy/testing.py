@@ -1,0 +1,165 @@
+"""Helpers for testing group behaviour with pytest-trio.
+
+The ``wsproxy_relay`` and ``wsproxy_client`` fixtures (registered by installing this
+package) give each test a relay and connected clients; the functions here make the
+usual assertions about groups fail with a readable message instead of hanging::
+
+    async def test_lobby_greets_newcomers(wsproxy_relay, wsproxy_client):
+        bot = await wsproxy_client(group="lobby", id="bot")
+        alice = await wsproxy_client(group="lobby")
+        await wait_for_members(wsproxy_relay, 2, group="lobby")
+        await alice.send(Hello("hi"))
+        assert (await expect_message(bot, Hello)).text == "hi"
+        await expect_silence(alice)          # a member never receives its own message
+"""
+
+from __future__ import annotations
+
+import typing
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+from ._client import Client, Incoming, open_client
+from ._relay import Relay
+
+T = TypeVar("T")
+
+__all__ = [
+    "ClientFactory",
+    "client_factory",
+    "expect_message",
+    "expect_silence",
+    "wait_for_members",
+]
+
+#: ``await factory(group="lobby", id=None, **open_client_options)`` -> a connected Client.
+ClientFactory = Callable[..., Awaitable[Client]]
+
+# Messages a fixture client has received and no assertion has consumed yet. Recording
+# starts before the factory returns the client, so nothing sent after that is missed.
+_inboxes: weakref.WeakKeyDictionary[Client, _Inbox] = weakref.WeakKeyDictionary()
+
+# Effectively unbounded for a test: the client must never wait on its own recorder.
+_INBOX_SIZE = 1_000_000
+
+
+class _Inbox:
+    def __init__(self, channel: trio.MemoryReceiveChannel[Incoming[Any]]) -> None:
+        self.channel = channel
+        self.unclaimed: list[Incoming[Any]] = []
+
+
+def _matches(incoming: Incoming[Any], message_type: Any) -> bool:
+    origin = typing.get_origin(message_type) or message_type
+    return isinstance(origin, type) and isinstance(incoming.value, origin)
+
+
+def _name(client: Client) -> str:
+    return f"client {client.id!r} (group {client.group!r})"
+
+
+def _type_name(message_type: Any) -> str:
+    return getattr(message_type, "__qualname__", None) or repr(message_type)
+
+
+async def expect_message(client: Client, message_type: type[T], timeout: float = 5.0) -> T:
+    """The next message of ``message_type`` the client received (the oldest one not yet
+    claimed by an earlier call); fails the test if none comes within ``timeout`` seconds.
+
+    For clients made by the ``wsproxy_client`` fixture, messages that arrived before the
+    call count; for other clients, only those arriving during it.
+    """
+    inbox = _inboxes.get(client)
+    if inbox is None:
+        with trio.move_on_after(timeout):
+            return await client.receive(message_type)
+        pytest.fail(
+            f"{_name(client)} received no {_type_name(message_type)} within {timeout:g}s",
+            pytrace=False,
+        )
+    for index, incoming in enumerate(inbox.unclaimed):
+        if _matches(incoming, message_type):
+            del inbox.unclaimed[index]
+            return typing.cast(T, incoming.value)
+    with trio.move_on_after(timeout):
+        async for incoming in inbox.channel:
+            if _matches(incoming, message_type):
+                return typing.cast(T, incoming.value)
+            inbox.unclaimed.append(incoming)
+    others = ", ".join(repr(i.value) for i in inbox.unclaimed[-5:]) or "nothing else either"
+    pytest.fail(
+        f"{_name(client)} received no {_type_name(message_type)} within {timeout:g}s "
+        f"(unclaimed: {others})",
+        pytrace=False,
+    )
+
+
+async def expect_silence(client: Client, within: float = 0.3) -> None:
+    """Fail the test if the client receives any message during the next ``within`` seconds."""
+    inbox = _inboxes.get(client)
+    with trio.move_on_after(within):
+        if inbox is None:
+            async with client.subscribe() as channel:
+                incoming = await channel.receive()
+        else:
+            incoming = await inbox.channel.receive()
+        pytest.fail(
+            f"{_name(client)} expected silence for {within:g}s but received "
+            f"{incoming.value!r} ({incoming.message_type or 'binary'})",
+            pytrace=False,
+        )
+
+
+async def wait_for_members(
+    relay: Relay,
+    count: int,
+    group: str | None = None,
+    timeout: float = 5.0,
+) -> None:
+    """Wait until the relay has ``count`` members (in ``group``, if given); fails the test
+    with what the relay has instead after ``timeout`` seconds."""
+    with trio.move_on_after(timeout):
+        await relay.wait_members(count, group)
+        return
+    where = f"group {group!r}" if group is not None else "the relay"
+    now = relay.group_size(group) if group is not None else relay.stats.members
+    pytest.fail(
+        f"expected {count} members in {where} within {timeout:g}s, it has {now}", pytrace=False
+    )
+
+
+@asynccontextmanager
+async def client_factory(relay: Relay, **defaults: Any) -> AsyncIterator[ClientFactory]:
+    """Make clients of ``relay`` that live until the block ends, then close with 1000.
+
+    The machinery of the ``wsproxy_client`` fixture, for use without pytest."""
+    stops: list[trio.Event] = []
+
+    async def run(
+        options: dict[str, Any], stop: trio.Event, task_status: trio.TaskStatus[Client]
+    ) -> None:
+        async with open_client(relay.url, **options) as client:
+            async with client.subscribe(buffer=_INBOX_SIZE) as channel:
+                _inboxes[client] = _Inbox(channel)
+                task_status.started(client)
+                await stop.wait()
+
+    async with trio.open_nursery() as nursery:
+
+        async def make(group: str, id: str | None = None, **options: Any) -> Client:
+            stop = trio.Event()
+            stops.append(stop)
+            merged = {**defaults, **options, "group": group, "id": id}
+            client: Client = await nursery.start(run, merged, stop)
+            return client
+
+        try:
+            yield make
+        finally:
+            for stop in stops:
+                stop.set()

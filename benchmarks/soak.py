@@ -1,0 +1,162 @@
+"""Soak: thousands of members join, talk and leave for minutes; then the relay must be
+empty and its memory back near where it started.
+
+    python benchmarks/soak.py --members 2000 --seconds 300
+
+Starts ``python -m trio_wsproxy serve`` on a free loopback port, keeps ``--members``
+concurrent members cycling (join a random group, send and receive a few messages, leave;
+a tenth of them leave by dropping TCP mid-message), reads the relay's memory from /proc
+and its registry from /metrics, and prints one JSON line. Exits non-zero when the relay
+is not empty afterwards or its memory grew by more than ``--max-growth-mib``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+
+import trio
+import trio_websocket
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def metrics(port: int) -> dict[str, float]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\n\r\n")
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    await stream.aclose()
+    values = {}
+    for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+async def member(url: str, groups: int, deadline: float, counts: dict[str, int]) -> None:
+    rng = random.Random()
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    while trio.current_time() < deadline:
+        group = f"soak-{rng.randrange(groups)}"
+        ident = f"m{rng.getrandbits(48):x}"
+        if rng.random() < 0.1:
+            await rude_member(host, int(port), ident, group, counts)
+            continue
+        try:
+            with trio.fail_after(30):
+                async with trio_websocket.open_websocket_url(
+                    f"{url}?id={ident}&groupName={group}", connect_timeout=10, disconnect_timeout=2
+                ) as ws:
+                    counts["joins"] += 1
+                    for n in range(rng.randint(1, 5)):
+                        payload = os.urandom(rng.choice((16, 200, 4000)))
+                        await ws.send_message(payload if n % 2 else payload.hex())
+                        counts["sent"] += 1
+                        with trio.move_on_after(0.05):
+                            while True:
+                                await ws.get_message()
+                                counts["received"] += 1
+        except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError):
+            counts["errors"] += 1
+        except trio.TooSlowError:
+            counts["stuck"] += 1
+        await trio.sleep(rng.random() * 0.2)
+
+
+async def rude_member(host: str, port: int, ident: str, group: str, counts: dict[str, int]) -> None:
+    """Join, start a message, and drop TCP in the middle of it."""
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+        request = (
+            f"GET /ws?id={ident}&groupName={group} HTTP/1.1\r\nHost: soak\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await stream.send_all(request.encode())
+        with trio.move_on_after(1):
+            await stream.receive_some(4096)
+        # A masked binary frame announcing 1000 bytes, with only 10 of them.
+        await stream.send_all(b"\x82\xfe\x03\xe8" + os.urandom(4) + os.urandom(10))
+        await trio.aclose_forcefully(stream)
+        counts["dropped"] += 1
+    except OSError:
+        counts["errors"] += 1
+
+
+async def soak(members: int, groups: int, seconds: float, max_growth: float) -> dict[str, object]:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0"], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        line += await process.stdout.receive_some(1)
+    url = line.decode().strip().rsplit(" ", 1)[1]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        counts = dict.fromkeys(("joins", "sent", "received", "dropped", "errors", "stuck"), 0)
+        # Baseline after a short warm-up, so imports and first allocations are counted.
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(members, 50)):
+                nursery.start_soon(member, url, groups, trio.current_time() + 1, counts)
+        await trio.sleep(0.5)
+        baseline = rss_mib(process.pid)
+        peak = baseline
+        deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for _ in range(members):
+                nursery.start_soon(member, url, groups, deadline, counts)
+            while trio.current_time() < deadline:
+                await trio.sleep(0.5)
+                peak = max(peak, rss_mib(process.pid))
+        # Dropped connections are noticed at once; give closes a moment to finish.
+        await trio.sleep(1)
+        figures = await metrics(port)
+        after = rss_mib(process.pid)
+        return {
+            "members": members,
+            "groups": groups,
+            "seconds": seconds,
+            **counts,
+            "relay_members_after": figures["trio_wsproxy_members"],
+            "relay_groups_after": figures["trio_wsproxy_groups"],
+            "rss_baseline_mib": round(baseline, 1),
+            "rss_peak_mib": round(peak, 1),
+            "rss_after_mib": round(after, 1),
+            "ok": figures["trio_wsproxy_members"] == 0
+            and counts["stuck"] == 0
+            and figures["trio_wsproxy_groups"] == 0
+            and after - baseline <= max_growth,
+        }
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=2000)
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--max-growth-mib", type=float, default=20)
+    args = parser.parse_args()
+    result = trio.run(soak, args.members, args.groups, args.seconds, args.max_growth_mib)
+    print(json.dumps(result), flush=True)
+    sys.exit(0 if result["ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""The relay over real sockets: the wire contract of DESIGN.md §1, member by member."""
+"""The relay over real sockets: the wire contract (README, "The wire contract"), member by member."""
 
 from __future__ import annotations
 

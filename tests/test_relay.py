@@ -1,4 +1,4 @@
-"""The relay over real sockets: the wire contract (README, "The wire contract"), member by member."""
+"""The relay over real sockets: the wire contract in the README, member by member."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import trio
 import trio_websocket as tw
 
+from relayproc import start_relay
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args, parse_size
 
@@ -77,29 +77,9 @@ def test_bad_values_are_refused_with_a_message() -> None:
     assert "certfile and keyfile go together" in result.stderr
 
 
-async def start_relay(*flags: str) -> tuple[trio.Process, str]:
-    """Run ``python -m trio_wsproxy serve --port 0 ...`` and read the URL it prints."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(20):
-        while not line.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(1)
-            assert chunk, "relay exited before printing its URL"
-            line += chunk
-    text = line.decode().strip()
-    assert text.startswith("trio-wsproxy relay listening on ws://127.0.0.1:")
-    return process, text.rsplit(" ", 1)[1]
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 async def test_a_signal_closes_every_member_with_1001_and_exits_0(signum: int) -> None:
-    process, base = await start_relay()
+    process, base, _port = await start_relay()
     try:
         async with tw.open_websocket_url(f"{base}?id=a&groupName=g") as a:
             async with tw.open_websocket_url(f"{base}?id=b&groupName=g") as b:

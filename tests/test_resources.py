@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
+from relayproc import start_relay
 from wsraw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, RawClient
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
@@ -37,18 +36,7 @@ def cpu_seconds(pid: int) -> float:
 @pytest.fixture
 async def relay_process() -> AsyncIterator[tuple[int, int]]:
     """(pid, port) of a relay running as its own process."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(20):
-        while not line.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(1)
-            assert chunk, "relay exited early"
-            line += chunk
-    port = int(line.decode().rsplit(":", 1)[1].split("/")[0])
+    process, _url, port = await start_relay()
     try:
         yield process.pid, port
     finally:

@@ -14,6 +14,7 @@ import trio
 import trio_websocket as tw
 from prometheus_client.parser import text_string_to_metric_families
 
+from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy._tokens import mint_token
 from wsraw import OP_TEXT, RawClient
@@ -234,17 +235,8 @@ async def test_probes_can_be_turned_off(relay: Relay) -> None:
 
 
 async def test_json_logs_carry_member_group_remote_and_reason() -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0",
-         "--log-level", "info", "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None and process.stderr is not None
-    line = b""
-    with trio.fail_after(20):
-        while not line.endswith(b"\n"):
-            line += await process.stdout.receive_some(1)
-    port = int(line.decode().rsplit(":", 1)[1].split("/")[0])
+    process, _url, port = await start_relay("--log-level", "info", "--log-format", "json")
+    assert process.stderr is not None
     async with tw.open_websocket_url(f"ws://127.0.0.1:{port}/ws?id=alice&groupName=lobby"):
         pass
     await upgrade(port, "/ws?id=&groupName=lobby")

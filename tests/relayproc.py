@@ -1,0 +1,32 @@
+"""A relay as its own process, as an operator runs it: ``python -m trio_wsproxy serve``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import trio
+
+
+async def start_relay(*flags: str) -> tuple[trio.Process, str, int]:
+    """Start ``python -m trio_wsproxy serve --port 0 FLAGS``; return the process, the URL
+    it printed and its port. Its stdout and stderr are pipes."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = b""
+    with trio.fail_after(20):
+        while not line.endswith(b"\n"):
+            chunk = await process.stdout.receive_some(1)
+            assert chunk, "relay exited before printing its URL"
+            line += chunk
+    text = line.decode().strip()
+    assert text.startswith("trio-wsproxy relay listening on ws://127.0.0.1:"), text
+    url = text.rsplit(" ", 1)[1]
+    port = urlsplit(url).port
+    assert port is not None
+    return process, url, port

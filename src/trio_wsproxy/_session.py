@@ -40,9 +40,11 @@ READ_SIZE = 65536
 # The sender writes at most about this much per send_all, so a member that drains
 # slowly still shows progress (and frees mailbox room) often.
 WRITE_BATCH = 262144
-# A message that has not ended after this many bytes is forwarded piece by piece as it
-# arrives instead of being assembled; below it, a message goes out as one frame.
-STREAM_THRESHOLD = 262144
+# A message that has not ended after this many bytes is forwarded in fragments of about
+# this size as its data arrives, instead of being assembled; below it, a message goes out
+# as one frame. Large enough that clients which cap fragments per message (Node's ws
+# accepts 16,384) take messages of many GiB; small enough to bound each sender's buffer.
+FRAGMENT_SIZE = 1024 * 1024
 _PING_FRAME = frame(OP_PING, b"")
 
 
@@ -281,30 +283,28 @@ class Session:
     async def _on_data(self, event: Data) -> None:
         payload = event.payload
         relay = self._relay
+        relay.bytes += len(payload)
         if event.first:
             self._opcode = OP_TEXT if event.text else OP_BINARY
             if event.last:
                 relay.messages += 1
-                relay.bytes += len(payload)
                 await self._broadcast(frame_header(self._opcode, len(payload)) + payload)
                 return
             self._parts, self._parts_size, self._streaming = [], 0, False
-        relay.bytes += len(payload)
-        if self._streaming:
-            await self._forward(OP_CONTINUATION, payload, event.last)
-            return
         self._parts.append(payload)
         self._parts_size += len(payload)
-        if event.last:
+        if not event.last and self._parts_size < FRAGMENT_SIZE:
+            return
+        piece = b"".join(self._parts)
+        self._parts, self._parts_size = [], 0
+        if self._streaming:
+            await self._forward(OP_CONTINUATION, piece, event.last)
+        elif event.last:
             relay.messages += 1
-            whole = b"".join(self._parts)
-            self._parts = []
-            await self._broadcast(frame_header(self._opcode, len(whole)) + whole)
-        elif self._parts_size >= STREAM_THRESHOLD:
+            await self._broadcast(frame_header(self._opcode, len(piece)) + piece)
+        else:
             await self._start_stream()
-            first = b"".join(self._parts)
-            self._parts = []
-            await self._forward(self._opcode, first, False)
+            await self._forward(self._opcode, piece, False)
 
     async def _broadcast(self, data: bytes) -> None:
         """Queue one framed message for every other member of the group."""

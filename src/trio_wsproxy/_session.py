@@ -126,8 +126,9 @@ class Session:
             self._scope.deadline, trio.current_time() + self._relay.config.close_timeout
         )
         level = logging.INFO if code in _NOTEWORTHY else logging.DEBUG
-        fields = self._log_fields(code, reason)
-        logger.log(level, "closing %r with %d: %s", self, code, reason, extra=fields)
+        if logger.isEnabledFor(level):
+            fields = self._log_fields(code, reason)
+            logger.log(level, "closing %r with %d: %s", self, code, reason, extra=fields)
 
     def _log_fields(self, code: int | None = None, reason: str | None = None) -> dict[str, object]:
         """Structured fields for log shippers (``--log-format json``)."""
@@ -154,7 +155,8 @@ class Session:
                 else:
                     self._group = await relay.registry.join(self)
                     relay.membership_changed()
-                    logger.info("%r joined", self, extra=self._log_fields())
+                    if logger.isEnabledFor(logging.INFO):
+                        logger.info("%r joined", self, extra=self._log_fields())
                     if relay.closing:
                         self.close(CloseCode.GOING_AWAY, "relay shutting down")
                 async with trio.open_nursery() as nursery:
@@ -166,9 +168,13 @@ class Session:
             self.mailbox.close()
             self._end_stream(truncated=True)
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(self._stream)
+                if isinstance(self._stream, trio.SocketStream):
+                    await self._stream.aclose()  # never blocks
+                else:
+                    await trio.aclose_forcefully(self._stream)  # TLS may want to talk
             code = self._close[0] if self._close else None
-            logger.info("%r left (close code %s)", self, code, extra=self._log_fields(code))
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%r left (close code %s)", self, code, extra=self._log_fields(code))
 
     async def _receive_loop(self) -> None:
         parser = FrameParser(self._relay.config.max_message_size)
@@ -258,9 +264,9 @@ class Session:
         self._peer_closed.set()
         if self._close is None:
             logger.debug("%r: %s", self, reason)
+            # Nobody is left to hear a close frame: the sender sees _eof and just ends
+            # (without cancellation, which costs more than the rest of a teardown).
             self.close(CloseCode.NORMAL, reason)
-            # Nobody is left to hear a close frame.
-            self._scope.cancel()
 
     async def _send_loop(self, session_scope: trio.CancelScope) -> None:
         mailbox, stream = self.mailbox, self._stream

@@ -188,8 +188,9 @@ async def test_a_flooding_member_is_read_no_faster_than_its_rate(relay: Relay) -
         # 150 messages at 50/s with a one-second burst: at least about two seconds.
         assert elapsed > 1.8
         assert [m for m in got if m.startswith("flood")] == [f"flood {n}" for n in range(150)]
-        # The calm member was not slowed by the flood: its message came early.
-        assert got.index("calm") < 100
+        # The calm member was not held up behind the paced flood: its message, sent after
+        # all 150, overtook most of them.
+        assert got.index("calm") < 120
 
 
 # -- health and metrics --------------------------------------------------------------------

@@ -47,6 +47,7 @@ from trio_wsproxy._client import (
     reconnect_delay,
 )
 from trio_wsproxy._typenames import TypeRegistry
+from trio_wsproxy.testing import ClientFactory
 
 GROUP = "group_1"
 DOTNET_LIST_OF_STRING = (
@@ -268,7 +269,9 @@ async def test_a_relay_that_never_answers_the_handshake_times_out_as_configured(
 # -- typed messages -----------------------------------------------------------------------
 
 
-async def test_typed_messages_reach_the_other_members_structured_and_not_the_sender() -> None:
+async def test_typed_messages_reach_the_other_members_structured_and_not_the_sender(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     hand = Hand(
         player="ann",
         cards=[Card(Suit.HEARTS, 10), Card(Suit.SPADES, 1)],
@@ -277,73 +280,68 @@ async def test_typed_messages_reach_the_other_members_structured_and_not_the_sen
     )
     values: list[object] = [SocketMessage("Hello from Client 1"), hand, "text", True, 42, 2.5]
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-                open_client(relay.url, group="other group") as outsider,
-            ):
-                got_b, seen_b = collector()
-                got_a, seen_a = collector()
-                got_other, seen_other = collector()
-                for tp in (SocketMessage, Hand, str, bool, int, float):
-                    b.on(tp, got_b.send)
-                    a.on(tp, got_a.send)
-                    outsider.on(tp, got_other.send)
-                await relay.wait_members(2, GROUP)
-                for value in values:
-                    await a.send(value)
-                received = [await seen_b.receive() for _ in values]
-                assert received == values
-                assert [type(v) for v in received] == [type(v) for v in values]
-                await b.send("ping back")
-                assert await seen_a.receive() == "ping back"  # nothing of a's own came first
-                assert seen_other.statistics().current_buffer_used == 0
-                assert a.stats.messages_sent == len(values)
-                assert b.stats.messages_received == len(values)
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        outsider = await wsproxy_client(group="other group")
+        got_b, seen_b = collector()
+        got_a, seen_a = collector()
+        got_other, seen_other = collector()
+        for tp in (SocketMessage, Hand, str, bool, int, float):
+            b.on(tp, got_b.send)
+            a.on(tp, got_a.send)
+            outsider.on(tp, got_other.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        for value in values:
+            await a.send(value)
+        received = [await seen_b.receive() for _ in values]
+        assert received == values
+        assert [type(v) for v in received] == [type(v) for v in values]
+        await b.send("ping back")
+        assert await seen_a.receive() == "ping back"  # nothing of a's own came first
+        assert seen_other.statistics().current_buffer_used == 0
+        assert a.stats.messages_sent == len(values)
+        assert b.stats.messages_received == len(values)
 
 
-async def test_binary_frames_reach_bytes_handlers_untouched() -> None:
+async def test_binary_frames_reach_bytes_handlers_untouched(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     payloads = [b"", b"\x00" * 10, bytes(range(256)) * 40, b'{"looks":"like json"}']
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-            ):
-                got, seen = collector()
-                b.on(bytes, got.send)
-                await relay.wait_members(2, GROUP)
-                for payload in payloads:
-                    await a.send(payload)
-                await a.send(bytearray(b"mutable"))
-                await a.send(memoryview(b"a view"))
-                received = [await seen.receive() for _ in range(len(payloads) + 2)]
-                assert received == [*payloads, b"mutable", b"a view"]
-                assert all(type(item) is bytes for item in received)
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        got, seen = collector()
+        b.on(bytes, got.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        for payload in payloads:
+            await a.send(payload)
+        await a.send(bytearray(b"mutable"))
+        await a.send(memoryview(b"a view"))
+        received = [await seen.receive() for _ in range(len(payloads) + 2)]
+        assert received == [*payloads, b"mutable", b"a view"]
+        assert all(type(item) is bytes for item in received)
 
 
-async def test_a_100_mib_message_goes_through_both_ways() -> None:
+async def test_a_100_mib_message_goes_through_both_ways(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     big = bytes(range(256)) * (100 * 1024 * 1024 // 256)
     with trio.fail_after(20):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-            ):
-                got, seen = collector()
-                a.on(bytes, got.send)
-                b.on(bytes, got.send)
-                a.on(str, got.send)
-                await relay.wait_members(2, GROUP)
-                await a.send(big)
-                assert await seen.receive() == big
-                await b.send(big)
-                assert await seen.receive() == big
-                # Typed messages have no size limit either (trio-websocket's default is 1 MiB).
-                text = "é" * (4 * 1024 * 1024)
-                await b.send(text)
-                assert await seen.receive() == text
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        got, seen = collector()
+        a.on(bytes, got.send)
+        b.on(bytes, got.send)
+        a.on(str, got.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        await a.send(big)
+        assert await seen.receive() == big
+        await b.send(big)
+        assert await seen.receive() == big
+        # Typed messages have no size limit either (trio-websocket's default is 1 MiB).
+        text = "é" * (4 * 1024 * 1024)
+        await b.send(text)
+        assert await seen.receive() == text
 
 
 async def test_a_message_over_the_configured_limit_ends_the_client_with_1009() -> None:
@@ -364,28 +362,31 @@ async def test_a_message_over_the_configured_limit_ends_the_client_with_1009() -
 # -- type names and .NET interop ----------------------------------------------------------
 
 
-async def test_types_go_out_under_their_default_or_registered_names() -> None:
+async def test_types_go_out_under_their_default_or_registered_names(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     types = TypeRegistry()
     types.register(Card, "Cards.Card", pascal_case=True)
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP, types=types) as client:
-                async with dotnet_peer(relay) as peer:
-                    await relay.wait_members(2, GROUP)
-                    await client.send(SocketMessage("hi"))
-                    await client.send(Card(Suit.HEARTS, 3))
-                    await client.send(2**40)
-                    first = json.loads(await peer.get_message())
-                    assert first["MessageType"] == f"{SocketMessage.__module__}.SocketMessage"
-                    assert first["Message"] == {"message": "hi", "reply_required": False}
-                    assert json.loads(await peer.get_message())["Message"] == {
-                        "Suit": "hearts",
-                        "Rank": 3,
-                    }
-                    assert json.loads(await peer.get_message())["MessageType"] == "System.Int64"
+        client = await wsproxy_client(group=GROUP, types=types)
+        async with dotnet_peer(wsproxy_relay) as peer:
+            await wsproxy_relay.wait_members(2, GROUP)
+            await client.send(SocketMessage("hi"))
+            await client.send(Card(Suit.HEARTS, 3))
+            await client.send(2**40)
+            first = json.loads(await peer.get_message())
+            assert first["MessageType"] == f"{SocketMessage.__module__}.SocketMessage"
+            assert first["Message"] == {"message": "hi", "reply_required": False}
+            assert json.loads(await peer.get_message())["Message"] == {
+                "Suit": "hearts",
+                "Rank": 3,
+            }
+            assert json.loads(await peer.get_message())["MessageType"] == "System.Int64"
 
 
-async def test_python_messages_are_byte_identical_to_what_dotnet_writes() -> None:
+async def test_python_messages_are_byte_identical_to_what_dotnet_writes(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     expected = [
         '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
         '"Message":{"Message":"Hello from Client 1","ReplyRequired":false},"ReplyId":null}',
@@ -397,22 +398,23 @@ async def test_python_messages_are_byte_identical_to_what_dotnet_writes() -> Non
         '"Message":["Line 1","Line 2"],"ReplyId":null}',
     ]
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP, types=dotnet_types()) as client:
-                async with dotnet_peer(relay) as peer:
-                    await relay.wait_members(2, GROUP)
-                    await client.send(SocketMessage("Hello from Client 1"))
-                    await client.send("How do you do?")
-                    await client.send(True)
-                    await client.send(7)
-                    await client.send(0.5)
-                    await client.send(["Line 1", "Line 2"], as_type=list[str])
-                    assert [await peer.get_message() for _ in expected] == expected
-                    with pytest.raises(TypeError, match="as_type=list"):
-                        await client.send(["no", "type"])
+        client = await wsproxy_client(group=GROUP, types=dotnet_types())
+        async with dotnet_peer(wsproxy_relay) as peer:
+            await wsproxy_relay.wait_members(2, GROUP)
+            await client.send(SocketMessage("Hello from Client 1"))
+            await client.send("How do you do?")
+            await client.send(True)
+            await client.send(7)
+            await client.send(0.5)
+            await client.send(["Line 1", "Line 2"], as_type=list[str])
+            assert [await peer.get_message() for _ in expected] == expected
+            with pytest.raises(TypeError, match="as_type=list"):
+                await client.send(["no", "type"])
 
 
-async def test_what_a_dotnet_client_sends_reaches_python_handlers() -> None:
+async def test_what_a_dotnet_client_sends_reaches_python_handlers(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     dotnet6_list = DOTNET_LIST_OF_STRING.replace("8.0.0.0", "6.0.0.0")
     frames = [
         '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
@@ -423,88 +425,87 @@ async def test_what_a_dotnet_client_sends_reaches_python_handlers() -> None:
         '{"Id":null,"MessageType":"System.Int64","Message":9007199254740993,"ReplyId":null}',
     ]
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP, types=dotnet_types()) as client:
-                got, seen = collector()
-                for tp in (SocketMessage, str, list[str], int):
-                    client.on(tp, got.send)
-                data, seen_bytes = collector()
-                client.on(bytes, data.send)
-                async with dotnet_peer(relay) as peer:
-                    await relay.wait_members(2, GROUP)
-                    for frame in frames:
-                        await peer.send_message(frame)
-                    await peer.send_message(b"Hello from Client 1! This is a byte array!")
-                    assert [await seen.receive() for _ in frames] == [
-                        SocketMessage("Hello from Client 1"),
-                        "a question",
-                        ["Line 1", "Line 2"],
-                        9007199254740993,
-                    ]
-                    assert (
-                        await seen_bytes.receive() == b"Hello from Client 1! This is a byte array!"
-                    )
+        client = await wsproxy_client(group=GROUP, types=dotnet_types())
+        got, seen = collector()
+        for tp in (SocketMessage, str, list[str], int):
+            client.on(tp, got.send)
+        data, seen_bytes = collector()
+        client.on(bytes, data.send)
+        async with dotnet_peer(wsproxy_relay) as peer:
+            await wsproxy_relay.wait_members(2, GROUP)
+            for frame in frames:
+                await peer.send_message(frame)
+            await peer.send_message(b"Hello from Client 1! This is a byte array!")
+            assert [await seen.receive() for _ in frames] == [
+                SocketMessage("Hello from Client 1"),
+                "a question",
+                ["Line 1", "Line 2"],
+                9007199254740993,
+            ]
+            assert await seen_bytes.receive() == b"Hello from Client 1! This is a byte array!"
 
 
-async def test_a_dotnet_client_answers_a_python_request_as_dotnet_does() -> None:
+async def test_a_dotnet_client_answers_a_python_request_as_dotnet_does(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     question = "This is a question. How do you do?"
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP) as client:
-                async with dotnet_peer(relay) as peer, trio.open_nursery() as nursery:
-                    await relay.wait_members(2, GROUP)
+        client = await wsproxy_client(group=GROUP)
+        async with dotnet_peer(wsproxy_relay) as peer, trio.open_nursery() as nursery:
+            await wsproxy_relay.wait_members(2, GROUP)
 
-                    async def answer_like_dotnet() -> None:
-                        request = json.loads(await peer.get_message())
-                        assert request["MessageType"] == "System.String"
-                        assert request["Message"] == question
-                        assert request["ReplyId"] is None
-                        assert uuid.UUID(request["Id"]).version == 4
-                        await peer.send_message(
-                            '{"Id":null,"MessageType":"System.Boolean","Message":true,'
-                            f'"ReplyId":"{request["Id"]}"}}'
-                        )
+            async def answer_like_dotnet() -> None:
+                request = json.loads(await peer.get_message())
+                assert request["MessageType"] == "System.String"
+                assert request["Message"] == question
+                assert request["ReplyId"] is None
+                assert uuid.UUID(request["Id"]).version == 4
+                await peer.send_message(
+                    '{"Id":null,"MessageType":"System.Boolean","Message":true,'
+                    f'"ReplyId":"{request["Id"]}"}}'
+                )
 
-                    nursery.start_soon(answer_like_dotnet)
-                    assert await client.request(question, bool, timeout=5) is True
-                    assert client.pending_requests == 0
+            nursery.start_soon(answer_like_dotnet)
+            assert await client.request(question, bool, timeout=5) is True
+            assert client.pending_requests == 0
 
 
-async def test_a_python_handler_answers_a_dotnet_request_as_dotnet_expects() -> None:
+async def test_a_python_handler_answers_a_dotnet_request_as_dotnet_expects(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     request_id = str(uuid.uuid4())
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP, types=dotnet_types()) as client:
+        client = await wsproxy_client(group=GROUP, types=dotnet_types())
 
-                @client.on(SocketMessage)
-                async def answer(message: SocketMessage, incoming: Incoming[SocketMessage]) -> None:
-                    if message.reply_required and incoming.wants_reply:
-                        await incoming.reply(SocketMessage("This is my answer from Client 2!"))
+        @client.on(SocketMessage)
+        async def answer(message: SocketMessage, incoming: Incoming[SocketMessage]) -> None:
+            if message.reply_required and incoming.wants_reply:
+                await incoming.reply(SocketMessage("This is my answer from Client 2!"))
 
-                @client.on(str)
-                async def yes(question: str, incoming: Incoming[str]) -> None:
-                    await incoming.reply(True)
+        @client.on(str)
+        async def yes(question: str, incoming: Incoming[str]) -> None:
+            await incoming.reply(True)
 
-                async with dotnet_peer(relay) as peer:
-                    await relay.wait_members(2, GROUP)
-                    await peer.send_message(
-                        f'{{"Id":"{request_id}","MessageType":"SharedData.Models.SocketMessage",'
-                        '"Message":{"Message":"This message is waiting for an answer!",'
-                        '"ReplyRequired":true},"ReplyId":null}'
-                    )
-                    assert await peer.get_message() == (
-                        '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
-                        '"Message":{"Message":"This is my answer from Client 2!",'
-                        f'"ReplyRequired":false}},"ReplyId":"{request_id}"}}'
-                    )
-                    await peer.send_message(
-                        f'{{"Id":"{request_id.upper()}","MessageType":"System.String",'
-                        '"Message":"How do you do?","ReplyId":null}'
-                    )
-                    assert await peer.get_message() == (
-                        '{"Id":null,"MessageType":"System.Boolean","Message":true,'
-                        f'"ReplyId":"{request_id.upper()}"}}'
-                    )
+        async with dotnet_peer(wsproxy_relay) as peer:
+            await wsproxy_relay.wait_members(2, GROUP)
+            await peer.send_message(
+                f'{{"Id":"{request_id}","MessageType":"SharedData.Models.SocketMessage",'
+                '"Message":{"Message":"This message is waiting for an answer!",'
+                '"ReplyRequired":true},"ReplyId":null}'
+            )
+            assert await peer.get_message() == (
+                '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
+                '"Message":{"Message":"This is my answer from Client 2!",'
+                f'"ReplyRequired":false}},"ReplyId":"{request_id}"}}'
+            )
+            await peer.send_message(
+                f'{{"Id":"{request_id.upper()}","MessageType":"System.String",'
+                '"Message":"How do you do?","ReplyId":null}'
+            )
+            assert await peer.get_message() == (
+                '{"Id":null,"MessageType":"System.Boolean","Message":true,'
+                f'"ReplyId":"{request_id.upper()}"}}'
+            )
 
 
 # -- receiving without callbacks ----------------------------------------------------------
@@ -536,187 +537,180 @@ async def test_receive_waits_for_the_next_message_of_its_type_only() -> None:
                 assert waited.cancelled_caught
 
 
-async def test_a_subscription_is_an_async_iterator_of_incoming_messages_in_order() -> None:
+async def test_a_subscription_is_an_async_iterator_of_incoming_messages_in_order(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-            ):
-                await relay.wait_members(2, GROUP)
-                async with b.subscribe(int) as numbers, b.subscribe(buffer=100) as everything:
-                    for n in range(50):
-                        await a.send(n)
-                    await a.send(b"raw")
-                    received = []
-                    async for incoming in numbers:
-                        assert incoming.message_type == "System.Int32"
-                        assert incoming.id is None and not incoming.wants_reply
-                        received.append(incoming.value)
-                        if len(received) == 50:
-                            break
-                    assert received == list(range(50))
-                    all_values = [(await everything.receive()).value for _ in range(51)]
-                    assert all_values == [*range(50), b"raw"]
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        await wsproxy_relay.wait_members(2, GROUP)
+        async with b.subscribe(int) as numbers, b.subscribe(buffer=100) as everything:
+            for n in range(50):
+                await a.send(n)
+            await a.send(b"raw")
+            received = []
+            async for incoming in numbers:
+                assert incoming.message_type == "System.Int32"
+                assert incoming.id is None and not incoming.wants_reply
+                received.append(incoming.value)
+                if len(received) == 50:
+                    break
+            assert received == list(range(50))
+            all_values = [(await everything.receive()).value for _ in range(51)]
+            assert all_values == [*range(50), b"raw"]
 
 
 # -- request / reply ----------------------------------------------------------------------
 
 
-async def test_a_request_returns_the_answer_which_handlers_do_not_see() -> None:
+async def test_a_request_returns_the_answer_which_handlers_do_not_see(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as asker,
-                open_client(relay.url, group=GROUP) as answerer,
-            ):
+        asker = await wsproxy_client(group=GROUP)
+        answerer = await wsproxy_client(group=GROUP)
 
-                @answerer.on(SocketMessage)
-                async def shout(message: SocketMessage, incoming: Incoming[SocketMessage]) -> None:
-                    await incoming.reply(SocketMessage(message.message.upper()))
+        @answerer.on(SocketMessage)
+        async def shout(message: SocketMessage, incoming: Incoming[SocketMessage]) -> None:
+            await incoming.reply(SocketMessage(message.message.upper()))
 
-                stray, seen_stray = collector()
-                asker.on(SocketMessage, stray.send)
-                await relay.wait_members(2, GROUP)
-                answer = await asker.request(SocketMessage("how do you do?"), SocketMessage)
-                assert answer == SocketMessage("HOW DO YOU DO?")
-                assert asker.pending_requests == 0
-                await answerer.send(SocketMessage("plain"))
-                assert await seen_stray.receive() == SocketMessage("plain")  # not the answer
+        stray, seen_stray = collector()
+        asker.on(SocketMessage, stray.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        answer = await asker.request(SocketMessage("how do you do?"), SocketMessage)
+        assert answer == SocketMessage("HOW DO YOU DO?")
+        assert asker.pending_requests == 0
+        await answerer.send(SocketMessage("plain"))
+        assert await seen_stray.receive() == SocketMessage("plain")  # not the answer
 
 
-async def test_many_concurrent_requests_each_get_their_own_answer() -> None:
+async def test_many_concurrent_requests_each_get_their_own_answer(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     count = 40
     with trio.fail_after(10):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as asker,
-                open_client(relay.url, group=GROUP) as answerer,
-            ):
-                waiting: list[Incoming[int]] = []
+        asker = await wsproxy_client(group=GROUP)
+        answerer = await wsproxy_client(group=GROUP)
+        waiting: list[Incoming[int]] = []
 
-                @answerer.on(int)
-                async def answer_all_backwards(number: int, incoming: Incoming[int]) -> None:
-                    waiting.append(incoming)
-                    if len(waiting) == count:  # answer in the reverse order of arrival
-                        for question in reversed(waiting):
-                            await question.reply(f"twice {question.value} is {2 * question.value}")
+        @answerer.on(int)
+        async def answer_all_backwards(number: int, incoming: Incoming[int]) -> None:
+            waiting.append(incoming)
+            if len(waiting) == count:  # answer in the reverse order of arrival
+                for question in reversed(waiting):
+                    await question.reply(f"twice {question.value} is {2 * question.value}")
 
-                await relay.wait_members(2, GROUP)
-                answers: dict[int, str] = {}
+        await wsproxy_relay.wait_members(2, GROUP)
+        answers: dict[int, str] = {}
 
-                async def ask(n: int) -> None:
-                    answers[n] = await asker.request(n, str, timeout=5)
+        async def ask(n: int) -> None:
+            answers[n] = await asker.request(n, str, timeout=5)
 
-                async with trio.open_nursery() as nursery:
-                    for n in range(count):
-                        nursery.start_soon(ask, n)
-                assert answers == {n: f"twice {n} is {2 * n}" for n in range(count)}
-                assert asker.pending_requests == 0
+        async with trio.open_nursery() as nursery:
+            for n in range(count):
+                nursery.start_soon(ask, n)
+        assert answers == {n: f"twice {n} is {2 * n}" for n in range(count)}
+        assert asker.pending_requests == 0
 
 
-async def test_an_unanswered_request_raises_and_leaves_nothing_behind() -> None:
+async def test_an_unanswered_request_raises_and_leaves_nothing_behind(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as asker,
-                open_client(relay.url, group=GROUP) as slow,
-            ):
-                questions, seen_questions = collector()
-                slow.on(str, lambda question, incoming: questions.send_nowait(incoming))
-                late, seen_late = collector()
-                asker.on(bool, lambda answer, incoming: late.send_nowait(incoming))
-                await relay.wait_members(2, GROUP)
-                start = trio.current_time()
-                with pytest.raises(RequestTimeout) as caught:
-                    await asker.request("anyone?", bool, timeout=0.2)
-                assert isinstance(caught.value, trio.TooSlowError)
-                assert 0.2 <= trio.current_time() - start < 1
-                assert asker.pending_requests == 0
-                # The answer that comes too late is an ordinary message, marked as a reply.
-                question = await seen_questions.receive()
-                assert question.id == caught.value.request_id
-                await question.reply(True)
-                late_answer = await seen_late.receive()
-                assert (late_answer.value, late_answer.reply_id) == (True, caught.value.request_id)
+        asker = await wsproxy_client(group=GROUP)
+        slow = await wsproxy_client(group=GROUP)
+        questions, seen_questions = collector()
+        slow.on(str, lambda question, incoming: questions.send_nowait(incoming))
+        late, seen_late = collector()
+        asker.on(bool, lambda answer, incoming: late.send_nowait(incoming))
+        await wsproxy_relay.wait_members(2, GROUP)
+        start = trio.current_time()
+        with pytest.raises(RequestTimeout) as caught:
+            await asker.request("anyone?", bool, timeout=0.2)
+        assert isinstance(caught.value, trio.TooSlowError)
+        assert 0.2 <= trio.current_time() - start < 1
+        assert asker.pending_requests == 0
+        # The answer that comes too late is an ordinary message, marked as a reply.
+        question = await seen_questions.receive()
+        assert question.id == caught.value.request_id
+        await question.reply(True)
+        late_answer = await seen_late.receive()
+        assert (late_answer.value, late_answer.reply_id) == (True, caught.value.request_id)
 
 
-async def test_an_answer_that_does_not_fit_the_reply_type_raises_reply_error() -> None:
+async def test_an_answer_that_does_not_fit_the_reply_type_raises_reply_error(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as asker,
-                open_client(relay.url, group=GROUP) as answerer,
-            ):
+        asker = await wsproxy_client(group=GROUP)
+        answerer = await wsproxy_client(group=GROUP)
 
-                @answerer.on(str)
-                async def wrong_type(question: str, incoming: Incoming[str]) -> None:
-                    await incoming.reply("yes")
+        @answerer.on(str)
+        async def wrong_type(question: str, incoming: Incoming[str]) -> None:
+            await incoming.reply("yes")
 
-                await relay.wait_members(2, GROUP)
-                with pytest.raises(ReplyError, match="expected true or false"):
-                    await asker.request("well?", bool)
-                assert asker.stats.bad_payload == 1
+        await wsproxy_relay.wait_members(2, GROUP)
+        with pytest.raises(ReplyError, match="expected true or false"):
+            await asker.request("well?", bool)
+        assert asker.stats.bad_payload == 1
 
 
-async def test_replying_to_a_message_that_asked_for_nothing_is_an_error() -> None:
+async def test_replying_to_a_message_that_asked_for_nothing_is_an_error(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-            ):
-                received, seen = collector()
-                b.on(str, lambda text, incoming: received.send_nowait(incoming))
-                await relay.wait_members(2, GROUP)
-                await a.send("no question")
-                incoming = await seen.receive()
-                assert not incoming.wants_reply
-                with pytest.raises(ValueError, match="nothing to reply to"):
-                    await incoming.reply(True)
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        received, seen = collector()
+        b.on(str, lambda text, incoming: received.send_nowait(incoming))
+        await wsproxy_relay.wait_members(2, GROUP)
+        await a.send("no question")
+        incoming = await seen.receive()
+        assert not incoming.wants_reply
+        with pytest.raises(ValueError, match="nothing to reply to"):
+            await incoming.reply(True)
 
 
 # -- handlers -----------------------------------------------------------------------------
 
 
-async def test_sync_and_async_handlers_run_in_registration_order_and_can_be_removed() -> None:
+async def test_sync_and_async_handlers_run_in_registration_order_and_can_be_removed(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     calls: list[str] = []
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP) as b,
-            ):
-                done, seen_done = collector()
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP)
+        done, seen_done = collector()
 
-                def first(text: str) -> None:
-                    calls.append(f"sync {text}")
+        def first(text: str) -> None:
+            calls.append(f"sync {text}")
 
-                @b.on(str)
-                async def second(text: str) -> None:
-                    await trio.lowlevel.checkpoint()
-                    calls.append(f"async {text}")
+        @b.on(str)
+        async def second(text: str) -> None:
+            await trio.lowlevel.checkpoint()
+            calls.append(f"async {text}")
 
-                b.on(str, first)
-                b.on(str, lambda text, incoming: calls.append(f"{incoming.message_type} {text}"))
-                b.on(bool, done.send)
-                await relay.wait_members(2, GROUP)
-                await a.send("one")
-                await a.send(True)
-                await seen_done.receive()
-                b.off(str, first)
-                with pytest.raises(ValueError, match="not a handler"):
-                    b.off(str, first)
-                await a.send("two")
-                await a.send(True)
-                await seen_done.receive()
-                assert calls == [
-                    "async one",
-                    "sync one",
-                    "System.String one",
-                    "async two",
-                    "System.String two",
-                ]
+        b.on(str, first)
+        b.on(str, lambda text, incoming: calls.append(f"{incoming.message_type} {text}"))
+        b.on(bool, done.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        await a.send("one")
+        await a.send(True)
+        await seen_done.receive()
+        b.off(str, first)
+        with pytest.raises(ValueError, match="not a handler"):
+            b.off(str, first)
+        await a.send("two")
+        await a.send(True)
+        await seen_done.receive()
+        assert calls == [
+            "async one",
+            "sync one",
+            "System.String one",
+            "async two",
+            "System.String two",
+        ]
 
 
 async def test_a_handlers_exception_comes_out_of_the_async_with_as_itself() -> None:
@@ -740,62 +734,59 @@ async def test_a_handlers_exception_comes_out_of_the_async_with_as_itself() -> N
                 await relay.wait_members(1, GROUP)  # b left
 
 
-async def test_with_an_error_hook_a_handlers_exception_is_reported_and_the_client_goes_on() -> None:
+async def test_with_an_error_hook_a_handlers_exception_is_reported_and_the_client_goes_on(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     errors: list[tuple[Exception, object]] = []
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(
-                    relay.url,
-                    group=GROUP,
-                    on_handler_error=lambda error, incoming: errors.append((error, incoming.value)),
-                ) as b,
-            ):
-                got, seen = collector()
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(
+            group=GROUP,
+            on_handler_error=lambda error, incoming: errors.append((error, incoming.value)),
+        )
+        got, seen = collector()
 
-                @b.on(int)
-                async def fragile(number: int) -> None:
-                    if number == 0:
-                        raise ZeroDivisionError("no zeros")
-                    await got.send(number)
+        @b.on(int)
+        async def fragile(number: int) -> None:
+            if number == 0:
+                raise ZeroDivisionError("no zeros")
+            await got.send(number)
 
-                await relay.wait_members(2, GROUP)
-                for n in (1, 0, 2):
-                    await a.send(n)
-                assert [await seen.receive(), await seen.receive()] == [1, 2]
-                assert [(type(e), value) for e, value in errors] == [(ZeroDivisionError, 0)]
-                assert b.stats.handler_errors == 1
+        await wsproxy_relay.wait_members(2, GROUP)
+        for n in (1, 0, 2):
+            await a.send(n)
+        assert [await seen.receive(), await seen.receive()] == [1, 2]
+        assert [(type(e), value) for e, value in errors] == [(ZeroDivisionError, 0)]
+        assert b.stats.handler_errors == 1
 
 
-async def test_slow_handlers_make_the_client_wait_but_lose_nothing() -> None:
+async def test_slow_handlers_make_the_client_wait_but_lose_nothing(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     count = 500
     with trio.fail_after(10):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with (
-                open_client(relay.url, group=GROUP) as a,
-                open_client(relay.url, group=GROUP, config=ClientConfig(read_ahead=2)) as b,
-            ):
-                release = trio.Event()
-                received: list[int] = []
-                got_all = trio.Event()
+        a = await wsproxy_client(group=GROUP)
+        b = await wsproxy_client(group=GROUP, config=ClientConfig(read_ahead=2))
+        release = trio.Event()
+        received: list[int] = []
+        got_all = trio.Event()
 
-                @b.on(int)
-                async def slow(number: int) -> None:
-                    await release.wait()  # stuck until everything has been sent
-                    received.append(number)
-                    if len(received) == count:
-                        got_all.set()
+        @b.on(int)
+        async def slow(number: int) -> None:
+            await release.wait()  # stuck until everything has been sent
+            received.append(number)
+            if len(received) == count:
+                got_all.set()
 
-                await relay.wait_members(2, GROUP)
-                for n in range(count):
-                    await a.send(n)
-                await trio.sleep(0.05)
-                assert received == []
-                release.set()
-                await got_all.wait()
-                assert received == list(range(count))
-                assert b.stats.disconnects == 0
+        await wsproxy_relay.wait_members(2, GROUP)
+        for n in range(count):
+            await a.send(n)
+        await trio.sleep(0.05)
+        assert received == []
+        release.set()
+        await got_all.wait()
+        assert received == list(range(count))
+        assert b.stats.disconnects == 0
 
 
 # -- bad data from the group --------------------------------------------------------------
@@ -803,6 +794,8 @@ async def test_slow_handlers_make_the_client_wait_but_lose_nothing() -> None:
 
 async def test_bad_data_is_logged_once_counted_reported_and_survived(
     caplog: pytest.LogCaptureFixture,
+    wsproxy_relay: Relay,
+    wsproxy_client: ClientFactory,
 ) -> None:
     bad_frames = [
         ("Hello, this is not JSON", BadMessageKind.INVALID_JSON),
@@ -820,29 +813,28 @@ async def test_bad_data_is_logged_once_counted_reported_and_survived(
     reported: list[BadMessage] = []
     caplog.set_level(logging.INFO, logger="trio_wsproxy.client")
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(
-                relay.url, group=GROUP, types=dotnet_types(), on_bad_message=reported.append
-            ) as client:
-                got, seen = collector()
-                client.on(SocketMessage, got.send)
-                async with dotnet_peer(relay) as peer:
-                    await relay.wait_members(2, GROUP)
-                    for frame, _ in bad_frames:
-                        await peer.send_message(frame)
-                    await peer.send_message(
-                        '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
-                        '"Message":{"Message":"still here","ReplyRequired":false},"ReplyId":null}'
-                    )
-                    assert await seen.receive() == SocketMessage("still here")
-                assert [(bad.kind, bad.text) for bad in reported] == [
-                    (kind, frame) for frame, kind in bad_frames
-                ]
-                assert "expected true or false, got str @ $.reply_required" in reported[3].reason
-                stats = client.stats
-                assert (stats.invalid_json, stats.invalid_envelope) == (1, 1)
-                assert (stats.unknown_type, stats.bad_payload, stats.bad_messages) == (1, 1, 4)
-                assert client.connected
+        client = await wsproxy_client(
+            group=GROUP, types=dotnet_types(), on_bad_message=reported.append
+        )
+        got, seen = collector()
+        client.on(SocketMessage, got.send)
+        async with dotnet_peer(wsproxy_relay) as peer:
+            await wsproxy_relay.wait_members(2, GROUP)
+            for frame, _ in bad_frames:
+                await peer.send_message(frame)
+            await peer.send_message(
+                '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
+                '"Message":{"Message":"still here","ReplyRequired":false},"ReplyId":null}'
+            )
+            assert await seen.receive() == SocketMessage("still here")
+        assert [(bad.kind, bad.text) for bad in reported] == [
+            (kind, frame) for frame, kind in bad_frames
+        ]
+        assert "expected true or false, got str @ $.reply_required" in reported[3].reason
+        stats = client.stats
+        assert (stats.invalid_json, stats.invalid_envelope) == (1, 1)
+        assert (stats.unknown_type, stats.bad_payload, stats.bad_messages) == (1, 1, 4)
+        assert client.connected
     ignored = [r for r in caplog.records if r.name == "trio_wsproxy.client" and "ignored" in r.msg]
     assert len(ignored) == len(bad_frames)
     for record, bad in zip(ignored, reported, strict=True):
@@ -1031,14 +1023,15 @@ async def test_a_relay_that_stops_answering_pings_is_left() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_pings_keep_a_healthy_connection_up() -> None:
+async def test_pings_keep_a_healthy_connection_up(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
     config = ClientConfig(ping_interval=0.02, ping_timeout=0.5)
     with trio.fail_after(5):
-        async with open_relay(RelayConfig(port=0)) as relay:
-            async with open_client(relay.url, group=GROUP, config=config) as client:
-                await trio.sleep(0.2)
-                assert client.connected
-                assert client.stats.disconnects == 0
+        client = await wsproxy_client(group=GROUP, config=config)
+        await trio.sleep(0.2)
+        assert client.connected
+        assert client.stats.disconnects == 0
 
 
 # -- closing ------------------------------------------------------------------------------
@@ -1084,31 +1077,38 @@ def certificate_authority() -> trustme.CA:
     return trustme.CA()
 
 
-async def test_members_exchange_typed_messages_over_wss_and_untrusted_relays_are_refused(
-    certificate_authority: trustme.CA, tmp_path: Path
-) -> None:
+@pytest.fixture
+def tls_relay(
+    request: pytest.FixtureRequest, certificate_authority: trustme.CA, tmp_path: Path
+) -> ssl.SSLContext:
+    """Serve this test's wsproxy_relay over TLS (list it before wsproxy_relay): marks the test
+    with the certificate files, which only exist per test, and returns a context trusting them."""
     cert = certificate_authority.issue_cert("127.0.0.1")
     certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
     cert.private_key_pem.write_to_path(str(keyfile))
+    request.node.add_marker(pytest.mark.wsproxy_relay(certfile=str(certfile), keyfile=str(keyfile)))
     trusting = ssl.create_default_context()
     certificate_authority.configure_trust(trusting)
-    config = RelayConfig(port=0, certfile=str(certfile), keyfile=str(keyfile))
+    return trusting
+
+
+async def test_members_exchange_typed_messages_over_wss_and_untrusted_relays_are_refused(
+    tls_relay: ssl.SSLContext, wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
+    trusting = tls_relay
     with trio.fail_after(5):
-        async with open_relay(config) as relay:
-            assert relay.url.startswith("wss://")
-            async with (
-                open_client(relay.url, group=GROUP, ssl_context=trusting) as a,
-                open_client(relay.url, group=GROUP, ssl_context=trusting) as b,
-            ):
-                got, seen = collector()
-                b.on(SocketMessage, got.send)
-                await relay.wait_members(2, GROUP)
-                await a.send(SocketMessage("over TLS"))
-                assert await seen.receive() == SocketMessage("over TLS")
-            with pytest.raises(ConnectError, match=r"TLS handshake .* failed"):
-                async with open_client(relay.url, group=GROUP):  # the system CAs only
-                    pytest.fail("trusted a certificate nobody vouches for")
+        assert wsproxy_relay.url.startswith("wss://")
+        a = await wsproxy_client(group=GROUP, ssl_context=trusting)
+        b = await wsproxy_client(group=GROUP, ssl_context=trusting)
+        got, seen = collector()
+        b.on(SocketMessage, got.send)
+        await wsproxy_relay.wait_members(2, GROUP)
+        await a.send(SocketMessage("over TLS"))
+        assert await seen.receive() == SocketMessage("over TLS")
+        with pytest.raises(ConnectError, match=r"TLS handshake .* failed"):
+            async with open_client(wsproxy_relay.url, group=GROUP):  # the system CAs only
+                pytest.fail("trusted a certificate nobody vouches for")
     with pytest.raises(ValueError, match="wss://"):
         Client("ws://h/ws", group=GROUP, ssl_context=trusting)
 

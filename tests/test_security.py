@@ -253,3 +253,37 @@ async def test_json_logs_carry_member_group_remote_and_reason() -> None:
     assert joined[0]["remote"].startswith("127.0.0.1:")
     refused = [r for r in records if r["message"].startswith("refused")]
     assert refused and refused[0]["status"] == 400 and "'id'" in refused[0]["reason"]
+
+
+@pytest.mark.wsproxy_relay(max_members=1)
+async def test_simultaneous_joins_never_exceed_the_limit(relay: Relay) -> None:
+    # Both requests arrive together: the second is refused with 503 before the upgrade,
+    # or, if both were admitted before either joined, closed with 1013 right after it.
+    for _ in range(3):
+        first = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+        second = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+        results: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+        async def knock(name: str, client: RawClient, results: dict = results) -> None:
+            results[name] = await client.handshake(f"/ws?id={name}&groupName=g")
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(knock, "one", first)
+                nursery.start_soon(knock, "two", second)
+            admitted = [
+                (n, c) for n, c in (("one", first), ("two", second)) if results[n][0] == 101
+            ]
+            assert admitted, results
+            refused = [results[n][0] for n in results if results[n][0] != 101]
+            assert refused in ([], [503])
+            if len(admitted) == 2:
+                codes = []
+                for _name, client in admitted:
+                    with trio.move_on_after(0.3):
+                        codes.append((await client.expect_close())[0])
+                assert codes == [CloseCode.TRY_AGAIN_LATER], codes
+            assert relay.stats.members <= 1
+        await first.aclose()
+        await second.aclose()
+        await relay.wait_members(0, None)

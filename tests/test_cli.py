@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import attrs
 import pytest
@@ -96,6 +97,20 @@ async def test_a_signal_closes_every_member_with_1001_and_exits_0(signum: int) -
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_an_unusable_token_secret_file_is_a_usage_error(tmp_path: Path) -> None:
+    empty = tmp_path / "secret"
+    empty.write_text("\n")
+    for path, words in ((empty, "is empty"), (tmp_path / "missing", "No such file")):
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_wsproxy", "serve", "--token-secret-file", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2
+        assert words in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_a_port_in_use_is_a_one_line_error() -> None:

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from ._config import RelayConfig
-from ._relay import serve_relay
+from ._relay import read_token_secret, serve_relay
 from ._tokens import mint_token
 
 logger = logging.getLogger("trio_wsproxy.cli")
@@ -204,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         config = config_from_args(args)
-    except ValueError as exc:
+        read_token_secret(config)  # a missing or empty secret file: say so before serving
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":

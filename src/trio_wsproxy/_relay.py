@@ -52,14 +52,12 @@ class Relay:
     def __init__(
         self,
         config: RelayConfig,
-        listeners: list[trio.abc.Listener[trio.abc.Stream]],
         registry: GroupRegistry,
         ports: list[int],
         secret: str | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
-        self.listeners = listeners
         #: The TCP ports the relay listens on (one per bound address).
         self.ports = ports
         #: True once shutdown has begun.
@@ -275,7 +273,7 @@ async def serve_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, listeners, registry or LocalRegistry(), ports, _token_secret(config))
+    relay = Relay(config, registry or LocalRegistry(), ports, read_token_secret(config))
     async with trio.open_nursery() as nursery:
         if config.ping_interval is not None:
             nursery.start_soon(relay._keepalive, config.ping_interval)
@@ -310,7 +308,10 @@ async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
         raise
 
 
-def _token_secret(config: RelayConfig) -> str | None:
+def read_token_secret(config: RelayConfig) -> str | None:
+    """The token secret ``config`` gives (directly or in a file); None when tokens are off.
+
+    Raises OSError when the file cannot be read and ValueError when it is empty."""
     if config.token_secret_file is None:
         return config.token_secret
     with open(config.token_secret_file, encoding="utf-8") as file:

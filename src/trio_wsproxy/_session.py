@@ -64,8 +64,10 @@ class Session:
         self.group_name = group_name
         self.remote = remote
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
+        # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
+        self._fd: int | None = None
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
-            self.mailbox.fd = stream.socket.fileno()
+            self._fd = self.mailbox.fd = stream.socket.fileno()
         self._relay = relay
         self._stream = stream
         self._leftover = leftover
@@ -103,11 +105,6 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session id={self.id!r} group={self.group_name!r} remote={self.remote}>"
-
-    @property
-    def closing(self) -> bool:
-        """True once the session has started to close, for whatever reason."""
-        return self._close is not None
 
     def close(self, code: int, reason: str) -> None:
         """Leave the group now and end the session with ``code`` (callable from any task).
@@ -163,9 +160,8 @@ class Session:
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
                     await self._receive_loop()
         finally:
-            relay.registry.leave(self)
-            relay.membership_changed()
-            self.mailbox.close()
+            # Every normal end has closed already; this only acts when a bug ended us.
+            self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
             with trio.CancelScope(shield=True):
                 if isinstance(self._stream, trio.SocketStream):
@@ -177,18 +173,14 @@ class Session:
                 logger.info("%r left (close code %s)", self, code, extra=self._log_fields(code))
 
     async def _receive_loop(self) -> None:
-        parser = FrameParser(self._relay.config.max_message_size)
-        stream = self._stream
-        data = self._leftover
-        self._leftover = b""
         try:
-            await self._read_and_fan_out(parser, stream, data)
+            await self._read_and_fan_out()
         finally:
             self._flush()
 
-    async def _read_and_fan_out(
-        self, parser: FrameParser, stream: trio.abc.Stream, data: bytes
-    ) -> None:
+    async def _read_and_fan_out(self) -> None:
+        parser = FrameParser(self._relay.config.max_message_size)
+        data, self._leftover = self._leftover, b""
         while True:
             if data:
                 self.reads += 1
@@ -215,17 +207,17 @@ class Session:
                         return
                     # A pong only proves the member is alive, which self.reads records.
                 self._flush()
-            data = await self._receive_some(stream)
+            data = await self._receive_some()
             if not data:
                 self._peer_gone("connection closed without a close frame")
                 return
 
-    async def _receive_some(self, stream: trio.abc.Stream) -> bytes:
+    async def _receive_some(self) -> bytes:
         """The next bytes from the member; b"" when its connection is gone."""
-        fd = self.mailbox.fd
+        fd = self._fd
         if fd is None:
             try:
-                received = await stream.receive_some(READ_SIZE)
+                received = await self._stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
             return received if isinstance(received, bytes) else bytes(received)
@@ -318,11 +310,27 @@ class Session:
         assert group is not None
         if group.streamer is not None:
             await self._wait_for_stream(group)
+        recipients = group.sessions
+        self._relay.deliveries += len(recipients) - 1
+        blocked = self._offer(data, recipients, skip=self)
+        if blocked is not None:
+            await self._wait_for_room(data, blocked)
+
+    async def _deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
+        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
+        blocked = self._offer(data, members)
+        if blocked is not None:
+            await self._wait_for_room(data, blocked)
+
+    def _offer(
+        self, data: bytes, members: tuple[Session, ...], skip: Session | None = None
+    ) -> list[Session] | None:
+        """Queue ``data`` for every member whose mailbox has room, without waiting;
+        return the members whose mailboxes were full (None when there were none)."""
         blocked: list[Session] | None = None
         held = self._held
-        recipients = group.sessions
-        for member in recipients:
-            if member is not self:
+        for member in members:
+            if member is not skip:
                 result = member.mailbox.offer(data)
                 if result == HELD:
                     held.append(member.mailbox)
@@ -330,12 +338,10 @@ class Session:
                     if blocked is None:
                         blocked = []
                     blocked.append(member)
-        self._relay.deliveries += len(recipients) - 1
-        if blocked is not None:
-            await self._deliver(data, blocked)
+        return blocked
 
-    async def _deliver(self, data: bytes, members: tuple[Session, ...] | list[Session]) -> None:
-        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full.
+    async def _wait_for_room(self, data: bytes, members: list[Session]) -> None:
+        """Queue ``data`` for members whose mailboxes were full, waiting for room.
 
         A member whose mailbox stays full for ``slow_member_timeout`` is closed with
         4001: the group waits that long for it at most.
@@ -343,12 +349,7 @@ class Session:
         timeout = self._relay.config.slow_member_timeout
         for member in members:
             mailbox = member.mailbox
-            while True:
-                result = mailbox.offer(data)
-                if result == HELD:
-                    self._held.append(mailbox)
-                if result != FULL:
-                    break
+            while (result := mailbox.offer(data)) == FULL:
                 if self._held:
                     # Flushing may write this very mailbox out: offer again first.
                     self._flush()
@@ -361,6 +362,8 @@ class Session:
                         CloseCode.SLOW_CONSUMER,
                         f"mailbox full for {timeout:g}s: member reads too slowly",
                     )
+            if result == HELD:
+                self._held.append(mailbox)
 
     def _flush(self) -> None:
         for mailbox in self._held:

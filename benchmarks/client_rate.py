@@ -15,11 +15,11 @@ import argparse
 import base64
 import json
 import os
-import subprocess
 import sys
 
 import attrs
 import trio
+from relay_process import start_relay
 
 import trio_wsproxy
 
@@ -93,14 +93,7 @@ async def receive(port: int, kind: str, count: int) -> float:
 
 
 async def main(count: int) -> None:
-    relay = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0"], stdout=subprocess.PIPE
-    )
-    assert relay.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        line += await relay.stdout.receive_some(1)
-    port = int(line.decode().rsplit(":", 1)[1].split("/")[0])
+    relay, _url, port = await start_relay()
     try:
         for kind in ("typed", "raw"):
             rate = await receive(port, kind, count)

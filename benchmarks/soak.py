@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 
 import trio
 import trio_websocket
+from relay_process import start_relay
 
 
 def rss_mib(pid: int) -> float:
@@ -106,15 +106,7 @@ async def rude_member(host: str, port: int, ident: str, group: str, counts: dict
 async def soak(
     members: int, groups: int, seconds: float, rounds: int, max_growth: float
 ) -> dict[str, object]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0"], stdout=subprocess.PIPE
-    )
-    assert process.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        line += await process.stdout.receive_some(1)
-    url = line.decode().strip().rsplit(" ", 1)[1]
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    process, url, port = await start_relay()
     try:
         counts = dict.fromkeys(("joins", "sent", "received", "dropped", "stuck"), 0)
         baseline = rss_mib(process.pid)

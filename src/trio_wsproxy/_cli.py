@@ -41,7 +41,8 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_or_none
 
 
-# How each RelayConfig field's flag parses its value; every field has a flag.
+# How each RelayConfig field's flag parses its value; every field has a flag (a boolean
+# field is a --flag/--no-flag pair and needs no parser).
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": int,
@@ -68,6 +69,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_message_rate": _optional(float),
     "max_byte_rate": _optional(parse_size),
     "log_format": str,
+    "backplane": _optional(str),
+    "backplane_prefix": str,
+    "node_ttl": float,
+    "workers": int,
 }
 
 
@@ -86,10 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         if field.metadata.get("env"):
             continue  # a secret: from the environment, never from the command line
         default = field.default
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(default, bool):
+            serve.add_argument(
+                flag,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=field.metadata["help"],
+            )
+            continue
         if isinstance(default, tuple):
             default = ",".join(default)
         serve.add_argument(
-            "--" + field.name.replace("_", "-"),
+            flag,
             dest=field.name,
             type=_PARSERS[field.name],
             default=default,

@@ -36,6 +36,16 @@ def _setting(
     return attrs.field(default=default, validator=validator, metadata=metadata, **kwargs)
 
 
+def _backplane_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.startswith("redis://")):
+        raise ValueError(f"backplane must be a redis://HOST:PORT/DB URL, got {value!r}")
+
+
+def _valid_prefix(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"backplane_prefix must be a non-empty word, got {value!r}")
+
+
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
@@ -145,7 +155,35 @@ class RelayConfig:
         attrs.validators.in_(("text", "json")),
     )
 
+    backplane: str | None = _setting(
+        None,
+        "redis://HOST:PORT/DB of the Redis that joins relay nodes into one relay; "
+        "none: this process is the whole relay.",
+        _backplane_url,
+    )
+    backplane_prefix: str = _setting(
+        "trio-wsproxy",
+        "Prefix of every Redis key and channel, so several clusters can share one Redis.",
+        _valid_prefix,
+    )
+    node_ttl: float = _setting(
+        10.0,
+        "Seconds after which a node that stopped refreshing its registration (killed, "
+        "cut off) counts as gone, and its members as left.",
+        _positive,
+    )
+    workers: int = _setting(
+        1,
+        "Processes serving the port together (SO_REUSEPORT); more than 1 needs backplane.",
+        attrs.validators.ge(1),
+    )
+    reuse_port: bool = _setting(
+        False, "Set SO_REUSEPORT, so several relay processes can listen on one port."
+    )
+
     def __attrs_post_init__(self) -> None:
+        if self.workers > 1 and self.backplane is None:
+            raise ValueError("workers > 1 needs a backplane: without one, each is its own relay")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together: give both or neither")
         if self.token_secret is not None and self.token_secret_file is not None:

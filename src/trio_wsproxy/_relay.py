@@ -265,7 +265,7 @@ async def serve_relay(
     config = config or RelayConfig()
     if config.log_level is not None:
         logging.getLogger("trio_wsproxy").setLevel(config.log_level.upper())
-    tcp_listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+    tcp_listeners = await open_listeners(config)
     ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp_listeners)
     if config.tls:
@@ -306,6 +306,44 @@ async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+async def open_listeners(config: RelayConfig) -> list[trio.SocketListener]:
+    """Bind and listen on ``config``'s host and port, with SO_REUSEPORT if it asks.
+
+    Without ``reuse_port`` this is :func:`trio.open_tcp_listeners`. With it, every
+    address gets its own socket bound with SO_REUSEPORT, so other relay processes can
+    bind the same port and the kernel spreads new connections across them."""
+    if not config.reuse_port:
+        return await trio.open_tcp_listeners(config.port, host=config.host or None)
+    if not hasattr(trio.socket, "SO_REUSEPORT"):
+        raise OSError("reuse_port: this platform has no SO_REUSEPORT")
+    addresses = await trio.socket.getaddrinfo(
+        config.host or None,
+        config.port,
+        type=trio.socket.SOCK_STREAM,
+        flags=trio.socket.AI_PASSIVE | trio.socket.AI_ADDRCONFIG,
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(1024)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 def read_token_secret(config: RelayConfig) -> str | None:

@@ -18,6 +18,7 @@ import trio
 from ._config import RelayConfig
 from ._relay import read_token_secret, serve_relay
 from ._tokens import mint_token
+from ._workers import WorkerFailed, serve_workers
 
 logger = logging.getLogger("trio_wsproxy.cli")
 
@@ -228,12 +229,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=(config.log_level or "WARNING").upper(), handlers=[handler])
-    failure: OSError | None = None
+    failure: Exception | None = None
     try:
-        trio.run(_serve, config)
-    except* OSError as group:
-        # Port in use, bad address, unreadable certificate: say so in one line.
-        failure = group.exceptions[0]  # type: ignore[assignment]
+        trio.run(_serve if config.workers == 1 else serve_workers, config)
+    except* (OSError, WorkerFailed) as group:
+        # Port in use, bad address, unreadable certificate, a worker that cannot
+        # listen: say so in one line.
+        failure = group.exceptions[0]
     if failure is not None:
         print(f"trio-wsproxy: cannot serve: {failure}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,295 @@
+"""Several relay processes on one port: ``trio-wsproxy serve --workers N``.
+
+A supervisor reserves the port, runs N ``trio-wsproxy serve --reuse-port`` processes
+that listen on it together (the kernel spreads new connections across them), restarts
+a worker that dies, and stops them all on SIGINT or SIGTERM. Groups span the workers
+through the backplane; the supervisor itself knows nothing of groups or members.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
+from functools import partial
+
+import attrs
+import trio
+
+from ._config import RelayConfig
+
+logger = logging.getLogger("trio_wsproxy.workers")
+
+#: The start of the line ``trio-wsproxy serve`` prints on stdout once it listens
+#: (``_serve`` in ``_cli``); the rest of the line is its URL.
+LISTENING = "trio-wsproxy relay listening on "
+
+# A worker that served this long before it died was healthy: its restart waits the
+# shortest backoff again. Each quicker death doubles the wait, up to the longest.
+_HEALTHY_RUN = 10.0
+_FIRST_BACKOFF = 0.1
+_LONGEST_BACKOFF = 5.0
+# Startups in a row that may end before the worker listens. A worker that cannot
+# listen (unreadable certificate, address not available) fails the same way every
+# time; past this the supervisor gives up instead of restarting it forever.
+_STARTUP_ATTEMPTS = 3
+# Beyond close_timeout (its sessions' close handshakes), how long a worker told to stop
+# has to cancel its tasks and exit before it is killed.
+_EXIT_MARGIN = 2.0
+
+
+class WorkerFailed(Exception):
+    """A worker kept exiting before it listened, so the supervisor gave up."""
+
+
+def serve_flags(config: RelayConfig) -> list[str]:
+    """The ``trio-wsproxy serve`` flags that describe ``config``: one per field that
+    differs from its default, so that parsing them gives ``config`` back.
+
+    Fields read from the environment (the token secret) have no flag and are left
+    out: a child process gets them with its environment."""
+    flags: list[str] = []
+    for field in attrs.fields(RelayConfig):
+        value = getattr(config, field.name)
+        if field.metadata.get("env") or value == field.default:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif value is None:
+            flags.append(f"{flag}=none")
+        elif isinstance(value, tuple):
+            flags.append(f"{flag}={','.join(value)}")
+        else:
+            # --flag=VALUE, so that a value starting with "-" is not taken for a flag.
+            flags.append(f"{flag}={value}")
+    return flags
+
+
+def _environment(config: RelayConfig) -> dict[str, str]:
+    """The supervisor's environment, plus the settings ``config`` reads from it."""
+    environment = dict(os.environ)
+    for field in attrs.fields(RelayConfig):
+        name = field.metadata.get("env")
+        value = getattr(config, field.name)
+        if name and value is not None:
+            environment[name] = str(value)
+    return environment
+
+
+async def reserve_port(config: RelayConfig) -> list[trio.socket.SocketType]:
+    """Bind, without listening, a SO_REUSEPORT socket on each of ``config``'s addresses,
+    all on one port: ``config.port``, or with 0 the port the first address gets.
+
+    While they are open nobody else can take the port, not even while every worker is
+    restarting; not listening, they are handed no connections. Raises OSError when the
+    port is taken (by a socket without SO_REUSEPORT) or the address is not available."""
+    if not hasattr(trio.socket, "SO_REUSEPORT"):
+        raise OSError("workers: this platform has no SO_REUSEPORT")
+    addresses = await trio.socket.getaddrinfo(
+        config.host or None,
+        config.port,
+        type=trio.socket.SOCK_STREAM,
+        flags=trio.socket.AI_PASSIVE | trio.socket.AI_ADDRCONFIG,
+    )
+    port = config.port
+    sockets: list[trio.socket.SocketType] = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # The same options as the workers' listeners (open_listeners), or the
+            # kernel would not let them share the port.
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind((address[0], port, *address[2:]))
+            port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+@attrs.frozen
+class _Worker:
+    """One of the supervisor's N places: the process in it now, restarted when it dies."""
+
+    index: int
+    command: list[str]
+    environment: dict[str, str]
+    #: Seconds a worker has between SIGTERM and SIGKILL.
+    stop_timeout: float
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a worker process in this place until cancelled, which stops it.
+
+        Reports the URL it listens on the first time one does. Raises
+        :exc:`WorkerFailed` when one exits before listening too many times in a row."""
+        backoff = _FIRST_BACKOFF
+        failed_startups = 0
+        announced = False
+
+        def listening(url: str) -> None:
+            nonlocal announced
+            if not announced:
+                announced = True
+                task_status.started(url)
+
+        while True:
+            started_at = trio.current_time()
+            pid, listened, returncode = await self._run_process(listening)
+            # Here only when the worker ended by itself: stopping cancels _run_process.
+            how = _describe(returncode)
+            failed_startups = 0 if listened else failed_startups + 1
+            if failed_startups == _STARTUP_ATTEMPTS:
+                raise WorkerFailed(
+                    f"worker {self.index} {how} before listening, {failed_startups} times in a row"
+                )
+            if trio.current_time() - started_at >= _HEALTHY_RUN:
+                backoff = _FIRST_BACKOFF
+            logger.warning(
+                "worker %d (pid %d) %s%s; restarting in %gs",
+                self.index,
+                pid,
+                how,
+                "" if listened else " before listening",
+                backoff,
+            )
+            await trio.sleep(backoff)
+            backoff = min(2 * backoff, _LONGEST_BACKOFF)
+
+    async def _run_process(self, listening: Callable[[str], None]) -> tuple[int, bool, int]:
+        """Run one worker process to its end: (its pid, whether it listened, its exit
+        status). Cancelling stops it (:meth:`_stop`) and waits for it."""
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    self.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    env=self.environment,
+                    # A process group of its own, so that a Ctrl-C in the terminal reaches
+                    # the supervisor alone, which stops every worker the one way: SIGTERM.
+                    process_group=0,
+                    check=False,
+                    deliver_cancel=self._stop,
+                )
+            )
+            logger.info("worker %d started (pid %d)", self.index, process.pid)
+            listened = await self._read_stdout(process, listening)
+        # run_process has returned: the process has exited.
+        assert process.returncode is not None
+        return process.pid, listened, process.returncode
+
+    async def _read_stdout(self, process: trio.Process, listening: Callable[[str], None]) -> bool:
+        """Read the worker's stdout until it closes; whether the worker listened.
+
+        Its first ``LISTENING`` line gives its URL to ``listening``; any other output goes
+        to the supervisor's stderr, keeping stdout for the supervisor's own line."""
+        assert process.stdout is not None
+        listened = False
+        pending = b""
+        async with process.stdout:
+            async for chunk in process.stdout:
+                pending += chunk
+                while b"\n" in pending:
+                    raw, _, pending = pending.partition(b"\n")
+                    line = raw.decode(errors="replace")
+                    if not listened and line.startswith(LISTENING):
+                        listened = True
+                        logger.info("worker %d (pid %d) listening", self.index, process.pid)
+                        listening(line.removeprefix(LISTENING).strip())
+                    else:
+                        print(line, file=sys.stderr, flush=True)
+        if pending:
+            print(pending.decode(errors="replace"), file=sys.stderr, flush=True)
+        return listened
+
+    async def _stop(self, process: trio.Process) -> None:
+        process.terminate()
+        await trio.sleep(self.stop_timeout)
+        logger.warning(
+            "worker %d (pid %d) still running %gs after SIGTERM: killing it",
+            self.index,
+            process.pid,
+            self.stop_timeout,
+        )
+        process.kill()
+
+
+async def _start_all(nursery: trio.Nursery, workers: list[_Worker]) -> str:
+    """Start every worker in ``nursery`` at once; their URL, once all of them listen."""
+    urls: list[str] = []
+
+    async def start(worker: _Worker) -> None:
+        urls.append(await nursery.start(worker.run))
+
+    async with trio.open_nursery() as starting:
+        for worker in workers:
+            starting.start_soon(start, worker)
+    return urls[0]
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        logger.info("%s received: stopping every worker", signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+async def serve_workers(config: RelayConfig) -> None:
+    """Run ``config.workers`` relay processes on ``config``'s port until SIGINT or SIGTERM.
+
+    Once every worker listens, prints ``trio-wsproxy relay listening on URL (N workers)``
+    on stdout. A worker that dies is restarted, after a growing backoff when it keeps
+    dying. A signal sends SIGTERM to every worker, SIGKILL to any still running
+    ``close_timeout`` plus a margin later, and returns once all have exited.
+
+    Raises OSError when the port cannot be had, and :exc:`WorkerFailed` when a worker
+    cannot get to listening (its own error is on stderr)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, ExitStack() as held:
+        sockets = await reserve_port(config)
+        for sock in sockets:
+            held.enter_context(sock)
+        port = sockets[0].getsockname()[1]
+        worker_config = attrs.evolve(config, port=port, workers=1, reuse_port=True)
+        # --workers=1 said outright: a worker must never become a supervisor itself,
+        # whatever the default of --workers may one day be.
+        command = [
+            *(sys.executable, "-m", "trio_wsproxy", "serve"),
+            *serve_flags(worker_config),
+            "--workers=1",
+        ]
+        environment = _environment(config)
+        stop_timeout = config.close_timeout + _EXIT_MARGIN
+        workers = [
+            _Worker(index, command, environment, stop_timeout)
+            for index in range(1, config.workers + 1)
+        ]
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                url = await _start_all(nursery, workers)
+                print(f"{LISTENING}{url} ({len(workers)} workers)", flush=True)
+        except* WorkerFailed as group:
+            failure: BaseException = group
+            while isinstance(failure, BaseExceptionGroup):
+                failure = failure.exceptions[0]
+            raise failure from None

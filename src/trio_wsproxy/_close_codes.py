@@ -30,3 +30,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TRUNCATED = 4002
     #: The member did not answer the relay's ping within ``ping_timeout``.
     KEEPALIVE_TIMEOUT = 4003
+    #: The backplane could not guarantee delivery to or from the member's group (Redis
+    #: lost, the node's subscription dropped, the group split by an outage): the
+    #: member may have missed messages and should resynchronise.
+    BACKPLANE_UNAVAILABLE = 4004

@@ -9,6 +9,7 @@ import trio
 from ._close_codes import CloseCode
 
 if TYPE_CHECKING:
+    from ._backplane import RedisBackplane, RemoteStream
     from ._session import Session
 
 
@@ -17,6 +18,10 @@ class Group:
 
     __slots__ = ("_sessions", "members", "name", "stream_done", "streamer")
 
+    #: The backplane that also carries this group's messages to other nodes; None when
+    #: the group lives in this process only.
+    backplane: RedisBackplane | None = None
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[str, Session] = {}
@@ -24,7 +29,7 @@ class Group:
         #: The member whose message is being forwarded piece by piece; None when idle.
         #: WebSocket forbids interleaving fragmented messages, so while one streams, the
         #: other members' messages to this group wait for ``stream_done``.
-        self.streamer: Session | None = None
+        self.streamer: Session | RemoteStream | None = None
         self.stream_done = trio.Event()
 
     @property
@@ -69,6 +74,9 @@ class GroupRegistry(Protocol):
     def group(self, name: str) -> Group | None:
         """The group called ``name``, or None when it has no members."""
 
+    def unavailable(self, group_name: str) -> str | None:
+        """Why a member cannot join ``group_name`` now (a backplane outage), or None."""
+
 
 class LocalRegistry:
     """The in-process registry: every member of every group is in this process."""
@@ -110,3 +118,6 @@ class LocalRegistry:
 
     def group(self, name: str) -> Group | None:
         return self._groups.get(name)
+
+    def unavailable(self, group_name: str) -> str | None:
+        return None

@@ -63,7 +63,8 @@ class RelayCollector(Collector):
             "1 when the group registry can deliver to every node (always 1 in-process)",
             labels=["kind"],
         )
-        backplane.add_metric([type(relay.registry).__name__], 1.0)
+        up = getattr(relay.registry, "up", True)
+        backplane.add_metric([type(relay.registry).__name__], 1.0 if up else 0.0)
         yield backplane
 
 

@@ -12,6 +12,7 @@ from http import HTTPStatus
 import attrs
 import trio
 
+from ._backplane import RedisBackplane
 from ._close_codes import CloseCode
 from ._config import RelayConfig
 from ._groups import GroupRegistry, LocalRegistry
@@ -189,6 +190,9 @@ class Relay:
         """(kind, reason) when one more member ``member_id`` in ``group_name`` would
         break a limit; a member replacing its own older connection adds nobody."""
         config = self.config
+        down = self.registry.unavailable(group_name)
+        if down is not None:
+            return "backplane_down", down
         group = self.registry.group(group_name)
         if group is not None and member_id in group.members:
             return None
@@ -273,8 +277,16 @@ async def serve_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, registry or LocalRegistry(), ports, read_token_secret(config))
+    if registry is None:
+        registry = (
+            RedisBackplane(config.backplane, config.backplane_prefix, config.node_ttl)
+            if config.backplane is not None
+            else LocalRegistry()
+        )
+    relay = Relay(config, registry, ports, read_token_secret(config))
     async with trio.open_nursery() as nursery:
+        if isinstance(registry, RedisBackplane):
+            await nursery.start(registry.run, relay)
         if config.ping_interval is not None:
             nursery.start_soon(relay._keepalive, config.ping_interval)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)

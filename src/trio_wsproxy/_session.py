@@ -29,6 +29,7 @@ from ._mailbox import FULL, HELD, Mailbox
 from ._ratelimit import TokenBucket
 
 if TYPE_CHECKING:
+    from ._backplane import OutgoingStream
     from ._groups import Group
     from ._relay import Relay
 
@@ -82,9 +83,12 @@ class Session:
         self._eof = False
         # The message being streamed to the group, and who it is going to.
         self._stream_to: tuple[Session, ...] = ()
-        # Mailboxes this receiver holds frames in for a direct write (see Mailbox):
-        # flushed after each read's events, and before anything that may yield.
-        self._held: list[Mailbox] = []
+        # Queues this receiver's fan-out; flushed after each read's events.
+        self._courier = Courier(relay)
+        #: This connection's registration in a backplane (set by the registry's join).
+        self.owner = ""
+        # The backplane's record of the message this member is streaming, if any.
+        self._outgoing: OutgoingStream | None = None
         self._parts: list[bytes] = []
         self._parts_size = 0
         self._opcode = OP_BINARY
@@ -198,7 +202,7 @@ class Session:
                                 await self._pace(event)
                             await self._on_data(event)
                     elif type(event) is Ping:
-                        await self._deliver(frame(OP_PONG, event.payload), (self,))
+                        await self._courier.deliver(frame(OP_PONG, event.payload), (self,))
                     elif type(event) is Close:
                         # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
                         code = event.code if event.code is not None else CloseCode.NORMAL
@@ -312,63 +316,15 @@ class Session:
             await self._wait_for_stream(group)
         recipients = group.sessions
         self._relay.deliveries += len(recipients) - 1
-        blocked = self._offer(data, recipients, skip=self)
+        courier = self._courier
+        blocked = courier.offer(data, recipients, skip=self)
         if blocked is not None:
-            await self._wait_for_room(data, blocked)
-
-    async def _deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
-        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
-        blocked = self._offer(data, members)
-        if blocked is not None:
-            await self._wait_for_room(data, blocked)
-
-    def _offer(
-        self, data: bytes, members: tuple[Session, ...], skip: Session | None = None
-    ) -> list[Session] | None:
-        """Queue ``data`` for every member whose mailbox has room, without waiting;
-        return the members whose mailboxes were full (None when there were none)."""
-        blocked: list[Session] | None = None
-        held = self._held
-        for member in members:
-            if member is not skip:
-                result = member.mailbox.offer(data)
-                if result == HELD:
-                    held.append(member.mailbox)
-                elif result == FULL:
-                    if blocked is None:
-                        blocked = []
-                    blocked.append(member)
-        return blocked
-
-    async def _wait_for_room(self, data: bytes, members: list[Session]) -> None:
-        """Queue ``data`` for members whose mailboxes were full, waiting for room.
-
-        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
-        4001: the group waits that long for it at most.
-        """
-        timeout = self._relay.config.slow_member_timeout
-        for member in members:
-            mailbox = member.mailbox
-            while (result := mailbox.offer(data)) == FULL:
-                if self._held:
-                    # Flushing may write this very mailbox out: offer again first.
-                    self._flush()
-                    continue
-                if mailbox.full_since is None:
-                    mailbox.full_since = trio.current_time()
-                    self._relay.mailbox_full += 1
-                if not await mailbox.wait_room(mailbox.full_since + timeout):
-                    member.close(
-                        CloseCode.SLOW_CONSUMER,
-                        f"mailbox full for {timeout:g}s: member reads too slowly",
-                    )
-            if result == HELD:
-                self._held.append(mailbox)
+            await courier.wait_for_room(data, blocked)
+        if group.backplane is not None:
+            await group.backplane.publish(group, data)
 
     def _flush(self) -> None:
-        for mailbox in self._held:
-            mailbox.flush()
-        self._held.clear()
+        self._courier.flush()
 
     async def _wait_for_stream(self, group: Group) -> None:
         while group.streamer is not None and group.streamer is not self:
@@ -379,15 +335,28 @@ class Session:
         group = self._group
         assert group is not None
         await self._wait_for_stream(group)
-        group.streamer = self
-        group.stream_done = trio.Event()
+        if group.backplane is not None:
+            # Other nodes' members may be streaming to this group too: the backplane
+            # decides who goes first, and may make this member wait its turn.
+            self._flush()
+            self._outgoing = await group.backplane.claim_stream(group, self)
+        if group.streamer is not self:
+            group.streamer = self
+            group.stream_done = trio.Event()
         self._stream_to = tuple(member for member in group.sessions if member is not self)
         self._streaming = True
         self._relay.deliveries += len(self._stream_to)
 
     async def _forward(self, opcode: int, payload: bytes, last: bool) -> None:
         """Forward one piece of a streaming message to the members it started with."""
-        await self._deliver(frame(opcode, payload, last), self._stream_to)
+        data = frame(opcode, payload, last)
+        await self._courier.deliver(data, self._stream_to)
+        outgoing = self._outgoing
+        if outgoing is not None:
+            group = self._group
+            assert group is not None and group.backplane is not None
+            self._flush()
+            await group.backplane.publish_piece(group, outgoing, data, last)
         if last:
             self._relay.messages += 1
             self._end_stream(truncated=False)
@@ -396,6 +365,9 @@ class Session:
         group = self._group
         if not self._streaming or group is None:
             return
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing is not None and group.backplane is not None:
+            group.backplane.end_stream(group, outgoing, truncated)
         if truncated:
             for member in self._stream_to:
                 member.close(
@@ -420,6 +392,75 @@ class Session:
                 self.mailbox.offer_control(_PING_FRAME)
         elif now - self.pinged_at >= timeout:
             self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
+
+
+class Courier:
+    """Queues frames in members' mailboxes for one producer (a member's receiver, or a
+    backplane's subscriber), waiting for room where a mailbox is full.
+
+    Frames a mailbox holds for a direct write (see Mailbox) are written by
+    :meth:`flush`, which the producer calls before anything that may yield.
+    """
+
+    __slots__ = ("_held", "_relay")
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._held: list[Mailbox] = []
+
+    async def deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
+        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
+        blocked = self.offer(data, members)
+        if blocked is not None:
+            await self.wait_for_room(data, blocked)
+
+    def offer(
+        self, data: bytes, members: tuple[Session, ...], skip: Session | None = None
+    ) -> list[Session] | None:
+        """Queue ``data`` for every member whose mailbox has room, without waiting;
+        return the members whose mailboxes were full (None when there were none)."""
+        blocked: list[Session] | None = None
+        held = self._held
+        for member in members:
+            if member is not skip:
+                result = member.mailbox.offer(data)
+                if result == HELD:
+                    held.append(member.mailbox)
+                elif result == FULL:
+                    if blocked is None:
+                        blocked = []
+                    blocked.append(member)
+        return blocked
+
+    async def wait_for_room(self, data: bytes, members: list[Session]) -> None:
+        """Queue ``data`` for members whose mailboxes were full, waiting for room.
+
+        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
+        4001: the group waits that long for it at most.
+        """
+        timeout = self._relay.config.slow_member_timeout
+        for member in members:
+            mailbox = member.mailbox
+            while (result := mailbox.offer(data)) == FULL:
+                if self._held:
+                    # Flushing may write this very mailbox out: offer again first.
+                    self.flush()
+                    continue
+                if mailbox.full_since is None:
+                    mailbox.full_since = trio.current_time()
+                    self._relay.mailbox_full += 1
+                if not await mailbox.wait_room(mailbox.full_since + timeout):
+                    member.close(
+                        CloseCode.SLOW_CONSUMER,
+                        f"mailbox full for {timeout:g}s: member reads too slowly",
+                    )
+            if result == HELD:
+                self._held.append(mailbox)
+
+    def flush(self) -> None:
+        for mailbox in self._held:
+            mailbox.flush()
+        self._held.clear()
 
 
 # Closes worth a line at INFO; the rest (normal closes) are DEBUG.

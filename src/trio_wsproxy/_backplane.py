@@ -1,0 +1,792 @@
+"""The Redis backplane: relay nodes that share one Redis form one relay.
+
+Who talks to whom (``P`` is ``backplane_prefix``):
+
+- Every node subscribes to ``P:g:<group>`` for each group it has members in, and to
+  its own ``P:n:<node>``. A member's message is delivered to the members on its own
+  node directly and published once on the group's channel; each other node subscribed
+  there delivers it to its members. Redis delivers one channel's messages in the order
+  they were published, which is what keeps every sender's order.
+- A message too large to hold streams through in ~1 MiB pieces. Which sender streams
+  to a group first is decided by the group channel's order (the first start announced
+  wins, the others wait for its end), so pieces of two messages never interleave. The
+  receiving nodes acknowledge pieces on the sender node's channel, and the sender keeps
+  at most ``STREAM_WINDOW`` pieces unacknowledged: memory stays flat on every node and
+  no subscriber outgrows Redis's pub/sub output buffer.
+- Membership lives in ``P:members:<group>`` (id -> owner token of the newest connection);
+  a join that replaces an owner on another node tells that node on its channel, and it
+  closes the older connection with 4000. Each node refreshes ``P:node:<node>`` every
+  ``node_ttl``/3; nodes whose key expired are reaped by the others, which then treat their
+  members as gone and cut off (4002) any message they were streaming.
+- When Redis is lost (or drops this node's subscription, or reaps it), members of
+  groups with members on other nodes are closed with 4004: they may have missed
+  messages. Groups that live on this node only keep working. The node reconnects with
+  backoff and registers again.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import random
+import struct
+import uuid
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._close_codes import CloseCode
+from ._groups import Group
+from ._resp import ConnectionLost, RedisAddress, RedisConnection, RedisError
+from ._session import Courier
+
+if TYPE_CHECKING:
+    from ._relay import Relay
+    from ._session import Session
+
+logger = logging.getLogger("trio_wsproxy.backplane")
+
+#: Stream pieces a sender may have published and not yet seen acknowledged by every
+#: receiving node. Pieces are about 1 MiB (FRAGMENT_SIZE): this keeps a subscriber's
+#: backlog under Redis's default soft pub/sub limit (8 MB).
+STREAM_WINDOW = 4
+#: Bytes a node may have queued for Redis before its members' senders wait.
+PUBLISH_BUFFER = 8 * 1024 * 1024
+#: Reconnection backoff: first delay and the most it grows to (seconds).
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+#: How long shutdown spends removing this node's registration.
+DEREGISTER_TIMEOUT = 1.0
+
+# Channel message kinds (first byte), then the 16-byte sending node id.
+_MESSAGE = b"M"  # a whole framed message
+_START = b"S"  # + stream id: claims the group for a streamed message
+_PIECE = b"F"  # + stream id, piece number + framed fragment
+_END = b"E"  # same as _PIECE, the last piece
+_ABORT = b"X"  # + stream id: the sender left mid-message
+_JOINED = b"J"  # + owner token
+_LEFT = b"L"  # + owner token
+_SPLIT = b"Z"  # the group lived on two sides of an outage: close its members
+# On a node's own channel:
+_REPLACE = b"R"  # + owner token: close that connection, a newer one took its id
+_ACK = b"A"  # + stream id, piece number
+_STREAM_ID = struct.Struct(">Q")
+_PIECE_ID = struct.Struct(">QI")
+_NODE_ID_LENGTH = 16
+
+# id -> owner of the newest connection; the node's own index of what it registered.
+# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix.
+# Returns the replaced owner (or nil) and every owner now in the group.
+_JOIN = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if old and old ~= ARGV[2] then
+  redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, 16), old)
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return {old or false, redis.call('HVALS', KEYS[1])}
+"""
+# KEYS: members hash, node-members hash. ARGV: id, owner.
+_LEAVE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+"""
+# Forget a node and every membership it registered that nobody has replaced since.
+# KEYS: node-members hash, nodes set. ARGV: node, prefix.
+_REAP = """
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local entry = cjson.decode(entries[i + 1])
+  local members = ARGV[2] .. ':members:' .. entry[1]
+  if redis.call('HGET', members, entry[2]) == entries[i] then
+    redis.call('HDEL', members, entry[2])
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return #entries / 2
+"""
+
+
+class RemoteStream:
+    """A message another node's member is streaming to a group, as this node forwards it."""
+
+    __slots__ = ("delivered", "node", "recipients", "stream_id")
+
+    def __init__(self, node: bytes, stream_id: int, recipients: tuple[Session, ...]) -> None:
+        self.node = node
+        self.stream_id = stream_id
+        self.recipients = recipients
+        #: Whether a piece went out: only then does cutting it off close the recipients.
+        self.delivered = False
+
+
+class OutgoingStream:
+    """A message a member of this node streams to other nodes: its acknowledgements."""
+
+    __slots__ = ("acked", "changed", "expected", "pieces", "stream_id")
+
+    def __init__(self, stream_id: int, expected: int) -> None:
+        self.stream_id = stream_id
+        #: How many other nodes receive it (Redis's count of subscribers, less us).
+        self.expected = expected
+        self.pieces = 0
+        self.acked: dict[bytes, int] = {}
+        self.changed = trio.Event()
+
+    def acked_by(self, piece: int) -> int:
+        return sum(1 for last in self.acked.values() if last >= piece)
+
+
+class SharedGroup(Group):
+    """A group as one node sees it: its members here, owners of members elsewhere."""
+
+    __slots__ = ("backplane", "owner", "pending", "pending_bytes", "remote", "subscribed")
+
+    def __init__(self, name: str, backplane: RedisBackplane) -> None:
+        super().__init__(name)
+        self.backplane = backplane
+        #: Owner tokens of the group's members on other nodes, as far as this node knows.
+        self.remote: set[str] = set()
+        #: (node, stream id) of the message streaming to the group, in channel order.
+        self.owner: tuple[bytes, int] | None = None
+        #: Whole messages from other nodes that arrived while a message streamed.
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.pending_bytes = 0
+        self.subscribed = trio.Event()
+
+    @property
+    def spans_nodes(self) -> bool:
+        return bool(self.remote) or isinstance(self.streamer, RemoteStream)
+
+
+class _Claim:
+    __slots__ = ("accepted", "decided", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.accepted = False
+        self.decided = trio.Event()
+
+
+class BackplaneDown(Exception):
+    """The backplane lost Redis (or Redis dropped or reaped this node)."""
+
+
+class RedisBackplane:
+    """The group registry of a relay node in a cluster that shares one Redis.
+
+    Run it with ``await nursery.start(backplane.run, relay)``: it connects, keeps the
+    node registered, and reconnects with backoff when Redis goes away.
+    """
+
+    def __init__(self, url: str, prefix: str, node_ttl: float) -> None:
+        self.address = RedisAddress.from_url(url)
+        self.prefix = prefix
+        self.node_ttl = node_ttl
+        #: This node's id in the cluster (16 hex digits, new every start).
+        self.node = uuid.uuid4().hex[:_NODE_ID_LENGTH]
+        self._node = self.node.encode()
+        self._node_channel = f"{prefix}:n:{self.node}".encode()
+        self._group_channel_prefix = f"{prefix}:g:".encode()
+        #: True while Redis is reachable and this node is registered.
+        self.up = False
+        #: Times the node lost the backplane, and reconnected.
+        self.outages = 0
+        self._groups: dict[str, SharedGroup] = {}
+        self._members = 0
+        self._by_owner: dict[str, Session] = {}
+        self._serial = itertools.count(1)
+        self._stream_ids = itertools.count(1)
+        self._claims: dict[int, _Claim] = {}
+        self._streams: dict[int, OutgoingStream] = {}
+        self._pub: RedisConnection | None = None
+        self._sub: RedisConnection | None = None
+        self._relay: Relay | None = None
+        self._courier: Courier | None = None
+        self._task_status: trio.TaskStatus[None] | None = None
+        #: Whether this node may have registrations in Redis to remove at shutdown.
+        self._registered = False
+        self._known_nodes: set[bytes] = set()
+
+    # -- the GroupRegistry interface -------------------------------------------------
+
+    @property
+    def group_count(self) -> int:
+        return len(self._groups)
+
+    @property
+    def member_count(self) -> int:
+        return self._members
+
+    def group(self, name: str) -> Group | None:
+        return self._groups.get(name)
+
+    def cluster_group_size(self, name: str) -> int:
+        """Members of group ``name`` on every node, as far as this node knows (0 when it
+        has none of its own: it only follows groups it has members in)."""
+        group = self._groups.get(name)
+        return 0 if group is None else len(group.members) + len(group.remote)
+
+    def unavailable(self, group_name: str) -> str | None:
+        if self.up:
+            return None
+        group = self._groups.get(group_name)
+        if group is not None and not group.spans_nodes:
+            return None  # it lives on this node only: it goes on through the outage
+        return "backplane unavailable: the relay cannot reach Redis; try again"
+
+    async def join(self, session: Session) -> Group:
+        group = self._groups.get(session.group_name)
+        if group is None:
+            group = self._groups[session.group_name] = SharedGroup(session.group_name, self)
+        older = group.members.get(session.id)
+        if older is not None:
+            older.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
+        session.owner = f"{self.node}:{next(self._serial)}"
+        group.add(session)
+        self._members += 1
+        self._by_owner[session.owner] = session
+        if not self.up:
+            return group  # a group of this node only (see unavailable)
+        try:
+            if len(group.members) == 1 and not group.subscribed.is_set():
+                await self._subscribe(group)
+            else:
+                await group.subscribed.wait()
+            if not self.up:
+                raise ConnectionLost("the backplane went away during the join")
+            await self._register(group, session)
+        except (ConnectionLost, RedisError) as exc:
+            if group.members.get(session.id) is session:
+                session.close(CloseCode.TRY_AGAIN_LATER, f"backplane unavailable: {exc}")
+        return group
+
+    def leave(self, session: Session) -> None:
+        group = self._groups.get(session.group_name)
+        if group is None or not group.remove(session):
+            return
+        self._members -= 1
+        self._by_owner.pop(session.owner, None)
+        if self.up and session.owner:
+            self._send(
+                "EVAL", _LEAVE, 2, self._members_key(group.name), self._node_members_key(),
+                session.id, session.owner,
+            )  # fmt: skip
+            self._publish(group, _LEFT + self._node + session.owner.encode())
+        if not group.members:
+            del self._groups[group.name]
+            if self.up and self._sub is not None:
+                self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
+
+    # -- hooks the sessions call -------------------------------------------------------
+
+    async def publish(self, group: Group, data: bytes) -> None:
+        """Publish a framed whole message for the group's members on other nodes."""
+        pub = self._pub
+        if not self.up or pub is None:
+            return
+        self._publish(group, _MESSAGE + self._node + data)
+        if pub.pending >= PUBLISH_BUFFER:
+            try:
+                await pub.wait_room(PUBLISH_BUFFER)
+            except ConnectionLost:
+                return  # the outage closes whoever may have missed it
+
+    async def claim_stream(self, group: Group, session: Session) -> OutgoingStream | None:
+        """Wait until ``session`` may stream a message to ``group``: the group channel's
+        order decides between senders on different nodes. Returns with
+        ``group.streamer`` set to ``session``, or None while Redis is down (the group
+        then lives on this node only, see :meth:`unavailable`)."""
+        while self.up and self._pub is not None:
+            stream_id = next(self._stream_ids)
+            claim = self._claims[stream_id] = _Claim(session)
+            try:
+                receivers = await self._pub.call(
+                    "PUBLISH",
+                    self._group_channel(group.name),
+                    _START + self._node + _STREAM_ID.pack(stream_id),
+                )
+                await claim.decided.wait()
+            except BaseException as exc:
+                if claim.accepted:
+                    self._give_up_claim(group, session, stream_id)
+                if isinstance(exc, ConnectionLost | RedisError):
+                    return None
+                raise
+            finally:
+                del self._claims[stream_id]
+            if claim.accepted:
+                assert isinstance(receivers, int)
+                stream = self._streams[stream_id] = OutgoingStream(stream_id, receivers - 1)
+                return stream
+            # Another member's message goes first: wait for its end, then ask again.
+            while group.streamer is not None and group.streamer is not session:
+                await group.stream_done.wait()
+        return None
+
+    def _give_up_claim(self, group: Group, session: Session, stream_id: int) -> None:
+        """A claim was granted to a member that went away before streaming: release it."""
+        if group.streamer is session:
+            group.streamer = None
+            group.stream_done.set()
+        self._publish(group, _ABORT + self._node + _STREAM_ID.pack(stream_id))
+
+    async def publish_piece(
+        self, group: Group, stream: OutgoingStream, data: bytes, last: bool
+    ) -> None:
+        """Publish one framed piece of ``stream`` once the receivers have caught up."""
+        stream.pieces += 1
+        piece = stream.pieces
+        relay = self._relay
+        assert relay is not None
+        await self._wait_acks(stream, piece - STREAM_WINDOW, relay.config.slow_member_timeout)
+        pub = self._pub
+        if not self.up or pub is None:
+            return
+        kind = _END if last else _PIECE
+        try:
+            receivers = await pub.call(
+                "PUBLISH",
+                self._group_channel(group.name),
+                kind + self._node + _PIECE_ID.pack(stream.stream_id, piece) + data,
+            )
+        except (ConnectionLost, RedisError):
+            return
+        if isinstance(receivers, int):
+            stream.expected = min(stream.expected, receivers - 1)
+        if last:
+            self._streams.pop(stream.stream_id, None)
+
+    def end_stream(self, group: Group, stream: OutgoingStream, truncated: bool) -> None:
+        """The member's streamed message ended; tell the other nodes if it was cut off."""
+        self._streams.pop(stream.stream_id, None)
+        if truncated:
+            self._publish(group, _ABORT + self._node + _STREAM_ID.pack(stream.stream_id))
+
+    async def _wait_acks(self, stream: OutgoingStream, piece: int, patience: float) -> None:
+        if piece < 1:
+            return
+        deadline = trio.current_time() + patience
+        while self.up and stream.acked_by(piece) < stream.expected:
+            with trio.move_on_at(deadline):
+                await stream.changed.wait()
+                stream.changed = trio.Event()
+                continue
+            # A receiving node that does not keep up is not waited for any longer: if
+            # it falls too far behind, Redis drops its subscription and it closes its
+            # members with 4004. Nothing is lost silently either way.
+            logger.debug("stream %d: a node did not acknowledge in %gs", stream.stream_id, patience)
+            stream.expected = stream.acked_by(piece)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, relay: Relay, *, task_status: trio.TaskStatus[None]) -> None:
+        """Stay connected to Redis until cancelled; started once the first attempt
+        to connect has succeeded or failed. Each outage is logged once, and so is the
+        reconnection."""
+        self._relay = relay
+        self._courier = Courier(relay)
+        self._task_status = task_status
+        delay = BACKOFF_FIRST
+        logged = False
+        try:
+            while True:
+                failure: BaseException | None = None
+                try:
+                    await self._connected()
+                except Exception as exc:  # any failure of the connection means: reconnect
+                    failure = _first_cause(exc)
+                was_up = self.up
+                self._lose(failure)
+                if self._task_status is not None:
+                    self._task_status.started()
+                    self._task_status = None
+                if was_up:
+                    delay, logged = BACKOFF_FIRST, False
+                if not logged:
+                    logger.warning(
+                        "backplane %s: %s; reconnecting with backoff",
+                        "lost" if was_up else "unavailable", failure,
+                        exc_info=not isinstance(failure, ConnectionLost | OSError | BackplaneDown),
+                    )  # fmt: skip
+                    logged = True
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, BACKOFF_MAX)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(DEREGISTER_TIMEOUT):
+                await self._deregister()
+
+    async def _connected(self) -> None:
+        """One connection's lifetime: connect, register, serve until it fails."""
+        relay = self._relay
+        assert relay is not None
+        timeout = self.node_ttl
+        address = self.address
+        pub = await RedisConnection.connect(address, timeout)
+        sub = await RedisConnection.connect(address, timeout, self._on_message)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pub.run, address, timeout)
+            await nursery.start(sub.run, address, timeout)
+            self._pub, self._sub = pub, sub
+            await self._register_node(sub)
+            self.up = True
+            if self.outages:
+                logger.warning("backplane reconnected to %s:%d", address.host, address.port)
+            else:
+                logger.info(
+                    "backplane connected to %s:%d as node %s", address.host, address.port,
+                    self.node,
+                )  # fmt: skip
+            if self._task_status is not None:
+                self._task_status.started()
+                self._task_status = None
+            nursery.start_soon(self._heartbeat, pub, sub)
+            nursery.start_soon(self._reaper, pub)
+
+    async def _register_node(self, sub: RedisConnection) -> None:
+        """Announce this node, subscribe, and (after an outage) register again every
+        member that went on meanwhile."""
+        pub = self._pub
+        assert pub is not None
+        await self._refresh(pub)
+        self._registered = True
+        await sub.subscribe(self._node_channel)
+        for group in list(self._groups.values()):
+            group.subscribed = trio.Event()
+            await self._subscribe(group)
+            split = False
+            for session in list(group.sessions):
+                split |= await self._register(group, session)
+            if split:
+                # Members joined this group elsewhere while this node was cut off: each
+                # side may have missed the other's messages.
+                self._publish(group, _SPLIT + self._node)
+                self._close_group(group, "the group was split by a backplane outage")
+
+    async def _subscribe(self, group: SharedGroup) -> None:
+        sub = self._sub
+        assert sub is not None
+        await sub.subscribe(self._group_channel(group.name))
+        group.subscribed.set()
+
+    async def _register(self, group: SharedGroup, session: Session) -> bool:
+        """Record ``session`` as the newest connection of its id; True when the group
+        turned out to have members elsewhere that this node did not know of."""
+        pub = self._pub
+        assert pub is not None
+        entry = json.dumps([group.name, session.id])
+        reply = await pub.call(
+            "EVAL", _JOIN, 2, self._members_key(group.name), self._node_members_key(),
+            session.id, session.owner, entry, self.prefix,
+        )  # fmt: skip
+        assert isinstance(reply, list) and len(reply) == 2
+        old, owners = reply[0], reply[1]
+        if isinstance(old, bytes):
+            old_owner = old.decode()
+            old_node = old[:_NODE_ID_LENGTH]
+            if old_node != self._node and old_owner != session.owner:
+                self._send("PUBLISH", self._node_channel_of(old_node), _REPLACE + self._node + old)
+        unknown = False
+        assert isinstance(owners, list)
+        for owner in owners:
+            if isinstance(owner, bytes) and owner[:_NODE_ID_LENGTH] != self._node:
+                text = owner.decode()
+                unknown |= text not in group.remote
+                group.remote.add(text)
+                self._known_nodes.add(owner[:_NODE_ID_LENGTH])
+        self._publish(group, _JOINED + self._node + session.owner.encode())
+        return unknown
+
+    async def _refresh(self, pub: RedisConnection) -> None:
+        """Refresh this node's key; if it had expired, the other nodes have reaped us."""
+        ttl_ms = max(1, int(self.node_ttl * 1000))
+        previous = await pub.call("SET", self._node_key(self._node), b"1", "PX", ttl_ms, "GET")
+        await pub.call("SADD", self._nodes_key(), self._node)
+        if previous is None and self.up:
+            raise BackplaneDown("this node's registration expired: the others reaped it")
+
+    async def _heartbeat(self, pub: RedisConnection, sub: RedisConnection) -> None:
+        while True:
+            await trio.sleep(self.node_ttl / 3)
+            sub.send_nowait("PING", wait=False)  # keeps the subscriber's reads alive
+            await self._refresh(pub)
+
+    async def _reaper(self, pub: RedisConnection) -> None:
+        while True:
+            await trio.sleep(self.node_ttl / 3 * random.uniform(0.8, 1.0))
+            members = await pub.call("SMEMBERS", self._nodes_key())
+            assert isinstance(members, list)
+            nodes = {node for node in members if isinstance(node, bytes)}
+            nodes |= self._known_nodes
+            nodes.discard(self._node)
+            candidates = sorted(nodes)
+            waiters = [pub.send_nowait("EXISTS", self._node_key(node)) for node in candidates]
+            for node, waiter in zip(candidates, waiters, strict=True):  # replies in order
+                assert waiter is not None
+                await waiter.event.wait()
+                if waiter.reply == 0:
+                    await self._reap(pub, node)
+
+    async def _reap(self, pub: RedisConnection, node: bytes) -> None:
+        """``node`` stopped refreshing its key: forget it and its members."""
+        reaped = await pub.call(
+            "EVAL", _REAP, 2, self._node_members_key(node), self._nodes_key(), node, self.prefix
+        )
+        self._known_nodes.discard(node)
+        prefix = node.decode() + ":"
+        for group in list(self._groups.values()):
+            group.remote = {owner for owner in group.remote if not owner.startswith(prefix)}
+            if group.owner is not None and group.owner[0] == node:
+                await self._end_remote_stream(group, truncated=True)
+        logger.info("node %s expired; %s of its members forgotten", node.decode(), reaped)
+
+    async def _deregister(self) -> None:
+        """Remove this node and its members from Redis (shutdown), on a connection of
+        its own: the node's connections are gone by now."""
+        if not self._registered:
+            return
+        try:
+            pub = await RedisConnection.connect(self.address, DEREGISTER_TIMEOUT)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(pub.run, self.address, DEREGISTER_TIMEOUT)
+                await pub.call(
+                    "EVAL", _REAP, 2, self._node_members_key(), self._nodes_key(), self._node,
+                    self.prefix,
+                )  # fmt: skip
+                await pub.call("DEL", self._node_key(self._node))
+                nursery.cancel_scope.cancel()
+        except (OSError, trio.TooSlowError, ConnectionLost, RedisError, ExceptionGroup) as exc:
+            logger.info("could not remove this node from Redis: %s", _first_cause(exc))
+
+    def _lose(self, failure: BaseException | None) -> None:
+        """Redis is gone: close members who may have missed messages, forget the rest
+        of the cluster, and let waiting senders go on locally."""
+        was_up = self.up
+        self.up = False
+        self._pub = self._sub = None
+        if was_up:
+            self.outages += 1
+        for group in list(self._groups.values()):
+            group.subscribed.set()  # wakes joins waiting on it; they see the outage
+            if group.spans_nodes:
+                self._close_group(group, f"backplane lost ({failure}): messages may be missing")
+            group.remote.clear()
+            group.owner = None
+            group.pending.clear()
+            group.pending_bytes = 0
+            if isinstance(group.streamer, RemoteStream):
+                group.streamer = None
+                group.stream_done.set()
+        for claim in self._claims.values():
+            claim.decided.set()
+        for stream in self._streams.values():
+            stream.changed.set()
+        self._known_nodes.clear()
+
+    def _close_group(self, group: SharedGroup, reason: str) -> None:
+        for session in group.sessions:
+            session.close(CloseCode.BACKPLANE_UNAVAILABLE, reason)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    async def _on_message(self, channel: bytes, data: bytes) -> None:
+        try:
+            await self._dispatch(channel, data)
+        except (struct.error, UnicodeDecodeError, AssertionError) as exc:
+            # Not ours (another program on our channels?): never let it cost the node.
+            logger.debug("ignored a malformed backplane message on %r: %s", channel, exc)
+
+    async def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if len(data) < 1 + _NODE_ID_LENGTH:
+            return
+        kind = data[:1]
+        node = data[1 : 1 + _NODE_ID_LENGTH]
+        body = memoryview(data)[1 + _NODE_ID_LENGTH :]
+        if channel == self._node_channel:
+            self._on_node_message(kind, node, body)
+            return
+        group = self._groups.get(channel[len(self._group_channel_prefix) :].decode())
+        if group is None:
+            return
+        if node != self._node:
+            self._known_nodes.add(node)
+        if group.pending and group.owner is None and group.streamer is None:
+            await self._deliver_pending(group)
+        if kind == _MESSAGE:
+            if node == self._node:
+                return
+            if group.owner is not None or group.streamer is not None:
+                self._hold(group, bytes(body))
+            else:
+                await self._deliver(group, bytes(body), group.sessions)
+        elif kind == _START:
+            (stream_id,) = _STREAM_ID.unpack(body)
+            await self._on_start(group, node, stream_id)
+        elif kind == _PIECE or kind == _END:
+            stream_id, piece = _PIECE_ID.unpack_from(body)
+            if group.owner != (node, stream_id):
+                return
+            if node != self._node:
+                streamer = group.streamer
+                assert isinstance(streamer, RemoteStream)
+                streamer.delivered = True
+                await self._deliver(
+                    group, bytes(body[_PIECE_ID.size :]), streamer.recipients, count=False
+                )
+                self._send(
+                    "PUBLISH", self._node_channel_of(node),
+                    _ACK + self._node + _PIECE_ID.pack(stream_id, piece), wait=False,
+                )  # fmt: skip
+            if kind == _END:
+                await self._end_remote_stream(group, truncated=False)
+        elif kind == _ABORT:
+            (stream_id,) = _STREAM_ID.unpack(body)
+            if group.owner == (node, stream_id):
+                await self._end_remote_stream(group, truncated=True)
+        elif kind == _JOINED:
+            if node != self._node:
+                group.remote.add(bytes(body).decode())
+        elif kind == _LEFT:
+            group.remote.discard(bytes(body).decode())
+        elif kind == _SPLIT and node != self._node:
+            self._close_group(group, "the group was split by a backplane outage")
+
+    def _on_node_message(self, kind: bytes, node: bytes, body: memoryview) -> None:
+        if kind == _REPLACE:
+            session = self._by_owner.get(bytes(body).decode())
+            if session is not None:
+                session.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
+        elif kind == _ACK:
+            stream_id, piece = _PIECE_ID.unpack(body)
+            stream = self._streams.get(stream_id)
+            if stream is not None:
+                stream.acked[node] = max(piece, stream.acked.get(node, 0))
+                stream.changed.set()
+
+    async def _on_start(self, group: SharedGroup, node: bytes, stream_id: int) -> None:
+        claim = self._claims.get(stream_id) if node == self._node else None
+        if group.owner is not None:
+            if claim is not None:
+                claim.decided.set()  # not accepted: another message streams first
+            return
+        group.owner = (node, stream_id)
+        if node == self._node:
+            if claim is None:
+                # A claim its member gave up on before the answer came: release it.
+                self._publish(group, _ABORT + self._node + _STREAM_ID.pack(stream_id))
+                return
+            claim.accepted = True
+            group.streamer = claim.session
+            group.stream_done = trio.Event()
+            claim.decided.set()
+            return
+        recipients = group.sessions
+        if group.streamer is not None:
+            # A message this node began streaming while Redis was away is still going:
+            # its members cannot take another one in the middle of it.
+            self._close_group(group, "two messages streamed at once across an outage")
+            recipients = ()
+        group.streamer = RemoteStream(node, stream_id, recipients)
+        group.stream_done = trio.Event()
+        assert self._relay is not None
+        self._relay.deliveries += len(recipients)
+
+    async def _end_remote_stream(self, group: SharedGroup, truncated: bool) -> None:
+        """The message streaming to ``group`` ended (in channel order): deliver what
+        waited for it."""
+        group.owner = None
+        streamer = group.streamer
+        if isinstance(streamer, RemoteStream):
+            if truncated and streamer.delivered:
+                for member in streamer.recipients:
+                    member.close(
+                        CloseCode.MESSAGE_TRUNCATED,
+                        "a message was cut off: its sender left mid-message",
+                    )
+            group.streamer = None
+            group.stream_done.set()
+        if group.streamer is None:
+            await self._deliver_pending(group)
+
+    async def _deliver_pending(self, group: SharedGroup) -> None:
+        while group.pending and group.owner is None and group.streamer is None:
+            data = group.pending.popleft()
+            group.pending_bytes -= len(data)
+            await self._deliver(group, data, group.sessions)
+
+    def _hold(self, group: SharedGroup, data: bytes) -> None:
+        """Keep a whole message that arrived while another one streams to the group."""
+        assert self._relay is not None
+        if group.pending_bytes + len(data) > self._relay.config.mailbox_bytes:
+            group.pending.clear()
+            group.pending_bytes = 0
+            self._close_group(group, "messages arrived faster than the relay could order them")
+            return
+        group.pending.append(data)
+        group.pending_bytes += len(data)
+
+    async def _deliver(
+        self, group: SharedGroup, data: bytes, members: tuple[Session, ...], count: bool = True
+    ) -> None:
+        courier = self._courier
+        relay = self._relay
+        assert courier is not None and relay is not None
+        if count:
+            relay.deliveries += len(members)
+        await courier.deliver(data, members)
+        courier.flush()
+
+    # -- Redis names and sending ---------------------------------------------------------
+
+    def _group_channel(self, name: str) -> bytes:
+        return self._group_channel_prefix + name.encode()
+
+    def _node_channel_of(self, node: bytes) -> bytes:
+        return f"{self.prefix}:n:".encode() + node
+
+    def _members_key(self, group_name: str) -> str:
+        return f"{self.prefix}:members:{group_name}"
+
+    def _node_members_key(self, node: bytes | None = None) -> str:
+        return f"{self.prefix}:node-members:{(node or self._node).decode()}"
+
+    def _node_key(self, node: bytes) -> str:
+        return f"{self.prefix}:node:{node.decode()}"
+
+    def _nodes_key(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def _publish(self, group: Group, data: bytes) -> None:
+        self._send("PUBLISH", self._group_channel(group.name), data, wait=False)
+
+    def _send(self, *args: bytes | str | int, wait: bool = False) -> None:
+        """Queue a command whose reply nobody waits for; a no-op while Redis is away."""
+        pub = self._pub
+        if pub is None or not self.up:
+            return
+        try:
+            pub.send_nowait(*args, wait=False)
+        except ConnectionLost:
+            pass
+
+    def _send_sub(self, *args: bytes | str | int) -> None:
+        sub = self._sub
+        if sub is None:
+            return
+        try:
+            sub.send_nowait(*args, wait=False)
+        except ConnectionLost:
+            pass
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (the failure worth naming)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,332 @@
+"""A small Redis client for the backplane: the RESP2 protocol (sans-I/O) and one Trio
+connection type that pipelines commands and reads pub/sub pushes with backpressure.
+
+Why not a general-purpose client: the relay needs two things such clients do not give.
+Publishes must be pipelined without a round trip each (a relay publishes every message),
+and a subscriber must read no faster than it delivers, so that Redis's pub/sub
+output-buffer limit — not this process's memory — absorbs a node that falls behind.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
+
+import attrs
+import trio
+
+#: What a reply can be: simple string/bulk bytes, int, None (nil), an error, or a list.
+Reply: TypeAlias = "bytes | int | list[Reply] | RedisError | None"
+
+
+class RedisError(Exception):
+    """An error reply from Redis (``-ERR ...``)."""
+
+
+class ConnectionLost(Exception):
+    """The connection to Redis closed or stopped answering."""
+
+
+class ProtocolViolation(Exception):
+    """Redis sent bytes that are not RESP2."""
+
+
+def encode(*args: bytes | str | int) -> bytes:
+    """One command in RESP2: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class _NeedMore(Exception):
+    pass
+
+
+class Parser:
+    """Incremental RESP2 reply parser: :meth:`feed` bytes, then iterate :meth:`replies`."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def replies(self) -> list[Reply]:
+        """Every complete reply buffered so far, in order."""
+        out: list[Reply] = []
+        buffer = self._buffer
+        while True:
+            start = self._pos
+            try:
+                out.append(self._reply())
+            except _NeedMore:
+                self._pos = start
+                break
+        if self._pos:
+            del buffer[: self._pos]
+            self._pos = 0
+        return out
+
+    def _line(self) -> bytes:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", self._pos)
+        if end < 0:
+            raise _NeedMore
+        line = bytes(buffer[self._pos : end])
+        self._pos = end + 2
+        return line
+
+    def _reply(self) -> Reply:
+        line = self._line()
+        if not line:
+            raise ProtocolViolation("empty reply line")
+        kind, rest = line[:1], line[1:]
+        if kind == b"$":
+            length = int(rest)
+            if length < 0:
+                return None
+            end = self._pos + length
+            if len(self._buffer) < end + 2:
+                raise _NeedMore
+            data = bytes(self._buffer[self._pos : end])
+            self._pos = end + 2
+            return data
+        if kind == b"*":
+            count = int(rest)
+            if count < 0:
+                return None
+            return [self._reply() for _ in range(count)]
+        if kind == b":":
+            return int(rest)
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return RedisError(rest.decode(errors="replace"))
+        raise ProtocolViolation(f"unexpected reply type {kind!r}")
+
+
+@attrs.frozen
+class RedisAddress:
+    """Where a Redis is and how to log in, from a ``redis://`` URL."""
+
+    host: str
+    port: int
+    db: int
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisAddress:
+        """``redis://[[user]:password@]host[:port][/db]``; raises ValueError otherwise."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"only redis:// URLs are supported, got {url!r}")
+        try:
+            port = parts.port or 6379
+        except ValueError as exc:
+            raise ValueError(f"bad port in {url!r}") from exc
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"the database in {url!r} must be a number")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            db=int(path or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Reply | ConnectionLost = None
+
+
+#: Called with (channel, data) for each pub/sub message; awaited before reading on.
+PushHandler = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class RedisConnection:
+    """One connection to Redis. :meth:`run` owns its reader and writer tasks.
+
+    Commands are buffered and written by one writer task, so everything queued while
+    a write is in flight goes out together (pipelining). Replies resolve callers in
+    order. In subscriber mode, pushes go to the ``on_message`` handler, and the reader
+    waits for it before reading on: TCP pushes back on Redis.
+    """
+
+    def __init__(self, stream: trio.SocketStream, on_message: PushHandler | None = None) -> None:
+        self._stream = stream
+        self._on_message = on_message
+        self._parser = Parser()
+        self._out: list[bytes] = []
+        self._waiters: collections.deque[_Waiter | None] = collections.deque()
+        self._subscribing: dict[bytes, list[trio.Event]] = {}
+        self._wake = trio.Event()
+        self._room = trio.Event()
+        self._lost: ConnectionLost | None = None
+        #: Bytes queued and not yet written.
+        self.pending = 0
+
+    @classmethod
+    async def connect(
+        cls, address: RedisAddress, within: float, on_message: PushHandler | None = None
+    ) -> RedisConnection:
+        """Open a connection (TCP_NODELAY is Trio's default); call :meth:`run` next."""
+        with trio.fail_after(within):
+            stream = await trio.open_tcp_stream(address.host, address.port)
+        return cls(stream, on_message)
+
+    async def run(
+        self,
+        address: RedisAddress,
+        silence: float,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Log in, then read and write until the connection fails (ConnectionLost).
+
+        ``silence`` bounds the login, and how long the reader waits for a byte: callers
+        keep the connection talking (a PING) more often than that."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._read_loop, silence)
+                with trio.fail_after(silence):
+                    if address.password is not None:
+                        login = [address.password]
+                        if address.username is not None:
+                            login.insert(0, address.username)
+                        await self.call("AUTH", *login)
+                    if address.db and self._on_message is None:
+                        await self.call("SELECT", address.db)
+                task_status.started()
+        finally:
+            self._fail(ConnectionLost("connection to Redis closed"))
+            self._stream.socket.close()
+
+    def send_nowait(self, *args: bytes | str | int, wait: bool = True) -> _Waiter | None:
+        """Queue a command; its reply resolves the returned waiter (none for ``wait=False``:
+        the reply is read and dropped)."""
+        if self._lost is not None:
+            raise self._lost
+        data = encode(*args)
+        self._out.append(data)
+        self.pending += len(data)
+        waiter = _Waiter() if wait else None
+        if self._on_message is None:
+            self._waiters.append(waiter)
+        self._wake.set()
+        return waiter
+
+    async def call(self, *args: bytes | str | int) -> Reply:
+        """Send a command and wait for its reply; an error reply raises RedisError."""
+        waiter = self.send_nowait(*args)
+        assert waiter is not None
+        await waiter.event.wait()
+        reply = waiter.reply
+        if isinstance(reply, ConnectionLost | RedisError):
+            raise reply
+        return reply
+
+    async def wait_room(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` bytes are queued for writing."""
+        while self.pending >= limit:
+            if self._lost is not None:
+                raise self._lost
+            await self._room.wait()
+
+    async def subscribe(self, channel: bytes) -> None:
+        """Subscribe (subscriber mode) and wait for Redis to confirm it."""
+        confirmed = trio.Event()
+        self._subscribing.setdefault(channel, []).append(confirmed)
+        self.send_nowait("SUBSCRIBE", channel)
+        await confirmed.wait()
+        if self._lost is not None:
+            raise self._lost
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            out, self._out = self._out, []
+            if not out:
+                continue
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"writing to Redis failed: {exc}") from exc
+            self.pending -= len(data)
+            self._room.set()
+            self._room = trio.Event()
+
+    async def _read_loop(self, silence: float) -> None:
+        parser = self._parser
+        while True:
+            try:
+                with trio.fail_after(silence):
+                    data = await self._stream.receive_some(262144)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionLost(f"reading from Redis failed: {exc}") from exc
+            except trio.TooSlowError as exc:
+                raise ConnectionLost(f"Redis said nothing for {silence:g}s") from exc
+            if not data:
+                raise ConnectionLost("Redis closed the connection")
+            parser.feed(data)
+            for reply in parser.replies():
+                if self._on_message is not None:
+                    await self._push(reply)
+                else:
+                    waiter = self._waiters.popleft()
+                    if waiter is not None:
+                        waiter.reply = reply
+                        waiter.event.set()
+                    elif isinstance(reply, RedisError):
+                        raise ConnectionLost(f"Redis refused a pipelined command: {reply}")
+
+    async def _push(self, reply: Reply) -> None:
+        if isinstance(reply, RedisError):
+            raise ConnectionLost(f"Redis refused a subscriber command: {reply}")
+        if not isinstance(reply, list) or not reply or not isinstance(reply[0], bytes):
+            raise ProtocolViolation(f"unexpected reply in subscriber mode: {reply!r}")
+        kind = reply[0]
+        if kind == b"message":
+            channel, data = reply[1], reply[2]
+            assert isinstance(channel, bytes) and isinstance(data, bytes)
+            assert self._on_message is not None
+            await self._on_message(channel, data)
+        elif kind == b"subscribe":
+            channel = reply[1]
+            assert isinstance(channel, bytes)
+            waiting = self._subscribing.get(channel)
+            if waiting:
+                waiting.pop(0).set()
+                if not waiting:
+                    del self._subscribing[channel]
+        # unsubscribe confirmations and pongs need no action
+
+    def _fail(self, error: ConnectionLost) -> None:
+        if self._lost is not None:
+            return
+        self._lost = error
+        for waiter in self._waiters:
+            if waiter is not None:
+                waiter.reply = error
+                waiter.event.set()
+        self._waiters.clear()
+        for events in self._subscribing.values():
+            for event in events:
+                event.set()
+        self._subscribing.clear()
+        self._room.set()

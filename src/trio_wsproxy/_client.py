@@ -3,7 +3,7 @@
 One client is one nursery (opened by :func:`open_client`) holding two tasks:
 
 - the *connection task* connects, reads frames, answers pending requests, and reconnects
-  with backoff when the connection drops;
+  with backoff when the connection drops — to the next of several relay URLs, if given;
 - the *dispatcher* runs user code — handlers, subscriptions, hooks — one message at a
   time, in arrival order.
 
@@ -24,7 +24,7 @@ import random
 import ssl
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, NoReturn, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,6 +61,7 @@ __all__ = [
     "ReplyError",
     "RequestTimeout",
     "connection_url",
+    "connection_urls",
     "open_client",
     "reconnect_delay",
 ]
@@ -146,7 +147,8 @@ class ClientConfig:
     reconnect_jitter: float = attrs.field(
         default=0.5, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
-    #: Consecutive failed reconnect attempts before giving up; None retries forever.
+    #: Consecutive failed reconnect attempts before giving up; None retries forever. With
+    #: several relay URLs, one attempt tries each of them once.
     max_reconnect_attempts: int | None = attrs.field(default=None, validator=_positive_or_none)
     #: Seconds between client pings, or None for none (the relay pings on its own). A
     #: ping unanswered for ``ping_timeout`` counts as a dropped connection (code 1006).
@@ -168,12 +170,18 @@ class ClientError(Exception):
 
 
 class ConnectError(ClientError):
-    """The client could not connect: relay unreachable, handshake timed out or refused."""
+    """The client could not connect: relay unreachable, handshake timed out or refused.
 
-    def __init__(self, message: str, *, url: str) -> None:
+    When the client tried several relay URLs, ``failures`` holds the error of each, in
+    the order tried, and the message names them all.
+    """
+
+    def __init__(self, message: str, *, url: str, failures: Sequence[ConnectError] = ()) -> None:
         super().__init__(message)
-        #: The URL the client tried.
+        #: The URL the client tried (the last one, when it tried several).
         self.url = url
+        #: Why each relay URL failed, in the order tried; empty when only ``url`` was tried.
+        self.failures: tuple[ConnectError, ...] = tuple(failures)
 
 
 class HandshakeRefused(ConnectError):
@@ -382,6 +390,54 @@ def connection_url(
     return urlunsplit(parts._replace(query=full_query)), final_id, final_group
 
 
+def connection_urls(
+    urls: str | Sequence[str], *, group: str | None = None, id: str | None = None
+) -> tuple[tuple[str, ...], str, str]:
+    """Return ``(full_urls, id, group)`` for joining one group through any of several relays.
+
+    Each URL is completed as by :func:`connection_url`, all with the same id and group: a
+    member keeps one id on every relay, so that a relay cluster's "newest connection with
+    the same id wins" rule retires its stale connection on a node it left. An id or
+    groupName in one URL's query applies to all of them; two URLs that name different ones
+    are an error. A single ``str`` is one URL.
+    """
+    given = (urls,) if isinstance(urls, str) else tuple(urls)
+    if not given:
+        raise ValueError("no relay URL given")
+    agreed = {"id": id, "groupName": group}
+    for key in agreed:
+        named: dict[str, str] = {}  # value -> the first URL naming it
+        for url in given:
+            value = _query_value(url, key)
+            if value:
+                named.setdefault(value, url)
+        if len(named) > 1:
+            each = "; ".join(f"{key}={value!r} in {url!r}" for value, url in named.items())
+            raise ValueError(
+                f"the relay URLs name different {key}s ({each}): "
+                f"a member has one {key} on every relay"
+            )
+        if agreed[key] is None and named:
+            agreed[key] = next(iter(named))
+    # One id for all, drawn here: connection_url would draw a fresh one per URL.
+    member_id = agreed["id"] or str(uuid.uuid4())
+    completed = []
+    for url in given:
+        try:
+            completed.append(connection_url(url, group=agreed["groupName"], id=member_id))
+        except ValueError as error:
+            if len(given) == 1:
+                raise
+            raise ValueError(f"relay URL {url!r}: {error}") from None
+    return tuple(full for full, _, _ in completed), member_id, completed[0][2]
+
+
+def _query_value(url: str, key: str) -> str | None:
+    """The value ``url``'s query gives ``key`` (the last one, as :func:`connection_url` reads)."""
+    values = [value for name, value in parse_qsl(urlsplit(url).query) if name == key]
+    return values[-1] if values else None
+
+
 def reconnect_delay(
     attempt: int,
     *,
@@ -503,7 +559,8 @@ _Job = Callable[[], Awaitable[None]]
 
 
 class Client:
-    """A member of one group on a relay. Get one from :func:`open_client`.
+    """A member of one group on a relay (or on any of several, see :attr:`urls`). Get one
+    from :func:`open_client`.
 
     Typed messages go through :attr:`types` (a :class:`TypeRegistry`); receive them with
     handlers (:meth:`on`), a subscription (:meth:`subscribe`) or :meth:`receive`; ask
@@ -512,7 +569,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         group: str | None = None,
         id: str | None = None,
@@ -524,12 +581,16 @@ class Client:
         on_bad_message: BadMessageHook | None = None,
         on_handler_error: HandlerErrorHook | None = None,
     ) -> None:
-        full_url, client_id, group_name = connection_url(url, group=group, id=id)
-        if ssl_context is not None and not full_url.startswith("wss:"):
-            raise ValueError("an ssl_context needs a wss:// URL")
-        #: The URL the client connects to, ``id`` and ``groupName`` included.
-        self.url: str = full_url
-        #: This client's id in the group (kept across reconnects).
+        full_urls, client_id, group_name = connection_urls(url, group=group, id=id)
+        plain = [full for full in full_urls if not full.startswith("wss:")]
+        if ssl_context is not None and plain:
+            raise ValueError(f"an ssl_context needs a wss:// URL, got {', '.join(plain)}")
+        #: Every relay URL the client may connect to, in the order given, ``id`` and
+        #: ``groupName`` included.
+        self.urls: tuple[str, ...] = full_urls
+        # Index in self.urls of the relay connected to now, or last.
+        self._url_index = 0
+        #: This client's id in the group (kept across reconnects and relays).
         self.id: str = client_id
         #: The group this client belongs to.
         self.group: str = group_name
@@ -557,6 +618,12 @@ class Client:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self.connected else "disconnected"
         return f"<Client id={self.id!r} group={self.group!r} {state}>"
+
+    @property
+    def url(self) -> str:
+        """The relay URL the client is connected to now (or was last, while reconnecting;
+        the first of :attr:`urls` before the first connection)."""
+        return self.urls[self._url_index]
 
     @property
     def connected(self) -> bool:
@@ -832,80 +899,113 @@ class Client:
     async def _connect_loop(self, task_status: trio.TaskStatus[None]) -> ClientError | None:
         config = self.config
         started = False
-        failures = 0
-        last_error: ConnectError | None = None
+        failures = 0  # rounds in a row in which every relay URL failed
         while True:
             if started:
+                # Round robin from the relay after the one just lost, so that a member
+                # fails over to a live node rather than knocking at the dead one first.
+                count = len(self.urls)
+                order = [(self._url_index + step) % count for step in range(1, count + 1)]
                 delay = reconnect_delay(
                     failures,
                     min_delay=config.reconnect_min_delay,
                     max_delay=config.reconnect_max_delay,
                     jitter=config.reconnect_jitter,
                 )
-                logger.info("reconnecting to %s in %.2f s", self.url, delay)
+                target = self.urls[order[0]]
+                if count > 1:
+                    target += f" (then the other {count - 1} relay URLs)"
+                logger.info("reconnecting to %s in %.2f s", target, delay)
                 await trio.sleep(delay)
-            try:
-                code, reason = await self._connect_and_serve(None if started else task_status)
-            except HandshakeRefused as error:
-                if not started:
-                    raise
-                if error.status_code < 500:
-                    return error  # refused for good (bad id, wrong path...): retrying won't help
-                failures += 1
-                last_error = error
-                logger.warning("reconnect attempt %d failed: %s", failures, error)
-            except ConnectError as error:
-                if not started:
-                    raise
-                failures += 1
-                last_error = error
-                logger.warning("reconnect attempt %d failed: %s", failures, error)
             else:
-                started = True
-                failures = 0
-                if self._closing:
-                    return None
-                reconnecting = config.reconnect and code in config.reconnect_codes
-                meaning = _CLOSE_MEANINGS.get(code, "no meaning known")
-                logger.log(
-                    logging.WARNING if reconnecting else logging.ERROR,
-                    "disconnected from %s: code %d (%s)%s; %s",
-                    self.url,
-                    code,
-                    meaning,
-                    f": {reason}" if reason else "",
-                    "will reconnect" if reconnecting else "not reconnecting",
-                )
-                self.stats.disconnects += 1
-                if self._on_disconnect is not None:
-                    event = Disconnected(code, reason, reconnecting)
-                    await self._jobs_in.send(functools.partial(_call, self._on_disconnect, event))
-                if not reconnecting:
-                    return ClosedByRelay(code, reason)
+                order = list(range(len(self.urls)))
+            # No backoff between the URLs of one round: the next may well be up.
+            errors: list[ConnectError] = []
+            for index in order:
+                try:
+                    code, reason = await self._connect_and_serve(
+                        index, None if started else task_status
+                    )
+                except ConnectError as error:
+                    if isinstance(error, HandshakeRefused) and error.status_code < 500:
+                        # Refused for good (bad id, wrong path...): retrying won't help.
+                        if not started:
+                            raise
+                        return error
+                    errors.append(error)
+                    if started:
+                        logger.warning("reconnect attempt %d failed: %s", failures + 1, error)
+                    elif len(self.urls) > 1:
+                        logger.warning("connect attempt failed: %s", error)
+                else:
+                    break  # connected, then disconnected: code and reason say how
+            else:
+                if not started:
+                    if len(errors) == 1:
+                        raise errors[0]
+                    raise ConnectError(
+                        f"could not connect to any of the {len(errors)} relay URLs: "
+                        + "; ".join(str(error) for error in errors),
+                        url=errors[-1].url,
+                        failures=errors,
+                    )
+                failures += 1
+                if (
+                    config.max_reconnect_attempts is not None
+                    and failures >= config.max_reconnect_attempts
+                ):
+                    if len(errors) == 1:
+                        return ConnectError(
+                            f"gave up reconnecting to {errors[0].url} after {failures} attempts "
+                            f"(the last: {errors[0]})",
+                            url=errors[0].url,
+                        )
+                    return ConnectError(
+                        f"gave up reconnecting after {failures} attempts at each of the "
+                        f"{len(errors)} relay URLs (the last: "
+                        + "; ".join(str(error) for error in errors)
+                        + ")",
+                        url=errors[-1].url,
+                        failures=errors,
+                    )
                 continue
-            if (
-                config.max_reconnect_attempts is not None
-                and failures >= config.max_reconnect_attempts
-            ):
-                return ConnectError(
-                    f"gave up reconnecting to {self.url} after {failures} attempts "
-                    f"(the last: {last_error})",
-                    url=self.url,
-                )
+            started = True
+            failures = 0
+            if self._closing:
+                return None
+            reconnecting = config.reconnect and code in config.reconnect_codes
+            meaning = _CLOSE_MEANINGS.get(code, "no meaning known")
+            logger.log(
+                logging.WARNING if reconnecting else logging.ERROR,
+                "disconnected from %s: code %d (%s)%s; %s",
+                self.url,
+                code,
+                meaning,
+                f": {reason}" if reason else "",
+                "will reconnect" if reconnecting else "not reconnecting",
+            )
+            self.stats.disconnects += 1
+            if self._on_disconnect is not None:
+                event = Disconnected(code, reason, reconnecting)
+                await self._jobs_in.send(functools.partial(_call, self._on_disconnect, event))
+            if not reconnecting:
+                return ClosedByRelay(code, reason)
 
     async def _connect_and_serve(
-        self, task_status: trio.TaskStatus[None] | None
+        self, index: int, task_status: trio.TaskStatus[None] | None
     ) -> tuple[int, str | None]:
-        """One connection, from handshake to close: returns the close code and reason."""
+        """One connection to ``self.urls[index]``, from handshake to close: returns the
+        close code and reason."""
+        url = self.urls[index]
         # trio-websocket's reader task runs in a nursery of ours rather than inside
         # open_websocket_url, whose nursery waits forever on a server that accepts the TCP
         # connection but never answers the upgrade.
         closed: tuple[int, str | None] = (1006, None)
         try:
             async with trio.open_nursery() as reader_nursery:
-                stream, ws = await self._handshake(reader_nursery)
+                stream, ws = await self._handshake(url, reader_nursery)
                 try:
-                    closed = await self._serve(ws, task_status)
+                    closed = await self._serve(index, ws, task_status)
                 finally:
                     # The reader still has to read the relay's close frame and the TCP close;
                     # give it (and our own close, if still due) close_timeout to do so.
@@ -925,7 +1025,7 @@ class Client:
             if isinstance(error, trio_websocket.ConnectionRejected):
                 body = (error.body or b"").decode("utf-8", "replace").strip()
                 raise HandshakeRefused(
-                    url=self.url,
+                    url=url,
                     status_code=error.status_code,
                     reason=body.splitlines()[0] if body else "",
                 ) from None
@@ -935,16 +1035,16 @@ class Client:
         return closed
 
     async def _handshake(
-        self, reader_nursery: trio.Nursery
+        self, url: str, reader_nursery: trio.Nursery
     ) -> tuple[trio.abc.Stream, trio_websocket.WebSocketConnection]:
         config = self.config
-        parts = urlsplit(self.url)
+        parts = urlsplit(url)
         assert parts.hostname is not None
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         with trio.move_on_after(config.connect_timeout):
-            stream = await self._open_stream(parts.hostname, port, secure=secure)
+            stream = await self._open_stream(url, parts.hostname, port, secure=secure)
             try:
                 ws = await trio_websocket.wrap_client_stream(
                     reader_nursery,
@@ -958,12 +1058,10 @@ class Client:
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
-        raise ConnectError(
-            f"could not connect to {self.url} within {config.connect_timeout} s", url=self.url
-        )
+        raise ConnectError(f"could not connect to {url} within {config.connect_timeout} s", url=url)
 
     async def _open_stream(
-        self, host: str, port: int, *, secure: bool
+        self, url: str, host: str, port: int, *, secure: bool
     ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
         try:
             tcp = await trio.open_tcp_stream(host, port)
@@ -971,7 +1069,7 @@ class Client:
             # trio says "all attempts ... failed" and keeps the reasons in the cause.
             reasons = sorted({str(leaf) for leaf in _leaves(error.__cause__ or error)})
             raise ConnectError(
-                f"could not connect to {self.url}: {'; '.join(reasons)}", url=self.url
+                f"could not connect to {url}: {'; '.join(reasons)}", url=url
             ) from error
         if not secure:
             return tcp
@@ -983,9 +1081,7 @@ class Client:
         except trio.BrokenResourceError as error:
             await trio.aclose_forcefully(tcp)
             reason = error.__cause__ or error
-            raise ConnectError(
-                f"TLS handshake with {self.url} failed: {reason}", url=self.url
-            ) from error
+            raise ConnectError(f"TLS handshake with {url} failed: {reason}", url=url) from error
         except BaseException:
             await trio.aclose_forcefully(tcp)
             raise
@@ -993,9 +1089,13 @@ class Client:
 
     async def _serve(
         self,
+        index: int,
         ws: trio_websocket.WebSocketConnection,
         task_status: trio.TaskStatus[None] | None,
     ) -> tuple[int, str | None]:
+        if self.stats.connects and index != self._url_index:
+            logger.info("failed over from %s to %s", self.url, self.urls[index])
+        self._url_index = index
         connection = _Connection(ws)
         self._set_connection(connection)
         self.stats.connects += 1
@@ -1154,7 +1254,7 @@ def _type_label(value: object, as_type: Any) -> str:
 
 @asynccontextmanager
 async def open_client(
-    url: str,
+    url: str | Sequence[str],
     *,
     group: str | None = None,
     id: str | None = None,
@@ -1178,6 +1278,13 @@ async def open_client(
     URL completed by ``group`` (and ``id``, a UUID4 when absent). Raises
     :exc:`HandshakeRefused` (status and the relay's reason) if the relay refuses,
     :exc:`ConnectError` if it cannot be reached within ``config.connect_timeout``.
+
+    ``url`` may also be a sequence of relay URLs (nodes of one cluster), all joined with
+    the same id and group. The client connects to the first one that answers, in order,
+    and raises :exc:`ConnectError` naming each one and why if none does (a 4xx
+    :exc:`HandshakeRefused` is raised at once). When a connection drops, it reconnects
+    starting with the URL *after* the one it was using, trying each once per round; the
+    backoff applies between rounds only. :attr:`Client.url` is the URL in use.
 
     Hooks may be plain or async functions; they run in the dispatcher, in order with the
     messages. The block ends with the error that ended the client, if any: a handler's

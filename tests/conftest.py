@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from redisserver import SHARED, RedisServer, ping
 from trio_wsproxy import Relay
 
 pytest_plugins = ["pytester"]
@@ -11,3 +16,41 @@ pytest_plugins = ["pytester"]
 async def relay(wsproxy_relay: Relay) -> Relay:
     """The plugin's relay under a shorter name; tune it with @pytest.mark.wsproxy_relay."""
     return wsproxy_relay
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: the one at 127.0.0.1:6379 where it runs, else a private
+    ``redis-server`` on a free port, else a skip that says why (a failure on CI)."""
+    if ping(*SHARED):
+        yield "redis://{}:{}/0".format(*SHARED)
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and restart; extra server
+    settings come from ``@pytest.mark.redis_config("--name", "value", ...)``."""
+    marker = request.node.get_closest_marker("redis_config")
+    server = RedisServer(tmp_path, *(marker.args if marker else ()))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Keys and channels of this test's cluster only."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "redis_config(*args): settings of private_redis")

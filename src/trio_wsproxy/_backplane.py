@@ -212,6 +212,8 @@ class RedisBackplane:
         self._task_status: trio.TaskStatus[None] | None = None
         #: Whether this node may have registrations in Redis to remove at shutdown.
         self._registered = False
+        #: (group, id, owner) of members that left while Redis was away.
+        self._left_while_down: list[tuple[str, str, str]] = []
         self._known_nodes: set[bytes] = set()
 
     # -- the GroupRegistry interface -------------------------------------------------
@@ -273,18 +275,23 @@ class RedisBackplane:
             return
         self._members -= 1
         self._by_owner.pop(session.owner, None)
-        if self.up and session.owner:
-            self._send(
-                "EVAL", _LEAVE, 2, self._members_key(group.name), self._node_members_key(),
-                session.id, session.owner,
-            )  # fmt: skip
-            self._publish(group, _LEFT + self._node + session.owner.encode())
+        if self.up:
+            self._unregister(group.name, session.id, session.owner)
+        elif self._registered:
+            self._left_while_down.append((group.name, session.id, session.owner))
         if not group.members:
             del self._groups[group.name]
             if self.up and self._sub is not None:
                 self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
 
     # -- hooks the sessions call -------------------------------------------------------
+
+    def _unregister(self, group_name: str, member_id: str, owner: str) -> None:
+        self._send(
+            "EVAL", _LEAVE, 2, self._members_key(group_name), self._node_members_key(),
+            member_id, owner,
+        )  # fmt: skip
+        self._send("PUBLISH", self._group_channel(group_name), _LEFT + self._node + owner.encode())
 
     async def publish(self, group: Group, data: bytes) -> None:
         """Publish a framed whole message for the group's members on other nodes."""
@@ -435,7 +442,6 @@ class RedisBackplane:
             await nursery.start(sub.run, address, timeout)
             self._pub, self._sub = pub, sub
             await self._register_node(sub)
-            self.up = True
             if self.outages:
                 logger.warning("backplane reconnected to %s:%d", address.host, address.port)
             else:
@@ -457,6 +463,10 @@ class RedisBackplane:
         await self._refresh(pub)
         self._registered = True
         await sub.subscribe(self._node_channel)
+        self.up = True  # from here on, commands are sent (a failure below comes back here)
+        left, self._left_while_down = self._left_while_down, []
+        for group_name, member_id, owner in left:
+            self._unregister(group_name, member_id, owner)
         for group in list(self._groups.values()):
             group.subscribed = trio.Event()
             await self._subscribe(group)

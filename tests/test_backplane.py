@@ -1,0 +1,511 @@
+"""Relay nodes joined by a Redis backplane behave as one relay (real Redis, real sockets)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from redisserver import RedisServer
+from relayproc import start_relay
+from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
+from trio_wsproxy._backplane import RedisBackplane
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient
+
+MiB = 1024 * 1024
+
+
+@asynccontextmanager
+async def cluster(
+    url: str, prefix: str, count: int = 2, **fields: Any
+) -> AsyncIterator[list[Relay]]:
+    """``count`` relay nodes in this process, sharing the Redis at ``url``."""
+    fields.setdefault("close_timeout", 0.5)  # raw test clients do not answer close frames
+    config = RelayConfig(host="127.0.0.1", port=0, backplane=url, backplane_prefix=prefix, **fields)
+    async with trio.open_nursery() as nursery:
+        nodes = [await nursery.start(serve_relay, config) for _ in range(count)]
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+def backplane(relay: Relay) -> RedisBackplane:
+    assert isinstance(relay.registry, RedisBackplane)
+    return relay.registry
+
+
+async def eventually(check: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """Wait until ``check()`` holds. Polls: a node has no event for what other nodes
+    tell it, and a test may look at it this way."""
+    with trio.fail_after(within):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def settled(nodes: list[Relay], group: str, size: int) -> None:
+    """Every node that has members in ``group`` knows all ``size`` of them."""
+    await eventually(
+        lambda: (
+            all(
+                backplane(node).cluster_group_size(group) == size
+                for node in nodes
+                if node.group_size(group)
+            )
+            and sum(node.group_size(group) for node in nodes) == size
+        )
+    )
+
+
+async def join(node: Relay, member: str, group: str = "g") -> RawClient:
+    return await RawClient.open(node.port, f"/ws?id={member}&groupName={group}")
+
+
+async def receive_all(client: RawClient, count: int) -> list[tuple[int, bytes]]:
+    return [await client.recv_message() for _ in range(count)]
+
+
+async def test_messages_cross_nodes_text_binary_and_order(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix) as (a, b):
+        a1 = await join(a, "a1")
+        b1, b2 = await join(b, "b1"), await join(b, "b2")
+        await settled([a, b], "g", 3)
+        sent = []
+        for i in range(200):
+            opcode = OP_TEXT if i % 2 else OP_BINARY
+            sent.append((opcode, f"message {i}".encode()))
+            await a1.send_frame(opcode, f"message {i}".encode())
+        with trio.fail_after(10):
+            assert await receive_all(b1, 200) == sent
+            assert await receive_all(b2, 200) == sent
+        # The other way: b1's message reaches a1 (other node) and b2 (same node), once.
+        await b1.send_frame(OP_TEXT, b"from b1")
+        with trio.fail_after(5):
+            assert await a1.recv_message() == (OP_TEXT, b"from b1")
+            assert await b2.recv_message() == (OP_TEXT, b"from b1")
+        await a1.send_frame(OP_TEXT, b"marker")
+        with trio.fail_after(5):
+            assert await b1.recv_message() == (OP_TEXT, b"marker")  # and not "from b1"
+
+
+async def test_other_groups_get_nothing(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix) as (a, b):
+        a1 = await join(a, "a1", "g")
+        b1 = await join(b, "b1", "g")
+        other = await join(b, "x1", "h")
+        await settled([a, b], "g", 2)
+        await a1.send_frame(OP_TEXT, b"for g only")
+        with trio.fail_after(5):
+            assert await b1.recv_message() == (OP_TEXT, b"for g only")
+        await other.send_frame(OP_TEXT, b"for h only")
+        with trio.move_on_after(0.3) as silence:
+            await a1.recv_message()
+        assert silence.cancelled_caught, "a member got another group's message"
+        with trio.move_on_after(0.1) as silence:
+            await b1.recv_message()
+        assert silence.cancelled_caught
+
+
+async def test_each_senders_order_holds_with_senders_on_three_nodes(
+    redis_url: str, prefix: str
+) -> None:
+    async with cluster(redis_url, prefix, count=3) as nodes:
+        clients = [await join(node, f"m{i}") for i, node in enumerate(nodes)]
+        await settled(nodes, "g", 3)
+        count = 300
+
+        async def send(index: int) -> None:
+            for n in range(count):
+                await clients[index].send_frame(OP_TEXT, f"{index}:{n}".encode())
+
+        received: dict[int, list[tuple[int, int]]] = {}
+
+        async def collect(index: int) -> None:
+            got = received[index] = []
+            for _ in range(count * 2):
+                opcode, data = await clients[index].recv_message()
+                assert opcode == OP_TEXT
+                sender, n = data.decode().split(":")
+                got.append((int(sender), int(n)))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(collect, i)
+                for i in range(3):
+                    nursery.start_soon(send, i)
+        for index, got in received.items():
+            for sender in range(3):
+                if sender != index:
+                    assert [n for s, n in got if s == sender] == list(range(count))
+            assert all(s != index for s, _ in got), "a member got its own message back"
+
+
+async def test_newest_connection_wins_across_nodes(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix) as (a, b):
+        older = await join(a, "same")
+        peer = await join(a, "peer")
+        await settled([a, b], "g", 2)
+        newer = await join(b, "same")
+        with trio.fail_after(5):
+            assert (await older.expect_close())[0] == CloseCode.REPLACED
+        await settled([a, b], "g", 2)
+        await peer.send_frame(OP_TEXT, b"to the newer one")
+        with trio.fail_after(5):
+            assert await newer.recv_message() == (OP_TEXT, b"to the newer one")
+        # And back: the node of the older connection replaced by one on its own node.
+        newest = await join(a, "same")
+        with trio.fail_after(5):
+            assert (await newer.expect_close())[0] == CloseCode.REPLACED
+        await settled([a, b], "g", 2)
+        await peer.send_frame(OP_TEXT, b"again")
+        with trio.fail_after(5):
+            assert await newest.recv_message() == (OP_TEXT, b"again")
+
+
+async def recv_frames(client: RawClient) -> tuple[int, int, bytes]:
+    """One message read frame by frame: (opcode, frame count, payload)."""
+    parts, frames, opcode = [], 0, None
+    while True:
+        fin, op, payload = await client.recv_frame()
+        frames += 1
+        assert op != OP_CLOSE, f"closed: {payload!r}"
+        if opcode is None:
+            opcode = op
+        else:
+            assert op == OP_CONT, "two messages interleaved"
+        parts.append(payload)
+        if fin:
+            return opcode, frames, b"".join(parts)
+
+
+async def test_large_message_streams_across_nodes_without_interleaving(
+    redis_url: str, prefix: str
+) -> None:
+    async with cluster(redis_url, prefix, count=3) as (a, b, c):
+        sender = await join(a, "sender")
+        local = await join(a, "local")
+        far = [await join(b, "far1"), await join(b, "far2")]
+        chatter = await join(c, "chatter")
+        await settled([a, b, c], "g", 5)
+        big = bytes(range(256)) * (24 * MiB // 256)
+        results: dict[str, list[tuple[int, int, bytes]]] = {}
+
+        async def read(name: str, client: RawClient, count: int) -> None:
+            results[name] = [await recv_frames(client) for _ in range(count)]
+
+        async def chat() -> None:
+            for n in range(50):
+                await chatter.send_frame(OP_TEXT, f"chat {n}".encode())
+                await trio.sleep(0.002)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for name, client in (("local", local), ("far1", far[0]), ("far2", far[1])):
+                    nursery.start_soon(read, name, client, 51)
+                nursery.start_soon(read, "chatter", chatter, 1)
+                nursery.start_soon(sender.send_frame, OP_BINARY, big)
+                await trio.sleep(0.05)
+                nursery.start_soon(chat)
+        assert results.pop("chatter")[0][2] == big
+        for name, messages in results.items():
+            bigs = [m for m in messages if m[0] == OP_BINARY]
+            assert len(bigs) == 1 and bigs[0][2] == big, name
+            assert bigs[0][1] > 1, "a large message should be forwarded in pieces"
+            chats = [m[2] for m in messages if m[0] == OP_TEXT]
+            assert chats == [f"chat {n}".encode() for n in range(50)], name
+
+
+async def test_two_nodes_streaming_at_once_take_turns(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix, count=3) as (a, b, c):
+        senders = [await join(a, "s1"), await join(b, "s2")]
+        watcher = await join(c, "watch")
+        await settled([a, b, c], "g", 3)
+        payloads = [bytes([1]) * (6 * MiB), bytes([2]) * (7 * MiB)]
+        got: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+
+        async def read(index: int, client: RawClient, count: int) -> None:
+            for _ in range(count):
+                got[index].append((await recv_frames(client))[2])
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for index, client in enumerate([*senders, watcher]):
+                    nursery.start_soon(read, index, client, 2 if client is watcher else 1)
+                for client, payload in zip(senders, payloads, strict=True):
+                    nursery.start_soon(client.send_frame, OP_BINARY, payload)
+        assert got[0] == [payloads[1]] and got[1] == [payloads[0]]
+        assert sorted(got[2]) == payloads
+
+
+async def test_sender_leaving_mid_message_cuts_off_remote_recipients(
+    redis_url: str, prefix: str
+) -> None:
+    async with cluster(redis_url, prefix) as (a, b):
+        sender = await join(a, "sender")
+        far = await join(b, "far")
+        bystander = await join(b, "bystander", "other")
+        await settled([a, b], "g", 2)
+        await sender.send_frame(OP_BINARY, b"x" * (3 * MiB), fin=False)
+        with trio.fail_after(5):
+            fin, op, _ = await far.recv_frame()
+            assert (fin, op) == (False, OP_BINARY)
+        await sender.aclose()
+        with trio.fail_after(5):
+            code, reason = await far.expect_close()
+        assert code == CloseCode.MESSAGE_TRUNCATED, reason
+        await bystander.send_frame(OP_PING, b"alive?")
+        with trio.fail_after(5):
+            fin, op, payload = await bystander.recv_frame()
+        assert (op, payload) == (OP_PONG, b"alive?")
+
+
+OP_PING, OP_PONG = 9, 10
+
+
+async def test_prefixes_keep_clusters_apart(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix + "-1", count=1) as (a,):
+        async with cluster(redis_url, prefix + "-2", count=1) as (b,):
+            a1, a2 = await join(a, "a1"), await join(a, "a2")
+            b1 = await join(b, "b1")
+            await settled([a], "g", 2)
+            await settled([b], "g", 1)
+            await a1.send_frame(OP_TEXT, b"cluster 1")
+            with trio.fail_after(5):
+                assert await a2.recv_message() == (OP_TEXT, b"cluster 1")
+            with trio.move_on_after(0.3) as silence:
+                await b1.recv_message()
+            assert silence.cancelled_caught, "a message crossed into another cluster"
+
+
+async def test_metrics_report_the_backplane(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix, count=1) as (a,):
+        stream = await trio.open_tcp_stream("127.0.0.1", a.port)
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                body += chunk
+        assert b'trio_wsproxy_backplane_up{kind="RedisBackplane"} 1.0' in body
+
+
+# -- faults, on a Redis of the test's own ----------------------------------------------
+
+
+async def test_redis_restart_closes_spanning_groups_and_nodes_recover(
+    private_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trio_wsproxy.backplane")
+    async with cluster(private_redis.url, prefix) as (a, b):
+        a1, b1 = await join(a, "a1"), await join(b, "b1")
+        solo = [await join(a, "s1", "solo"), await join(a, "s2", "solo")]
+        await settled([a, b], "g", 2)
+        received: list[bytes] = []
+
+        async def read() -> None:
+            while True:
+                opcode, data = await b1.recv_message()
+                if opcode == OP_CLOSE:
+                    received.append(data)
+                    return
+                received.append(data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for n in range(200):
+                await a1.send_frame(OP_TEXT, str(n).encode())
+                await trio.sleep(0.001)
+                if n == 100:
+                    private_redis.stop()
+        with trio.fail_after(5):
+            assert (await a1.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+        code = int.from_bytes(received[-1][:2], "big")
+        assert code == CloseCode.BACKPLANE_UNAVAILABLE
+        numbers = [int(x) for x in received[:-1]]
+        assert numbers == list(range(len(numbers))), "a gap before the close: silent loss"
+        # A group on one node only goes on through the outage...
+        await solo[0].send_frame(OP_TEXT, b"still here")
+        with trio.fail_after(5):
+            assert await solo[1].recv_message() == (OP_TEXT, b"still here")
+        # ...and one more member may join it there, but nobody may open a group now.
+        s3 = await join(a, "s3", "solo")
+        late = RawClient(await trio.open_tcp_stream("127.0.0.1", b.port))
+        status, _, body = await late.handshake("/ws?id=z&groupName=new")
+        assert status == 503 and b"backplane" in body
+        await solo[1].send_frame(OP_BINARY, b"to both")
+        with trio.fail_after(5):
+            assert await s3.recv_message() == (OP_BINARY, b"to both")
+            assert await solo[0].recv_message() == (OP_BINARY, b"to both")
+        assert not backplane(a).up
+        private_redis.start()
+        await eventually(lambda: backplane(a).up and backplane(b).up, within=15)
+        a2, b2 = await join(a, "a2"), await join(b, "b2")
+        await settled([a, b], "g", 2)
+        await b2.send_frame(OP_TEXT, b"after the restart")
+        with trio.fail_after(5):
+            assert await a2.recv_message() == (OP_TEXT, b"after the restart")
+        # the solo group was registered again, and still works
+        await s3.send_frame(OP_TEXT, b"solo again")
+        with trio.fail_after(5):
+            assert await solo[0].recv_message() == (OP_TEXT, b"solo again")
+    lost = [r for r in caplog.records if "backplane lost" in r.getMessage()]
+    back = [r for r in caplog.records if "reconnected" in r.getMessage()]
+    assert len(lost) == 2 and len(back) == 2, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.redis_config("--client-output-buffer-limit", "pubsub 256kb 128kb 1")
+async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    async with cluster(private_redis.url, prefix, mailbox_bytes=65536, slow_member_timeout=60) as (
+        a,
+        b,
+    ):
+        sender = await join(a, "sender")
+        stuck = await join(b, "stuck")  # never reads
+        reader = await join(b, "reader")
+        await settled([a, b], "g", 3)
+        received: list[int] = []
+        closed: list[int] = []
+
+        async def read() -> None:
+            while True:
+                opcode, data = await reader.recv_message()
+                if opcode == OP_CLOSE:
+                    closed.append(int.from_bytes(data[:2], "big"))
+                    return
+                received.append(int(data[:8]))
+
+        filler = b"." * 4000
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                n = 0
+                while not closed:
+                    await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
+                    n += 1
+                    if n % 50 == 0:
+                        await trio.sleep(0.001)
+        assert closed == [CloseCode.BACKPLANE_UNAVAILABLE]
+        assert received == list(range(len(received))), "a gap before the close: silent loss"
+        assert len(received) < n
+        del stuck
+        # The node reconnects by itself, and the sender's node was never affected.
+        await eventually(lambda: backplane(b).up, within=10)
+        assert backplane(a).outages == 0
+        again = await join(b, "again")
+        await settled([a, b], "g", 2)
+        await sender.send_frame(OP_TEXT, b"resubscribed")
+        with trio.fail_after(5):
+            assert await again.recv_message() == (OP_TEXT, b"resubscribed")
+
+
+# -- nodes as processes, killed without a chance to clean up ----------------------------
+
+
+async def kill(process: trio.Process) -> None:
+    process.kill()  # SIGKILL
+    with trio.fail_after(5):
+        await process.wait()
+
+
+async def test_killed_node_leaves_no_ghost_members(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix, count=1, node_ttl=1.0) as (a,):
+        process, _url, port = await start_relay(
+            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1"
+        )
+        try:
+            local = await join(a, "here")
+            ghosts = [await RawClient.open(port, f"/ws?id=gone{n}&groupName=g") for n in range(3)]
+            await eventually(lambda: backplane(a).cluster_group_size("g") == 4)
+            await kill(process)
+            started = trio.current_time()
+            # Within node_ttl plus a reaper round, node a counts them as gone...
+            await eventually(lambda: backplane(a).cluster_group_size("g") == 1, within=5)
+            assert trio.current_time() - started < 3.0
+            # ...and so does Redis: the group's membership holds only the live member.
+            assert await _members(redis_url, prefix, "g") == {"here"}
+        finally:
+            process.kill()
+        del local, ghosts
+
+
+async def _members(url: str, prefix: str, group: str) -> set[str]:
+    from trio_wsproxy._resp import RedisAddress, RedisConnection
+
+    address = RedisAddress.from_url(url)
+    connection = await RedisConnection.connect(address, 5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run, address, 5)
+        reply = await connection.call("HKEYS", f"{prefix}:members:{group}")
+        nursery.cancel_scope.cancel()
+    assert isinstance(reply, list)
+    return {item.decode() for item in reply if isinstance(item, bytes)}
+
+
+async def test_node_killed_mid_transfer_cuts_the_message_off(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix, count=1, node_ttl=1.0) as (a,):
+        process, _url, port = await start_relay(
+            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1"
+        )
+        try:
+            receiver = await join(a, "receiver")
+            sender = await RawClient.open(port, "/ws?id=sender&groupName=g")
+            await eventually(lambda: backplane(a).cluster_group_size("g") == 2)
+            await sender.send_frame(OP_BINARY, b"y" * (3 * MiB), fin=False)
+            with trio.fail_after(5):
+                fin, op, _ = await receiver.recv_frame()
+            assert (fin, op) == (False, OP_BINARY)
+            await kill(process)
+            with trio.fail_after(5):
+                code, reason = await receiver.expect_close()
+            assert code == CloseCode.MESSAGE_TRUNCATED, reason
+        finally:
+            process.kill()
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: str) -> None:
+    flags = ("--backplane", redis_url, "--backplane-prefix", prefix)
+    first, _, port_a = await start_relay(*flags)
+    second, _, port_b = await start_relay(*flags)
+    try:
+        sender = await RawClient.open(port_a, "/ws?id=sender&groupName=g")
+        receiver = await RawClient.open(port_b, "/ws?id=receiver&groupName=g")
+        await trio.sleep(0.3)  # both registered
+        piece = bytes(range(256)) * 4096  # 1 MiB
+        total = 256 * MiB
+
+        async def send() -> None:
+            for n in range(256):
+                last = n == 255
+                await sender.send_frame(OP_BINARY if n == 0 else OP_CONT, piece, fin=last)
+
+        received = 0
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                while True:
+                    fin, _op, payload = await receiver.recv_frame()
+                    assert payload == piece[received % MiB : received % MiB + len(payload)] or (
+                        payload == (piece * 2)[received % MiB : received % MiB + len(payload)]
+                    )
+                    received += len(payload)
+                    if fin:
+                        break
+        assert received == total
+        peaks = [_peak_rss_mib(process.pid) for process in (first, second)]
+        print(f"peak RSS of the two nodes: {peaks[0]:.1f} and {peaks[1]:.1f} MiB")
+        assert max(peaks) < 96, f"a node held too much of the message: {peaks} MiB"
+    finally:
+        for process in (first, second):
+            process.kill()

@@ -75,11 +75,14 @@ F = TypeVar("F", bound=Callable[..., object])
 #: Close codes after which the client reconnects (when ``ClientConfig.reconnect`` is on):
 #: the relay going away or failing, the connection dropping without a close frame (1006),
 #: and the relay's own transient codes — 4001 slow consumer, 4002 message cut off,
-#: 4003 keepalive timeout. Not in the set, so final: 1000 (the relay ended the session on
+#: 4003 keepalive timeout, 4004 backplane unavailable (with several URLs, the client
+#: moves to the next node). Not in the set, so final: 1000 (the relay ended the session on
 #: purpose), 1002/1007/1008/1009 (this client broke a rule; reconnecting would repeat it)
 #: and 4000 (a newer connection with the same id replaced this one: reconnecting would
 #: fight it).
-DEFAULT_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003})
+DEFAULT_RECONNECT_CODES = frozenset(
+    {1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004}
+)
 
 # What each close code means, for log lines and exception messages.
 _CLOSE_MEANINGS = {
@@ -97,6 +100,7 @@ _CLOSE_MEANINGS = {
     4001: "too slow: this client's mailbox on the relay stayed full",
     4002: "a message was cut off because its sender left mid-message",
     4003: "keepalive timeout",
+    4004: "the relay's backplane could not guarantee delivery: messages may be missing",
 }
 
 # trio-websocket wants an int; "no limit" is the largest one.

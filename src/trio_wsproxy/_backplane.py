@@ -77,8 +77,9 @@ _PIECE_ID = struct.Struct(">QI")
 _NODE_ID_LENGTH = 16
 
 # id -> owner of the newest connection; the node's own index of what it registered.
-# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix.
-# Returns the replaced owner (or nil) and every owner now in the group.
+# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix, snapshot.
+# Returns the replaced owner (or nil) and, if ARGV[5] is 1, every owner in the group
+# (a node asks once per group; join and leave announcements keep it up to date).
 _JOIN = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -86,7 +87,10 @@ if old and old ~= ARGV[2] then
   redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, 16), old)
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return {old or false, redis.call('HVALS', KEYS[1])}
+if ARGV[5] == '1' then
+  return {old or false, redis.call('HVALS', KEYS[1])}
+end
+return {old or false, {}}
 """
 # KEYS: members hash, node-members hash. ARGV: id, owner.
 _LEAVE = """
@@ -263,7 +267,7 @@ class RedisBackplane:
                 await group.subscribed.wait()
             if not self.up:
                 raise ConnectionLost("the backplane went away during the join")
-            await self._register(group, session)
+            await self._register(group, session, snapshot=len(group.members) == 1)
         except (ConnectionLost, RedisError) as exc:
             if group.members.get(session.id) is session:
                 session.close(CloseCode.TRY_AGAIN_LATER, f"backplane unavailable: {exc}")
@@ -352,7 +356,10 @@ class RedisBackplane:
         piece = stream.pieces
         relay = self._relay
         assert relay is not None
-        await self._wait_acks(stream, piece - STREAM_WINDOW, relay.config.slow_member_timeout)
+        # Longer than a receiving node may wait for a slow member of its own, so that a
+        # node that is only waiting for one is not given up on.
+        patience = relay.config.slow_member_timeout + self.node_ttl
+        await self._wait_acks(stream, piece - STREAM_WINDOW, patience)
         pub = self._pub
         if not self.up or pub is None:
             return
@@ -471,8 +478,8 @@ class RedisBackplane:
             group.subscribed = trio.Event()
             await self._subscribe(group)
             split = False
-            for session in list(group.sessions):
-                split |= await self._register(group, session)
+            for index, session in enumerate(group.sessions):
+                split |= await self._register(group, session, snapshot=index == 0)
             if split:
                 # Members joined this group elsewhere while this node was cut off: each
                 # side may have missed the other's messages.
@@ -485,7 +492,7 @@ class RedisBackplane:
         await sub.subscribe(self._group_channel(group.name))
         group.subscribed.set()
 
-    async def _register(self, group: SharedGroup, session: Session) -> bool:
+    async def _register(self, group: SharedGroup, session: Session, snapshot: bool) -> bool:
         """Record ``session`` as the newest connection of its id; True when the group
         turned out to have members elsewhere that this node did not know of."""
         pub = self._pub
@@ -493,7 +500,7 @@ class RedisBackplane:
         entry = json.dumps([group.name, session.id])
         reply = await pub.call(
             "EVAL", _JOIN, 2, self._members_key(group.name), self._node_members_key(),
-            session.id, session.owner, entry, self.prefix,
+            session.id, session.owner, entry, self.prefix, int(snapshot),
         )  # fmt: skip
         assert isinstance(reply, list) and len(reply) == 2
         old, owners = reply[0], reply[1]

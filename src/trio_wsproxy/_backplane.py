@@ -443,7 +443,10 @@ class RedisBackplane:
         timeout = self.node_ttl
         address = self.address
         pub = await RedisConnection.connect(address, timeout)
-        sub = await RedisConnection.connect(address, timeout, self._on_message)
+        assert self._courier is not None
+        sub = await RedisConnection.connect(
+            address, timeout, self._on_message, self._courier.flush
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(pub.run, address, timeout)
             await nursery.start(sub.run, address, timeout)
@@ -561,6 +564,8 @@ class RedisBackplane:
             group.remote = {owner for owner in group.remote if not owner.startswith(prefix)}
             if group.owner is not None and group.owner[0] == node:
                 await self._end_remote_stream(group, truncated=True)
+        assert self._courier is not None
+        self._courier.flush()  # what waited for the cut-off message (see _deliver)
         logger.info("node %s expired; %s of its members forgotten", node.decode(), reaped)
 
     async def _deregister(self) -> None:
@@ -756,8 +761,9 @@ class RedisBackplane:
         assert courier is not None and relay is not None
         if count:
             relay.deliveries += len(members)
+        # Held direct writes go out once per read from Redis (the subscriber's on_batch),
+        # so a burst of messages costs each member one write, as on the local path.
         await courier.deliver(data, members)
-        courier.flush()
 
     # -- Redis names and sending ---------------------------------------------------------
 

@@ -44,72 +44,67 @@ def encode(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
-class _NeedMore(Exception):
-    pass
-
-
 class Parser:
-    """Incremental RESP2 reply parser: :meth:`feed` bytes, then iterate :meth:`replies`."""
+    """Incremental RESP2 reply parser: :meth:`feed` bytes, then take :meth:`replies`."""
+
+    __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._pos = 0
+        self._buffer = b""
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        self._buffer = self._buffer + data if self._buffer else data
 
     def replies(self) -> list[Reply]:
         """Every complete reply buffered so far, in order."""
         out: list[Reply] = []
         buffer = self._buffer
-        while True:
-            start = self._pos
-            try:
-                out.append(self._reply())
-            except _NeedMore:
-                self._pos = start
+        pos = 0
+        size = len(buffer)
+        while pos < size:
+            reply, end = _parse(buffer, pos)
+            if end < 0:
                 break
-        if self._pos:
-            del buffer[: self._pos]
-            self._pos = 0
+            out.append(reply)
+            pos = end
+        self._buffer = buffer[pos:] if pos else buffer
         return out
 
-    def _line(self) -> bytes:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n", self._pos)
-        if end < 0:
-            raise _NeedMore
-        line = bytes(buffer[self._pos : end])
-        self._pos = end + 2
-        return line
 
-    def _reply(self) -> Reply:
-        line = self._line()
-        if not line:
-            raise ProtocolViolation("empty reply line")
-        kind, rest = line[:1], line[1:]
-        if kind == b"$":
-            length = int(rest)
-            if length < 0:
-                return None
-            end = self._pos + length
-            if len(self._buffer) < end + 2:
-                raise _NeedMore
-            data = bytes(self._buffer[self._pos : end])
-            self._pos = end + 2
-            return data
-        if kind == b"*":
-            count = int(rest)
-            if count < 0:
-                return None
-            return [self._reply() for _ in range(count)]
-        if kind == b":":
-            return int(rest)
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return RedisError(rest.decode(errors="replace"))
-        raise ProtocolViolation(f"unexpected reply type {kind!r}")
+def _parse(buffer: bytes, pos: int) -> tuple[Reply, int]:
+    """The reply starting at ``pos`` and where it ends; (None, -1) if it is incomplete."""
+    line_end = buffer.find(b"\r\n", pos)
+    if line_end < 0:
+        return None, -1
+    kind = buffer[pos]
+    if kind == 36:  # $ bulk string
+        length = int(buffer[pos + 1 : line_end])
+        if length < 0:
+            return None, line_end + 2
+        start = line_end + 2
+        end = start + length
+        if len(buffer) < end + 2:
+            return None, -1
+        return buffer[start:end], end + 2
+    if kind == 42:  # * array
+        count = int(buffer[pos + 1 : line_end])
+        if count < 0:
+            return None, line_end + 2
+        items: list[Reply] = []
+        pos = line_end + 2
+        for _ in range(count):
+            item, pos = _parse(buffer, pos)
+            if pos < 0:
+                return None, -1
+            items.append(item)
+        return items, pos
+    if kind == 58:  # : integer
+        return int(buffer[pos + 1 : line_end]), line_end + 2
+    if kind == 43:  # + simple string
+        return buffer[pos + 1 : line_end], line_end + 2
+    if kind == 45:  # - error
+        return RedisError(buffer[pos + 1 : line_end].decode(errors="replace")), line_end + 2
+    raise ProtocolViolation(f"unexpected reply type {chr(kind)!r}")
 
 
 @attrs.frozen
@@ -165,9 +160,15 @@ class RedisConnection:
     waits for it before reading on: TCP pushes back on Redis.
     """
 
-    def __init__(self, stream: trio.SocketStream, on_message: PushHandler | None = None) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        on_message: PushHandler | None = None,
+        on_batch: Callable[[], None] | None = None,
+    ) -> None:
         self._stream = stream
         self._on_message = on_message
+        self._on_batch = on_batch
         self._parser = Parser()
         self._out: list[bytes] = []
         self._waiters: collections.deque[_Waiter | None] = collections.deque()
@@ -180,12 +181,19 @@ class RedisConnection:
 
     @classmethod
     async def connect(
-        cls, address: RedisAddress, within: float, on_message: PushHandler | None = None
+        cls,
+        address: RedisAddress,
+        within: float,
+        on_message: PushHandler | None = None,
+        on_batch: Callable[[], None] | None = None,
     ) -> RedisConnection:
-        """Open a connection (TCP_NODELAY is Trio's default); call :meth:`run` next."""
+        """Open a connection (TCP_NODELAY is Trio's default); call :meth:`run` next.
+
+        A subscriber gets each message through ``on_message``, and ``on_batch`` once the
+        messages of one read are all handled (before the next read waits)."""
         with trio.fail_after(within):
             stream = await trio.open_tcp_stream(address.host, address.port)
-        return cls(stream, on_message)
+        return cls(stream, on_message, on_batch)
 
     async def run(
         self,
@@ -294,6 +302,8 @@ class RedisConnection:
                         waiter.event.set()
                     elif isinstance(reply, RedisError):
                         raise ConnectionLost(f"Redis refused a pipelined command: {reply}")
+            if self._on_batch is not None:
+                self._on_batch()
 
     async def _push(self, reply: Reply) -> None:
         if isinstance(reply, RedisError):

@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
+
+from trio_wsproxy._resp import RedisAddress, RedisConnection
 
 SHARED = ("127.0.0.1", 6379)
 
@@ -88,3 +91,15 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(b"".join(parts))
             return sock.recv(65536)
+
+
+async def members_in_redis(url: str, prefix: str, group: str) -> set[str]:
+    """The member ids the cluster under ``prefix`` has registered in ``group``."""
+    address = RedisAddress.from_url(url)
+    connection = await RedisConnection.connect(address, 5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run, address, 5)
+        reply = await connection.call("HKEYS", f"{prefix}:members:{group}")
+        nursery.cancel_scope.cancel()
+    assert isinstance(reply, list)
+    return {item.decode() for item in reply if isinstance(item, bytes)}

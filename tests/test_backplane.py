@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from redisserver import RedisServer
+from redisserver import RedisServer, members_in_redis
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
 from trio_wsproxy._backplane import RedisBackplane
@@ -426,23 +426,10 @@ async def test_killed_node_leaves_no_ghost_members(redis_url: str, prefix: str) 
             await eventually(lambda: backplane(a).cluster_group_size("g") == 1, within=5)
             assert trio.current_time() - started < 3.0
             # ...and so does Redis: the group's membership holds only the live member.
-            assert await _members(redis_url, prefix, "g") == {"here"}
+            assert await members_in_redis(redis_url, prefix, "g") == {"here"}
         finally:
             process.kill()
         del local, ghosts
-
-
-async def _members(url: str, prefix: str, group: str) -> set[str]:
-    from trio_wsproxy._resp import RedisAddress, RedisConnection
-
-    address = RedisAddress.from_url(url)
-    connection = await RedisConnection.connect(address, 5)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(connection.run, address, 5)
-        reply = await connection.call("HKEYS", f"{prefix}:members:{group}")
-        nursery.cancel_scope.cancel()
-    assert isinstance(reply, list)
-    return {item.decode() for item in reply if isinstance(item, bytes)}
 
 
 async def test_node_killed_mid_transfer_cuts_the_message_off(redis_url: str, prefix: str) -> None:

@@ -17,11 +17,13 @@ import pytest
 import trio
 import trio_websocket as tw
 
+from redisserver import members_in_redis
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args
 from trio_wsproxy._workers import serve_flags
 
-BACKPLANE = ("--backplane", "redis://127.0.0.1:6379/0")
+# Set for each test by _backplane (the suite's Redis, the test's own prefix).
+BACKPLANE: tuple[str, ...] = ()
 SERVE = (sys.executable, "-m", "trio_wsproxy", "serve")
 # /proc/net/tcp states.
 LISTEN = "0A"
@@ -29,6 +31,12 @@ ESTABLISHED = "01"
 # Connections spread by SO_REUSEPORT's hash: all of them on one of two workers by
 # chance happens once in 2**23 runs.
 CONNECTIONS = 24
+
+
+@pytest.fixture(autouse=True)
+def _backplane(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = ("--backplane", redis_url, "--backplane-prefix", prefix)
+    monkeypatch.setattr(sys.modules[__name__], "BACKPLANE", flags)
 
 
 def _tcp_sockets() -> dict[int, tuple[int, str]]:
@@ -294,3 +302,27 @@ async def test_a_worker_that_cannot_listen_makes_the_supervisor_give_up(tmp_path
     ), stderr
     # Each worker's own error is there, and no place was started more than 3 times.
     assert 3 <= stderr.count("No such file or directory") <= 6
+
+
+async def test_members_on_different_workers_reach_each_other(redis_url: str, prefix: str) -> None:
+    async with supervisor() as relay, AsyncExitStack() as stack:
+        pids = await relay.worker_pids()
+        members = [
+            await stack.enter_async_context(
+                tw.open_websocket_url(f"{relay.url}?id=m{n}&groupName=g")
+            )
+            for n in range(12)
+        ]
+        served = [sockets_on(pid, relay.port, ESTABLISHED) for pid in pids.values()]
+        assert all(served), f"the group should span both workers: {served}"
+        with trio.fail_after(10):
+            # Registered in Redis means subscribed on its worker: nothing to wait on but it.
+            while len(await members_in_redis(redis_url, prefix, "g")) < 12:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        await members[0].send_message("across workers")
+        await members[5].send_message(b"binary too")
+        with trio.fail_after(10):
+            for index, member in enumerate(members):
+                got = [await member.get_message() for _ in range(1 if index in (0, 5) else 2)]
+                expected = {0: [b"binary too"], 5: ["across workers"]}
+                assert got == expected.get(index, ["across workers", b"binary too"]), index

@@ -85,7 +85,8 @@ async def test_a_signal_closes_every_member_with_1001_and_exits_0(signum: int) -
         async with tw.open_websocket_url(f"{base}?id=a&groupName=g") as a:
             async with tw.open_websocket_url(f"{base}?id=b&groupName=g") as b:
                 await a.send_message("hi")
-                assert await b.get_message() == "hi"
+                with trio.fail_after(5):
+                    assert await b.get_message() == "hi"
                 process.send_signal(signum)
                 for ws in (a, b):
                     with pytest.raises(tw.ConnectionClosed) as info, trio.fail_after(10):

@@ -270,7 +270,7 @@ class RedisBackplane:
             await self._register(group, session, snapshot=len(group.members) == 1)
         except (ConnectionLost, RedisError) as exc:
             if group.members.get(session.id) is session:
-                session.close(CloseCode.TRY_AGAIN_LATER, f"backplane unavailable: {exc}")
+                session.close(CloseCode.BACKPLANE_UNAVAILABLE, f"backplane unavailable: {exc}")
         return group
 
     def leave(self, session: Session) -> None:

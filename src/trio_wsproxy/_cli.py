@@ -201,14 +201,16 @@ class JsonFormatter(logging.Formatter):
 
 
 async def _serve(config: RelayConfig) -> None:
-    async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The receiver stays installed until shutdown is over: a second signal while members
+    # are being closed is taken and ignored, not a kill by the default handler.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
             relay = await nursery.start(serve_relay, config)
             print(f"trio-wsproxy relay listening on {relay.url}", flush=True)
             async for signum in signals:
                 logger.info("%s received: closing every session", signal.Signals(signum).name)
                 break
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

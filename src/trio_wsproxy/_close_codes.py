@@ -20,8 +20,6 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     #: A bug in the relay: the session could not go on.
     INTERNAL_ERROR = 1011
-    #: A limit (members, groups) was reached between the upgrade and the join.
-    TRY_AGAIN_LATER = 1013
     #: A newer connection joined the same group under the same id.
     REPLACED = 4000
     #: The member's mailbox stayed full longer than ``slow_member_timeout``.

@@ -134,6 +134,7 @@ class Relay:
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         remote = _remote_address(stream)
+        session: Session | None = None
         accepted = False
         try:
             decision, leftover = await self._read_handshake(stream)
@@ -143,6 +144,12 @@ class Relay:
                 return
             if isinstance(decision, Join):
                 decision = self.admit(decision) or decision
+            if isinstance(decision, Join):
+                session = Session(self, stream, decision.id, decision.group, remote, leftover)
+                refused = await session.join()
+                if refused is not None:
+                    kind, reason = refused
+                    decision = refuse(HTTPStatus.SERVICE_UNAVAILABLE, reason, kind=kind)
             if isinstance(decision, Refusal):
                 self.refusals[decision.kind, decision.status] += 1
                 logger.info(
@@ -155,6 +162,8 @@ class Relay:
                 with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
                     await stream.send_all(decision.response)
                 return
+            assert session is not None  # a Join made one
+            self.sessions.add(session)
             await stream.send_all(decision.response)
             accepted = True
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -162,9 +171,11 @@ class Relay:
             return
         finally:
             if not accepted:
+                if session is not None:
+                    self.sessions.discard(session)
+                    session.close(CloseCode.NORMAL, "connection lost during the handshake")
                 await trio.aclose_forcefully(stream)
-        session = Session(self, stream, decision.id, decision.group, remote, leftover)
-        self.sessions.add(session)
+        assert session is not None
         try:
             await session.run()
         finally:

@@ -50,7 +50,8 @@ _PING_FRAME = frame(OP_PING, b"")
 
 
 class Session:
-    """A connected member. Created after a successful upgrade; :meth:`run` owns its tasks."""
+    """A connected member. Created when its upgrade request is admitted; :meth:`join`
+    comes before the 101 is sent, and :meth:`run` (which owns its tasks) after."""
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class Session:
         # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
         self._fd: int | None = None
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
-            self._fd = self.mailbox.fd = stream.socket.fileno()
+            self._fd = stream.socket.fileno()
         self._relay = relay
         self._stream = stream
         self._leftover = leftover
@@ -144,22 +145,40 @@ class Session:
             fields["reason"] = reason
         return fields
 
-    async def run(self) -> None:
-        """Serve the member until the session ends; never raises for a client's fault."""
+    async def join(self) -> tuple[str, str] | None:
+        """Join the group, before the upgrade is answered: once a client has its 101,
+        it is a member everywhere. Returns (kind, reason) when it may not join after all
+        (a limit reached meanwhile, the backplane unavailable, the relay stopping)."""
         relay = self._relay
+        full = relay.over_limit(self.id, self.group_name)
+        if full is not None:
+            return full
+        try:
+            self._group = await relay.registry.join(self)
+        except BaseException:
+            self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
+            raise
+        relay.membership_changed()
+        if self._close is not None:
+            return "backplane_down", self._close[1]
+        if relay.closing:
+            self.close(CloseCode.GOING_AWAY, "relay shutting down")
+            return "shutting_down", "relay shutting down"
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%r joined", self, extra=self._log_fields())
+        return None
+
+    async def run(self) -> None:
+        """Serve the member, after :meth:`join` and the 101, until the session ends;
+        never raises for a client's fault."""
+        relay = self._relay
+        if self._fd is not None:
+            # Only now may frames go straight to the socket: the 101 is out.
+            self.mailbox.fd = self._fd
         try:
             with self._scope:
-                full = relay.over_limit(self.id, self.group_name)
-                if full is not None:
-                    # Admitted, but others took the room while our 101 was on its way.
-                    self.close(CloseCode.TRY_AGAIN_LATER, full[1])
-                else:
-                    self._group = await relay.registry.join(self)
-                    relay.membership_changed()
-                    if logger.isEnabledFor(logging.INFO):
-                        logger.info("%r joined", self, extra=self._log_fields())
-                    if relay.closing:
-                        self.close(CloseCode.GOING_AWAY, "relay shutting down")
+                if relay.closing:
+                    self.close(CloseCode.GOING_AWAY, "relay shutting down")
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
                     await self._receive_loop()

@@ -61,7 +61,7 @@ BACKOFF_MAX = 5.0
 DEREGISTER_TIMEOUT = 1.0
 
 # Channel message kinds (first byte), then the 16-byte sending node id.
-_MESSAGE = b"M"  # a whole framed message
+_MESSAGE = b"M"  # + count: framed whole messages, one after the other
 _START = b"S"  # + stream id: claims the group for a streamed message
 _PIECE = b"F"  # + stream id, piece number + framed fragment
 _END = b"E"  # same as _PIECE, the last piece
@@ -72,6 +72,7 @@ _SPLIT = b"Z"  # the group lived on two sides of an outage: close its members
 # On a node's own channel:
 _REPLACE = b"R"  # + owner token: close that connection, a newer one took its id
 _ACK = b"A"  # + stream id, piece number
+_COUNT = struct.Struct(">I")
 _STREAM_ID = struct.Struct(">Q")
 _PIECE_ID = struct.Struct(">QI")
 _NODE_ID_LENGTH = 16
@@ -297,17 +298,27 @@ class RedisBackplane:
         )  # fmt: skip
         self._send("PUBLISH", self._group_channel(group_name), _LEFT + self._node + owner.encode())
 
-    async def publish(self, group: Group, data: bytes) -> None:
-        """Publish a framed whole message for the group's members on other nodes."""
+    def publish(self, group: Group, frames: list[bytes]) -> None:
+        """Publish framed whole messages (one or more, in order) for the group's members
+        on other nodes, as one Redis message."""
+        if self.up:
+            count = _COUNT.pack(len(frames))
+            self._publish(group, b"".join([_MESSAGE, self._node, count, *frames]))
+
+    @property
+    def congested(self) -> bool:
+        """Whether so much waits to be written to Redis that senders should wait."""
         pub = self._pub
-        if not self.up or pub is None:
-            return
-        self._publish(group, _MESSAGE + self._node + data)
-        if pub.pending >= PUBLISH_BUFFER:
+        return pub is not None and pub.pending >= PUBLISH_BUFFER
+
+    async def wait_room(self) -> None:
+        """Wait until what waits to be written to Redis is under PUBLISH_BUFFER."""
+        pub = self._pub
+        if pub is not None:
             try:
                 await pub.wait_room(PUBLISH_BUFFER)
             except ConnectionLost:
-                return  # the outage closes whoever may have missed it
+                pass  # the outage closes whoever may have missed something
 
     async def claim_stream(self, group: Group, session: Session) -> OutgoingStream | None:
         """Wait until ``session`` may stream a message to ``group``: the group channel's
@@ -444,9 +455,7 @@ class RedisBackplane:
         address = self.address
         pub = await RedisConnection.connect(address, timeout)
         assert self._courier is not None
-        sub = await RedisConnection.connect(
-            address, timeout, self._on_message, self._courier.flush
-        )
+        sub = await RedisConnection.connect(address, timeout, self._on_message, self._courier.flush)
         async with trio.open_nursery() as nursery:
             await nursery.start(pub.run, address, timeout)
             await nursery.start(sub.run, address, timeout)
@@ -646,7 +655,7 @@ class RedisBackplane:
             if group.owner is not None or group.streamer is not None:
                 self._hold(group, bytes(body))
             else:
-                await self._deliver(group, bytes(body), group.sessions)
+                await self._deliver_messages(group, bytes(body))
         elif kind == _START:
             (stream_id,) = _STREAM_ID.unpack(body)
             await self._on_start(group, node, stream_id)
@@ -658,9 +667,7 @@ class RedisBackplane:
                 streamer = group.streamer
                 assert isinstance(streamer, RemoteStream)
                 streamer.delivered = True
-                await self._deliver(
-                    group, bytes(body[_PIECE_ID.size :]), streamer.recipients, count=False
-                )
+                await self._deliver(bytes(body[_PIECE_ID.size :]), streamer.recipients)
                 self._send(
                     "PUBLISH", self._node_channel_of(node),
                     _ACK + self._node + _PIECE_ID.pack(stream_id, piece), wait=False,
@@ -740,7 +747,15 @@ class RedisBackplane:
         while group.pending and group.owner is None and group.streamer is None:
             data = group.pending.popleft()
             group.pending_bytes -= len(data)
-            await self._deliver(group, data, group.sessions)
+            await self._deliver_messages(group, data)
+
+    async def _deliver_messages(self, group: SharedGroup, body: bytes) -> None:
+        """Deliver a published batch (a count, then framed messages) to the group here."""
+        (count,) = _COUNT.unpack_from(body)
+        relay = self._relay
+        assert relay is not None
+        relay.deliveries += count * len(group.sessions)
+        await self._deliver(body[_COUNT.size :], group.sessions)
 
     def _hold(self, group: SharedGroup, data: bytes) -> None:
         """Keep a whole message that arrived while another one streams to the group."""
@@ -753,14 +768,9 @@ class RedisBackplane:
         group.pending.append(data)
         group.pending_bytes += len(data)
 
-    async def _deliver(
-        self, group: SharedGroup, data: bytes, members: tuple[Session, ...], count: bool = True
-    ) -> None:
+    async def _deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
         courier = self._courier
-        relay = self._relay
-        assert courier is not None and relay is not None
-        if count:
-            relay.deliveries += len(members)
+        assert courier is not None
         # Held direct writes go out once per read from Redis (the subscriber's on_batch),
         # so a burst of messages costs each member one write, as on the local path.
         await courier.deliver(data, members)

@@ -80,9 +80,7 @@ F = TypeVar("F", bound=Callable[..., object])
 #: purpose), 1002/1007/1008/1009 (this client broke a rule; reconnecting would repeat it)
 #: and 4000 (a newer connection with the same id replaced this one: reconnecting would
 #: fight it).
-DEFAULT_RECONNECT_CODES = frozenset(
-    {1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004}
-)
+DEFAULT_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004})
 
 # What each close code means, for log lines and exception messages.
 _CLOSE_MEANINGS = {

@@ -336,11 +336,14 @@ class Session:
         recipients = group.sessions
         self._relay.deliveries += len(recipients) - 1
         courier = self._courier
+        if group.backplane is not None:
+            if group.backplane.congested:
+                self._flush()
+                await group.backplane.wait_room()
+            courier.publish(group, data)
         blocked = courier.offer(data, recipients, skip=self)
         if blocked is not None:
             await courier.wait_for_room(data, blocked)
-        if group.backplane is not None:
-            await group.backplane.publish(group, data)
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -421,11 +424,21 @@ class Courier:
     :meth:`flush`, which the producer calls before anything that may yield.
     """
 
-    __slots__ = ("_held", "_relay")
+    __slots__ = ("_held", "_outbox", "_outbox_group", "_relay")
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
         self._held: list[Mailbox] = []
+        # Whole messages for the group's members on other nodes, published together by
+        # flush: one Redis message per read's worth instead of one per message.
+        self._outbox: list[bytes] = []
+        self._outbox_group: Group | None = None
+
+    def publish(self, group: Group, data: bytes) -> None:
+        """Queue a framed message for ``group``'s members on other nodes (a member's
+        courier only: its messages all go to its one group)."""
+        self._outbox.append(data)
+        self._outbox_group = group
 
     async def deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
         """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
@@ -480,6 +493,11 @@ class Courier:
         for mailbox in self._held:
             mailbox.flush()
         self._held.clear()
+        if self._outbox:
+            group = self._outbox_group
+            assert group is not None and group.backplane is not None
+            group.backplane.publish(group, self._outbox)
+            self._outbox = []
 
 
 # Closes worth a line at INFO; the rest (normal closes) are DEBUG.

@@ -12,8 +12,7 @@ import trio
 
 from redisserver import RedisServer, members_in_redis
 from relayproc import start_relay
-from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
-from trio_wsproxy._backplane import RedisBackplane
+from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient
 
 MiB = 1024 * 1024

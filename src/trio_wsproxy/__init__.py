@@ -5,6 +5,7 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
+from ._backplane import RedisBackplane
 from ._client import (
     DEFAULT_RECONNECT_CODES,
     BadMessage,
@@ -55,6 +56,7 @@ __all__ = [
     "LocalRegistry",
     "NotConnected",
     "PayloadError",
+    "RedisBackplane",
     "Relay",
     "RelayConfig",
     "RelayStats",

@@ -495,3 +495,25 @@ async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: st
     finally:
         for process in (first, second):
             process.kill()
+
+
+async def test_a_node_the_others_reaped_closes_its_spanning_members_and_comes_back(
+    private_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "trio_wsproxy.backplane")
+    async with cluster(private_redis.url, prefix, node_ttl=1.0) as (a, b):
+        a1, b1 = await join(a, "a1"), await join(b, "b1")
+        await settled([a, b], "g", 2)
+        # As if node a had been cut off for longer than node_ttl: its key is gone.
+        private_redis.command("DEL", f"{prefix}:node:{backplane(a).node}")
+        with trio.fail_after(5):
+            code, reason = await a1.expect_close()
+        assert code == CloseCode.BACKPLANE_UNAVAILABLE, reason
+        assert "reaped" in reason
+        await eventually(lambda: backplane(a).up, within=5)
+        a2 = await join(a, "a2")
+        await settled([a, b], "g", 2)
+        await b1.send_frame(OP_TEXT, b"welcome back")
+        with trio.fail_after(5):
+            assert await a2.recv_message() == (OP_TEXT, b"welcome back")
+    assert any("reconnected" in r.getMessage() for r in caplog.records)

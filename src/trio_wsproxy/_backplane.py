@@ -68,30 +68,36 @@ _END = b"E"  # same as _PIECE, the last piece
 _ABORT = b"X"  # + stream id: the sender left mid-message
 _JOINED = b"J"  # + owner token
 _LEFT = b"L"  # + owner token
-_SPLIT = b"Z"  # the group lived on two sides of an outage: close its members
+_SPLIT = b"Z"  # + seconds: close the members that joined more than that long ago
 # On a node's own channel:
 _REPLACE = b"R"  # + owner token: close that connection, a newer one took its id
 _ACK = b"A"  # + stream id, piece number
 _COUNT = struct.Struct(">I")
 _STREAM_ID = struct.Struct(">Q")
 _PIECE_ID = struct.Struct(">QI")
+_SECONDS = struct.Struct(">d")
 _NODE_ID_LENGTH = 16
 
 # id -> owner of the newest connection; the node's own index of what it registered.
-# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix, snapshot.
+# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix, snapshot, keep.
 # Returns the replaced owner (or nil) and, if ARGV[5] is 1, every owner in the group
 # (a node asks once per group; join and leave announcements keep it up to date).
+# With ARGV[6] = 1 (registering again after an outage) a different owner is newer and
+# stays: the reply is {that owner, {}, 0} and nothing changes.
 _JOIN = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[6] == '1' and old and old ~= ARGV[2] then
+  return {old, {}, 0}
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if old and old ~= ARGV[2] then
   redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, 16), old)
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[5] == '1' then
-  return {old or false, redis.call('HVALS', KEYS[1])}
+  return {old or false, redis.call('HVALS', KEYS[1]), 1}
 end
-return {old or false, {}}
+return {old or false, {}, 1}
 """
 # KEYS: members hash, node-members hash. ARGV: id, owner.
 _LEAVE = """
@@ -101,9 +107,14 @@ end
 redis.call('HDEL', KEYS[2], ARGV[2])
 return 1
 """
-# Forget a node and every membership it registered that nobody has replaced since.
-# KEYS: node-members hash, nodes set. ARGV: node, prefix.
+# Forget a node and every membership it registered that nobody has replaced since, and
+# announce each as left on its group's channel. Unless ARGV[3] is 1 (the node removing
+# itself), nothing happens while the node's key exists: it came back meanwhile.
+# KEYS: node-members hash, nodes set, node key. ARGV: node, prefix, force.
 _REAP = """
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  return -1
+end
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local entry = cjson.decode(entries[i + 1])
@@ -111,6 +122,7 @@ for i = 1, #entries, 2 do
   if redis.call('HGET', members, entry[2]) == entries[i] then
     redis.call('HDEL', members, entry[2])
   end
+  redis.call('PUBLISH', ARGV[2] .. ':g:' .. entry[1], 'L' .. ARGV[1] .. entries[i])
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
@@ -134,9 +146,10 @@ class RemoteStream:
 class OutgoingStream:
     """A message a member of this node streams to other nodes: its acknowledgements."""
 
-    __slots__ = ("acked", "changed", "expected", "pieces", "stream_id")
+    __slots__ = ("acked", "changed", "expected", "group_name", "pieces", "stream_id")
 
-    def __init__(self, stream_id: int, expected: int) -> None:
+    def __init__(self, group_name: str, stream_id: int, expected: int) -> None:
+        self.group_name = group_name
         self.stream_id = stream_id
         #: How many other nodes receive it (Redis's count of subscribers, less us).
         self.expected = expected
@@ -151,7 +164,16 @@ class OutgoingStream:
 class SharedGroup(Group):
     """A group as one node sees it: its members here, owners of members elsewhere."""
 
-    __slots__ = ("backplane", "owner", "pending", "pending_bytes", "remote", "subscribed")
+    __slots__ = (
+        "backplane",
+        "inbox",
+        "inbox_bytes",
+        "owner",
+        "pending",
+        "pending_bytes",
+        "remote",
+        "subscribed",
+    )
 
     def __init__(self, name: str, backplane: RedisBackplane) -> None:
         super().__init__(name)
@@ -164,16 +186,41 @@ class SharedGroup(Group):
         self.pending: collections.deque[bytes] = collections.deque()
         self.pending_bytes = 0
         self.subscribed = trio.Event()
+        #: Deliveries waiting for a full mailbox, worked off by a task of the group's
+        #: own so that the node's other groups go on; None when nothing waits.
+        self.inbox: collections.deque[_Delivery] | None = None
+        self.inbox_bytes = 0
 
     @property
     def spans_nodes(self) -> bool:
         return bool(self.remote) or isinstance(self.streamer, RemoteStream)
 
 
-class _Claim:
-    __slots__ = ("accepted", "decided", "session")
+class _Delivery:
+    """Frames for some of a group's members, and what to do once they are queued."""
 
-    def __init__(self, session: Session) -> None:
+    __slots__ = ("ack", "data", "ended", "members")
+
+    def __init__(
+        self,
+        data: bytes,
+        members: tuple[Session, ...],
+        ack: tuple[bytes, bytes] | None = None,
+        ended: RemoteStream | None = None,
+    ) -> None:
+        self.data = data
+        self.members = members
+        #: (channel, message) acknowledging a stream piece, sent once it is queued.
+        self.ack = ack
+        #: A remote stream whose last piece this was: it ends once that is queued.
+        self.ended = ended
+
+
+class _Claim:
+    __slots__ = ("accepted", "decided", "group_name", "session")
+
+    def __init__(self, group_name: str, session: Session) -> None:
+        self.group_name = group_name
         self.session = session
         self.accepted = False
         self.decided = trio.Event()
@@ -219,7 +266,13 @@ class RedisBackplane:
         self._registered = False
         #: (group, id, owner) of members that left while Redis was away.
         self._left_while_down: list[tuple[str, str, str]] = []
+        #: What to tell the other nodes once Redis is back: streams of ours they may
+        #: still wait on, and groups whose members there may have missed our messages
+        #: (group -> when this node lost Redis).
+        self._aborts_due: list[tuple[str, int]] = []
+        self._splits_due: dict[str, float] = {}
         self._known_nodes: set[bytes] = set()
+        self._nursery: trio.Nursery | None = None
 
     # -- the GroupRegistry interface -------------------------------------------------
 
@@ -261,14 +314,15 @@ class RedisBackplane:
         self._by_owner[session.owner] = session
         if not self.up:
             return group  # a group of this node only (see unavailable)
+        first = len(group.members) == 1 and not group.subscribed.is_set()
         try:
-            if len(group.members) == 1 and not group.subscribed.is_set():
+            if first:
                 await self._subscribe(group)
             else:
                 await group.subscribed.wait()
             if not self.up:
                 raise ConnectionLost("the backplane went away during the join")
-            await self._register(group, session, snapshot=len(group.members) == 1)
+            await self._register(group, session, snapshot=first)
         except (ConnectionLost, RedisError) as exc:
             if group.members.get(session.id) is session:
                 session.close(CloseCode.BACKPLANE_UNAVAILABLE, f"backplane unavailable: {exc}")
@@ -327,7 +381,7 @@ class RedisBackplane:
         then lives on this node only, see :meth:`unavailable`)."""
         while self.up and self._pub is not None:
             stream_id = next(self._stream_ids)
-            claim = self._claims[stream_id] = _Claim(session)
+            claim = self._claims[stream_id] = _Claim(group.name, session)
             try:
                 receivers = await self._pub.call(
                     "PUBLISH",
@@ -345,7 +399,8 @@ class RedisBackplane:
                 del self._claims[stream_id]
             if claim.accepted:
                 assert isinstance(receivers, int)
-                stream = self._streams[stream_id] = OutgoingStream(stream_id, receivers - 1)
+                stream = OutgoingStream(group.name, stream_id, receivers - 1)
+                self._streams[stream_id] = stream
                 return stream
             # Another member's message goes first: wait for its end, then ask again.
             while group.streamer is not None and group.streamer is not session:
@@ -372,8 +427,8 @@ class RedisBackplane:
         patience = relay.config.slow_member_timeout + self.node_ttl
         await self._wait_acks(stream, piece - STREAM_WINDOW, patience)
         pub = self._pub
-        if not self.up or pub is None:
-            return
+        if not self.up or pub is None or stream.stream_id not in self._streams:
+            return  # Redis went away meanwhile: the other nodes were told to drop it
         kind = _END if last else _PIECE
         try:
             receivers = await pub.call(
@@ -398,7 +453,9 @@ class RedisBackplane:
         if piece < 1:
             return
         deadline = trio.current_time() + patience
-        while self.up and stream.acked_by(piece) < stream.expected:
+        while self.up and stream.stream_id in self._streams:
+            if stream.acked_by(piece) >= stream.expected:
+                return
             with trio.move_on_at(deadline):
                 await stream.changed.wait()
                 stream.changed = trio.Event()
@@ -459,7 +516,7 @@ class RedisBackplane:
         async with trio.open_nursery() as nursery:
             await nursery.start(pub.run, address, timeout)
             await nursery.start(sub.run, address, timeout)
-            self._pub, self._sub = pub, sub
+            self._pub, self._sub, self._nursery = pub, sub, nursery
             await self._register_node(sub)
             if self.outages:
                 logger.warning("backplane reconnected to %s:%d", address.host, address.port)
@@ -475,28 +532,53 @@ class RedisBackplane:
             nursery.start_soon(self._reaper, pub)
 
     async def _register_node(self, sub: RedisConnection) -> None:
-        """Announce this node, subscribe, and (after an outage) register again every
-        member that went on meanwhile."""
+        """Announce this node, subscribe, and (after an outage) settle what happened
+        meanwhile: streams of ours the others may wait on, members who left, groups whose
+        members elsewhere may have missed ours, and members who stayed."""
         pub = self._pub
         assert pub is not None
         await self._refresh(pub)
         self._registered = True
         await sub.subscribe(self._node_channel)
         self.up = True  # from here on, commands are sent (a failure below comes back here)
+        aborts, self._aborts_due = self._aborts_due, []
+        for group_name, stream_id in aborts:
+            self._send(
+                "PUBLISH", self._group_channel(group_name),
+                _ABORT + self._node + _STREAM_ID.pack(stream_id),
+            )  # fmt: skip
         left, self._left_while_down = self._left_while_down, []
         for group_name, member_id, owner in left:
             self._unregister(group_name, member_id, owner)
+        splits, self._splits_due = self._splits_due, {}
+        now = trio.current_time()
+        for group_name, lost_at in splits.items():
+            self._split(group_name, now - lost_at)
         for group in list(self._groups.values()):
+            if self._groups.get(group.name) is not group:
+                continue  # emptied while we were busy with another group
             group.subscribed = trio.Event()
             await self._subscribe(group)
+            if self._groups.get(group.name) is not group:
+                self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
+                continue
             split = False
-            for index, session in enumerate(group.sessions):
-                split |= await self._register(group, session, snapshot=index == 0)
+            first = True
+            for session in group.sessions:
+                if group.members.get(session.id) is session:
+                    split |= await self._register(group, session, snapshot=first, again=True)
+                    first = False
             if split:
                 # Members joined this group elsewhere while this node was cut off: each
                 # side may have missed the other's messages.
-                self._publish(group, _SPLIT + self._node)
+                self._split(group.name, 0.0)
                 self._close_group(group, "the group was split by a backplane outage")
+
+    def _split(self, group_name: str, seconds: float) -> None:
+        """Tell the other nodes to close their members of ``group_name`` that joined more
+        than ``seconds`` ago: they may have missed messages of this node's members."""
+        message = _SPLIT + self._node + _SECONDS.pack(seconds)
+        self._send("PUBLISH", self._group_channel(group_name), message)
 
     async def _subscribe(self, group: SharedGroup) -> None:
         sub = self._sub
@@ -504,18 +586,26 @@ class RedisBackplane:
         await sub.subscribe(self._group_channel(group.name))
         group.subscribed.set()
 
-    async def _register(self, group: SharedGroup, session: Session, snapshot: bool) -> bool:
+    async def _register(
+        self, group: SharedGroup, session: Session, snapshot: bool, again: bool = False
+    ) -> bool:
         """Record ``session`` as the newest connection of its id; True when the group
-        turned out to have members elsewhere that this node did not know of."""
+        turned out to have members elsewhere that this node did not know of.
+
+        ``again``: registering a member that stayed through an outage, which must not
+        replace a connection made elsewhere meanwhile (that one is newer)."""
         pub = self._pub
         assert pub is not None
         entry = json.dumps([group.name, session.id])
         reply = await pub.call(
             "EVAL", _JOIN, 2, self._members_key(group.name), self._node_members_key(),
-            session.id, session.owner, entry, self.prefix, int(snapshot),
+            session.id, session.owner, entry, self.prefix, int(snapshot), int(again),
         )  # fmt: skip
-        assert isinstance(reply, list) and len(reply) == 2
-        old, owners = reply[0], reply[1]
+        assert isinstance(reply, list) and len(reply) == 3
+        old, owners, registered = reply
+        if not registered:
+            session.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
+            return False
         if isinstance(old, bytes):
             old_owner = old.decode()
             old_node = old[:_NODE_ID_LENGTH]
@@ -529,7 +619,9 @@ class RedisBackplane:
                 unknown |= text not in group.remote
                 group.remote.add(text)
                 self._known_nodes.add(owner[:_NODE_ID_LENGTH])
-        self._publish(group, _JOINED + self._node + session.owner.encode())
+        if group.members.get(session.id) is session:
+            # (A member that left meanwhile announced its leave already.)
+            self._publish(group, _JOINED + self._node + session.owner.encode())
         return unknown
 
     async def _refresh(self, pub: RedisConnection) -> None:
@@ -565,16 +657,19 @@ class RedisBackplane:
     async def _reap(self, pub: RedisConnection, node: bytes) -> None:
         """``node`` stopped refreshing its key: forget it and its members."""
         reaped = await pub.call(
-            "EVAL", _REAP, 2, self._node_members_key(node), self._nodes_key(), node, self.prefix
-        )
+            "EVAL", _REAP, 3, self._node_members_key(node), self._nodes_key(),
+            self._node_key(node), node, self.prefix, 0,
+        )  # fmt: skip
+        if reaped == -1:
+            return  # it came back
         self._known_nodes.discard(node)
         prefix = node.decode() + ":"
         for group in list(self._groups.values()):
             group.remote = {owner for owner in group.remote if not owner.startswith(prefix)}
             if group.owner is not None and group.owner[0] == node:
-                await self._end_remote_stream(group, truncated=True)
-        assert self._courier is not None
-        self._courier.flush()  # what waited for the cut-off message (see _deliver)
+                # Cut off its message in channel order, on every node, as it would have.
+                message = _ABORT + node + _STREAM_ID.pack(group.owner[1])
+                self._send("PUBLISH", self._group_channel(group.name), message)
         logger.info("node %s expired; %s of its members forgotten", node.decode(), reaped)
 
     async def _deregister(self) -> None:
@@ -586,9 +681,13 @@ class RedisBackplane:
             pub = await RedisConnection.connect(self.address, DEREGISTER_TIMEOUT)
             async with trio.open_nursery() as nursery:
                 await nursery.start(pub.run, self.address, DEREGISTER_TIMEOUT)
+                streams = [(s.group_name, s.stream_id) for s in self._streams.values()]
+                for group_name, stream_id in streams + self._aborts_due:
+                    message = _ABORT + self._node + _STREAM_ID.pack(stream_id)
+                    pub.send_nowait("PUBLISH", self._group_channel(group_name), message)
                 await pub.call(
-                    "EVAL", _REAP, 2, self._node_members_key(), self._nodes_key(), self._node,
-                    self.prefix,
+                    "EVAL", _REAP, 3, self._node_members_key(), self._nodes_key(),
+                    self._node_key(self._node), self._node, self.prefix, 1,
                 )  # fmt: skip
                 await pub.call("DEL", self._node_key(self._node))
                 nursery.cancel_scope.cancel()
@@ -599,25 +698,41 @@ class RedisBackplane:
         """Redis is gone: close members who may have missed messages, forget the rest
         of the cluster, and let waiting senders go on locally."""
         was_up = self.up
+        # If the publishing connection broke, what this node published last may not have
+        # reached the others: once back, it tells them to close their members who were
+        # there by then. (A dropped subscription or an expired registration lost nothing
+        # on the way out.)
+        published_maybe_lost = self._pub is not None and self._pub.broken
         self.up = False
         self._pub = self._sub = None
         if was_up:
             self.outages += 1
+        self._nursery = None
+        now = trio.current_time()
         for group in list(self._groups.values()):
             group.subscribed.set()  # wakes joins waiting on it; they see the outage
             if group.spans_nodes:
+                if published_maybe_lost:
+                    self._splits_due.setdefault(group.name, now)
                 self._close_group(group, f"backplane lost ({failure}): messages may be missing")
             group.remote.clear()
             group.owner = None
             group.pending.clear()
             group.pending_bytes = 0
+            group.inbox = None
+            group.inbox_bytes = 0
             if isinstance(group.streamer, RemoteStream):
                 group.streamer = None
                 group.stream_done.set()
-        for claim in self._claims.values():
+        # Other nodes may be waiting on streams of ours (or claims they granted): they
+        # are cut off once Redis is back (or when this node expires, if it never is).
+        for stream_id, claim in self._claims.items():
+            self._aborts_due.append((claim.group_name, stream_id))
             claim.decided.set()
         for stream in self._streams.values():
+            self._aborts_due.append((stream.group_name, stream.stream_id))
             stream.changed.set()
+        self._streams.clear()
         self._known_nodes.clear()
 
     def _close_group(self, group: SharedGroup, reason: str) -> None:
@@ -644,6 +759,10 @@ class RedisBackplane:
             return
         group = self._groups.get(channel[len(self._group_channel_prefix) :].decode())
         if group is None:
+            # Left over from a group this node no longer has: never hold up a sender.
+            if (kind == _PIECE or kind == _END) and node != self._node:
+                self._ack(node, body)
+            self._send_sub("UNSUBSCRIBE", channel)
             return
         if node != self._node:
             self._known_nodes.add(node)
@@ -663,17 +782,24 @@ class RedisBackplane:
             stream_id, piece = _PIECE_ID.unpack_from(body)
             if group.owner != (node, stream_id):
                 return
-            if node != self._node:
-                streamer = group.streamer
-                assert isinstance(streamer, RemoteStream)
-                streamer.delivered = True
-                await self._deliver(bytes(body[_PIECE_ID.size :]), streamer.recipients)
-                self._send(
-                    "PUBLISH", self._node_channel_of(node),
-                    _ACK + self._node + _PIECE_ID.pack(stream_id, piece), wait=False,
-                )  # fmt: skip
+            if node == self._node:
+                if kind == _END:
+                    await self._end_remote_stream(group, truncated=False)
+                return
+            streamer = group.streamer
+            assert isinstance(streamer, RemoteStream)
+            streamer.delivered = True
+            ack = (
+                self._node_channel_of(node),
+                _ACK + self._node + _PIECE_ID.pack(stream_id, piece),
+            )
+            data = bytes(body[_PIECE_ID.size :])
             if kind == _END:
-                await self._end_remote_stream(group, truncated=False)
+                group.owner = None
+                await self._deliver(group, _Delivery(data, streamer.recipients, ack, streamer))
+                await self._deliver_pending(group)
+            else:
+                await self._deliver(group, _Delivery(data, streamer.recipients, ack))
         elif kind == _ABORT:
             (stream_id,) = _STREAM_ID.unpack(body)
             if group.owner == (node, stream_id):
@@ -684,7 +810,19 @@ class RedisBackplane:
         elif kind == _LEFT:
             group.remote.discard(bytes(body).decode())
         elif kind == _SPLIT and node != self._node:
-            self._close_group(group, "the group was split by a backplane outage")
+            (seconds,) = _SECONDS.unpack(body)
+            before = trio.current_time() - seconds
+            for session in group.sessions:
+                if session.joined_at <= before:
+                    session.close(
+                        CloseCode.BACKPLANE_UNAVAILABLE,
+                        "another node lost the backplane: messages may be missing",
+                    )
+
+    def _ack(self, node: bytes, body: memoryview) -> None:
+        stream_id, piece = _PIECE_ID.unpack_from(body)
+        message = _ACK + self._node + _PIECE_ID.pack(stream_id, piece)
+        self._send("PUBLISH", self._node_channel_of(node), message)
 
     def _on_node_message(self, kind: bytes, node: bytes, body: memoryview) -> None:
         if kind == _REPLACE:
@@ -712,7 +850,7 @@ class RedisBackplane:
                 return
             claim.accepted = True
             group.streamer = claim.session
-            group.stream_done = trio.Event()
+            _new_stream_done(group)
             claim.decided.set()
             return
         recipients = group.sessions
@@ -722,13 +860,14 @@ class RedisBackplane:
             self._close_group(group, "two messages streamed at once across an outage")
             recipients = ()
         group.streamer = RemoteStream(node, stream_id, recipients)
-        group.stream_done = trio.Event()
+        _new_stream_done(group)
         assert self._relay is not None
         self._relay.deliveries += len(recipients)
 
     async def _end_remote_stream(self, group: SharedGroup, truncated: bool) -> None:
-        """The message streaming to ``group`` ended (in channel order): deliver what
-        waited for it."""
+        """The message streaming to ``group`` ended (in channel order): it was cut off,
+        or it was this node's own (its pieces are all in the mailboxes here by now).
+        Then deliver what waited for it."""
         group.owner = None
         streamer = group.streamer
         if isinstance(streamer, RemoteStream):
@@ -738,13 +877,11 @@ class RedisBackplane:
                         CloseCode.MESSAGE_TRUNCATED,
                         "a message was cut off: its sender left mid-message",
                     )
-            group.streamer = None
-            group.stream_done.set()
-        if group.streamer is None:
-            await self._deliver_pending(group)
+            _end_stream(group, streamer)
+        await self._deliver_pending(group)
 
     async def _deliver_pending(self, group: SharedGroup) -> None:
-        while group.pending and group.owner is None and group.streamer is None:
+        while group.pending and group.owner is None:
             data = group.pending.popleft()
             group.pending_bytes -= len(data)
             await self._deliver_messages(group, data)
@@ -755,7 +892,7 @@ class RedisBackplane:
         relay = self._relay
         assert relay is not None
         relay.deliveries += count * len(group.sessions)
-        await self._deliver(body[_COUNT.size :], group.sessions)
+        await self._deliver(group, _Delivery(body[_COUNT.size :], group.sessions))
 
     def _hold(self, group: SharedGroup, data: bytes) -> None:
         """Keep a whole message that arrived while another one streams to the group."""
@@ -768,12 +905,74 @@ class RedisBackplane:
         group.pending.append(data)
         group.pending_bytes += len(data)
 
-    async def _deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
+    async def _deliver(self, group: SharedGroup, delivery: _Delivery) -> None:
+        """Queue a delivery for the group's members here, without waiting on anyone.
+
+        Held direct writes go out once per read from Redis (the subscriber's on_batch),
+        so a burst of messages costs each member one write, as on the local path. If a
+        mailbox is full, the rest of this delivery and the group's next ones wait in
+        the group's inbox, worked off by a task of its own: one slow member holds up
+        its group (for ``slow_member_timeout`` at most), never the node's other groups.
+        """
+        if group.inbox is not None:
+            self._enqueue(group, delivery)
+            return
         courier = self._courier
         assert courier is not None
-        # Held direct writes go out once per read from Redis (the subscriber's on_batch),
-        # so a burst of messages costs each member one write, as on the local path.
-        await courier.deliver(data, members)
+        blocked = courier.offer(delivery.data, delivery.members)
+        if blocked is None:
+            self._delivered(group, delivery)
+            return
+        delivery.members = tuple(blocked)
+        group.inbox = collections.deque()
+        self._enqueue(group, delivery)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._work_off_inbox, group)
+
+    def _enqueue(self, group: SharedGroup, delivery: _Delivery) -> None:
+        inbox = group.inbox
+        assert inbox is not None and self._relay is not None
+        inbox.append(delivery)
+        group.inbox_bytes += len(delivery.data)
+        if group.inbox_bytes > self._relay.config.mailbox_bytes and len(inbox) > 1:
+            # The group's backlog from other nodes is full too: whoever it waits for is
+            # too slow for the group, as if its timeout had passed.
+            head = inbox[0]
+            for member in head.members:
+                mailbox = member.mailbox
+                if mailbox.queued + len(head.data) > mailbox.capacity:
+                    member.close(
+                        CloseCode.SLOW_CONSUMER,
+                        "mailbox full and the group's messages from other nodes piling up",
+                    )
+
+    async def _work_off_inbox(self, group: SharedGroup) -> None:
+        assert self._relay is not None
+        courier = Courier(self._relay)
+        inbox = group.inbox
+        try:
+            while inbox is not None and inbox and group.inbox is inbox:
+                delivery = inbox[0]
+                blocked = courier.offer(delivery.data, delivery.members)
+                if blocked is not None:
+                    await courier.wait_for_room(delivery.data, blocked)
+                courier.flush()
+                if group.inbox is not inbox:
+                    return  # the backplane went away meanwhile
+                inbox.popleft()
+                group.inbox_bytes -= len(delivery.data)
+                self._delivered(group, delivery)
+        finally:
+            courier.flush()
+            if group.inbox is inbox:
+                group.inbox = None
+                group.inbox_bytes = 0
+
+    def _delivered(self, group: SharedGroup, delivery: _Delivery) -> None:
+        if delivery.ack is not None:
+            self._send("PUBLISH", *delivery.ack)
+        if delivery.ended is not None:
+            _end_stream(group, delivery.ended)
 
     # -- Redis names and sending ---------------------------------------------------------
 
@@ -816,6 +1015,18 @@ class RedisBackplane:
             sub.send_nowait(*args, wait=False)
         except ConnectionLost:
             pass
+
+
+def _new_stream_done(group: Group) -> None:
+    """A new message streams to ``group``: waiters on the last one's end re-check."""
+    group.stream_done.set()
+    group.stream_done = trio.Event()
+
+
+def _end_stream(group: Group, streamer: RemoteStream) -> None:
+    if group.streamer is streamer:
+        group.streamer = None
+        group.stream_done.set()
 
 
 def _first_cause(exc: BaseException) -> BaseException:

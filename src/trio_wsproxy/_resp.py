@@ -178,6 +178,9 @@ class RedisConnection:
         self._lost: ConnectionLost | None = None
         #: Bytes queued and not yet written.
         self.pending = 0
+        #: Set when this connection failed by itself (not when it was cancelled): what
+        #: was sent on it may or may not have been carried out.
+        self.broken = False
 
     @classmethod
     async def connect(
@@ -274,6 +277,7 @@ class RedisConnection:
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.broken = True
                 raise ConnectionLost(f"writing to Redis failed: {exc}") from exc
             self.pending -= len(data)
             self._room.set()
@@ -286,10 +290,13 @@ class RedisConnection:
                 with trio.fail_after(silence):
                     data = await self._stream.receive_some(262144)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.broken = True
                 raise ConnectionLost(f"reading from Redis failed: {exc}") from exc
             except trio.TooSlowError as exc:
+                self.broken = True
                 raise ConnectionLost(f"Redis said nothing for {silence:g}s") from exc
             if not data:
+                self.broken = True
                 raise ConnectionLost("Redis closed the connection")
             parser.feed(data)
             for reply in parser.replies():
@@ -301,6 +308,7 @@ class RedisConnection:
                         waiter.reply = reply
                         waiter.event.set()
                     elif isinstance(reply, RedisError):
+                        self.broken = True
                         raise ConnectionLost(f"Redis refused a pipelined command: {reply}")
             if self._on_batch is not None:
                 self._on_batch()

@@ -106,6 +106,8 @@ class Session:
         self.reads = 0
         self.reads_seen = 0
         self.heard_at = trio.current_time()
+        #: When the member joined (trio clock), set by :meth:`join`.
+        self.joined_at = self.heard_at
         self.pinged_at: float | None = None
 
     def __repr__(self) -> str:
@@ -153,6 +155,7 @@ class Session:
         full = relay.over_limit(self.id, self.group_name)
         if full is not None:
             return full
+        self.joined_at = trio.current_time()
         try:
             self._group = await relay.registry.join(self)
         except BaseException:
@@ -474,8 +477,9 @@ class Courier:
         for member in members:
             mailbox = member.mailbox
             while (result := mailbox.offer(data)) == FULL:
-                if self._held:
-                    # Flushing may write this very mailbox out: offer again first.
+                if self._held or self._outbox:
+                    # Write out what is held (it may be this very mailbox: offer again)
+                    # and publish what other nodes wait for, before waiting here.
                     self.flush()
                     continue
                 if mailbox.full_since is None:

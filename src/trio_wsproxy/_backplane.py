@@ -188,6 +188,7 @@ class SharedGroup(Group):
         self.subscribed = trio.Event()
         #: Deliveries waiting for a full mailbox, worked off by a task of the group's
         #: own so that the node's other groups go on; None when nothing waits.
+        #: inbox_bytes counts its whole messages (stream pieces are paced by acks).
         self.inbox: collections.deque[_Delivery] | None = None
         self.inbox_bytes = 0
 
@@ -933,6 +934,8 @@ class RedisBackplane:
         inbox = group.inbox
         assert inbox is not None and self._relay is not None
         inbox.append(delivery)
+        if delivery.ack is not None:
+            return  # a stream piece: its sender waits for the acknowledgement anyway
         group.inbox_bytes += len(delivery.data)
         if group.inbox_bytes > self._relay.config.mailbox_bytes and len(inbox) > 1:
             # The group's backlog from other nodes is full too: whoever it waits for is
@@ -960,7 +963,8 @@ class RedisBackplane:
                 if group.inbox is not inbox:
                     return  # the backplane went away meanwhile
                 inbox.popleft()
-                group.inbox_bytes -= len(delivery.data)
+                if delivery.ack is None:
+                    group.inbox_bytes -= len(delivery.data)
                 self._delivered(group, delivery)
         finally:
             courier.flush()

@@ -532,7 +532,7 @@ async def test_a_node_the_others_reaped_closes_its_spanning_members_and_comes_ba
         a1, b1 = await join(a, "a1"), await join(b, "b1")
         await settled([a, b], "g", 2)
         # As if node a had been cut off for longer than node_ttl: its key is gone.
-        private_redis.command("DEL", f"{prefix}:node:{backplane(a).node}")
+        private_redis.command("DEL", f"{backplane(a).namespace}:node:{backplane(a).node}")
         with trio.fail_after(5):
             code, reason = await a1.expect_close()
         assert code == CloseCode.BACKPLANE_UNAVAILABLE, reason

@@ -1,6 +1,6 @@
 """The Redis backplane: relay nodes that share one Redis form one relay.
 
-Who talks to whom (``P`` is ``backplane_prefix``):
+Who talks to whom (``P`` is ``backplane_prefix`` and the protocol version, ``prefix:v1``):
 
 - Every node subscribes to ``P:g:<group>`` for each group it has members in, and to
   its own ``P:n:<node>``. A member's message is delivered to the members on its own
@@ -18,10 +18,15 @@ Who talks to whom (``P`` is ``backplane_prefix``):
   closes the older connection with 4000. Each node refreshes ``P:node:<node>`` every
   ``node_ttl``/3; nodes whose key expired are reaped by the others, which then treat their
   members as gone and cut off (4002) any message they were streaming.
+- Deliveries from Redis never wait on one member: if a mailbox is full, the rest goes
+  to the group's inbox, worked off by a task of the group's own (one slow member holds
+  up its group, as on a single relay, never the node).
 - When Redis is lost (or drops this node's subscription, or reaps it), members of
   groups with members on other nodes are closed with 4004: they may have missed
   messages. Groups that live on this node only keep working. The node reconnects with
-  backoff and registers again.
+  backoff and registers again; if its publishing connection broke, it tells the other
+  nodes to close their members who may have missed its last messages, and it cuts off
+  any message of its own they were still receiving.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ PUBLISH_BUFFER = 8 * 1024 * 1024
 #: Reconnection backoff: first delay and the most it grows to (seconds).
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+#: The version of the messages and keys nodes share; part of every Redis name.
+PROTOCOL_VERSION = 1
 #: How long shutdown spends removing this node's registration.
 DEREGISTER_TIMEOUT = 1.0
 
@@ -79,7 +86,7 @@ _SECONDS = struct.Struct(">d")
 _NODE_ID_LENGTH = 16
 
 # id -> owner of the newest connection; the node's own index of what it registered.
-# KEYS: members hash, node-members hash. ARGV: id, owner, entry, prefix, snapshot, keep.
+# KEYS: members hash, node-members hash. ARGV: id, owner, entry, namespace, snapshot, keep.
 # Returns the replaced owner (or nil) and, if ARGV[5] is 1, every owner in the group
 # (a node asks once per group; join and leave announcements keep it up to date).
 # With ARGV[6] = 1 (registering again after an outage) a different owner is newer and
@@ -110,7 +117,7 @@ return 1
 # Forget a node and every membership it registered that nobody has replaced since, and
 # announce each as left on its group's channel. Unless ARGV[3] is 1 (the node removing
 # itself), nothing happens while the node's key exists: it came back meanwhile.
-# KEYS: node-members hash, nodes set, node key. ARGV: node, prefix, force.
+# KEYS: node-members hash, nodes set, node key. ARGV: node, namespace, force.
 _REAP = """
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   return -1
@@ -241,12 +248,16 @@ class RedisBackplane:
     def __init__(self, url: str, prefix: str, node_ttl: float) -> None:
         self.address = RedisAddress.from_url(url)
         self.prefix = prefix
+        #: Every key and channel name starts with this: the prefix, then the version of
+        #: what nodes say to each other. Nodes of another version are another cluster
+        #: (never a garbled message to a member).
+        self.namespace = f"{prefix}:v{PROTOCOL_VERSION}"
         self.node_ttl = node_ttl
         #: This node's id in the cluster (16 hex digits, new every start).
         self.node = uuid.uuid4().hex[:_NODE_ID_LENGTH]
         self._node = self.node.encode()
-        self._node_channel = f"{prefix}:n:{self.node}".encode()
-        self._group_channel_prefix = f"{prefix}:g:".encode()
+        self._node_channel = f"{self.namespace}:n:{self.node}".encode()
+        self._group_channel_prefix = f"{self.namespace}:g:".encode()
         #: True while Redis is reachable and this node is registered.
         self.up = False
         #: Times the node lost the backplane, and reconnected.
@@ -600,7 +611,7 @@ class RedisBackplane:
         entry = json.dumps([group.name, session.id])
         reply = await pub.call(
             "EVAL", _JOIN, 2, self._members_key(group.name), self._node_members_key(),
-            session.id, session.owner, entry, self.prefix, int(snapshot), int(again),
+            session.id, session.owner, entry, self.namespace, int(snapshot), int(again),
         )  # fmt: skip
         assert isinstance(reply, list) and len(reply) == 3
         old, owners, registered = reply
@@ -659,7 +670,7 @@ class RedisBackplane:
         """``node`` stopped refreshing its key: forget it and its members."""
         reaped = await pub.call(
             "EVAL", _REAP, 3, self._node_members_key(node), self._nodes_key(),
-            self._node_key(node), node, self.prefix, 0,
+            self._node_key(node), node, self.namespace, 0,
         )  # fmt: skip
         if reaped == -1:
             return  # it came back
@@ -688,7 +699,7 @@ class RedisBackplane:
                     pub.send_nowait("PUBLISH", self._group_channel(group_name), message)
                 await pub.call(
                     "EVAL", _REAP, 3, self._node_members_key(), self._nodes_key(),
-                    self._node_key(self._node), self._node, self.prefix, 1,
+                    self._node_key(self._node), self._node, self.namespace, 1,
                 )  # fmt: skip
                 await pub.call("DEL", self._node_key(self._node))
                 nursery.cancel_scope.cancel()
@@ -984,19 +995,19 @@ class RedisBackplane:
         return self._group_channel_prefix + name.encode()
 
     def _node_channel_of(self, node: bytes) -> bytes:
-        return f"{self.prefix}:n:".encode() + node
+        return f"{self.namespace}:n:".encode() + node
 
     def _members_key(self, group_name: str) -> str:
-        return f"{self.prefix}:members:{group_name}"
+        return f"{self.namespace}:members:{group_name}"
 
     def _node_members_key(self, node: bytes | None = None) -> str:
-        return f"{self.prefix}:node-members:{(node or self._node).decode()}"
+        return f"{self.namespace}:node-members:{(node or self._node).decode()}"
 
     def _node_key(self, node: bytes) -> str:
-        return f"{self.prefix}:node:{node.decode()}"
+        return f"{self.namespace}:node:{node.decode()}"
 
     def _nodes_key(self) -> str:
-        return f"{self.prefix}:nodes"
+        return f"{self.namespace}:nodes"
 
     def _publish(self, group: Group, data: bytes) -> None:
         self._send("PUBLISH", self._group_channel(group.name), data, wait=False)

@@ -30,3 +30,12 @@ async def start_relay(*flags: str) -> tuple[trio.Process, str, int]:
     port = urlsplit(url).port
     assert port is not None
     return process, url, port
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most memory process ``pid`` has used so far (VmHWM), in MiB (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")

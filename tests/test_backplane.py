@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from redisserver import RedisServer, members_in_redis
-from relayproc import start_relay
+from relayproc import peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient
 
@@ -479,14 +479,6 @@ async def test_node_killed_mid_transfer_cuts_the_message_off(redis_url: str, pre
             process.kill()
 
 
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: str) -> None:
     flags = ("--backplane", redis_url, "--backplane-prefix", prefix)
     first, _, port_a = await start_relay(*flags)
@@ -516,7 +508,7 @@ async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: st
                     if fin:
                         break
         assert received == total
-        peaks = [_peak_rss_mib(process.pid) for process in (first, second)]
+        peaks = [peak_rss_mib(process.pid) for process in (first, second)]
         print(f"peak RSS of the two nodes: {peaks[0]:.1f} and {peaks[1]:.1f} MiB")
         assert max(peaks) < 96, f"a node held too much of the message: {peaks} MiB"
     finally:

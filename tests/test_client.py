@@ -27,6 +27,7 @@ import trustme
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request
 
+from relaynode import RestartableRelay
 from trio_wsproxy import Relay, RelayConfig, open_relay
 from trio_wsproxy._client import (
     BadMessage,
@@ -101,45 +102,6 @@ async def dotnet_peer(
     url = f"{relay.url}?id={uuid.uuid4()}&groupName={group}"
     async with trio_websocket.open_websocket_url(url) as ws:
         yield ws
-
-
-class RestartableRelay:
-    """A relay that can be stopped and started again on the same port."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self._scope: trio.CancelScope | None = None
-        self._stopped = trio.Event()
-        self.port = 0
-        self.relay: Relay | None = None
-
-    async def start(self, **overrides: Any) -> Relay:
-        self._scope, self._stopped = trio.CancelScope(), trio.Event()
-        config = RelayConfig(port=self.port, **overrides)
-        self.relay = await self._nursery.start(self._run, config, self._scope, self._stopped)
-        self.port = self.relay.port
-        return self.relay
-
-    async def stop(self) -> None:
-        assert self._scope is not None
-        self._scope.cancel()
-        await self._stopped.wait()
-
-    async def _run(
-        self,
-        config: RelayConfig,
-        scope: trio.CancelScope,
-        stopped: trio.Event,
-        *,
-        task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with scope:
-                async with open_relay(config) as relay:
-                    task_status.started(relay)
-                    await trio.sleep_forever()
-        finally:
-            stopped.set()
 
 
 def collector() -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import pytest
 import trio
 
-from trio_wsproxy import Relay, RelayConfig, open_relay
+from relaynode import RestartableRelay as Node
+from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy._client import (
     Client,
     ClientConfig,
@@ -32,50 +32,6 @@ FAST = ClientConfig(
     connect_timeout=1, reconnect_min_delay=0.01, reconnect_max_delay=0.05, send_timeout=1
 )
 CLIENT_LOGGER = "trio_wsproxy.client"
-
-
-class Node:
-    """One relay of a cluster that a test can stop and start again on the same port."""
-
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        self._scope = trio.CancelScope()
-        self._stopped = trio.Event()
-        self.port = 0
-        self.relay: Relay | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.relay is not None, "start the node first"
-        return self.relay.url
-
-    async def start(self, **overrides: Any) -> Relay:
-        self._scope, self._stopped = trio.CancelScope(), trio.Event()
-        config = RelayConfig(port=self.port, **overrides)
-        self.relay = await self._nursery.start(self._run, config, self._scope, self._stopped)
-        self.port = self.relay.port
-        return self.relay
-
-    async def stop(self) -> None:
-        """Stop the relay as a dying node would: every member is closed with 1001."""
-        self._scope.cancel()
-        await self._stopped.wait()
-
-    async def _run(
-        self,
-        config: RelayConfig,
-        scope: trio.CancelScope,
-        stopped: trio.Event,
-        *,
-        task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        try:
-            with scope:
-                async with open_relay(config) as relay:
-                    task_status.started(relay)
-                    await trio.sleep_forever()
-        finally:
-            stopped.set()
 
 
 async def started_nodes(nursery: trio.Nursery, count: int) -> list[Node]:

@@ -13,18 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from relayproc import start_relay
+from relayproc import peak_rss_mib, start_relay
 from wsraw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, RawClient
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
-
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:

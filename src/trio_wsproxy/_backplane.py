@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._close_codes import CloseCode
-from ._groups import Group
+from ._groups import Group, _Registry
 from ._resp import ConnectionLost, RedisAddress, RedisConnection, RedisError
 from ._session import Courier
 
@@ -238,7 +238,7 @@ class BackplaneDown(Exception):
     """The backplane lost Redis (or Redis dropped or reaped this node)."""
 
 
-class RedisBackplane:
+class RedisBackplane(_Registry[SharedGroup]):
     """The group registry of a relay node in a cluster that shares one Redis.
 
     Run it with ``await nursery.start(backplane.run, relay)``: it connects, keeps the
@@ -246,6 +246,7 @@ class RedisBackplane:
     """
 
     def __init__(self, url: str, prefix: str, node_ttl: float) -> None:
+        super().__init__()
         self.address = RedisAddress.from_url(url)
         self.prefix = prefix
         #: Every key and channel name starts with this: the prefix, then the version of
@@ -262,8 +263,6 @@ class RedisBackplane:
         self.up = False
         #: Times the node lost the backplane, and reconnected.
         self.outages = 0
-        self._groups: dict[str, SharedGroup] = {}
-        self._members = 0
         self._by_owner: dict[str, Session] = {}
         self._serial = itertools.count(1)
         self._stream_ids = itertools.count(1)
@@ -288,16 +287,8 @@ class RedisBackplane:
 
     # -- the GroupRegistry interface -------------------------------------------------
 
-    @property
-    def group_count(self) -> int:
-        return len(self._groups)
-
-    @property
-    def member_count(self) -> int:
-        return self._members
-
-    def group(self, name: str) -> Group | None:
-        return self._groups.get(name)
+    def _new_group(self, name: str) -> SharedGroup:
+        return SharedGroup(name, self)
 
     def cluster_group_size(self, name: str) -> int:
         """Members of group ``name`` on every node, as far as this node knows (0 when it
@@ -314,15 +305,8 @@ class RedisBackplane:
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
     async def join(self, session: Session) -> Group:
-        group = self._groups.get(session.group_name)
-        if group is None:
-            group = self._groups[session.group_name] = SharedGroup(session.group_name, self)
-        older = group.members.get(session.id)
-        if older is not None:
-            older.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
         session.owner = f"{self.node}:{next(self._serial)}"
-        group.add(session)
-        self._members += 1
+        group = self._add(session)
         self._by_owner[session.owner] = session
         if not self.up:
             return group  # a group of this node only (see unavailable)
@@ -341,17 +325,15 @@ class RedisBackplane:
         return group
 
     def leave(self, session: Session) -> None:
-        group = self._groups.get(session.group_name)
-        if group is None or not group.remove(session):
+        group = self._remove(session)
+        if group is None:
             return
-        self._members -= 1
         self._by_owner.pop(session.owner, None)
         if self.up:
             self._unregister(group.name, session.id, session.owner)
         elif self._registered:
             self._left_while_down.append((group.name, session.id, session.owner))
         if not group.members:
-            del self._groups[group.name]
             if self.up and self._sub is not None:
                 self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
 

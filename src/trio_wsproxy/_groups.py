@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
 
@@ -78,14 +78,21 @@ class GroupRegistry(Protocol):
         """Why a member cannot join ``group_name`` now (a backplane outage), or None."""
 
 
-class LocalRegistry:
-    """The in-process registry: every member of every group is in this process."""
+GroupT = TypeVar("GroupT", bound=Group)
+
+
+class _Registry(Generic[GroupT]):
+    """What every registry keeps in this process: the groups with members here."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, Group] = {}
+        self._groups: dict[str, GroupT] = {}
         self._members = 0
 
-    async def join(self, session: Session) -> Group:
+    def _new_group(self, name: str) -> GroupT:
+        raise NotImplementedError
+
+    def _add(self, session: Session) -> GroupT:
+        """Put ``session`` in its group here, closing an older member with its id."""
         existing = self._groups.get(session.group_name)
         if existing is not None:
             older = existing.members.get(session.id)
@@ -95,18 +102,21 @@ class LocalRegistry:
                 older.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
         group = self._groups.get(session.group_name)
         if group is None:
-            group = self._groups[session.group_name] = Group(session.group_name)
+            group = self._groups[session.group_name] = self._new_group(session.group_name)
         group.add(session)
         self._members += 1
         return group
 
-    def leave(self, session: Session) -> None:
+    def _remove(self, session: Session) -> GroupT | None:
+        """Take ``session`` out of its group if it is still there, dropping the group
+        when it empties; the group, or None when the session was not in it."""
         group = self._groups.get(session.group_name)
         if group is None or not group.remove(session):
-            return
+            return None
         self._members -= 1
         if not group.members:
             del self._groups[group.name]
+        return group
 
     @property
     def group_count(self) -> int:
@@ -118,6 +128,19 @@ class LocalRegistry:
 
     def group(self, name: str) -> Group | None:
         return self._groups.get(name)
+
+
+class LocalRegistry(_Registry[Group]):
+    """The in-process registry: every member of every group is in this process."""
+
+    def _new_group(self, name: str) -> Group:
+        return Group(name)
+
+    async def join(self, session: Session) -> Group:
+        return self._add(session)
+
+    def leave(self, session: Session) -> None:
+        self._remove(session)
 
     def unavailable(self, group_name: str) -> str | None:
         return None

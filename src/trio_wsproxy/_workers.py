@@ -21,6 +21,7 @@ import attrs
 import trio
 
 from ._config import RelayConfig
+from ._relay import bind_reuseport
 
 logger = logging.getLogger("trio_wsproxy.workers")
 
@@ -79,42 +80,6 @@ def _environment(config: RelayConfig) -> dict[str, str]:
         if name and value is not None:
             environment[name] = str(value)
     return environment
-
-
-async def reserve_port(config: RelayConfig) -> list[trio.socket.SocketType]:
-    """Bind, without listening, a SO_REUSEPORT socket on each of ``config``'s addresses,
-    all on one port: ``config.port``, or with 0 the port the first address gets.
-
-    While they are open nobody else can take the port, not even while every worker is
-    restarting; not listening, they are handed no connections. Raises OSError when the
-    port is taken (by a socket without SO_REUSEPORT) or the address is not available."""
-    if not hasattr(trio.socket, "SO_REUSEPORT"):
-        raise OSError("workers: this platform has no SO_REUSEPORT")
-    addresses = await trio.socket.getaddrinfo(
-        config.host or None,
-        config.port,
-        type=trio.socket.SOCK_STREAM,
-        flags=trio.socket.AI_PASSIVE | trio.socket.AI_ADDRCONFIG,
-    )
-    port = config.port
-    sockets: list[trio.socket.SocketType] = []
-    try:
-        for family, kind, proto, _, address in addresses:
-            sock = trio.socket.socket(family, kind, proto)
-            sockets.append(sock)
-            # The same options as the workers' listeners (open_listeners), or the
-            # kernel would not let them share the port.
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-            if family == trio.socket.AF_INET6:
-                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
-            await sock.bind((address[0], port, *address[2:]))
-            port = sock.getsockname()[1]
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
 
 
 def _describe(returncode: int) -> str:
@@ -265,7 +230,10 @@ async def serve_workers(config: RelayConfig) -> None:
     Raises OSError when the port cannot be had, and :exc:`WorkerFailed` when a worker
     cannot get to listening (its own error is on stderr)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, ExitStack() as held:
-        sockets = await reserve_port(config)
+        # The supervisor binds the port too, with the listeners' options, but does not
+        # listen: nobody else can take the port even while every worker restarts, and it
+        # is handed no connections. With port 0 this picks the port for all.
+        sockets = await bind_reuseport(config)
         for sock in sockets:
             held.enter_context(sock)
         port = sockets[0].getsockname()[1]

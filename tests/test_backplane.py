@@ -536,3 +536,39 @@ async def test_a_node_the_others_reaped_closes_its_spanning_members_and_comes_ba
         with trio.fail_after(5):
             assert await a2.recv_message() == (OP_TEXT, b"welcome back")
     assert any("reconnected" in r.getMessage() for r in caplog.records)
+
+
+async def test_messages_streamed_back_to_back_reach_a_slow_member_whole(
+    redis_url: str, prefix: str
+) -> None:
+    # The first message's end still waits in the receiving node's inbox (for the slow
+    # member) when the second one starts: neither may be cut, interleaved or refused.
+    async with cluster(redis_url, prefix) as (a, b):
+        sender = await join(a, "sender")
+        slow, fast = await join(b, "slow"), await join(b, "fast")
+        await settled([a, b], "g", 3)
+        payloads = [bytes([65 + n]) * (6 * MiB) for n in range(2)]
+        got: dict[str, list[bytes]] = {"slow": [], "fast": []}
+
+        async def read_fast() -> None:
+            for _ in payloads:
+                got["fast"].append((await recv_frames(fast))[2])
+
+        async def read_slowly() -> None:
+            for _ in payloads:
+                parts = []
+                while True:
+                    fin, _op, payload = await slow.recv_frame()
+                    parts.append(payload)
+                    await trio.sleep(0.3)  # about 3 MiB/s
+                    if fin:
+                        break
+                got["slow"].append(b"".join(parts))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_fast)
+                nursery.start_soon(read_slowly)
+                for payload in payloads:
+                    await sender.send_frame(OP_BINARY, payload)
+        assert got == {"slow": payloads, "fast": payloads}

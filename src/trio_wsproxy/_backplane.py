@@ -140,7 +140,7 @@ return #entries / 2
 class RemoteStream:
     """A message another node's member is streaming to a group, as this node forwards it."""
 
-    __slots__ = ("delivered", "node", "recipients", "stream_id")
+    __slots__ = ("delivered", "node", "queued", "recipients", "stream_id")
 
     def __init__(self, node: bytes, stream_id: int, recipients: tuple[Session, ...]) -> None:
         self.node = node
@@ -148,6 +148,9 @@ class RemoteStream:
         self.recipients = recipients
         #: Whether a piece went out: only then does cutting it off close the recipients.
         self.delivered = False
+        #: Its pieces waiting in the group's inbox: acknowledgements keep that within
+        #: the window, unless the sender stopped waiting for this node's slowest member.
+        self.queued = 0
 
 
 class OutgoingStream:
@@ -175,6 +178,7 @@ class SharedGroup(Group):
         "backplane",
         "inbox",
         "inbox_bytes",
+        "inbox_drained",
         "owner",
         "pending",
         "pending_bytes",
@@ -195,9 +199,11 @@ class SharedGroup(Group):
         self.subscribed = trio.Event()
         #: Deliveries waiting for a full mailbox, worked off by a task of the group's
         #: own so that the node's other groups go on; None when nothing waits.
-        #: inbox_bytes counts its whole messages (stream pieces are paced by acks).
+        #: inbox_bytes counts its whole messages (stream pieces: RemoteStream.queued).
         self.inbox: collections.deque[_Delivery] | None = None
         self.inbox_bytes = 0
+        #: Set whenever the inbox is worked off (a granted stream waits for that).
+        self.inbox_drained = trio.Event()
 
     @property
     def spans_nodes(self) -> bool:
@@ -207,19 +213,21 @@ class SharedGroup(Group):
 class _Delivery:
     """Frames for some of a group's members, and what to do once they are queued."""
 
-    __slots__ = ("ack", "data", "ended", "members")
+    __slots__ = ("ack", "data", "ended", "members", "stream")
 
     def __init__(
         self,
         data: bytes,
         members: tuple[Session, ...],
         ack: tuple[bytes, bytes] | None = None,
+        stream: RemoteStream | None = None,
         ended: RemoteStream | None = None,
     ) -> None:
         self.data = data
         self.members = members
-        #: (channel, message) acknowledging a stream piece, sent once it is queued.
+        #: (channel, message) acknowledging a piece of ``stream``, sent once it is queued.
         self.ack = ack
+        self.stream = stream
         #: A remote stream whose last piece this was: it ends once that is queued.
         self.ended = ended
 
@@ -284,6 +292,8 @@ class RedisBackplane(_Registry[SharedGroup]):
         self._splits_due: dict[str, float] = {}
         self._known_nodes: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
+        #: A publish was dropped because the connection had just failed.
+        self._unsent = False
 
     # -- the GroupRegistry interface -------------------------------------------------
 
@@ -383,6 +393,12 @@ class RedisBackplane(_Registry[SharedGroup]):
                     _START + self._node + _STREAM_ID.pack(stream_id),
                 )
                 await claim.decided.wait()
+                if claim.accepted:
+                    # What came before our start in the channel may still wait in the
+                    # group's inbox (the tail of another message): it goes out first.
+                    assert isinstance(group, SharedGroup)
+                    while group.inbox is not None:
+                        await group.inbox_drained.wait()
             except BaseException as exc:
                 if claim.accepted:
                     self._give_up_claim(group, session, stream_id)
@@ -535,26 +551,27 @@ class RedisBackplane(_Registry[SharedGroup]):
         self._registered = True
         await sub.subscribe(self._node_channel)
         self.up = True  # from here on, commands are sent (a failure below comes back here)
-        aborts, self._aborts_due = self._aborts_due, []
-        for group_name, stream_id in aborts:
-            self._send(
-                "PUBLISH", self._group_channel(group_name),
-                _ABORT + self._node + _STREAM_ID.pack(stream_id),
-            )  # fmt: skip
+        # Each is forgotten only once Redis has taken it: if the connection fails again
+        # first, it is still due next time.
+        for due in list(self._aborts_due):
+            group_name, stream_id = due
+            message = _ABORT + self._node + _STREAM_ID.pack(stream_id)
+            await pub.call("PUBLISH", self._group_channel(group_name), message)
+            self._aborts_due.remove(due)
+        for group_name, lost_at in list(self._splits_due.items()):
+            await pub.call("PUBLISH", self._group_channel(group_name), self._split_message(lost_at))
+            del self._splits_due[group_name]
         left, self._left_while_down = self._left_while_down, []
         for group_name, member_id, owner in left:
             self._unregister(group_name, member_id, owner)
-        splits, self._splits_due = self._splits_due, {}
-        now = trio.current_time()
-        for group_name, lost_at in splits.items():
-            self._split(group_name, now - lost_at)
         for group in list(self._groups.values()):
             if self._groups.get(group.name) is not group:
                 continue  # emptied while we were busy with another group
             group.subscribed = trio.Event()
             await self._subscribe(group)
             if self._groups.get(group.name) is not group:
-                self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
+                if group.name not in self._groups:  # (a new group of that name needs it)
+                    self._send_sub("UNSUBSCRIBE", self._group_channel(group.name))
                 continue
             split = False
             first = True
@@ -565,14 +582,14 @@ class RedisBackplane(_Registry[SharedGroup]):
             if split:
                 # Members joined this group elsewhere while this node was cut off: each
                 # side may have missed the other's messages.
-                self._split(group.name, 0.0)
+                message = self._split_message(trio.current_time())
+                self._send("PUBLISH", self._group_channel(group.name), message)
                 self._close_group(group, "the group was split by a backplane outage")
 
-    def _split(self, group_name: str, seconds: float) -> None:
-        """Tell the other nodes to close their members of ``group_name`` that joined more
-        than ``seconds`` ago: they may have missed messages of this node's members."""
-        message = _SPLIT + self._node + _SECONDS.pack(seconds)
-        self._send("PUBLISH", self._group_channel(group_name), message)
+    def _split_message(self, since: float) -> bytes:
+        """Tells the other nodes to close their members of a group who joined before
+        ``since`` (this node's clock): they may have missed this node's messages."""
+        return _SPLIT + self._node + _SECONDS.pack(trio.current_time() - since)
 
     async def _subscribe(self, group: SharedGroup) -> None:
         sub = self._sub
@@ -656,10 +673,9 @@ class RedisBackplane(_Registry[SharedGroup]):
         )  # fmt: skip
         if reaped == -1:
             return  # it came back
+        # (Its members' leaves reach every node in channel order: _REAP announces them.)
         self._known_nodes.discard(node)
-        prefix = node.decode() + ":"
         for group in list(self._groups.values()):
-            group.remote = {owner for owner in group.remote if not owner.startswith(prefix)}
             if group.owner is not None and group.owner[0] == node:
                 # Cut off its message in channel order, on every node, as it would have.
                 message = _ABORT + node + _STREAM_ID.pack(group.owner[1])
@@ -676,7 +692,8 @@ class RedisBackplane(_Registry[SharedGroup]):
             async with trio.open_nursery() as nursery:
                 await nursery.start(pub.run, self.address, DEREGISTER_TIMEOUT)
                 streams = [(s.group_name, s.stream_id) for s in self._streams.values()]
-                for group_name, stream_id in streams + self._aborts_due:
+                claims = [(c.group_name, stream_id) for stream_id, c in self._claims.items()]
+                for group_name, stream_id in streams + claims + self._aborts_due:
                     message = _ABORT + self._node + _STREAM_ID.pack(stream_id)
                     pub.send_nowait("PUBLISH", self._group_channel(group_name), message)
                 await pub.call(
@@ -692,11 +709,12 @@ class RedisBackplane(_Registry[SharedGroup]):
         """Redis is gone: close members who may have missed messages, forget the rest
         of the cluster, and let waiting senders go on locally."""
         was_up = self.up
-        # If the publishing connection broke, what this node published last may not have
-        # reached the others: once back, it tells them to close their members who were
-        # there by then. (A dropped subscription or an expired registration lost nothing
-        # on the way out.)
-        published_maybe_lost = self._pub is not None and self._pub.broken
+        # If the publishing connection broke, or went down with publishes unwritten or
+        # dropped, what this node published last may not have reached the others: once
+        # back, it tells them to close their members who were there by then.
+        pub = self._pub
+        published_maybe_lost = self._unsent or (pub is not None and (pub.broken or pub.pending))
+        self._unsent = False
         self.up = False
         self._pub = self._sub = None
         if was_up:
@@ -705,7 +723,8 @@ class RedisBackplane(_Registry[SharedGroup]):
         now = trio.current_time()
         for group in list(self._groups.values()):
             group.subscribed.set()  # wakes joins waiting on it; they see the outage
-            if group.spans_nodes:
+            if group.spans_nodes or group.inbox or group.pending:
+                # (Messages from other nodes still waiting here are dropped with Redis.)
                 if published_maybe_lost:
                     self._splits_due.setdefault(group.name, now)
                 self._close_group(group, f"backplane lost ({failure}): messages may be missing")
@@ -715,6 +734,7 @@ class RedisBackplane(_Registry[SharedGroup]):
             group.pending_bytes = 0
             group.inbox = None
             group.inbox_bytes = 0
+            group.inbox_drained.set()
             if isinstance(group.streamer, RemoteStream):
                 group.streamer = None
                 group.stream_done.set()
@@ -790,10 +810,11 @@ class RedisBackplane(_Registry[SharedGroup]):
             data = bytes(body[_PIECE_ID.size :])
             if kind == _END:
                 group.owner = None
-                await self._deliver(group, _Delivery(data, streamer.recipients, ack, streamer))
+                delivery = _Delivery(data, streamer.recipients, ack, streamer, ended=streamer)
+                await self._deliver(group, delivery)
                 await self._deliver_pending(group)
             else:
-                await self._deliver(group, _Delivery(data, streamer.recipients, ack))
+                await self._deliver(group, _Delivery(data, streamer.recipients, ack, streamer))
         elif kind == _ABORT:
             (stream_id,) = _STREAM_ID.unpack(body)
             if group.owner == (node, stream_id):
@@ -848,9 +869,10 @@ class RedisBackplane(_Registry[SharedGroup]):
             claim.decided.set()
             return
         recipients = group.sessions
-        if group.streamer is not None:
+        if group.streamer is not None and not isinstance(group.streamer, RemoteStream):
             # A message this node began streaming while Redis was away is still going:
-            # its members cannot take another one in the middle of it.
+            # its members cannot take another one in the middle of it. (A remote one
+            # whose end is still in the group's inbox goes out before this one's pieces.)
             self._close_group(group, "two messages streamed at once across an outage")
             recipients = ()
         group.streamer = RemoteStream(node, stream_id, recipients)
@@ -915,10 +937,12 @@ class RedisBackplane(_Registry[SharedGroup]):
         assert courier is not None
         blocked = courier.offer(delivery.data, delivery.members)
         if blocked is None:
-            self._delivered(group, delivery)
+            if delivery.stream is not None:  # (a whole message needs nothing more)
+                await self._delivered(group, delivery)
             return
         delivery.members = tuple(blocked)
         group.inbox = collections.deque()
+        group.inbox_drained = trio.Event()
         self._enqueue(group, delivery)
         assert self._nursery is not None
         self._nursery.start_soon(self._work_off_inbox, group)
@@ -928,9 +952,16 @@ class RedisBackplane(_Registry[SharedGroup]):
         assert inbox is not None and self._relay is not None
         inbox.append(delivery)
         if delivery.ack is not None:
-            return  # a stream piece: its sender waits for the acknowledgement anyway
-        group.inbox_bytes += len(delivery.data)
-        if group.inbox_bytes > self._relay.config.mailbox_bytes and len(inbox) > 1:
+            # A stream piece: acknowledgements pace them, up to the window. More means
+            # the sender gave up waiting for this node's slowest member.
+            stream = delivery.stream
+            assert stream is not None
+            stream.queued += 1
+            overflow = stream.queued > STREAM_WINDOW + 1
+        else:
+            group.inbox_bytes += len(delivery.data)
+            overflow = group.inbox_bytes > self._relay.config.mailbox_bytes
+        if overflow and len(inbox) > 1:
             # The group's backlog from other nodes is full too: whoever it waits for is
             # too slow for the group, as if its timeout had passed.
             head = inbox[0]
@@ -958,18 +989,25 @@ class RedisBackplane(_Registry[SharedGroup]):
                 inbox.popleft()
                 if delivery.ack is None:
                     group.inbox_bytes -= len(delivery.data)
-                self._delivered(group, delivery)
+                else:
+                    assert delivery.stream is not None
+                    delivery.stream.queued -= 1
+                    await self._delivered(group, delivery)
         finally:
             courier.flush()
-            if group.inbox is inbox:
+            # Cancelled with deliveries left (Redis went away): _lose deals with them.
+            if group.inbox is inbox and not inbox:
                 group.inbox = None
                 group.inbox_bytes = 0
+                group.inbox_drained.set()
 
-    def _delivered(self, group: SharedGroup, delivery: _Delivery) -> None:
+    async def _delivered(self, group: SharedGroup, delivery: _Delivery) -> None:
+        """A stream piece is queued: acknowledge it, and end its stream after the last."""
         if delivery.ack is not None:
             self._send("PUBLISH", *delivery.ack)
         if delivery.ended is not None:
             _end_stream(group, delivery.ended)
+            await self._deliver_pending(group)
 
     # -- Redis names and sending ---------------------------------------------------------
 
@@ -1002,7 +1040,7 @@ class RedisBackplane(_Registry[SharedGroup]):
         try:
             pub.send_nowait(*args, wait=False)
         except ConnectionLost:
-            pass
+            self._unsent = True  # the connection failed a moment ago: _lose will know
 
     def _send_sub(self, *args: bytes | str | int) -> None:
         sub = self._sub

@@ -14,7 +14,7 @@ import trio
 from redisserver import RedisServer, members_in_redis
 from relayproc import peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
-from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient, stream_mib
 
 MiB = 1024 * 1024
 
@@ -487,27 +487,7 @@ async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: st
         sender = await RawClient.open(port_a, "/ws?id=sender&groupName=g")
         receiver = await RawClient.open(port_b, "/ws?id=receiver&groupName=g")
         await trio.sleep(0.3)  # both registered
-        piece = bytes(range(256)) * 4096  # 1 MiB
-        total = 256 * MiB
-
-        async def send() -> None:
-            for n in range(256):
-                last = n == 255
-                await sender.send_frame(OP_BINARY if n == 0 else OP_CONT, piece, fin=last)
-
-        received = 0
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(send)
-                while True:
-                    fin, _op, payload = await receiver.recv_frame()
-                    assert payload == piece[received % MiB : received % MiB + len(payload)] or (
-                        payload == (piece * 2)[received % MiB : received % MiB + len(payload)]
-                    )
-                    received += len(payload)
-                    if fin:
-                        break
-        assert received == total
+        await stream_mib(sender, receiver, 256)
         peaks = [peak_rss_mib(process.pid) for process in (first, second)]
         print(f"peak RSS of the two nodes: {peaks[0]:.1f} and {peaks[1]:.1f} MiB")
         assert max(peaks) < 96, f"a node held too much of the message: {peaks} MiB"

@@ -6,7 +6,6 @@ peak memory and CPU time from /proc, as an operator would see them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ import pytest
 import trio
 
 from relayproc import peak_rss_mib, start_relay
-from wsraw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, RawClient
+from wsraw import OP_PING, OP_PONG, RawClient, stream_mib
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 
@@ -46,29 +45,7 @@ async def test_a_256_mib_message_crosses_the_relay_intact_with_flat_memory(
     # A pong proves the receiver's session is reading, so it has joined its group.
     await receiver.send_frame(OP_PING, b"")
     assert (await receiver.recv_frame())[1] == OP_PONG
-    chunk = os.urandom(1 << 20)
-    count = 256
-    expected = hashlib.sha256()
-
-    async def send() -> None:
-        for i in range(count):
-            piece = chunk[i:] + chunk[:i]  # every MiB different, so order errors show
-            expected.update(piece)
-            await sender.send_frame(OP_BINARY if i == 0 else OP_CONT, piece, fin=i == count - 1)
-
-    received = hashlib.sha256()
-    size = 0
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send)
-            while True:
-                fin, _opcode, payload = await receiver.recv_frame()
-                received.update(payload)
-                size += len(payload)
-                if fin:
-                    break
-    assert size == count << 20
-    assert received.digest() == expected.digest()
+    await stream_mib(sender, receiver, 256)
     assert peak_rss_mib(pid) < 64
 
 

@@ -8,6 +8,7 @@ fragmentation and close codes exactly.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import struct
 
@@ -150,3 +151,31 @@ class RawClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+async def stream_mib(sender: RawClient, receiver: RawClient, count: int) -> None:
+    """Send one binary message of ``count`` MiB in 1 MiB fragments (each MiB different,
+    so order errors show) while reading it frame by frame; fails unless it arrives
+    whole and in order. Neither side ever holds the whole message."""
+    chunk = os.urandom(1 << 20)
+    expected = hashlib.sha256()
+
+    async def send() -> None:
+        for i in range(count):
+            piece = chunk[i:] + chunk[:i]
+            expected.update(piece)
+            await sender.send_frame(OP_BINARY if i == 0 else OP_CONT, piece, fin=i == count - 1)
+
+    received = hashlib.sha256()
+    size = 0
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while True:
+                fin, _opcode, payload = await receiver.recv_frame()
+                received.update(payload)
+                size += len(payload)
+                if fin:
+                    break
+    assert size == count << 20
+    assert received.digest() == expected.digest()

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_wsproxy._resp import RedisAddress, RedisConnection
+from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.protocol.resp import RedisAddress
 
 SHARED = ("127.0.0.1", 6379)
 

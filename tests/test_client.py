@@ -29,7 +29,7 @@ from wsproto.events import AcceptConnection, Request
 
 from relaynode import RestartableRelay
 from trio_wsproxy import Relay, RelayConfig, open_relay
-from trio_wsproxy._client import (
+from trio_wsproxy.client.client import (
     BadMessage,
     BadMessageKind,
     Client,
@@ -47,7 +47,7 @@ from trio_wsproxy._client import (
     open_client,
     reconnect_delay,
 )
-from trio_wsproxy._typenames import TypeRegistry
+from trio_wsproxy.protocol.typenames import TypeRegistry
 from trio_wsproxy.testing import ClientFactory
 
 GROUP = "group_1"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_wsproxy._envelope import (
+from trio_wsproxy.protocol.envelope import (
     Envelope,
     EnvelopeError,
     decode_envelope,

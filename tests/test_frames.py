@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_wsproxy import CloseCode
-from trio_wsproxy._frames import (
+from trio_wsproxy.protocol.frames import (
     OP_BINARY,
     OP_TEXT,
     Close,

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_wsproxy._handshake import Join, Limits, Refusal, accept_token, decide, head_complete
+from trio_wsproxy.protocol.handshake import (
+    Join,
+    Limits,
+    Refusal,
+    accept_token,
+    decide,
+    head_complete,
+)
 
 LIMITS = Limits()
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="

@@ -111,7 +111,7 @@ def test_sessions_without_the_fixtures_are_untouched(pytester: pytest.Pytester) 
     result = run(
         pytester,
         "import sys\ndef test_light():\n"
-        "    assert 'trio_wsproxy._relay' not in sys.modules\n"
+        "    assert 'trio_wsproxy.relay.relay' not in sys.modules\n"
         "    assert 'trio_websocket' not in sys.modules\n",
     )
     result.assert_outcomes(passed=1)

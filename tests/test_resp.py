@@ -7,12 +7,12 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_wsproxy._resp import (
+from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.protocol.resp import (
     ConnectionLost,
     Parser,
     ProtocolViolation,
     RedisAddress,
-    RedisConnection,
     RedisError,
     Reply,
     encode,

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
-from trio_wsproxy._tokens import mint_token
+from trio_wsproxy.protocol.tokens import mint_token
 from wsraw import OP_TEXT, RawClient
 
 SECRET = "relay-secret-of-at-least-thirty-two-bytes"
@@ -111,7 +111,7 @@ def test_the_token_command_mints_what_the_relay_accepts(tmp_path: Path) -> None:
          "--id", "alice", "--group", "game-*", "--ttl", "1h"],
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
-    from trio_wsproxy._tokens import check_token
+    from trio_wsproxy.protocol.tokens import check_token
 
     token = result.stdout.strip()
     assert check_token(token, SECRET, "alice", "game-3") is None

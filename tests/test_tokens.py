@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from trio_wsproxy._tokens import allows, check_token, mint_token
+from trio_wsproxy.protocol.tokens import allows, check_token, mint_token
 
 SECRET = "a-secret-of-at-least-thirty-two-bytes!"
 

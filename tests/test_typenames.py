@@ -12,7 +12,7 @@ import attrs
 import cattrs
 import pytest
 
-from trio_wsproxy._typenames import (
+from trio_wsproxy.protocol.typenames import (
     PayloadError,
     TypeRegistry,
     dotnet_generic_name,

@@ -5,8 +5,8 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
-from ._backplane import RedisBackplane
-from ._client import (
+from .backplane.redis import RedisBackplane
+from .client.client import (
     DEFAULT_RECONNECT_CODES,
     BadMessage,
     BadMessageKind,
@@ -25,13 +25,13 @@ from ._client import (
     RequestTimeout,
     open_client,
 )
-from ._close_codes import CloseCode
-from ._config import DEFAULT_PORT, RelayConfig
-from ._envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope
-from ._groups import Group, GroupRegistry, LocalRegistry
-from ._relay import Relay, RelayStats, open_relay, serve_relay
-from ._tokens import check_token, mint_token
-from ._typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
+from .protocol.close_codes import CloseCode
+from .protocol.envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope
+from .protocol.tokens import check_token, mint_token
+from .protocol.typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
+from .relay.config import DEFAULT_PORT, RelayConfig
+from .relay.groups import Group, GroupRegistry, LocalRegistry
+from .relay.relay import Relay, RelayStats, open_relay, serve_relay
 
 __all__ = [
     "DEFAULT_PORT",

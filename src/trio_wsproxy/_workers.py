@@ -20,8 +20,8 @@ from functools import partial
 import attrs
 import trio
 
-from ._config import RelayConfig
-from ._relay import bind_reuseport
+from .relay.config import RelayConfig
+from .relay.relay import bind_reuseport
 
 logger = logging.getLogger("trio_wsproxy.workers")
 

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from ._client import Client, Incoming, open_client
-from ._relay import Relay
+from .client.client import Client, Incoming, open_client
+from .relay.relay import Relay
 
 T = TypeVar("T")
 

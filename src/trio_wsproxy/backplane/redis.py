@@ -42,14 +42,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._close_codes import CloseCode
-from ._groups import Group, _Registry
-from ._resp import ConnectionLost, RedisAddress, RedisConnection, RedisError
-from ._session import Courier
+from ..protocol.close_codes import CloseCode
+from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
+from ..relay.groups import Group, _Registry
+from ..relay.session import Courier
+from .connection import RedisConnection
 
 if TYPE_CHECKING:
-    from ._relay import Relay
-    from ._session import Session
+    from ..relay.relay import Relay
+    from ..relay.session import Session
 
 logger = logging.getLogger("trio_wsproxy.backplane")
 

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
 
-from ._close_codes import CloseCode
+from ..protocol.close_codes import CloseCode
 
 if TYPE_CHECKING:
-    from ._backplane import RedisBackplane, RemoteStream
-    from ._session import Session
+    from ..backplane.redis import RedisBackplane, RemoteStream
+    from .session import Session
 
 
 class Group:

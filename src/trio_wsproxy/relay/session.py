@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._close_codes import CloseCode
-from ._frames import (
+from ..protocol.close_codes import CloseCode
+from ..protocol.frames import (
     OP_BINARY,
     OP_CONTINUATION,
     OP_PING,
@@ -25,13 +25,13 @@ from ._frames import (
     frame,
     frame_header,
 )
-from ._mailbox import FULL, HELD, Mailbox
-from ._ratelimit import TokenBucket
+from ..protocol.ratelimit import TokenBucket
+from .mailbox import FULL, HELD, Mailbox
 
 if TYPE_CHECKING:
-    from ._backplane import OutgoingStream
-    from ._groups import Group
-    from ._relay import Relay
+    from ..backplane.redis import OutgoingStream
+    from .groups import Group
+    from .relay import Relay
 
 logger = logging.getLogger("trio_wsproxy.relay")
 

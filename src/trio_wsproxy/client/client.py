@@ -33,7 +33,7 @@ import attrs
 import trio
 import trio_websocket
 
-from ._envelope import (
+from ..protocol.envelope import (
     Envelope,
     EnvelopeError,
     decode_envelope,
@@ -41,7 +41,7 @@ from ._envelope import (
     new_message_id,
     normalize_message_id,
 )
-from ._typenames import PayloadError, TypeRegistry
+from ..protocol.typenames import PayloadError, TypeRegistry
 
 __all__ = [
     "DEFAULT_RECONNECT_CODES",

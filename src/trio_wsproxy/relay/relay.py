@@ -12,15 +12,24 @@ from http import HTTPStatus
 import attrs
 import trio
 
-from ._backplane import RedisBackplane
-from ._close_codes import CloseCode
-from ._config import RelayConfig
-from ._groups import GroupRegistry, LocalRegistry
-from ._handshake import Join, Limits, Probe, Refusal, decide, head_complete, refuse, respond
-from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ._metrics import render_metrics
-from ._session import READ_SIZE, Session
-from ._tokens import check_token
+from ..backplane.redis import RedisBackplane
+from ..protocol.close_codes import CloseCode
+from ..protocol.handshake import (
+    Join,
+    Limits,
+    Probe,
+    Refusal,
+    decide,
+    head_complete,
+    refuse,
+    respond,
+)
+from ..protocol.tokens import check_token
+from .config import RelayConfig
+from .groups import GroupRegistry, LocalRegistry
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import render_metrics
+from .session import READ_SIZE, Session
 
 logger = logging.getLogger("trio_wsproxy.relay")
 

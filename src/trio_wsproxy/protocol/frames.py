@@ -13,7 +13,7 @@ import struct
 
 import attrs
 
-from ._close_codes import CloseCode
+from .close_codes import CloseCode
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1

@@ -1,0 +1,53 @@
+"""A message as it travels inside the relay and between relay nodes: the payload as the
+sender's client sent it, and what the relay knows about it (who sent it, text or
+binary). It is framed for each recipient by that recipient's encoding (plain WebSocket
+frames for a plain member), once per encoding, not once per recipient.
+
+The relay never parses a payload: text stays the UTF-8 its sender wrote (already
+validated by the frame parser), binary stays raw bytes.
+"""
+
+from __future__ import annotations
+
+
+class Message:
+    """One whole message: its sender's member id, whether it is text, its payload."""
+
+    __slots__ = ("payload", "sender", "text")
+
+    def __init__(self, sender: str, text: bool, payload: bytes) -> None:
+        self.sender = sender
+        self.text = text
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        kind = "text" if self.text else "binary"
+        return f"<Message from {self.sender!r}: {kind}, {len(self.payload)} bytes>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.sender, self.text, self.payload) == (other.sender, other.text, other.payload)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking value: compare, never key
+
+
+class StreamHead:
+    """What is known of a message that streams piece by piece before its first piece:
+    who sends it and whether it is text. Pieces follow in order, the last one marked."""
+
+    __slots__ = ("sender", "text")
+
+    def __init__(self, sender: str, text: bool) -> None:
+        self.sender = sender
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"<StreamHead from {self.sender!r}: {'text' if self.text else 'binary'}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StreamHead):
+            return NotImplemented
+        return (self.sender, self.text) == (other.sender, other.text)
+
+    __hash__ = None  # type: ignore[assignment]

@@ -100,7 +100,7 @@ async def members_in_redis(url: str, prefix: str, group: str) -> set[str]:
     connection = await RedisConnection.connect(address, 5)
     async with trio.open_nursery() as nursery:
         await nursery.start(connection.run, address, 5)
-        reply = await connection.call("HKEYS", f"{prefix}:v1:members:{group}")
+        reply = await connection.call("HKEYS", f"{prefix}:v2:members:{group}")
         nursery.cancel_scope.cancel()
     assert isinstance(reply, list)
     return {item.decode() for item in reply if isinstance(item, bytes)}

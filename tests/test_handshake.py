@@ -158,3 +158,46 @@ def test_validation_is_exactly_the_documented_rule(member_id: str, group: str) -
         return 0 < len(value) <= 256 and value.isprintable()
 
     assert isinstance(decision, Join) == (ok(member_id) and ok(group))
+
+
+SPEAKS = Limits(subprotocols=frozenset({"wsproxy.test", "other.test"}))
+
+
+def test_without_an_offer_the_101_names_no_subprotocol() -> None:
+    decision = decide(request("/ws?id=a&groupName=g"), SPEAKS)
+    assert isinstance(decision, Join)
+    assert decision.subprotocol is None
+    assert b"sec-websocket-protocol" not in decision.response.lower()
+
+
+def test_the_first_offered_subprotocol_the_relay_speaks_is_selected() -> None:
+    offer = {"Sec-WebSocket-Protocol": "chat.v9, other.test , wsproxy.test"}
+    decision = decide(request("/ws?id=a&groupName=g", offer), SPEAKS)
+    assert isinstance(decision, Join)
+    assert decision.subprotocol == "other.test"
+    assert decision.response.endswith(b"\r\nSec-WebSocket-Protocol: other.test\r\n\r\n")
+
+
+def test_an_offer_of_unknown_subprotocols_is_declined_with_no_header() -> None:
+    decision = decide(request("/ws?id=a&groupName=g", {"Sec-WebSocket-Protocol": "x, y"}), SPEAKS)
+    assert isinstance(decision, Join)
+    assert decision.subprotocol is None
+    assert b"Sec-WebSocket-Protocol" not in decision.response
+
+
+def test_a_relay_that_speaks_no_subprotocol_declines_every_offer() -> None:
+    offer = {"Sec-WebSocket-Protocol": "wsproxy.test"}
+    decision = decide(request("/ws?id=a&groupName=g", offer), LIMITS)
+    assert isinstance(decision, Join) and decision.subprotocol is None
+
+
+@given(st.lists(st.sampled_from(["a", "b", "wsproxy.test", "other.test", " ", ""]), max_size=6))
+def test_a_selected_subprotocol_was_offered_and_is_spoken(offer: list[str]) -> None:
+    headers = {"Sec-WebSocket-Protocol": ",".join(offer)} if offer else None
+    decision = decide(request("/ws?id=a&groupName=g", headers), SPEAKS)
+    assert isinstance(decision, Join)
+    offered = [token.strip() for token in ",".join(offer).split(",")]
+    if decision.subprotocol is None:
+        assert not set(offered) & SPEAKS.subprotocols
+    else:
+        assert decision.subprotocol in offered and decision.subprotocol in SPEAKS.subprotocols

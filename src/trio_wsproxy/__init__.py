@@ -5,6 +5,7 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
+from ._serve import open_relay, serve_relay
 from .backplane.redis import RedisBackplane
 from .client.client import (
     DEFAULT_RECONNECT_CODES,
@@ -31,7 +32,7 @@ from .protocol.tokens import check_token, mint_token
 from .protocol.typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
 from .relay.config import DEFAULT_PORT, RelayConfig
 from .relay.groups import Group, GroupRegistry, LocalRegistry
-from .relay.relay import Relay, RelayStats, open_relay, serve_relay
+from .relay.relay import Relay, RelayStats
 
 __all__ = [
     "DEFAULT_PORT",

@@ -15,10 +15,10 @@ from typing import Any
 import attrs
 import trio
 
+from ._serve import read_token_secret, serve_relay
 from ._workers import WorkerFailed, serve_workers
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig
-from .relay.relay import read_token_secret, serve_relay
 
 logger = logging.getLogger("trio_wsproxy.cli")
 

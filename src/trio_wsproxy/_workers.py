@@ -21,7 +21,7 @@ import attrs
 import trio
 
 from .relay.config import RelayConfig
-from .relay.relay import bind_reuseport
+from .relay.listeners import bind_reuseport
 
 logger = logging.getLogger("trio_wsproxy.workers")
 

@@ -31,6 +31,9 @@ class Join:
     token: str | None = attrs.field(default=None, repr=False)
     #: The ``Origin`` header (browsers send it), if any.
     origin: str | None = None
+    #: The subprotocol selected from the client's ``Sec-WebSocket-Protocol`` offer (and
+    #: named in ``response``), or None: the plain protocol of the wire contract.
+    subprotocol: str | None = None
 
 
 @attrs.frozen
@@ -61,6 +64,9 @@ class Limits:
     max_id_length: int = 256
     max_group_length: int = 256
     max_head_size: int = 16384
+    #: Subprotocols the relay speaks, by ``Sec-WebSocket-Protocol`` name. A client that
+    #: offers none of them gets the plain protocol (RFC 6455 §4.2.2: no header in the 101).
+    subprotocols: frozenset[str] = frozenset()
 
 
 def head_complete(buffer: bytes | bytearray, limits: Limits) -> bool | Refusal:
@@ -189,15 +195,34 @@ def decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         token = credentials.strip()
+    subprotocol = select_subprotocol(headers.get("sec-websocket-protocol", ""), limits)
+    selected = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
     response = (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_token(key)}\r\n\r\n"
+        f"Sec-WebSocket-Accept: {accept_token(key)}\r\n"
+        f"{selected}\r\n"
     ).encode("ascii")
     return Join(
-        id=member_id, group=group, response=response, token=token, origin=headers.get("origin")
+        id=member_id,
+        group=group,
+        response=response,
+        token=token,
+        origin=headers.get("origin"),
+        subprotocol=subprotocol,
     )
+
+
+def select_subprotocol(offer: str, limits: Limits) -> str | None:
+    """The first subprotocol in a client's ``Sec-WebSocket-Protocol`` offer (a comma
+    list, repeated headers already joined) that the relay speaks; None declines them
+    all, and the client gets the plain protocol."""
+    for token in offer.split(","):
+        name = token.strip()
+        if name in limits.subprotocols:
+            return name
+    return None
 
 
 def _single(query: dict[str, list[str]], name: str, max_length: int) -> str | Refusal:

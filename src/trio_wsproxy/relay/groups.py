@@ -1,4 +1,12 @@
-"""Groups and the registry that maps group names to their members."""
+"""Groups, and the registry interface through which members find theirs.
+
+A session sees its group only through :class:`Group` and :class:`GroupRegistry`: the
+in-process registry (the embedded default, :class:`LocalRegistry`) and a distributed
+backplane implement the same interface, so a session never knows which one it is in.
+What a distributed group does beyond this node — publish to other nodes, take turns
+streaming with them, push back when they are behind — are methods of its group that do
+nothing here.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +15,163 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 import trio
 
 from ..protocol.close_codes import CloseCode
+from ..protocol.encoding import Encoding
+from ..protocol.message import Message, StreamHead
+from .floor import Floor
 
 if TYPE_CHECKING:
-    from ..backplane.redis import RedisBackplane, RemoteStream
-    from .session import Session
+    from ..protocol.assembly import Piece
+    from .config import RelayConfig
+    from .counters import Counters
+    from .mailbox import Mailbox
+
+
+class Member(Protocol):
+    """What a group and fan-out need of a connected member (a relay session)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def group_name(self) -> str: ...
+
+    @property
+    def mailbox(self) -> Mailbox: ...
+
+    @property
+    def encoding(self) -> Encoding: ...
+
+    @property
+    def joined_at(self) -> float:
+        """When the member joined, on the trio clock."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave the group now and end the session with ``code``."""
+
+
+#: Members that share one encoding, with it: fan-out frames a message once per audience.
+Audience = tuple[Encoding, tuple[Member, ...]]
+
+
+class Outbound:
+    """The part of one streamed message that leaves this node, from its sender's side.
+
+    In-process there is none: every recipient is here, and the session delivers to them
+    itself. A distributed group returns its own, which carries the pieces to the other
+    nodes."""
+
+    __slots__ = ()
+
+    async def forward(self, piece: Piece) -> None:
+        """Carry ``piece`` to the recipients on other nodes, once they have room."""
+
+    def end(self, truncated: bool) -> None:
+        """The message ended; ``truncated``: its sender left mid-message."""
+
+
+#: The outbound side of a group that has no other nodes.
+NO_OUTBOUND = Outbound()
 
 
 class Group:
-    """The members of one group, by id, and the message streaming through it, if any."""
+    """The members of one group on this node, by id, and its streaming floor."""
 
-    __slots__ = ("_sessions", "members", "name", "stream_done", "streamer")
-
-    #: The backplane that also carries this group's messages to other nodes; None when
-    #: the group lives in this process only.
-    backplane: RedisBackplane | None = None
+    __slots__ = ("_audiences", "_sessions", "floor", "members", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: dict[str, Session] = {}
-        self._sessions: tuple[Session, ...] | None = ()
-        #: The member whose message is being forwarded piece by piece; None when idle.
-        #: WebSocket forbids interleaving fragmented messages, so while one streams, the
-        #: other members' messages to this group wait for ``stream_done``.
-        self.streamer: Session | RemoteStream | None = None
-        self.stream_done = trio.Event()
+        self.members: dict[str, Member] = {}
+        self._sessions: tuple[Member, ...] | None = ()
+        self._audiences: tuple[Audience, ...] | None = ()
+        #: Who streams a message to the group now (see :class:`Floor`).
+        self.floor = Floor()
 
     @property
-    def sessions(self) -> tuple[Session, ...]:
+    def sessions(self) -> tuple[Member, ...]:
         """The members as a tuple, rebuilt only when membership changes (fan-out's view)."""
         sessions = self._sessions
         if sessions is None:
             sessions = self._sessions = tuple(self.members.values())
         return sessions
 
-    def add(self, session: Session) -> None:
-        self.members[session.id] = session
-        self._sessions = None
+    @property
+    def audiences(self) -> tuple[Audience, ...]:
+        """The members by encoding, rebuilt only when membership changes: fan-out frames
+        each message once per audience."""
+        audiences = self._audiences
+        if audiences is None:
+            by_encoding: dict[Encoding, list[Member]] = {}
+            for member in self.members.values():
+                by_encoding.setdefault(member.encoding, []).append(member)
+            audiences = tuple((enc, tuple(members)) for enc, members in by_encoding.items())
+            self._audiences = audiences
+        return audiences
 
-    def remove(self, session: Session) -> bool:
-        if self.members.get(session.id) is not session:
+    def add(self, member: Member) -> None:
+        self.members[member.id] = member
+        self._sessions = self._audiences = None
+
+    def remove(self, member: Member) -> bool:
+        if self.members.get(member.id) is not member:
             return False
-        del self.members[session.id]
-        self._sessions = None
+        del self.members[member.id]
+        self._sessions = self._audiences = None
         return True
+
+    # -- beyond this node: nothing to do in-process -------------------------------------
+
+    @property
+    def congested(self) -> bool:
+        """Whether what this node sends the group's other nodes has backed up, so that
+        senders should wait (:meth:`wait_uncongested`) before they send more."""
+        return False
+
+    async def wait_uncongested(self) -> None:
+        """Wait until the group's other nodes have room for more."""
+
+    def publish(self, messages: list[Message]) -> None:
+        """Carry whole messages, in order, to the group's members on other nodes."""
+
+    async def open_stream(self, sender: Member, head: StreamHead) -> Outbound:
+        """Wait for the floor and take it for ``sender``'s streamed message; what carries
+        it beyond this node comes back. The sender releases the floor at the end."""
+        await self.floor.wait(sender, _nothing)
+        self.floor.take(sender)
+        return NO_OUTBOUND
+
+
+def _nothing() -> None:
+    pass
 
 
 class GroupRegistry(Protocol):
     """Where members find their group. The in-process registry is the default; a
     distributed backplane implements the same interface."""
 
-    async def join(self, session: Session) -> Group:
-        """Add ``session`` to its group, closing an older member with the same id
+    @property
+    def metric_label(self) -> str:
+        """What ``/metrics`` calls this kind of registry (a stable label)."""
+
+    @property
+    def up(self) -> bool:
+        """Whether the registry can deliver to every node now (always, in-process)."""
+
+    async def run(
+        self,
+        config: RelayConfig,
+        counters: Counters,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the registry for a relay until cancelled (``nursery.start``): started
+        once it can take joins (or knows it cannot yet)."""
+
+    async def join(self, member: Member) -> Group:
+        """Add ``member`` to its group, closing an older member with the same id
         (``CloseCode.REPLACED``); return the group."""
 
-    def leave(self, session: Session) -> None:
-        """Remove ``session`` from its group if it is still there; drop empty groups."""
+    def leave(self, member: Member) -> None:
+        """Remove ``member`` from its group if it is still there; drop empty groups."""
 
     @property
     def group_count(self) -> int:
@@ -80,8 +190,11 @@ class GroupRegistry(Protocol):
 
 GroupT = TypeVar("GroupT", bound=Group)
 
+#: Why an older connection is closed when a newer one joins with its id.
+REPLACED_REASON = "replaced by a newer connection with the same id"
 
-class _Registry(Generic[GroupT]):
+
+class NodeGroups(Generic[GroupT]):
     """What every registry keeps in this process: the groups with members here."""
 
     def __init__(self) -> None:
@@ -91,27 +204,27 @@ class _Registry(Generic[GroupT]):
     def _new_group(self, name: str) -> GroupT:
         raise NotImplementedError
 
-    def _add(self, session: Session) -> GroupT:
-        """Put ``session`` in its group here, closing an older member with its id."""
-        existing = self._groups.get(session.group_name)
+    def _add(self, member: Member) -> GroupT:
+        """Put ``member`` in its group here, closing an older member with its id."""
+        existing = self._groups.get(member.group_name)
         if existing is not None:
-            older = existing.members.get(session.id)
+            older = existing.members.get(member.id)
             if older is not None:
                 # Newest wins: a client that reconnects after a half-open drop must not
                 # be locked out by its own ghost. close() calls leave().
-                older.close(CloseCode.REPLACED, "replaced by a newer connection with the same id")
-        group = self._groups.get(session.group_name)
+                older.close(CloseCode.REPLACED, REPLACED_REASON)
+        group = self._groups.get(member.group_name)
         if group is None:
-            group = self._groups[session.group_name] = self._new_group(session.group_name)
-        group.add(session)
+            group = self._groups[member.group_name] = self._new_group(member.group_name)
+        group.add(member)
         self._members += 1
         return group
 
-    def _remove(self, session: Session) -> GroupT | None:
-        """Take ``session`` out of its group if it is still there, dropping the group
-        when it empties; the group, or None when the session was not in it."""
-        group = self._groups.get(session.group_name)
-        if group is None or not group.remove(session):
+    def _remove(self, member: Member) -> GroupT | None:
+        """Take ``member`` out of its group if it is still there, dropping the group
+        when it empties; the group, or None when the member was not in it."""
+        group = self._groups.get(member.group_name)
+        if group is None or not group.remove(member):
             return None
         self._members -= 1
         if not group.members:
@@ -130,17 +243,29 @@ class _Registry(Generic[GroupT]):
         return self._groups.get(name)
 
 
-class LocalRegistry(_Registry[Group]):
+class LocalRegistry(NodeGroups[Group]):
     """The in-process registry: every member of every group is in this process."""
+
+    metric_label = "LocalRegistry"
+    up = True
 
     def _new_group(self, name: str) -> Group:
         return Group(name)
 
-    async def join(self, session: Session) -> Group:
-        return self._add(session)
+    async def run(
+        self,
+        config: RelayConfig,
+        counters: Counters,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()  # nothing to connect to or keep up
 
-    def leave(self, session: Session) -> None:
-        self._remove(session)
+    async def join(self, member: Member) -> Group:
+        return self._add(member)
+
+    def leave(self, member: Member) -> None:
+        self._remove(member)
 
     def unavailable(self, group_name: str) -> str | None:
         return None

@@ -14,7 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .relay import Relay
+    from .counters import Counters
+    from .groups import GroupRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -22,32 +23,38 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class RelayCollector(Collector):
     """Reads one relay's live figures at scrape time."""
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
+    def __init__(self, counters: Counters, registry: GroupRegistry) -> None:
+        self._counters = counters
+        self._registry = registry
 
     def collect(self) -> Iterator[Metric]:
-        relay = self._relay
-        stats = relay.stats
-        yield GaugeMetricFamily("trio_wsproxy_members", "Members connected now", stats.members)
-        yield GaugeMetricFamily("trio_wsproxy_groups", "Groups with members now", stats.groups)
-        yield CounterMetricFamily(
-            "trio_wsproxy_messages", "Messages received from members and relayed", stats.messages
+        counters, registry = self._counters, self._registry
+        yield GaugeMetricFamily(
+            "trio_wsproxy_members", "Members connected now", registry.member_count
+        )
+        yield GaugeMetricFamily(
+            "trio_wsproxy_groups", "Groups with members now", registry.group_count
         )
         yield CounterMetricFamily(
-            "trio_wsproxy_bytes", "Payload bytes of the messages relayed", stats.bytes
+            "trio_wsproxy_messages",
+            "Messages received from members and relayed",
+            counters.messages,
         )
         yield CounterMetricFamily(
-            "trio_wsproxy_deliveries", "Message copies queued for recipients", stats.deliveries
+            "trio_wsproxy_bytes", "Payload bytes of the messages relayed", counters.bytes
+        )
+        yield CounterMetricFamily(
+            "trio_wsproxy_deliveries", "Message copies queued for recipients", counters.deliveries
         )
         yield CounterMetricFamily(
             "trio_wsproxy_mailbox_full",
             "Times a sender had to wait because a recipient's mailbox was full",
-            relay.mailbox_full,
+            counters.mailbox_full,
         )
         closes = CounterMetricFamily(
             "trio_wsproxy_closes", "Sessions closed, by close code", labels=["code"]
         )
-        for code, count in sorted(relay.closes.items()):
+        for code, count in sorted(counters.closes.items()):
             closes.add_metric([str(code)], count)
         yield closes
         refusals = CounterMetricFamily(
@@ -55,7 +62,7 @@ class RelayCollector(Collector):
             "Connections refused before the upgrade, by reason",
             labels=["reason", "status"],
         )
-        for (kind, status), count in sorted(relay.refusals.items()):
+        for (kind, status), count in sorted(counters.refusals.items()):
             refusals.add_metric([kind, str(status)], count)
         yield refusals
         backplane = GaugeMetricFamily(
@@ -63,13 +70,12 @@ class RelayCollector(Collector):
             "1 when the group registry can deliver to every node (always 1 in-process)",
             labels=["kind"],
         )
-        up = getattr(relay.registry, "up", True)
-        backplane.add_metric([type(relay.registry).__name__], 1.0 if up else 0.0)
+        backplane.add_metric([registry.metric_label], 1.0 if registry.up else 0.0)
         yield backplane
 
 
-def render_metrics(relay: Relay) -> bytes:
-    """The Prometheus text exposition of ``relay``'s figures."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RelayCollector(relay))
-    return generate_latest(registry)
+def render_metrics(counters: Counters, registry: GroupRegistry) -> bytes:
+    """The Prometheus text exposition of a relay's figures."""
+    collectors = CollectorRegistry(auto_describe=False)
+    collectors.register(RelayCollector(counters, registry))
+    return generate_latest(collectors)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from http import HTTPStatus
 
 import attrs
 import trio
 
-from ..backplane.redis import RedisBackplane
 from ..protocol.close_codes import CloseCode
+from ..protocol.encoding import SUBPROTOCOLS, encoding_for
 from ..protocol.handshake import (
     Join,
     Limits,
@@ -26,7 +23,9 @@ from ..protocol.handshake import (
 )
 from ..protocol.tokens import check_token
 from .config import RelayConfig
-from .groups import GroupRegistry, LocalRegistry
+from .counters import Counters
+from .groups import GroupRegistry
+from .listeners import open_listeners
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
 from .session import READ_SIZE, Session
@@ -73,14 +72,8 @@ class Relay:
         #: True once shutdown has begun.
         self.closing = False
         self.sessions: set[Session] = set()
-        self.messages = 0
-        self.bytes = 0
-        self.deliveries = 0
-        #: Sessions closed, by close code; refusals by (kind, status); times a sender
-        #: found a recipient's mailbox full. Read by /metrics.
-        self.closes: collections.Counter[int] = collections.Counter()
-        self.refusals: collections.Counter[tuple[str, int]] = collections.Counter()
-        self.mailbox_full = 0
+        #: What the relay has carried since it started (read by /metrics and stats).
+        self.counters = Counters()
         self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(
@@ -89,6 +82,7 @@ class Relay:
             max_id_length=config.max_id_length,
             max_group_length=config.max_id_length,
             max_head_size=config.max_handshake_size,
+            subprotocols=frozenset(SUBPROTOCOLS),
         )
 
     @property
@@ -110,12 +104,13 @@ class Relay:
     @property
     def stats(self) -> RelayStats:
         """Live statistics: members and groups now, traffic since start."""
+        counters = self.counters
         return RelayStats(
             groups=self.registry.group_count,
             members=self.registry.member_count,
-            messages=self.messages,
-            bytes=self.bytes,
-            deliveries=self.deliveries,
+            messages=counters.messages,
+            bytes=counters.bytes,
+            deliveries=counters.deliveries,
         )
 
     def group_size(self, name: str) -> int:
@@ -154,13 +149,21 @@ class Relay:
             if isinstance(decision, Join):
                 decision = self.admit(decision) or decision
             if isinstance(decision, Join):
-                session = Session(self, stream, decision.id, decision.group, remote, leftover)
+                session = Session(
+                    self,
+                    stream,
+                    decision.id,
+                    decision.group,
+                    remote,
+                    leftover,
+                    encoding_for(decision.subprotocol),
+                )
                 refused = await session.join()
                 if refused is not None:
                     kind, reason = refused
                     decision = refuse(HTTPStatus.SERVICE_UNAVAILABLE, reason, kind=kind)
             if isinstance(decision, Refusal):
-                self.refusals[decision.kind, decision.status] += 1
+                self.counters.refusals[decision.kind, decision.status] += 1
                 logger.info(
                     "refused %s: %d %s",
                     remote,
@@ -229,7 +232,8 @@ class Relay:
 
     def _probe_response(self, probe: Probe) -> bytes:
         if probe.path == self.config.metrics_path:
-            return respond(HTTPStatus.OK, render_metrics(self), METRICS_CONTENT_TYPE)
+            body = render_metrics(self.counters, self.registry)
+            return respond(HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if self.closing:
             return respond(HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain")
         return respond(HTTPStatus.OK, b"ok\n", "text/plain")
@@ -274,39 +278,25 @@ class Relay:
             session.close(CloseCode.GOING_AWAY, "relay shutting down")
 
 
-async def serve_relay(
-    config: RelayConfig | None = None,
+async def run_relay(
+    config: RelayConfig,
+    registry: GroupRegistry,
+    secret: str | None = None,
     *,
-    registry: GroupRegistry | None = None,
     task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a relay until cancelled: ``relay = await nursery.start(serve_relay, config)``.
-
-    The listeners are bound before ``nursery.start`` returns the :class:`Relay`.
-    Cancelling closes every session with 1001 (each gets ``close_timeout`` to finish its
-    close handshake) and then returns.
-    """
-    config = config or RelayConfig()
-    if config.log_level is not None:
-        logging.getLogger("trio_wsproxy").setLevel(config.log_level.upper())
+    """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret``
+    turns access tokens on. :func:`trio_wsproxy.serve_relay` chooses the registry."""
     tcp_listeners = await open_listeners(config)
     ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp_listeners)
-    if config.tls:
-        assert config.certfile is not None
+    if config.certfile is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    if registry is None:
-        registry = (
-            RedisBackplane(config.backplane, config.backplane_prefix, config.node_ttl)
-            if config.backplane is not None
-            else LocalRegistry()
-        )
-    relay = Relay(config, registry, ports, read_token_secret(config))
+    relay = Relay(config, registry, ports, secret)
     async with trio.open_nursery() as nursery:
-        if isinstance(registry, RedisBackplane):
-            await nursery.start(registry.run, relay)
+        await nursery.start(registry.run, config, relay.counters)
         if config.ping_interval is not None:
             nursery.start_soon(relay._keepalive, config.ping_interval)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)
@@ -316,88 +306,6 @@ async def serve_relay(
             await trio.sleep_forever()
         finally:
             relay._shut_down()
-
-
-@asynccontextmanager
-async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
-    """Run a relay for the duration of an ``async with`` block (tests, embedding)::
-
-    async with open_relay(RelayConfig(port=0)) as relay:
-        ...  # connect to relay.url
-    """
-    try:
-        async with trio.open_nursery() as nursery:
-            relay: Relay = await nursery.start(serve_relay, config)
-            try:
-                yield relay
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The relay itself does not fail; an error here almost always comes from the
-        # caller's block, which should see its own exception, not a group of one.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-
-
-async def open_listeners(config: RelayConfig) -> list[trio.SocketListener]:
-    """Bind and listen on ``config``'s host and port, with SO_REUSEPORT if it asks.
-
-    Without ``reuse_port`` this is :func:`trio.open_tcp_listeners`. With it, see
-    :func:`bind_reuseport`: other relay processes can bind the same port, and the kernel
-    spreads new connections across them."""
-    if not config.reuse_port:
-        return await trio.open_tcp_listeners(config.port, host=config.host or None)
-    sockets = await bind_reuseport(config)
-    for sock in sockets:
-        sock.listen(1024)
-    return [trio.SocketListener(sock) for sock in sockets]
-
-
-async def bind_reuseport(config: RelayConfig) -> list[trio.socket.SocketType]:
-    """Bind (without listening) a SO_REUSEPORT socket on each of ``config``'s addresses,
-    all on one port: ``config.port``, or with 0 the port the first address gets.
-
-    Raises OSError when the port is taken by a socket without SO_REUSEPORT, or the
-    address is not available."""
-    if not hasattr(trio.socket, "SO_REUSEPORT"):
-        raise OSError("this platform has no SO_REUSEPORT")
-    addresses = await trio.socket.getaddrinfo(
-        config.host or None,
-        config.port,
-        type=trio.socket.SOCK_STREAM,
-        flags=trio.socket.AI_PASSIVE | trio.socket.AI_ADDRCONFIG,
-    )
-    port = config.port
-    sockets: list[trio.socket.SocketType] = []
-    try:
-        for family, kind, proto, _, address in addresses:
-            sock = trio.socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-            if family == trio.socket.AF_INET6:
-                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
-            await sock.bind((address[0], port, *address[2:]))
-            port = sock.getsockname()[1]
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def read_token_secret(config: RelayConfig) -> str | None:
-    """The token secret ``config`` gives (directly or in a file); None when tokens are off.
-
-    Raises OSError when the file cannot be read and ValueError when it is empty."""
-    if config.token_secret_file is None:
-        return config.token_secret
-    with open(config.token_secret_file, encoding="utf-8") as file:
-        secret = file.read().strip()
-    if not secret:
-        raise ValueError(f"token secret file {config.token_secret_file!r} is empty")
-    return secret
 
 
 def _remote_address(stream: trio.abc.Stream) -> str:

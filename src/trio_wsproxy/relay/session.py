@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ..protocol.assembly import Assembly, Piece
 from ..protocol.close_codes import CloseCode
+from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
-    OP_BINARY,
-    OP_CONTINUATION,
     OP_PING,
     OP_PONG,
-    OP_TEXT,
     Close,
     Data,
     FrameParser,
@@ -23,15 +22,16 @@ from ..protocol.frames import (
     ProtocolError,
     close_frame,
     frame,
-    frame_header,
 )
+from ..protocol.message import Message, StreamHead
 from ..protocol.ratelimit import TokenBucket
-from .mailbox import FULL, HELD, Mailbox
+from .fanout import Courier
+from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
+from .mailbox import Mailbox
 
 if TYPE_CHECKING:
-    from ..backplane.redis import OutgoingStream
-    from .groups import Group
-    from .relay import Relay
+    from .config import RelayConfig
+    from .counters import Counters
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -41,12 +41,30 @@ READ_SIZE = 65536
 # The sender writes at most about this much per send_all, so a member that drains
 # slowly still shows progress (and frees mailbox room) often.
 WRITE_BATCH = 262144
-# A message that has not ended after this many bytes is forwarded in fragments of about
-# this size as its data arrives, instead of being assembled; below it, a message goes out
-# as one frame. Large enough that clients which cap fragments per message (Node's ws
-# accepts 16,384) take messages of many GiB; small enough to bound each sender's buffer.
-FRAGMENT_SIZE = 1024 * 1024
 _PING_FRAME = frame(OP_PING, b"")
+
+
+class SessionHost(Protocol):
+    """What a session needs of the relay it runs in."""
+
+    @property
+    def config(self) -> RelayConfig: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def registry(self) -> GroupRegistry: ...
+
+    @property
+    def closing(self) -> bool:
+        """True once the relay's shutdown has begun."""
+
+    def membership_changed(self) -> None:
+        """A member joined or left (wakes those waiting for membership)."""
+
+    def over_limit(self, member_id: str, group_name: str) -> tuple[str, str] | None:
+        """(kind, reason) when one more member would break a limit."""
 
 
 class Session:
@@ -55,22 +73,26 @@ class Session:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: SessionHost,
         stream: trio.abc.Stream,
         member_id: str,
         group_name: str,
         remote: str,
         leftover: bytes = b"",
+        encoding: Encoding = PLAIN,
     ) -> None:
         self.id = member_id
         self.group_name = group_name
         self.remote = remote
+        #: How messages are framed for this member (its subprotocol's, or plain).
+        self.encoding = encoding
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
         self._fd: int | None = None
         if isinstance(stream, trio.SocketStream) and os.name == "posix":
             self._fd = stream.socket.fileno()
         self._relay = relay
+        self._counters = relay.counters
         self._stream = stream
         self._leftover = leftover
         self._group: Group | None = None
@@ -82,19 +104,15 @@ class Session:
         # sender may then close TCP. _eof: the connection is gone, write nothing more.
         self._peer_closed = trio.Event()
         self._eof = False
-        # The message being streamed to the group, and who it is going to.
-        self._stream_to: tuple[Session, ...] = ()
-        # Queues this receiver's fan-out; flushed after each read's events.
-        self._courier = Courier(relay)
-        #: This connection's registration in a backplane (set by the registry's join).
-        self.owner = ""
-        # The backplane's record of the message this member is streaming, if any.
-        self._outgoing: OutgoingStream | None = None
-        self._parts: list[bytes] = []
-        self._parts_size = 0
-        self._opcode = OP_BINARY
-        self._streaming = False
         config = relay.config
+        # The member's data frames, as the messages and pieces the relay forwards.
+        self._assembly = Assembly(member_id)
+        # The message being streamed to the group: who it is going to, by encoding, and
+        # what carries it beyond this node.
+        self._stream_to: tuple[Audience, ...] = ()
+        self._outbound: Outbound = NO_OUTBOUND
+        # Queues this receiver's fan-out; flushed after each read's events.
+        self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._message_rate = (
             TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
         )
@@ -122,7 +140,7 @@ class Session:
         if self._close is not None:
             return
         self._close = (code, reason)
-        self._relay.closes[code] += 1
+        self._counters.closes[code] += 1
         self._relay.registry.leave(self)
         self._relay.membership_changed()
         self.mailbox.close()
@@ -305,105 +323,81 @@ class Session:
         session_scope.cancel()
 
     async def _on_data(self, event: Data) -> None:
-        payload = event.payload
-        relay = self._relay
-        relay.bytes += len(payload)
-        if event.first:
-            self._opcode = OP_TEXT if event.text else OP_BINARY
-            if event.last:
-                relay.messages += 1
-                await self._broadcast(frame_header(self._opcode, len(payload)) + payload)
-                return
-            self._parts, self._parts_size, self._streaming = [], 0, False
-        self._parts.append(payload)
-        self._parts_size += len(payload)
-        if not event.last and self._parts_size < FRAGMENT_SIZE:
+        self._counters.bytes += len(event.payload)
+        forward = self._assembly.feed(event)
+        if forward is None:
             return
-        piece = b"".join(self._parts)
-        self._parts, self._parts_size = [], 0
-        if self._streaming:
-            await self._forward(OP_CONTINUATION, piece, event.last)
-        elif event.last:
-            relay.messages += 1
-            await self._broadcast(frame_header(self._opcode, len(piece)) + piece)
-        else:
-            await self._start_stream()
-            await self._forward(self._opcode, piece, False)
+        if type(forward) is Message:
+            self._counters.messages += 1
+            await self._broadcast(forward)
+            return
+        assert type(forward) is Piece
+        if forward.first:
+            await self._start_stream(self._assembly.head)
+        await self._forward(forward)
 
-    async def _broadcast(self, data: bytes) -> None:
-        """Queue one framed message for every other member of the group."""
+    async def _broadcast(self, message: Message) -> None:
+        """Queue one message for every other member of the group, framed once per
+        encoding among them."""
         group = self._group
         assert group is not None
-        if group.streamer is not None:
-            await self._wait_for_stream(group)
-        recipients = group.sessions
-        self._relay.deliveries += len(recipients) - 1
+        if group.floor.holder is not None:
+            await group.floor.wait(self, self._flush)
+        if group.congested:
+            self._flush()
+            await group.wait_uncongested()
+        self._counters.deliveries += len(group.sessions) - 1
         courier = self._courier
-        if group.backplane is not None:
-            if group.backplane.congested:
-                self._flush()
-                await group.backplane.wait_room()
-            courier.publish(group, data)
-        blocked = courier.offer(data, recipients, skip=self)
-        if blocked is not None:
-            await courier.wait_for_room(data, blocked)
+        courier.publish(group, message)
+        for encoding, members in group.audiences:
+            data = encoding.message(message)
+            blocked = courier.offer(data, members, skip=self)
+            if blocked is not None:
+                await courier.wait_for_room(data, blocked)
 
     def _flush(self) -> None:
         self._courier.flush()
 
-    async def _wait_for_stream(self, group: Group) -> None:
-        while group.streamer is not None and group.streamer is not self:
-            self._flush()
-            await group.stream_done.wait()
-
-    async def _start_stream(self) -> None:
+    async def _start_stream(self, head: StreamHead) -> None:
+        """Take the group's floor for this member's message, and fix who receives it:
+        the members there when its first piece goes out."""
         group = self._group
         assert group is not None
-        await self._wait_for_stream(group)
-        if group.backplane is not None:
-            # Other nodes' members may be streaming to this group too: the backplane
-            # decides who goes first, and may make this member wait its turn.
-            self._flush()
-            self._outgoing = await group.backplane.claim_stream(group, self)
-        if group.streamer is not self:
-            group.streamer = self
-            group.stream_done = trio.Event()
-        self._stream_to = tuple(member for member in group.sessions if member is not self)
-        self._streaming = True
-        self._relay.deliveries += len(self._stream_to)
+        self._flush()
+        self._outbound = await group.open_stream(self, head)
+        self._stream_to = tuple(
+            (encoding, tuple(member for member in members if member is not self))
+            for encoding, members in group.audiences
+        )
+        self._counters.deliveries += sum(len(members) for _, members in self._stream_to)
 
-    async def _forward(self, opcode: int, payload: bytes, last: bool) -> None:
+    async def _forward(self, piece: Piece) -> None:
         """Forward one piece of a streaming message to the members it started with."""
-        data = frame(opcode, payload, last)
-        await self._courier.deliver(data, self._stream_to)
-        outgoing = self._outgoing
-        if outgoing is not None:
-            group = self._group
-            assert group is not None and group.backplane is not None
-            self._flush()
-            await group.backplane.publish_piece(group, outgoing, data, last)
-        if last:
-            self._relay.messages += 1
+        head = self._assembly.head
+        for encoding, members in self._stream_to:
+            data = encoding.piece(head, piece.payload, piece.first, piece.last)
+            await self._courier.deliver(data, members)
+        self._flush()
+        await self._outbound.forward(piece)
+        if piece.last:
+            self._counters.messages += 1
             self._end_stream(truncated=False)
 
     def _end_stream(self, truncated: bool) -> None:
         group = self._group
-        if not self._streaming or group is None:
+        if group is None or group.floor.holder is not self:
             return
-        outgoing, self._outgoing = self._outgoing, None
-        if outgoing is not None and group.backplane is not None:
-            group.backplane.end_stream(group, outgoing, truncated)
+        outbound, self._outbound = self._outbound, NO_OUTBOUND
+        outbound.end(truncated)
         if truncated:
-            for member in self._stream_to:
-                member.close(
-                    CloseCode.MESSAGE_TRUNCATED,
-                    "a message was cut off: its sender left mid-message",
-                )
-        self._streaming = False
+            for _, members in self._stream_to:
+                for member in members:
+                    member.close(
+                        CloseCode.MESSAGE_TRUNCATED,
+                        "a message was cut off: its sender left mid-message",
+                    )
         self._stream_to = ()
-        if group.streamer is self:
-            group.streamer = None
-            group.stream_done.set()
+        group.floor.release(self)
 
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called by the relay's keepalive task: ping a silent member, close a dead one."""
@@ -417,91 +411,6 @@ class Session:
                 self.mailbox.offer_control(_PING_FRAME)
         elif now - self.pinged_at >= timeout:
             self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
-
-
-class Courier:
-    """Queues frames in members' mailboxes for one producer (a member's receiver, or a
-    backplane's subscriber), waiting for room where a mailbox is full.
-
-    Frames a mailbox holds for a direct write (see Mailbox) are written by
-    :meth:`flush`, which the producer calls before anything that may yield.
-    """
-
-    __slots__ = ("_held", "_outbox", "_outbox_group", "_relay")
-
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-        self._held: list[Mailbox] = []
-        # Whole messages for the group's members on other nodes, published together by
-        # flush: one Redis message per read's worth instead of one per message.
-        self._outbox: list[bytes] = []
-        self._outbox_group: Group | None = None
-
-    def publish(self, group: Group, data: bytes) -> None:
-        """Queue a framed message for ``group``'s members on other nodes (a member's
-        courier only: its messages all go to its one group)."""
-        self._outbox.append(data)
-        self._outbox_group = group
-
-    async def deliver(self, data: bytes, members: tuple[Session, ...]) -> None:
-        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
-        blocked = self.offer(data, members)
-        if blocked is not None:
-            await self.wait_for_room(data, blocked)
-
-    def offer(
-        self, data: bytes, members: tuple[Session, ...], skip: Session | None = None
-    ) -> list[Session] | None:
-        """Queue ``data`` for every member whose mailbox has room, without waiting;
-        return the members whose mailboxes were full (None when there were none)."""
-        blocked: list[Session] | None = None
-        held = self._held
-        for member in members:
-            if member is not skip:
-                result = member.mailbox.offer(data)
-                if result == HELD:
-                    held.append(member.mailbox)
-                elif result == FULL:
-                    if blocked is None:
-                        blocked = []
-                    blocked.append(member)
-        return blocked
-
-    async def wait_for_room(self, data: bytes, members: list[Session]) -> None:
-        """Queue ``data`` for members whose mailboxes were full, waiting for room.
-
-        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
-        4001: the group waits that long for it at most.
-        """
-        timeout = self._relay.config.slow_member_timeout
-        for member in members:
-            mailbox = member.mailbox
-            while (result := mailbox.offer(data)) == FULL:
-                if self._held or self._outbox:
-                    # Write out what is held (it may be this very mailbox: offer again)
-                    # and publish what other nodes wait for, before waiting here.
-                    self.flush()
-                    continue
-                if mailbox.full_since is None:
-                    mailbox.full_since = trio.current_time()
-                    self._relay.mailbox_full += 1
-                if not await mailbox.wait_room(mailbox.full_since + timeout):
-                    member.close(
-                        CloseCode.SLOW_CONSUMER,
-                        f"mailbox full for {timeout:g}s: member reads too slowly",
-                    )
-            if result == HELD:
-                self._held.append(mailbox)
-
-    def flush(self) -> None:
-        for mailbox in self._held:
-            mailbox.flush()
-        self._held.clear()
-        if self._outbox:
-            group = self._outbox_group
-            assert group is not None and group.backplane is not None
-            group.backplane.publish(group, self._outbox)
-            self._outbox = []
 
 
 # Closes worth a line at INFO; the rest (normal closes) are DEBUG.

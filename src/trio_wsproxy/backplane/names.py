@@ -1,0 +1,58 @@
+"""Where the backplane keeps things in Redis: every key and channel name, in one place.
+
+``P`` below is ``backplane_prefix``, then the version of what nodes say to each other
+(``P = prefix:v2``): nodes of another version form another cluster instead of
+misreading each other.
+
+- ``P:g:<group>``: the group's channel — its messages, streamed pieces, announcements.
+- ``P:n:<node>``: a node's own channel — replacements and acknowledgements for it.
+- ``P:members:<group>``: hash, member id -> owner token of the newest connection.
+- ``P:node-members:<node>``: hash, owner token -> entry (what reaping the node needs).
+- ``P:node:<node>``: the node's liveness key, refreshed every ``node_ttl`` / 3.
+- ``P:nodes``: set of the nodes that registered.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: The version of the messages and keys nodes share; part of every Redis name.
+#: 2: messages travel as payload plus metadata (protocol/nodes.py), and membership
+#: announcements carry member ids.
+PROTOCOL_VERSION = 2
+
+
+@attrs.frozen
+class Names:
+    """The Redis names of one cluster (``prefix``), as seen by one node (``node``)."""
+
+    prefix: str
+    node: bytes
+
+    @property
+    def namespace(self) -> str:
+        """The start of every name: the prefix and the protocol version."""
+        return f"{self.prefix}:v{PROTOCOL_VERSION}"
+
+    def group_channel(self, group_name: str) -> bytes:
+        return f"{self.namespace}:g:{group_name}".encode()
+
+    def group_of(self, channel: bytes) -> str:
+        """The group whose channel ``channel`` is (raises UnicodeDecodeError if not text)."""
+        return channel[len(self.namespace) + 3 :].decode()
+
+    def node_channel(self, node: bytes | None = None) -> bytes:
+        return f"{self.namespace}:n:".encode() + (node or self.node)
+
+    def members_key(self, group_name: str) -> str:
+        return f"{self.namespace}:members:{group_name}"
+
+    def node_members_key(self, node: bytes | None = None) -> str:
+        return f"{self.namespace}:node-members:{(node or self.node).decode()}"
+
+    def node_key(self, node: bytes | None = None) -> str:
+        return f"{self.namespace}:node:{(node or self.node).decode()}"
+
+    @property
+    def nodes_key(self) -> str:
+        return f"{self.namespace}:nodes"

@@ -1,0 +1,474 @@
+"""The messages relay nodes send each other over Redis pub/sub, sans-I/O: one frozen
+class per kind, each with ``encode()``, and :func:`decode` for whatever arrives on a
+channel. This is the cluster's wire format: every node of a relay must speak the same.
+
+Every message is one kind byte (an ASCII letter), the sending node's id, exactly
+``NODE_ID_LENGTH`` (16) bytes (ASCII hex in practice, opaque here), then the body of its
+kind. Integers are unsigned and big-endian (u8, u16, u32, u64); f64 is an IEEE 754
+double, big-endian. Strings are UTF-8: one marked *rest* runs to the end of the message,
+any other is preceded by its length in bytes as a u16. ``flags`` is a u8 whose bit 0 is
+set for a text message and clear for a binary one; its other bits must be 0.
+
+On a group's channel::
+
+    M  Messages      u32 count, then count times:
+                       u16 sender length, sender, flags, u32 payload length, payload
+    S  StreamStart   u64 stream id, flags, sender (rest)
+    F  StreamPiece   u64 stream id, u32 piece number, payload (rest)   -- not the last piece
+    E  StreamPiece   u64 stream id, u32 piece number, payload (rest)   -- the last piece
+    X  StreamAbort   u64 stream id
+    J  MemberJoined  u16 owner length, owner, member id (rest)
+    L  MemberLeft    u16 owner length, owner, member id (rest)
+    Z  Split         f64 seconds
+
+On a node's own channel::
+
+    R  Replace       owner (rest)
+    A  Ack           u64 stream id, u32 piece number
+
+Payloads are raw bytes (a text payload is its UTF-8, as its sender wrote it), never
+WebSocket frames. A message ends exactly where its layout does: bytes after the end of
+M, X, Z or A are an error. For example, ``X`` from node ``0123456789abcdef`` for stream
+5 is ``b"X0123456789abcdef\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x05"``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeAlias
+
+import attrs
+
+from .message import Message, StreamHead
+
+__all__ = [
+    "NODE_ID_LENGTH",
+    "Ack",
+    "MemberJoined",
+    "MemberLeft",
+    "Messages",
+    "NodeMessage",
+    "NodeMessageError",
+    "Replace",
+    "Split",
+    "StreamAbort",
+    "StreamPiece",
+    "StreamStart",
+    "decode",
+    "encode_messages",
+]
+
+#: Bytes in a node id, right after the kind byte of every message.
+NODE_ID_LENGTH = 16
+
+_HEADER = 1 + NODE_ID_LENGTH
+_TEXT = 0x01
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_F64 = struct.Struct(">d")
+# What follows a sender id in M: its flags and its payload's length.
+_FLAGS_LENGTH = struct.Struct(">BI")
+_STREAM_FLAGS = struct.Struct(">QB")
+_PIECE_ID = struct.Struct(">QI")
+# The smallest message in M: an empty sender id and an empty payload. Checking a count
+# against it bounds the decoding loop by the data, whatever the count claims.
+_MIN_MESSAGE = _U16.size + _FLAGS_LENGTH.size
+
+_M = b"M"
+_S = b"S"
+_F = b"F"
+_E = b"E"
+_X = b"X"
+_J = b"J"
+_L = b"L"
+_Z = b"Z"
+_R = b"R"
+_A = b"A"
+
+
+class NodeMessageError(ValueError):
+    """Bytes that are not a node message: the text says what is wrong with them."""
+
+
+def _node_id(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+    if len(value) != NODE_ID_LENGTH:
+        raise ValueError(f"a node id is {NODE_ID_LENGTH} bytes, not {len(value)}: {value!r}")
+
+
+def _unsigned(bits: int) -> Callable[[object, attrs.Attribute[int], int], None]:
+    limit = 1 << bits
+
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not 0 <= value < limit:
+            raise ValueError(f"{attribute.name} must be in 0..{limit - 1} (u{bits}), not {value}")
+
+    return check
+
+
+_u32 = _unsigned(32)
+_u64 = _unsigned(64)
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    # NaN would make a message unequal to its own decoding; a negative or infinite span
+    # is nothing a node could have measured.
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"seconds must be finite and at least 0, not {value!r}")
+
+
+def _short_string(name: str, value: str) -> bytes:
+    data = value.encode()
+    if len(data) > 0xFFFF:
+        raise ValueError(f"{name} is {len(data)} bytes in UTF-8; at most 65535 fit")
+    return data
+
+
+def _tuple(messages: Iterable[Message]) -> tuple[Message, ...]:
+    # tuple() of a tuple is the tuple itself: free for the decoder and the courier.
+    return tuple(messages)
+
+
+@attrs.frozen
+class Messages:
+    """Whole messages a node's members sent to a group, published on the group's channel
+    in the order they were sent. A batch travels as one Redis message so that a burst
+    costs one publish; receiving nodes deliver them to their members in order."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    messages: tuple[Message, ...] = attrs.field(converter=_tuple)
+
+    def encode(self) -> bytes:
+        return encode_messages(self.node, self.messages)
+
+
+@attrs.frozen
+class StreamStart:
+    """A node claims the group for a message that streams in pieces. The group channel's
+    order decides between claims: the first start wins, and the others wait for its end
+    (or abort) before they claim again."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    #: The sending node's number for the message, unique among its streams.
+    stream_id: int = attrs.field(validator=_u64)
+    head: StreamHead
+
+    def encode(self) -> bytes:
+        head = self.head
+        flags = _TEXT if head.text else 0
+        return b"".join(
+            [_S, self.node, _STREAM_FLAGS.pack(self.stream_id, flags), head.sender.encode()]
+        )
+
+
+@attrs.frozen
+class StreamPiece:
+    """One piece of a streamed message, in order: pieces count from 1, and ``last`` marks
+    the one that ends the message (and releases the group for the next claim)."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    stream_id: int = attrs.field(validator=_u64)
+    piece: int = attrs.field(validator=_u32)
+    #: Raw message data, not a WebSocket frame: each receiving node frames it its way.
+    payload: bytes = attrs.field(repr=lambda payload: f"<{len(payload)} bytes>")
+    last: bool
+
+    def encode(self) -> bytes:
+        return b"".join(
+            [
+                _E if self.last else _F,
+                self.node,
+                _PIECE_ID.pack(self.stream_id, self.piece),
+                self.payload,
+            ]
+        )
+
+
+@attrs.frozen
+class StreamAbort:
+    """The streamed message ends unfinished (its sender left mid-message, or a claim was
+    given up): receivers cut it off and the group is free for the next claim."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    stream_id: int = attrs.field(validator=_u64)
+
+    def encode(self) -> bytes:
+        return b"".join([_X, self.node, _U64.pack(self.stream_id)])
+
+
+@attrs.frozen
+class MemberJoined:
+    """A member joined the group on the sending node."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    #: The client's id in the group.
+    member_id: str
+    #: The token of the member's connection, ``"<node hex>:<serial>"``.
+    owner: str
+
+    def encode(self) -> bytes:
+        owner = _short_string("owner", self.owner)
+        return b"".join([_J, self.node, _U16.pack(len(owner)), owner, self.member_id.encode()])
+
+
+@attrs.frozen
+class MemberLeft:
+    """A member's connection left the group (announced by its node, or by the node that
+    reaped its node)."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    member_id: str
+    owner: str
+
+    def encode(self) -> bytes:
+        owner = _short_string("owner", self.owner)
+        return b"".join([_L, self.node, _U16.pack(len(owner)), owner, self.member_id.encode()])
+
+
+@attrs.frozen
+class Split:
+    """The sending node lost Redis for a while: its messages of that time may never have
+    arrived. Receivers close their members of the group who joined more than ``seconds``
+    ago (those who joined since cannot have missed anything)."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    seconds: float = attrs.field(validator=_seconds)
+
+    def encode(self) -> bytes:
+        return b"".join([_Z, self.node, _F64.pack(self.seconds)])
+
+
+@attrs.frozen
+class Replace:
+    """Sent to a node's own channel: close the connection ``owner``, because a newer
+    connection (on the sending node) took its member id."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    owner: str
+
+    def encode(self) -> bytes:
+        return b"".join([_R, self.node, self.owner.encode()])
+
+
+@attrs.frozen
+class Ack:
+    """Sent to a streaming node's own channel: the sending node has queued that piece of
+    that stream for its members, so the streamer may publish further ahead."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    stream_id: int = attrs.field(validator=_u64)
+    piece: int = attrs.field(validator=_u32)
+
+    def encode(self) -> bytes:
+        return b"".join([_A, self.node, _PIECE_ID.pack(self.stream_id, self.piece)])
+
+
+#: Any message one node sends another.
+NodeMessage: TypeAlias = (
+    Messages
+    | StreamStart
+    | StreamPiece
+    | StreamAbort
+    | MemberJoined
+    | MemberLeft
+    | Split
+    | Replace
+    | Ack
+)
+
+
+def encode_messages(node: bytes, messages: Sequence[Message]) -> bytes:
+    """``Messages(node, messages).encode()``, without building the ``Messages``: the
+    courier calls this once per flush."""
+    if len(node) != NODE_ID_LENGTH:
+        raise ValueError(f"a node id is {NODE_ID_LENGTH} bytes, not {len(node)}: {node!r}")
+    pack_length = _U16.pack
+    pack_flags = _FLAGS_LENGTH.pack
+    try:
+        parts = [_M, node, _U32.pack(len(messages))]
+        append = parts.append
+        for message in messages:
+            sender = message.sender.encode()
+            payload = message.payload
+            # Four appends measure faster than one extend of a tuple.
+            append(pack_length(len(sender)))
+            append(sender)
+            append(pack_flags(_TEXT if message.text else 0, len(payload)))
+            append(payload)
+    except struct.error:
+        # Diagnosed only after the fact, so that the loop above stays free of checks.
+        raise ValueError(_unencodable(messages)) from None
+    return b"".join(parts)
+
+
+def _unencodable(messages: Sequence[Message]) -> str:
+    if len(messages) > 0xFFFFFFFF:
+        return f"{len(messages)} messages do not fit in one (at most {0xFFFFFFFF})"
+    for index, message in enumerate(messages):
+        size = len(message.sender.encode())
+        if size > 0xFFFF:
+            return f"message {index}: its sender id is {size} bytes in UTF-8; at most 65535 fit"
+        if len(message.payload) > 0xFFFFFFFF:
+            return f"message {index}: its payload is {len(message.payload)} bytes; 2**32 - 1 fit"
+    return "a message does not fit the layout"
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+_Buffer: TypeAlias = "bytes | memoryview"
+
+
+def decode(data: bytes | memoryview) -> NodeMessage:
+    """The node message in ``data`` (one whole Redis pub/sub message).
+
+    Raises :class:`NodeMessageError` (and nothing else) if it is not one: too short, an
+    unknown kind, a field cut off or left over, a count the data cannot hold, bad UTF-8,
+    flag bits this version does not know.
+    """
+    # Bytes stay bytes (slicing them is cheapest); any other buffer is read as bytes.
+    buffer: _Buffer = data if isinstance(data, bytes) else memoryview(data).cast("B")
+    size = len(buffer)
+    if size < _HEADER:
+        raise NodeMessageError(
+            f"a node message is at least {_HEADER} bytes (kind, node id), not {size}"
+        )
+    decoder = _DECODERS.get(buffer[0])
+    if decoder is None:
+        raise NodeMessageError(f"unknown node message kind {bytes(buffer[:1])!r}")
+    node = bytes(buffer[1:_HEADER])
+    try:
+        return decoder(buffer, node, size)
+    except UnicodeDecodeError as exc:
+        kind = chr(buffer[0])
+        raise NodeMessageError(f"{kind}: a string is not UTF-8: {exc.reason}") from None
+
+
+def _fixed(kind: str, buffer: _Buffer, size: int, layout: struct.Struct) -> tuple[Any, ...]:
+    """The fields of a body that is exactly ``layout``."""
+    body = size - _HEADER
+    if body != layout.size:
+        raise NodeMessageError(f"{kind}: the body is {layout.size} bytes, not {body}")
+    return layout.unpack_from(buffer, _HEADER)
+
+
+def _decode_messages(buffer: _Buffer, node: bytes, size: int) -> Messages:
+    if size < _HEADER + 4:
+        raise NodeMessageError(f"M: the message count is cut off ({size - _HEADER} of 4 bytes)")
+    (count,) = _U32.unpack_from(buffer, _HEADER)
+    pos = _HEADER + 4
+    if count * _MIN_MESSAGE > size - pos:
+        raise NodeMessageError(
+            f"M: {count} messages claimed, but {size - pos} bytes cannot hold even "
+            f"{count} empty ones ({_MIN_MESSAGE} bytes each)"
+        )
+    unpack_length = _U16.unpack_from
+    unpack_flags = _FLAGS_LENGTH.unpack_from
+    flags_size = _FLAGS_LENGTH.size
+    messages: list[Message] = []
+    append = messages.append
+    for index in range(count):
+        if pos + 2 > size:
+            raise NodeMessageError(f"M: message {index} of {count} is cut off in its sender")
+        (length,) = unpack_length(buffer, pos)
+        start = pos + 2
+        pos = start + length
+        if pos + flags_size > size:
+            raise NodeMessageError(f"M: message {index} of {count} is cut off in its sender")
+        sender = str(buffer[start:pos], "utf-8")
+        flags, length = unpack_flags(buffer, pos)
+        if flags & ~_TEXT:
+            raise NodeMessageError(f"M: message {index} has unknown flags {flags:#04x}")
+        start = pos + flags_size
+        pos = start + length
+        if pos > size:
+            raise NodeMessageError(
+                f"M: message {index} of {count} claims a {length}-byte payload, "
+                f"{size - start} bytes are left"
+            )
+        append(Message(sender, flags == _TEXT, bytes(buffer[start:pos])))
+    if pos != size:
+        raise NodeMessageError(f"M: {size - pos} bytes after the last of {count} messages")
+    return Messages(node, tuple(messages))
+
+
+def _decode_start(buffer: _Buffer, node: bytes, size: int) -> StreamStart:
+    start = _HEADER + _STREAM_FLAGS.size
+    if size < start:
+        raise NodeMessageError(f"S: the stream id and flags are cut off ({size - _HEADER} of 9)")
+    stream_id, flags = _STREAM_FLAGS.unpack_from(buffer, _HEADER)
+    if flags & ~_TEXT:
+        raise NodeMessageError(f"S: unknown flags {flags:#04x}")
+    sender = str(buffer[start:], "utf-8")
+    return StreamStart(node, stream_id, StreamHead(sender, flags == _TEXT))
+
+
+def _decode_piece(buffer: _Buffer, node: bytes, size: int) -> StreamPiece:
+    start = _HEADER + _PIECE_ID.size
+    if size < start:
+        kind = chr(buffer[0])
+        raise NodeMessageError(f"{kind}: the stream id and piece are cut off")
+    stream_id, piece = _PIECE_ID.unpack_from(buffer, _HEADER)
+    return StreamPiece(node, stream_id, piece, bytes(buffer[start:]), buffer[0] == _E[0])
+
+
+def _decode_abort(buffer: _Buffer, node: bytes, size: int) -> StreamAbort:
+    (stream_id,) = _fixed("X", buffer, size, _U64)
+    return StreamAbort(node, stream_id)
+
+
+def _member(buffer: _Buffer, size: int) -> tuple[str, str]:
+    """The member id and the owner of a J or L body."""
+    kind = chr(buffer[0])
+    if size < _HEADER + 2:
+        raise NodeMessageError(f"{kind}: the owner's length is cut off")
+    (length,) = _U16.unpack_from(buffer, _HEADER)
+    start = _HEADER + 2
+    end = start + length
+    if end > size:
+        raise NodeMessageError(
+            f"{kind}: the owner is {length} bytes, only {size - start} bytes are left"
+        )
+    return str(buffer[end:], "utf-8"), str(buffer[start:end], "utf-8")
+
+
+def _decode_joined(buffer: _Buffer, node: bytes, size: int) -> MemberJoined:
+    member_id, owner = _member(buffer, size)
+    return MemberJoined(node, member_id, owner)
+
+
+def _decode_left(buffer: _Buffer, node: bytes, size: int) -> MemberLeft:
+    member_id, owner = _member(buffer, size)
+    return MemberLeft(node, member_id, owner)
+
+
+def _decode_split(buffer: _Buffer, node: bytes, size: int) -> Split:
+    (seconds,) = _fixed("Z", buffer, size, _F64)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise NodeMessageError(f"Z: seconds must be finite and at least 0, not {seconds!r}")
+    return Split(node, seconds)
+
+
+def _decode_replace(buffer: _Buffer, node: bytes, size: int) -> Replace:
+    return Replace(node, str(buffer[_HEADER:], "utf-8"))
+
+
+def _decode_ack(buffer: _Buffer, node: bytes, size: int) -> Ack:
+    stream_id, piece = _fixed("A", buffer, size, _PIECE_ID)
+    return Ack(node, stream_id, piece)
+
+
+_DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
+    _M[0]: _decode_messages,
+    _S[0]: _decode_start,
+    _F[0]: _decode_piece,
+    _E[0]: _decode_piece,
+    _X[0]: _decode_abort,
+    _J[0]: _decode_joined,
+    _L[0]: _decode_left,
+    _Z[0]: _decode_split,
+    _R[0]: _decode_replace,
+    _A[0]: _decode_ack,
+}

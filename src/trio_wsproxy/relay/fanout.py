@@ -1,0 +1,113 @@
+"""Fan-out: a producer's frames queued in its recipients' mailboxes.
+
+A producer is a member's receiver task, or a backplane's subscriber delivering what
+other nodes sent. It never pays a task switch per message per recipient: offering to a
+mailbox never blocks (see :class:`~trio_wsproxy.relay.mailbox.Mailbox`), frames held for
+a direct write go out in one write per recipient per read, and only a full mailbox makes
+the producer wait — for ``slow_member_timeout`` at most, after which that member is
+closed with 4001 and the rest of the group goes on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..protocol.close_codes import CloseCode
+from ..protocol.message import Message
+from .mailbox import FULL, HELD, Mailbox
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .counters import Counters
+    from .groups import Group, Member
+
+
+class Courier:
+    """Queues frames in members' mailboxes for one producer, waiting for room where a
+    mailbox is full.
+
+    Frames a mailbox holds for a direct write (see Mailbox) are written by
+    :meth:`flush`, which the producer calls before anything that may yield; so are the
+    whole messages it has for its group's other nodes (:meth:`publish`).
+    """
+
+    __slots__ = ("_counters", "_held", "_outbox", "_outbox_group", "_timeout")
+
+    def __init__(self, slow_member_timeout: float, counters: Counters) -> None:
+        self._timeout = slow_member_timeout
+        self._counters = counters
+        self._held: list[Mailbox] = []
+        # Whole messages for the group's members on other nodes, handed over together by
+        # flush: one publish per read's worth instead of one per message.
+        self._outbox: list[Message] = []
+        self._outbox_group: Group | None = None
+
+    def publish(self, group: Group, message: Message) -> None:
+        """Queue ``message`` for ``group``'s members on other nodes (a member's courier
+        only: its messages all go to its one group)."""
+        self._outbox.append(message)
+        self._outbox_group = group
+
+    async def deliver(self, data: bytes, members: Sequence[Member]) -> None:
+        """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
+        blocked = self.offer(data, members)
+        if blocked is not None:
+            await self.wait_for_room(data, blocked)
+
+    def offer(
+        self, data: bytes, members: Sequence[Member], skip: Member | None = None
+    ) -> list[Member] | None:
+        """Queue ``data`` for every member whose mailbox has room, without waiting;
+        return the members whose mailboxes were full (None when there were none)."""
+        blocked: list[Member] | None = None
+        held = self._held
+        for member in members:
+            if member is not skip:
+                result = member.mailbox.offer(data)
+                if result == HELD:
+                    held.append(member.mailbox)
+                elif result == FULL:
+                    if blocked is None:
+                        blocked = []
+                    blocked.append(member)
+        return blocked
+
+    async def wait_for_room(self, data: bytes, members: list[Member]) -> None:
+        """Queue ``data`` for members whose mailboxes were full, waiting for room.
+
+        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
+        4001: the group waits that long for it at most.
+        """
+        timeout = self._timeout
+        for member in members:
+            mailbox = member.mailbox
+            while (result := mailbox.offer(data)) == FULL:
+                if self._held or self._outbox:
+                    # Write out what is held (it may be this very mailbox: offer again)
+                    # and publish what other nodes wait for, before waiting here.
+                    self.flush()
+                    continue
+                if mailbox.full_since is None:
+                    mailbox.full_since = trio.current_time()
+                    self._counters.mailbox_full += 1
+                if not await mailbox.wait_room(mailbox.full_since + timeout):
+                    member.close(
+                        CloseCode.SLOW_CONSUMER,
+                        f"mailbox full for {timeout:g}s: member reads too slowly",
+                    )
+            if result == HELD:
+                self._held.append(mailbox)
+
+    def flush(self) -> None:
+        """Write out held frames, and hand the outbox to its group."""
+        for mailbox in self._held:
+            mailbox.flush()
+        self._held.clear()
+        if self._outbox:
+            group = self._outbox_group
+            outbox, self._outbox = self._outbox, []
+            if group is not None:
+                group.publish(outbox)

@@ -1,0 +1,51 @@
+"""One message streams to a group at a time: the group's floor.
+
+WebSocket forbids interleaving the fragments of two messages on one connection, and a
+message too large to assemble goes out fragment by fragment as it arrives. So while one
+member's message streams to a group, the group's other messages wait for the floor —
+whether the streaming sender is on this node or (with a backplane) on another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+
+class Floor:
+    """Who streams a message to one group now; everyone else waits for :meth:`wait`."""
+
+    __slots__ = ("_changed", "holder")
+
+    def __init__(self) -> None:
+        #: The sender streaming now (a session, or a backplane's record of a remote
+        #: sender), or None when no message streams.
+        self.holder: object | None = None
+        self._changed = trio.Event()
+
+    async def wait(self, who: object, before_waiting: Callable[[], None]) -> None:
+        """Return once the floor is free or held by ``who``; ``before_waiting`` runs
+        before each wait (a producer writes out what it holds before yielding)."""
+        while self.holder is not None and self.holder is not who:
+            before_waiting()
+            await self._changed.wait()
+
+    def take(self, who: object) -> None:
+        """``who`` streams now. Taking a held floor is for the backplane alone, whose
+        channel order has decided between senders already; waiters re-check."""
+        if self.holder is not who:
+            self.holder = who
+            self._wake()
+
+    def release(self, who: object) -> bool:
+        """``who``'s message ended: the floor is free (False if ``who`` did not hold it)."""
+        if self.holder is not who:
+            return False
+        self.holder = None
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()

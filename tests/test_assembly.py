@@ -1,0 +1,69 @@
+"""The relay's message assembly: a member's data frames in, whole messages or the pieces
+of a streaming one out (protocol/assembly.py, no network)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_wsproxy.protocol.assembly import FRAGMENT_SIZE, Assembly, Piece
+from trio_wsproxy.protocol.frames import Data
+from trio_wsproxy.protocol.message import Message, StreamHead
+
+
+def data(payload: bytes, first: bool, last: bool, text: bool = False) -> Data:
+    return Data(payload=payload, text=text, first=first, last=last)
+
+
+def test_a_single_frame_message_is_forwarded_whole_with_its_sender() -> None:
+    assembly = Assembly("alice")
+    assert assembly.feed(data(b"hi", True, True, text=True)) == Message("alice", True, b"hi")
+    assert not assembly.streaming
+
+
+def test_a_small_fragmented_message_is_assembled_and_forwarded_whole() -> None:
+    assembly = Assembly("a")
+    assert assembly.feed(data(b"ab", True, False, text=True)) is None
+    assert assembly.feed(data(b"cd", False, False)) is None
+    assert assembly.feed(data(b"ef", False, True)) == Message("a", True, b"abcdef")
+
+
+def test_a_large_message_streams_in_pieces_and_its_head_says_who_and_what() -> None:
+    assembly = Assembly("a")
+    big = b"x" * FRAGMENT_SIZE
+    first = assembly.feed(data(big, True, False, text=False))
+    assert isinstance(first, Piece) and first.first and not first.last
+    assert assembly.streaming
+    assert assembly.head == StreamHead("a", text=False)
+    middle = assembly.feed(data(b"y" * 10, False, False))
+    assert middle is None  # gathered until a fragment's worth or the end
+    last = assembly.feed(data(b"z", False, True))
+    assert isinstance(last, Piece) and not last.first and last.last
+    assert last.payload == b"y" * 10 + b"z"
+    assert not assembly.streaming
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3 * FRAGMENT_SIZE // 2), min_size=1, max_size=6))
+def test_whatever_the_fragmentation_the_bytes_come_out_in_order_and_whole(
+    sizes: list[int],
+) -> None:
+    assembly = Assembly("a")
+    sent = b"".join(bytes([i % 251]) * size for i, size in enumerate(sizes))
+    out: list[Message | Piece] = []
+    for i, size in enumerate(sizes):
+        result = assembly.feed(data(bytes([i % 251]) * size, i == 0, i == len(sizes) - 1))
+        if result is not None:
+            out.append(result)
+    # It streams once a fragment's worth has gathered before its end; else it is whole.
+    streams = any(total >= FRAGMENT_SIZE for total in itertools.accumulate(sizes[:-1]))
+    if not streams:
+        assert out == [Message("a", False, sent)]
+    else:
+        pieces = [p for p in out if isinstance(p, Piece)]
+        assert len(pieces) == len(out)
+        assert pieces[0].first and pieces[-1].last
+        assert all(not p.first for p in pieces[1:]) and all(not p.last for p in pieces[:-1])
+        assert b"".join(p.payload for p in pieces) == sent

@@ -17,6 +17,7 @@ import trio
 
 from ._serve import read_token_secret, serve_relay
 from ._workers import WorkerFailed, serve_workers
+from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig
 
@@ -231,13 +232,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=(config.log_level or "WARNING").upper(), handlers=[handler])
-    failure: Exception | None = None
+    failure: BaseException | None = None
     try:
         trio.run(_serve if config.workers == 1 else serve_workers, config)
     except* (OSError, WorkerFailed) as group:
         # Port in use, bad address, unreadable certificate, a worker that cannot
         # listen: say so in one line.
-        failure = group.exceptions[0]
+        failure = first_leaf(group)
     if failure is not None:
         print(f"trio-wsproxy: cannot serve: {failure}", file=sys.stderr)
         sys.exit(1)

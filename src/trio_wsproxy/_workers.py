@@ -20,6 +20,8 @@ from functools import partial
 import attrs
 import trio
 
+from .protocol.backoff import Backoff
+from .protocol.exceptions import first_leaf
 from .relay.config import RelayConfig
 from .relay.listeners import bind_reuseport
 
@@ -106,7 +108,7 @@ class _Worker:
 
         Reports the URL it listens on the first time one does. Raises
         :exc:`WorkerFailed` when one exits before listening too many times in a row."""
-        backoff = _FIRST_BACKOFF
+        backoff = Backoff(_FIRST_BACKOFF, _LONGEST_BACKOFF)
         failed_startups = 0
         announced = False
 
@@ -127,17 +129,17 @@ class _Worker:
                     f"worker {self.index} {how} before listening, {failed_startups} times in a row"
                 )
             if trio.current_time() - started_at >= _HEALTHY_RUN:
-                backoff = _FIRST_BACKOFF
+                backoff.reset()
+            delay = backoff.next_delay()
             logger.warning(
                 "worker %d (pid %d) %s%s; restarting in %gs",
                 self.index,
                 pid,
                 how,
                 "" if listened else " before listening",
-                backoff,
+                delay,
             )
-            await trio.sleep(backoff)
-            backoff = min(2 * backoff, _LONGEST_BACKOFF)
+            await trio.sleep(delay)
 
     async def _run_process(self, listening: Callable[[str], None]) -> tuple[int, bool, int]:
         """Run one worker process to its end: (its pid, whether it listened, its exit
@@ -257,7 +259,4 @@ async def serve_workers(config: RelayConfig) -> None:
                 url = await _start_all(nursery, workers)
                 print(f"{LISTENING}{url} ({len(workers)} workers)", flush=True)
         except* WorkerFailed as group:
-            failure: BaseException = group
-            while isinstance(failure, BaseExceptionGroup):
-                failure = failure.exceptions[0]
-            raise failure from None
+            raise first_leaf(group) from None

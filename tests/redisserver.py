@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from trio_wsproxy.backplane.connection import RedisConnection
-from trio_wsproxy.protocol.resp import RedisAddress
+from trio_wsproxy.backplane.names import PROTOCOL_VERSION
+from trio_wsproxy.protocol.resp import RedisAddress, Reply
 
 SHARED = ("127.0.0.1", 6379)
 
@@ -94,13 +95,26 @@ class RedisServer:
             return sock.recv(65536)
 
 
-async def members_in_redis(url: str, prefix: str, group: str) -> set[str]:
-    """The member ids the cluster under ``prefix`` has registered in ``group``."""
+async def redis_call(url: str, *args: str) -> Reply:
+    """Run one command on a connection of its own; the reply."""
     address = RedisAddress.from_url(url)
     connection = await RedisConnection.connect(address, 5)
     async with trio.open_nursery() as nursery:
         await nursery.start(connection.run, address, 5)
-        reply = await connection.call("HKEYS", f"{prefix}:v2:members:{group}")
+        reply = await connection.call(*args)
         nursery.cancel_scope.cancel()
+    return reply
+
+
+async def members_in_redis(url: str, prefix: str, group: str) -> set[str]:
+    """The member ids the cluster under ``prefix`` has registered in ``group``."""
+    reply = await redis_call(url, "HKEYS", f"{prefix}:v{PROTOCOL_VERSION}:members:{group}")
     assert isinstance(reply, list)
     return {item.decode() for item in reply if isinstance(item, bytes)}
+
+
+async def subscribers(url: str, channel: str) -> int:
+    """How many connections are subscribed to ``channel`` (PUBSUB NUMSUB)."""
+    reply = await redis_call(url, "PUBSUB", "NUMSUB", channel)
+    assert isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int), reply
+    return reply[1]

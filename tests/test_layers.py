@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = (
     "Layers: the top, then backplane/, relay/, protocol/",
     "The client is built on protocol/ only",
-    "protocol/ is sans-I/O: no trio, no sockets",
+    "Sans-I/O modules (protocol/, backplane/order.py) import no trio, no sockets",
     "No import cycles among siblings, in any package",
 )
 

@@ -10,6 +10,7 @@ import trio
 
 from ..protocol.message import Message, StreamHead
 from ..relay.groups import NO_OUTBOUND, Group, Member, Outbound
+from .order import ChannelOrder
 from .streams import OutgoingStream, RemoteStream
 
 if TYPE_CHECKING:
@@ -64,25 +65,20 @@ class SharedGroup(Group):
         "inbox",
         "inbox_bytes",
         "inbox_drained",
-        "owner",
-        "pending",
-        "pending_bytes",
+        "order",
         "remote",
         "subscribed",
     )
 
-    def __init__(self, name: str, backplane: Carrier) -> None:
+    def __init__(self, name: str, backplane: Carrier, node: bytes, limit: int) -> None:
         super().__init__(name)
         self.backplane = backplane
         #: The group's members on other nodes, as far as this node knows: owner token
         #: of each connection -> its member id.
         self.remote: dict[str, str] = {}
-        #: (node, stream id) of the message streaming to the group, in channel order.
-        self.owner: tuple[bytes, int] | None = None
-        #: Batches of whole messages from other nodes that arrived while a message
-        #: streamed, and their payload bytes.
-        self.pending: collections.deque[tuple[Message, ...]] = collections.deque()
-        self.pending_bytes = 0
+        #: What the group's channel says, in order: which stream owns the floor, and the
+        #: whole messages from other nodes that wait for its end.
+        self.order = ChannelOrder(node, limit)
         self.subscribed = trio.Event()
         #: Deliveries waiting for a full mailbox, worked off by a task of the group's
         #: own so that the node's other groups go on; None when nothing waits.

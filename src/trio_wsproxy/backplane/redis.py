@@ -44,14 +44,12 @@ from ..protocol.nodes import (
     Ack,
     MemberJoined,
     MemberLeft,
-    Messages,
     NodeMessage,
     NodeMessageError,
     Replace,
     Split,
     StreamAbort,
     StreamPiece,
-    StreamStart,
     decode,
     encode_messages,
 )
@@ -65,6 +63,17 @@ from .connection import RedisConnection
 from .group import Delivery, SharedGroup
 from .inbox import Deliveries
 from .names import Names
+from .order import (
+    Action,
+    Decline,
+    Deliver,
+    DeliverPiece,
+    EndRemote,
+    Floor,
+    Grant,
+    Overflow,
+    StartRemote,
+)
 from .streams import RemoteStream, Turns
 
 logger = logging.getLogger("trio_wsproxy.backplane")
@@ -138,7 +147,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
     # -- the GroupRegistry interface -------------------------------------------------
 
     def _new_group(self, name: str) -> SharedGroup:
-        return SharedGroup(name, self)
+        return SharedGroup(name, self, self._node, self._config.mailbox_bytes)
 
     def cluster_group_size(self, name: str) -> int:
         """Members of group ``name`` on every node, as far as this node knows (0 when it
@@ -452,9 +461,10 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         # (Its members' leaves reach every node in channel order: REAP announces them.)
         self._known_nodes.discard(node)
         for group in list(self._groups.values()):
-            if group.owner is not None and group.owner[0] == node:
+            owner = group.order.owner
+            if owner is not None and owner[0] == node:
                 # Cut off its message in channel order, on every node, as it would have.
-                self.send_to_group(group.name, StreamAbort(node, group.owner[1]).encode())
+                self.send_to_group(group.name, StreamAbort(node, owner[1]).encode())
         logger.info("node %s expired; %s of its members forgotten", node.decode(), reaped)
 
     async def _deregister(self) -> None:
@@ -498,15 +508,13 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         now = trio.current_time()
         for group in list(self._groups.values()):
             group.subscribed.set()  # wakes joins waiting on it; they see the outage
-            if group.spans_nodes or group.inbox or group.pending:
+            if group.spans_nodes or group.inbox or group.order.pending:
                 # (Messages from other nodes still waiting here are dropped with Redis.)
                 if published_maybe_lost:
                     self._splits_due.setdefault(group.name, now)
                 self._close_group(group, f"backplane lost ({failure}): messages may be missing")
             group.remote.clear()
-            group.owner = None
-            group.pending.clear()
-            group.pending_bytes = 0
+            group.order.reset()
             group.inbox = None
             group.inbox_bytes = 0
             group.inbox_drained.set()
@@ -546,12 +554,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self.turns.acknowledged(message.node, message.stream_id, message.piece)
 
     async def _on_group_message(self, channel: bytes, name: str, message: NodeMessage) -> None:
-        """One message on a group's channel, in channel order: what every node of the
-        group sees in the same order, which is what orders remote messages here.
-
-        Whole messages wait (``pending``) while a message streams to the group, from any
-        node, and go out after its end; pieces go out as they come; announcements update
-        this node's view of the group's members elsewhere."""
+        """One message on a group's channel, in channel order. The group's
+        :class:`~trio_wsproxy.backplane.order.ChannelOrder` decides what it means for the
+        members here (which stream owns the floor, which whole messages wait for its end);
+        this carries it out. Announcements update this node's view of the group's
+        members elsewhere."""
         node = message.node
         group = self._groups.get(name)
         if group is None:
@@ -562,118 +569,89 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             return
         if node != self._node:
             self._known_nodes.add(node)
-        if group.pending and group.owner is None and group.floor.holder is None:
-            await self._deliver_pending(group)
-        if type(message) is Messages:
-            if node == self._node:
-                return
-            if group.owner is not None or group.floor.holder is not None:
-                self._hold(group, message.messages)
-            else:
-                await self._deliveries_or_fail().messages(group, message.messages)
-        elif type(message) is StreamStart:
-            await self._on_start(group, node, message)
-        elif type(message) is StreamPiece:
-            await self._on_piece(group, message)
-        elif type(message) is StreamAbort:
-            if group.owner == (node, message.stream_id):
-                await self._end_remote_stream(group, truncated=True)
-        elif type(message) is MemberJoined:
+        if type(message) is MemberJoined:
             if node != self._node:
                 group.remote[message.owner] = message.member_id
         elif type(message) is MemberLeft:
             group.remote.pop(message.owner, None)
-        elif type(message) is Split and node != self._node:
-            before = trio.current_time() - message.seconds
-            for member in group.sessions:
-                if member.joined_at <= before:
-                    member.close(
-                        CloseCode.BACKPLANE_UNAVAILABLE,
-                        "another node lost the backplane: messages may be missing",
-                    )
+        elif type(message) is Split:
+            if node != self._node:
+                self._split(group, message.seconds)
+        else:
+            holder = group.floor.holder
+            if holder is None:
+                floor = Floor.FREE
+            elif isinstance(holder, RemoteStream):
+                floor = Floor.REMOTE
+            else:
+                floor = Floor.LOCAL
+            for action in group.order.receive(message, floor):
+                await self._carry_out(group, node, action)
+
+    async def _carry_out(self, group: SharedGroup, node: bytes, action: Action) -> None:
+        """Do what the group's channel order decided, for the members here."""
+        deliveries = self._deliveries_or_fail()
+        if type(action) is Deliver:
+            await deliveries.messages(group, action.messages)
+        elif type(action) is DeliverPiece:
+            stream = group.floor.holder
+            if not isinstance(stream, RemoteStream):
+                raise RuntimeError(f"a piece for {group.name!r} came with no stream to take it")
+            ack = Ack(self._node, stream.stream_id, action.number).encode()
+            await deliveries.piece(
+                group,
+                stream,
+                action.payload,
+                action.first,
+                action.last,
+                (self.names.node_channel(node), ack),
+            )
+        elif type(action) is StartRemote:
+            recipients = group.audiences
+            if action.conflict:
+                self._close_group(group, "two messages streamed at once across an outage")
+                recipients = ()
+            stream = RemoteStream(action.node, action.stream_id, action.head, recipients)
+            group.floor.take(stream)
+            self._counters.deliveries += len(stream.members())
+        elif type(action) is EndRemote:
+            stream = group.floor.holder
+            if isinstance(stream, RemoteStream):
+                if action.truncated and stream.delivered:
+                    for member in stream.members():
+                        member.close(
+                            CloseCode.MESSAGE_TRUNCATED,
+                            "a message was cut off: its sender left mid-message",
+                        )
+                group.floor.release(stream)
+        elif type(action) is Grant:
+            claim = self.turns.decide(action.stream_id, accepted=True)
+            if claim is None:
+                # A claim its member gave up on before the answer came: release it.
+                abort = StreamAbort(self._node, action.stream_id).encode()
+                self.send_to_group(group.name, abort)
+            else:
+                group.floor.take(claim.member)
+        elif type(action) is Decline:
+            self.turns.decide(action.stream_id, accepted=False)  # another streams first
+        elif type(action) is Overflow:
+            self._close_group(group, "messages arrived faster than the relay could order them")
+        # EndOwn: nothing more to do here (this node's pieces went out as they were sent).
+
+    def _split(self, group: SharedGroup, seconds: float) -> None:
+        """Another node lost Redis with messages maybe unsent: close the members here
+        that were there before then."""
+        before = trio.current_time() - seconds
+        for member in group.sessions:
+            if member.joined_at <= before:
+                member.close(
+                    CloseCode.BACKPLANE_UNAVAILABLE,
+                    "another node lost the backplane: messages may be missing",
+                )
 
     def _ack(self, node: bytes, stream_id: int, piece: int) -> None:
         message = Ack(self._node, stream_id, piece).encode()
         self._send("PUBLISH", self.names.node_channel(node), message)
-
-    async def _on_start(self, group: SharedGroup, node: bytes, start: StreamStart) -> None:
-        mine = node == self._node
-        if group.owner is not None:
-            if mine:
-                self.turns.decide(start.stream_id, accepted=False)  # another streams first
-            return
-        group.owner = (node, start.stream_id)
-        if mine:
-            claim = self.turns.decide(start.stream_id, accepted=True)
-            if claim is None:
-                # A claim its member gave up on before the answer came: release it.
-                self.send_to_group(group.name, StreamAbort(self._node, start.stream_id).encode())
-                return
-            group.floor.take(claim.member)
-            return
-        recipients = group.audiences
-        holder = group.floor.holder
-        if holder is not None and not isinstance(holder, RemoteStream):
-            # A message this node began streaming while Redis was away is still going:
-            # its members cannot take another one in the middle of it. (A remote one
-            # whose end is still in the group's inbox goes out before this one's pieces.)
-            self._close_group(group, "two messages streamed at once across an outage")
-            recipients = ()
-        stream = RemoteStream(node, start.stream_id, start.head, recipients)
-        group.floor.take(stream)
-        self._counters.deliveries += len(stream.members())
-
-    async def _on_piece(self, group: SharedGroup, piece: StreamPiece) -> None:
-        if group.owner != (piece.node, piece.stream_id):
-            return
-        if piece.node == self._node:
-            if piece.last:
-                await self._end_remote_stream(group, truncated=False)
-            return
-        stream = group.floor.holder
-        if not isinstance(stream, RemoteStream):
-            raise RuntimeError(f"a piece of {group.owner} arrived with no stream to take it")
-        ack_message = Ack(self._node, piece.stream_id, piece.piece).encode()
-        ack = (self.names.node_channel(piece.node), ack_message)
-        first = piece.piece == 1
-        if piece.last:
-            group.owner = None
-        await self._deliveries_or_fail().piece(group, stream, piece.payload, first, piece.last, ack)
-        if piece.last:
-            await self._deliver_pending(group)
-
-    async def _end_remote_stream(self, group: SharedGroup, truncated: bool) -> None:
-        """The message streaming to ``group`` ended (in channel order): it was cut off,
-        or it was this node's own (its pieces are all in the mailboxes here by now).
-        Then deliver what waited for it."""
-        group.owner = None
-        stream = group.floor.holder
-        if isinstance(stream, RemoteStream):
-            if truncated and stream.delivered:
-                for member in stream.members():
-                    member.close(
-                        CloseCode.MESSAGE_TRUNCATED,
-                        "a message was cut off: its sender left mid-message",
-                    )
-            group.floor.release(stream)
-        await self._deliver_pending(group)
-
-    async def _deliver_pending(self, group: SharedGroup) -> None:
-        while group.pending and group.owner is None:
-            messages = group.pending.popleft()
-            group.pending_bytes -= _payload_bytes(messages)
-            await self._deliveries_or_fail().messages(group, messages)
-
-    def _hold(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
-        """Keep whole messages that arrived while another one streams to the group."""
-        size = _payload_bytes(messages)
-        if group.pending_bytes + size > self._config.mailbox_bytes:
-            group.pending.clear()
-            group.pending_bytes = 0
-            self._close_group(group, "messages arrived faster than the relay could order them")
-            return
-        group.pending.append(messages)
-        group.pending_bytes += size
 
     async def _delivered(self, group: SharedGroup, delivery: Delivery) -> None:
         """A stream piece is queued: acknowledge it, and end its stream after the last."""
@@ -681,7 +659,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self._send("PUBLISH", *delivery.ack)
         if delivery.ended is not None:
             group.floor.release(delivery.ended)
-            await self._deliver_pending(group)
+            for action in group.order.floor_freed():
+                await self._carry_out(group, self._node, action)
 
     def _deliveries_or_fail(self) -> Deliveries:
         if self._deliveries is None:
@@ -712,7 +691,3 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             sub.send_nowait(*args, wait=False)
         except ConnectionLost:
             pass
-
-
-def _payload_bytes(messages: tuple[Message, ...]) -> int:
-    return sum(len(message.payload) for message in messages)

@@ -20,7 +20,6 @@ def data(payload: bytes, first: bool, last: bool, text: bool = False) -> Data:
 def test_a_single_frame_message_is_forwarded_whole_with_its_sender() -> None:
     assembly = Assembly("alice")
     assert assembly.feed(data(b"hi", True, True, text=True)) == Message("alice", True, b"hi")
-    assert not assembly.streaming
 
 
 def test_a_small_fragmented_message_is_assembled_and_forwarded_whole() -> None:
@@ -35,14 +34,12 @@ def test_a_large_message_streams_in_pieces_and_its_head_says_who_and_what() -> N
     big = b"x" * FRAGMENT_SIZE
     first = assembly.feed(data(big, True, False, text=False))
     assert isinstance(first, Piece) and first.first and not first.last
-    assert assembly.streaming
     assert assembly.head == StreamHead("a", text=False)
     middle = assembly.feed(data(b"y" * 10, False, False))
     assert middle is None  # gathered until a fragment's worth or the end
     last = assembly.feed(data(b"z", False, True))
     assert isinstance(last, Piece) and not last.first and last.last
     assert last.payload == b"y" * 10 + b"z"
-    assert not assembly.streaming
 
 
 @settings(max_examples=40, deadline=None)

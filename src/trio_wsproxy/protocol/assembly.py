@@ -41,17 +41,12 @@ class Assembly:
 
     def __init__(self, sender: str) -> None:
         self.sender = sender
-        #: The head of the message streaming now (valid while :attr:`streaming`).
+        #: The head of the message streaming now (from its first piece to its last).
         self.head = StreamHead(sender, False)
         self._parts: list[bytes] = []
         self._size = 0
         self._text = False
         self._streaming = False
-
-    @property
-    def streaming(self) -> bool:
-        """Whether a message's first piece went out and its last has not."""
-        return self._streaming
 
     def feed(self, event: Data) -> Message | Piece | None:
         """Take one data frame: a whole message to forward, the next piece of a

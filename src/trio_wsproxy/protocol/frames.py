@@ -97,11 +97,6 @@ class FrameParser:
         self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
 
-    @property
-    def in_message(self) -> bool:
-        """True between a message's first frame and its final one."""
-        return self._in_message
-
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; return the events it completes, in order."""
         if self._closed:

@@ -251,7 +251,7 @@ async def test_one_backoff_per_round_and_each_url_once_per_round(
         delays.append(attempt)
         return 0.0
 
-    monkeypatch.setattr("trio_wsproxy.client.client.reconnect_delay", no_wait)
+    monkeypatch.setattr("trio_wsproxy.client.policy.reconnect_delay", no_wait)
     caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
     config = attrs.evolve(FAST, max_reconnect_attempts=2)
     with trio.fail_after(2):

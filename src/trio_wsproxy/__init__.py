@@ -74,3 +74,14 @@ __all__ = [
     "open_relay",
     "serve_relay",
 ]
+
+# The public path in reprs, tracebacks and the API reference (trio does the same): the
+# names live in private modules of the layers, and users know them as trio_wsproxy.X.
+for _name in __all__:
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith("trio_wsproxy."):
+        try:
+            _value.__module__ = __name__
+        except (AttributeError, TypeError):  # (constants and frozensets have none to set)
+            pass
+del _name, _value

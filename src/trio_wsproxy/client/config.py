@@ -1,0 +1,75 @@
+"""The client's settings: one frozen class, :class:`ClientConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["DEFAULT_RECONNECT_CODES", "ClientConfig"]
+
+#: Close codes after which the client reconnects (when ``ClientConfig.reconnect`` is on):
+#: the relay going away or failing, the connection dropping without a close frame (1006),
+#: and the relay's own transient codes — 4001 slow consumer, 4002 message cut off,
+#: 4003 keepalive timeout, 4004 backplane unavailable (with several URLs, the client
+#: moves to the next node). Not in the set, so final: 1000 (the relay ended the session on
+#: purpose), 1002/1007/1008/1009 (this client broke a rule; reconnecting would repeat it)
+#: and 4000 (a newer connection with the same id replaced this one: reconnecting would
+#: fight it).
+DEFAULT_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004})
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _positive_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """Everything about a client's behaviour except where it connects and its hooks."""
+
+    #: Seconds to open the TCP connection and complete the WebSocket handshake.
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds to wait for the relay to acknowledge our close frame.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Seconds :meth:`Client.send` waits for a connection (while reconnecting) before
+    #: raising :exc:`NotConnected`. Writing the message itself is not limited.
+    send_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Default timeout of :meth:`Client.request`, in seconds.
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Largest message accepted from the relay, in bytes; None means no limit.
+    max_message_size: int | None = attrs.field(default=None, validator=_positive_or_none)
+    #: Whether to reconnect when the connection drops with a code in ``reconnect_codes``.
+    reconnect: bool = True
+    #: The close codes after which the client reconnects.
+    reconnect_codes: frozenset[int] = attrs.field(
+        default=DEFAULT_RECONNECT_CODES, converter=frozenset
+    )
+    #: First reconnect delay in seconds; it doubles per failed attempt ...
+    reconnect_min_delay: float = attrs.field(default=0.5, validator=_positive)
+    #: ... up to this many seconds.
+    reconnect_max_delay: float = attrs.field(default=30.0, validator=_positive)
+    #: Each delay is shortened by a random fraction up to this (0 = no jitter, 1 = full).
+    reconnect_jitter: float = attrs.field(
+        default=0.5, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+    )
+    #: Consecutive failed reconnect attempts before giving up; None retries forever. With
+    #: several relay URLs, one attempt tries each of them once.
+    max_reconnect_attempts: int | None = attrs.field(default=None, validator=_positive_or_none)
+    #: Seconds between client pings, or None for none (the relay pings on its own). A
+    #: ping unanswered for ``ping_timeout`` counts as a dropped connection (code 1006).
+    #: Handlers that block reading for longer than ``ping_timeout`` trip it too.
+    ping_interval: float | None = attrs.field(default=None, validator=_positive_or_none)
+    #: Seconds a ping may go unanswered.
+    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
+    #: Messages read from the socket ahead of the handlers; beyond it, reading pauses.
+    read_ahead: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    #: Bytes asked of the socket per read; bigger is faster for large messages.
+    receive_buffer_size: int = attrs.field(default=256 * 1024, validator=_positive)

@@ -1,0 +1,196 @@
+"""The dispatcher: the one task that runs user code — handlers, subscriptions, hooks —
+one job at a time, in arrival order.
+
+The connection task submits jobs through a bounded channel (``ClientConfig.read_ahead``
+jobs): when handlers fall behind, submitting waits, so the connection task stops reading
+the socket; nothing is dropped and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocol.typenames import TypeRegistry
+from .incoming import HandlerErrorHook, Incoming
+from .stats import ClientStats
+
+__all__ = ["Dispatcher", "Job", "call_user", "takes_incoming"]
+
+logger = logging.getLogger("trio_wsproxy.client")
+
+#: A unit of work for the dispatcher: a handler run, a hook call, ...
+Job = Callable[[], Awaitable[None]]
+
+
+def takes_incoming(handler: Callable[..., object]) -> bool:
+    """Whether a handler takes a second positional parameter (the :class:`Incoming`)."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: give them the value
+        return False
+    positional = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            positional += 1
+    return positional >= 2
+
+
+async def call_user(function: Callable[..., object], *args: object) -> None:
+    """Call a user function that may be sync or async."""
+    result = function(*args)
+    if inspect.isawaitable(result):
+        await result
+
+
+@attrs.frozen
+class _Handler:
+    function: Callable[..., object]
+    with_incoming: bool
+
+    async def __call__(self, incoming: Incoming[Any]) -> None:
+        if self.with_incoming:
+            await call_user(self.function, incoming.value, incoming)
+        else:
+            await call_user(self.function, incoming.value)
+
+
+@attrs.frozen(eq=False)
+class _Subscription:
+    message_type: Any  # None: every message
+    channel: trio.MemorySendChannel[Incoming[Any]]
+
+    def wants(self, message_type: Any) -> bool:
+        return self.message_type is None or self.message_type == message_type
+
+
+class Dispatcher:
+    """The handlers and subscriptions of one client, and the task that runs them.
+
+    ``types`` checks that what is handled can be received; ``stats`` counts unhandled
+    messages and handler errors; ``on_handler_error``, if given, gets what a handler
+    raises — without it, the exception ends the dispatcher (so the client).
+    """
+
+    def __init__(
+        self,
+        *,
+        types: TypeRegistry,
+        stats: ClientStats,
+        read_ahead: int,
+        on_handler_error: HandlerErrorHook | None,
+    ) -> None:
+        self._types = types
+        self._stats = stats
+        self._on_handler_error = on_handler_error
+        self._handlers: dict[Any, list[_Handler]] = {}
+        self._subscriptions: list[_Subscription] = []
+        self._closed = False
+        self._jobs_in, self._jobs_out = trio.open_memory_channel[Job](read_ahead)
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def add_handler(self, message_type: Any, function: Callable[..., object]) -> None:
+        """Call ``function`` for each message of ``message_type``, after those added before."""
+        if message_type is not bytes:
+            self._types.ensure(message_type)
+        entry = _Handler(function, takes_incoming(function))
+        self._handlers.setdefault(message_type, []).append(entry)
+
+    def remove_handler(self, message_type: Any, function: Callable[..., object]) -> None:
+        """Stop calling ``function`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
+        handlers = self._handlers.get(message_type, [])
+        for registered in handlers:
+            if registered.function == function:
+                handlers.remove(registered)
+                return
+        raise ValueError(f"{function!r} is not a handler for {message_type!r}")
+
+    @asynccontextmanager
+    async def subscription(
+        self, message_type: Any, buffer: int
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Incoming[Any]]]:
+        """A channel of the messages of ``message_type`` (None: all) dispatched while the
+        block runs, holding up to ``buffer``; it ends when the client closes."""
+        if message_type is not None and message_type is not bytes:
+            self._types.ensure(message_type)
+        send_channel, receive_channel = trio.open_memory_channel[Incoming[Any]](buffer)
+        subscription = _Subscription(message_type, send_channel)
+        self._subscriptions.append(subscription)
+        if self._closed:
+            send_channel.close()
+        try:
+            with receive_channel:
+                yield receive_channel
+        finally:
+            self._subscriptions.remove(subscription)
+            send_channel.close()
+
+    # -- submitting jobs --------------------------------------------------------------------
+
+    async def deliver(self, incoming: Incoming[Any], message_type: Any) -> None:
+        """Queue ``incoming`` for the handlers and subscriptions of ``message_type``."""
+        await self._jobs_in.send(functools.partial(self._dispatch, incoming, message_type))
+
+    async def call_soon(self, hook: Callable[..., object], *args: object) -> None:
+        """Queue a call of the user function ``hook`` with ``args``, in order with messages."""
+        await self._jobs_in.send(functools.partial(call_user, hook, *args))
+
+    def stop_taking(self) -> None:
+        """Nothing more comes in: :meth:`run` finishes the jobs queued, then returns."""
+        self._jobs_in.close()
+
+    def close(self) -> None:
+        """The client closed: every subscription's channel ends, now and for new ones."""
+        self._closed = True
+        for subscription in self._subscriptions:
+            subscription.channel.close()
+
+    # -- the dispatcher task ----------------------------------------------------------------
+
+    async def run(self, on_failure: Callable[[], Awaitable[None]]) -> None:
+        """Run the jobs, in order, until :meth:`stop_taking`. A job's exception ends it,
+        after ``on_failure()`` (closing the connection properly while it still reads)."""
+        async for job in self._jobs_out:
+            try:
+                await job()
+            except Exception:
+                await on_failure()
+                raise
+
+    async def _dispatch(self, incoming: Incoming[Any], message_type: Any) -> None:
+        handlers = tuple(self._handlers.get(message_type, ()))
+        subscriptions = [s for s in self._subscriptions if s.wants(message_type)]
+        if not handlers and not subscriptions:
+            self._stats.unhandled += 1
+            logger.debug("no handler for a %s message", incoming.message_type or "binary")
+            return
+        for handler in handlers:
+            try:
+                await handler(incoming)
+            except Exception as error:
+                self._stats.handler_errors += 1
+                if self._on_handler_error is None:
+                    error.add_note(
+                        f"raised by {handler.function!r}, handling a "
+                        f"{incoming.message_type or 'binary'} message"
+                    )
+                    raise
+                await call_user(self._on_handler_error, error, incoming)
+        for subscription in subscriptions:
+            try:
+                await subscription.channel.send(incoming)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the subscriber left between the snapshot and now

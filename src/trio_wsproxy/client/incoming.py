@@ -1,0 +1,118 @@
+"""What the client hands to user code: received messages (:class:`Incoming`), frames it
+had to ignore (:class:`BadMessage`), lost connections (:class:`Disconnected`), and the
+signatures of the hooks that receive them."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+
+from ..protocol.envelope import Envelope
+
+__all__ = [
+    "BadMessage",
+    "BadMessageHook",
+    "BadMessageKind",
+    "DisconnectHook",
+    "Disconnected",
+    "HandlerErrorHook",
+    "Incoming",
+    "Sender",
+]
+
+T = TypeVar("T")
+
+
+class Sender(Protocol):
+    """What :meth:`Incoming.reply` answers through: the client that received the message."""
+
+    async def send(
+        self, value: object, *, as_type: Any = None, reply_to: str | None = None
+    ) -> None:
+        """Send ``value`` to the group (see :meth:`Client.send`)."""
+
+
+class BadMessageKind(enum.Enum):
+    """Why a frame from the group was ignored."""
+
+    #: A text frame that is not JSON.
+    INVALID_JSON = "invalid_json"
+    #: JSON, but not an envelope (no MessageType, Id not a string, ...).
+    INVALID_ENVELOPE = "invalid_envelope"
+    #: An envelope whose MessageType no type is registered under.
+    UNKNOWN_TYPE = "unknown_type"
+    #: An envelope whose Message does not structure into the registered type.
+    BAD_PAYLOAD = "bad_payload"
+
+
+@attrs.frozen
+class BadMessage:
+    """A frame from the group the client could not use, as given to ``on_bad_message``."""
+
+    #: What was wrong.
+    kind: BadMessageKind
+    #: Why, in one line.
+    reason: str
+    #: The text frame as received.
+    text: str
+    #: The envelope, when the frame was one.
+    envelope: Envelope | None = None
+
+
+@attrs.frozen
+class Disconnected:
+    """A lost connection, as given to ``on_disconnect``."""
+
+    #: The close code (1006 when the connection dropped without a close frame).
+    code: int
+    #: The reason in the close frame, if any.
+    reason: str | None
+    #: Whether the client is about to reconnect.
+    reconnecting: bool
+
+
+@attrs.frozen
+class Incoming(Generic[T]):
+    """One received message with its envelope fields, and the means to answer it.
+
+    Handlers that take a second parameter get one; :meth:`Client.subscribe` yields them.
+    """
+
+    #: The payload, structured into the registered type (``bytes`` for binary frames).
+    value: T
+    #: The MessageType it came under; None for binary frames.
+    message_type: str | None
+    #: The sender's request id when it waits for an answer, else None.
+    id: str | None
+    #: The id of the request this message answers, else None.
+    reply_id: str | None
+    _client: Sender = attrs.field(repr=False, eq=False)
+
+    @property
+    def wants_reply(self) -> bool:
+        """Whether the sender asked for an answer (sent it with ``request``)."""
+        return self.id is not None
+
+    async def reply(self, value: object, *, as_type: Any = None) -> None:
+        """Answer this message: send ``value`` to the group with ``ReplyId`` set to its id.
+
+        The .NET ``ReplyToAsync`` equivalent. Raises :exc:`ValueError` if the sender did
+        not ask for an answer (check :attr:`wants_reply`).
+        """
+        if self.id is None:
+            raise ValueError(
+                f"this {self.message_type or 'binary'} message has no Id: its sender did not "
+                "send it with request(), so there is nothing to reply to"
+            )
+        await self._client.send(value, as_type=as_type, reply_to=self.id)
+
+
+#: Hook called when a connection is lost other than by closing the client.
+DisconnectHook = Callable[[Disconnected], object]
+#: Hook called with each frame from the group that the client had to ignore.
+BadMessageHook = Callable[[BadMessage], object]
+#: Hook called with each exception a handler raises; without it, the exception ends the client.
+HandlerErrorHook = Callable[[Exception, "Incoming[Any]"], object]

@@ -1,0 +1,104 @@
+"""Requests waiting for their answer: :class:`PendingRequests`, keyed by request id.
+
+:meth:`Client.request` sends a message with a fresh ``Id`` and waits here; the connection
+task hands over each :class:`~.wire.Reply` that carries one of those ids as ``ReplyId``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ..protocol.typenames import TypeRegistry
+from .errors import ClientClosed, ClientError, ReplyError, RequestTimeout
+from .incoming import BadMessage
+from .wire import Reply, read_reply
+
+__all__ = ["PendingReply", "PendingRequests"]
+
+R = TypeVar("R")
+
+
+@attrs.define(eq=False)
+class PendingReply:
+    """One request's answer to come: set once, with a value or an error."""
+
+    #: What the answer's payload is structured into.
+    reply_type: Any
+    #: Set when the answer (or the error that stands for it) is in.
+    done: trio.Event = attrs.Factory(trio.Event)
+    #: The answer, once in.
+    value: Any = None
+    #: Raised by :meth:`wait` instead of returning a value.
+    error: ClientError | None = None
+
+    def resolve(self, value: Any = None, error: ClientError | None = None) -> None:
+        """The answer is in: ``value``, or ``error`` for :meth:`wait` to raise."""
+        self.value, self.error = value, error
+        self.done.set()
+
+    async def wait(self) -> Any:
+        """The answer, once it is in; raises its error instead if it has one."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class PendingRequests:
+    """The requests of one client that wait for their answer, by request id."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, PendingReply] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._waiting
+
+    async def ask(
+        self,
+        request_id: str,
+        reply_type: type[R],
+        send: Callable[[], Awaitable[None]],
+        *,
+        limit: float,
+        label: str,
+    ) -> R:
+        """Wait for the answer to ``request_id`` while ``send()`` sends the request, and
+        return it; raises :exc:`RequestTimeout` after ``limit`` seconds (sending
+        included). ``label`` names what was asked, for that error."""
+        pending = PendingReply(reply_type)
+        self._waiting[request_id] = pending
+        try:
+            with trio.move_on_after(limit):
+                await send()
+                result: R = await pending.wait()
+                return result
+            raise RequestTimeout(
+                f"no reply to request {request_id} ({label}) within {limit} s",
+                request_id=request_id,
+            )
+        finally:
+            self._waiting.pop(request_id, None)
+
+    def answer(self, reply: Reply, types: TypeRegistry) -> BadMessage | None:
+        """Give ``reply`` to the request it answers (one in this table). Returns the bad
+        message to report when the payload does not fit the reply type; the request then
+        raises :exc:`ReplyError`."""
+        pending = self._waiting.pop(reply.request_id)
+        value, bad = read_reply(reply, pending.reply_type, types)
+        if bad is not None:
+            pending.resolve(error=ReplyError(bad.reason))
+            return bad
+        pending.resolve(value)
+        return None
+
+    def close(self) -> None:
+        """The client closed: every waiting request raises :exc:`ClientClosed`."""
+        for pending in list(self._waiting.values()):
+            pending.resolve(error=ClientClosed("the client closed before the reply came"))

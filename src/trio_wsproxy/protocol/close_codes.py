@@ -32,3 +32,23 @@ class CloseCode(enum.IntEnum):
     #: lost, the node's subscription dropped, the group split by an outage): the
     #: member may have missed messages and should resynchronise.
     BACKPLANE_UNAVAILABLE = 4004
+
+
+# Codes a client may put in its own close frame that are worth a label of their own:
+# the standard ones the frame parser lets through. Ranges take the rest, so that a
+# client choosing codes cannot grow the metric's label set.
+_STANDARD = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def client_close_label(code: int | None) -> str:
+    """The ``/metrics`` label of a close a client chose: the code for standard ones,
+    its range (``3000-3999``, ``4000-4999``) otherwise, ``none`` for no code."""
+    if code is None:
+        return "none"
+    if code in _STANDARD:
+        return str(code)
+    if 3000 <= code <= 3999:
+        return "3000-3999"
+    if 4000 <= code <= 4999:
+        return "4000-4999"
+    return "other"

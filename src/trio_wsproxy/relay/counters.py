@@ -9,7 +9,15 @@ import collections
 class Counters:
     """The relay's running totals since it started."""
 
-    __slots__ = ("bytes", "closes", "deliveries", "mailbox_full", "messages", "refusals")
+    __slots__ = (
+        "bytes",
+        "client_closes",
+        "closes",
+        "deliveries",
+        "mailbox_full",
+        "messages",
+        "refusals",
+    )
 
     def __init__(self) -> None:
         #: Messages received from members and relayed, and their payload bytes.
@@ -19,6 +27,9 @@ class Counters:
         self.deliveries = 0
         #: Times a sender found a recipient's mailbox full.
         self.mailbox_full = 0
-        #: Sessions closed, by close code; refusals by (kind, status).
+        #: Sessions the relay closed, by the code it sent; sessions their member closed
+        #: first, by a bounded label of the member's code (see client_close_label);
+        #: refusals by (kind, status).
         self.closes: collections.Counter[int] = collections.Counter()
+        self.client_closes: collections.Counter[str] = collections.Counter()
         self.refusals: collections.Counter[tuple[str, int]] = collections.Counter()

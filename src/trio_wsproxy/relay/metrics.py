@@ -52,11 +52,19 @@ class RelayCollector(Collector):
             counters.mailbox_full,
         )
         closes = CounterMetricFamily(
-            "trio_wsproxy_closes", "Sessions closed, by close code", labels=["code"]
+            "trio_wsproxy_closes", "Sessions the relay closed, by the code it sent", labels=["code"]
         )
         for code, count in sorted(counters.closes.items()):
             closes.add_metric([str(code)], count)
         yield closes
+        client_closes = CounterMetricFamily(
+            "trio_wsproxy_client_closes",
+            "Sessions whose member closed first, by its code (ranges for application codes)",
+            labels=["code"],
+        )
+        for label, count in sorted(counters.client_closes.items()):
+            client_closes.add_metric([label], count)
+        yield client_closes
         refusals = CounterMetricFamily(
             "trio_wsproxy_refusals",
             "Connections refused before the upgrade, by reason",

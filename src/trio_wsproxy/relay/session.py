@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from ..protocol.assembly import Assembly, Piece
-from ..protocol.close_codes import CloseCode
+from ..protocol.close_codes import CloseCode, client_close_label
 from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
     OP_PING,
@@ -24,6 +24,7 @@ from ..protocol.frames import (
     frame,
 )
 from ..protocol.message import Message, StreamHead
+from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
@@ -131,38 +132,43 @@ class Session:
     def __repr__(self) -> str:
         return f"<Session id={self.id!r} group={self.group_name!r} remote={self.remote}>"
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, *, by_client: bool = False) -> None:
         """Leave the group now and end the session with ``code`` (callable from any task).
 
         What is still queued for the member is discarded: the close code tells its
         client that it may have missed messages. The first call decides the code.
+        ``by_client``: the member closed first, and ``code`` is its own (echoed).
         """
         if self._close is not None:
             return
         self._close = (code, reason)
-        self._counters.closes[code] += 1
+        if by_client:
+            self._counters.client_closes[client_close_label(code)] += 1
+        else:
+            self._counters.closes[code] += 1
         self._relay.registry.leave(self)
         self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
             self._scope.deadline, trio.current_time() + self._relay.config.close_timeout
         )
-        level = logging.INFO if code in _NOTEWORTHY else logging.DEBUG
+        level = logging.INFO if code in _NOTEWORTHY and not by_client else logging.DEBUG
         if logger.isEnabledFor(level):
             fields = self._log_fields(code, reason)
-            logger.log(level, "closing %r with %d: %s", self, code, reason, extra=fields)
+            how = "closed by the member" if by_client else "closing"
+            logger.log(level, "%r %s with %d: %s", self, how, code, fields["reason"], extra=fields)
 
     def _log_fields(self, code: int | None = None, reason: str | None = None) -> dict[str, object]:
         """Structured fields for log shippers (``--log-format json``)."""
         fields: dict[str, object] = {
-            "member": self.id,
-            "group": self.group_name,
+            "member": printable(self.id),
+            "group": printable(self.group_name),
             "remote": self.remote,
         }
         if code is not None:
             fields["code"] = code
         if reason is not None:
-            fields["reason"] = reason
+            fields["reason"] = printable(reason)
         return fields
 
     async def join(self) -> tuple[str, str] | None:
@@ -246,7 +252,7 @@ class Session:
                     elif type(event) is Close:
                         # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
                         code = event.code if event.code is not None else CloseCode.NORMAL
-                        self.close(code, event.reason)
+                        self.close(code, event.reason, by_client=True)
                         self._peer_closed.set()
                         return
                     # A pong only proves the member is alive, which self.reads records.

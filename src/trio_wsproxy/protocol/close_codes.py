@@ -16,6 +16,9 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_ERROR = 1002
     #: A text message was not valid UTF-8.
     INVALID_PAYLOAD = 1007
+    #: A member streaming a large message stalled: no piece within ``stream_timeout``
+    #: while its group waited for the message to end.
+    POLICY_VIOLATION = 1008
     #: A message was larger than the relay's ``max_message_size``.
     MESSAGE_TOO_BIG = 1009
     #: A bug in the relay: the session could not go on.

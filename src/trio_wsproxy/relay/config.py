@@ -7,6 +7,21 @@ from typing import Any
 import attrs
 
 DEFAULT_PORT = 8765  # clear of the usual local services (Postgres, Redis, NATS, RabbitMQ, MQTT)
+# An HS256 key shorter than the hash's 256 bits weakens every token signed with it
+# (RFC 7518 §3.2 requires at least that much), and PyJWT warns at the first token. A
+# relay refuses one at start-up rather than run with it.
+MIN_TOKEN_SECRET_BYTES = 32
+
+
+def check_token_secret(secret: str, source: str) -> None:
+    """Raise ValueError unless ``secret`` (from ``source``, named in the message) is long
+    enough to sign tokens with. The message never holds the secret."""
+    size = len(secret.encode())
+    if size < MIN_TOKEN_SECRET_BYTES:
+        raise ValueError(
+            f"{source} is {size} bytes long: an HS256 secret needs at least "
+            f"{MIN_TOKEN_SECRET_BYTES} (openssl rand -hex 32 makes one)"
+        )
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -85,6 +100,12 @@ class RelayConfig:
     )
     ping_timeout: float = _setting(
         20.0, "Seconds a pinged member has to answer before it is closed (4003).", _positive
+    )
+    stream_timeout: float = _setting(
+        30.0,
+        "Seconds a member streaming a large message may take for its next piece (about "
+        "1 MiB) while its group waits; then it is closed (1008) and its recipients get 4002.",
+        _positive,
     )
     handshake_timeout: float = _setting(
         10.0, "Seconds a new connection has to send its whole upgrade request.", _positive
@@ -190,6 +211,8 @@ class RelayConfig:
             raise ValueError("give the token secret once: token_secret or token_secret_file")
         if self.token_secret == "":
             raise ValueError("token_secret is empty")
+        if self.token_secret is not None:
+            check_token_secret(self.token_secret, "token_secret (TRIO_WSPROXY_TOKEN_SECRET)")
 
     @property
     def tls(self) -> bool:

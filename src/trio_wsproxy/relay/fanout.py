@@ -73,13 +73,20 @@ class Courier:
                     if blocked is None:
                         blocked = []
                     blocked.append(member)
+                    mailbox = member.mailbox
+                    if mailbox.full_since is None:
+                        # Its timer starts now, whoever the producer waits for first:
+                        # K slow members cost the group one timeout, not K.
+                        mailbox.full_since = trio.current_time()
+                        self._counters.mailbox_full += 1
         return blocked
 
     async def wait_for_room(self, data: bytes, members: list[Member]) -> None:
         """Queue ``data`` for members whose mailboxes were full, waiting for room.
 
-        A member whose mailbox stays full for ``slow_member_timeout`` is closed with
-        4001: the group waits that long for it at most.
+        A member whose mailbox stays full for ``slow_member_timeout`` (from when a
+        producer first found it full) is closed with 4001: the group waits that long
+        at most, however many of its members are slow at once.
         """
         timeout = self._timeout
         for member in members:
@@ -90,7 +97,7 @@ class Courier:
                     # and publish what other nodes wait for, before waiting here.
                     self.flush()
                     continue
-                if mailbox.full_since is None:
+                if mailbox.full_since is None:  # (room was made, and it filled again)
                     mailbox.full_since = trio.current_time()
                     self._counters.mailbox_full += 1
                 if not await mailbox.wait_room(mailbox.full_since + timeout):

@@ -22,6 +22,7 @@ from ..protocol.handshake import (
     respond,
 )
 from ..protocol.tokens import check_token
+from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
 from .groups import GroupRegistry
@@ -74,6 +75,8 @@ class Relay:
         self.sessions: set[Session] = set()
         #: What the relay has carried since it started (read by /metrics and stats).
         self.counters = Counters()
+        #: Fan-out work per scheduling turn, shared by every session (see budget.py).
+        self.budget = TurnBudget()
         self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(
@@ -262,15 +265,22 @@ class Relay:
             b"",
         )
 
-    async def _keepalive(self, interval: float) -> None:
-        timeout = self.config.ping_timeout
-        # Timestamps are taken per tick, not per read: the hot path only counts reads.
-        tick = min(interval, timeout) / 4
+    async def _watch(self) -> None:
+        """Keepalive and stalled streams, checked a few times per interval for every
+        session. Timestamps are taken per tick, not per read: the hot path only counts."""
+        config = self.config
+        interval, timeout = config.ping_interval, config.ping_timeout
+        periods = [config.stream_timeout]
+        if interval is not None:
+            periods += [interval, timeout]
+        tick = min(periods) / 4
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
             for session in list(self.sessions):
-                session.keepalive(now, interval, timeout)
+                session.watch(now)
+                if interval is not None:
+                    session.keepalive(now, interval, timeout)
 
     def _shut_down(self) -> None:
         self.closing = True
@@ -297,8 +307,8 @@ async def run_relay(
     relay = Relay(config, registry, ports, secret)
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run, config, relay.counters)
-        if config.ping_interval is not None:
-            nursery.start_soon(relay._keepalive, config.ping_interval)
+        nursery.start_soon(relay._watch)
+        nursery.start_soon(relay.budget.run)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)
         logger.info("relay listening on %s", relay.url)
         task_status.started(relay)

@@ -3,9 +3,11 @@ drains the member's mailbox onto its socket."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -17,8 +19,10 @@ from ..protocol.frames import (
     OP_PONG,
     Close,
     Data,
+    Event,
     FrameParser,
     Ping,
+    Pong,
     ProtocolError,
     close_frame,
     frame,
@@ -26,6 +30,7 @@ from ..protocol.frames import (
 from ..protocol.message import Message, StreamHead
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
+from .budget import TEARDOWN, TurnBudget
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
+T = TypeVar("T")
+
 # Bytes asked of the socket per read: large enough that a burst of small messages is
 # parsed in one go, small enough not to allocate much per read.
 READ_SIZE = 65536
@@ -43,6 +50,10 @@ READ_SIZE = 65536
 # slowly still shows progress (and frees mailbox room) often.
 WRITE_BATCH = 262144
 _PING_FRAME = frame(OP_PING, b"")
+# While the relay pauses a member's reader (its rate limit, a full mailbox, the group's
+# floor, a scheduling turn), it reads ahead at most this much of the member's data, so
+# that it still answers the member's pings and sees its pongs; beyond it TCP pushes back.
+READ_AHEAD = 2 * READ_SIZE
 
 
 class SessionHost(Protocol):
@@ -56,6 +67,10 @@ class SessionHost(Protocol):
 
     @property
     def registry(self) -> GroupRegistry: ...
+
+    @property
+    def budget(self) -> TurnBudget:
+        """The relay's fan-out budget per scheduling turn."""
 
     @property
     def closing(self) -> bool:
@@ -114,6 +129,8 @@ class Session:
         self._outbound: Outbound = NO_OUTBOUND
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
+        self._budget = relay.budget
+        self._reading_ahead = False
         self._message_rate = (
             TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
         )
@@ -121,6 +138,17 @@ class Session:
             TokenBucket(config.max_byte_rate) if config.max_byte_rate is not None else None
         )
         self._limited = self._message_rate is not None or self._byte_rate is not None
+        # What the reader took in while the relay paused it (see _paused): events in
+        # order, their data bytes, and how the connection ended meanwhile, if it did.
+        self._parser = FrameParser(config.max_message_size)
+        self._ahead: collections.deque[Event] = collections.deque()
+        self._ahead_bytes = 0
+        self._ahead_end: ProtocolError | bool | None = False
+        #: How many pauses the relay imposes on the member's reader now: meanwhile it
+        #: is never judged dead (keepalive), nor its streaming stalled.
+        self.paused = 0
+        #: While the member streams a message: when its next piece is due at the latest.
+        self.piece_due: float | None = None
         # Keepalive bookkeeping, read by the relay's keepalive task.
         self.reads = 0
         self.reads_seen = 0
@@ -229,38 +257,108 @@ class Session:
             self._flush()
 
     async def _read_and_fan_out(self) -> None:
-        parser = FrameParser(self._relay.config.max_message_size)
+        parser = self._parser
         data, self._leftover = self._leftover, b""
+        ahead = self._ahead
         while True:
             if data:
                 self.reads += 1
                 try:
                     events = parser.feed(data)
                 except ProtocolError as exc:
-                    # Fail the connection (RFC 6455 §7.1.7): no close reply is awaited.
-                    self.close(exc.code, exc.reason)
-                    self._peer_closed.set()
+                    self._fail(exc)
                     return
                 for event in events:
-                    if type(event) is Data:
-                        if self._close is None:
-                            if self._limited:
-                                await self._pace(event)
-                            await self._on_data(event)
-                    elif type(event) is Ping:
-                        await self._courier.deliver(frame(OP_PONG, event.payload), (self,))
-                    elif type(event) is Close:
-                        # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
-                        code = event.code if event.code is not None else CloseCode.NORMAL
-                        self.close(code, event.reason, by_client=True)
-                        self._peer_closed.set()
+                    if await self._handle(event):
                         return
-                    # A pong only proves the member is alive, which self.reads records.
+                while ahead:
+                    event = ahead.popleft()
+                    if type(event) is Data:
+                        self._ahead_bytes -= len(event.payload)
+                    if await self._handle(event):
+                        return
                 self._flush()
-            data = await self._receive_some()
+            end, self._ahead_end = self._ahead_end, False
+            if isinstance(end, ProtocolError):
+                self._fail(end)
+                return
+            data = b"" if end else await self._receive_some()
             if not data:
+                # A teardown is work like a fan-out: a mass disconnect takes turns.
+                await self._relay.budget.spend(TEARDOWN)
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    async def _handle(self, event: Event) -> bool:
+        """Act on one event from the member; True when the session's reading ends."""
+        if type(event) is Data:
+            if self._close is None:
+                if self._limited:
+                    await self._pace(event)
+                await self._on_data(event)
+        elif type(event) is Ping:
+            await self._courier.deliver(frame(OP_PONG, event.payload), (self,))
+        elif type(event) is Close:
+            # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
+            code = event.code if event.code is not None else CloseCode.NORMAL
+            self.close(code, event.reason, by_client=True)
+            self._peer_closed.set()
+            return True
+        # A pong only proves the member is alive, which self.reads records.
+        return False
+
+    def _fail(self, error: ProtocolError) -> None:
+        # Fail the connection (RFC 6455 §7.1.7): no close reply is awaited.
+        self.close(error.code, error.reason)
+        self._peer_closed.set()
+
+    async def _paused(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await ``wait(*args)``, a pause the relay imposes on the member's reader.
+
+        Meanwhile the member is not judged by keepalive, and (on plain TCP) its reader
+        reads ahead up to READ_AHEAD bytes of data: pings are answered and pongs seen
+        while the data waits its turn, in order."""
+        self.paused += 1
+        try:
+            if self._fd is None or self._ahead_end is not False or self._reading_ahead:
+                return await wait(*args)
+            async with trio.open_nursery() as nursery:
+                self._reading_ahead = True
+                nursery.start_soon(self._read_ahead)
+                try:
+                    return await wait(*args)
+                finally:
+                    self._reading_ahead = False
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.paused -= 1
+            # The member had no chance to be heard meanwhile: its timers start now.
+            now = trio.current_time()
+            self.heard_at, self.pinged_at = now, None
+            if self.piece_due is not None:
+                self.piece_due = max(self.piece_due, now + self._relay.config.stream_timeout)
+
+    async def _read_ahead(self) -> None:
+        while self._ahead_bytes < READ_AHEAD:
+            data = await self._receive_some()
+            if not data:
+                self._ahead_end = True
+                return
+            self.reads += 1
+            try:
+                events = self._parser.feed(data)
+            except ProtocolError as exc:
+                self._ahead_end = exc
+                return
+            for event in events:
+                if type(event) is Ping:
+                    self.mailbox.offer_control(frame(OP_PONG, event.payload))
+                elif type(event) is not Pong:
+                    self._ahead.append(event)
+                    if type(event) is Data:
+                        self._ahead_bytes += len(event.payload)
+                    else:
+                        return  # a close: nothing more to read
 
     async def _receive_some(self) -> bytes:
         """The next bytes from the member; b"" when its connection is gone."""
@@ -299,7 +397,7 @@ class Session:
             delay = max(delay, self._byte_rate.charge(len(event.payload), now))
         if delay > 0:
             self._flush()
-            await trio.sleep(delay)
+            await self._paused(trio.sleep, delay)
 
     def _peer_gone(self, reason: str) -> None:
         self._eof = True
@@ -347,19 +445,23 @@ class Session:
         encoding among them."""
         group = self._group
         assert group is not None
-        if group.floor.holder is not None:
-            await group.floor.wait(self, self._flush)
+        if group.floor.holder is not None and group.floor.holder is not self:
+            await self._paused(group.floor.wait, self, self._flush)
         if group.congested:
             self._flush()
-            await group.wait_uncongested()
-        self._counters.deliveries += len(group.sessions) - 1
+            await self._paused(group.wait_uncongested)
+        cost = len(group.sessions) - 1
+        if not self._budget.charge(cost):
+            self._flush()
+            await self._paused(self._budget.wait_turn, cost)
+        self._counters.deliveries += cost
         courier = self._courier
         courier.publish(group, message)
         for encoding, members in group.audiences:
             data = encoding.message(message)
             blocked = courier.offer(data, members, skip=self)
             if blocked is not None:
-                await courier.wait_for_room(data, blocked)
+                await self._paused(courier.wait_for_room, data, blocked)
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -370,7 +472,8 @@ class Session:
         group = self._group
         assert group is not None
         self._flush()
-        self._outbound = await group.open_stream(self, head)
+        self._outbound = await self._paused(group.open_stream, self, head)
+        self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         self._stream_to = tuple(
             (encoding, tuple(member for member in members if member is not self))
             for encoding, members in group.audiences
@@ -380,11 +483,16 @@ class Session:
     async def _forward(self, piece: Piece) -> None:
         """Forward one piece of a streaming message to the members it started with."""
         head = self._assembly.head
+        courier = self._courier
         for encoding, members in self._stream_to:
             data = encoding.piece(head, piece.payload, piece.first, piece.last)
-            await self._courier.deliver(data, members)
+            await self._budget.spend(len(members))
+            blocked = courier.offer(data, members)
+            if blocked is not None:
+                await self._paused(courier.wait_for_room, data, blocked)
         self._flush()
-        await self._outbound.forward(piece)
+        await self._paused(self._outbound.forward, piece)
+        self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         if piece.last:
             self._counters.messages += 1
             self._end_stream(truncated=False)
@@ -403,11 +511,26 @@ class Session:
                         "a message was cut off: its sender left mid-message",
                     )
         self._stream_to = ()
+        self.piece_due = None
         group.floor.release(self)
 
+    def watch(self, now: float) -> None:
+        """Called by the relay's watch task: close a member whose streaming message has
+        stalled (its group waits for the message to end); never one the relay itself
+        keeps waiting (:attr:`paused`)."""
+        if self.piece_due is not None and not self.paused and now >= self.piece_due:
+            timeout = self._relay.config.stream_timeout
+            self.close(
+                CloseCode.POLICY_VIOLATION,
+                f"message stalled: no piece within {timeout:g}s while the group waited",
+            )
+
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
-        """Called by the relay's keepalive task: ping a silent member, close a dead one."""
-        if self.reads != self.reads_seen:
+        """Called by the relay's keepalive task: ping a silent member, close a dead one;
+        never one the relay itself keeps from being heard (:attr:`paused`)."""
+        if self.paused:
+            self.heard_at, self.pinged_at = now, None
+        elif self.reads != self.reads_seen:
             self.reads_seen = self.reads
             self.heard_at = now
             self.pinged_at = None

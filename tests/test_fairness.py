@@ -1,0 +1,210 @@
+"""Under heavy load no group starves another, and the relay never judges a member by a
+pause it imposed itself (real sockets; the relay in this process, so that its own
+scheduling is what is measured)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+
+from relayproc import start_relay
+from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
+
+MiB = 1024 * 1024
+
+
+async def join(relay: Relay, member: str, group: str = "g") -> RawClient:
+    return await RawClient.open(relay.port, f"/ws?id={member}&groupName={group}")
+
+
+async def messages_answering_pings(client: RawClient, count: int) -> list[bytes]:
+    """The next ``count`` data messages, answering the relay's pings meanwhile."""
+    received: list[bytes] = []
+    parts: list[bytes] = []
+    while len(received) < count:
+        fin, op, payload = await client.recv_frame()
+        if op == OP_PING:
+            await client.send_frame(OP_PONG, payload)
+        elif op == OP_CLOSE:
+            raise AssertionError(f"closed: {payload!r}")
+        elif op != OP_PONG:
+            parts.append(payload)
+            if fin:
+                received.append(b"".join(parts))
+                parts = []
+    return received
+
+
+async def healthz_seconds(port: int) -> float:
+    started = trio.current_time()
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.send(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+    status, _headers, _body = await client.read_response()
+    await client.aclose()
+    assert status == 200
+    return trio.current_time() - started
+
+
+async def test_a_bursting_group_never_freezes_the_other_groups() -> None:
+    # 700 members each send one message at once and never read: half a million deliveries.
+    # Meanwhile a canary pair in another group keeps bouncing a message, and the health
+    # check is asked: both must keep being served (a turn's work is bounded). The relay
+    # is a process of its own, so that the burst reaches it all at once.
+    process, _url, port = await start_relay("--close-timeout", "0.5")
+    try:
+        with trio.fail_after(60):
+            crowd = [await connect(port, f"m{n}", "crowd") for n in range(700)]
+            witness = await connect(port, "witness", "crowd")  # reads everything
+            ping, pong = (
+                await connect(port, "ping", "canary"),
+                await connect(port, "pong", "canary"),
+            )
+        gaps: list[float] = []
+        probes: list[float] = []
+        canary_running = trio.Event()
+        burst_done = trio.Event()
+
+        async def canary() -> None:
+            last = trio.current_time()
+            while not burst_done.is_set():
+                await ping.send_frame(OP_TEXT, b"tick")
+                assert await pong.recv_message() == (OP_TEXT, b"tick")
+                now = trio.current_time()
+                gaps.append(now - last)
+                last = now
+                canary_running.set()
+
+        async def probe() -> None:
+            while not burst_done.is_set():
+                probes.append(await healthz_seconds(port))
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(canary)
+                await canary_running.wait()
+                nursery.start_soon(probe)
+                burst = mask_frame(OP_TEXT, b"burst!!")
+                for member in crowd:
+                    await member.send(burst)
+                # The burst is over once the witness has every member's message.
+                await messages_answering_pings(witness, len(crowd))
+                burst_done.set()
+        assert max(gaps) < 1.0, f"the canary waited {max(gaps):.2f}s"
+        assert probes and max(probes) < 1.0, f"/healthz took {max(probes):.2f}s"
+    finally:
+        process.kill()
+
+
+async def connect(port: int, member: str, group: str) -> RawClient:
+    return await RawClient.open(port, f"/ws?id={member}&groupName={group}")
+
+
+@pytest.mark.parametrize("rate", [5.0])
+async def test_a_member_paced_by_its_rate_limit_is_never_closed_for_keepalive(
+    rate: float,
+) -> None:
+    # 20 messages at 5 per second take 4 s to forward; the relay pings after 0.5 s of
+    # silence and waits 0.5 s for the answer. Meanwhile it reads the member's ping too.
+    config = RelayConfig(
+        port=0, max_message_rate=rate, ping_interval=0.5, ping_timeout=0.5, close_timeout=0.5
+    )
+    async with open_relay(config) as relay:
+        sender, receiver = await join(relay, "sender"), await join(relay, "receiver")
+        with trio.fail_after(5):
+            await relay.wait_members(2)
+        for n in range(20):
+            await sender.send_frame(OP_TEXT, f"message {n}".encode())
+        await sender.send_frame(OP_PING, b"are you there")
+        received: list[bytes] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+
+                async def answer_pings() -> None:
+                    # The sender's reader: the relay's pings get pongs, and the pong to
+                    # its own ping comes back while its messages are still paced.
+                    while True:
+                        _fin, op, payload = await sender.recv_frame()
+                        if op == OP_PING:
+                            await sender.send_frame(OP_PONG, payload)
+                        elif op == OP_PONG:
+                            assert payload == b"are you there"
+                            assert len(received) < 20, "the pong waited for the messages"
+                        elif op == OP_CLOSE:
+                            raise AssertionError(f"sender closed: {payload!r}")
+
+                nursery.start_soon(answer_pings)
+                for message in await messages_answering_pings(receiver, 20):
+                    received.append(message)
+                nursery.cancel_scope.cancel()
+        assert received == [f"message {n}".encode() for n in range(20)]
+        assert relay.group_size("g") == 2
+
+
+async def test_a_stalled_streaming_message_is_cut_off_and_the_group_goes_on() -> None:
+    config = RelayConfig(port=0, stream_timeout=1.0, close_timeout=0.5, ping_interval=None)
+    async with open_relay(config) as relay:
+        staller, receiver = await join(relay, "staller"), await join(relay, "receiver")
+        other = await join(relay, "other")
+        with trio.fail_after(5):
+            await relay.wait_members(3)
+        # More than a fragment's worth: the message streams, and holds the group's floor.
+        await staller.send_frame(OP_BINARY, b"s" * (2 * MiB), fin=False)
+        with trio.fail_after(5):
+            fin, op, _ = await receiver.recv_frame()
+        assert (fin, op) == (False, OP_BINARY)
+        started = trio.current_time()
+        await other.send_frame(OP_TEXT, b"waiting behind it")
+        with trio.fail_after(10):
+            code, _reason = await staller.expect_close()
+            assert code == CloseCode.POLICY_VIOLATION
+            # Its recipients are told the message was cut off.
+            while True:
+                _fin, op, payload = await receiver.recv_frame()
+                if op == OP_CLOSE:
+                    assert struct.unpack("!H", payload[:2])[0] == CloseCode.MESSAGE_TRUNCATED
+                    break
+                assert op in (OP_CONT, OP_TEXT, OP_BINARY)
+        assert 0.5 < trio.current_time() - started < 5.0
+        with trio.fail_after(5):
+            # Every recipient of the cut-off message was told (the one waiting too)...
+            assert (await other.expect_close())[0] == CloseCode.MESSAGE_TRUNCATED
+            await relay.wait_members(0)
+            # ...and the group goes on.
+            a, b = await join(relay, "a"), await join(relay, "b")
+            await a.send_frame(OP_TEXT, b"after")
+            assert await b.recv_message() == (OP_TEXT, b"after")
+
+
+async def test_several_slow_members_cost_their_group_one_timeout() -> None:
+    timeout = 2.0
+    config = RelayConfig(
+        port=0, mailbox_bytes=16384, slow_member_timeout=timeout, close_timeout=0.5
+    )
+    async with open_relay(config) as relay:
+        sender, reader = await join(relay, "sender"), await join(relay, "reader")
+        stuck = [await join(relay, f"stuck{n}") for n in range(4)]
+        with trio.fail_after(5):
+            await relay.wait_members(6)
+        filler = b"x" * 8000
+        count = 2000  # 16 MB: far more than the stuck members' mailboxes and sockets take
+        started = trio.current_time()
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+
+                async def send() -> None:
+                    for _ in range(count):
+                        await sender.send_frame(OP_BINARY, filler)
+
+                nursery.start_soon(send)
+                assert await messages_answering_pings(reader, count) == [filler] * count
+        took = trio.current_time() - started
+        # Four slow members: the group waited for them once (their timers ran together),
+        # not four times one after the other.
+        assert took < 2.5 * timeout, f"the group waited {took:.1f}s"
+        with trio.fail_after(10):
+            for member in stuck:
+                code, _ = await member.expect_close()
+                assert code == CloseCode.SLOW_CONSUMER

@@ -11,6 +11,8 @@ import trio
 
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
+from trio_wsproxy.relay.memory import BIG, BufferBudget
+from trio_wsproxy.relay.session import READ_SIZE
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
 
 MiB = 1024 * 1024
@@ -208,3 +210,53 @@ async def test_several_slow_members_cost_their_group_one_timeout() -> None:
             for member in stuck:
                 code, _ = await member.expect_close()
                 assert code == CloseCode.SLOW_CONSUMER
+
+
+class RecordingBudget(BufferBudget):
+    """The relay's buffer budget, remembering the most it ever counted."""
+
+    __slots__ = ("_held", "peak")
+
+    def __init__(self, limit: int) -> None:
+        self.peak = 0
+        super().__init__(limit)
+
+    @property  # type: ignore[override]
+    def held(self) -> int:
+        return self._held
+
+    @held.setter
+    def held(self, value: int) -> None:
+        self._held = value
+        self.peak = max(self.peak, value)
+
+
+async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound() -> None:
+    # 100 members each send most of a 1000 KiB message (gathered, not yet forwarded)
+    # before ending it: unbounded, the relay would hold 100 MB at once. Bounded at 8 MiB,
+    # the members holding much wait their turn, and every message still arrives whole.
+    limit = 8 * MiB
+    async with open_relay(RelayConfig(port=0, max_buffered_bytes=limit)) as relay:
+        budget = relay.buffers = RecordingBudget(limit)
+        with trio.fail_after(30):
+            pairs = [
+                (await join(relay, "sender", f"p{n}"), await join(relay, "reader", f"p{n}"))
+                for n in range(100)
+            ]
+        body = bytes(range(256)) * 4000  # 1,024,000 bytes: just under a fragment's worth
+
+        async def send(sender: RawClient) -> None:
+            await sender.send_frame(OP_BINARY, body, fin=False)
+            await sender.send_frame(OP_CONT, b"end", fin=True)
+
+        async def read(reader: RawClient) -> None:
+            assert await messages_answering_pings(reader, 1) == [body + b"end"]
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for sender, reader in pairs:
+                    nursery.start_soon(send, sender)
+                    nursery.start_soon(read, reader)
+        # Past the bound by at most what each member read before it was counted.
+        assert budget.peak <= limit + 100 * (BIG + READ_SIZE), budget.peak / MiB
+        assert budget.held == 0

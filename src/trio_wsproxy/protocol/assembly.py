@@ -48,6 +48,11 @@ class Assembly:
         self._text = False
         self._streaming = False
 
+    @property
+    def held(self) -> int:
+        """Bytes gathered for the next message or piece and not yet handed on."""
+        return self._size
+
     def feed(self, event: Data) -> Message | Piece | None:
         """Take one data frame: a whole message to forward, the next piece of a
         streaming one, or None while a message is still being gathered."""

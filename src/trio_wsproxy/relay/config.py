@@ -90,6 +90,12 @@ class RelayConfig:
     mailbox_bytes: int = _setting(
         4 * 1024 * 1024, "Bytes queued for one member before senders to it wait.", _positive
     )
+    max_buffered_bytes: int | None = _setting(
+        512 * 1024 * 1024,
+        "Bytes of unfinished messages the relay holds for all members together; over it, "
+        "members gathering large ones wait their turn to be read; none: no bound.",
+        _positive_or_none,
+    )
     slow_member_timeout: float = _setting(
         10.0, "Seconds a member's mailbox may stay full before it is closed (4001).", _non_negative
     )

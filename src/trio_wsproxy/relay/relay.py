@@ -27,6 +27,7 @@ from .config import RelayConfig
 from .counters import Counters
 from .groups import GroupRegistry
 from .listeners import open_listeners
+from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
 from .session import READ_SIZE, Session
@@ -77,6 +78,8 @@ class Relay:
         self.counters = Counters()
         #: Fan-out work per scheduling turn, shared by every session (see budget.py).
         self.budget = TurnBudget()
+        #: The bound on unfinished messages of all sessions together (see memory.py).
+        self.buffers = BufferBudget(config.max_buffered_bytes)
         self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(

@@ -34,6 +34,7 @@ from .budget import TEARDOWN, TurnBudget
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
+from .memory import BIG, BufferBudget
 
 if TYPE_CHECKING:
     from .config import RelayConfig
@@ -71,6 +72,10 @@ class SessionHost(Protocol):
     @property
     def budget(self) -> TurnBudget:
         """The relay's fan-out budget per scheduling turn."""
+
+    @property
+    def buffers(self) -> BufferBudget:
+        """The relay-wide bound on unfinished messages."""
 
     @property
     def closing(self) -> bool:
@@ -131,6 +136,11 @@ class Session:
         self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._budget = relay.budget
         self._reading_ahead = False
+        # What this member's unfinished message and read-ahead hold, as counted in the
+        # relay's buffer budget; and whether it holds the budget's turn to be read.
+        self._buffers = relay.buffers
+        self._held = 0
+        self._has_turn = False
         self._message_rate = (
             TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
         )
@@ -241,6 +251,11 @@ class Session:
             # Every normal end has closed already; this only acts when a bug ended us.
             self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
+            self._buffers.held -= self._held
+            self._held = 0
+            if self._has_turn:
+                self._has_turn = False
+                self._buffers.give_turn()
             with trio.CancelScope(shield=True):
                 if isinstance(self._stream, trio.SocketStream):
                     await self._stream.aclose()  # never blocks
@@ -282,12 +297,35 @@ class Session:
             if isinstance(end, ProtocolError):
                 self._fail(end)
                 return
+            if self._account() >= BIG and self._buffers.over and not self._has_turn:
+                # Over the relay's bound, and holding much: read on only in turn. (Not
+                # while streaming: its pieces go out as they come, and others may be
+                # waiting for its message to end.)
+                if self.piece_due is None:
+                    await self._paused(self._buffers.take_turn)
+                    self._has_turn = True
             data = b"" if end else await self._receive_some()
             if not data:
                 # A teardown is work like a fan-out: a mass disconnect takes turns.
                 await self._relay.budget.spend(TEARDOWN)
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    def _count(self) -> int:
+        """Bring the relay's count of this member's unfinished bytes up to date."""
+        held = self._assembly.held + self._ahead_bytes
+        self._buffers.held += held - self._held
+        self._held = held
+        return held
+
+    def _account(self) -> int:
+        """:meth:`_count`, and give up the budget's turn once this member holds little
+        or the relay is under its bound again (in the session's own task: it owns it)."""
+        held = self._count()
+        if self._has_turn and (held < BIG or not self._buffers.over):
+            self._has_turn = False
+            self._buffers.give_turn()
+        return held
 
     async def _handle(self, event: Event) -> bool:
         """Act on one event from the member; True when the session's reading ends."""
@@ -339,7 +377,7 @@ class Session:
                 self.piece_due = max(self.piece_due, now + self._relay.config.stream_timeout)
 
     async def _read_ahead(self) -> None:
-        while self._ahead_bytes < READ_AHEAD:
+        while self._ahead_bytes < READ_AHEAD and not self._buffers.over:
             data = await self._receive_some()
             if not data:
                 self._ahead_end = True
@@ -359,6 +397,7 @@ class Session:
                         self._ahead_bytes += len(event.payload)
                     else:
                         return  # a close: nothing more to read
+            self._count()
 
     async def _receive_some(self) -> bytes:
         """The next bytes from the member; b"" when its connection is gone."""
@@ -445,15 +484,19 @@ class Session:
         encoding among them."""
         group = self._group
         assert group is not None
-        if group.floor.holder is not None and group.floor.holder is not self:
-            await self._paused(group.floor.wait, self, self._flush)
-        if group.congested:
-            self._flush()
-            await self._paused(group.wait_uncongested)
         cost = len(group.sessions) - 1
         if not self._budget.charge(cost):
             self._flush()
             await self._paused(self._budget.wait_turn, cost)
+        if group.congested:
+            self._flush()
+            await self._paused(group.wait_uncongested)
+        # Last, with nothing awaited between it and the offers below: while another
+        # member's message streams to the group, this one must not go between its pieces.
+        # (A loop: ending a pause is a schedule point, and another stream may start.)
+        while group.floor.holder is not None and group.floor.holder is not self:
+            await self._paused(group.floor.wait, self, self._flush)
+        cost = len(group.sessions) - 1
         self._counters.deliveries += cost
         courier = self._courier
         courier.publish(group, message)

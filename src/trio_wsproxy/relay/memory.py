@@ -1,0 +1,45 @@
+"""The relay-wide bound on unfinished messages.
+
+Each member's unfinished message is gathered up to ``FRAGMENT_SIZE`` before it goes out,
+and a paused member's reader reads ahead a little: per member that is bounded, but
+nothing bounded the sum (1,000 members each holding an unfinished 1 MiB message cost
+1.1 GB). Mailboxes are bounded per member by ``mailbox_bytes`` and share each framed
+message among all its recipients, so they are not counted here.
+
+Over ``max_buffered_bytes``, the relay stops reading from the members that hold the most
+(an unfinished message of ``BIG`` bytes or more): they wait, in order, and one at a time
+goes on reading until what it holds goes out — which is what brings the sum down again,
+so the relay never deadlocks on its own bound. Members holding little keep being read.
+"""
+
+from __future__ import annotations
+
+import trio
+
+#: What "holding the most" means: an unfinished message this large. Small messages
+#: never wait for the budget; a member gathering a large one does.
+BIG = 64 * 1024
+
+
+class BufferBudget:
+    """Bytes of unfinished messages the relay holds for all its members together."""
+
+    __slots__ = ("_turn", "held", "limit")
+
+    def __init__(self, limit: int | None) -> None:
+        #: The bound; None: unbounded.
+        self.limit = limit
+        self.held = 0
+        # Fair (FIFO): the members that wait go on in the order they came.
+        self._turn = trio.Lock()
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.held > self.limit
+
+    async def take_turn(self) -> None:
+        """Wait to be the one big holder that is read while the relay is over budget."""
+        await self._turn.acquire()
+
+    def give_turn(self) -> None:
+        self._turn.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from urllib.parse import urlsplit
@@ -39,3 +40,28 @@ def peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM")
+
+
+class Output:
+    """A process's output, collected as it comes, to wait for lines in."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.closed = False
+        self._grew = trio.Event()
+
+    async def pump(self, stream: trio.abc.ReceiveStream) -> None:
+        async for chunk in stream:
+            self.text += chunk.decode(errors="replace")
+            self._grew.set()
+            self._grew = trio.Event()
+        self.closed = True
+        self._grew.set()
+
+    async def wait_for(self, pattern: str, start: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` at or after ``start``, once it has come in."""
+        with trio.fail_after(15):
+            while (match := re.compile(pattern).search(self.text, start)) is None:
+                assert not self.closed, f"{pattern!r} never came in:\n{self.text}"
+                await self._grew.wait()
+        return match

@@ -1,18 +1,25 @@
-"""Relay nodes joined by a Redis backplane behave as one relay (real Redis, real sockets)."""
+"""Relay nodes joined by a Redis backplane behave as one relay (real Redis, real sockets).
+
+A member is registered in Redis, and its node subscribed to its group, before its upgrade
+is answered: once a join returns, messages from every node reach it. What a node knows of
+the other nodes' members (``cluster_group_size``) comes to it over the group's channel
+instead; ``settled`` awaits that.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from redisserver import RedisServer, members_in_redis
-from relayproc import peak_rss_mib, start_relay
+from redisserver import RedisServer, members_in_redis, subscribers
+from relayproc import Output, peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient, stream_mib
 
@@ -37,26 +44,73 @@ def backplane(relay: Relay) -> RedisBackplane:
     return relay.registry
 
 
-async def eventually(check: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Wait until ``check()`` holds. Polls: a node has no event for what other nodes
-    tell it, and a test may look at it this way."""
-    with trio.fail_after(within):
-        while not check():  # noqa: ASYNC110
-            await trio.sleep(0.01)
+_probes = itertools.count()
+
+
+async def probe(port: int) -> None:
+    """Join the node at ``port`` as the first member of a group of its own, and leave.
+
+    The node answers the join once Redis has answered its registration (so Redis has
+    carried out every command the node sent before) and confirmed its subscription to
+    the new group (so the node has handled every message Redis pushed to it before)."""
+    client = await RawClient.open(port, f"/ws?id=probe&groupName=probe-{next(_probes)}")
+    await client.aclose()
+
+
+async def caught_up(ports: list[int]) -> None:
+    """Return once each node at ``ports`` has handled everything any of them had sent
+    Redis when this was called: a probe on every node pushes what it sent through Redis,
+    then a second probe on every node drains what Redis pushed to it by then."""
+    with trio.fail_after(10):
+        for port in ports + ports:
+            await probe(port)
 
 
 async def settled(nodes: list[Relay], group: str, size: int) -> None:
-    """Every node that has members in ``group`` knows all ``size`` of them."""
-    await eventually(
-        lambda: (
-            all(
-                backplane(node).cluster_group_size(group) == size
-                for node in nodes
-                if node.group_size(group)
-            )
-            and sum(node.group_size(group) for node in nodes) == size
-        )
-    )
+    """Let the nodes hear each other out, then check that every node with members in
+    ``group`` counts all ``size`` of them."""
+    await caught_up([node.port for node in nodes])
+    local = [node.group_size(group) for node in nodes]
+    assert sum(local) == size, local
+    views = [backplane(node).cluster_group_size(group) for node in nodes]
+    assert all(view == size for view, here in zip(views, local, strict=True) if here), views
+
+
+class LogLines(logging.Handler):
+    """Log records as they come, to await a line instead of polling for what it reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self._grew = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._grew.set()
+        self._grew = trio.Event()
+
+    def count(self, text: str) -> int:
+        return sum(text in record.getMessage() for record in self.records)
+
+    async def wait_for(self, text: str, count: int = 1, within: float = 15) -> None:
+        """Wait until ``count`` records say ``text``."""
+        with trio.fail_after(within):
+            while self.count(text) < count:
+                await self._grew.wait()
+
+
+@pytest.fixture
+def backplane_log() -> Iterator[LogLines]:
+    """What the backplane logs at INFO and above during the test."""
+    logger = logging.getLogger("trio_wsproxy.backplane")
+    lines, level = LogLines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
 
 
 async def join(node: Relay, member: str, group: str = "g") -> RawClient:
@@ -165,11 +219,16 @@ async def test_newest_connection_wins_across_nodes(redis_url: str, prefix: str) 
             assert await newest.recv_message() == (OP_TEXT, b"again")
 
 
-async def recv_frames(client: RawClient) -> tuple[int, int, bytes]:
-    """One message read frame by frame: (opcode, frame count, payload)."""
+async def recv_frames(
+    client: RawClient, first_frame: trio.Event | None = None
+) -> tuple[int, int, bytes]:
+    """One message read frame by frame: (opcode, frame count, payload). ``first_frame``
+    is set once a frame has come."""
     parts, frames, opcode = [], 0, None
     while True:
         fin, op, payload = await client.recv_frame()
+        if first_frame is not None:
+            first_frame.set()
         frames += 1
         assert op != OP_CLOSE, f"closed: {payload!r}"
         if opcode is None:
@@ -192,13 +251,16 @@ async def test_large_message_streams_across_nodes_without_interleaving(
         await settled([a, b, c], "g", 5)
         big = bytes(range(256)) * (24 * MiB // 256)
         results: dict[str, list[tuple[int, int, bytes]]] = {}
+        streaming = trio.Event()
 
         async def read(name: str, client: RawClient, count: int) -> None:
-            results[name] = [await recv_frames(client) for _ in range(count)]
+            results[name] = [await recv_frames(client, streaming) for _ in range(count)]
 
         async def chat() -> None:
+            await streaming.wait()  # the large message is under way: chat through it
             for n in range(50):
                 await chatter.send_frame(OP_TEXT, f"chat {n}".encode())
+                # Paced, so that the chat spreads over the stream (not a settle-wait).
                 await trio.sleep(0.002)
 
         with trio.fail_after(30):
@@ -207,7 +269,6 @@ async def test_large_message_streams_across_nodes_without_interleaving(
                     nursery.start_soon(read, name, client, 51)
                 nursery.start_soon(read, "chatter", chatter, 1)
                 nursery.start_soon(sender.send_frame, OP_BINARY, big)
-                await trio.sleep(0.05)
                 nursery.start_soon(chat)
         assert results.pop("chatter")[0][2] == big
         for name, messages in results.items():
@@ -295,9 +356,8 @@ async def test_metrics_report_the_backplane(redis_url: str, prefix: str) -> None
 
 
 async def test_redis_restart_closes_spanning_groups_and_nodes_recover(
-    private_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+    private_redis: RedisServer, prefix: str, backplane_log: LogLines
 ) -> None:
-    caplog.set_level(logging.INFO, "trio_wsproxy.backplane")
     async with cluster(private_redis.url, prefix) as (a, b):
         a1, b1 = await join(a, "a1"), await join(b, "b1")
         solo = [await join(a, "s1", "solo"), await join(a, "s2", "solo")]
@@ -312,13 +372,15 @@ async def test_redis_restart_closes_spanning_groups_and_nodes_recover(
                     return
                 received.append(data)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            for n in range(200):
-                await a1.send_frame(OP_TEXT, str(n).encode())
-                await trio.sleep(0.001)
-                if n == 100:
-                    private_redis.stop()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for n in range(200):
+                    await a1.send_frame(OP_TEXT, str(n).encode())
+                    # A steady stream that Redis dies in the middle of (not a settle-wait).
+                    await trio.sleep(0.001)
+                    if n == 100:
+                        private_redis.stop()
         with trio.fail_after(5):
             assert (await a1.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
         code = int.from_bytes(received[-1][:2], "big")
@@ -340,7 +402,8 @@ async def test_redis_restart_closes_spanning_groups_and_nodes_recover(
             assert await solo[0].recv_message() == (OP_BINARY, b"to both")
         assert not backplane(a).up
         private_redis.start()
-        await eventually(lambda: backplane(a).up and backplane(b).up, within=15)
+        await backplane_log.wait_for("backplane reconnected", count=2)  # each node says so
+        assert backplane(a).up and backplane(b).up
         a2, b2 = await join(a, "a2"), await join(b, "b2")
         await settled([a, b], "g", 2)
         await b2.send_frame(OP_TEXT, b"after the restart")
@@ -350,9 +413,8 @@ async def test_redis_restart_closes_spanning_groups_and_nodes_recover(
         await s3.send_frame(OP_TEXT, b"solo again")
         with trio.fail_after(5):
             assert await solo[0].recv_message() == (OP_TEXT, b"solo again")
-    lost = [r for r in caplog.records if "backplane lost" in r.getMessage()]
-    back = [r for r in caplog.records if "reconnected" in r.getMessage()]
-    assert len(lost) == 2 and len(back) == 2, [r.getMessage() for r in caplog.records]
+    lost, back = backplane_log.count("backplane lost"), backplane_log.count("reconnected")
+    assert (lost, back) == (2, 2), [r.getMessage() for r in backplane_log.records]
 
 
 @pytest.mark.redis_config("--client-output-buffer-limit", "pubsub 256kb 128kb 1")
@@ -362,45 +424,51 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
     url = private_redis.url
     async with cluster(url, prefix, count=1) as (a,):
         process, _url, port = await start_relay("--backplane", url, "--backplane-prefix", prefix)
+        assert process.stderr is not None
+        stderr = Output()
         try:
-            sender = await join(a, "sender")
-            reader = await RawClient.open(port, "/ws?id=reader&groupName=g")
-            await eventually(lambda: backplane(a).cluster_group_size("g") == 2)
-            # Node b stops reading (a stalled process): Redis buffers for its subscriber
-            # until the limit, then drops it.
-            process.send_signal(signal.SIGSTOP)
-            filler = b"." * 16000
-            sent = 2000  # 32 MB: more than socket buffers take, far over the 256 kB limit
-            for n in range(sent):
-                await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
-            await trio.sleep(0.5)
-            process.send_signal(signal.SIGCONT)
-            received: list[int] = []
-            with trio.fail_after(10):
-                while True:
-                    opcode, data = await reader.recv_message()
-                    if opcode == OP_CLOSE:
-                        break
-                    received.append(int(data[:8]))
-            assert int.from_bytes(data[:2], "big") == CloseCode.BACKPLANE_UNAVAILABLE
-            assert received == list(range(len(received))), "a gap before the close: silent loss"
-            assert len(received) < sent
-            # Node b comes back by itself (until then it refuses the group: 503)...
-            with trio.fail_after(10):
-                while True:
-                    again = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
-                    status, _, body = await again.handshake("/ws?id=again&groupName=g")
-                    if status == 101:
-                        break
-                    assert status == 503 and b"backplane unavailable" in body
-                    await again.aclose()
-                    await trio.sleep(0.1)
-            # ...and the sender's node lost nothing on its way out: its member goes on.
-            await eventually(lambda: backplane(a).cluster_group_size("g") == 2, within=10)
-            await sender.send_frame(OP_TEXT, b"resubscribed")
-            with trio.fail_after(5):
-                assert await again.recv_message() == (OP_TEXT, b"resubscribed")
-            assert backplane(a).outages == 0
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stderr.pump, process.stderr)
+                sender = await join(a, "sender")
+                reader = await RawClient.open(port, "/ws?id=reader&groupName=g")
+                # Node a hears of the reader, and node b has nothing left to send.
+                await caught_up([a.port, port])
+                assert backplane(a).cluster_group_size("g") == 2
+                # Node b stops reading (a stalled process): Redis buffers for its
+                # subscriber until the limit, then drops it.
+                process.send_signal(signal.SIGSTOP)
+                filler = b"." * 16000
+                sent = 2000  # 32 MB: more than socket buffers take, far over the 256 kB limit
+                for n in range(sent):
+                    await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
+                # Redis tells nobody that it dropped a subscriber (and node b is stopped):
+                # asking Redis until it has is all there is to wait on.
+                channel = backplane(a).names.group_channel("g").decode()
+                with trio.fail_after(10):
+                    while await subscribers(url, channel) > 1:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                process.send_signal(signal.SIGCONT)
+                received: list[int] = []
+                with trio.fail_after(10):
+                    while True:
+                        opcode, data = await reader.recv_message()
+                        if opcode == OP_CLOSE:
+                            break
+                        received.append(int(data[:8]))
+                assert int.from_bytes(data[:2], "big") == CloseCode.BACKPLANE_UNAVAILABLE
+                assert received == list(range(len(received))), "a gap before the close"
+                assert len(received) < sent
+                # Node b comes back by itself, and says so...
+                await stderr.wait_for("backplane reconnected")
+                again = await RawClient.open(port, "/ws?id=again&groupName=g")
+                # ...and the sender's node lost nothing on its way out: its member goes on.
+                await sender.send_frame(OP_TEXT, b"resubscribed")
+                with trio.fail_after(5):
+                    assert await again.recv_message() == (OP_TEXT, b"resubscribed")
+                await caught_up([a.port, port])
+                assert backplane(a).cluster_group_size("g") == 2  # the reader is forgotten
+                assert backplane(a).outages == 0
+                nursery.cancel_scope.cancel()
         finally:
             process.send_signal(signal.SIGCONT)
             process.kill()
@@ -409,15 +477,26 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
 async def test_a_slow_member_holds_up_only_its_own_group(redis_url: str, prefix: str) -> None:
     async with cluster(redis_url, prefix, mailbox_bytes=65536, slow_member_timeout=3) as (a, b):
         sender = await join(a, "sender", "busy")
+        witness = await join(a, "witness", "busy")  # on the sender's node, and reads
         stuck = await join(b, "stuck", "busy")  # never reads
         talker = await join(a, "talker", "quiet")
         listener = await join(b, "listener", "quiet")
-        await settled([a, b], "busy", 2)
+        await settled([a, b], "busy", 3)
         await settled([a, b], "quiet", 2)
         filler = b"." * 8000
-        for _ in range(100):  # 800 kB: far more than the stuck member's mailbox
-            await sender.send_frame(OP_BINARY, filler)
-        await trio.sleep(0.2)
+
+        async def send() -> None:
+            for _ in range(100):  # 800 kB: far more than the stuck member's mailbox
+                await sender.send_frame(OP_BINARY, filler)
+
+        # A node hands a message to Redis no later than to its own members: once the
+        # witness has them all, node b gets them (and is held up by the stuck member)
+        # before the quiet group's message, which node a publishes after them.
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                for _ in range(100):
+                    assert await witness.recv_message() == (OP_BINARY, filler)
         started = trio.current_time()
         await talker.send_frame(OP_TEXT, b"still quick")
         with trio.fail_after(1):
@@ -437,7 +516,9 @@ async def kill(process: trio.Process) -> None:
         await process.wait()
 
 
-async def test_killed_node_leaves_no_ghost_members(redis_url: str, prefix: str) -> None:
+async def test_killed_node_leaves_no_ghost_members(
+    redis_url: str, prefix: str, backplane_log: LogLines
+) -> None:
     async with cluster(redis_url, prefix, count=1, node_ttl=1.0) as (a,):
         process, _url, port = await start_relay(
             "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1"
@@ -445,12 +526,16 @@ async def test_killed_node_leaves_no_ghost_members(redis_url: str, prefix: str) 
         try:
             local = await join(a, "here")
             ghosts = [await RawClient.open(port, f"/ws?id=gone{n}&groupName=g") for n in range(3)]
-            await eventually(lambda: backplane(a).cluster_group_size("g") == 4)
+            await caught_up([a.port, port])
+            assert backplane(a).cluster_group_size("g") == 4
             await kill(process)
             started = trio.current_time()
-            # Within node_ttl plus a reaper round, node a counts them as gone...
-            await eventually(lambda: backplane(a).cluster_group_size("g") == 1, within=5)
+            # Within node_ttl plus a reaper round, node a reaps node b...
+            await backplane_log.wait_for("of its members forgotten", within=5)
             assert trio.current_time() - started < 3.0
+            # ...and counts its members as gone (it hears their leaves from Redis)...
+            await caught_up([a.port])
+            assert backplane(a).cluster_group_size("g") == 1
             # ...and so does Redis: the group's membership holds only the live member.
             assert await members_in_redis(redis_url, prefix, "g") == {"here"}
         finally:
@@ -466,7 +551,8 @@ async def test_node_killed_mid_transfer_cuts_the_message_off(redis_url: str, pre
         try:
             receiver = await join(a, "receiver")
             sender = await RawClient.open(port, "/ws?id=sender&groupName=g")
-            await eventually(lambda: backplane(a).cluster_group_size("g") == 2)
+            await caught_up([a.port, port])
+            assert backplane(a).cluster_group_size("g") == 2
             await sender.send_frame(OP_BINARY, b"y" * (3 * MiB), fin=False)
             with trio.fail_after(5):
                 fin, op, _ = await receiver.recv_frame()
@@ -486,7 +572,8 @@ async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: st
     try:
         sender = await RawClient.open(port_a, "/ws?id=sender&groupName=g")
         receiver = await RawClient.open(port_b, "/ws?id=receiver&groupName=g")
-        await trio.sleep(0.3)  # both registered
+        # Both registered (each before its upgrade was answered): nothing to wait for.
+        assert await members_in_redis(redis_url, prefix, "g") == {"sender", "receiver"}
         await stream_mib(sender, receiver, 256)
         peaks = [peak_rss_mib(process.pid) for process in (first, second)]
         print(f"peak RSS of the two nodes: {peaks[0]:.1f} and {peaks[1]:.1f} MiB")
@@ -497,9 +584,8 @@ async def test_256_mib_between_nodes_with_flat_memory(redis_url: str, prefix: st
 
 
 async def test_a_node_the_others_reaped_closes_its_spanning_members_and_comes_back(
-    private_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+    private_redis: RedisServer, prefix: str, backplane_log: LogLines
 ) -> None:
-    caplog.set_level(logging.INFO, "trio_wsproxy.backplane")
     async with cluster(private_redis.url, prefix, node_ttl=1.0) as (a, b):
         a1, b1 = await join(a, "a1"), await join(b, "b1")
         await settled([a, b], "g", 2)
@@ -509,13 +595,13 @@ async def test_a_node_the_others_reaped_closes_its_spanning_members_and_comes_ba
             code, reason = await a1.expect_close()
         assert code == CloseCode.BACKPLANE_UNAVAILABLE, reason
         assert "reaped" in reason
-        await eventually(lambda: backplane(a).up, within=5)
+        await backplane_log.wait_for("backplane reconnected", within=5)
+        assert backplane(a).up
         a2 = await join(a, "a2")
         await settled([a, b], "g", 2)
         await b1.send_frame(OP_TEXT, b"welcome back")
         with trio.fail_after(5):
             assert await a2.recv_message() == (OP_TEXT, b"welcome back")
-    assert any("reconnected" in r.getMessage() for r in caplog.records)
 
 
 async def test_messages_streamed_back_to_back_reach_a_slow_member_whole(
@@ -540,7 +626,8 @@ async def test_messages_streamed_back_to_back_reach_a_slow_member_whole(
                 while True:
                     fin, _op, payload = await slow.recv_frame()
                     parts.append(payload)
-                    await trio.sleep(0.3)  # about 3 MiB/s
+                    # Reading at about 3 MiB/s is the point: this member is slow.
+                    await trio.sleep(0.3)
                     if fin:
                         break
                 got["slow"].append(b"".join(parts))

@@ -21,35 +21,16 @@ import argparse
 import json
 import os
 import struct
-import subprocess
 import sys
-from urllib.parse import urlsplit
 
 import trio
+from relay_process import start_relay
 
 MASK = b"\x00\x00\x00\x00"  # a zero mask: the frame's bytes are its payload
 
 
 def frame(payload: bytes) -> bytes:
     return struct.pack("!BB", 0x81, 0x80 | len(payload)) + MASK + payload
-
-
-async def start_relay(python: str) -> tuple[trio.Process, int]:
-    process = await trio.lowlevel.open_process(
-        [python, "-m", "trio_wsproxy", "serve", "--port", "0", "--close-timeout", "1"],
-        stdout=subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    line = b""
-    with trio.fail_after(30):
-        while not line.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(1)
-            if not chunk:
-                raise RuntimeError("the relay exited before printing its URL")
-            line += chunk
-    port = urlsplit(line.decode().strip().rsplit(" ", 1)[1]).port
-    assert port is not None
-    return process, port
 
 
 class Member:
@@ -186,7 +167,7 @@ async def main() -> None:
     what.add_argument("--disconnect", type=int, help="one-member groups that leave at once")
     parser.add_argument("--relay-python", default=sys.executable, help="the relay's Python")
     args = parser.parse_args()
-    process, port = await start_relay(args.relay_python)
+    process, _url, port = await start_relay("--close-timeout", "1", python=args.relay_python)
     try:
         with trio.fail_after(1800):
             if args.members:

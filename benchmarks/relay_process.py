@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 import trio
 
 
-async def start_relay(*flags: str) -> tuple[trio.Process, str, int]:
-    """The relay process, the URL it printed and its port (its stdout is a pipe)."""
+async def start_relay(*flags: str, python: str = sys.executable) -> tuple[trio.Process, str, int]:
+    """The relay process, the URL it printed and its port (its stdout is a pipe);
+    ``python`` runs it (another installation's, to compare releases in one run)."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", *flags],
+        [python, "-m", "trio_wsproxy", "serve", "--port", "0", *flags],
         stdout=subprocess.PIPE,
     )
     assert process.stdout is not None

@@ -46,7 +46,8 @@ class Member:
         await stream.send_all(
             f"GET /ws?id={member}&groupName={group} HTTP/1.1\r\nHost: b\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )
         client = cls(stream)
         while b"\r\n\r\n" not in client.buffer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,9 +14,10 @@ import pytest
 import trio
 import trio_websocket as tw
 
-from relayproc import start_relay
+from relayproc import Output, start_relay
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args, parse_size
+from wsraw import RawClient
 
 
 def test_every_config_field_has_a_flag_and_defaults_agree() -> None:
@@ -100,6 +103,125 @@ async def test_a_signal_closes_every_member_with_1001_and_exits_0(signum: int) -
             await process.wait()
 
 
+# Far longer than any bound below: a relay still waiting on a member's close answer when
+# the test's bound runs out was not cut off by the second signal.
+PATIENT = ("--close-timeout", "120")
+
+
+def cut_short(name: str) -> str:
+    """The one line a relay or supervisor prints when a second signal ``name`` ends it."""
+    return (
+        f"trio-wsproxy: {name} during shutdown: exiting at once; members not yet closed are cut off"
+    )
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (running, or exited and not yet reaped)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+async def cut_off(member: RawClient) -> None:
+    """Wait for ``member``'s connection to end with no more frames: cut off, not closed."""
+    with trio.fail_after(10):
+        try:
+            frame = await member.recv_frame()
+        except (EOFError, trio.BrokenResourceError):
+            return
+    raise AssertionError(f"a frame after the close: {frame}")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (signal.SIGTERM, signal.SIGTERM),
+        (signal.SIGINT, signal.SIGINT),
+        (signal.SIGINT, signal.SIGTERM),
+    ],
+    ids=["TERM-TERM", "INT-INT", "INT-TERM"],
+)
+async def test_a_second_signal_during_shutdown_exits_at_once_without_a_traceback(
+    first: int, second: int
+) -> None:
+    process, base, port = await start_relay(*PATIENT)
+    assert process.stderr is not None
+    stderr = Output()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stderr.pump, process.stderr)
+            # One member answers the relay's close frame, one never does.
+            silent = await RawClient.open(port, "/ws?id=silent&groupName=g")
+            async with tw.open_websocket_url(f"{base}?id=polite&groupName=g") as polite:
+                process.send_signal(first)
+                with trio.fail_after(10):
+                    assert await silent.expect_close() == (1001, "relay shutting down")
+                with pytest.raises(tw.ConnectionClosed) as info, trio.fail_after(10):
+                    await polite.get_message()
+                assert info.value.reason.code == CloseCode.GOING_AWAY
+            # The relay now waits close_timeout for the silent member's answer.
+            process.send_signal(second)
+            with trio.fail_after(10):
+                status = await process.wait()
+            await cut_off(silent)
+            await silent.aclose()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert status == 128 + second  # 143 after SIGTERM, 130 after SIGINT
+    name = signal.Signals(second).name
+    assert stderr.text.splitlines() == [cut_short(name)]
+
+
+async def test_a_second_signal_kills_every_worker_and_the_supervisor_at_once(
+    redis_url: str, prefix: str
+) -> None:
+    backplane = ("--backplane", redis_url, "--backplane-prefix", prefix)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", "--workers", "2",
+         *backplane, *PATIENT, "--log-level", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    stderr = Output()
+    pids: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stderr.pump, process.stderr)
+            line = b""
+            with trio.fail_after(30):
+                while not line.endswith(b"\n"):
+                    chunk = await process.stdout.receive_some(1)
+                    assert chunk, f"exited before listening:\n{stderr.text}"
+                    line += chunk
+            port = int(re.findall(rb":(\d+)/ws", line)[0])
+            pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", stderr.text)]
+            assert len(pids) == 2, stderr.text
+            members = [await RawClient.open(port, f"/ws?id=m{n}&groupName=g") for n in range(4)]
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                for member in members:
+                    assert (await member.expect_close())[0] == 1001
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                status = await process.wait()
+            for member in members:
+                await cut_off(member)
+                await member.aclose()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pid in pids:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert status == 143
+    # Killed and reaped by the supervisor before it exited.
+    assert not [pid for pid in pids if running(pid)]
+    assert "Traceback" not in stderr.text
+    assert stderr.text.splitlines()[-1] == cut_short("SIGTERM")
+
+
 def test_an_unusable_token_secret_file_is_a_usage_error(tmp_path: Path) -> None:
     empty = tmp_path / "secret"
     empty.write_text("\n")
@@ -112,6 +234,69 @@ def test_an_unusable_token_secret_file_is_a_usage_error(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert words in result.stderr and "Traceback" not in result.stderr
+
+
+SHORT_SECRET = "s3cret"
+
+
+def usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one-line error of a usage error (exit status 2, argparse's usage lines above)."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if ": error: " in line]
+    return line
+
+
+@pytest.mark.parametrize("how", ["file", "environment", "flag"])
+def test_a_token_secret_shorter_than_32_bytes_is_refused_at_start_up(
+    how: str, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SHORT_SECRET + "\n")
+    environment = {k: v for k, v in os.environ.items() if k != "TRIO_WSPROXY_TOKEN_SECRET"}
+    flags = ["--port", "0"]
+    if how == "file":
+        flags += ["--token-secret-file", str(secret_file)]
+    elif how == "environment":
+        environment["TRIO_WSPROXY_TOKEN_SECRET"] = SHORT_SECRET
+    else:
+        flags += ["--token-secret", SHORT_SECRET]
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsproxy", "serve", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environment,
+        cwd=tmp_path,
+    )
+    line = usage_error(result)
+    if how == "flag":
+        assert "--token-secret is not a flag" in line and "TRIO_WSPROXY_TOKEN_SECRET" in line
+    else:
+        assert "is 6 bytes long: an HS256 secret needs at least 32" in line
+    assert SHORT_SECRET not in result.stderr
+
+
+def test_a_token_secret_of_32_bytes_is_enough() -> None:
+    assert RelayConfig(token_secret="x" * 32).token_secret == "x" * 32
+    with pytest.raises(ValueError, match="31 bytes long"):
+        RelayConfig(token_secret="x" * 31)
+    # Bytes, not characters: 16 two-byte characters are 32 bytes.
+    assert RelayConfig(token_secret="é" * 16).token_secret == "é" * 16
+
+
+def test_minting_with_a_short_secret_is_a_usage_error(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SHORT_SECRET)
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsproxy", "token", "--secret-file", str(secret_file),
+         "--id", "alice", "--group", "lobby"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert "needs at least 32" in usage_error(result)
+    assert result.stdout == ""
 
 
 async def test_a_port_in_use_is_a_one_line_error() -> None:

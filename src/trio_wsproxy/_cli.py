@@ -1,4 +1,10 @@
-"""The ``trio-wsproxy`` command: ``trio-wsproxy serve`` runs a relay until SIGINT/SIGTERM."""
+"""The ``trio-wsproxy`` command: ``trio-wsproxy serve`` runs a relay until SIGINT/SIGTERM.
+
+The first SIGINT or SIGTERM closes every member with 1001 (each has ``close_timeout`` to
+answer) and exits 0. A second one during that shutdown exits at once with status
+128 + its number (130 for SIGINT, 143 for SIGTERM) and one line on stderr; members not
+yet closed are cut off. ``--workers N`` behaves the same, for all its workers.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,10 @@ import attrs
 import trio
 
 from ._serve import read_token_secret, serve_relay
-from ._workers import WorkerFailed, serve_workers
+from ._workers import STOP_SIGNALS, WorkerFailed, serve_workers, signals_exit_at_once
 from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
-from .relay.config import RelayConfig
+from .relay.config import RelayConfig, check_token_secret
 
 logger = logging.getLogger("trio_wsproxy.cli")
 
@@ -54,9 +60,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "keyfile": str,
     "log_level": str,
     "mailbox_bytes": parse_size,
+    "max_buffered_bytes": _optional(parse_size),
     "slow_member_timeout": float,
     "ping_interval": _optional(float),
     "ping_timeout": float,
+    "stream_timeout": float,
     "handshake_timeout": float,
     "max_handshake_size": parse_size,
     "max_id_length": int,
@@ -78,6 +86,24 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
+class _NeverAFlag(argparse.Action):
+    """A flag for a setting that must not be one (a secret, visible in process lists):
+    using it is a usage error that names where the setting goes, and never echoes its
+    value. ``const`` is the environment variable that holds it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string} is not a flag, so that the secret stays out of process "
+            f"lists: put it in a file for {option_string}-file, or in {self.const}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: ``serve`` takes one flag per :class:`RelayConfig` field."""
     parser = argparse.ArgumentParser(
@@ -90,10 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for field in attrs.fields(RelayConfig):
-        if field.metadata.get("env"):
-            continue  # a secret: from the environment, never from the command line
         default = field.default
         flag = "--" + field.name.replace("_", "-")
+        if field.metadata.get("env"):
+            # A secret: from the environment, never from the command line. The flag is
+            # there to refuse it plainly; without it, argparse would take --token-secret
+            # for an abbreviation of --token-secret-file, and the secret for a file name.
+            serve.add_argument(
+                flag,
+                dest=f"refused_{field.name}",
+                nargs="?",
+                action=_NeverAFlag,
+                const=field.metadata["env"],
+                help=argparse.SUPPRESS,
+            )
+            continue
         if isinstance(default, bool):
             serve.add_argument(
                 flag,
@@ -158,6 +195,8 @@ def _mint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if not secret:
         parser.error("no secret: give --secret-file or set TRIO_WSPROXY_TOKEN_SECRET")
     try:
+        # A relay refuses a short secret; a token signed with one would be no use to it.
+        check_token_secret(secret, "the secret")
         print(mint_token(secret, args.member_id, args.groups, args.ttl))
     except ValueError as exc:
         parser.error(str(exc))
@@ -202,16 +241,18 @@ class JsonFormatter(logging.Formatter):
 
 
 async def _serve(config: RelayConfig) -> None:
-    # The receiver stays installed until shutdown is over: a second signal while members
-    # are being closed is taken and ignored, not a kill by the default handler.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
+    """Serve until the first SIGINT or SIGTERM, then close every session (1001, bounded by
+    ``close_timeout``) and return. Run under :func:`signals_exit_at_once`, as ``main``
+    does: the receiver is closed once the first signal is in, so that a second one ends
+    the process at once instead of waiting for the members."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             relay = await nursery.start(serve_relay, config)
             print(f"trio-wsproxy relay listening on {relay.url}", flush=True)
             async for signum in signals:
                 logger.info("%s received: closing every session", signal.Signals(signum).name)
                 break
-            nursery.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -234,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=(config.log_level or "WARNING").upper(), handlers=[handler])
     failure: BaseException | None = None
     try:
-        trio.run(_serve if config.workers == 1 else serve_workers, config)
+        # The first SIGINT or SIGTERM shuts down gracefully; a second exits at once.
+        with signals_exit_at_once():
+            trio.run(_serve if config.workers == 1 else serve_workers, config)
     except* (OSError, WorkerFailed) as group:
         # Port in use, bad address, unreadable certificate, a worker that cannot
         # listen: say so in one line.

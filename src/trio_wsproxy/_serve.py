@@ -11,7 +11,7 @@ import trio
 
 from .backplane.redis import RedisBackplane
 from .protocol.exceptions import raise_sole_error
-from .relay.config import RelayConfig
+from .relay.config import RelayConfig, check_token_secret
 from .relay.groups import GroupRegistry, LocalRegistry
 from .relay.relay import Relay, run_relay
 
@@ -67,11 +67,14 @@ async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
 def read_token_secret(config: RelayConfig) -> str | None:
     """The token secret ``config`` gives (directly or in a file); None when tokens are off.
 
-    Raises OSError when the file cannot be read and ValueError when it is empty."""
+    Raises OSError when the file cannot be read, and ValueError when it is empty or
+    holds a secret shorter than :data:`~trio_wsproxy.relay.config.MIN_TOKEN_SECRET_BYTES`
+    (leading and trailing whitespace, such as the final newline, is not part of it)."""
     if config.token_secret_file is None:
         return config.token_secret
     with open(config.token_secret_file, encoding="utf-8") as file:
         secret = file.read().strip()
     if not secret:
         raise ValueError(f"token secret file {config.token_secret_file!r} is empty")
+    check_token_secret(secret, f"the secret in token secret file {config.token_secret_file!r}")
     return secret

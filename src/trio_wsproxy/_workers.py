@@ -2,8 +2,9 @@
 
 A supervisor reserves the port, runs N ``trio-wsproxy serve --reuse-port`` processes
 that listen on it together (the kernel spreads new connections across them), restarts
-a worker that dies, and stops them all on SIGINT or SIGTERM. Groups span the workers
-through the backplane; the supervisor itself knows nothing of groups or members.
+a worker that dies, and stops them all on SIGINT or SIGTERM (and kills them all at once
+on a second one). Groups span the workers through the backplane; the supervisor itself
+knows nothing of groups or members.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from functools import partial
+from types import FrameType
+from typing import NoReturn
 
 import attrs
 import trio
@@ -43,6 +46,50 @@ _STARTUP_ATTEMPTS = 3
 # Beyond close_timeout (its sessions' close handshakes), how long a worker told to stop
 # has to cancel its tasks and exit before it is killed.
 _EXIT_MARGIN = 2.0
+# How long the supervisor, cut short by a second signal, waits for the workers it has
+# just killed to be reaped before it exits: a SIGKILLed process is gone within
+# milliseconds, and reaping them keeps them from lingering as zombies.
+_REAP_TIMEOUT = 2.0
+#: The signals that stop a relay or a supervisor: the first gracefully, a second at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def exit_at_once(signum: int, frame: FrameType | None = None) -> NoReturn:
+    """End the process now, for a second SIGINT or SIGTERM that cuts a graceful shutdown
+    short: one line on stderr, then exit status 128 + the signal's number (130 for
+    SIGINT, 143 for SIGTERM: what a shell reports for a process that signal ended),
+    with no traceback and no waiting. Members not yet closed are cut off: their
+    connections end without a close frame when the process's sockets close.
+
+    A signal handler (``signal.signal(SIGTERM, exit_at_once)``) as well as a function."""
+    name = signal.Signals(signum).name
+    try:
+        print(
+            f"trio-wsproxy: {name} during shutdown: exiting at once; members not yet "
+            "closed are cut off",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass  # stderr or stdout is gone (closed pipe): the exit status still says it
+    os._exit(128 + signum)
+
+
+@contextmanager
+def signals_exit_at_once() -> Iterator[None]:
+    """Make SIGINT and SIGTERM :func:`exit_at_once` while the block runs (then put back
+    the handlers there were). The command line runs its Trio loop in such a block:
+    the loop takes the first signal through :func:`trio.open_signal_receiver` and shuts
+    down gracefully; once that receiver is closed, the next one lands here. Trio then
+    installs no KeyboardInterrupt handler of its own, so a SIGINT never becomes a
+    traceback."""
+    previous = {signum: signal.signal(signum, exit_at_once) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class WorkerFailed(Exception):
@@ -102,6 +149,8 @@ class _Worker:
     environment: dict[str, str]
     #: Seconds a worker has between SIGTERM and SIGKILL.
     stop_timeout: float
+    #: The worker processes running now, of every place: what a second signal kills.
+    running: set[trio.Process]
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a worker process in this place until cancelled, which stops it.
@@ -144,23 +193,31 @@ class _Worker:
     async def _run_process(self, listening: Callable[[str], None]) -> tuple[int, bool, int]:
         """Run one worker process to its end: (its pid, whether it listened, its exit
         status). Cancelling stops it (:meth:`_stop`) and waits for it."""
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    self.command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    env=self.environment,
-                    # A process group of its own, so that a Ctrl-C in the terminal reaches
-                    # the supervisor alone, which stops every worker the one way: SIGTERM.
-                    process_group=0,
-                    check=False,
-                    deliver_cancel=self._stop,
+        process: trio.Process | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    partial(
+                        trio.run_process,
+                        self.command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        env=self.environment,
+                        # A process group of its own, so that a Ctrl-C in the terminal
+                        # reaches the supervisor alone, which stops every worker the one
+                        # way: SIGTERM.
+                        process_group=0,
+                        check=False,
+                        deliver_cancel=self._stop,
+                    )
                 )
-            )
-            logger.info("worker %d started (pid %d)", self.index, process.pid)
-            listened = await self._read_stdout(process, listening)
+                self.running.add(process)
+                logger.info("worker %d started (pid %d)", self.index, process.pid)
+                listened = await self._read_stdout(process, listening)
+        finally:
+            # run_process has returned (or never started one): nothing left to kill.
+            if process is not None:
+                self.running.discard(process)
         # run_process has returned: the process has exited.
         assert process.returncode is not None
         return process.pid, listened, process.returncode
@@ -214,11 +271,25 @@ async def _start_all(nursery: trio.Nursery, workers: list[_Worker]) -> str:
     return urls[0]
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _stop_on_signals(
+    signals: AsyncIterator[int], scope: trio.CancelScope, running: set[trio.Process]
+) -> NoReturn:
+    """The first signal cancels ``scope``, which stops every worker gracefully (SIGTERM,
+    then SIGKILL after ``stop_timeout``); a second kills every worker in ``running`` at
+    once, waits for them to be reaped and ends the supervisor (:func:`exit_at_once`)."""
     async for signum in signals:
-        logger.info("%s received: stopping every worker", signal.Signals(signum).name)
-        scope.cancel()
-        return
+        if not scope.cancel_called:
+            logger.info("%s received: stopping every worker", signal.Signals(signum).name)
+            scope.cancel()
+            continue
+        killed = list(running)
+        for process in killed:
+            process.kill()
+        with trio.move_on_after(_REAP_TIMEOUT):
+            for process in killed:
+                await process.wait()
+        exit_at_once(signum)
+    raise AssertionError("a signal receiver never ends")  # pragma: no cover
 
 
 async def serve_workers(config: RelayConfig) -> None:
@@ -227,11 +298,12 @@ async def serve_workers(config: RelayConfig) -> None:
     Once every worker listens, prints ``trio-wsproxy relay listening on URL (N workers)``
     on stdout. A worker that dies is restarted, after a growing backoff when it keeps
     dying. A signal sends SIGTERM to every worker, SIGKILL to any still running
-    ``close_timeout`` plus a margin later, and returns once all have exited.
+    ``close_timeout`` plus a margin later, and returns once all have exited. A second
+    signal before then SIGKILLs every worker and ends the process (:func:`exit_at_once`).
 
     Raises OSError when the port cannot be had, and :exc:`WorkerFailed` when a worker
     cannot get to listening (its own error is on stderr)."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, ExitStack() as held:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals, ExitStack() as held:
         # The supervisor binds the port too, with the listeners' options, but does not
         # listen: nobody else can take the port even while every worker restarts, and it
         # is handed no connections. With port 0 this picks the port for all.
@@ -249,14 +321,19 @@ async def serve_workers(config: RelayConfig) -> None:
         ]
         environment = _environment(config)
         stop_timeout = config.close_timeout + _EXIT_MARGIN
+        running: set[trio.Process] = set()
         workers = [
-            _Worker(index, command, environment, stop_timeout)
+            _Worker(index, command, environment, stop_timeout, running)
             for index in range(1, config.workers + 1)
         ]
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                url = await _start_all(nursery, workers)
-                print(f"{LISTENING}{url} ({len(workers)} workers)", flush=True)
+            async with trio.open_nursery() as watching:
+                async with trio.open_nursery() as nursery:
+                    # Outside the workers' nursery, so that it still listens while the
+                    # first signal's cancellation stops them.
+                    watching.start_soon(_stop_on_signals, signals, nursery.cancel_scope, running)
+                    url = await _start_all(nursery, workers)
+                    print(f"{LISTENING}{url} ({len(workers)} workers)", flush=True)
+                watching.cancel_scope.cancel()
         except* WorkerFailed as group:
             raise first_leaf(group) from None

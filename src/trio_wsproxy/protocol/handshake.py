@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,6 +19,13 @@ import attrs
 # RFC 6455 §1.3: the fixed GUID the server appends to the client's key.
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = b"\r\n\r\n"
+# HTTP-version (RFC 9112 §2.3): exactly "HTTP/" DIGIT "." DIGIT.
+_HTTP_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
+# A WebSocket upgrade needs HTTP/1.1 (RFC 6455 §4.1). A plain GET or HEAD of a probe
+# may also be HTTP/1.0: health checkers still send it (HAProxy's httpchk by default),
+# and a 1.1 response that closes the connection is one a 1.0 client reads.
+_UPGRADE_VERSION = "HTTP/1.1"
+_PROBE_VERSIONS = frozenset({"HTTP/1.0", "HTTP/1.1"})
 
 
 @attrs.frozen
@@ -49,9 +57,12 @@ class Refusal:
 
 @attrs.frozen
 class Probe:
-    """A plain GET of one of the relay's own HTTP endpoints (health, metrics)."""
+    """A plain GET or HEAD of one of the relay's own HTTP endpoints (health, metrics)."""
 
     path: str
+    #: A HEAD request: answer with the head GET would get and no body
+    #: (:func:`probe_response`).
+    head_only: bool = False
 
 
 @attrs.frozen
@@ -71,10 +82,15 @@ class Limits:
 
 def head_complete(buffer: bytes | bytearray, limits: Limits) -> bool | Refusal:
     """Whether ``buffer`` holds a whole request head (True), needs more bytes (False),
-    or has grown past the size limit without ending (a Refusal)."""
-    if buffer.find(_HEAD_END, 0, limits.max_head_size + len(_HEAD_END)) >= 0:
+    or cannot end within the size limit (a Refusal).
+
+    ``max_head_size`` counts the whole head, its closing blank line included: a head of
+    exactly that many bytes is complete, one byte more is refused (431)."""
+    # The first blank line must end within the limit; bytes after it (the first frames,
+    # sent without waiting for the 101) do not count.
+    if buffer.find(_HEAD_END, 0, limits.max_head_size) >= 0:
         return True
-    if len(buffer) > limits.max_head_size:
+    if len(buffer) >= limits.max_head_size:
         return refuse(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             f"request head longer than {limits.max_head_size} bytes",
@@ -106,15 +122,23 @@ def refuse(
     return Refusal(status=status, reason=reason, response=head + body, kind=label)
 
 
-def respond(status: int, body: bytes, content_type: str) -> bytes:
-    """A complete plain HTTP response that closes the connection."""
+def respond(status: int, body: bytes, content_type: str, *, head_only: bool = False) -> bytes:
+    """A complete plain HTTP response that closes the connection.
+
+    With ``head_only`` (the answer to a HEAD request, RFC 9110 §9.3.2) the headers are
+    those of the full response, ``Content-Length`` included, and the body is left out."""
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     )
-    return head.encode("latin-1") + body
+    return head.encode("latin-1") + (b"" if head_only else body)
+
+
+def probe_response(probe: Probe, status: int, body: bytes, content_type: str) -> bytes:
+    """The response to ``probe``: :func:`respond`, without the body for a HEAD."""
+    return respond(status, body, content_type, head_only=probe.head_only)
 
 
 def accept_token(key: str) -> str:
@@ -126,18 +150,42 @@ def accept_token(key: str) -> str:
 def decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
     """Check a complete request head (up to and including the blank line).
 
-    Returns the Join to upgrade with, or the Refusal to answer with. Never raises on
-    bad input: every malformed request becomes a 400.
+    Returns the Join to upgrade with, the Probe to answer, or the Refusal to answer
+    with. Never raises on bad input: every malformed request becomes a 400. The rules:
+
+    - The request line is ``METHOD SP TARGET SP HTTP/1.1``. An upgrade needs exactly
+      HTTP/1.1; a GET or HEAD of a probe path may also say HTTP/1.0. Any other version
+      (``HTTP/1.0`` upgrades, ``HTTP/1.9``, ``HTTP/2.0``) or a malformed one
+      (``HTTP/1.1junk``) is refused with 400.
+    - The target holds no control character (C0, DEL): one is refused with 400, never
+      dropped (``a<TAB>b`` is not the id ``ab``).
+    - The query is UTF-8. A raw non-ASCII byte in the target means what its
+      percent-encoding means, so ``?id=é`` sent raw and ``?id=%C3%A9`` name one id; a
+      query that does not decode as UTF-8, raw or percent-encoded (``%FE``), is refused
+      with 400 rather than decoded lossily (``%FE`` and ``%FF`` would both be U+FFFD and
+      name one id). ``+`` is a space, as in HTML forms.
+    - ``id`` and ``groupName`` are given once each, non-empty, printable and at most
+      ``max_id_length`` / ``max_group_length`` characters long.
+    - A HEAD request gets no body: a HEAD of a probe is a Probe with ``head_only``
+      (answer it with :func:`probe_response`), and a refusal of a HEAD request comes
+      without its reason's body (the reason is still in :attr:`Refusal.reason`).
     """
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        return refuse(HTTPStatus.BAD_REQUEST, "request head is not text")
+    decision = _decide(head, limits)
+    if isinstance(decision, Refusal) and head.startswith(b"HEAD "):
+        # A response to HEAD has no body (RFC 9110 §9.3.2), a refusal included.
+        end = decision.response.index(_HEAD_END) + len(_HEAD_END)
+        return attrs.evolve(decision, response=decision.response[:end])
+    return decision
+
+
+def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
+    # latin-1 maps each byte to one character and back: nothing is lost here.
+    text = head.decode("latin-1")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+    if len(parts) != 3 or not _HTTP_VERSION.fullmatch(parts[2]):
         return refuse(HTTPStatus.BAD_REQUEST, "not an HTTP/1.1 request")
-    method, target, _version = parts
+    method, target, version = parts
     headers: dict[str, str] = {}
     for line in lines[1:]:
         if not line:
@@ -150,12 +198,19 @@ def decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         # Repeated headers combine with commas (RFC 9110 §5.3).
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
 
+    raw_target = target.encode("latin-1")
+    if any(byte < 0x20 or byte == 0x7F for byte in raw_target):
+        return refuse(HTTPStatus.BAD_REQUEST, "control character in the request target")
     try:
-        url = urlsplit(target)
+        url = urlsplit(_percent_encode_non_ascii(raw_target))
     except ValueError:
         return refuse(HTTPStatus.BAD_REQUEST, "malformed request target")
-    if url.path in limits.probes and method in ("GET", "HEAD"):
-        return Probe(url.path)
+    if url.path in limits.probes and method in ("GET", "HEAD") and version in _PROBE_VERSIONS:
+        return Probe(url.path, head_only=method == "HEAD")
+    if version != _UPGRADE_VERSION:
+        return refuse(
+            HTTPStatus.BAD_REQUEST, f"{version} not supported: a WebSocket upgrade needs HTTP/1.1"
+        )
     if url.path != limits.path:
         return refuse(HTTPStatus.NOT_FOUND, f"no such path: use {limits.path}")
     if method != "GET":
@@ -183,7 +238,10 @@ def decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
     if not valid_key:
         return refuse(HTTPStatus.BAD_REQUEST, "missing or malformed Sec-WebSocket-Key")
 
-    query = parse_qs(url.query, keep_blank_values=True)
+    try:
+        query = parse_qs(url.query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return refuse(HTTPStatus.BAD_REQUEST, "query is not UTF-8")
     member_id = _single(query, "id", limits.max_id_length)
     if isinstance(member_id, Refusal):
         return member_id
@@ -223,6 +281,12 @@ def select_subprotocol(offer: str, limits: Limits) -> str | None:
         if name in limits.subprotocols:
             return name
     return None
+
+
+def _percent_encode_non_ascii(raw: bytes) -> str:
+    """``raw`` with each non-ASCII byte percent-encoded: the bytes a client sent raw
+    then decode (as UTF-8) exactly like the same bytes sent percent-encoded."""
+    return "".join(chr(byte) if byte < 0x80 else f"%{byte:02X}" for byte in raw)
 
 
 def _single(query: dict[str, list[str]], name: str, max_length: int) -> str | Refusal:

@@ -10,6 +10,7 @@ class Counters:
     """The relay's running totals since it started."""
 
     __slots__ = (
+        "accept_failures",
         "bytes",
         "client_closes",
         "closes",
@@ -33,3 +34,7 @@ class Counters:
         self.closes: collections.Counter[int] = collections.Counter()
         self.client_closes: collections.Counter[str] = collections.Counter()
         self.refusals: collections.Counter[tuple[str, int]] = collections.Counter()
+        #: Accepts that failed for want of a resource (file descriptors, kernel memory)
+        #: and were retried: ten a second while the relay is short, whether connections
+        #: are waiting or not (accept(2) claims a descriptor before it looks for one).
+        self.accept_failures = 0

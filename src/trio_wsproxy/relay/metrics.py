@@ -73,6 +73,12 @@ class RelayCollector(Collector):
         for (kind, status), count in sorted(counters.refusals.items()):
             refusals.add_metric([kind, str(status)], count)
         yield refusals
+        yield CounterMetricFamily(
+            "trio_wsproxy_accept_failures",
+            "Accepts that failed for want of file descriptors or memory (EMFILE, ENFILE, "
+            "ENOBUFS, ENOMEM) and were retried 0.1 s later",
+            counters.accept_failures,
+        )
         backplane = GaugeMetricFamily(
             "trio_wsproxy_backplane_up",
             "1 when the group registry can deliver to every node (always 1 in-process)",

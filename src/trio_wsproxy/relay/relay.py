@@ -18,15 +18,15 @@ from ..protocol.handshake import (
     Refusal,
     decide,
     head_complete,
+    probe_response,
     refuse,
-    respond,
 )
 from ..protocol.tokens import check_token
 from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
 from .groups import GroupRegistry
-from .listeners import open_listeners
+from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
@@ -239,10 +239,12 @@ class Relay:
     def _probe_response(self, probe: Probe) -> bytes:
         if probe.path == self.config.metrics_path:
             body = render_metrics(self.counters, self.registry)
-            return respond(HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
+            return probe_response(probe, HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if self.closing:
-            return respond(HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain")
-        return respond(HTTPStatus.OK, b"ok\n", "text/plain")
+            return probe_response(
+                probe, HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain"
+            )
+        return probe_response(probe, HTTPStatus.OK, b"ok\n", "text/plain")
 
     async def _read_handshake(
         self, stream: trio.abc.Stream
@@ -312,6 +314,8 @@ async def run_relay(
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)
         nursery.start_soon(relay.budget.run)
+        # At the descriptor limit: a warning per interval, not a traceback per accept.
+        listeners = paced(listeners, relay.counters)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)
         logger.info("relay listening on %s", relay.url)
         task_status.started(relay)

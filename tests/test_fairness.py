@@ -8,6 +8,7 @@ import struct
 
 import pytest
 import trio
+import trio.testing
 
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
@@ -260,3 +261,22 @@ async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound()
         # Past the bound by at most what each member read before it was counted.
         assert budget.peak <= limit + 100 * (BIG + READ_SIZE), budget.peak / MiB
         assert budget.held == 0
+
+
+async def test_an_idle_member_holding_the_turn_hands_it_on() -> None:
+    # Over the bound, b holds the turn to be read, then goes quiet (a live client with
+    # nothing to send): a, which waits for the turn with the rest of its message already
+    # sent, must not wait for b forever.
+    config = RelayConfig(port=0, max_buffered_bytes=150_000, ping_interval=None, close_timeout=0.5)
+    async with open_relay(config) as relay:
+        a, b, c = await join(relay, "a"), await join(relay, "b"), await join(relay, "c")
+        with trio.fail_after(5):
+            await relay.wait_members(3)
+            await a.send_frame(OP_BINARY, b"a" * 100_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            await b.send_frame(OP_BINARY, b"b" * 100_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()  # b is over the bound: its turn
+            assert relay.buffers.over
+            await a.send_frame(OP_CONT, b"a" * 100_000, fin=False)
+            await a.send_frame(OP_CONT, b"end", fin=True)
+            assert await messages_answering_pings(c, 1) == [b"a" * 200_000 + b"end"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from trio_wsproxy.protocol.message import StreamHead
 from trio_wsproxy.relay.floor import Floor
+from trio_wsproxy.relay.groups import Group
 
 
 async def test_a_free_floor_does_not_make_anyone_wait() -> None:
@@ -55,3 +57,26 @@ async def test_waiters_recheck_when_the_floor_changes_hands() -> None:
         floor.release("b")
         with trio.fail_after(5):
             await done.wait()
+
+
+async def test_a_stream_starts_only_once_messages_that_passed_the_floor_are_queued() -> None:
+    # A whole message passed the floor and waits for room at a full mailbox: a stream
+    # that takes the floor now must not send its first piece before that message is
+    # queued everywhere, or a recipient could get the message between two fragments.
+    group = Group("g")
+    floor = group.floor
+    floor.passing()
+    opened = trio.Event()
+
+    async def stream() -> None:
+        await group.open_stream(object(), StreamHead("s", text=False))
+        opened.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert floor.holder is not None  # it has the floor: no new message passes...
+        assert not opened.is_set()  # ...but it waits for the one in flight
+        floor.passed()
+        with trio.fail_after(5):
+            await opened.wait()

@@ -116,6 +116,7 @@ class SharedGroup(Group):
         # decides who goes first, and may make this member wait its turn.
         stream = await self.backplane.turns.claim(self, sender, head, self.wait_inbox_drained)
         self.floor.take(sender)
+        await self.floor.settled()
         if stream is None:
             return NO_OUTBOUND  # Redis is away: the group lives on this node only
         return _RedisOutbound(self, stream)

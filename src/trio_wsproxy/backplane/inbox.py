@@ -19,6 +19,7 @@ import trio
 from ..protocol.close_codes import CloseCode
 from ..protocol.message import Message
 from ..relay.fanout import Courier
+from ..relay.groups import Member
 from .group import Delivery, SharedGroup
 from .streams import STREAM_WINDOW, RemoteStream
 
@@ -80,7 +81,12 @@ class Deliveries:
         if group.inbox is not None:
             self._enqueue(group, delivery)
             return
-        blocked = self._courier.offer(delivery.data, delivery.members)
+        if delivery.stream is not None and group.floor.in_flight:
+            # A local message that passed the floor is still being queued: the piece
+            # waits for it in the inbox, or it could overtake it at some recipient.
+            blocked: list[Member] | None = list(delivery.members)
+        else:
+            blocked = self._courier.offer(delivery.data, delivery.members)
         if blocked is None:
             if delivery.ack is not None or delivery.ended is not None:
                 await self._delivered(group, delivery)
@@ -126,6 +132,8 @@ class Deliveries:
         try:
             while inbox is not None and inbox and group.inbox is inbox:
                 delivery = inbox[0]
+                if delivery.stream is not None:
+                    await group.floor.settled()
                 blocked = courier.offer(delivery.data, delivery.members)
                 if blocked is not None:
                     await courier.wait_for_room(delivery.data, blocked)

@@ -22,7 +22,7 @@ import trio
 #: a big group's throughput pays only one task switch per turn for it.
 PER_TURN = 4096
 #: Work this small never waits for a turn (a message to at most this many recipients).
-SMALL = 64
+SMALL = 32
 #: What tearing down one session costs, in deliveries (leave, logs, closing its
 #: socket and tasks): a mass disconnect is spread over turns like a burst.
 TEARDOWN = 64
@@ -65,14 +65,22 @@ class TurnBudget:
     async def run(self) -> None:
         """Renew the budget once per scheduling turn while work waits for it, granting
         the waiting work in order; sleeps (no CPU) while nothing waits."""
-        while True:
-            await self._wanted.wait()
-            self._wanted = trio.Event()
-            while self._waiting:
-                # Rescheduled into the next turn: the relay polls its sockets first.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                self.spent = 0
-                while self._waiting and self.spent < self.per_turn:
-                    cost, granted = self._waiting.popleft()
-                    self.spent += cost
-                    granted.set()
+        try:
+            while True:
+                await self._wanted.wait()
+                self._wanted = trio.Event()
+                while self._waiting:
+                    # Rescheduled into the next turn: the relay polls its sockets first.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self.spent = 0
+                    while self._waiting and self.spent < self.per_turn:
+                        cost, granted = self._waiting.popleft()
+                        self.spent += cost
+                        granted.set()
+        finally:
+            # The relay is stopping: its sessions (shielded) must not wait for turns
+            # that will never come.
+            self.per_turn = 1 << 62
+            for _, granted in self._waiting:
+                granted.set()
+            self._waiting.clear()

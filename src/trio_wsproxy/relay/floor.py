@@ -16,13 +16,18 @@ import trio
 class Floor:
     """Who streams a message to one group now; everyone else waits for :meth:`wait`."""
 
-    __slots__ = ("_changed", "holder")
+    __slots__ = ("_changed", "_settled", "holder", "in_flight")
 
     def __init__(self) -> None:
         #: The sender streaming now (a session, or a backplane's record of a remote
         #: sender), or None when no message streams.
         self.holder: object | None = None
         self._changed = trio.Event()
+        #: Whole messages that passed the floor and are still being queued for their
+        #: recipients (a sender waiting for room in a full mailbox): a stream's first
+        #: piece waits for them, or it could reach a recipient they have yet to reach.
+        self.in_flight = 0
+        self._settled = trio.Event()
 
     async def wait(self, who: object, before_waiting: Callable[[], None]) -> None:
         """Return once the floor is free or held by ``who``; ``before_waiting`` runs
@@ -30,6 +35,21 @@ class Floor:
         while self.holder is not None and self.holder is not who:
             before_waiting()
             await self._changed.wait()
+
+    def passing(self) -> None:
+        """A whole message passed the floor (call :meth:`passed` once it is queued)."""
+        self.in_flight += 1
+
+    def passed(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._settled.set()
+            self._settled = trio.Event()
+
+    async def settled(self) -> None:
+        """Wait until no whole message that passed the floor is still being queued."""
+        while self.in_flight:
+            await self._settled.wait()
 
     def take(self, who: object) -> None:
         """``who`` streams now. Taking a held floor is for the backplane alone, whose

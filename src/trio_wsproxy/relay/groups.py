@@ -137,6 +137,7 @@ class Group:
         it beyond this node comes back. The sender releases the floor at the end."""
         await self.floor.wait(sender, _nothing)
         self.floor.take(sender)
+        await self.floor.settled()
         return NO_OUTBOUND
 
 

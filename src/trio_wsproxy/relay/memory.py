@@ -9,7 +9,8 @@ message among all its recipients, so they are not counted here.
 Over ``max_buffered_bytes``, the relay stops reading from the members that hold the most
 (an unfinished message of ``BIG`` bytes or more): they wait, in order, and one at a time
 goes on reading until what it holds goes out — which is what brings the sum down again,
-so the relay never deadlocks on its own bound. Members holding little keep being read.
+so the relay never deadlocks on its own bound — or for ``TURN_SLICE`` at most, after
+which it queues again behind the others. Members holding little keep being read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ import trio
 #: What "holding the most" means: an unfinished message this large. Small messages
 #: never wait for the budget; a member gathering a large one does.
 BIG = 64 * 1024
+#: How long one member holds the turn at most, if what it holds has not gone out by
+#: then: long enough for a member sending at any useful speed to finish a fragment (and
+#: so bring the sum down), short enough that an idle or trickling one holds up nobody.
+TURN_SLICE = 0.5
 
 
 class BufferBudget:

@@ -34,7 +34,7 @@ from .budget import TEARDOWN, TurnBudget
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
-from .memory import BIG, BufferBudget
+from .memory import BIG, TURN_SLICE, BufferBudget
 
 if TYPE_CHECKING:
     from .config import RelayConfig
@@ -141,6 +141,7 @@ class Session:
         self._buffers = relay.buffers
         self._held = 0
         self._has_turn = False
+        self._turn_ends = 0.0
         self._message_rate = (
             TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
         )
@@ -302,14 +303,40 @@ class Session:
                 # while streaming: its pieces go out as they come, and others may be
                 # waiting for its message to end.)
                 if self.piece_due is None:
-                    await self._paused(self._buffers.take_turn)
-                    self._has_turn = True
-            data = b"" if end else await self._receive_some()
+                    await self._paused(self._take_turn)
+            if end:
+                data = b""
+            elif self._has_turn:
+                data = await self._receive_in_turn()
+            else:
+                data = await self._receive_some()
             if not data:
-                # A teardown is work like a fan-out: a mass disconnect takes turns.
-                await self._relay.budget.spend(TEARDOWN)
+                await self._tearing_down()
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    async def _take_turn(self) -> None:
+        await self._buffers.take_turn()
+        self._has_turn = True  # (set here: nothing can fail between the two)
+        self._turn_ends = trio.current_time() + TURN_SLICE
+
+    async def _receive_in_turn(self) -> bytes:
+        """Read holding the buffer budget's turn, for TURN_SLICE at most: then the
+        turn goes to the next member waiting for it (this one queues again), so that
+        an idle or trickling member never holds up the others."""
+        if self._fd is not None:
+            with trio.move_on_at(self._turn_ends):
+                return await self._receive_some()  # (cancel-safe on plain TCP)
+        self._has_turn = False
+        self._buffers.give_turn()
+        return await self._receive_some()
+
+    async def _tearing_down(self) -> None:
+        """A teardown is work like a fan-out: a mass disconnect takes turns (not while
+        the relay itself is stopping: then every session ends at once, within its
+        close_timeout)."""
+        if not self._relay.closing:
+            await self._budget.spend(TEARDOWN)
 
     def _count(self) -> int:
         """Bring the relay's count of this member's unfinished bytes up to date."""
@@ -337,6 +364,7 @@ class Session:
         elif type(event) is Ping:
             await self._courier.deliver(frame(OP_PONG, event.payload), (self,))
         elif type(event) is Close:
+            await self._tearing_down()
             # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
             code = event.code if event.code is not None else CloseCode.NORMAL
             self.close(code, event.reason, by_client=True)
@@ -350,15 +378,23 @@ class Session:
         self.close(error.code, error.reason)
         self._peer_closed.set()
 
-    async def _paused(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async def _paused(
+        self, wait: Callable[..., Awaitable[T]], *args: Any, read_ahead: bool = True
+    ) -> T:
         """Await ``wait(*args)``, a pause the relay imposes on the member's reader.
 
-        Meanwhile the member is not judged by keepalive, and (on plain TCP) its reader
-        reads ahead up to READ_AHEAD bytes of data: pings are answered and pongs seen
-        while the data waits its turn, in order."""
+        Meanwhile the member is not judged by keepalive, and (on plain TCP, unless the
+        pause is a scheduling turn's: too short to need it) its reader reads ahead up to
+        READ_AHEAD bytes of data: pings are answered and pongs seen while the data waits
+        its turn, in order."""
         self.paused += 1
         try:
-            if self._fd is None or self._ahead_end is not False or self._reading_ahead:
+            if (
+                not read_ahead
+                or self._fd is None
+                or self._ahead_end is not False
+                or self._reading_ahead
+            ):
                 return await wait(*args)
             async with trio.open_nursery() as nursery:
                 self._reading_ahead = True
@@ -487,15 +523,16 @@ class Session:
         cost = len(group.sessions) - 1
         if not self._budget.charge(cost):
             self._flush()
-            await self._paused(self._budget.wait_turn, cost)
+            await self._paused(self._budget.wait_turn, cost, read_ahead=False)
         if group.congested:
             self._flush()
             await self._paused(group.wait_uncongested)
         # Last, with nothing awaited between it and the offers below: while another
         # member's message streams to the group, this one must not go between its pieces.
         # (A loop: ending a pause is a schedule point, and another stream may start.)
-        while group.floor.holder is not None and group.floor.holder is not self:
-            await self._paused(group.floor.wait, self, self._flush)
+        floor = group.floor
+        while floor.holder is not None and floor.holder is not self:
+            await self._paused(floor.wait, self, self._flush)
         cost = len(group.sessions) - 1
         self._counters.deliveries += cost
         courier = self._courier
@@ -504,7 +541,13 @@ class Session:
             data = encoding.message(message)
             blocked = courier.offer(data, members, skip=self)
             if blocked is not None:
-                await self._paused(courier.wait_for_room, data, blocked)
+                # Waiting for room with the floor passed: a stream starting meanwhile
+                # waits until this message is queued everywhere (Floor.in_flight).
+                floor.passing()
+                try:
+                    await self._paused(courier.wait_for_room, data, blocked)
+                finally:
+                    floor.passed()
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -529,7 +572,9 @@ class Session:
         courier = self._courier
         for encoding, members in self._stream_to:
             data = encoding.piece(head, piece.payload, piece.first, piece.last)
-            await self._budget.spend(len(members))
+            if not self._budget.charge(len(members)):
+                self._flush()
+                await self._paused(self._budget.wait_turn, len(members), read_ahead=False)
             blocked = courier.offer(data, members)
             if blocked is not None:
                 await self._paused(courier.wait_for_room, data, blocked)
@@ -567,6 +612,9 @@ class Session:
                 CloseCode.POLICY_VIOLATION,
                 f"message stalled: no piece within {timeout:g}s while the group waited",
             )
+            # The group waits no longer (not until the close handshake is over): its
+            # recipients are told now, and the floor is free.
+            self._end_stream(truncated=True)
 
     def keepalive(self, now: float, interval: float, timeout: float) -> None:
         """Called by the relay's keepalive task: ping a silent member, close a dead one;

@@ -101,7 +101,7 @@ class SharedGroup(Group):
     # -- the relay's Group interface, beyond this node ---------------------------------
 
     @property
-    def congested(self) -> bool:
+    def congested(self) -> bool:  # type: ignore[override]  # (Group's is a class attribute)
         return self.backplane.congested
 
     async def wait_uncongested(self) -> None:

@@ -37,21 +37,17 @@ class Piece:
 class Assembly:
     """Assembles one member's messages (``sender`` is its id)."""
 
-    __slots__ = ("_parts", "_size", "_streaming", "_text", "head", "sender")
+    __slots__ = ("_parts", "_streaming", "_text", "head", "held", "sender")
 
     def __init__(self, sender: str) -> None:
         self.sender = sender
         #: The head of the message streaming now (from its first piece to its last).
         self.head = StreamHead(sender, False)
         self._parts: list[bytes] = []
-        self._size = 0
+        #: Bytes gathered for the next message or piece and not yet handed on.
+        self.held = 0
         self._text = False
         self._streaming = False
-
-    @property
-    def held(self) -> int:
-        """Bytes gathered for the next message or piece and not yet handed on."""
-        return self._size
 
     def feed(self, event: Data) -> Message | Piece | None:
         """Take one data frame: a whole message to forward, the next piece of a
@@ -61,13 +57,13 @@ class Assembly:
             self._text = event.text
             if event.last:
                 return Message(self.sender, event.text, payload)
-            self._parts, self._size, self._streaming = [], 0, False
+            self._parts, self.held, self._streaming = [], 0, False
         self._parts.append(payload)
-        self._size += len(payload)
-        if not event.last and self._size < FRAGMENT_SIZE:
+        self.held += len(payload)
+        if not event.last and self.held < FRAGMENT_SIZE:
             return None
         data = b"".join(self._parts)
-        self._parts, self._size = [], 0
+        self._parts, self.held = [], 0
         if self._streaming:
             if event.last:
                 self._streaming = False

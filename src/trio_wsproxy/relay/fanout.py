@@ -34,7 +34,7 @@ class Courier:
     whole messages it has for its group's other nodes (:meth:`publish`).
     """
 
-    __slots__ = ("_counters", "_held", "_outbox", "_outbox_group", "_timeout")
+    __slots__ = ("_counters", "_held", "_timeout", "group", "outbox")
 
     def __init__(self, slow_member_timeout: float, counters: Counters) -> None:
         self._timeout = slow_member_timeout
@@ -42,14 +42,11 @@ class Courier:
         self._held: list[Mailbox] = []
         # Whole messages for the group's members on other nodes, handed over together by
         # flush: one publish per read's worth instead of one per message.
-        self._outbox: list[Message] = []
-        self._outbox_group: Group | None = None
-
-    def publish(self, group: Group, message: Message) -> None:
-        """Queue ``message`` for ``group``'s members on other nodes (a member's courier
-        only: its messages all go to its one group)."""
-        self._outbox.append(message)
-        self._outbox_group = group
+        #: Whole messages for the members of ``group`` on other nodes (a member's
+        #: courier only: its messages all go to its one group), handed over together
+        #: by :meth:`flush`; the producer appends to it.
+        self.outbox: list[Message] = []
+        self.group: Group | None = None
 
     async def deliver(self, data: bytes, members: Sequence[Member]) -> None:
         """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
@@ -92,7 +89,7 @@ class Courier:
         for member in members:
             mailbox = member.mailbox
             while (result := mailbox.offer(data)) == FULL:
-                if self._held or self._outbox:
+                if self._held or self.outbox:
                     # Write out what is held (it may be this very mailbox: offer again)
                     # and publish what other nodes wait for, before waiting here.
                     self.flush()
@@ -110,11 +107,13 @@ class Courier:
 
     def flush(self) -> None:
         """Write out held frames, and hand the outbox to its group."""
-        for mailbox in self._held:
-            mailbox.flush()
-        self._held.clear()
-        if self._outbox:
-            group = self._outbox_group
-            outbox, self._outbox = self._outbox, []
-            if group is not None:
-                group.publish(outbox)
+        held = self._held
+        if held:
+            for mailbox in held:
+                mailbox.flush()
+            held.clear()
+        outbox = self.outbox
+        if outbox:
+            if self.group is not None:
+                self.group.publish(outbox)  # (encodes them at once: the list is reused)
+            outbox.clear()

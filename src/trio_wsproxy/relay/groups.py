@@ -120,17 +120,18 @@ class Group:
 
     # -- beyond this node: nothing to do in-process -------------------------------------
 
-    @property
-    def congested(self) -> bool:
-        """Whether what this node sends the group's other nodes has backed up, so that
-        senders should wait (:meth:`wait_uncongested`) before they send more."""
-        return False
+    #: Whether what this node sends the group's other nodes has backed up, so that
+    #: senders should wait (:meth:`wait_uncongested`) before they send more. (A class
+    #: attribute: reading it costs the hot path nothing; a distributed group makes it a
+    #: property.)
+    congested: bool = False
 
     async def wait_uncongested(self) -> None:
         """Wait until the group's other nodes have room for more."""
 
     def publish(self, messages: list[Message]) -> None:
-        """Carry whole messages, in order, to the group's members on other nodes."""
+        """Carry whole messages, in order, to the group's members on other nodes (now:
+        the caller reuses the list)."""
 
     async def open_stream(self, sender: Member, head: StreamHead) -> Outbound:
         """Wait for the floor and take it for ``sender``'s streamed message; what carries

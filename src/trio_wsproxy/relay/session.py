@@ -30,7 +30,7 @@ from ..protocol.frames import (
 from ..protocol.message import Message, StreamHead
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
-from .budget import TEARDOWN, TurnBudget
+from .budget import SMALL, TEARDOWN, TurnBudget
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
@@ -220,7 +220,7 @@ class Session:
             return full
         self.joined_at = trio.current_time()
         try:
-            self._group = await relay.registry.join(self)
+            self._group = self._courier.group = await relay.registry.join(self)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
@@ -276,6 +276,7 @@ class Session:
         parser = self._parser
         data, self._leftover = self._leftover, b""
         ahead = self._ahead
+        flush = self._courier.flush
         while True:
             if data:
                 self.reads += 1
@@ -285,7 +286,9 @@ class Session:
                     self._fail(exc)
                     return
                 for event in events:
-                    if await self._handle(event):
+                    if type(event) is Data and self._close is None and not self._limited:
+                        await self._on_data(event)  # the hot path, without _handle's frame
+                    elif await self._handle(event):
                         return
                 while ahead:
                     event = ahead.popleft()
@@ -293,27 +296,38 @@ class Session:
                         self._ahead_bytes -= len(event.payload)
                     if await self._handle(event):
                         return
-                self._flush()
-            end, self._ahead_end = self._ahead_end, False
-            if isinstance(end, ProtocolError):
-                self._fail(end)
-                return
-            if self._account() >= BIG and self._buffers.over and not self._has_turn:
-                # Over the relay's bound, and holding much: read on only in turn. (Not
-                # while streaming: its pieces go out as they come, and others may be
-                # waiting for its message to end.)
-                if self.piece_due is None:
-                    await self._paused(self._take_turn)
-            if end:
-                data = b""
-            elif self._has_turn:
-                data = await self._receive_in_turn()
+                flush()
+            if self._held or self._assembly.held or self._ahead_end is not False:
+                unusual = await self._receive_unusually()  # (not on the hot path)
+                if unusual is None:
+                    return
+                data = unusual
             else:
                 data = await self._receive_some()
             if not data:
                 await self._tearing_down()
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    async def _receive_unusually(self) -> bytes | None:
+        """The next bytes when the read-ahead ended the connection, or this member holds
+        part of a message: b"" when the connection is gone, None when it failed (and was
+        closed for it)."""
+        end, self._ahead_end = self._ahead_end, False
+        if isinstance(end, ProtocolError):
+            self._fail(end)
+            return None
+        if end:
+            return b""
+        if self._account() >= BIG and self._buffers.over and not self._has_turn:
+            # Over the relay's bound, and holding much: read on only in turn. (Not while
+            # streaming: its pieces go out as they come, and others may be waiting for
+            # its message to end.)
+            if self.piece_due is None:
+                await self._paused(self._take_turn)
+        if self._has_turn:
+            return await self._receive_in_turn()
+        return await self._receive_some()
 
     async def _take_turn(self) -> None:
         await self._buffers.take_turn()
@@ -502,28 +516,33 @@ class Session:
         session_scope.cancel()
 
     async def _on_data(self, event: Data) -> None:
+        """Forward what a data frame completes: a whole message to every other member of
+        the group (framed once per encoding among them), or a streaming one's piece."""
         self._counters.bytes += len(event.payload)
-        forward = self._assembly.feed(event)
-        if forward is None:
-            return
-        if type(forward) is Message:
-            self._counters.messages += 1
-            await self._broadcast(forward)
-            return
-        assert type(forward) is Piece
-        if forward.first:
-            await self._start_stream(self._assembly.head)
-        await self._forward(forward)
-
-    async def _broadcast(self, message: Message) -> None:
-        """Queue one message for every other member of the group, framed once per
-        encoding among them."""
+        if event.first and event.last:
+            # A whole message in one frame, the common case, as the assembly would have
+            # it (it keeps no state for one): without the call, on the hot path.
+            message = Message(self.id, event.text, event.payload)
+        else:
+            forward = self._assembly.feed(event)
+            if forward is None:
+                return
+            if type(forward) is not Message:
+                assert type(forward) is Piece
+                if forward.first:
+                    await self._start_stream(self._assembly.head)
+                await self._forward(forward)
+                return
+            message = forward
+        self._counters.messages += 1
+        # Broadcast, here rather than in a function of its own: one coroutine fewer per
+        # message on the relay's hottest path.
         group = self._group
         assert group is not None
-        cost = len(group.sessions) - 1
-        if not self._budget.charge(cost):
+        others = len(group.members) - 1
+        if others > SMALL and not self._budget.charge(others):
             self._flush()
-            await self._paused(self._budget.wait_turn, cost, read_ahead=False)
+            await self._paused(self._budget.wait_turn, others, read_ahead=False)
         if group.congested:
             self._flush()
             await self._paused(group.wait_uncongested)
@@ -533,10 +552,9 @@ class Session:
         floor = group.floor
         while floor.holder is not None and floor.holder is not self:
             await self._paused(floor.wait, self, self._flush)
-        cost = len(group.sessions) - 1
-        self._counters.deliveries += cost
+        self._counters.deliveries += len(group.members) - 1
         courier = self._courier
-        courier.publish(group, message)
+        courier.outbox.append(message)  # for the group's members on other nodes, if any
         for encoding, members in group.audiences:
             data = encoding.message(message)
             blocked = courier.offer(data, members, skip=self)

@@ -4,6 +4,7 @@ what goes beyond this node carried by the backplane."""
 from __future__ import annotations
 
 import collections
+from collections.abc import MutableSequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -106,6 +107,9 @@ class SharedGroup(Group):
 
     async def wait_uncongested(self) -> None:
         await self.backplane.wait_room()
+
+    def new_outbox(self) -> MutableSequence[Message]:
+        return []
 
     def publish(self, messages: list[Message]) -> None:
         self.backplane.publish(self, messages)

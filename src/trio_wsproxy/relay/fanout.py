@@ -19,7 +19,7 @@ from ..protocol.message import Message
 from .mailbox import FULL, HELD, Mailbox
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import MutableSequence, Sequence
 
     from .counters import Counters
     from .groups import Group, Member
@@ -40,13 +40,17 @@ class Courier:
         self._timeout = slow_member_timeout
         self._counters = counters
         self._held: list[Mailbox] = []
-        # Whole messages for the group's members on other nodes, handed over together by
-        # flush: one publish per read's worth instead of one per message.
         #: Whole messages for the members of ``group`` on other nodes (a member's
         #: courier only: its messages all go to its one group), handed over together
-        #: by :meth:`flush`; the producer appends to it.
-        self.outbox: list[Message] = []
+        #: by :meth:`flush` (one publish per read's worth); the producer appends to it.
+        self.outbox: MutableSequence[Message] = []
         self.group: Group | None = None
+
+    def serve(self, group: Group) -> None:
+        """Be the courier of a member of ``group``: its outbox is the group's kind (one
+        that keeps nothing, where nothing leaves this node)."""
+        self.group = group
+        self.outbox = group.new_outbox()
 
     async def deliver(self, data: bytes, members: Sequence[Member]) -> None:
         """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
@@ -115,5 +119,5 @@ class Courier:
         outbox = self.outbox
         if outbox:
             if self.group is not None:
-                self.group.publish(outbox)  # (encodes them at once: the list is reused)
+                self.group.publish(list(outbox))
             outbox.clear()

@@ -220,7 +220,8 @@ class Session:
             return full
         self.joined_at = trio.current_time()
         try:
-            self._group = self._courier.group = await relay.registry.join(self)
+            self._group = await relay.registry.join(self)
+            self._courier.serve(self._group)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise

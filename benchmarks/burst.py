@@ -4,6 +4,7 @@ bounces a message and /healthz is asked; or many single-member groups all leave 
     python benchmarks/burst.py --members 2000            # a group of 2,000 bursts
     python benchmarks/burst.py --members 5000
     python benchmarks/burst.py --disconnect 19000        # 19,000 one-member groups leave
+    python benchmarks/burst.py --hold 10000 --kib 100     # 10,000 unfinished messages
 
 Starts ``python -m trio_wsproxy serve`` on a free loopback port (pass ``--relay-python``
 to run another installation's relay, e.g. the previous release, in the same run). The
@@ -161,11 +162,49 @@ async def disconnect(port: int, members: int) -> dict[str, float]:
     return await watched(port, work)
 
 
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(now, peak) resident memory of process ``pid``, in MiB."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                values[line[:5]] = int(line.split()[1]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+async def hold(port: int, pid: int, members: int, kib: int) -> dict[str, float]:
+    """``members`` members each send ``kib`` KiB of one message and do not end it: the
+    relay's memory with all of them held (bounded by --max-buffered-bytes), then after
+    they all end their messages and leave."""
+    crowd = [await Member.join(port, f"h{n}", f"g{n}") for n in range(members)]
+    before, _ = rss_mib(pid)
+    part = struct.pack("!BBQ", 0x02, 0x80 | 127, kib * 1024) + MASK + b"x" * (kib * 1024)
+
+    async def send(member: Member) -> None:
+        await member.stream.send_all(part)
+
+    async with trio.open_nursery() as nursery:
+        for member in crowd:
+            nursery.start_soon(send, member)
+    # The relay reads what its bound lets it; what it does not stays in the kernel.
+    held_at = trio.current_time()
+    now, peak = rss_mib(pid)
+    while trio.current_time() - held_at < 5:  # a figure over time, not an event
+        await trio.sleep(0.5)
+        now, peak = rss_mib(pid)
+    for member in crowd:
+        await member.stream.aclose()
+    return {"members": members, "kib_each": kib, "rss_connected_mib": round(before, 1),
+            "rss_holding_mib": round(now, 1), "peak_mib": round(peak, 1)}  # fmt: skip
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--members", type=int, help="members of the bursting group")
     what.add_argument("--disconnect", type=int, help="one-member groups that leave at once")
+    what.add_argument("--hold", type=int, help="members holding an unfinished message each")
+    parser.add_argument("--kib", type=int, default=100, help="KiB each --hold member sends")
     parser.add_argument("--relay-python", default=sys.executable, help="the relay's Python")
     args = parser.parse_args()
     process, _url, port = await start_relay("--close-timeout", "1", python=args.relay_python)
@@ -173,6 +212,8 @@ async def main() -> None:
         with trio.fail_after(1800):
             if args.members:
                 figures = await burst(port, args.members)
+            elif args.hold:
+                figures = await hold(port, process.pid, args.hold, args.kib)
             else:
                 figures = await disconnect(port, args.disconnect)
     finally:

@@ -12,7 +12,7 @@ import trio.testing
 
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
-from trio_wsproxy.relay.memory import BIG, BufferBudget
+from trio_wsproxy.relay.memory import SIP, BufferBudget
 from trio_wsproxy.relay.session import READ_SIZE
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
 
@@ -259,7 +259,7 @@ async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound()
                     nursery.start_soon(send, sender)
                     nursery.start_soon(read, reader)
         # Past the bound by at most what each member read before it was counted.
-        assert budget.peak <= limit + 100 * (BIG + READ_SIZE), budget.peak / MiB
+        assert budget.peak <= limit + 100 * (SIP + READ_SIZE), budget.peak / MiB
         assert budget.held == 0
 
 

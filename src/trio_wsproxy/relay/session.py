@@ -34,7 +34,7 @@ from .budget import SMALL, TEARDOWN, TurnBudget
 from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
-from .memory import BIG, TURN_SLICE, BufferBudget
+from .memory import SIP, TURN_SLICE, BufferBudget
 
 if TYPE_CHECKING:
     from .config import RelayConfig
@@ -253,7 +253,7 @@ class Session:
             # Every normal end has closed already; this only acts when a bug ended us.
             self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
-            self._buffers.held -= self._held
+            self._buffers.add(-self._held)
             self._held = 0
             if self._has_turn:
                 self._has_turn = False
@@ -298,7 +298,12 @@ class Session:
                     if await self._handle(event):
                         return
                 flush()
-            if self._held or self._assembly.held or self._ahead_end is not False:
+            if (
+                self._held
+                or self._assembly.held
+                or self._ahead_end is not False
+                or self._buffers.over
+            ):
                 unusual = await self._receive_unusually()  # (not on the hot path)
                 if unusual is None:
                     return
@@ -320,7 +325,7 @@ class Session:
             return None
         if end:
             return b""
-        if self._account() >= BIG and self._buffers.over and not self._has_turn:
+        if self._account() and self._buffers.over and not self._has_turn:
             # Over the relay's bound, and holding much: read on only in turn. (Not while
             # streaming: its pieces go out as they come, and others may be waiting for
             # its message to end.)
@@ -328,6 +333,8 @@ class Session:
                 await self._paused(self._take_turn)
         if self._has_turn:
             return await self._receive_in_turn()
+        if self._buffers.over:
+            return await self._receive_some(SIP)  # a little at a time, while over
         return await self._receive_some()
 
     async def _take_turn(self) -> None:
@@ -356,7 +363,7 @@ class Session:
     def _count(self) -> int:
         """Bring the relay's count of this member's unfinished bytes up to date."""
         held = self._assembly.held + self._ahead_bytes
-        self._buffers.held += held - self._held
+        self._buffers.add(held - self._held)
         self._held = held
         return held
 
@@ -364,7 +371,7 @@ class Session:
         """:meth:`_count`, and give up the budget's turn once this member holds little
         or the relay is under its bound again (in the session's own task: it owns it)."""
         held = self._count()
-        if self._has_turn and (held < BIG or not self._buffers.over):
+        if self._has_turn and (not held or not self._buffers.over):
             self._has_turn = False
             self._buffers.give_turn()
         return held
@@ -450,12 +457,13 @@ class Session:
                         return  # a close: nothing more to read
             self._count()
 
-    async def _receive_some(self) -> bytes:
-        """The next bytes from the member; b"" when its connection is gone."""
+    async def _receive_some(self, size: int = READ_SIZE) -> bytes:
+        """The next bytes from the member (``size`` at most); b"" when its connection is
+        gone."""
         fd = self._fd
         if fd is None:
             try:
-                received = await self._stream.receive_some(READ_SIZE)
+                received = await self._stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
             return received if isinstance(received, bytes) else bytes(received)
@@ -467,8 +475,12 @@ class Session:
                 await trio.lowlevel.wait_readable(fd)
             except trio.ClosedResourceError:
                 return b""
+            if self._buffers.over and not self._has_turn:
+                # Decided now, not when the wait began: the relay went over its bound
+                # meanwhile (many members' data may arrive in one scheduling turn).
+                size = SIP
             try:
-                return os.read(fd, READ_SIZE)
+                return os.read(fd, size)
             except BlockingIOError:
                 continue
             except OSError:

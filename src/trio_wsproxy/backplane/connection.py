@@ -206,13 +206,16 @@ class RedisConnection:
             raise ProtocolViolation(f"unexpected reply in subscriber mode: {reply!r}")
         kind = reply[0]
         if kind == b"message":
-            channel, data = reply[1], reply[2]
-            assert isinstance(channel, bytes) and isinstance(data, bytes)
-            assert self._on_message is not None
+            channel, data = reply[1:] if len(reply) == 3 else (None, None)
+            if not isinstance(channel, bytes) or not isinstance(data, bytes):
+                raise ProtocolViolation(f"malformed pub/sub message: {reply!r}")
+            if self._on_message is None:
+                raise ProtocolViolation("a pub/sub message on a connection that subscribed to none")
             await self._on_message(channel, data)
         elif kind == b"subscribe":
-            channel = reply[1]
-            assert isinstance(channel, bytes)
+            channel = reply[1] if len(reply) > 1 else None
+            if not isinstance(channel, bytes):
+                raise ProtocolViolation(f"malformed subscribe confirmation: {reply!r}")
             waiting = self._subscribing.get(channel)
             if waiting:
                 waiting.pop(0).set()

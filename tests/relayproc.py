@@ -19,18 +19,25 @@ async def start_relay(*flags: str) -> tuple[trio.Process, str, int]:
         stderr=subprocess.PIPE,
     )
     assert process.stdout is not None
-    line = b""
-    with trio.fail_after(20):
-        while not line.endswith(b"\n"):
-            chunk = await process.stdout.receive_some(1)
-            assert chunk, "relay exited before printing its URL"
-            line += chunk
-    text = line.decode().strip()
+    text = (await first_line(process.stdout)).decode().strip()
     assert text.startswith("trio-wsproxy relay listening on ws://127.0.0.1:"), text
     url = text.rsplit(" ", 1)[1]
     port = urlsplit(url).port
     assert port is not None
     return process, url, port
+
+
+async def first_line(stream: trio.abc.ReceiveStream, output: Output | None = None) -> bytes:
+    """The first line a process writes on ``stream`` (a relay's "listening" line), within
+    30 s; fails the test, with what ``output`` collected of its other output, if the
+    process ends first."""
+    line = b""
+    with trio.fail_after(30):
+        while not line.endswith(b"\n"):
+            chunk = await stream.receive_some(1)
+            assert chunk, f"exited before its first line:\n{output.text if output else ''}"
+            line += chunk
+    return line
 
 
 def peak_rss_mib(pid: int) -> float:

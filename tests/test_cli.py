@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio_websocket as tw
 
-from relayproc import Output, start_relay
+from relayproc import Output, first_line, start_relay
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args, parse_size
 from wsraw import RawClient
@@ -188,12 +188,7 @@ async def test_a_second_signal_kills_every_worker_and_the_supervisor_at_once(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stderr.pump, process.stderr)
-            line = b""
-            with trio.fail_after(30):
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some(1)
-                    assert chunk, f"exited before listening:\n{stderr.text}"
-                    line += chunk
+            line = await first_line(process.stdout, stderr)
             port = int(re.findall(rb":(\d+)/ws", line)[0])
             pids = [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", stderr.text)]
             assert len(pids) == 2, stderr.text

@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 import trio_websocket as tw
 
-from relayproc import Output, start_relay
+from relayproc import Output, first_line, start_relay
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 # The examples print without flushing: lines reach a pipe only unbuffered.
@@ -84,10 +84,7 @@ async def test_the_embedded_relay_runs_beside_its_bot() -> None:
     )
     assert process.stdout is not None
     try:
-        line = b""
-        with trio.fail_after(20):
-            while not line.endswith(b"\n"):
-                line += await process.stdout.receive_some(1)
+        line = await first_line(process.stdout)
         url = line.decode().strip().rsplit(" ", 1)[1]
         async with tw.open_websocket_url(f"{url}?id=alice&groupName=lobby") as ws:
             with trio.fail_after(10):

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from relayproc import Output
+from relayproc import Output, first_line
 from trio_wsproxy.relay.counters import Counters
 from trio_wsproxy.relay.listeners import (
     RETRY_DELAY,
@@ -102,12 +102,7 @@ async def test_at_the_fd_limit_the_relay_warns_counts_and_accepts_again() -> Non
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stderr.pump, process.stderr)
-            line = b""
-            with trio.fail_after(20):
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some(1)
-                    assert chunk, f"exited before listening:\n{stderr.text}"
-                    line += chunk
+            line = await first_line(process.stdout, stderr)
             port = int(re.findall(rb":(\d+)/ws", line)[0])
 
             with trio.fail_after(60):

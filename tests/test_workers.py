@@ -18,7 +18,7 @@ import trio
 import trio_websocket as tw
 
 from redisserver import members_in_redis
-from relayproc import Output
+from relayproc import Output, first_line
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args
 from trio_wsproxy._workers import serve_flags
@@ -106,12 +106,7 @@ async def supervisor(*flags: str) -> AsyncIterator[Supervisor]:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stderr.pump, process.stderr)
-            line = b""
-            with trio.fail_after(20):
-                while not line.endswith(b"\n"):
-                    chunk = await process.stdout.receive_some(1)
-                    assert chunk, f"exited before listening:\n{stderr.text}"
-                    line += chunk
+            line = await first_line(process.stdout, stderr)
             text = line.decode().strip()
             url = text.removeprefix("trio-wsproxy relay listening on ").split(" ")[0]
             port = urlsplit(url).port

@@ -115,7 +115,7 @@ class SharedGroup(Group):
         self.backplane.publish(self, messages)
 
     async def open_stream(self, sender: Member, head: StreamHead) -> Outbound:
-        await self.floor.wait(sender, _nothing)
+        await self.floor.wait(sender)
         # Other nodes' members may be streaming to this group too: the channel's order
         # decides who goes first, and may make this member wait its turn.
         stream = await self.backplane.turns.claim(self, sender, head, self.wait_inbox_drained)
@@ -140,7 +140,3 @@ class _RedisOutbound(Outbound):
 
     def end(self, truncated: bool) -> None:
         self._group.backplane.turns.end(self._group, self._stream, truncated)
-
-
-def _nothing() -> None:
-    pass

@@ -153,7 +153,7 @@ class Turns:
                 self.streams[stream_id] = stream
                 return stream
             # Another member's message goes first: wait for its end, then ask again.
-            await group.floor.wait(member, _nothing)
+            await group.floor.wait(member)
         return None
 
     def decide(self, stream_id: int, accepted: bool) -> Claim | None:
@@ -241,7 +241,3 @@ class Turns:
 
 class _ChannelOf(Protocol):
     def __call__(self, group_name: str) -> bytes: ...
-
-
-def _nothing() -> None:
-    pass

@@ -29,11 +29,12 @@ class Floor:
         self.in_flight = 0
         self._settled = trio.Event()
 
-    async def wait(self, who: object, before_waiting: Callable[[], None]) -> None:
+    async def wait(self, who: object, before_waiting: Callable[[], None] | None = None) -> None:
         """Return once the floor is free or held by ``who``; ``before_waiting`` runs
         before each wait (a producer writes out what it holds before yielding)."""
         while self.holder is not None and self.holder is not who:
-            before_waiting()
+            if before_waiting is not None:
+                before_waiting()
             await self._changed.wait()
 
     def passing(self) -> None:

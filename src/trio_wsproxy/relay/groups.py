@@ -138,20 +138,15 @@ class Group:
         return collections.deque(maxlen=0)
 
     def publish(self, messages: list[Message]) -> None:
-        """Carry whole messages, in order, to the group's members on other nodes (now:
-        the caller reuses the list)."""
+        """Carry whole messages, in order, to the group's members on other nodes."""
 
     async def open_stream(self, sender: Member, head: StreamHead) -> Outbound:
         """Wait for the floor and take it for ``sender``'s streamed message; what carries
         it beyond this node comes back. The sender releases the floor at the end."""
-        await self.floor.wait(sender, _nothing)
+        await self.floor.wait(sender)
         self.floor.take(sender)
         await self.floor.settled()
         return NO_OUTBOUND
-
-
-def _nothing() -> None:
-    pass
 
 
 class GroupRegistry(Protocol):

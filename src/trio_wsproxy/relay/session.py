@@ -316,9 +316,9 @@ class Session:
                 return
 
     async def _receive_unusually(self) -> bytes | None:
-        """The next bytes when the read-ahead ended the connection, or this member holds
-        part of a message: b"" when the connection is gone, None when it failed (and was
-        closed for it)."""
+        """The next bytes when the read-ahead ended the connection, this member holds
+        part of a message, or the relay is over its buffer bound: b"" when the
+        connection is gone, None when it failed (and was closed for it)."""
         end, self._ahead_end = self._ahead_end, False
         if isinstance(end, ProtocolError):
             self._fail(end)
@@ -326,15 +326,13 @@ class Session:
         if end:
             return b""
         if self._account() and self._buffers.over and not self._has_turn:
-            # Over the relay's bound, and holding much: read on only in turn. (Not while
-            # streaming: its pieces go out as they come, and others may be waiting for
-            # its message to end.)
+            # Over the relay's bound, and holding part of a message: read on only in
+            # turn. (Not while streaming: its pieces go out as they come, and others may
+            # be waiting for its message to end.)
             if self.piece_due is None:
                 await self._paused(self._take_turn)
         if self._has_turn:
             return await self._receive_in_turn()
-        if self._buffers.over:
-            return await self._receive_some(SIP)  # a little at a time, while over
         return await self._receive_some()
 
     async def _take_turn(self) -> None:
@@ -368,7 +366,7 @@ class Session:
         return held
 
     def _account(self) -> int:
-        """:meth:`_count`, and give up the budget's turn once this member holds little
+        """:meth:`_count`, and give up the budget's turn once this member holds nothing
         or the relay is under its bound again (in the session's own task: it owns it)."""
         held = self._count()
         if self._has_turn and (not held or not self._buffers.over):
@@ -458,10 +456,12 @@ class Session:
             self._count()
 
     async def _receive_some(self, size: int = READ_SIZE) -> bytes:
-        """The next bytes from the member (``size`` at most); b"" when its connection is
-        gone."""
+        """The next bytes from the member (``size`` at most; SIP while the relay is over
+        its buffer bound and this member has no turn); b"" when its connection is gone."""
         fd = self._fd
         if fd is None:
+            if self._buffers.over and not self._has_turn:
+                size = SIP  # (decided before the wait here: TLS reads cannot be resized)
             try:
                 received = await self._stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -1,10 +1,10 @@
 """The relay's message assembly: a member's data frames in, what the relay forwards out.
 
-A message that ends within ``FRAGMENT_SIZE`` bytes is forwarded whole (one
+A message of at most ``FRAGMENT_SIZE`` bytes is forwarded whole (one
 :class:`~trio_wsproxy.protocol.message.Message`, however many frames it came in). A
-longer one is not assembled: it streams on as :class:`Piece` s of about
-``FRAGMENT_SIZE`` as its data arrives, so the relay's memory stays flat whatever the
-message's size.
+longer one is not assembled: it streams on as :class:`Piece` s of exactly
+``FRAGMENT_SIZE`` (the last one shorter) as its data arrives, so the relay's memory stays
+flat whatever the message's size and no frame it forwards exceeds 1 MiB.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 from .frames import Data
 from .message import Message, StreamHead
 
-# A message that has not ended after this many bytes is forwarded in fragments of about
-# this size as its data arrives, instead of being assembled; below it, a message goes out
-# as one frame. Large enough that clients which cap fragments per message (Node's ws
-# accepts 16,384) take messages of many GiB; small enough to bound each sender's buffer.
+# A message longer than this is forwarded in fragments of this size as its data arrives,
+# instead of being assembled; up to it, a message goes out as one frame. Large enough
+# that clients which cap fragments per message (Node's ws accepts 16,384) take messages
+# of many GiB; small enough to bound each sender's buffer; no larger than the frames a
+# websockets client takes by default (max_size 1 MiB).
 FRAGMENT_SIZE = 1024 * 1024
 
 
@@ -49,27 +50,41 @@ class Assembly:
         self._text = False
         self._streaming = False
 
-    def feed(self, event: Data) -> Message | Piece | None:
-        """Take one data frame: a whole message to forward, the next piece of a
-        streaming one, or None while a message is still being gathered."""
+    def feed(self, event: Data) -> Message | list[Piece] | None:
+        """Take one data frame: a whole message to forward, the next pieces of a
+        streaming one (each at most ``FRAGMENT_SIZE`` bytes), or None while a message is
+        still being gathered."""
         payload = event.payload
         if event.first:
             self._text = event.text
-            if event.last:
+            if event.last and len(payload) <= FRAGMENT_SIZE:
                 return Message(self.sender, event.text, payload)
             self._parts, self.held, self._streaming = [], 0, False
         self._parts.append(payload)
         self.held += len(payload)
-        if not event.last and self.held < FRAGMENT_SIZE:
+        if event.last:
+            if not self._streaming and self.held <= FRAGMENT_SIZE:
+                data = b"".join(self._parts)
+                self._parts, self.held = [], 0
+                return Message(self.sender, self._text, data)
+        elif self.held < FRAGMENT_SIZE:
             return None
         data = b"".join(self._parts)
-        self._parts, self.held = [], 0
-        if self._streaming:
-            if event.last:
-                self._streaming = False
-            return Piece(data, False, event.last)
+        # Whole pieces of FRAGMENT_SIZE go out now; what is left over waits for more
+        # data unless the message ends here. Clients that cap a frame at 1 MiB (the
+        # ``websockets`` default) take every piece.
+        cut = len(data) if event.last else len(data) - len(data) % FRAGMENT_SIZE
+        pieces = [
+            Piece(data[start : start + FRAGMENT_SIZE], False, False)
+            for start in range(0, cut, FRAGMENT_SIZE)
+        ] or [Piece(b"", False, False)]
+        rest = data[cut:]
+        self._parts, self.held = ([rest], len(rest)) if rest else ([], 0)
+        if not self._streaming:
+            self._streaming = True
+            self.head = StreamHead(self.sender, self._text)
+            pieces[0].first = True
         if event.last:
-            return Message(self.sender, self._text, data)
-        self._streaming = True
-        self.head = StreamHead(self.sender, self._text)
-        return Piece(data, True, False)
+            self._streaming = False
+            pieces[-1].last = True
+        return pieces

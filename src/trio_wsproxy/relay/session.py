@@ -540,11 +540,11 @@ class Session:
             forward = self._assembly.feed(event)
             if forward is None:
                 return
-            if type(forward) is not Message:
-                assert type(forward) is Piece
-                if forward.first:
-                    await self._start_stream(self._assembly.head)
-                await self._forward(forward)
+            if isinstance(forward, list):
+                for piece in forward:
+                    if piece.first:
+                        await self._start_stream(self._assembly.head)
+                    await self._forward(piece)
                 return
             message = forward
         self._counters.messages += 1

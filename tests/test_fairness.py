@@ -184,7 +184,12 @@ async def test_a_stalled_streaming_message_is_cut_off_and_the_group_goes_on() ->
 async def test_several_slow_members_cost_their_group_one_timeout() -> None:
     timeout = 2.0
     config = RelayConfig(
-        port=0, mailbox_bytes=16384, slow_member_timeout=timeout, close_timeout=0.5
+        # The close frame waits behind each stuck member's full socket until the test
+        # reads it, after the transfer: close_timeout must outlast that wait.
+        port=0,
+        mailbox_bytes=16384,
+        slow_member_timeout=timeout,
+        close_timeout=30,
     )
     async with open_relay(config) as relay:
         sender, reader = await join(relay, "sender"), await join(relay, "reader")
@@ -211,6 +216,10 @@ async def test_several_slow_members_cost_their_group_one_timeout() -> None:
             for member in stuck:
                 code, _ = await member.expect_close()
                 assert code == CloseCode.SLOW_CONSUMER
+                await member.aclose()
+        # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+        await sender.aclose()
+        await reader.aclose()
 
 
 class RecordingBudget(BufferBudget):

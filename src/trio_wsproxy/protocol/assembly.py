@@ -38,10 +38,13 @@ class Piece:
 class Assembly:
     """Assembles one member's messages (``sender`` is its id)."""
 
-    __slots__ = ("_parts", "_streaming", "_text", "head", "held", "sender")
+    __slots__ = ("_parts", "_streaming", "_text", "head", "held", "sender", "to")
 
     def __init__(self, sender: str) -> None:
         self.sender = sender
+        #: The one member the message being assembled is addressed to (None: the group;
+        #: set by the session from a v1 header line).
+        self.to: str | None = None
         #: The head of the message streaming now (from its first piece to its last).
         self.head = StreamHead(sender, False)
         self._parts: list[bytes] = []
@@ -58,7 +61,7 @@ class Assembly:
         if event.first:
             self._text = event.text
             if event.last and len(payload) <= FRAGMENT_SIZE:
-                return Message(self.sender, event.text, payload)
+                return Message(self.sender, event.text, payload, self.to)
             self._parts, self.held, self._streaming = [], 0, False
         self._parts.append(payload)
         self.held += len(payload)
@@ -66,7 +69,7 @@ class Assembly:
             if not self._streaming and self.held <= FRAGMENT_SIZE:
                 data = b"".join(self._parts)
                 self._parts, self.held = [], 0
-                return Message(self.sender, self._text, data)
+                return Message(self.sender, self._text, data, self.to)
         elif self.held < FRAGMENT_SIZE:
             return None
         data = b"".join(self._parts)
@@ -82,7 +85,7 @@ class Assembly:
         self._parts, self.held = ([rest], len(rest)) if rest else ([], 0)
         if not self._streaming:
             self._streaming = True
-            self.head = StreamHead(self.sender, self._text)
+            self.head = StreamHead(self.sender, self._text, self.to)
             pieces[0].first = True
         if event.last:
             self._streaming = False

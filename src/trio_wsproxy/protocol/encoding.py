@@ -10,6 +10,9 @@ fragments, nothing else.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from . import v1
 from .frames import OP_BINARY, OP_CONTINUATION, OP_TEXT, frame, frame_header
 from .message import Message, StreamHead
 
@@ -21,6 +24,8 @@ class Encoding:
 
     #: The ``Sec-WebSocket-Protocol`` name that selects this encoding; None for plain.
     subprotocol: str | None = None
+    #: Whether members of this encoding hear of joins and leaves (and their own id).
+    presence: bool = False
 
     def message(self, message: Message) -> bytes:
         """``message`` framed whole, for a member of this encoding."""
@@ -40,12 +45,38 @@ class Encoding:
         return f"<Encoding {self.subprotocol or 'plain'}>"
 
 
+class V1Encoding(Encoding):
+    """``wsproxy.v1`` (protocol/v1.py): each message's payload behind a header line that
+    names its sender, and whether it was addressed to this member alone."""
+
+    __slots__ = ()
+
+    subprotocol = v1.SUBPROTOCOL
+    presence = True
+
+    def message(self, message: Message) -> bytes:
+        header = _from_header(message.sender, message.to is not None)
+        opcode = OP_TEXT if message.text else OP_BINARY
+        return frame_header(opcode, len(header) + len(message.payload)) + header + message.payload
+
+    def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
+        if first:
+            payload = _from_header(head.sender, head.to is not None) + payload
+        return super().piece(head, payload, first, last)
+
+
+# Members send many messages each: their headers are made once, not once per message.
+_from_header = lru_cache(maxsize=4096)(v1.from_header)
+
 #: The plain protocol of the wire contract.
 PLAIN = Encoding()
 
+#: The ``wsproxy.v1`` subprotocol.
+V1 = V1Encoding()
+
 #: The relay's encodings by subprotocol name: what its handshake may select. Plain is
 #: what every other client gets.
-SUBPROTOCOLS: dict[str, Encoding] = {}
+SUBPROTOCOLS: dict[str, Encoding] = {V1.subprotocol: V1}
 
 
 def encoding_for(subprotocol: str | None) -> Encoding:

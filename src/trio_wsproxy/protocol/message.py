@@ -11,14 +11,16 @@ from __future__ import annotations
 
 
 class Message:
-    """One whole message: its sender's member id, whether it is text, its payload."""
+    """One whole message: its sender's member id, whether it is text, its payload, and
+    the one member it is addressed to (``to``; None: the whole group)."""
 
-    __slots__ = ("payload", "sender", "text")
+    __slots__ = ("payload", "sender", "text", "to")
 
-    def __init__(self, sender: str, text: bool, payload: bytes) -> None:
+    def __init__(self, sender: str, text: bool, payload: bytes, to: str | None = None) -> None:
         self.sender = sender
         self.text = text
         self.payload = payload
+        self.to = to
 
     def __repr__(self) -> str:
         kind = "text" if self.text else "binary"
@@ -27,20 +29,27 @@ class Message:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
             return NotImplemented
-        return (self.sender, self.text, self.payload) == (other.sender, other.text, other.payload)
+        return (self.sender, self.text, self.payload, self.to) == (
+            other.sender,
+            other.text,
+            other.payload,
+            other.to,
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking value: compare, never key
 
 
 class StreamHead:
     """What is known of a message that streams piece by piece before its first piece:
-    who sends it and whether it is text. Pieces follow in order, the last one marked."""
+    who sends it, whether it is text, and the one member it is addressed to (``to``).
+    Pieces follow in order, the last one marked."""
 
-    __slots__ = ("sender", "text")
+    __slots__ = ("sender", "text", "to")
 
-    def __init__(self, sender: str, text: bool) -> None:
+    def __init__(self, sender: str, text: bool, to: str | None = None) -> None:
         self.sender = sender
         self.text = text
+        self.to = to
 
     def __repr__(self) -> str:
         return f"<StreamHead from {self.sender!r}: {'text' if self.text else 'binary'}>"
@@ -48,6 +57,6 @@ class StreamHead:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, StreamHead):
             return NotImplemented
-        return (self.sender, self.text) == (other.sender, other.text)
+        return (self.sender, self.text, self.to) == (other.sender, other.text, other.to)
 
     __hash__ = None  # type: ignore[assignment]

@@ -113,6 +113,12 @@ class RelayConfig:
         "1 MiB) while its group waits; then it is closed (1008) and its recipients get 4002.",
         _positive,
     )
+    presence_limit: int = _setting(
+        1000,
+        "Largest group whose wsproxy.v1 members get its member list and join/leave "
+        "events; a larger group tells them its size only.",
+        _positive,
+    )
     handshake_timeout: float = _setting(
         10.0, "Seconds a new connection has to send its whole upgrade request.", _positive
     )

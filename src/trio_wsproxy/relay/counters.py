@@ -15,8 +15,10 @@ class Counters:
         "client_closes",
         "closes",
         "deliveries",
+        "direct_failures",
         "mailbox_full",
         "messages",
+        "presence_events",
         "refusals",
     )
 
@@ -26,6 +28,10 @@ class Counters:
         self.bytes = 0
         #: Copies queued for recipients (a message to a group of 10 counts 9).
         self.deliveries = 0
+        #: wsproxy.v1: welcome and presence events queued for members; direct messages
+        #: refused because their recipient was not in the group.
+        self.presence_events = 0
+        self.direct_failures = 0
         #: Times a sender found a recipient's mailbox full.
         self.mailbox_full = 0
         #: Sessions the relay closed, by the code it sent; sessions their member closed

@@ -78,15 +78,19 @@ NO_OUTBOUND = Outbound()
 class Group:
     """The members of one group on this node, by id, and its streaming floor."""
 
-    __slots__ = ("_audiences", "_sessions", "floor", "members", "name")
+    __slots__ = ("_audiences", "_listeners", "_sessions", "floor", "listed", "members", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[str, Member] = {}
         self._sessions: tuple[Member, ...] | None = ()
         self._audiences: tuple[Audience, ...] | None = ()
+        self._listeners: tuple[Member, ...] | None = ()
         #: Who streams a message to the group now (see :class:`Floor`).
         self.floor = Floor()
+        #: Whether its v1 members were last told its member list (not its size only:
+        #: see relay/presence.py).
+        self.listed = True
 
     @property
     def sessions(self) -> tuple[Member, ...]:
@@ -109,15 +113,39 @@ class Group:
             self._audiences = audiences
         return audiences
 
+    @property
+    def listeners(self) -> tuple[Member, ...]:
+        """The members here that hear of joins and leaves (v1), rebuilt only when
+        membership changes."""
+        listeners = self._listeners
+        if listeners is None:
+            listeners = tuple(m for m in self.members.values() if m.encoding.presence)
+            self._listeners = listeners
+        return listeners
+
+    @property
+    def size(self) -> int:
+        """Members in the group, on every node."""
+        return len(self.members)
+
+    def member_ids(self) -> list[str]:
+        """The ids of the group's members, on every node."""
+        return list(self.members)
+
+    def locate(self, member_id: str) -> Member | None:
+        """The member ``member_id`` of this group, to address one message to; None when
+        there is none."""
+        return self.members.get(member_id)
+
     def add(self, member: Member) -> None:
         self.members[member.id] = member
-        self._sessions = self._audiences = None
+        self._sessions = self._audiences = self._listeners = None
 
     def remove(self, member: Member) -> bool:
         if self.members.get(member.id) is not member:
             return False
         del self.members[member.id]
-        self._sessions = self._audiences = None
+        self._sessions = self._audiences = self._listeners = None
         return True
 
     # -- beyond this node: nothing to do in-process -------------------------------------

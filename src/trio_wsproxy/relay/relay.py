@@ -30,6 +30,7 @@ from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
+from .presence import Presence
 from .session import READ_SIZE, Session
 
 logger = logging.getLogger("trio_wsproxy.relay")
@@ -80,6 +81,8 @@ class Relay:
         self.budget = TurnBudget()
         #: The bound on unfinished messages of all sessions together (see memory.py).
         self.buffers = BufferBudget(config.max_buffered_bytes)
+        #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
+        self.presence = Presence(config.presence_limit, self.counters)
         self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(
@@ -314,6 +317,7 @@ async def run_relay(
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)
         nursery.start_soon(relay.budget.run)
+        nursery.start_soon(relay.presence.run)
         # At the descriptor limit: a warning per interval, not a traceback per accept.
         listeners = paced(listeners, relay.counters)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)

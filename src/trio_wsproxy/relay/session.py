@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
+from ..protocol import v1
 from ..protocol.assembly import Assembly, Piece
 from ..protocol.close_codes import CloseCode, client_close_label
 from ..protocol.encoding import PLAIN, Encoding
@@ -35,6 +36,7 @@ from .fanout import Courier
 from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
+from .presence import Presence, event_frame
 
 if TYPE_CHECKING:
     from .config import RelayConfig
@@ -81,6 +83,10 @@ class SessionHost(Protocol):
     def closing(self) -> bool:
         """True once the relay's shutdown has begun."""
 
+    @property
+    def presence(self) -> Presence:
+        """Who is in each group, as v1 members hear it."""
+
     def membership_changed(self) -> None:
         """A member joined or left (wakes those waiting for membership)."""
 
@@ -107,6 +113,10 @@ class Session:
         self.remote = remote
         #: How messages are framed for this member (its subprotocol's, or plain).
         self.encoding = encoding
+        # wsproxy.v1: each message the member sends starts with a header line. While
+        # one is being read: its bytes so far (None: no header pending).
+        self._v1 = encoding.presence
+        self._header: bytes | None = None
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
         self._fd: int | None = None
@@ -186,6 +196,8 @@ class Session:
         else:
             self._counters.closes[code] += 1
         self._relay.registry.leave(self)
+        if self._group is not None:
+            self._relay.presence.changed(self._group, self.id, joined=False)
         self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
@@ -220,11 +232,14 @@ class Session:
             return full
         self.joined_at = trio.current_time()
         try:
-            self._group = await relay.registry.join(self)
-            self._courier.serve(self._group)
+            self._group = group = await relay.registry.join(self)
+            self._courier.serve(group)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
+        if self._v1:
+            relay.presence.welcome(self, group)
+        relay.presence.changed(group, self.id, joined=True)
         relay.membership_changed()
         if self._close is not None:
             return "backplane_down", self._close[1]
@@ -532,10 +547,15 @@ class Session:
         """Forward what a data frame completes: a whole message to every other member of
         the group (framed once per encoding among them), or a streaming one's piece."""
         self._counters.bytes += len(event.payload)
+        if self._v1:
+            stripped = self._strip_header(event)
+            if stripped is None:
+                return
+            event = stripped
         if event.first and event.last:
             # A whole message in one frame, the common case, as the assembly would have
             # it (it keeps no state for one): without the call, on the hot path.
-            message = Message(self.id, event.text, event.payload)
+            message = Message(self.id, event.text, event.payload, self._assembly.to)
         else:
             forward = self._assembly.feed(event)
             if forward is None:
@@ -565,6 +585,9 @@ class Session:
         floor = group.floor
         while floor.holder is not None and floor.holder is not self:
             await self._paused(floor.wait, self, self._flush)
+        if message.to is not None:
+            await self._direct(message, group)
+            return
         self._counters.deliveries += len(group.members) - 1
         courier = self._courier
         courier.outbox.append(message)  # for the group's members on other nodes, if any
@@ -583,6 +606,58 @@ class Session:
     def _flush(self) -> None:
         self._courier.flush()
 
+    def _strip_header(self, event: Data) -> Data | None:
+        """A v1 member's data frame without its message's header line, whose target is
+        noted for the assembly (``to``); None while the header line is still arriving.
+        A malformed header fails the connection (1002)."""
+        if event.first:
+            header = b""
+        elif self._header is None:
+            return event
+        else:
+            header = self._header
+        data = header + event.payload if header else event.payload
+        try:
+            end = v1.header_end(data)
+            if end is None:
+                if event.last:
+                    raise v1.V1Error("a message ended inside its header line")
+                self._header = data
+                return None
+            target = v1.parse_member_header(data[: end - 1]) if end > 1 else v1.TO_GROUP
+        except v1.V1Error as exc:
+            self._fail(ProtocolError(CloseCode.PROTOCOL_ERROR, f"{v1.SUBPROTOCOL}: {exc}"))
+            return None
+        self._header = None
+        self._assembly.to = target.to if type(target) is v1.ToMember else None
+        return Data(data[end:], event.text, True, event.last)
+
+    async def _direct(self, message: Message, group: Group) -> None:
+        """Deliver a message addressed to one member (v1), or tell the sender (an error
+        event) that there is no such member in its group."""
+        to = message.to
+        assert to is not None
+        target = group.locate(to)
+        if target is None or target is self:
+            self._counters.direct_failures += 1
+            detail = (
+                "a member cannot address a message to itself"
+                if target is self
+                else f"no member {to!r} in group {group.name!r}"
+            )
+            self.mailbox.offer_control(event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
+            return
+        self._counters.deliveries += 1
+        data = target.encoding.message(message)
+        courier = self._courier
+        blocked = courier.offer(data, (target,))
+        if blocked is not None:
+            group.floor.passing()
+            try:
+                await self._paused(courier.wait_for_room, data, blocked)
+            finally:
+                group.floor.passed()
+
     async def _start_stream(self, head: StreamHead) -> None:
         """Take the group's floor for this member's message, and fix who receives it:
         the members there when its first piece goes out."""
@@ -591,10 +666,20 @@ class Session:
         self._flush()
         self._outbound = await self._paused(group.open_stream, self, head)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
-        self._stream_to = tuple(
-            (encoding, tuple(member for member in members if member is not self))
-            for encoding, members in group.audiences
-        )
+        if head.to is not None:
+            target = group.locate(head.to)
+            if target is None or target is self:
+                self._stream_to = ()
+                self._counters.direct_failures += 1
+                error = v1.Error(v1.NO_SUCH_MEMBER, f"no member {head.to!r} here", head.to)
+                self.mailbox.offer_control(event_frame(error))
+            else:
+                self._stream_to = ((target.encoding, (target,)),)
+        else:
+            self._stream_to = tuple(
+                (encoding, tuple(member for member in members if member is not self))
+                for encoding, members in group.audiences
+            )
         self._counters.deliveries += sum(len(members) for _, members in self._stream_to)
 
     async def _forward(self, piece: Piece) -> None:
@@ -610,7 +695,10 @@ class Session:
             if blocked is not None:
                 await self._paused(courier.wait_for_room, data, blocked)
         self._flush()
-        await self._paused(self._outbound.forward, piece)
+        if head.to is None:
+            # (A message to one member here goes to no other node: there it only takes
+            # its turn, so that the group's streams stay in one order everywhere.)
+            await self._paused(self._outbound.forward, piece)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         if piece.last:
             self._counters.messages += 1

@@ -1,0 +1,286 @@
+"""The ``wsproxy.v1`` subprotocol's wire format (DESIGN.md §6; docs/protocol.md).
+
+v1 puts metadata *around* unchanged payloads. Every data message, in both directions, is
+one WebSocket message made of a **header line** and the **payload**:
+
+    HEADER LF PAYLOAD
+
+``HEADER`` is empty or one JSON object (UTF-8, no raw line feed: JSON escapes them), LF
+is the byte 0x0A, and ``PAYLOAD`` is the application's bytes, untouched. The message's
+opcode is the payload's: text stays text (the header is text too), binary stays raw bytes
+after the header (no base64, no wrapping). A streamed message carries its header in its
+first fragment, so the relay forwards it with flat memory like any other.
+
+From a member to the relay:
+
+- ``LF PAYLOAD`` (an empty header): to every other member of the group.
+- ``{"to":"ID"} LF PAYLOAD``: to one member of the group, on any node.
+
+From the relay to a member:
+
+- ``{"from":"ID"} LF PAYLOAD``: a message from member ID to the group.
+- ``{"from":"ID","direct":true} LF PAYLOAD``: a message from member ID to this member only.
+- ``{"event":...} LF``, no payload, a text message: something the relay says itself
+  (:class:`Welcome`, :class:`Presence`, :class:`Members`, :class:`Error`).
+
+This module is pure (no Trio, no sockets): the relay and every client share it, and the
+test vectors in ``docs/protocol-vectors.json`` check it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+#: The ``Sec-WebSocket-Protocol`` name a client offers to speak v1.
+SUBPROTOCOL = "wsproxy.v1"
+
+#: A member's header line is at most this many bytes (its line feed included): it names
+#: at most one recipient. A longer one is a protocol error (close 1002).
+MAX_MEMBER_HEADER = 4096
+
+LF = 0x0A
+_LF = b"\n"
+
+
+class V1Error(ValueError):
+    """A v1 message that breaks the wire format; ``str()`` says how."""
+
+
+# --- from a member to the relay ------------------------------------------------------
+
+
+@attrs.frozen
+class ToGroup:
+    """A member's message to every other member of its group."""
+
+
+@attrs.frozen
+class ToMember:
+    """A member's message to one member of its group, by id."""
+
+    to: str
+
+
+#: The one :class:`ToGroup` (it has no fields).
+TO_GROUP = ToGroup()
+
+_TO_KEYS = frozenset({"to"})
+
+
+def header_end(data: bytes | bytearray | memoryview) -> int | None:
+    """Where the payload of a member's message starts (just past its header's line
+    feed), given the message's first bytes; None while no line feed has arrived yet.
+
+    Raises :class:`V1Error` when the first ``MAX_MEMBER_HEADER`` bytes hold no line feed.
+    """
+    end = bytes(data[:MAX_MEMBER_HEADER]).find(_LF)
+    if end < 0:
+        if len(data) >= MAX_MEMBER_HEADER:
+            raise V1Error(f"no header line within {MAX_MEMBER_HEADER} bytes")
+        return None
+    return end + 1
+
+
+def parse_member_header(line: bytes) -> ToGroup | ToMember:
+    """What a member's header line (without its line feed) asks of the relay."""
+    if not line:
+        return TO_GROUP
+    try:
+        header = json.loads(line)
+    except (UnicodeDecodeError, ValueError):
+        raise V1Error("the header is not a JSON object") from None
+    if not isinstance(header, dict):
+        raise V1Error("the header is not a JSON object")
+    unknown = header.keys() - _TO_KEYS
+    if unknown:
+        raise V1Error(f"unknown header field {sorted(unknown)[0]!r}")
+    if "to" not in header:
+        return TO_GROUP
+    to = header["to"]
+    if not isinstance(to, str) or not to:
+        raise V1Error('"to" must be a non-empty string (a member id)')
+    return ToMember(to)
+
+
+def member_header(to: str | None = None) -> bytes:
+    """The header line (with its line feed) a member puts before its payload: to the
+    group, or to the member ``to``."""
+    if to is None:
+        return _LF
+    return _json({"to": to})
+
+
+# --- from the relay to a member ------------------------------------------------------
+
+
+@attrs.frozen
+class From:
+    """The header of a message the relay forwards: who sent it, and whether to this
+    member only (``direct``) or to the group."""
+
+    sender: str
+    direct: bool = False
+
+
+@attrs.frozen
+class Welcome:
+    """The relay's first message to a v1 member: its id, its group, and who else is
+    there. ``members`` is None when the group is larger than the relay's presence limit:
+    then only ``count`` (all members, this one included) is kept, and no
+    :class:`Presence` events follow while it stays that large."""
+
+    id: str
+    group: str
+    members: frozenset[str] | None
+    count: int
+
+
+@attrs.frozen
+class Presence:
+    """A batch of changes to the group's membership since the last event: the members
+    that ``joined`` and the members that ``left``, each in the order it happened, a
+    member in at most one of them (one that joined and left within the batch is in
+    neither). ``count`` is the group's size after them, this member included."""
+
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    count: int
+
+
+@attrs.frozen
+class Members:
+    """The group's whole member list afresh, replacing the one held: sent when the group
+    shrinks back under the relay's presence limit. ``members`` None: the group grew past
+    the limit, and only ``count`` is kept (no :class:`Presence` events) until it shrinks."""
+
+    members: frozenset[str] | None
+    count: int
+
+
+@attrs.frozen
+class Error:
+    """Something the relay could not do for this member, as an event: ``error`` is a
+    stable code (``no_such_member``), ``detail`` a human sentence, ``to`` the member id
+    the message was addressed to, where one was."""
+
+    error: str
+    detail: str
+    to: str | None = None
+
+
+Event = Welcome | Presence | Members | Error
+
+#: Error codes the relay sends.
+NO_SUCH_MEMBER = "no_such_member"
+
+
+def from_header(sender: str, direct: bool = False) -> bytes:
+    """The header line (with its line feed) of a message the relay forwards."""
+    if direct:
+        return _json({"from": sender, "direct": True})
+    return _json({"from": sender})
+
+
+def encode_event(event: Event) -> bytes:
+    """An event, as the payload of the text message that carries it."""
+    body: dict[str, Any]
+    if type(event) is Welcome:
+        body = {"event": "welcome", "id": event.id, "group": event.group}
+        body["members"] = None if event.members is None else sorted(event.members)
+        body["count"] = event.count
+    elif type(event) is Presence:
+        body = {"event": "presence", "joined": list(event.joined), "left": list(event.left)}
+        body["count"] = event.count
+    elif type(event) is Members:
+        body = {"event": "members"}
+        body["members"] = None if event.members is None else sorted(event.members)
+        body["count"] = event.count
+    elif type(event) is Error:
+        body = {"event": "error", "error": event.error, "detail": event.detail}
+        if event.to is not None:
+            body["to"] = event.to
+    else:
+        raise TypeError(f"not a v1 event: {event!r}")
+    return _json(body)
+
+
+def decode_relay_message(data: bytes | bytearray | memoryview) -> tuple[From | Event, int]:
+    """A relay's v1 message (or its first fragment): what its header says, and where its
+    payload starts. Raises :class:`V1Error` for anything else."""
+    end = bytes(data[:MAX_MEMBER_HEADER]).find(_LF)
+    if end < 0:
+        end = bytes(data).find(_LF)
+        if end < 0:
+            raise V1Error("no header line")
+    try:
+        header = json.loads(bytes(data[:end]))
+    except (UnicodeDecodeError, ValueError):
+        raise V1Error("the header is not a JSON object") from None
+    if not isinstance(header, dict):
+        raise V1Error("the header is not a JSON object")
+    return _relay_header(header), end + 1
+
+
+def _relay_header(header: dict[str, Any]) -> From | Event:
+    if "from" in header:
+        sender = header["from"]
+        if not isinstance(sender, str):
+            raise V1Error('"from" must be a string')
+        return From(sender, header.get("direct") is True)
+    kind = header.get("event")
+    try:
+        if kind == "welcome":
+            return Welcome(
+                _str(header["id"]),
+                _str(header["group"]),
+                _ids(header["members"]),
+                _int(header["count"]),
+            )
+        if kind == "presence":
+            return Presence(
+                tuple(_strs(header["joined"])),
+                tuple(_strs(header["left"])),
+                _int(header["count"]),
+            )
+        if kind == "members":
+            return Members(_ids(header["members"]), _int(header["count"]))
+        if kind == "error":
+            to = header.get("to")
+            return Error(
+                _str(header["error"]), _str(header["detail"]), None if to is None else _str(to)
+            )
+    except KeyError as missing:
+        raise V1Error(f"a {kind} event needs {missing}") from None
+    raise V1Error(f"unknown event {kind!r}")
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    # Compact, UTF-8: ids are any Unicode; JSON escapes control characters, so the one
+    # line feed is the header's end.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + _LF
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise V1Error(f"expected a string, got {value!r}")
+    return value
+
+
+def _strs(value: object) -> Iterable[str]:
+    if not isinstance(value, list):
+        raise V1Error(f"expected a list of strings, got {value!r}")
+    return [_str(item) for item in value]
+
+
+def _ids(value: object) -> frozenset[str] | None:
+    return None if value is None else frozenset(_strs(value))
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise V1Error(f"expected a count, got {value!r}")
+    return value

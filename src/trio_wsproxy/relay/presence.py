@@ -1,0 +1,118 @@
+"""Who is in a group, as its ``wsproxy.v1`` members hear it: a welcome at join, then
+joins and leaves in batches.
+
+A burst of 1,000 joins must reach each member as a handful of events, not 1,000 (join
+storms melt big channels elsewhere). So a change is not announced when it happens: the
+group's pending changes are kept, coalesced to the last one per member id, and sent as
+one :class:`~trio_wsproxy.protocol.v1.Presence` event per group every
+:data:`INTERVAL`, framed once for all its v1 members.
+
+Why the member list a client holds is exact at the end of a burst, whenever it was
+welcomed: whether an id is in the group depends only on the last join or leave of that
+id. An event carries, for every id that changed since the previous event, its last
+change (an id that joined and left again is in ``left``); a client applies it to the
+list it holds as "add" and "remove", ignoring what is already so. Its list, wherever
+inside the batch its welcome was taken, comes out equal to the group's.
+
+An event never goes between the fragments of a message streaming to the group: while
+the group's floor is held, its changes wait for the next round.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..protocol import v1
+from ..protocol.frames import OP_TEXT, frame
+
+if TYPE_CHECKING:
+    from .counters import Counters
+    from .groups import Group, Member
+
+#: How long changes gather before they are announced: a burst of joins within this
+#: window is one event per member. Short enough that a member list trails the group by
+#: a fraction of a second at most.
+INTERVAL = 0.1
+
+
+def event_frame(event: v1.Event) -> bytes:
+    """A v1 event, framed as the text message that carries it."""
+    return frame(OP_TEXT, v1.encode_event(event))
+
+
+class Presence:
+    """The relay's pending membership changes, per group, and the task announcing them."""
+
+    def __init__(self, limit: int, counters: Counters) -> None:
+        #: Largest group that has a member list (RelayConfig.presence_limit).
+        self.limit = limit
+        self._counters = counters
+        # Group -> member id -> joined (True) or left (False), the last change per id,
+        # in the order of those last changes.
+        self._pending: dict[Group, dict[str, bool]] = {}
+        self._due = trio.Event()
+
+    def welcome(self, member: Member, group: Group) -> None:
+        """Tell a v1 member that just joined who it is and who is there (ahead of any
+        message to it: this is the first thing its mailbox holds)."""
+        size = group.size
+        members = None if size > self.limit else frozenset(group.member_ids())
+        event = v1.Welcome(member.id, group.name, members, size)
+        member.mailbox.offer_control(event_frame(event))
+        self._counters.presence_events += 1
+
+    def changed(self, group: Group, member_id: str, joined: bool) -> None:
+        """``member_id`` joined (or left) ``group``; announced with the next batch."""
+        if not group.listeners:
+            return  # no v1 member to tell; one that joins later gets a welcome
+        pending = self._pending.get(group)
+        if pending is None:
+            pending = self._pending[group] = {}
+            self._due.set()
+        pending.pop(member_id, None)  # (re-inserted: the order of last changes)
+        pending[member_id] = joined
+
+    async def run(self) -> None:
+        """Announce pending changes every INTERVAL while there are any (until cancelled)."""
+        while True:
+            await self._due.wait()
+            await trio.sleep(INTERVAL)
+            self._due = trio.Event()
+            self.announce()
+
+    def announce(self) -> None:
+        """Send every group's pending changes to its v1 members now."""
+        pending, self._pending = self._pending, {}
+        for group, changes in pending.items():
+            if group.floor.holder is not None:
+                # A message is streaming to the group: wait for the next round.
+                self._pending[group] = changes
+                continue
+            self._announce(group, changes)
+        if self._pending:
+            self._due.set()
+
+    def _announce(self, group: Group, changes: dict[str, bool]) -> None:
+        listeners = group.listeners
+        if not listeners:
+            return
+        size = group.size
+        event: v1.Event
+        if size > self.limit:
+            if not group.listed:
+                return  # counts only, and they know it
+            group.listed = False
+            event = v1.Members(None, size)
+        elif not group.listed:
+            group.listed = True
+            event = v1.Members(frozenset(group.member_ids()), size)
+        else:
+            joined = tuple(member_id for member_id, j in changes.items() if j)
+            left = tuple(member_id for member_id, j in changes.items() if not j)
+            event = v1.Presence(joined, left, size)
+        data = event_frame(event)
+        for member in listeners:
+            member.mailbox.offer_control(data)
+        self._counters.presence_events += len(listeners)

@@ -1,0 +1,88 @@
+"""The wsproxy.v1 test vectors (docs/protocol-vectors.json), which every client's tests
+load: the Python codec reads each vector as it says and writes each relay vector's
+bytes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_wsproxy.protocol import v1
+
+VECTORS = json.loads(
+    (Path(__file__).parent.parent / "docs" / "protocol-vectors.json").read_text("utf-8")
+)["vectors"]
+
+
+def by_direction(direction: str) -> list[Any]:
+    return [pytest.param(v, id=v["name"]) for v in VECTORS if v["direction"] == direction]
+
+
+def test_the_vectors_are_consistent() -> None:
+    for vector in VECTORS:
+        data = bytes.fromhex(vector["hex"])
+        if vector["opcode"] == "text":
+            assert data.decode() == vector["text"], vector["name"]
+        else:
+            assert vector["opcode"] == "binary" and "text" not in vector
+
+
+@pytest.mark.parametrize("vector", by_direction("member-to-relay"))
+def test_what_a_member_sends(vector: dict[str, Any]) -> None:
+    data, meaning = bytes.fromhex(vector["hex"]), vector["meaning"]
+    if "error" in meaning:
+        with pytest.raises(v1.V1Error, match=meaning["error"]):
+            end = v1.header_end(data)
+            if end is None:
+                raise v1.V1Error("a message ended inside its header line")
+            v1.parse_member_header(data[: end - 1])
+        return
+    end = v1.header_end(data)
+    assert end is not None
+    target = v1.parse_member_header(data[: end - 1])
+    assert (target.to if isinstance(target, v1.ToMember) else None) == meaning["to"]
+    payload = bytes.fromhex(meaning["payload_hex"])
+    assert data[end:] == payload
+    if data[: end - 1] != b"{}":
+        # And a member's header is written exactly so.
+        assert v1.member_header(meaning["to"]) + payload == data
+
+
+def relay_value(meaning: dict[str, Any]) -> v1.From | v1.Event:
+    event = meaning.get("event")
+    members = meaning.get("members")
+    listed = None if members is None else frozenset(members)
+    if event is None:
+        return v1.From(meaning["from"], meaning["direct"])
+    if event == "welcome":
+        return v1.Welcome(meaning["id"], meaning["group"], listed, meaning["count"])
+    if event == "presence":
+        return v1.Presence(tuple(meaning["joined"]), tuple(meaning["left"]), meaning["count"])
+    if event == "members":
+        return v1.Members(listed, meaning["count"])
+    assert event == "error"
+    return v1.Error(meaning["error"], meaning["detail"], meaning.get("to"))
+
+
+@pytest.mark.parametrize("vector", by_direction("relay-to-member"))
+def test_what_the_relay_sends(vector: dict[str, Any]) -> None:
+    data, meaning = bytes.fromhex(vector["hex"]), vector["meaning"]
+    expected = relay_value(meaning)
+    what, start = v1.decode_relay_message(data)
+    assert what == expected
+    payload = data[start:]
+    if isinstance(expected, v1.From):
+        assert payload == bytes.fromhex(meaning["payload_hex"])
+        assert v1.from_header(expected.sender, expected.direct) + payload == data
+    else:
+        assert payload == b"" and vector["opcode"] == "text"
+        assert v1.encode_event(expected) == data
+
+
+def test_relay_messages_that_break_the_format_are_refused() -> None:
+    for data in (b"no line", b"[]\n", b'{"event":"nope"}\n', b'{"event":"welcome"}\n'):
+        with pytest.raises(v1.V1Error):
+            v1.decode_relay_message(data)

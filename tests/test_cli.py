@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
+import logging
 import os
 import re
 import signal
@@ -14,16 +17,24 @@ import pytest
 import trio
 import trio_websocket as tw
 
+import trio_wsproxy
 from relayproc import Output, first_line, start_relay
 from trio_wsproxy import CloseCode, RelayConfig
-from trio_wsproxy._cli import build_parser, config_from_args, parse_size
+from trio_wsproxy._cli import (
+    DEFAULT_LOG_LEVEL,
+    build_parser,
+    config_from_args,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 from wsraw import RawClient
 
 
 def test_every_config_field_has_a_flag_and_defaults_agree() -> None:
     args = build_parser().parse_args(["serve"])
     assert config_from_args(args) == RelayConfig()
-    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    help_text = subcommand("serve").format_help()
     for field in attrs.fields(RelayConfig):
         assert "--" + field.name.replace("_", "-") in help_text
 
@@ -62,6 +73,11 @@ def test_sizes_take_binary_units(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
+@pytest.mark.parametrize("size", [1, 1000, 16384, 4 << 20, 512 << 20, 3 << 30, (1 << 40) + 1])
+def test_sizes_are_shown_as_parse_size_reads_them(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
 def test_bad_values_are_refused_with_a_message() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trio_wsproxy", "serve", "--mailbox-bytes", "lots"],
@@ -94,6 +110,7 @@ async def test_a_signal_closes_every_member_with_1001_and_exits_0(signum: int) -
                 for ws in (a, b):
                     with pytest.raises(tw.ConnectionClosed) as info, trio.fail_after(10):
                         await ws.get_message()
+                    assert info.value.reason is not None
                     assert info.value.reason.code == CloseCode.GOING_AWAY
         with trio.fail_after(10):
             assert await process.wait() == 0
@@ -156,6 +173,7 @@ async def test_a_second_signal_during_shutdown_exits_at_once_without_a_traceback
                     assert await silent.expect_close() == (1001, "relay shutting down")
                 with pytest.raises(tw.ConnectionClosed) as info, trio.fail_after(10):
                     await polite.get_message()
+                assert info.value.reason is not None
                 assert info.value.reason.code == CloseCode.GOING_AWAY
             # The relay now waits close_timeout for the silent member's answer.
             process.send_signal(second)
@@ -307,3 +325,105 @@ async def test_a_port_in_use_is_a_one_line_error() -> None:
     assert result.returncode == 1
     assert b"cannot serve" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def subcommand(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    chosen: argparse.ArgumentParser = commands.choices[name]
+    return chosen
+
+
+def flag_defaults(name: str) -> dict[str, str]:
+    """Each flag of ``trio-wsproxy NAME --help`` and the default its help shows."""
+    shown = {}
+    for action in subcommand(name)._actions:
+        found = re.search(r"\(default: ([^)]+)\)$", action.help or "")
+        if found:
+            shown[action.option_strings[0]] = found[1]
+    return shown
+
+
+def test_serve_help_shows_each_default_as_the_flag_takes_it() -> None:
+    shown = flag_defaults("serve")
+    for field in attrs.fields(RelayConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.metadata.get("env"):
+            continue  # never a flag
+        default = shown[flag]
+        if field.name == "log_level":
+            # RelayConfig's None leaves logging alone; the command line logs at WARNING.
+            assert default == "WARNING" == DEFAULT_LOG_LEVEL
+        elif default == "not set":
+            assert getattr(RelayConfig(), field.name) in (None, ())
+        elif isinstance(field.default, bool):
+            assert default == ("on" if field.default else "off")
+        else:
+            # Giving the default shown changes nothing: it is the true default.
+            args = build_parser().parse_args(["serve", flag, default])
+            assert config_from_args(args) == RelayConfig(), (flag, default)
+    assert shown["--mailbox-bytes"] == "4MiB"
+    assert shown["--max-message-size"] == "none"
+    assert shown["--slow-member-timeout"] == "10"
+    help_text = subcommand("serve").format_help()
+    assert "(default: None)" not in help_text
+    for flag, default in shown.items():
+        assert f"(default: {default})" in " ".join(help_text.split()), flag
+
+
+def test_the_command_line_logs_at_warning_without_log_level() -> None:
+    # The level main gives logging.basicConfig when --log-level is not given.
+    code = (
+        "import logging, sys; from trio_wsproxy import _cli; "
+        "_cli.trio.run = lambda *a: print(logging.getLogger().level); "
+        "_cli.main(['serve', '--port', '0'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == str(logging.WARNING), result.stderr
+
+
+def test_token_help_shows_its_defaults() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsproxy", "token", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    shown = flag_defaults("token")
+    assert "(default: 1h)" in result.stdout
+    assert shown["--ttl"] == "1h"
+    args = build_parser().parse_args(["token", "--id", "a", "--group", "g"])
+    assert args.ttl == parse_duration(shown["--ttl"]) == 3600
+    assert shown["--secret-file"] == "the TRIO_WSPROXY_TOKEN_SECRET variable"
+    assert "(default: None)" not in result.stdout
+
+
+def test_version_prints_the_installed_version_and_exits_0() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsproxy", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"trio-wsproxy {importlib.metadata.version('trio_wsproxy')}\n"
+    assert trio_wsproxy.__version__ == importlib.metadata.version("trio_wsproxy")
+    assert "__version__" not in trio_wsproxy.__all__  # metadata, as in trio
+
+
+def test_a_source_tree_never_installed_has_an_unknown_version() -> None:
+    code = (
+        "import importlib.metadata as m\n"
+        "real = m.version\n"
+        "def version(name):\n"
+        "    if name == 'trio_wsproxy': raise m.PackageNotFoundError(name)\n"
+        "    return real(name)\n"
+        "m.version = version\n"
+        "import trio_wsproxy; print(trio_wsproxy.__version__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.stdout.strip() == "0+unknown", result.stderr

@@ -5,7 +5,10 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
-from ._serve import open_relay, serve_relay
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+from ._serve import TLSConfigError, open_relay, serve_relay
 from .backplane.redis import RedisBackplane
 from .client.client import (
     DEFAULT_RECONNECT_CODES,
@@ -34,6 +37,15 @@ from .relay.config import DEFAULT_PORT, RelayConfig
 from .relay.groups import Group, GroupRegistry, LocalRegistry
 from .relay.relay import Relay, RelayStats
 
+try:
+    #: The installed distribution's version (``pyproject.toml``'s), e.g. ``"0.1.0"``.
+    __version__ = _distribution_version("trio_wsproxy")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+del PackageNotFoundError, _distribution_version
+
+# __version__ is module metadata rather than API, so, as in trio, it is not in __all__:
+# a star import does not bring it in, and the loop at the end leaves it alone.
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RECONNECT_CODES",
@@ -63,6 +75,7 @@ __all__ = [
     "RelayStats",
     "ReplyError",
     "RequestTimeout",
+    "TLSConfigError",
     "TypeRegistry",
     "check_token",
     "decode_envelope",

@@ -16,13 +16,22 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
+from . import __version__
 from ._serve import read_token_secret, serve_relay
-from ._workers import STOP_SIGNALS, WorkerFailed, serve_workers, signals_exit_at_once
+from ._workers import (
+    STOP_SIGNALS,
+    WorkerFailed,
+    WorkerLink,
+    serve_worker,
+    serve_workers,
+    signals_exit_at_once,
+)
 from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig, check_token_secret
@@ -32,6 +41,8 @@ logger = logging.getLogger("trio_wsproxy.cli")
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _NONE_WORDS = frozenset({"none", "off", "0"})
+# How long a token lives when ``trio-wsproxy token`` is not given --ttl.
+_TOKEN_TTL = "1h"
 
 
 def parse_size(text: str) -> int:
@@ -42,11 +53,17 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse_or_none(text: str) -> Any:
-        return None if text.strip().lower() in _NONE_WORDS else parse(text)
+class _Optional:
+    """A flag's parser that reads ``none`` (or ``off``, ``0``) as None, anything else
+    with ``parse``."""
 
-    return parse_or_none
+    def __init__(self, parse: Callable[[str], Any]) -> None:
+        #: How a value other than none is read.
+        self.parse = parse
+        self.__name__ = getattr(parse, "__name__", "value")  # argparse's error names it
+
+    def __call__(self, text: str) -> Any:
+        return None if text.strip().lower() in _NONE_WORDS else self.parse(text)
 
 
 # How each RelayConfig field's flag parses its value; every field has a flag (a boolean
@@ -55,31 +72,32 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": int,
     "path": str,
-    "max_message_size": _optional(parse_size),
+    "max_message_size": _Optional(parse_size),
     "certfile": str,
     "keyfile": str,
     "log_level": str,
     "mailbox_bytes": parse_size,
-    "max_buffered_bytes": _optional(parse_size),
+    "max_buffered_bytes": _Optional(parse_size),
     "slow_member_timeout": float,
-    "ping_interval": _optional(float),
+    "ping_interval": _Optional(float),
     "ping_timeout": float,
     "stream_timeout": float,
+    "presence_limit": int,
     "handshake_timeout": float,
     "max_handshake_size": parse_size,
     "max_id_length": int,
     "close_timeout": float,
-    "healthz_path": _optional(str),
-    "metrics_path": _optional(str),
+    "healthz_path": _Optional(str),
+    "metrics_path": _Optional(str),
     "token_secret_file": str,
     "allowed_origins": str,
-    "max_members": _optional(int),
-    "max_group_members": _optional(int),
-    "max_groups": _optional(int),
-    "max_message_rate": _optional(float),
-    "max_byte_rate": _optional(parse_size),
+    "max_members": _Optional(int),
+    "max_group_members": _Optional(int),
+    "max_groups": _Optional(int),
+    "max_message_rate": _Optional(float),
+    "max_byte_rate": _Optional(parse_size),
     "log_format": str,
-    "backplane": _optional(str),
+    "backplane": _Optional(str),
     "backplane_prefix": str,
     "node_ttl": float,
     "workers": int,
@@ -104,17 +122,64 @@ class _NeverAFlag(argparse.Action):
         )
 
 
+def format_size(size: int) -> str:
+    """``4194304`` -> ``"4MiB"``: the largest binary unit that divides ``size`` (what
+    :func:`parse_size` reads back)."""
+    for unit in ("t", "g", "m", "k"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit.upper()}iB"
+    return str(size)
+
+
+# Fields whose flag takes a size: their defaults are shown in binary units.
+_SIZES = frozenset(
+    name
+    for name, parse in _PARSERS.items()
+    if parse is parse_size or (isinstance(parse, _Optional) and parse.parse is parse_size)
+)
+# Defaults whose RelayConfig value is not what the command line does without the flag.
+_CLI_DEFAULTS = {
+    # RelayConfig's None leaves the loggers alone (an embedding application's choice);
+    # the command line configures logging itself, at WARNING (see main).
+    "log_level": "WARNING",
+}
+#: The level the command line logs at without --log-level.
+DEFAULT_LOG_LEVEL = _CLI_DEFAULTS["log_level"]
+
+
+def shown_default(name: str, value: Any) -> str:
+    """How ``serve --help`` shows the default ``value`` of field ``name``: as the flag
+    would be given (``4MiB``, ``30``, ``none``), so that giving it changes nothing."""
+    if name in _CLI_DEFAULTS:
+        return _CLI_DEFAULTS[name]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == ():
+        # A flag whose parser reads "none" (_optional) takes it for "no limit / off";
+        # for the others (file names, origins) the setting is simply not given.
+        return "none" if isinstance(_PARSERS.get(name), _Optional) else "not set"
+    if name in _SIZES:
+        return format_size(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _help(text: str, default: str) -> str:
+    # argparse %-formats help texts: a literal % must be doubled.
+    return f"{text} (default: {default})".replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: ``serve`` takes one flag per :class:`RelayConfig` field."""
     parser = argparse.ArgumentParser(
         prog="trio-wsproxy", description="Trio WebSocket group relay (EasyWebSocketProxy wire)."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser(
-        "serve",
-        help="run a relay until SIGINT or SIGTERM",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
     )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run a relay until SIGINT or SIGTERM")
     for field in attrs.fields(RelayConfig):
         default = field.default
         flag = "--" + field.name.replace("_", "-")
@@ -131,42 +196,55 @@ def build_parser() -> argparse.ArgumentParser:
                 help=argparse.SUPPRESS,
             )
             continue
+        shown = _help(field.metadata["help"], shown_default(field.name, default))
         if isinstance(default, bool):
             serve.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=field.metadata["help"],
-            )
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                help=shown,
+            )  # fmt: skip
             continue
         if isinstance(default, tuple):
             default = ",".join(default)
+        if field.name not in _PARSERS:  # a field added to RelayConfig without its flag
+            raise LookupError(f"RelayConfig.{field.name} has no parser in _cli._PARSERS")
         serve.add_argument(
             flag,
             dest=field.name,
             type=_PARSERS[field.name],
             default=default,
-            help=field.metadata["help"],
+            help=shown,
             metavar=field.name.upper(),
         )
+    # Internal: how the supervisor of --workers tells each worker where its private
+    # metrics endpoint is (see _workers). Not for operators, so not in --help.
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
     token = commands.add_parser(
         "token",
         help="mint an access token for a relay that has a token secret",
         description="Print an HS256 access token for one member id and its groups. The "
         "secret comes from --secret-file or the TRIO_WSPROXY_TOKEN_SECRET variable.",
     )
-    token.add_argument("--secret-file", help="file holding the relay's token secret")
-    token.add_argument("--id", required=True, dest="member_id", help="the member id")
+    token.add_argument(
+        "--secret-file",
+        help=_help(
+            "file holding the relay's token secret", "the TRIO_WSPROXY_TOKEN_SECRET variable"
+        ),
+    )
+    token.add_argument("--id", required=True, dest="member_id", help="the member id (required)")
     token.add_argument(
         "--group",
         required=True,
         action="append",
         dest="groups",
-        help="a group it may join; a trailing * makes it a prefix (repeatable)",
+        help="a group it may join; a trailing * makes it a prefix (required; repeatable)",
     )
     token.add_argument(
-        "--ttl", default="1h", type=parse_duration, help="lifetime: 3600, 90s, 30m, 12h, 7d"
+        "--ttl",
+        default=_TOKEN_TTL,
+        type=parse_duration,
+        help=_help("lifetime: 3600, 90s, 30m, 12h, 7d", _TOKEN_TTL),
     )
     return parser
 
@@ -240,14 +318,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-async def _serve(config: RelayConfig) -> None:
+def worker_link(
+    args: argparse.Namespace, config: RelayConfig, parser: argparse.ArgumentParser
+) -> WorkerLink | None:
+    """The supervisor's endpoints a worker was given (the internal --worker-* flags), or
+    None for a relay that is no supervisor's worker; a usage error when they are wrong."""
+    given = (args.worker_dir, args.worker_index, args.worker_count)
+    if all(value is None for value in given):
+        return None
+    if any(value is None for value in given):
+        parser.error("--worker-dir, --worker-index and --worker-count go together")
+    if config.workers != 1:
+        parser.error("--worker-dir is for the workers of --workers, which are not supervisors")
+    try:
+        return WorkerLink(args.worker_dir, args.worker_index, args.worker_count)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+async def _serve(config: RelayConfig, link: WorkerLink | None = None) -> None:
     """Serve until the first SIGINT or SIGTERM, then close every session (1001, bounded by
     ``close_timeout``) and return. Run under :func:`signals_exit_at_once`, as ``main``
     does: the receiver is closed once the first signal is in, so that a second one ends
-    the process at once instead of waiting for the members."""
+    the process at once instead of waiting for the members. ``link``: the relay is a
+    worker of a supervisor, with those endpoints."""
+    run = serve_relay if link is None else partial(serve_worker, link=link)
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            relay = await nursery.start(serve_relay, config)
+            relay = await nursery.start(run, config)
             print(f"trio-wsproxy relay listening on {relay.url}", flush=True)
             async for signum in signals:
                 logger.info("%s received: closing every session", signal.Signals(signum).name)
@@ -267,17 +365,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_token_secret(config)  # a missing or empty secret file: say so before serving
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    link = worker_link(args, config, parser)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=(config.log_level or "WARNING").upper(), handlers=[handler])
+    logging.basicConfig(level=(config.log_level or DEFAULT_LOG_LEVEL).upper(), handlers=[handler])
     failure: BaseException | None = None
     try:
         # The first SIGINT or SIGTERM shuts down gracefully; a second exits at once.
         with signals_exit_at_once():
-            trio.run(_serve if config.workers == 1 else serve_workers, config)
+            if config.workers == 1:
+                trio.run(_serve, config, link)
+            else:
+                trio.run(serve_workers, config)
     except* (OSError, WorkerFailed) as group:
         # Port in use, bad address, unreadable certificate, a worker that cannot
         # listen: say so in one line.

@@ -1,16 +1,19 @@
 """The relay's ``/metrics`` endpoint, in the Prometheus text format (prometheus-client).
 
 Counters live on the relay as plain integers (the hot path only adds to them); this
-module turns a snapshot into metric families when Prometheus scrapes.
+module turns a snapshot into metric families when Prometheus scrapes, and adds up the
+figures of several relay processes into the whole relay's (``--workers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import attrs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -93,3 +96,141 @@ def render_metrics(counters: Counters, registry: GroupRegistry) -> bytes:
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(RelayCollector(counters, registry))
     return generate_latest(collectors)
+
+
+# -- the whole relay's figures, from those of its processes (--workers) ------------------
+#
+# Each worker of `--workers N` counts what it carries. A scrape must answer for the whole
+# relay, so the workers' figures are read back from their expositions and added up, family
+# by family, by the rules below. Counters are summed over every worker, including the
+# last figures known of one that did not answer this time (or has died since): a counter
+# of the whole relay then never goes down, which Prometheus would take for a restart.
+# Gauges describe now, so only the workers that answered count; most are summed, and the
+# ones below may not be.
+
+#: (family name, sample name, its labels sorted): one series of an exposition.
+SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]
+
+#: The gauges that are not summed over the workers that answered, and what is done instead.
+WHOLE_RELAY_GAUGES = {
+    # The relay can deliver to every node only if every worker can: the least of them.
+    "trio_wsproxy_backplane_up": "min",
+    # A group with members on two workers is one group: the distinct groups of all of
+    # them (from each worker's digests of its group names), not the sum of their counts.
+    "trio_wsproxy_groups": "distinct",
+}
+WORKERS = "trio_wsproxy_workers"
+WORKERS_REPORTING = "trio_wsproxy_workers_reporting"
+
+
+@attrs.frozen
+class FamilyHead:
+    """A metric family's name, type and help, as an exposition gives them."""
+
+    name: str
+    type: str
+    documentation: str
+
+
+@attrs.frozen
+class Figures:
+    """One relay process's ``/metrics``, read back: its families in order, and the value
+    of each of their samples."""
+
+    heads: tuple[FamilyHead, ...]
+    values: Mapping[SampleKey, float]
+
+    @classmethod
+    def parse(cls, exposition: str) -> Figures:
+        """Read a Prometheus text exposition (what :func:`render_metrics` writes).
+
+        Raises ValueError when it is not one."""
+        heads: list[FamilyHead] = []
+        values: dict[SampleKey, float] = {}
+        for family in text_string_to_metric_families(exposition):
+            heads.append(FamilyHead(family.name, family.type, family.documentation))
+            for sample in family.samples:
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                values[key] = sample.value
+        return cls(tuple(heads), values)
+
+    def counters(self) -> dict[SampleKey, float]:
+        """The samples of its counter families."""
+        counting = {head.name for head in self.heads if head.type == "counter"}
+        return {key: value for key, value in self.values.items() if key[0] in counting}
+
+
+@attrs.frozen
+class WorkerFigures:
+    """What the whole relay's figures are made of, for one worker (one place of
+    ``--workers``, whatever processes it has had)."""
+
+    #: Its figures: the last it gave, counters including those of its earlier processes.
+    figures: Figures
+    #: Digests of the names of its groups (``WHOLE_RELAY_GAUGES``); None: unknown, so
+    #: its own count of groups is added instead.
+    groups: frozenset[str] | None
+    #: Whether it answered for this scrape: only then do its gauges count.
+    live: bool
+
+
+def _distinct_groups(live: Sequence[WorkerFigures]) -> float:
+    known = [worker.groups for worker in live if worker.groups is not None]
+    unknown = [worker for worker in live if worker.groups is None]
+    counts = (worker.figures.values.get(_GROUPS_KEY, 0.0) for worker in unknown)
+    return float(len(frozenset[str]().union(*known))) + sum(counts)
+
+
+_GROUPS_KEY: SampleKey = ("trio_wsproxy_groups", "trio_wsproxy_groups", ())
+
+
+def render_whole_relay(workers: Sequence[WorkerFigures], configured: int) -> bytes:
+    """The whole relay's exposition: every family of ``workers``' figures added up as
+    the rules above say, then ``trio_wsproxy_workers`` (``configured``, the worker
+    processes there should be) and ``trio_wsproxy_workers_reporting`` (those that
+    answered). Families and series keep the names and labels one process gives them,
+    in its order; series are sorted, so that successive scrapes read alike."""
+    heads: dict[str, FamilyHead] = {}
+    for worker in workers:
+        for head in worker.figures.heads:
+            heads.setdefault(head.name, head)
+    live = [worker for worker in workers if worker.live]
+    families: list[Metric] = []
+    for head in heads.values():
+        family = Metric(head.name, head.documentation, head.type)
+        rule = "sum" if head.type == "counter" else WHOLE_RELAY_GAUGES.get(head.name, "sum")
+        series: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        for worker in workers if head.type == "counter" else live:
+            for (name, sample, labels), value in worker.figures.values.items():
+                if name == head.name:
+                    series.setdefault((sample, labels), []).append(value)
+        for (sample, labels), values in sorted(series.items()):
+            if rule == "min":
+                total = min(values)
+            elif rule == "distinct":
+                total = _distinct_groups(live)
+            else:
+                total = sum(values)
+            family.add_sample(sample, dict(labels), total)
+        families.append(family)
+    workers_family = GaugeMetricFamily(
+        WORKERS, "Worker processes the relay runs (--workers)", float(configured)
+    )
+    reporting = GaugeMetricFamily(
+        WORKERS_REPORTING,
+        "Workers whose figures are in this scrape; the totals keep the last counters of "
+        "one that did not answer in time",
+        float(len(live)),
+    )
+    return generate_latest(_Fixed([*families, workers_family, reporting]))
+
+
+class _Fixed(CollectorRegistry):
+    """A registry that holds ready families, for :func:`generate_latest`."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        super().__init__(auto_describe=False)
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families

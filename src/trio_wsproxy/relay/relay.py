@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import attrs
@@ -34,6 +35,11 @@ from .presence import Presence
 from .session import READ_SIZE, Session
 
 logger = logging.getLogger("trio_wsproxy.relay")
+
+#: Makes the body of a ``/metrics`` answer from this relay's own (the whole relay's,
+#: when this process is one worker of several); awaited once per scrape.
+MetricsView = Callable[[bytes], Awaitable[bytes]]
+
 
 # How long a refusal's response may take to write before the connection is dropped.
 _REFUSAL_WRITE_TIMEOUT = 2.0
@@ -67,8 +73,10 @@ class Relay:
         registry: GroupRegistry,
         ports: list[int],
         secret: str | None = None,
+        metrics_view: MetricsView | None = None,
     ) -> None:
         self.config = config
+        self._metrics_view = metrics_view
         self.registry = registry
         #: The TCP ports the relay listens on (one per bound address).
         self.ports = ports
@@ -152,8 +160,9 @@ class Relay:
         try:
             decision, leftover = await self._read_handshake(stream)
             if isinstance(decision, Probe):
+                response = await self._probe_response(decision)
                 with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
-                    await stream.send_all(self._probe_response(decision))
+                    await stream.send_all(response)
                 return
             if isinstance(decision, Join):
                 decision = self.admit(decision) or decision
@@ -239,9 +248,11 @@ class Relay:
             return "group_full", f"group full: {config.max_group_members} members"
         return None
 
-    def _probe_response(self, probe: Probe) -> bytes:
+    async def _probe_response(self, probe: Probe) -> bytes:
         if probe.path == self.config.metrics_path:
             body = render_metrics(self.counters, self.registry)
+            if self._metrics_view is not None:
+                body = await self._metrics_view(body)
             return probe_response(probe, HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
         if self.closing:
             return probe_response(
@@ -301,10 +312,12 @@ async def run_relay(
     registry: GroupRegistry,
     secret: str | None = None,
     *,
+    metrics_view: MetricsView | None = None,
     task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret``
-    turns access tokens on. :func:`trio_wsproxy.serve_relay` chooses the registry."""
+    turns access tokens on; ``metrics_view`` widens ``/metrics`` (see MetricsView).
+    :func:`trio_wsproxy.serve_relay` chooses the registry."""
     tcp_listeners = await open_listeners(config)
     ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp_listeners)
@@ -312,7 +325,7 @@ async def run_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, registry, ports, secret)
+    relay = Relay(config, registry, ports, secret, metrics_view)
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)

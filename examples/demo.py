@@ -5,8 +5,10 @@
     python examples/demo.py client2         # or: terminal 1, waits and answers ...
     python examples/demo.py client1         # ... terminal 2, sends
 
-Client 2 waits and answers; client 1 sends a typed message, a byte array, a request that
-waits for an answer, a question answered with a bool, and a list of strings. The message
+Client 2 waits and answers; client 1 first waits for client 2 (saying so, and asking
+"are you there?" every second, since what is sent before client 2 joins reaches nobody),
+then sends a typed message, a byte array, a request that waits for an answer, a question
+answered with a bool, and a list of strings. The message
 class travels as ``SharedData.Models.SocketMessage`` with PascalCase fields, exactly as
 the .NET demo's, so either half can be the original .NET client.
 """
@@ -23,6 +25,10 @@ import trio_wsproxy
 from trio_wsproxy import Client, Incoming, message_type
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
+# How long client 1 waits for client 2 to answer "are you there?" before asking again: a
+# message reaches only the members connected when it is sent, so a client 2 that starts
+# later hears the next question, not this one.
+PEER_QUESTION_INTERVAL = 1.0
 
 
 @message_type("SharedData.Models.SocketMessage", pascal_case=True)
@@ -61,10 +67,29 @@ def add_client2_handlers(client: Client, done: trio.Event | None = None) -> None
             done.set()
 
 
+async def wait_for_client2(client: Client, url: str, group: str) -> None:
+    """Ask "are you there?" until client 2 answers (it answers every question with
+    ``True``, as Client2.cs does), saying first whom client 1 waits for."""
+    print(
+        f"[client 1] waiting for client 2 in group {group!r} "
+        f"(start it with: python examples/demo.py client2 --url {url} --group {group})",
+        flush=True,
+    )
+    while True:
+        try:
+            await client.request("Client 2, are you there?", bool, timeout=PEER_QUESTION_INTERVAL)
+        except trio_wsproxy.RequestTimeout:
+            continue
+        print("[client 1] client 2 is here", flush=True)
+        return
+
+
 async def client1(url: str, group: str) -> None:
     """Client1.cs: each step of the .NET demo, in order."""
     async with trio_wsproxy.open_client(url, group=group) as client:
         print(f"[client 1] connected to {url} in group {group!r} as {client.id}")
+
+        await wait_for_client2(client, url, group)
 
         await client.send(SocketMessage("Hello from Client 1"))
         print("[client 1] Type message sent!")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,158 @@ async def test_the_embedded_relay_runs_beside_its_bot() -> None:
     finally:
         process.terminate()
         await process.wait()
+
+
+class Member:
+    """An example run as a person would, in a terminal of its own: lines typed on its
+    standard input, what it prints collected to wait for."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.said, self.complained = Output(), Output()
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, *args: str) -> Member:
+        process = await trio.lowlevel.open_process(
+            example(*args),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=UNBUFFERED,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        member = cls(process)
+        nursery.start_soon(member.said.pump, process.stdout)
+        nursery.start_soon(member.complained.pump, process.stderr)
+        return member
+
+    async def type(self, line: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(line.encode() + b"\n")
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+# Far longer than an answer takes between processes on one machine (milliseconds), even
+# a loaded one: /who's window, so that the list it prints is sure to be whole.
+WHO_WINDOW = "3"
+
+
+async def chat_member(nursery: trio.Nursery, url: str, name: str) -> Member:
+    member = await Member.start(
+        nursery, "chat.py", "--url", url, "--name", name, "--who-window", WHO_WINDOW
+    )
+    await member.said.wait_for(rf"\* you are {name} in room 'lobby'")
+    return member
+
+
+async def test_who_lists_every_member_of_the_room() -> None:
+    relay, url, _port = await start_relay()
+    members: list[Member] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            alice = await chat_member(nursery, url, "alice")
+            members.append(alice)
+            for name in ("bob", "carol"):
+                members.append(await chat_member(nursery, url, name))
+                # Once alice has heard it join, it is in the room, its handlers set.
+                await alice.said.wait_for(rf"\* {name} joined")
+            await alice.type("/who")
+            await alice.said.wait_for(r"\* 3 here: alice \(you\), bob, carol\n")
+            bob = members[1]
+            await bob.type("/who")
+            await bob.said.wait_for(r"\* 3 here: bob \(you\), alice, carol\n")
+            # Each saw only its own list: the others' answers are not theirs to show.
+            assert "here:" not in members[2].said.text
+            for member in members:
+                await member.type("/quit")
+            with trio.fail_after(30):
+                for member in members:
+                    assert await member.process.wait() == 0, member.complained.text
+            nursery.cancel_scope.cancel()
+    finally:
+        for member in members:
+            await member.stop()
+        relay.terminate()
+        await relay.wait()
+    for member in members:
+        assert member.complained.text == ""
+
+
+async def test_alone_who_says_nobody_else_is_here() -> None:
+    relay, url, _port = await start_relay()
+    member: Member | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            member = await Member.start(
+                nursery, "chat.py", "--url", url, "--name", "alice", "--who-window", "0.5"
+            )
+            await member.said.wait_for(r"\* you are alice")
+            await member.type("/who")
+            await member.said.wait_for(r"\* nobody else is here\n")
+            nursery.cancel_scope.cancel()
+    finally:
+        if member is not None:
+            await member.stop()
+        relay.terminate()
+        await relay.wait()
+
+
+async def test_a_relay_restart_shows_as_chat_status_lines_not_log_records() -> None:
+    relay, url, port = await start_relay()
+    alice: Member | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            alice = await chat_member(nursery, url, "alice")
+            relay.terminate()  # every member gets 1001, and nothing listens for a while
+            await relay.wait()
+            lost = await alice.said.wait_for(
+                r"\* lost the connection \(code 1001: relay shutting down\); reconnecting\.\.\.\n"
+            )
+            failed = await alice.said.wait_for(
+                r"\* reconnect attempt 1 failed: [^\n]+\n", lost.end()
+            )
+            relay, url, _ = await start_relay("--port", str(port))
+            back = await alice.said.wait_for(rf"\* connected to {re.escape(url)}\n", failed.end())
+            # Every line since the drop is a status line of the chat.
+            lines = alice.said.text[lost.start() : back.end()].splitlines()
+            assert all(line.startswith("* ") for line in lines), lines
+            await alice.type("/quit")
+            with trio.fail_after(30):
+                assert await alice.process.wait() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        if alice is not None:
+            await alice.stop()
+        relay.terminate()
+        await relay.wait()
+    assert alice.complained.text == ""  # no log record on stderr, in the middle of the chat
+
+
+async def test_demo_client1_says_whom_it_waits_for_and_goes_on_when_it_comes() -> None:
+    relay, url, _port = await start_relay()
+    members: list[Member] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            first = await Member.start(nursery, "demo.py", "client1", "--url", url, "--group", "g")
+            members.append(first)
+            waiting = await first.said.wait_for(
+                r"\[client 1\] waiting for client 2 in group 'g' \(start it with: python "
+                rf"examples/demo\.py client2 --url {re.escape(url)} --group g\)\n"
+            )
+            second = await Member.start(nursery, "demo.py", "client2", "--url", url, "--group", "g")
+            members.append(second)
+            await first.said.wait_for(r"\[client 1\] client 2 is here\n", waiting.end())
+            with trio.fail_after(30):
+                assert await first.process.wait() == 0, first.complained.text
+            await first.said.wait_for(r"\[client 1\] List of strings sent!")
+            await second.said.wait_for(r"\[client 2\] Line 2")
+            nursery.cancel_scope.cancel()
+    finally:
+        for member in members:
+            await member.stop()
+        relay.terminate()
+        await relay.wait()

@@ -169,11 +169,13 @@ class Runner:
 
     def run(self, block: Block) -> Future[Ran]:
         if block not in self._runs:
-            self._runs[block] = self._pool.submit(self._run, block)
+            # Made here, in the calling thread: pytest's TempPathFactory is not
+            # thread-safe (two threads numbering directories at once collide).
+            directory = self._scratch.mktemp("example")
+            self._runs[block] = self._pool.submit(self._run, block, directory)
         return self._runs[block]
 
-    def _run(self, block: Block) -> Ran:
-        directory = self._scratch.mktemp("example")
+    def _run(self, block: Block, directory: Path) -> Ran:
         if block.language == "pycon":
             path = directory / "example.txt"
             argv = [sys.executable, "-m", "doctest", "-o", "ELLIPSIS", str(path)]

@@ -54,6 +54,16 @@ class RelayCollector(Collector):
             "Times a sender had to wait because a recipient's mailbox was full",
             counters.mailbox_full,
         )
+        yield CounterMetricFamily(
+            "trio_wsproxy_presence_events",
+            "wsproxy.v1 welcome, presence and members events queued for members",
+            counters.presence_events,
+        )
+        yield CounterMetricFamily(
+            "trio_wsproxy_direct_failures",
+            "wsproxy.v1 messages to one member refused: no such member in the group",
+            counters.direct_failures,
+        )
         closes = CounterMetricFamily(
             "trio_wsproxy_closes", "Sessions the relay closed, by the code it sent", labels=["code"]
         )

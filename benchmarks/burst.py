@@ -42,13 +42,14 @@ class Member:
         self.buffer = bytearray()
 
     @classmethod
-    async def join(cls, port: int, member: str, group: str) -> Member:
+    async def join(cls, port: int, member: str, group: str, subprotocol: str = "") -> Member:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
+        offer = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
         await stream.send_all(
             f"GET /ws?id={member}&groupName={group} HTTP/1.1\r\nHost: b\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Version: 13\r\n{offer}\r\n".encode()
         )
         client = cls(stream)
         while b"\r\n\r\n" not in client.buffer:

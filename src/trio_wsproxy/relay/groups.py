@@ -78,7 +78,17 @@ NO_OUTBOUND = Outbound()
 class Group:
     """The members of one group on this node, by id, and its streaming floor."""
 
-    __slots__ = ("_audiences", "_listeners", "_sessions", "floor", "listed", "members", "name")
+    __slots__ = (
+        "_audiences",
+        "_listeners",
+        "_sessions",
+        "floor",
+        "listed",
+        "listener_count",
+        "members",
+        "name",
+        "next_announcement",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -89,8 +99,11 @@ class Group:
         #: Who streams a message to the group now (see :class:`Floor`).
         self.floor = Floor()
         #: Whether its v1 members were last told its member list (not its size only:
-        #: see relay/presence.py).
+        #: see relay/presence.py), how many v1 members it has here, and when (trio
+        #: clock) its next presence event may go out.
         self.listed = True
+        self.listener_count = 0
+        self.next_announcement = 0.0
 
     @property
     def sessions(self) -> tuple[Member, ...]:
@@ -140,12 +153,14 @@ class Group:
     def add(self, member: Member) -> None:
         self.members[member.id] = member
         self._sessions = self._audiences = self._listeners = None
+        self.listener_count += member.encoding.presence
 
     def remove(self, member: Member) -> bool:
         if self.members.get(member.id) is not member:
             return False
         del self.members[member.id]
         self._sessions = self._audiences = self._listeners = None
+        self.listener_count -= member.encoding.presence
         return True
 
     # -- beyond this node: nothing to do in-process -------------------------------------

@@ -26,6 +26,7 @@ import trio
 
 from ..protocol import v1
 from ..protocol.frames import OP_TEXT, frame
+from .mailbox import FULL, HELD
 
 if TYPE_CHECKING:
     from .counters import Counters
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 #: window is one event per member. Short enough that a member list trails the group by
 #: a fraction of a second at most.
 INTERVAL = 0.1
+#: A group with more v1 members than this waits proportionally longer between events
+#: (2,000: 0.4 s): each event is one write per member, so a big group's churn costs the
+#: relay the same per second as a small one's.
+LISTENERS_PER_INTERVAL = 500
 
 
 def event_frame(event: v1.Event) -> bytes:
@@ -65,7 +70,7 @@ class Presence:
 
     def changed(self, group: Group, member_id: str, joined: bool) -> None:
         """``member_id`` joined (or left) ``group``; announced with the next batch."""
-        if not group.listeners:
+        if not group.listener_count:
             return  # no v1 member to tell; one that joins later gets a welcome
         pending = self._pending.get(group)
         if pending is None:
@@ -83,13 +88,18 @@ class Presence:
             self.announce()
 
     def announce(self) -> None:
-        """Send every group's pending changes to its v1 members now."""
+        """Send every group's pending changes that are due to its v1 members now."""
         pending, self._pending = self._pending, {}
+        now = trio.current_time()
         for group, changes in pending.items():
-            if group.floor.holder is not None:
-                # A message is streaming to the group: wait for the next round.
+            if group.floor.holder is not None or now < group.next_announcement:
+                # A message is streaming to the group, or its last event was too
+                # recent: wait for the next round.
                 self._pending[group] = changes
                 continue
+            group.next_announcement = now + INTERVAL * (
+                group.listener_count / LISTENERS_PER_INTERVAL
+            )
             self._announce(group, changes)
         if self._pending:
             self._due.set()
@@ -113,6 +123,14 @@ class Presence:
             left = tuple(member_id for member_id, j in changes.items() if not j)
             event = v1.Presence(joined, left, size)
         data = event_frame(event)
+        held = []
         for member in listeners:
-            member.mailbox.offer_control(data)
+            mailbox = member.mailbox
+            result = mailbox.offer(data)
+            if result == HELD:
+                held.append(mailbox)  # written straight to the socket below
+            elif result == FULL:
+                mailbox.offer_control(data)  # small, and never dropped
+        for mailbox in held:
+            mailbox.flush()
         self._counters.presence_events += len(listeners)

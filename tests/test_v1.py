@@ -145,6 +145,7 @@ async def test_a_direct_message_to_nobody_is_an_error_event_for_its_sender(relay
         (b'{"to":5}\n', '"to" must be a non-empty string'),
         (b'{"too":"x"}\n', "unknown header field 'too'"),
         (b"\xff\n", "not a JSON object"),
+        ('{"to":"x"}'.encode("utf-16-le") + b"\n", "not a JSON object"),  # UTF-8 only
     ],
 )
 async def test_a_malformed_header_line_fails_the_connection_with_1002_and_a_reason(

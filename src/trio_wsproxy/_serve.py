@@ -71,8 +71,8 @@ def choose_registry(config: RelayConfig) -> GroupRegistry:
 async def open_relay(config: RelayConfig | None = None) -> AsyncIterator[Relay]:
     """Run a relay for the duration of an ``async with`` block (tests, embedding)::
 
-        async with open_relay(RelayConfig(port=0)) as relay:
-            ...  # connect to relay.url
+    async with open_relay(RelayConfig(port=0)) as relay:
+        ...  # connect to relay.url
     """
     try:
         async with trio.open_nursery() as nursery:

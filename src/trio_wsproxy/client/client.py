@@ -8,6 +8,11 @@ One client is one nursery (opened by :func:`open_client`) holding two tasks:
 - the *dispatcher* (:mod:`.dispatch`) runs user code — handlers, subscriptions, hooks —
   one message at a time, in arrival order.
 
+The client offers the ``wsproxy.v1`` subprotocol and speaks it whenever the relay selects
+it (:attr:`Client.protocol`), the plain protocol otherwise, behind the same API; only v1
+relays tell who sent a message, who is in the group (:mod:`.membership`), and deliver a
+message to one member.
+
 Between them sits a bounded channel (``ClientConfig.read_ahead`` messages): when handlers
 fall behind, the connection task stops reading the socket, so nothing is dropped and
 memory stays bounded (the relay then sees a slow member; see the close-code table in
@@ -26,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
+import attrs
 import trio
 
 from ..protocol.envelope import new_message_id
@@ -40,9 +46,11 @@ from .errors import (
     ClosedByRelay,
     ConnectError,
     HandshakeRefused,
+    MemberNotFound,
     NotConnected,
     ReplyError,
     RequestTimeout,
+    UnsupportedByRelay,
 )
 from .incoming import (
     BadMessage,
@@ -54,11 +62,12 @@ from .incoming import (
     Incoming,
 )
 from .link import Lifecycle, Link
+from .membership import DeliveryFailed, Joined, Left, Membership
 from .policy import reconnect_delay
 from .requests import PendingRequests
 from .stats import ClientStats
 from .urls import connection_url, connection_urls
-from .wire import encode_message, type_label
+from .wire import check_member_id, encode_message, type_label
 
 __all__ = [
     "DEFAULT_RECONNECT_CODES",
@@ -71,12 +80,17 @@ __all__ = [
     "ClientStats",
     "ClosedByRelay",
     "ConnectError",
+    "DeliveryFailed",
     "Disconnected",
     "HandshakeRefused",
     "Incoming",
+    "Joined",
+    "Left",
+    "MemberNotFound",
     "NotConnected",
     "ReplyError",
     "RequestTimeout",
+    "UnsupportedByRelay",
     "connection_url",
     "connection_urls",
     "open_client",
@@ -135,6 +149,7 @@ class Client:
         self.stats: ClientStats = ClientStats()
         self._link = Link(self.config, self.stats)
         self._requests = PendingRequests()
+        self._membership = Membership(self.id)
         self._dispatcher = Dispatcher(
             types=self.types,
             stats=self.stats,
@@ -152,7 +167,9 @@ class Client:
             link=self._link,
             dispatcher=self._dispatcher,
             requests=self._requests,
+            membership=self._membership,
             sender=self,
+            reply_via=functools.partial(_DirectReply, self),
             on_connect=None if on_connect is None else functools.partial(on_connect, self),
             on_disconnect=on_disconnect,
             on_bad_message=on_bad_message,
@@ -173,6 +190,35 @@ class Client:
     def connected(self) -> bool:
         """Whether the client has a live connection right now."""
         return self._link.current is not None
+
+    @property
+    def protocol(self) -> str | None:
+        """The protocol of the connection now (or the last one, while reconnecting):
+        ``"wsproxy.v1"`` when the relay selected it, None for the plain protocol (the
+        .NET middleware, a relay older than v1, ``config.offer_v1=False``)."""
+        return self._task.protocol
+
+    @property
+    def members(self) -> frozenset[str]:
+        """The ids of the other members of the group, as the relay last told
+        (``wsproxy.v1`` only): kept current while :attr:`members_current`; otherwise as
+        last known — empty if never known (a plain relay), frozen while the group is over
+        the relay's presence limit or the client is reconnecting. Changes reach handlers
+        and subscriptions as :class:`Joined` and :class:`Left`."""
+        return self._membership.members
+
+    @property
+    def member_count(self) -> int | None:
+        """How many other members the group has, as the relay last told (kept by a v1
+        relay even over its presence limit, when :attr:`members` is not); None if no
+        relay ever told (plain)."""
+        return self._membership.count
+
+    @property
+    def members_current(self) -> bool:
+        """Whether :attr:`members` is kept current right now: connected over
+        ``wsproxy.v1`` to a relay that keeps the group's member list."""
+        return self._membership.current
 
     @property
     def pending_requests(self) -> int:
@@ -280,6 +326,25 @@ class Client:
         frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
         await self._link.send(frame)
 
+    async def send_to(
+        self, member_id: str, value: object, *, as_type: Any = None, reply_to: str | None = None
+    ) -> None:
+        """Send ``value`` to the member ``member_id`` only (``wsproxy.v1``): the same
+        payload :meth:`send` would send, addressed to one member. A plain member receives
+        it as an ordinary message.
+
+        Raises :exc:`MemberNotFound` when the client knows the member is not there — its
+        member list is current (:attr:`members_current`) and has no ``member_id`` — and
+        :exc:`UnsupportedByRelay` when the relay does not speak v1; nothing is sent then.
+        Otherwise the relay decides: if the member has just left, it answers with a
+        :class:`DeliveryFailed` event (``error="no_such_member"``) delivered to handlers
+        and subscriptions of that type, not raised here. Waits for a connection as
+        :meth:`send` does.
+        """
+        self._check_present(check_member_id(member_id))
+        frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
+        await self._link.send(frame, to=member_id)
+
     async def request(
         self,
         value: object,
@@ -287,6 +352,7 @@ class Client:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 -- the .NET API's cancelAfter; see docstring
         as_type: Any = None,
+        to: str | None = None,
     ) -> R:
         """Send ``value`` with a fresh ``Id`` and return the answer, structured as ``reply_type``.
 
@@ -295,19 +361,34 @@ class Client:
         ``timeout`` seconds (default ``config.request_timeout``; ``math.inf`` waits as
         long as the caller's cancel scope allows), :exc:`ReplyError` if the answer does not
         fit ``reply_type``. Many requests may wait at once; each gets its own answer.
+
+        ``to`` addresses the request to one member, as :meth:`send_to` does (and raises
+        as it does); it also raises :exc:`MemberNotFound` when the relay answers that
+        there is no such member, instead of waiting out the timeout.
         """
         if reply_type is bytes:
             raise ValueError("replies are typed messages; binary frames carry no ReplyId")
+        if to is not None:
+            self._check_present(check_member_id(to))
         limit = self.config.request_timeout if timeout is None else timeout
         request_id = new_message_id()
         frame = encode_message(self.types, value, as_type, request_id=request_id, reply_to=None)
         return await self._requests.ask(
             request_id,
             reply_type,
-            functools.partial(self._link.send, frame),
+            functools.partial(self._link.send, frame, to=to),
             limit=limit,
             label=type_label(value, as_type),
+            to=to,
         )
+
+    def _check_present(self, member_id: str) -> None:
+        if self._membership.known_absent(member_id):
+            raise MemberNotFound(
+                f"no member {member_id!r} in group {self.group!r}: the relay's member list "
+                "does not have it (see Client.members); nothing was sent",
+                member_id=member_id,
+            )
 
     async def aclose(self) -> None:
         """Close the connection (code 1000) and stop the client; no reconnecting after it.
@@ -340,6 +421,25 @@ class Client:
             self._requests.close()
         if failure is not None:
             raise failure
+
+
+@attrs.frozen
+class _DirectReply:
+    """What :meth:`Incoming.reply` answers a v1 message through: the client, sending to
+    its sender only — or to the group where the connection cannot address one member
+    (reconnected to a plain relay), as a plain relay's members always answer."""
+
+    client: Client
+    member_id: str
+
+    async def send(
+        self, value: object, *, as_type: Any = None, reply_to: str | None = None
+    ) -> None:
+        client = self.client
+        frame = encode_message(client.types, value, as_type, request_id=None, reply_to=reply_to)
+        # Not checked against Client.members: the requester may have left meanwhile, and
+        # the relay's answer to that is an event, never an exception in the handler.
+        await client._link.send(frame, to=self.member_id, or_group=True)
 
 
 @asynccontextmanager

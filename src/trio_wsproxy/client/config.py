@@ -73,3 +73,8 @@ class ClientConfig:
     read_ahead: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     #: Bytes asked of the socket per read; bigger is faster for large messages.
     receive_buffer_size: int = attrs.field(default=256 * 1024, validator=_positive)
+    #: Whether to offer the ``wsproxy.v1`` subprotocol (sender ids, presence, direct
+    #: messages) when connecting; a relay that does not select it gets the plain protocol
+    #: anyway. False connects exactly as a plain client, for a server or proxy that refuses
+    #: an upgrade offering a subprotocol it does not know.
+    offer_v1: bool = True

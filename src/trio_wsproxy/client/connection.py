@@ -17,6 +17,7 @@ import trio
 import trio_websocket
 
 from ..protocol.exceptions import leaves, sole_error
+from ..protocol.v1 import SUBPROTOCOL
 from .config import ClientConfig
 from .errors import ConnectError, HandshakeRefused
 from .urls import RelayAddress, relay_address
@@ -86,7 +87,9 @@ async def open_websocket(
     reader_nursery: trio.Nursery,
 ) -> tuple[trio.abc.Stream, trio_websocket.WebSocketConnection]:
     """Open the stream to ``url`` and complete the WebSocket upgrade on it, within
-    ``connect_timeout``; trio-websocket's reader task goes into ``reader_nursery``."""
+    ``connect_timeout``; trio-websocket's reader task goes into ``reader_nursery``. The
+    upgrade offers ``wsproxy.v1`` (``config.offer_v1``); ``ws.subprotocol`` says whether
+    the relay selected it."""
     address = relay_address(url)
     with trio.move_on_after(config.connect_timeout):
         stream = await _open_stream(url, address, ssl_context)
@@ -96,6 +99,7 @@ async def open_websocket(
                 stream,
                 address.authority,
                 address.resource,
+                subprotocols=(SUBPROTOCOL,) if config.offer_v1 else None,
                 max_message_size=config.max_message_size or _NO_LIMIT,
                 receive_buffer_size=config.receive_buffer_size,
             )

@@ -4,6 +4,10 @@ one job at a time, in arrival order.
 The connection task submits jobs through a bounded channel (``ClientConfig.read_ahead``
 jobs): when handlers fall behind, submitting waits, so the connection task stops reading
 the socket; nothing is dropped and memory stays bounded.
+
+The client's own events (``Joined``, ``Left``, ``DeliveryFailed``: :data:`~.membership.EVENT_TYPES`)
+go the same way, in order with the messages, to the handlers and subscriptions of their
+own type only: a subscription to every message gets members' messages, as it always did.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import trio
 
 from ..protocol.typenames import TypeRegistry
 from .incoming import HandlerErrorHook, Incoming
+from .membership import EVENT_TYPES
 from .stats import ClientStats
 
 __all__ = ["Dispatcher", "Job", "call_user", "takes_incoming"]
@@ -55,6 +60,14 @@ async def call_user(function: Callable[..., object], *args: object) -> None:
         await result
 
 
+def _label(incoming: Incoming[Any]) -> str:
+    """What ``incoming`` is, for a note on an exception raised handling it."""
+    kind = type(incoming.value)
+    if incoming.message_type is None and kind in EVENT_TYPES:
+        return f"{kind.__name__} event"
+    return f"{incoming.message_type or 'binary'} message"
+
+
 @attrs.frozen
 class _Handler:
     function: Callable[..., object]
@@ -74,6 +87,9 @@ class _Subscription:
 
     def wants(self, message_type: Any) -> bool:
         return self.message_type is None or self.message_type == message_type
+
+    def wants_event(self, event_type: type) -> bool:
+        return self.message_type is event_type
 
 
 class Dispatcher:
@@ -104,7 +120,7 @@ class Dispatcher:
 
     def add_handler(self, message_type: Any, function: Callable[..., object]) -> None:
         """Call ``function`` for each message of ``message_type``, after those added before."""
-        if message_type is not bytes:
+        if message_type is not bytes and message_type not in EVENT_TYPES:
             self._types.ensure(message_type)
         entry = _Handler(function, takes_incoming(function))
         self._handlers.setdefault(message_type, []).append(entry)
@@ -125,7 +141,8 @@ class Dispatcher:
         """A channel of the messages of ``message_type`` (None: all) dispatched while the
         block runs, holding up to ``buffer``; it ends when the client closes."""
         if message_type is not None and message_type is not bytes:
-            self._types.ensure(message_type)
+            if message_type not in EVENT_TYPES:
+                self._types.ensure(message_type)
         send_channel, receive_channel = trio.open_memory_channel[Incoming[Any]](buffer)
         subscription = _Subscription(message_type, send_channel)
         self._subscriptions.append(subscription)
@@ -143,6 +160,11 @@ class Dispatcher:
     async def deliver(self, incoming: Incoming[Any], message_type: Any) -> None:
         """Queue ``incoming`` for the handlers and subscriptions of ``message_type``."""
         await self._jobs_in.send(functools.partial(self._dispatch, incoming, message_type))
+
+    async def deliver_event(self, incoming: Incoming[Any]) -> None:
+        """Queue the client's event ``incoming`` (its value a ``Joined``, ``Left``, ...) for
+        the handlers and subscriptions of its type; nobody wanting it is not "unhandled"."""
+        await self._jobs_in.send(functools.partial(self._dispatch_event, incoming))
 
     async def call_soon(self, hook: Callable[..., object], *args: object) -> None:
         """Queue a call of the user function ``hook`` with ``args``, in order with messages."""
@@ -177,20 +199,48 @@ class Dispatcher:
             self._stats.unhandled += 1
             logger.debug("no handler for a %s message", incoming.message_type or "binary")
             return
+        # The hot path: _hand_out's loops inline, without one more coroutine per message.
         for handler in handlers:
             try:
                 await handler(incoming)
             except Exception as error:
-                self._stats.handler_errors += 1
-                if self._on_handler_error is None:
-                    error.add_note(
-                        f"raised by {handler.function!r}, handling a "
-                        f"{incoming.message_type or 'binary'} message"
-                    )
-                    raise
-                await call_user(self._on_handler_error, error, incoming)
+                await self._handler_failed(handler, error, incoming)
         for subscription in subscriptions:
             try:
                 await subscription.channel.send(incoming)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the subscriber left between the snapshot and now
+
+    async def _dispatch_event(self, incoming: Incoming[Any]) -> None:
+        event_type = type(incoming.value)
+        handlers = tuple(self._handlers.get(event_type, ()))
+        subscriptions = [s for s in self._subscriptions if s.wants_event(event_type)]
+        await self._hand_out(incoming, handlers, subscriptions)
+
+    async def _hand_out(
+        self,
+        incoming: Incoming[Any],
+        handlers: tuple[_Handler, ...],
+        subscriptions: list[_Subscription],
+    ) -> None:
+        for handler in handlers:
+            try:
+                await handler(incoming)
+            except Exception as error:
+                await self._handler_failed(handler, error, incoming)
+        for subscription in subscriptions:
+            try:
+                await subscription.channel.send(incoming)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the subscriber left between the snapshot and now
+
+    async def _handler_failed(
+        self, handler: _Handler, error: Exception, incoming: Incoming[Any]
+    ) -> None:
+        """``handler`` raised ``error``: give it to ``on_handler_error``, or re-raise it
+        (ending the client) with a note of what was being handled."""
+        self._stats.handler_errors += 1
+        if self._on_handler_error is None:
+            error.add_note(f"raised by {handler.function!r}, handling a {_label(incoming)}")
+            raise error
+        await call_user(self._on_handler_error, error, incoming)

@@ -14,9 +14,11 @@ __all__ = [
     "ClosedByRelay",
     "ConnectError",
     "HandshakeRefused",
+    "MemberNotFound",
     "NotConnected",
     "ReplyError",
     "RequestTimeout",
+    "UnsupportedByRelay",
     "could_not_connect",
     "gave_up_reconnecting",
 ]
@@ -95,6 +97,29 @@ class RequestTimeout(ClientError, trio.TooSlowError):
 
 class ReplyError(ClientError):
     """The reply to a :meth:`Client.request` arrived but did not fit the reply type."""
+
+
+class MemberNotFound(ClientError, LookupError):
+    """A message addressed to one member (:meth:`Client.send_to`, ``request(..., to=)``)
+    cannot reach it: the relay's member list, current as the client last heard it, does
+    not hold ``member_id`` (raised before sending anything), or the relay answered a
+    waiting request with ``no_such_member``."""
+
+    def __init__(self, message: str, *, member_id: str) -> None:
+        super().__init__(message)
+        #: The id the message was addressed to.
+        self.member_id = member_id
+
+
+class UnsupportedByRelay(ClientError):
+    """The relay the client is connected to does not speak ``wsproxy.v1`` (it did not
+    select the subprotocol: the .NET middleware, an older relay), so it cannot do what
+    was asked — address a message to one member. Nothing was sent."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        #: The relay URL of the connection that could not do it.
+        self.url = url
 
 
 def could_not_connect(errors: Sequence[ConnectError]) -> ConnectError:

@@ -46,6 +46,8 @@ class BadMessageKind(enum.Enum):
     UNKNOWN_TYPE = "unknown_type"
     #: An envelope whose Message does not structure into the registered type.
     BAD_PAYLOAD = "bad_payload"
+    #: A ``wsproxy.v1`` message whose header line the client could not read (a relay bug).
+    INVALID_HEADER = "invalid_header"
 
 
 @attrs.frozen
@@ -56,7 +58,8 @@ class BadMessage:
     kind: BadMessageKind
     #: Why, in one line.
     reason: str
-    #: The text frame as received.
+    #: The text frame as received (for a binary frame with a bad v1 header, its first
+    #: bytes decoded with replacement characters).
     text: str
     #: The envelope, when the frame was one.
     envelope: Envelope | None = None
@@ -79,6 +82,8 @@ class Incoming(Generic[T]):
     """One received message with its envelope fields, and the means to answer it.
 
     Handlers that take a second parameter get one; :meth:`Client.subscribe` yields them.
+    The client's own events (``Joined``, ``Left``, ``DeliveryFailed``) come as one too,
+    with no envelope fields and no sender.
     """
 
     #: The payload, structured into the registered type (``bytes`` for binary frames).
@@ -90,6 +95,11 @@ class Incoming(Generic[T]):
     #: The id of the request this message answers, else None.
     reply_id: str | None
     _client: Sender = attrs.field(repr=False, eq=False)
+    #: The id of the member that sent it, where the relay says (``wsproxy.v1``); None
+    #: from a plain relay.
+    sender: str | None = None
+    #: Whether it was sent to this member only (``send_to``), not to the group.
+    direct: bool = False
 
     @property
     def wants_reply(self) -> bool:
@@ -97,10 +107,13 @@ class Incoming(Generic[T]):
         return self.id is not None
 
     async def reply(self, value: object, *, as_type: Any = None) -> None:
-        """Answer this message: send ``value`` to the group with ``ReplyId`` set to its id.
+        """Answer this message: send ``value`` with ``ReplyId`` set to its id.
 
-        The .NET ``ReplyToAsync`` equivalent. Raises :exc:`ValueError` if the sender did
-        not ask for an answer (check :attr:`wants_reply`).
+        The .NET ``ReplyToAsync`` equivalent. Over ``wsproxy.v1`` (:attr:`sender` known)
+        the answer goes to the requester only; otherwise, or when the client has since
+        reconnected to a relay that does not speak v1, to the group, which is how .NET
+        and plain relays answer. Raises :exc:`ValueError` if the sender did not ask for an
+        answer (check :attr:`wants_reply`).
         """
         if self.id is None:
             raise ValueError(

@@ -1,5 +1,10 @@
 """The client's link to the relay as its senders see it: whether the client still runs,
 and the connection in use now — none while reconnecting, which sends wait out.
+
+A message is framed for the connection that carries it, as that connection's protocol
+says (:func:`~.wire.frame_for`): the payload itself on a plain connection, with a
+``wsproxy.v1`` header on a v1 one. A message retried on the next connection is framed
+afresh for it.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ import attrs
 import trio
 import trio_websocket
 
+from ..protocol.v1 import SUBPROTOCOL
 from .config import ClientConfig
-from .errors import ClientClosed, NotConnected
+from .errors import ClientClosed, NotConnected, UnsupportedByRelay
 from .stats import ClientStats
+from .wire import frame_for
 
 __all__ = ["Connection", "Lifecycle", "Link"]
 
@@ -35,8 +42,17 @@ class Connection:
 
     #: Its WebSocket.
     ws: trio_websocket.WebSocketConnection
+    #: The relay URL it goes to.
+    url: str = ""
+    #: The subprotocol the relay selected (``"wsproxy.v1"``), or None: plain.
+    protocol: str | None = None
     #: Set when it has ended, so that a send it failed can wait for the next one.
     ended: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def v1(self) -> bool:
+        """Whether it speaks ``wsproxy.v1``."""
+        return self.protocol == SUBPROTOCOL
 
 
 class Link:
@@ -85,16 +101,32 @@ class Link:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def send(self, frame: str | bytes) -> None:
-        """Write ``frame`` on the connection in use, waiting up to ``send_timeout`` for one.
+    async def send(
+        self, payload: str | bytes, *, to: str | None = None, or_group: bool = False
+    ) -> None:
+        """Write ``payload`` on the connection in use, waiting up to ``send_timeout`` for
+        one: to the group, or to the member ``to`` only.
 
         A connection that drops while the frame is written did not deliver it: it is
         written again on the next one. Raises :exc:`NotConnected` when none comes in
-        time, :exc:`ClientClosed` once the client is closing.
+        time, :exc:`ClientClosed` once the client is closing, and
+        :exc:`UnsupportedByRelay` when ``to`` is given and the connection does not speak
+        v1 — unless ``or_group``, which sends to the group instead.
         """
         deadline = trio.current_time() + self._config.send_timeout
         while True:
             connection = await self._wait_for_connection(deadline)
+            if connection.protocol is None and (to is None or or_group):
+                frame = payload  # plain: the payload is the message
+            elif connection.v1:
+                frame = frame_for(payload, to)
+            else:
+                raise UnsupportedByRelay(
+                    f"the relay at {connection.url} does not speak {SUBPROTOCOL} (it did not "
+                    "select the subprotocol), so it cannot send a message to one member; "
+                    "nothing was sent",
+                    url=connection.url,
+                )
             try:
                 await connection.ws.send_message(frame)
             except trio_websocket.ConnectionClosed:

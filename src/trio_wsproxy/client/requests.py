@@ -1,7 +1,9 @@
 """Requests waiting for their answer: :class:`PendingRequests`, keyed by request id.
 
 :meth:`Client.request` sends a message with a fresh ``Id`` and waits here; the connection
-task hands over each :class:`~.wire.Reply` that carries one of those ids as ``ReplyId``.
+task hands over each :class:`~.wire.Reply` that carries one of those ids as ``ReplyId``
+— and, over ``wsproxy.v1``, each ``no_such_member`` error of the relay, which ends the
+requests addressed to that member (:meth:`PendingRequests.member_not_found`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import attrs
 import trio
 
 from ..protocol.typenames import TypeRegistry
-from .errors import ClientClosed, ClientError, ReplyError, RequestTimeout
+from .errors import ClientClosed, ClientError, MemberNotFound, ReplyError, RequestTimeout
 from .incoming import BadMessage
 from .wire import Reply, read_reply
 
@@ -28,6 +30,8 @@ class PendingReply:
 
     #: What the answer's payload is structured into.
     reply_type: Any
+    #: The member the request was addressed to; None: the group.
+    to: str | None = None
     #: Set when the answer (or the error that stands for it) is in.
     done: trio.Event = attrs.Factory(trio.Event)
     #: The answer, once in.
@@ -68,11 +72,13 @@ class PendingRequests:
         *,
         limit: float,
         label: str,
+        to: str | None = None,
     ) -> R:
         """Wait for the answer to ``request_id`` while ``send()`` sends the request, and
         return it; raises :exc:`RequestTimeout` after ``limit`` seconds (sending
-        included). ``label`` names what was asked, for that error."""
-        pending = PendingReply(reply_type)
+        included). ``label`` names what was asked, for that error; ``to`` the member it
+        was addressed to, if one."""
+        pending = PendingReply(reply_type, to)
         self._waiting[request_id] = pending
         try:
             with trio.move_on_after(limit):
@@ -97,6 +103,19 @@ class PendingRequests:
             return bad
         pending.resolve(value)
         return None
+
+    def member_not_found(self, member_id: str, detail: str) -> None:
+        """The relay could not deliver a message to ``member_id``: every request waiting
+        on an answer from that member raises :exc:`MemberNotFound`. (The relay's error
+        does not say which message it answers: a request sent just as that member came
+        back may end so too, and its answer, if any, arrives as an ordinary message.)"""
+        for request_id, pending in list(self._waiting.items()):
+            if pending.to == member_id and not pending.done.is_set():
+                error = MemberNotFound(
+                    f"request {request_id} to member {member_id!r} was not delivered: {detail}",
+                    member_id=member_id,
+                )
+                pending.resolve(error=error)
 
     def close(self) -> None:
         """The client closed: every waiting request raises :exc:`ClientClosed`."""

@@ -13,11 +13,14 @@ class ClientStats:
 
     #: Messages (typed and binary) written to the relay.
     messages_sent: int = 0
-    #: Frames received from the relay.
+    #: Messages received from the relay (frames; over ``wsproxy.v1``, the relay's own
+    #: events are counted in ``events_received`` instead).
     messages_received: int = 0
+    #: Events of a ``wsproxy.v1`` relay received: welcome, presence, members, errors.
+    events_received: int = 0
     #: Received frames that nothing handled: no handler or subscription for their type.
     unhandled: int = 0
-    #: Received frames ignored as bad (the sum of the four kinds below).
+    #: Received frames ignored as bad (the sum of the kinds below).
     bad_messages: int = 0
     #: ... text frames that were not JSON.
     invalid_json: int = 0
@@ -27,6 +30,8 @@ class ClientStats:
     unknown_type: int = 0
     #: ... envelopes (or replies) whose payload did not fit the type.
     bad_payload: int = 0
+    #: ... ``wsproxy.v1`` messages whose header the client could not read.
+    invalid_header: int = 0
     #: Exceptions raised by handlers.
     handler_errors: int = 0
     #: Connections made (the first one included).

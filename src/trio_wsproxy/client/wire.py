@@ -6,10 +6,16 @@ received frame is: a message for the handlers of its type (:class:`Deliver`), th
 to a request this client is waiting on (:class:`Reply`, structured by
 :func:`read_reply`), or a frame to ignore (:class:`~.incoming.BadMessage`). The
 connection task carries the verdict out.
+
+Over ``wsproxy.v1`` the same payloads travel behind a header line: :func:`frame_for`
+puts it on (the codec, :mod:`~trio_wsproxy.protocol.v1`, writes it), and the connection
+task takes the relay's off before :func:`read_frame` sees the payload, handing over what
+it said (:class:`~trio_wsproxy.protocol.v1.From`) as ``origin``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Container
 from typing import Any
 
@@ -23,9 +29,27 @@ from ..protocol.envelope import (
     normalize_message_id,
 )
 from ..protocol.typenames import PayloadError, TypeRegistry
+from ..protocol.v1 import (
+    MAX_MEMBER_HEADER,
+    Event,
+    From,
+    V1Error,
+    decode_relay_message,
+    member_header,
+)
 from .incoming import BadMessage, BadMessageKind, Incoming, Sender
 
-__all__ = ["Deliver", "Reply", "encode_message", "read_frame", "read_reply", "type_label"]
+__all__ = [
+    "Deliver",
+    "Reply",
+    "check_member_id",
+    "encode_message",
+    "frame_for",
+    "read_frame",
+    "read_reply",
+    "split_relay_message",
+    "type_label",
+]
 
 
 def encode_message(
@@ -61,6 +85,58 @@ def encode_message(
     return encode_envelope(envelope)
 
 
+def frame_for(payload: str | bytes, to: str | None) -> str | bytes:
+    """The ``wsproxy.v1`` message that carries ``payload`` to the group (``to`` None) or
+    to the member ``to``: its header line, then the payload untouched, text as text."""
+    header = member_header(to)
+    if isinstance(payload, str):
+        return header.decode() + payload
+    return header + payload
+
+
+def split_relay_message(frame: str | bytes) -> tuple[From | Event, str | bytes]:
+    """A ``wsproxy.v1`` relay's message: what its header says, and the payload after the
+    header line — text stays ``str``, binary ``bytes``. Raises
+    :exc:`~trio_wsproxy.protocol.v1.V1Error` when it has no readable header."""
+    # The header ends at the first line feed, in the text as in its UTF-8 bytes: read
+    # just the header line, and slice the frame itself after it.
+    if isinstance(frame, str):
+        end = frame.find("\n")
+        if end < 0:
+            raise V1Error("no header line")
+        return _read_header(frame[: end + 1].encode()), frame[end + 1 :]
+    end = frame.find(b"\n")
+    if end < 0:
+        raise V1Error("no header line")
+    return _read_header(frame[: end + 1]), frame[end + 1 :]
+
+
+# Every message of one sender comes with the same header line: decode each distinct
+# short one once (about 5 us of JSON each time otherwise, a third of a raw message's
+# cost). Long lines, member lists, are rare and not worth keeping.
+_CACHED_HEADER = 256
+_decode_header = functools.lru_cache(maxsize=1024)(decode_relay_message)
+
+
+def _read_header(line: bytes) -> From | Event:
+    if len(line) <= _CACHED_HEADER:
+        return _decode_header(line)[0]
+    return decode_relay_message(line)[0]
+
+
+def check_member_id(member_id: object) -> str:
+    """``member_id`` if it can address one member, else :exc:`ValueError` (or
+    :exc:`TypeError`) saying why: a non-empty string whose header fits the relay's
+    limit on member headers (longer ones are a protocol error, close 1002)."""
+    if not isinstance(member_id, str):
+        raise TypeError(f"a member id is a str, got {type(member_id).__name__}")
+    if not member_id:
+        raise ValueError("a member id is not empty")
+    if len(member_header(member_id)) > MAX_MEMBER_HEADER:
+        raise ValueError(f"member id too long: its header would exceed {MAX_MEMBER_HEADER} bytes")
+    return member_id
+
+
 def type_label(value: object, as_type: Any) -> str:
     """The Python name of the type ``value`` travels as, for messages about it."""
     tp = as_type if as_type is not None else type(value)
@@ -93,17 +169,24 @@ class Reply:
 
 
 def read_frame(
-    frame: str | bytes, *, types: TypeRegistry, awaiting: Container[str], sender: Sender
+    frame: str | bytes,
+    *,
+    types: TypeRegistry,
+    awaiting: Container[str],
+    sender: Sender,
+    origin: From | None = None,
 ) -> Deliver | Reply | BadMessage:
     """What the received ``frame`` is.
 
     ``awaiting`` holds the ids of the requests waiting for an answer: an envelope whose
     ``ReplyId`` is one of them (in any GUID spelling) is a :class:`Reply`. Other envelopes
     are structured into the type registered under their ``MessageType``; binary frames
-    are ``bytes``. ``sender`` is what :meth:`Incoming.reply` answers through.
+    are ``bytes``. ``sender`` is what :meth:`Incoming.reply` answers through; ``origin``
+    what a v1 relay's header said (the frame is then the payload after it).
     """
+    member, direct = (None, False) if origin is None else (origin.sender, origin.direct)
     if isinstance(frame, bytes):
-        return Deliver(Incoming(frame, None, None, None, sender), bytes)
+        return Deliver(Incoming(frame, None, None, None, sender, member, direct), bytes)
     try:
         envelope = decode_envelope(frame)
     except EnvelopeError as error:
@@ -122,7 +205,9 @@ def read_frame(
     except PayloadError as error:
         reason = f"{envelope.message_type} payload {error}"
         return BadMessage(BadMessageKind.BAD_PAYLOAD, reason, frame, envelope)
-    incoming = Incoming(value, envelope.message_type, envelope.id, envelope.reply_id, sender)
+    incoming = Incoming(
+        value, envelope.message_type, envelope.id, envelope.reply_id, sender, member, direct
+    )
     return Deliver(incoming, message_type)
 
 

@@ -90,7 +90,8 @@ def parse_member_header(line: bytes) -> ToGroup | ToMember:
     if not line:
         return TO_GROUP
     try:
-        header = json.loads(line)
+        # Decoded first: json.loads would take UTF-16 and UTF-32 bytes too.
+        header = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise V1Error("the header is not a JSON object") from None
     if not isinstance(header, dict):
@@ -128,8 +129,9 @@ class From:
 
 @attrs.frozen
 class Welcome:
-    """The relay's first message to a v1 member: its id, its group, and who else is
-    there. ``members`` is None when the group is larger than the relay's presence limit:
+    """The relay's first message to a v1 member: its id, its group, and who is there
+    (this member included). ``members`` is None when the group is larger than the
+    relay's presence limit:
     then only ``count`` (all members, this one included) is kept, and no
     :class:`Presence` events follow while it stays that large."""
 
@@ -142,9 +144,10 @@ class Welcome:
 @attrs.frozen
 class Presence:
     """A batch of changes to the group's membership since the last event: the members
-    that ``joined`` and the members that ``left``, each in the order it happened, a
-    member in at most one of them (one that joined and left within the batch is in
-    neither). ``count`` is the group's size after them, this member included."""
+    that ``joined`` and the members that ``left``: for each id that changed, its last
+    change, so an id is in at most one of them (one that joined and left again within
+    the batch is in ``left``). Apply it as "add" and "remove", ignoring what is already
+    so. ``count`` is the group's size after them, this member included."""
 
     joined: tuple[str, ...]
     left: tuple[str, ...]
@@ -217,7 +220,7 @@ def decode_relay_message(data: bytes | bytearray | memoryview) -> tuple[From | E
         if end < 0:
             raise V1Error("no header line")
     try:
-        header = json.loads(bytes(data[:end]))
+        header = json.loads(bytes(data[:end]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise V1Error("the header is not a JSON object") from None
     if not isinstance(header, dict):

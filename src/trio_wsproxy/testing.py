@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from .client.client import Client, Incoming, open_client
+from .client.client import Client, Incoming, Joined, Left, open_client
 from .relay.relay import Relay
 
 T = TypeVar("T")
@@ -32,8 +32,11 @@ T = TypeVar("T")
 __all__ = [
     "ClientFactory",
     "client_factory",
+    "expect_direct_message",
     "expect_message",
     "expect_silence",
+    "wait_for_member",
+    "wait_for_member_to_leave",
     "wait_for_members",
 ]
 
@@ -74,27 +77,75 @@ async def expect_message(client: Client, message_type: type[T], timeout: float =
     For clients made by the ``wsproxy_client`` fixture, messages that arrived before the
     call count; for other clients, only those arriving during it.
     """
+    incoming = await _expect(client, message_type, False, timeout)
+    return typing.cast(T, incoming.value)
+
+
+async def expect_direct_message(
+    client: Client, message_type: type[T], timeout: float = 5.0
+) -> Incoming[T]:
+    """Like :func:`expect_message`, for a message sent to this client only (wsproxy.v1:
+    ``send_to`` or ``request(..., to=...)``); its :class:`~trio_wsproxy.Incoming` comes
+    back, with its ``sender``. Messages of the type sent to the whole group are left for
+    :func:`expect_message`."""
+    return await _expect(client, message_type, True, timeout)
+
+
+async def _expect(client: Client, message_type: Any, direct: bool, timeout: float) -> Incoming[Any]:
+    what = ("direct " if direct else "") + _type_name(message_type)
+
+    def wanted(incoming: Incoming[Any]) -> bool:
+        return _matches(incoming, message_type) and (not direct or incoming.direct)
+
     inbox = _inboxes.get(client)
     if inbox is None:
         with trio.move_on_after(timeout):
-            return await client.receive(message_type)
-        pytest.fail(
-            f"{_name(client)} received no {_type_name(message_type)} within {timeout:g}s",
-            pytrace=False,
-        )
+            async with client.subscribe(message_type) as channel:
+                async for incoming in channel:
+                    if wanted(incoming):
+                        return incoming
+        pytest.fail(f"{_name(client)} received no {what} within {timeout:g}s", pytrace=False)
     for index, incoming in enumerate(inbox.unclaimed):
-        if _matches(incoming, message_type):
+        if wanted(incoming):
             del inbox.unclaimed[index]
-            return typing.cast(T, incoming.value)
+            return incoming
     with trio.move_on_after(timeout):
         async for incoming in inbox.channel:
-            if _matches(incoming, message_type):
-                return typing.cast(T, incoming.value)
+            if wanted(incoming):
+                return incoming
             inbox.unclaimed.append(incoming)
     others = ", ".join(repr(i.value) for i in inbox.unclaimed[-5:]) or "nothing else either"
     pytest.fail(
-        f"{_name(client)} received no {_type_name(message_type)} within {timeout:g}s "
-        f"(unclaimed: {others})",
+        f"{_name(client)} received no {what} within {timeout:g}s (unclaimed: {others})",
+        pytrace=False,
+    )
+
+
+async def wait_for_member(client: Client, member_id: str, timeout: float = 5.0) -> None:
+    """Wait until ``member_id`` is among ``client.members`` (wsproxy.v1 presence: joins
+    reach members in batches, a fraction of a second after the join); fails the test with
+    the members the client knows of after ``timeout`` seconds."""
+    await _wait_members(client, member_id, True, timeout)
+
+
+async def wait_for_member_to_leave(client: Client, member_id: str, timeout: float = 5.0) -> None:
+    """Wait until ``member_id`` is no longer among ``client.members``."""
+    await _wait_members(client, member_id, False, timeout)
+
+
+async def _wait_members(client: Client, member_id: str, present: bool, timeout: float) -> None:
+    event = Joined if present else Left
+    with trio.move_on_after(timeout):
+        # Subscribed before looking: a change between the two cannot be missed.
+        async with client.subscribe(event) as changes:
+            while (member_id in client.members) != present:
+                await changes.receive()
+            return
+    how = "join" if present else "leave"
+    known = ", ".join(sorted(client.members)) or "none"
+    pytest.fail(
+        f"{_name(client)} did not see {member_id!r} {how} within {timeout:g}s "
+        f"(members it knows of: {known}; protocol: {client.protocol or 'plain'})",
         pytrace=False,
     )
 

@@ -90,6 +90,13 @@ class SharedGroup(Group):
         self.inbox_drained = trio.Event()
 
     @property
+    def size(self) -> int:
+        return len(self.members.keys() | set(self.remote.values()))
+
+    def member_ids(self) -> list[str]:
+        return list(dict.fromkeys([*self.members, *self.remote.values()]))
+
+    @property
     def spans_nodes(self) -> bool:
         """Whether members on other nodes are (or may be) involved right now."""
         return bool(self.remote) or isinstance(self.floor.holder, RemoteStream)

@@ -57,7 +57,7 @@ from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.fanout import Courier
-from ..relay.groups import REPLACED_REASON, Group, Member, NodeGroups
+from ..relay.groups import REPLACED_REASON, Group, Member, NodeGroups, PresenceChange
 from . import scripts
 from .connection import RedisConnection
 from .group import Delivery, SharedGroup
@@ -92,6 +92,10 @@ class BackplaneDown(Exception):
     """The backplane lost Redis (or Redis dropped or reaped this node)."""
 
 
+def _no_presence(group: Group, member_id: str, joined: bool) -> None:
+    """Until a relay watches presence (a backplane run without one, in tests)."""
+
+
 class RedisBackplane(NodeGroups[SharedGroup]):
     """The group registry of a relay node in a cluster that shares one Redis.
 
@@ -110,6 +114,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.node = uuid.uuid4().hex[:_NODE_ID_LENGTH]
         self._node = self.node.encode()
         self.names = Names(prefix, self._node)
+        # Told of members joining and leaving on other nodes (the relay's presence).
+        self._presence_changed: PresenceChange = _no_presence
         self._node_channel = self.names.node_channel()
         #: Every key and channel name starts with this: the prefix, then the version of
         #: what nodes say to each other. Nodes of another version are another cluster
@@ -154,6 +160,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         has none of its own: it only follows groups it has members in)."""
         group = self._groups.get(name)
         return 0 if group is None else len(group.members) + len(group.remote)
+
+    def watch_presence(self, changed: PresenceChange) -> None:
+        self._presence_changed = changed
 
     def unavailable(self, group_name: str) -> str | None:
         if self.up:
@@ -400,7 +409,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             if isinstance(other, bytes) and isinstance(other_id, bytes):
                 if other[:_NODE_ID_LENGTH] != self._node:
                     text = other.decode()
-                    unknown |= text not in group.remote
+                    if text not in group.remote:
+                        unknown = True
+                        self._presence_changed(group, other_id.decode(), True)
                     group.remote[text] = other_id.decode()
                     self._known_nodes.add(other[:_NODE_ID_LENGTH])
         if group.members.get(member.id) is member:
@@ -513,6 +524,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
                 if published_maybe_lost:
                     self._splits_due.setdefault(group.name, now)
                 self._close_group(group, f"backplane lost ({failure}): messages may be missing")
+            for member_id in set(group.remote.values()):
+                self._presence_changed(group, member_id, False)
             group.remote.clear()
             group.order.reset()
             group.inbox = None
@@ -571,9 +584,12 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self._known_nodes.add(node)
         if type(message) is MemberJoined:
             if node != self._node:
+                if message.owner not in group.remote:
+                    self._presence_changed(group, message.member_id, True)
                 group.remote[message.owner] = message.member_id
         elif type(message) is MemberLeft:
-            group.remote.pop(message.owner, None)
+            if group.remote.pop(message.owner, None) is not None:
+                self._presence_changed(group, message.member_id, False)
         elif type(message) is Split:
             if node != self._node:
                 self._split(group, message.seconds)

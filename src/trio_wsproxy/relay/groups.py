@@ -11,7 +11,7 @@ nothing here.
 from __future__ import annotations
 
 import collections
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
@@ -235,8 +235,15 @@ class GroupRegistry(Protocol):
     def unavailable(self, group_name: str) -> str | None:
         """Why a member cannot join ``group_name`` now (a backplane outage), or None."""
 
+    def watch_presence(self, changed: PresenceChange) -> None:
+        """Call ``changed(group, member_id, joined)`` when a member of a group here joins
+        or leaves on another node (in-process there are none)."""
+
 
 GroupT = TypeVar("GroupT", bound=Group)
+
+#: ``changed(group, member_id, joined)``: a member joined (or left) ``group`` elsewhere.
+PresenceChange = Callable[[Group, str, bool], None]
 
 #: Why an older connection is closed when a newer one joins with its id.
 REPLACED_REASON = "replaced by a newer connection with the same id"
@@ -317,3 +324,6 @@ class LocalRegistry(NodeGroups[Group]):
 
     def unavailable(self, group_name: str) -> str | None:
         return None
+
+    def watch_presence(self, changed: PresenceChange) -> None:
+        pass  # every member is here: sessions report their own joins and leaves

@@ -91,6 +91,7 @@ class Relay:
         self.buffers = BufferBudget(config.max_buffered_bytes)
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
         self.presence = Presence(config.presence_limit, self.counters)
+        registry.watch_presence(self.presence.changed)
         self._secret = secret
         self._membership_changed = trio.Event()
         self._limits = Limits(

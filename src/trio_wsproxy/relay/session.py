@@ -33,7 +33,7 @@ from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .budget import SMALL, TEARDOWN, TurnBudget
 from .fanout import Courier
-from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
+from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Member, Outbound
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
 from .presence import Presence, event_frame
@@ -632,20 +632,27 @@ class Session:
         self._assembly.to = target.to if type(target) is v1.ToMember else None
         return Data(data[end:], event.text, True, event.last)
 
+    def _addressee(self, group: Group, to: str) -> Member | None:
+        """The member of ``group`` a v1 message is addressed to; None, with an error
+        event for the sender, when there is no such member (or it is the sender)."""
+        target = group.locate(to)
+        if target is not None and target is not self:
+            return target
+        self._counters.direct_failures += 1
+        detail = (
+            "a member cannot address a message to itself"
+            if target is self
+            else f"no member {to!r} in group {group.name!r}"
+        )
+        self.mailbox.offer_control(event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
+        return None
+
     async def _direct(self, message: Message, group: Group) -> None:
         """Deliver a message addressed to one member (v1), or tell the sender (an error
         event) that there is no such member in its group."""
-        to = message.to
-        assert to is not None
-        target = group.locate(to)
-        if target is None or target is self:
-            self._counters.direct_failures += 1
-            detail = (
-                "a member cannot address a message to itself"
-                if target is self
-                else f"no member {to!r} in group {group.name!r}"
-            )
-            self.mailbox.offer_control(event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
+        assert message.to is not None
+        target = self._addressee(group, message.to)
+        if target is None:
             return
         self._counters.deliveries += 1
         data = target.encoding.message(message)
@@ -667,14 +674,8 @@ class Session:
         self._outbound = await self._paused(group.open_stream, self, head)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         if head.to is not None:
-            target = group.locate(head.to)
-            if target is None or target is self:
-                self._stream_to = ()
-                self._counters.direct_failures += 1
-                error = v1.Error(v1.NO_SUCH_MEMBER, f"no member {head.to!r} here", head.to)
-                self.mailbox.offer_control(event_frame(error))
-            else:
-                self._stream_to = ((target.encoding, (target,)),)
+            target = self._addressee(group, head.to)
+            self._stream_to = () if target is None else ((target.encoding, (target,)),)
         else:
             self._stream_to = tuple(
                 (encoding, tuple(member for member in members if member is not self))

@@ -39,11 +39,12 @@ u64s = st.integers(0, 2**64 - 1)
 # Any text but lone surrogates (which are not UTF-8): member ids are whatever clients chose.
 texts = st.text(max_size=40)
 payloads = st.binary(max_size=200)
-a_message = st.builds(Message, texts, st.booleans(), payloads)
+addressees = st.none() | texts
+a_message = st.builds(Message, texts, st.booleans(), payloads, addressees)
 
 node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(Messages, node_ids, st.lists(a_message, max_size=12).map(tuple)),
-    st.builds(StreamStart, node_ids, u64s, st.builds(StreamHead, texts, st.booleans())),
+    st.builds(StreamStart, node_ids, u64s, st.builds(StreamHead, texts, st.booleans(), addressees)),
     st.builds(StreamPiece, node_ids, u64s, u32s, payloads, st.booleans()),
     st.builds(StreamAbort, node_ids, u64s),
     st.builds(MemberJoined, node_ids, texts, texts),
@@ -64,6 +65,16 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
         + b"\x00\x01" + b"b" + b"\x00" + b"\x00\x00\x00\x00",
     ),
     (Messages(NODE, ()), b"M" + NODE + b"\x00\x00\x00\x00"),
+    (
+        # Addressed to one member (bit 1 of flags): the addressee follows the payload.
+        Messages(NODE, (Message("a", False, b"x", to="bo"),)),
+        b"M" + NODE + b"\x00\x00\x00\x01"
+        + b"\x00\x01" + b"a" + b"\x02" + b"\x00\x00\x00\x01" + b"x" + b"\x00\x02" + b"bo",
+    ),
+    (
+        StreamStart(NODE, 1, StreamHead("a", True, to="bo")),
+        b"S" + NODE + b"\x00\x00\x00\x00\x00\x00\x00\x01" + b"\x03" + b"\x00\x02bo" + b"a",
+    ),
     (
         StreamStart(NODE, 0x0102030405060708, StreamHead("bob", True)),
         b"S" + NODE + b"\x01\x02\x03\x04\x05\x06\x07\x08" + b"\x01" + b"bob",
@@ -222,7 +233,8 @@ def _with_last_field(message: NodeMessage, kept: bytes) -> NodeMessage:
     cut splits a character of a text field)."""
     match message:
         case StreamStart():
-            return attrs.evolve(message, head=StreamHead(kept.decode(), message.head.text))
+            head = message.head
+            return attrs.evolve(message, head=StreamHead(kept.decode(), head.text, head.to))
         case StreamPiece():
             return attrs.evolve(message, payload=kept)
         case MemberJoined() | MemberLeft():
@@ -295,7 +307,18 @@ def test_lengths_larger_than_the_data_are_rejected() -> None:
     sender_too_long = b"M" + NODE + b"\x00\x00\x00\x01" + b"\xff\xff" + b"a" + b"\x00" + bytes(4)
     payload_too_long = b"M" + NODE + b"\x00\x00\x00\x01" + b"\x00\x00" + b"\x00" + b"\xff" * 4
     owner_too_long = b"J" + NODE + b"\x00\x05" + b"abc"
-    for wire in (sender_too_long, payload_too_long, owner_too_long):
+    addressed = b"M" + NODE + b"\x00\x00\x00\x01" + bytes(2) + b"\x02" + bytes(4)
+    addressee_too_long = addressed + b"\x00\x09ab"
+    addressee_cut = addressed + b"\x00"
+    stream_addressee_too_long = b"S" + NODE + bytes(8) + b"\x02" + b"\x00\x09ab"
+    for wire in (
+        sender_too_long,
+        payload_too_long,
+        owner_too_long,
+        addressee_too_long,
+        addressee_cut,
+        stream_addressee_too_long,
+    ):
         with pytest.raises(NodeMessageError):
             decode(wire)
 
@@ -303,9 +326,9 @@ def test_lengths_larger_than_the_data_are_rejected() -> None:
 @pytest.mark.parametrize(
     "wire",
     [
-        b"M" + NODE + b"\x00\x00\x00\x01" + b"\x00\x00" + b"\x02" + bytes(4),
+        b"M" + NODE + b"\x00\x00\x00\x01" + b"\x00\x00" + b"\x04" + bytes(4),
         b"M" + NODE + b"\x00\x00\x00\x01" + b"\x00\x00" + b"\x81" + bytes(4),
-        b"S" + NODE + bytes(8) + b"\x03" + b"bob",
+        b"S" + NODE + bytes(8) + b"\x05" + b"bob",
         b"S" + NODE + bytes(8) + b"\x80",
     ],
 )

@@ -96,6 +96,10 @@ class SharedGroup(Group):
     def member_ids(self) -> list[str]:
         return list(dict.fromkeys([*self.members, *self.remote.values()]))
 
+    def elsewhere(self, member_id: str) -> bool:
+        # (A scan, only for a message addressed to a member not on this node.)
+        return member_id in self.remote.values()
+
     @property
     def spans_nodes(self) -> bool:
         """Whether members on other nodes are (or may be) involved right now."""

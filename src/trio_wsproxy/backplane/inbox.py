@@ -47,12 +47,39 @@ class Deliveries:
 
     async def messages(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
         """Deliver a batch of whole messages to the group's members here, framed once
-        per encoding."""
+        per encoding; one addressed to a member (v1) goes to it alone, if it is here."""
+        for message in messages:
+            if message.to is not None:
+                await self._with_addressed(group, messages)
+                return
+        await self._broadcast(group, messages)
+
+    async def _broadcast(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
         self._counters.deliveries += len(messages) * len(group.sessions)
         for encoding, members in group.audiences:
             frame = encoding.message
             data = b"".join([frame(message) for message in messages])
             await self.deliver(group, Delivery(data, members))
+
+    async def _with_addressed(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
+        """A batch with messages addressed to one member: runs of messages to the whole
+        group and each addressed one in turn, so every member gets its own in order.
+        (One addressed to a member not here is another node's; one to a member that
+        left while it travelled is dropped, as a broadcast to it would be.)"""
+        run: list[Message] = []
+        for message in messages:
+            if message.to is None:
+                run.append(message)
+                continue
+            if run:
+                await self._broadcast(group, tuple(run))
+                run = []
+            target = group.members.get(message.to)
+            if target is not None:
+                self._counters.deliveries += 1
+                await self.deliver(group, Delivery(target.encoding.message(message), (target,)))
+        if run:
+            await self._broadcast(group, tuple(run))
 
     async def piece(
         self,

@@ -624,6 +624,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             )
         elif type(action) is StartRemote:
             recipients = group.audiences
+            if action.head.to is not None:
+                # Addressed to one member: to it alone, if it is here (else nobody:
+                # the stream only takes its turn on this node).
+                target = group.members.get(action.head.to)
+                recipients = () if target is None else ((target.encoding, (target,)),)
             if action.conflict:
                 self._close_group(group, "two messages streamed at once across an outage")
                 recipients = ()

@@ -7,13 +7,16 @@ Every message is one kind byte (an ASCII letter), the sending node's id, exactly
 kind. Integers are unsigned and big-endian (u8, u16, u32, u64); f64 is an IEEE 754
 double, big-endian. Strings are UTF-8: one marked *rest* runs to the end of the message,
 any other is preceded by its length in bytes as a u16. ``flags`` is a u8 whose bit 0 is
-set for a text message and clear for a binary one; its other bits must be 0.
+set for a text message and clear for a binary one, and whose bit 1 is set for a message
+addressed to one member (wsproxy.v1's direct messages); its other bits must be 0.
 
 On a group's channel::
 
     M  Messages      u32 count, then count times:
-                       u16 sender length, sender, flags, u32 payload length, payload
-    S  StreamStart   u64 stream id, flags, sender (rest)
+                       u16 sender length, sender, flags, u32 payload length, payload,
+                       and with bit 1 of flags: u16 addressee length, addressee
+    S  StreamStart   u64 stream id, flags, [with bit 1: u16 addressee length,
+                     addressee,] sender (rest)
     F  StreamPiece   u64 stream id, u32 piece number, payload (rest)   -- not the last piece
     E  StreamPiece   u64 stream id, u32 piece number, payload (rest)   -- the last piece
     X  StreamAbort   u64 stream id
@@ -65,6 +68,8 @@ NODE_ID_LENGTH = 16
 
 _HEADER = 1 + NODE_ID_LENGTH
 _TEXT = 0x01
+_TO = 0x02
+_FLAGS = _TEXT | _TO
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -159,9 +164,14 @@ class StreamStart:
     def encode(self) -> bytes:
         head = self.head
         flags = _TEXT if head.text else 0
-        return b"".join(
-            [_S, self.node, _STREAM_FLAGS.pack(self.stream_id, flags), head.sender.encode()]
-        )
+        parts = [_S, self.node]
+        if head.to is None:
+            parts.append(_STREAM_FLAGS.pack(self.stream_id, flags))
+        else:
+            to = _short_string("addressee", head.to)
+            parts += [_STREAM_FLAGS.pack(self.stream_id, flags | _TO), _U16.pack(len(to)), to]
+        parts.append(head.sender.encode())
+        return b"".join(parts)
 
 
 @attrs.frozen
@@ -296,8 +306,16 @@ def encode_messages(node: bytes, messages: Sequence[Message]) -> bytes:
             # Four appends measure faster than one extend of a tuple.
             append(pack_length(len(sender)))
             append(sender)
-            append(pack_flags(_TEXT if message.text else 0, len(payload)))
-            append(payload)
+            to = message.to
+            if to is None:
+                append(pack_flags(_TEXT if message.text else 0, len(payload)))
+                append(payload)
+            else:
+                append(pack_flags((_TEXT if message.text else 0) | _TO, len(payload)))
+                append(payload)
+                to_bytes = to.encode()
+                append(pack_length(len(to_bytes)))
+                append(to_bytes)
     except struct.error:
         # Diagnosed only after the fact, so that the loop above stays free of checks.
         raise ValueError(_unencodable(messages)) from None
@@ -313,6 +331,8 @@ def _unencodable(messages: Sequence[Message]) -> str:
             return f"message {index}: its sender id is {size} bytes in UTF-8; at most 65535 fit"
         if len(message.payload) > 0xFFFFFFFF:
             return f"message {index}: its payload is {len(message.payload)} bytes; 2**32 - 1 fit"
+        if message.to is not None and len(message.to.encode()) > 0xFFFF:
+            return f"message {index}: its addressee is too long; at most 65535 bytes fit"
     return "a message does not fit the layout"
 
 
@@ -379,7 +399,7 @@ def _decode_messages(buffer: _Buffer, node: bytes, size: int) -> Messages:
             raise NodeMessageError(f"M: message {index} of {count} is cut off in its sender")
         sender = str(buffer[start:pos], "utf-8")
         flags, length = unpack_flags(buffer, pos)
-        if flags & ~_TEXT:
+        if flags & ~_FLAGS:
             raise NodeMessageError(f"M: message {index} has unknown flags {flags:#04x}")
         start = pos + flags_size
         pos = start + length
@@ -388,7 +408,11 @@ def _decode_messages(buffer: _Buffer, node: bytes, size: int) -> Messages:
                 f"M: message {index} of {count} claims a {length}-byte payload, "
                 f"{size - start} bytes are left"
             )
-        append(Message(sender, flags == _TEXT, bytes(buffer[start:pos])))
+        payload = bytes(buffer[start:pos])
+        to = None
+        if flags & _TO:
+            to, pos = _string(buffer, pos, size, f"M: message {index}'s addressee")
+        append(Message(sender, bool(flags & _TEXT), payload, to))
     if pos != size:
         raise NodeMessageError(f"M: {size - pos} bytes after the last of {count} messages")
     return Messages(node, tuple(messages))
@@ -399,10 +423,25 @@ def _decode_start(buffer: _Buffer, node: bytes, size: int) -> StreamStart:
     if size < start:
         raise NodeMessageError(f"S: the stream id and flags are cut off ({size - _HEADER} of 9)")
     stream_id, flags = _STREAM_FLAGS.unpack_from(buffer, _HEADER)
-    if flags & ~_TEXT:
+    if flags & ~_FLAGS:
         raise NodeMessageError(f"S: unknown flags {flags:#04x}")
+    to = None
+    if flags & _TO:
+        to, start = _string(buffer, start, size, "S: the addressee")
     sender = str(buffer[start:], "utf-8")
-    return StreamStart(node, stream_id, StreamHead(sender, flags == _TEXT))
+    return StreamStart(node, stream_id, StreamHead(sender, bool(flags & _TEXT), to))
+
+
+def _string(buffer: _Buffer, pos: int, size: int, what: str) -> tuple[str, int]:
+    """The u16-length-prefixed string at ``pos``, and where it ends."""
+    if pos + 2 > size:
+        raise NodeMessageError(f"{what}'s length is cut off")
+    (length,) = _U16.unpack_from(buffer, pos)
+    start = pos + 2
+    end = start + length
+    if end > size:
+        raise NodeMessageError(f"{what} is {length} bytes, only {size - start} are left")
+    return str(buffer[start:end], "utf-8"), end
 
 
 def _decode_piece(buffer: _Buffer, node: bytes, size: int) -> StreamPiece:

@@ -146,9 +146,14 @@ class Group:
         return list(self.members)
 
     def locate(self, member_id: str) -> Member | None:
-        """The member ``member_id`` of this group, to address one message to; None when
-        there is none."""
+        """The member ``member_id`` of this group here, to address one message to; None
+        when there is none here."""
         return self.members.get(member_id)
+
+    def elsewhere(self, member_id: str) -> bool:
+        """Whether ``member_id`` is a member of this group on another node (a message
+        addressed to it then travels with the group's others, in order)."""
+        return False
 
     def add(self, member: Member) -> None:
         self.members[member.id] = member

@@ -33,7 +33,7 @@ from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .budget import SMALL, TEARDOWN, TurnBudget
 from .fanout import Courier
-from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Member, Outbound
+from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
 from .presence import Presence, event_frame
@@ -142,6 +142,7 @@ class Session:
         # what carries it beyond this node.
         self._stream_to: tuple[Audience, ...] = ()
         self._outbound: Outbound = NO_OUTBOUND
+        self._stream_out = True  # (whether its pieces go to other nodes)
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._budget = relay.budget
@@ -632,12 +633,16 @@ class Session:
         self._assembly.to = target.to if type(target) is v1.ToMember else None
         return Data(data[end:], event.text, True, event.last)
 
-    def _addressee(self, group: Group, to: str) -> Member | None:
-        """The member of ``group`` a v1 message is addressed to; None, with an error
-        event for the sender, when there is no such member (or it is the sender)."""
+    def _addressee(self, group: Group, to: str) -> tuple[Audience, ...] | None:
+        """Who a v1 message addressed to ``to`` goes to here: the member, with its
+        encoding; nobody (``()``) when ``to`` is a member of the group on another node
+        (the message travels there with the group's others). None, with an error event
+        for the sender, when the group has no such member (or it is the sender)."""
         target = group.locate(to)
         if target is not None and target is not self:
-            return target
+            return ((target.encoding, (target,)),)
+        if target is None and group.elsewhere(to):
+            return ()
         self._counters.direct_failures += 1
         detail = (
             "a member cannot address a message to itself"
@@ -648,16 +653,20 @@ class Session:
         return None
 
     async def _direct(self, message: Message, group: Group) -> None:
-        """Deliver a message addressed to one member (v1), or tell the sender (an error
-        event) that there is no such member in its group."""
+        """Deliver a message addressed to one member (v1), here or through the group's
+        other nodes, or tell the sender (an error event) that there is no such member."""
         assert message.to is not None
-        target = self._addressee(group, message.to)
-        if target is None:
+        audiences = self._addressee(group, message.to)
+        if audiences is None:
             return
         self._counters.deliveries += 1
-        data = target.encoding.message(message)
         courier = self._courier
-        blocked = courier.offer(data, (target,))
+        if not audiences:
+            courier.outbox.append(message)  # in order with the sender's other messages
+            return
+        ((encoding, target),) = audiences
+        data = encoding.message(message)
+        blocked = courier.offer(data, target)
         if blocked is not None:
             group.floor.passing()
             try:
@@ -674,9 +683,13 @@ class Session:
         self._outbound = await self._paused(group.open_stream, self, head)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         if head.to is not None:
-            target = self._addressee(group, head.to)
-            self._stream_to = () if target is None else ((target.encoding, (target,)),)
+            audiences = self._addressee(group, head.to)
+            self._stream_to = () if audiences is None else audiences
+            # Beyond this node only for a member there: a message to one member here
+            # only takes its turn on the others, so that streams stay in one order.
+            self._stream_out = audiences == ()
         else:
+            self._stream_out = True
             self._stream_to = tuple(
                 (encoding, tuple(member for member in members if member is not self))
                 for encoding, members in group.audiences
@@ -696,9 +709,7 @@ class Session:
             if blocked is not None:
                 await self._paused(courier.wait_for_room, data, blocked)
         self._flush()
-        if head.to is None:
-            # (A message to one member here goes to no other node: there it only takes
-            # its turn, so that the group's streams stay in one order everywhere.)
+        if self._stream_out:
             await self._paused(self._outbound.forward, piece)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
         if piece.last:

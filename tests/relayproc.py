@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import trio
 
 
-async def start_relay(*flags: str) -> tuple[trio.Process, str, int]:
-    """Start ``python -m trio_wsproxy serve --port 0 FLAGS``; return the process, the URL
-    it printed and its port. Its stdout and stderr are pipes."""
+async def start_relay(
+    *flags: str, env: Mapping[str, str] | None = None
+) -> tuple[trio.Process, str, int]:
+    """Start ``python -m trio_wsproxy serve --port 0 FLAGS`` (``env`` added to the
+    environment); return the process, the URL it printed and its port. Its stdout and
+    stderr are pipes."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None
     text = (await first_line(process.stdout)).decode().strip()

@@ -261,19 +261,26 @@ def usage_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.mark.parametrize("how", ["file", "environment", "flag"])
-def test_a_token_secret_shorter_than_32_bytes_is_refused_at_start_up(
-    how: str, tmp_path: Path
+@pytest.mark.parametrize(
+    ("setting", "variable", "too_short"),
+    [
+        ("token-secret", "TRIO_WSPROXY_TOKEN_SECRET", "an HS256 secret needs at least 32"),
+        ("api-key", "TRIO_WSPROXY_API_KEY", "is 6 bytes; an API key needs at least 16"),
+    ],
+)  # fmt: skip
+def test_a_secret_too_short_is_refused_at_start_up_and_never_a_flag(
+    how: str, setting: str, variable: str, too_short: str, tmp_path: Path
 ) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SHORT_SECRET + "\n")
-    environment = {k: v for k, v in os.environ.items() if k != "TRIO_WSPROXY_TOKEN_SECRET"}
+    environment = {k: v for k, v in os.environ.items() if k != variable}
     flags = ["--port", "0"]
     if how == "file":
-        flags += ["--token-secret-file", str(secret_file)]
+        flags += [f"--{setting}-file", str(secret_file)]
     elif how == "environment":
-        environment["TRIO_WSPROXY_TOKEN_SECRET"] = SHORT_SECRET
+        environment[variable] = SHORT_SECRET
     else:
-        flags += ["--token-secret", SHORT_SECRET]
+        flags += [f"--{setting}", SHORT_SECRET]
     result = subprocess.run(
         [sys.executable, "-m", "trio_wsproxy", "serve", *flags],
         capture_output=True,
@@ -284,9 +291,9 @@ def test_a_token_secret_shorter_than_32_bytes_is_refused_at_start_up(
     )
     line = usage_error(result)
     if how == "flag":
-        assert "--token-secret is not a flag" in line and "TRIO_WSPROXY_TOKEN_SECRET" in line
+        assert f"--{setting} is not a flag" in line and variable in line
     else:
-        assert "is 6 bytes long: an HS256 secret needs at least 32" in line
+        assert too_short in line
     assert SHORT_SECRET not in result.stderr
 
 

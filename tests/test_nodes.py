@@ -19,6 +19,7 @@ from trio_wsproxy.protocol.nodes import (
     Messages,
     NodeMessage,
     NodeMessageError,
+    Remove,
     Replace,
     Split,
     StreamAbort,
@@ -51,6 +52,7 @@ node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(MemberLeft, node_ids, texts, texts),
     st.builds(Split, node_ids, st.floats(min_value=0, allow_nan=False, allow_infinity=False)),
     st.builds(Replace, node_ids, texts),
+    st.builds(Remove, node_ids, texts, texts),
     st.builds(Ack, node_ids, u64s, u32s),
 )
 
@@ -103,6 +105,10 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
     (Split(NODE, 1.5), b"Z" + NODE + b"\x3f\xf8\x00\x00\x00\x00\x00\x00"),
     (Replace(NODE, "fedcba9876543210:12"), b"R" + NODE + b"fedcba9876543210:12"),
     (
+        Remove(NODE, "fedcba9876543210:3", "gone"),
+        b"K" + NODE + b"\x00\x04" + b"gone" + b"fedcba9876543210:3",
+    ),
+    (
         Ack(NODE, 9, 2),
         b"A" + NODE + b"\x00\x00\x00\x00\x00\x00\x00\x09" + b"\x00\x00\x00\x02",
     ),
@@ -124,7 +130,7 @@ def test_each_kind_decodes_from_its_exact_bytes(message: NodeMessage, wire: byte
 def test_every_kind_has_a_vector() -> None:
     assert {type(message) for message, _ in VECTORS} == {
         Messages, StreamStart, StreamPiece, StreamAbort, MemberJoined, MemberLeft, Split,
-        Replace, Ack,
+        Replace, Remove, Ack,
     }  # fmt: skip
 
 
@@ -133,7 +139,7 @@ def test_every_kind_has_a_vector() -> None:
 
 KINDS = {
     Messages: b"M", StreamStart: b"S", StreamAbort: b"X", MemberJoined: b"J", MemberLeft: b"L",
-    Split: b"Z", Replace: b"R", Ack: b"A",
+    Split: b"Z", Replace: b"R", Remove: b"K", Ack: b"A",
 }  # fmt: skip
 
 
@@ -222,7 +228,7 @@ def _last_field(message: NodeMessage) -> bytes | None:
             return message.payload
         case MemberJoined() | MemberLeft():
             return message.member_id.encode()
-        case Replace():
+        case Replace() | Remove():
             return message.owner.encode()
         case _:
             return None
@@ -239,7 +245,7 @@ def _with_last_field(message: NodeMessage, kept: bytes) -> NodeMessage:
             return attrs.evolve(message, payload=kept)
         case MemberJoined() | MemberLeft():
             return attrs.evolve(message, member_id=kept.decode())
-        case Replace():
+        case Replace() | Remove():
             return attrs.evolve(message, owner=kept.decode())
     raise AssertionError(message)
 

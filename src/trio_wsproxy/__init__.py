@@ -5,9 +5,6 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
-
 from ._serve import TLSConfigError, open_relay, serve_relay
 from .backplane.redis import RedisBackplane
 from .client.client import (
@@ -38,16 +35,14 @@ from .protocol.close_codes import CloseCode
 from .protocol.envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope
 from .protocol.tokens import check_token, mint_token
 from .protocol.typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
+from .protocol.version import VERSION
 from .relay.config import DEFAULT_PORT, RelayConfig
 from .relay.groups import Group, GroupRegistry, LocalRegistry
 from .relay.relay import Relay, RelayStats
 
-try:
-    #: The installed distribution's version (``pyproject.toml``'s), e.g. ``"0.1.0"``.
-    __version__ = _distribution_version("trio_wsproxy")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
-del PackageNotFoundError, _distribution_version
+#: The installed distribution's version (``pyproject.toml``'s), e.g. ``"0.1.0"``.
+__version__ = VERSION
+del VERSION
 
 # __version__ is module metadata rather than API, so, as in trio, it is not in __all__:
 # a star import does not bring it in, and the loop at the end leaves it alone.

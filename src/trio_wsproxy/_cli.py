@@ -23,7 +23,7 @@ import attrs
 import trio
 
 from . import __version__
-from ._serve import read_token_secret, serve_relay
+from ._serve import read_api_key, read_token_secret, serve_relay
 from ._workers import (
     STOP_SIGNALS,
     WorkerFailed,
@@ -90,6 +90,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "healthz_path": _Optional(str),
     "metrics_path": _Optional(str),
     "token_secret_file": str,
+    "api_key_file": str,
     "allowed_origins": str,
     "max_members": _Optional(int),
     "max_group_members": _Optional(int),
@@ -362,7 +363,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         config = config_from_args(args)
-        read_token_secret(config)  # a missing or empty secret file: say so before serving
+        # A missing or empty secret file: say so before serving.
+        read_token_secret(config)
+        read_api_key(config)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     link = worker_link(args, config, parser)

@@ -14,7 +14,7 @@ import trio
 
 from .backplane.redis import RedisBackplane
 from .protocol.exceptions import raise_sole_error
-from .relay.config import RelayConfig, check_token_secret
+from .relay.config import RelayConfig, check_api_key, check_token_secret
 from .relay.groups import GroupRegistry, LocalRegistry
 from .relay.relay import MetricsView, Relay, run_relay
 
@@ -55,6 +55,7 @@ async def serve_worker_relay(
         config,
         registry,
         read_token_secret(config),
+        api_key=read_api_key(config),
         metrics_view=metrics_view,
         task_status=task_status,
     )
@@ -93,13 +94,32 @@ def read_token_secret(config: RelayConfig) -> str | None:
     Raises OSError when the file cannot be read, and ValueError when it is empty or
     holds a secret shorter than :data:`~trio_wsproxy.relay.config.MIN_TOKEN_SECRET_BYTES`
     (leading and trailing whitespace, such as the final newline, is not part of it)."""
-    if config.token_secret_file is None:
+    secret = _read_secret(config.token_secret_file, "token secret")
+    if secret is None:
         return config.token_secret
-    with open(config.token_secret_file, encoding="utf-8") as file:
+    check_token_secret(secret, f"the secret in token secret file {config.token_secret_file!r}")
+    return secret
+
+
+def read_api_key(config: RelayConfig) -> str | None:
+    """The HTTP API's key ``config`` gives (directly or in a file); None when the API is
+    off. Raises as :func:`read_token_secret` does (a key shorter than
+    :data:`~trio_wsproxy.relay.config.MIN_API_KEY_BYTES` is refused)."""
+    key = _read_secret(config.api_key_file, "API key")
+    if key is None:
+        return config.api_key
+    check_api_key(key, f"the key in API key file {config.api_key_file!r}")
+    return key
+
+
+def _read_secret(path: str | None, what: str) -> str | None:
+    """The stripped content of the secret file ``path`` (None: no file given)."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as file:
         secret = file.read().strip()
     if not secret:
-        raise ValueError(f"token secret file {config.token_secret_file!r} is empty")
-    check_token_secret(secret, f"the secret in token secret file {config.token_secret_file!r}")
+        raise ValueError(f"{what} file {path!r} is empty")
     return secret
 
 

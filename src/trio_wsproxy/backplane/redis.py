@@ -33,6 +33,8 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -46,6 +48,7 @@ from ..protocol.nodes import (
     MemberLeft,
     NodeMessage,
     NodeMessageError,
+    Remove,
     Replace,
     Split,
     StreamAbort,
@@ -57,7 +60,14 @@ from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.fanout import Courier
-from ..relay.groups import REPLACED_REASON, Group, Member, NodeGroups, PresenceChange
+from ..relay.groups import (
+    REPLACED_REASON,
+    Group,
+    Member,
+    NodeGroups,
+    PresenceChange,
+    RegistryUnavailable,
+)
 from . import scripts
 from .connection import RedisConnection
 from .group import Delivery, SharedGroup
@@ -179,9 +189,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._by_owner[owner] = member
         if not self.up:
             return group  # a group of this node only (see unavailable)
-        first = len(group.members) == 1 and not group.subscribed.is_set()
+        # The first member here takes the snapshot of the members elsewhere (a group
+        # held for the HTTP API may be subscribed already, but never took one).
+        first = len(group.members) == 1
         try:
-            if first:
+            if first and not group.subscribed.is_set() and not group.holds:
                 await self._subscribe(group)
             else:
                 await group.subscribed.wait()
@@ -203,9 +215,105 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self._unregister(group.name, member.id, owner)
         elif self._registered:
             self._left_while_down.append((group.name, member.id, owner))
-        if not group.members:
+        if self._groups.get(group.name) is not group:  # (dropped: no members, no holds)
             if self.up and self._sub is not None:
                 self._send_sub("UNSUBSCRIBE", self.names.group_channel(group.name))
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Group]:
+        group, created = self._hold(name)
+        try:
+            if self.up:
+                if created:
+                    await self._subscribe(group)
+                else:
+                    await group.subscribed.wait()
+            yield group
+        finally:
+            if self._release(group) and self.up and self._sub is not None:
+                self._send_sub("UNSUBSCRIBE", self.names.group_channel(group.name))
+
+    # -- the whole cluster's view, from Redis (the HTTP API's) --------------------------
+
+    def _publisher_or_fail(self) -> RedisConnection:
+        pub = self._pub
+        if pub is None or not self.up:
+            raise RegistryUnavailable("backplane unavailable: the relay cannot reach Redis")
+        return pub
+
+    async def _call(self, *args: bytes | str | int) -> object:
+        pub = self._publisher_or_fail()
+        try:
+            return await pub.call(*args)
+        except (ConnectionLost, RedisError) as exc:
+            raise RegistryUnavailable(f"backplane unavailable: {exc}") from exc
+
+    async def cluster_groups(self) -> dict[str, int]:
+        start = self.names.members_key("")
+        # SCAN's pattern is a glob: the prefix may hold glob characters of its own.
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in start) + "*"
+        groups: dict[str, int] = {}
+        cursor = b"0"
+        while True:
+            reply = await self._call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if not (isinstance(reply, list) and len(reply) == 2):
+                raise RegistryUnavailable(f"unexpected reply to SCAN: {reply!r}")
+            cursor, keys = reply
+            names = [k.decode()[len(start) :] for k in keys if isinstance(k, bytes)]
+            pub = self._publisher_or_fail()
+            waiters = [pub.send_nowait("HLEN", start + name) for name in names]
+            for name, waiter in zip(names, waiters, strict=True):
+                if waiter is None:
+                    raise RegistryUnavailable("backplane unavailable: the connection broke")
+                await waiter.event.wait()
+                if isinstance(waiter.reply, int) and waiter.reply > 0:
+                    groups[name] = waiter.reply
+            if cursor in (b"0", 0):
+                return groups
+
+    async def cluster_members(self, group_name: str) -> list[str]:
+        reply = await self._call("HKEYS", self.names.members_key(group_name))
+        if not isinstance(reply, list):
+            raise RegistryUnavailable(f"unexpected reply to HKEYS: {reply!r}")
+        return [key.decode() for key in reply if isinstance(key, bytes)]
+
+    def _here_only(self, group_name: str) -> SharedGroup | None:
+        """The group, while Redis is away, if it lives on this node only (it goes on
+        through the outage: see unavailable); None otherwise."""
+        group = self._groups.get(group_name)
+        if self.up or group is None or group.spans_nodes:
+            return None
+        return group
+
+    async def cluster_size(self, group_name: str) -> int:
+        group = self._here_only(group_name)
+        if group is not None:
+            return len(group.members)
+        reply = await self._call("HLEN", self.names.members_key(group_name))
+        return reply if isinstance(reply, int) else 0
+
+    async def has_member(self, group_name: str, member_id: str) -> bool:
+        group = self._groups.get(group_name)
+        if group is not None and member_id in group.members:
+            return True
+        if self._here_only(group_name) is not None:
+            return False
+        reply = await self._call("HEXISTS", self.names.members_key(group_name), member_id)
+        return reply == 1
+
+    async def remove_member(self, group_name: str, member_id: str, reason: str) -> bool:
+        group = self._groups.get(group_name)
+        member = None if group is None else group.members.get(member_id)
+        if member is not None:
+            member.close(CloseCode.REMOVED, reason)
+            return True
+        owner = await self._call("HGET", self.names.members_key(group_name), member_id)
+        if not isinstance(owner, bytes):
+            return False
+        node = owner[:_NODE_ID_LENGTH]
+        removal = Remove(self._node, owner.decode(), reason).encode()
+        await self._call("PUBLISH", self.names.node_channel(node), removal)
+        return True
 
     # -- what groups and turns ask of the backplane ------------------------------------
 
@@ -563,6 +671,10 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             member = self._by_owner.get(message.owner)
             if member is not None:
                 member.close(CloseCode.REPLACED, REPLACED_REASON)
+        elif type(message) is Remove:
+            member = self._by_owner.get(message.owner)
+            if member is not None:
+                member.close(CloseCode.REMOVED, message.reason)
         elif type(message) is Ack:
             self.turns.acknowledged(message.node, message.stream_id, message.piece)
 

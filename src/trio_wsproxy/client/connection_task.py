@@ -305,12 +305,15 @@ class ConnectionTask:
             )
         if isinstance(header, From):
             self._stats.messages_received += 1
-            self._membership.heard_from(header.sender)
+            sender = header.sender
+            if sender is not None:
+                self._membership.heard_from(sender)
             verdict = read_frame(
                 payload,
                 types=self._types,
                 awaiting=self._requests,
-                sender=self._reply_via(header.sender),
+                # A message the back end posted (no sender) is answered to the group.
+                sender=self._sender if sender is None else self._reply_via(sender),
                 origin=header,
             )
             await self._carry_out(verdict)

@@ -46,6 +46,7 @@ _CLOSE_MEANINGS = {
     4002: "a message was cut off because its sender left mid-message",
     4003: "keepalive timeout",
     4004: "the relay's backplane could not guarantee delivery: messages may be missing",
+    4005: "removed from the group by the application's back end",
 }
 
 

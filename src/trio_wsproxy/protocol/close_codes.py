@@ -6,7 +6,7 @@ import enum
 
 
 class CloseCode(enum.IntEnum):
-    """Every close code the relay sends; the README's table lists the same ones."""
+    """Every close code the relay sends; docs/relay.md's table lists the same ones."""
 
     #: The member or the relay ended the session on purpose.
     NORMAL = 1000
@@ -35,6 +35,9 @@ class CloseCode(enum.IntEnum):
     #: lost, the node's subscription dropped, the group split by an outage): the
     #: member may have missed messages and should resynchronise.
     BACKPLANE_UNAVAILABLE = 4004
+    #: A back end removed the member from its group (the HTTP API's DELETE): it should
+    #: not reconnect by itself.
+    REMOVED = 4005
 
 
 # Codes a client may put in its own close frame that are worth a label of their own:

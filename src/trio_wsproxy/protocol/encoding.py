@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from . import v1
 from .frames import OP_BINARY, OP_CONTINUATION, OP_TEXT, frame, frame_header
-from .message import Message, StreamHead
+from .message import BACK_END, Message, StreamHead
 
 
 class Encoding:
@@ -65,8 +65,12 @@ class V1Encoding(Encoding):
         return super().piece(head, payload, first, last)
 
 
-# Members send many messages each: their headers are made once, not once per message.
-_from_header = lru_cache(maxsize=4096)(v1.from_header)
+@lru_cache(maxsize=4096)
+def _from_header(sender: str, direct: bool) -> bytes:
+    """The header of a message from ``sender`` (BACK_END: the HTTP API's). Members send
+    many messages each: their headers are made once, not once per message."""
+    return v1.from_header(sender if sender != BACK_END else None, direct)
+
 
 #: The plain protocol of the wire contract.
 PLAIN = Encoding()

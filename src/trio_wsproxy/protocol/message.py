@@ -9,6 +9,10 @@ validated by the frame parser), binary stays raw bytes.
 
 from __future__ import annotations
 
+#: The sender id of a message the relay's HTTP API posts for a back end: no member has
+#: it (a member's id is never empty); v1 members see ``"from":null``.
+BACK_END = ""
+
 
 class Message:
     """One whole message: its sender's member id, whether it is text, its payload, and

@@ -27,6 +27,7 @@ On a group's channel::
 On a node's own channel::
 
     R  Replace       owner (rest)
+    K  Remove        u16 reason length, reason, owner (rest)
     A  Ack           u64 stream id, u32 piece number
 
 Payloads are raw bytes (a text payload is its UTF-8, as its sender wrote it), never
@@ -54,6 +55,7 @@ __all__ = [
     "Messages",
     "NodeMessage",
     "NodeMessageError",
+    "Remove",
     "Replace",
     "Split",
     "StreamAbort",
@@ -92,6 +94,7 @@ _J = b"J"
 _L = b"L"
 _Z = b"Z"
 _R = b"R"
+_K = b"K"
 _A = b"A"
 
 
@@ -264,6 +267,20 @@ class Replace:
 
 
 @attrs.frozen
+class Remove:
+    """Sent to a node's own channel: close the connection ``owner`` with 4005, because a
+    back end removed its member through the HTTP API of the sending node."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    owner: str
+    reason: str
+
+    def encode(self) -> bytes:
+        reason = _short_string("reason", self.reason)
+        return b"".join([_K, self.node, _U16.pack(len(reason)), reason, self.owner.encode()])
+
+
+@attrs.frozen
 class Ack:
     """Sent to a streaming node's own channel: the sending node has queued that piece of
     that stream for its members, so the streamer may publish further ahead."""
@@ -286,6 +303,7 @@ NodeMessage: TypeAlias = (
     | MemberLeft
     | Split
     | Replace
+    | Remove
     | Ack
 )
 
@@ -494,6 +512,11 @@ def _decode_replace(buffer: _Buffer, node: bytes, size: int) -> Replace:
     return Replace(node, str(buffer[_HEADER:], "utf-8"))
 
 
+def _decode_remove(buffer: _Buffer, node: bytes, size: int) -> Remove:
+    reason, start = _string(buffer, _HEADER, size, "K: the reason")
+    return Remove(node, str(buffer[start:], "utf-8"), reason)
+
+
 def _decode_ack(buffer: _Buffer, node: bytes, size: int) -> Ack:
     stream_id, piece = _fixed("A", buffer, size, _PIECE_ID)
     return Ack(node, stream_id, piece)
@@ -509,5 +532,6 @@ _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _L[0]: _decode_left,
     _Z[0]: _decode_split,
     _R[0]: _decode_replace,
+    _K[0]: _decode_remove,
     _A[0]: _decode_ack,
 }

@@ -20,6 +20,8 @@ From the relay to a member:
 
 - ``{"from":"ID"} LF PAYLOAD``: a message from member ID to the group.
 - ``{"from":"ID","direct":true} LF PAYLOAD``: a message from member ID to this member only.
+- ``{"from":null} LF PAYLOAD`` (and with ``"direct":true``): a message no member sent,
+  posted by the application's back end through the relay's HTTP API.
 - ``{"event":...} LF``, no payload, a text message: something the relay says itself
   (:class:`Welcome`, :class:`Presence`, :class:`Members`, :class:`Error`).
 
@@ -120,10 +122,11 @@ def member_header(to: str | None = None) -> bytes:
 
 @attrs.frozen
 class From:
-    """The header of a message the relay forwards: who sent it, and whether to this
-    member only (``direct``) or to the group."""
+    """The header of a message the relay forwards: who sent it (None: no member, the
+    application's back end through the HTTP API), and whether to this member only
+    (``direct``) or to the group."""
 
-    sender: str
+    sender: str | None
     direct: bool = False
 
 
@@ -181,8 +184,9 @@ Event = Welcome | Presence | Members | Error
 NO_SUCH_MEMBER = "no_such_member"
 
 
-def from_header(sender: str, direct: bool = False) -> bytes:
-    """The header line (with its line feed) of a message the relay forwards."""
+def from_header(sender: str | None, direct: bool = False) -> bytes:
+    """The header line (with its line feed) of a message the relay forwards (``sender``
+    None: one the back end posted)."""
     if direct:
         return _json({"from": sender, "direct": True})
     return _json({"from": sender})
@@ -231,8 +235,8 @@ def decode_relay_message(data: bytes | bytearray | memoryview) -> tuple[From | E
 def _relay_header(header: dict[str, Any]) -> From | Event:
     if "from" in header:
         sender = header["from"]
-        if not isinstance(sender, str):
-            raise V1Error('"from" must be a string')
+        if sender is not None and not isinstance(sender, str):
+            raise V1Error('"from" must be a string or null')
         return From(sender, header.get("direct") is True)
     kind = header.get("event")
     try:

@@ -24,6 +24,23 @@ def check_token_secret(secret: str, source: str) -> None:
         )
 
 
+#: The shortest HTTP API key accepted, in bytes: a key is a password that never
+#: expires, so it must not be guessable (``openssl rand -hex 16`` gives 32).
+MIN_API_KEY_BYTES = 16
+
+
+def check_api_key(key: str, source: str) -> None:
+    """Raise ValueError naming ``source`` if ``key`` is too short to be an API key, or
+    holds characters an ``Authorization`` header cannot carry."""
+    if len(key.encode()) < MIN_API_KEY_BYTES:
+        raise ValueError(
+            f"{source} is {len(key.encode())} bytes; an API key needs at least "
+            f"{MIN_API_KEY_BYTES} (try: openssl rand -hex 16)"
+        )
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise ValueError(f"{source} must be printable ASCII without spaces")
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value > 0):
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
@@ -151,6 +168,17 @@ class RelayConfig:
     token_secret_file: str | None = _setting(
         None, "File holding the HS256 token secret (turns tokens on)."
     )
+    api_key: str | None = _setting(
+        None,
+        "Key of the HTTP API for back ends (/api/...): every call must then present it as "
+        "Authorization: Bearer KEY. Never a flag: set it from the environment or "
+        "api_key_file.",
+        env="TRIO_WSPROXY_API_KEY",
+        repr=False,
+    )
+    api_key_file: str | None = _setting(
+        None, "File holding the HTTP API's key (turns the API on at /api/)."
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (),
         "Comma-separated browser origins allowed to connect (403 for others); "
@@ -225,6 +253,14 @@ class RelayConfig:
             raise ValueError("token_secret is empty")
         if self.token_secret is not None:
             check_token_secret(self.token_secret, "token_secret (TRIO_WSPROXY_TOKEN_SECRET)")
+        for name in ("path", "healthz_path", "metrics_path"):
+            value = getattr(self, name)
+            if value is not None and (value == "/api" or value.startswith("/api/")):
+                raise ValueError(f"{name} {value!r} is under /api/, the HTTP API's paths")
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give the API key once: api_key or api_key_file")
+        if self.api_key is not None:
+            check_api_key(self.api_key, "api_key (TRIO_WSPROXY_API_KEY)")
 
     @property
     def tls(self) -> bool:

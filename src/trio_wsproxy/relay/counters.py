@@ -11,6 +11,7 @@ class Counters:
 
     __slots__ = (
         "accept_failures",
+        "api_requests",
         "bytes",
         "client_closes",
         "closes",
@@ -40,6 +41,8 @@ class Counters:
         self.closes: collections.Counter[int] = collections.Counter()
         self.client_closes: collections.Counter[str] = collections.Counter()
         self.refusals: collections.Counter[tuple[str, int]] = collections.Counter()
+        #: Calls of the HTTP API, by the status of their answer.
+        self.api_requests: collections.Counter[int] = collections.Counter()
         #: Accepts that failed for want of a resource (file descriptors, kernel memory)
         #: and were retried: ten a second while the relay is short, whether connections
         #: are waiting or not (accept(2) claims a descriptor before it looks for one).

@@ -11,7 +11,8 @@ nothing here.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, MutableSequence
+from collections.abc import AsyncIterator, Callable, MutableSequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import trio
@@ -83,6 +84,7 @@ class Group:
         "_listeners",
         "_sessions",
         "floor",
+        "holds",
         "listed",
         "listener_count",
         "members",
@@ -104,6 +106,9 @@ class Group:
         self.listed = True
         self.listener_count = 0
         self.next_announcement = 0.0
+        #: How many posts of the HTTP API hold the group here (it stays while held,
+        #: members or not: see GroupRegistry.hold).
+        self.holds = 0
 
     @property
     def sessions(self) -> tuple[Member, ...]:
@@ -244,6 +249,34 @@ class GroupRegistry(Protocol):
         """Call ``changed(group, member_id, joined)`` when a member of a group here joins
         or leaves on another node (in-process there are none)."""
 
+    def hold(self, name: str) -> AbstractAsyncContextManager[Group]:
+        """Keep the group ``name`` on this node, members or not, while the context lasts
+        (a back end's post through the HTTP API goes through it): on a backplane, this
+        node then follows the group's channel as if it had members here."""
+
+    # -- the whole cluster's view (the HTTP API's; in-process, this node's) --------------
+    # Each raises RegistryUnavailable when the registry cannot answer for every node.
+
+    async def cluster_groups(self) -> dict[str, int]:
+        """Every group with members, on any node, with its number of members."""
+
+    async def cluster_members(self, group_name: str) -> list[str]:
+        """The ids of the members of ``group_name`` on every node."""
+
+    async def cluster_size(self, group_name: str) -> int:
+        """The number of members of ``group_name`` on every node."""
+
+    async def has_member(self, group_name: str, member_id: str) -> bool:
+        """Whether ``member_id`` is a member of ``group_name`` on any node."""
+
+    async def remove_member(self, group_name: str, member_id: str, reason: str) -> bool:
+        """Close the member ``member_id`` of ``group_name`` with 4005 (removed by the
+        back end) and ``reason``, on whichever node it is; False when there is none."""
+
+
+class RegistryUnavailable(Exception):
+    """The registry cannot answer for the whole cluster now (the backplane is down)."""
+
 
 GroupT = TypeVar("GroupT", bound=Group)
 
@@ -260,6 +293,8 @@ class NodeGroups(Generic[GroupT]):
     def __init__(self) -> None:
         self._groups: dict[str, GroupT] = {}
         self._members = 0
+        # Groups kept here by a hold with no member here (not counted as groups).
+        self._empty = 0
 
     def _new_group(self, name: str) -> GroupT:
         raise NotImplementedError
@@ -276,6 +311,8 @@ class NodeGroups(Generic[GroupT]):
         group = self._groups.get(member.group_name)
         if group is None:
             group = self._groups[member.group_name] = self._new_group(member.group_name)
+        elif not group.members:
+            self._empty -= 1  # (held, and now it has a member)
         group.add(member)
         self._members += 1
         return group
@@ -288,12 +325,34 @@ class NodeGroups(Generic[GroupT]):
             return None
         self._members -= 1
         if not group.members:
-            del self._groups[group.name]
+            if group.holds:
+                self._empty += 1
+            else:
+                del self._groups[group.name]
         return group
+
+    def _hold(self, name: str) -> tuple[GroupT, bool]:
+        """Hold the group ``name`` here (see GroupRegistry.hold); True: it was not here."""
+        group = self._groups.get(name)
+        created = group is None
+        if group is None:
+            group = self._groups[name] = self._new_group(name)
+            self._empty += 1
+        group.holds += 1
+        return group, created
+
+    def _release(self, group: GroupT) -> bool:
+        """End one hold of ``group``; True when that dropped the group from this node."""
+        group.holds -= 1
+        if group.holds or group.members or self._groups.get(group.name) is not group:
+            return False
+        del self._groups[group.name]
+        self._empty -= 1
+        return True
 
     @property
     def group_count(self) -> int:
-        return len(self._groups)
+        return len(self._groups) - self._empty
 
     @property
     def member_count(self) -> int:
@@ -301,6 +360,10 @@ class NodeGroups(Generic[GroupT]):
 
     def group(self, name: str) -> Group | None:
         return self._groups.get(name)
+
+    def local_groups(self) -> dict[str, int]:
+        """The groups with members here, with their numbers of members here."""
+        return {name: len(g.members) for name, g in self._groups.items() if g.members}
 
 
 class LocalRegistry(NodeGroups[Group]):
@@ -332,3 +395,34 @@ class LocalRegistry(NodeGroups[Group]):
 
     def watch_presence(self, changed: PresenceChange) -> None:
         pass  # every member is here: sessions report their own joins and leaves
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[Group]:
+        group, _ = self._hold(name)
+        try:
+            yield group
+        finally:
+            self._release(group)
+
+    async def cluster_groups(self) -> dict[str, int]:
+        return self.local_groups()
+
+    async def cluster_members(self, group_name: str) -> list[str]:
+        group = self._groups.get(group_name)
+        return [] if group is None else list(group.members)
+
+    async def cluster_size(self, group_name: str) -> int:
+        group = self._groups.get(group_name)
+        return 0 if group is None else len(group.members)
+
+    async def has_member(self, group_name: str, member_id: str) -> bool:
+        group = self._groups.get(group_name)
+        return group is not None and member_id in group.members
+
+    async def remove_member(self, group_name: str, member_id: str, reason: str) -> bool:
+        group = self._groups.get(group_name)
+        member = None if group is None else group.members.get(member_id)
+        if member is None:
+            return False
+        member.close(CloseCode.REMOVED, reason)
+        return True

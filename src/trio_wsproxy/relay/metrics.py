@@ -86,6 +86,14 @@ class RelayCollector(Collector):
         for (kind, status), count in sorted(counters.refusals.items()):
             refusals.add_metric([kind, str(status)], count)
         yield refusals
+        api = CounterMetricFamily(
+            "trio_wsproxy_api_requests",
+            "Calls of the HTTP API for back ends, by the status of the answer",
+            labels=["status"],
+        )
+        for status, count in sorted(counters.api_requests.items()):
+            api.add_metric([str(status)], count)
+        yield api
         yield CounterMetricFamily(
             "trio_wsproxy_accept_failures",
             "Accepts that failed for want of file descriptors or memory (EMFILE, ENFILE, "

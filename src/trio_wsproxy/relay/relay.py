@@ -23,6 +23,7 @@ from ..protocol.handshake import (
     refuse,
 )
 from ..protocol.tokens import check_token
+from .api import Api
 from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
@@ -74,6 +75,7 @@ class Relay:
         ports: list[int],
         secret: str | None = None,
         metrics_view: MetricsView | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.config = config
         self._metrics_view = metrics_view
@@ -93,6 +95,8 @@ class Relay:
         self.presence = Presence(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)
         self._secret = secret
+        #: The HTTP API for back ends (off without a key: 404 under /api/).
+        self.api = Api(self, api_key)
         self._membership_changed = trio.Event()
         self._limits = Limits(
             path=config.path,
@@ -160,6 +164,9 @@ class Relay:
         accepted = False
         try:
             decision, leftover = await self._read_handshake(stream)
+            if isinstance(decision, bytes):
+                await self.api.serve(stream, decision + leftover, remote)
+                return
             if isinstance(decision, Probe):
                 response = await self._probe_response(decision)
                 with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
@@ -263,7 +270,9 @@ class Relay:
 
     async def _read_handshake(
         self, stream: trio.abc.Stream
-    ) -> tuple[Join | Refusal | Probe, bytes]:
+    ) -> tuple[Join | Refusal | Probe | bytes, bytes]:
+        """The decision on the connection's request head, and the bytes after it; for a
+        call of the HTTP API, the head itself (the API parses it)."""
         buffer = bytearray()
         with trio.move_on_after(self.config.handshake_timeout):
             while True:
@@ -276,7 +285,10 @@ class Relay:
                     return complete, b""
                 if complete:
                     end = buffer.index(b"\r\n\r\n") + 4
-                    return decide(bytes(buffer[:end]), self._limits), bytes(buffer[end:])
+                    head = bytes(buffer[:end])
+                    if Api.wants(head):
+                        return head, bytes(buffer[end:])
+                    return decide(head, self._limits), bytes(buffer[end:])
         return (
             refuse(
                 HTTPStatus.REQUEST_TIMEOUT,
@@ -313,11 +325,13 @@ async def run_relay(
     registry: GroupRegistry,
     secret: str | None = None,
     *,
+    api_key: str | None = None,
     metrics_view: MetricsView | None = None,
     task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret``
-    turns access tokens on; ``metrics_view`` widens ``/metrics`` (see MetricsView).
+    turns access tokens on, ``api_key`` the HTTP API; ``metrics_view`` widens
+    ``/metrics`` (see MetricsView).
     :func:`trio_wsproxy.serve_relay` chooses the registry."""
     tcp_listeners = await open_listeners(config)
     ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
@@ -326,7 +340,7 @@ async def run_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, registry, ports, secret, metrics_view)
+    relay = Relay(config, registry, ports, secret, metrics_view, api_key)
     async with trio.open_nursery() as nursery:
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)

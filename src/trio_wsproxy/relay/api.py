@@ -1,0 +1,518 @@
+"""The HTTP API for back ends, on the relay's port (docs/api.md).
+
+A connection whose first request's path is under ``/api/`` is handed here instead of
+being upgraded. Requests are parsed by h11 (the sans-I/O HTTP/1.1 library that
+httpcore and wsproto build on), so that framing, chunked bodies, ``Expect: 100-continue`` and
+keep-alive are handled by a well-tested parser rather than by hand; this module routes
+them, checks the key, and streams message bodies to the group through a
+:class:`~.post.Poster` as they arrive.
+
+The API is off unless the relay has a key: then every path under ``/api/`` is 404. With
+a key, every call needs ``Authorization: Bearer KEY`` (401 otherwise). Every error is a
+JSON object ``{"error": "..."}`` with its status; nothing a client sends reaches a
+traceback, and a connection's failure ends that connection only.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import trio
+
+from ..protocol.printable import printable
+from .groups import GroupRegistry, RegistryUnavailable
+from .openapi import openapi_document
+from .post import Poster
+
+if TYPE_CHECKING:
+    from .budget import TurnBudget
+    from .config import RelayConfig
+    from .counters import Counters
+
+logger = logging.getLogger("trio_wsproxy.api")
+
+#: Paths under this are the API's.
+API_PREFIX = "/api/"
+# Bytes asked of the socket per read.
+_READ_SIZE = 65536
+# A request body the API has no use for (a GET's) is read past up to this many bytes,
+# so that the connection can serve the next request; a longer one closes it.
+_MAX_IGNORED_BODY = 65536
+#: Why DELETE closes a member (with CloseCode.REMOVED).
+REMOVED_REASON = "removed from the group by the application's back end"
+
+_JSON = "application/json"
+# C0, DEL and C1: the characters an id may not hold.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# How much of a request's path goes into its log line.
+_LOGGED_PATH = 200
+
+
+class ApiHost(Protocol):
+    """What the API needs of the relay it runs in."""
+
+    @property
+    def config(self) -> RelayConfig: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def registry(self) -> GroupRegistry: ...
+
+    @property
+    def budget(self) -> TurnBudget: ...
+
+
+class ApiError(Exception):
+    """An answer other than success: its status, and the sentence of its JSON body."""
+
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class _Call:
+    """One request being answered: its connection, and what it asked."""
+
+    def __init__(
+        self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, remote: str
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.request = request
+        self.remote = remote
+        self.method = request.method.decode("ascii")
+        self.headers = {name.decode("ascii"): value for name, value in request.headers}
+        try:
+            url = urlsplit(request.target.decode("ascii"))
+            self.path = url.path
+            self.query = parse_qsl(
+                url.query, keep_blank_values=True, strict_parsing=False, errors="strict"
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "malformed request target") from None
+
+
+_Handler = Callable[[_Call, list[str]], Awaitable[None]]
+
+
+class Api:
+    """The API of one relay: ``key`` None means off (404 for every path)."""
+
+    def __init__(self, host: ApiHost, key: str | None) -> None:
+        self._host = host
+        self._key = None if key is None else f"Bearer {key}".encode()
+        # (method, path shape) -> handler; a shape's segments are names or "{}" for a
+        # group or member id.
+        self._routes: dict[tuple[str, ...], dict[str, _Handler]] = {
+            ("openapi.json",): {"GET": self._openapi},
+            ("groups",): {"GET": self._groups},
+            ("groups", "{}", "members"): {"GET": self._members},
+            ("groups", "{}", "messages"): {"POST": self._post},
+            ("groups", "{}", "members", "{}"): {"DELETE": self._remove},
+        }
+
+    @staticmethod
+    def wants(head: bytes) -> bool:
+        """Whether the request whose head is ``head`` is for the API (its path is under
+        ``/api/``, or is ``/api`` itself)."""
+        line = head[: head.find(b"\r\n")].split(b" ")
+        if len(line) != 3:
+            return False
+        path = line[1].split(b"?", 1)[0]
+        return path == b"/api" or path.startswith(API_PREFIX.encode())
+
+    async def serve(self, stream: trio.abc.Stream, received: bytes, remote: str) -> None:
+        """Answer the requests on ``stream``, whose first bytes are ``received``, until
+        the client closes it, a response must close it, or it idles for the relay's
+        ``handshake_timeout``. The caller closes the stream."""
+        config = self._host.config
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_handshake_size)
+        conn.receive_data(received)
+        try:
+            while True:
+                with trio.move_on_after(config.handshake_timeout) as idle:
+                    event = await _next_event(conn, stream)
+                if idle.cancelled_caught or type(event) is h11.ConnectionClosed:
+                    return
+                if type(event) is not h11.Request:  # (h11 gives a Request first, or raises)
+                    raise h11.RemoteProtocolError("expected a request", 400)
+                await self._answer(conn, stream, event, remote)
+                if conn.their_state is h11.SEND_BODY:
+                    await _linger(stream)  # answered before its body: let it hear us
+                    return
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # (a response that closes the connection)
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            # A request h11 cannot parse: answered (when it still can be), then closed.
+            self._count(exc.error_status_hint)
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with trio.move_on_after(config.handshake_timeout):
+                    await _send_error(conn, stream, exc.error_status_hint, str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            return  # the client went away (mid-response, even)
+
+    def _count(self, status: int) -> None:
+        self._host.counters.api_requests[status] += 1
+
+    async def _answer(
+        self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, remote: str
+    ) -> None:
+        # None: not answered here (the client went away, or sent what h11 cannot parse,
+        # which serve() answers and counts).
+        status: int | None = HTTPStatus.INTERNAL_SERVER_ERROR
+        method, path = request.method.decode("ascii"), request.target.decode("ascii")
+        try:
+            try:
+                call = _Call(conn, stream, request, remote)
+                method, path = call.method, call.path
+                handler, params = self._route(call)
+                await handler(call, params)
+                status = HTTPStatus.NO_CONTENT if method == "DELETE" else HTTPStatus.OK
+            except RegistryUnavailable as exc:
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        except ApiError as error:
+            status = error.status
+            if conn.our_state is h11.SEND_RESPONSE:
+                await _send_error(conn, stream, error.status, error.message, error.headers)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            status = None
+            raise
+        except Exception:
+            # A bug of the relay's, never the client's: logged with its traceback, and
+            # the call answered 500; the relay and every other connection go on.
+            logger.exception("the HTTP API failed answering %s %s", method, printable(path))
+            if conn.our_state is h11.SEND_RESPONSE:
+                await _send_error(conn, stream, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+        except BaseException:
+            status = None  # (cancelled: the relay is stopping)
+            raise
+        finally:
+            if status is not None:
+                self._log(method, path, remote, status)
+
+    def _log(self, method: str, path: str, remote: str, status: int) -> None:
+        """Count an answered call, and log it: removals are worth a line at INFO, posts
+        and lists (many a second) only at DEBUG."""
+        self._count(status)
+        level = logging.INFO if method == "DELETE" else logging.DEBUG
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "API %s %s from %s: %d",
+                method,
+                printable(path[:_LOGGED_PATH]),
+                remote,
+                status,
+                extra={"remote": remote, "status": status},
+            )
+
+    def _route(self, call: _Call) -> tuple[_Handler, list[str]]:
+        if self._key is None:
+            raise ApiError(
+                HTTPStatus.NOT_FOUND,
+                "this relay has no HTTP API: start it with an API key "
+                "(--api-key-file or TRIO_WSPROXY_API_KEY)",
+            )
+        given = call.headers.get("authorization", b"")
+        scheme, _, key = given.partition(b" ")
+        if not (scheme.lower() == b"bearer" and hmac.compare_digest(b"Bearer " + key, self._key)):
+            raise ApiError(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong API key: send Authorization: Bearer KEY",
+                (("WWW-Authenticate", "Bearer"),),
+            )
+        if not call.path.startswith(API_PREFIX):
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such API path: {printable(call.path)}")
+        segments = call.path[len(API_PREFIX) :].split("/")
+        for shape, methods in self._routes.items():
+            params = _match(shape, segments, self._host.config.max_id_length)
+            if params is None:
+                continue
+            handler = methods.get(call.method)
+            if handler is None:
+                allowed = ", ".join(methods)
+                raise ApiError(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{call.method} is not allowed here: use {allowed}",
+                    (("Allow", allowed),),
+                )
+            return handler, params
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such API path: {printable(call.path)}")
+
+    # -- the calls -----------------------------------------------------------------------
+
+    async def _openapi(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        await _ignore_body(call)
+        document = openapi_document(self._host.config.max_id_length)
+        await _send_json(call, HTTPStatus.OK, document)
+
+    async def _groups(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        await _ignore_body(call)
+        groups = await self._host.registry.cluster_groups()
+        listed = [{"name": name, "members": groups[name]} for name in sorted(groups)]
+        await _send_json(call, HTTPStatus.OK, {"groups": listed})
+
+    async def _members(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        await _ignore_body(call)
+        members = await self._host.registry.cluster_members(params[0])
+        await _send_json(call, HTTPStatus.OK, {"members": sorted(members)})
+
+    async def _remove(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        await _ignore_body(call)
+        group, member = params
+        registry = self._host.registry
+        if not await registry.remove_member(group, member, REMOVED_REASON):
+            raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member))
+        await _send(call, HTTPStatus.NO_CONTENT, b"", None)
+
+    async def _post(self, call: _Call, params: list[str]) -> None:
+        (group_name,) = params
+        config, registry = self._host.config, self._host.registry
+        to = _single_query(call, "to", config.max_id_length)
+        text = _body_kind(call.headers.get("content-type"))
+        length = call.headers.get("content-length")
+        limit = config.max_message_size
+        if limit is not None and length is not None and int(length) > limit:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
+        down = registry.unavailable(group_name)
+        if down is not None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, down)
+        if to is not None:
+            if not await registry.has_member(group_name, to):
+                raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group_name, to))
+            recipients = 1
+        else:
+            recipients = await registry.cluster_size(group_name)
+        if call.conn.client_is_waiting_for_100_continue:
+            go_on = call.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await call.stream.send_all(go_on or b"")
+        async with registry.hold(group_name) as group:
+            poster = Poster(
+                group,
+                text,
+                to,
+                counters=self._host.counters,
+                budget=self._host.budget,
+                slow_member_timeout=config.slow_member_timeout,
+            )
+            try:
+                await _stream_body(call, poster, text, limit, config.stream_timeout)
+            except BaseException:
+                poster.end(truncated=True)
+                raise
+        await _send_json(call, HTTPStatus.OK, {"recipients": recipients})
+
+
+async def _stream_body(
+    call: _Call, poster: Poster, text: bool, limit: int | None, stall: float
+) -> None:
+    """Feed the request's body to ``poster`` as it arrives, checking text as UTF-8 and
+    the size against ``limit``; a body that stalls for ``stall`` seconds fails (408)."""
+    utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
+    size = 0
+    while True:
+        with trio.move_on_after(stall) as stalled:
+            event = await _next_event(call.conn, call.stream)
+        if stalled.cancelled_caught:
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
+        last = type(event) is h11.EndOfMessage
+        chunk = bytes(event.data) if type(event) is h11.Data else b""
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
+        if utf8 is not None:
+            try:
+                utf8.decode(chunk, final=last)
+            except UnicodeDecodeError as exc:
+                raise ApiError(
+                    HTTPStatus.BAD_REQUEST,
+                    f"the body is not UTF-8 (byte {size - len(chunk) + exc.start}): a text "
+                    "message must be; send binary as application/octet-stream",
+                ) from None
+        if chunk or last:
+            await poster.feed(chunk, last)
+        if last:
+            return
+
+
+def _match(shape: tuple[str, ...], segments: list[str], max_length: int) -> list[str] | None:
+    """The ids in ``segments`` if they fit ``shape``; ApiError for an unusable id."""
+    if len(shape) != len(segments):
+        return None
+    params: list[str] = []
+    for want, got in zip(shape, segments, strict=True):
+        if want != "{}":
+            if want != got:
+                return None
+            continue
+        try:
+            value = unquote(got, errors="strict")
+        except UnicodeDecodeError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "an id in the path is not UTF-8") from None
+        _check_id(value, "an id in the path", max_length)
+        params.append(value)
+    return params
+
+
+def _check_id(value: str, what: str, max_length: int) -> None:
+    # What the OpenAPI document can say of an id (openapi.ID_PATTERN): non-empty, not too
+    # long, no control characters. (A member's handshake is stricter, str.isprintable:
+    # an id only the API accepts is one no member has.)
+    if not value:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{what} is empty")
+    if len(value) > max_length:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{what} is longer than {max_length} characters")
+    if _CONTROL.search(value):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{what} has control characters")
+
+
+def _no_query(call: _Call) -> None:
+    if call.query:
+        name = printable(call.query[0][0])
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {name!r}")
+
+
+def _single_query(call: _Call, name: str, max_length: int) -> str | None:
+    values = []
+    for key, value in call.query:
+        if key != name:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {printable(key)!r}")
+        values.append(value)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given more than once")
+    _check_id(values[0], f"query parameter {name!r}", max_length)
+    return values[0]
+
+
+def _body_kind(content_type: bytes | None) -> bool:
+    """Whether a body of ``content_type`` is a text message (else binary)."""
+    media = b"" if content_type is None else content_type.split(b";", 1)[0].strip().lower()
+    if media == b"application/octet-stream":
+        return False
+    if media.startswith(b"text/") or media == b"application/json":
+        parameters = content_type.split(b";")[1:] if content_type is not None else []
+        for parameter in parameters:
+            key, _, value = parameter.strip().partition(b"=")
+            charset = value.strip(b'"').lower()
+            if key.strip().lower() == b"charset" and charset not in (b"utf-8", b"utf8"):
+                raise ApiError(
+                    HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "a text message is UTF-8: charset=utf-8"
+                )
+        return True
+    raise ApiError(
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        "Content-Type must be application/octet-stream (a binary message), or text/* or "
+        "application/json (a text message)",
+    )
+
+
+def _too_large(limit: int) -> str:
+    return f"the body is larger than the relay's max_message_size ({limit} bytes)"
+
+
+def _no_member(group: str, member: str) -> str:
+    return f"no member {member!r} in group {group!r}"
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    """The next h11 event, reading from ``stream`` as needed (its end is a close)."""
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        try:
+            data = await stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        conn.receive_data(bytes(data))
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Before closing a connection whose request body is still arriving: stop sending
+    and read what comes for a moment, so that the client reads the answer instead of a
+    reset (a close with unread data resets the connection)."""
+    with trio.move_on_after(1.0):
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        received = 0
+        while received < 16 * _MAX_IGNORED_BODY:
+            data = await stream.receive_some(_READ_SIZE)
+            if not data:
+                return
+            received += len(data)
+
+
+async def _ignore_body(call: _Call) -> None:
+    """Read past a body the call does not use (up to _MAX_IGNORED_BODY bytes)."""
+    size = 0
+    while call.conn.their_state is h11.SEND_BODY:
+        event = await _next_event(call.conn, call.stream)
+        if type(event) is h11.Data:
+            size += len(event.data)
+            if size > _MAX_IGNORED_BODY:
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "this call takes no body")
+
+
+async def _send_json(call: _Call, status: int, body: object) -> None:
+    await _send(call, status, json.dumps(body, ensure_ascii=False).encode(), _JSON)
+
+
+async def _send(call: _Call, status: int, body: bytes, content_type: str | None) -> None:
+    await _respond(call.conn, call.stream, status, body, content_type)
+
+
+async def _send_error(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    message: str,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> None:
+    body = json.dumps({"error": message}, ensure_ascii=False).encode()
+    await _respond(conn, stream, status, body, _JSON, headers)
+
+
+async def _respond(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    body: bytes,
+    content_type: str | None,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> None:
+    headers = [(name, value) for name, value in extra]
+    if content_type is not None:
+        headers.append(("Content-Type", content_type))
+    if status != HTTPStatus.NO_CONTENT:
+        headers.append(("Content-Length", str(len(body))))
+    if conn.their_state is not h11.DONE:
+        # The request's body is not read (an answer before it): the connection cannot
+        # carry another request.
+        headers.append(("Connection", "close"))
+    parts = [conn.send(h11.Response(status_code=status, headers=headers))]
+    if body:
+        parts.append(conn.send(h11.Data(data=body)))
+    parts.append(conn.send(h11.EndOfMessage()))
+    await stream.send_all(b"".join(part for part in parts if part))

@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 document of the HTTP API (served at ``/api/openapi.json``).
+
+Written out here rather than generated: the API is five calls, and this way the
+document is the contract the suite fuzzes the relay against (schemathesis), not a
+description derived from the code it checks.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from ..protocol.version import VERSION
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+#: A group or member id: no control characters (C0, DEL, C1).
+ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def _ok(description: str, schema: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+_COMMON = {
+    "400": _error("A malformed request: an id that is empty, too long or has control "
+                  "characters, an unknown query parameter, a body that is not UTF-8 text."),
+    "401": _error("No API key, or the wrong one (the answer has WWW-Authenticate: Bearer)."),
+    "404": _error("No such member, or no API at all: the relay has no API key."),
+    "413": _error("A body too large: over max_message_size for a post; over 64 KiB for a "
+                  "call that takes none."),
+    "503": _error("The relay's backplane is down: it cannot answer for the whole cluster."),
+}  # fmt: skip
+
+
+def _id_parameter(name: str, where: str, description: str, max_length: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "description": description,
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_length,
+            "pattern": ID_PATTERN,
+        },
+    }
+
+
+@cache
+def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
+    """The document, for a relay whose ids are at most ``max_id_length`` characters."""
+    group = _id_parameter("group", "path", "The group's name (groupName).", max_id_length)
+    member = _id_parameter("id", "path", "The member's id in the group.", max_id_length)
+    to = _id_parameter("to", "query", "Send to this member of the group only.", max_id_length)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "trio_wsproxy HTTP API",
+            "version": VERSION,
+            "description": (
+                "For back ends: post messages into groups, list groups and members, "
+                "remove a member. Served on the relay's port when it has an API key; "
+                "with a Redis backplane, any node answers for the whole cluster."
+            ),
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/groups": {
+                "get": {
+                    "operationId": "listGroups",
+                    "summary": "The groups that have members, with their sizes",
+                    "responses": {"200": _ok("The groups, by name.", "Groups"), **_COMMON},
+                }
+            },
+            "/api/groups/{group}/members": {
+                "get": {
+                    "operationId": "listMembers",
+                    "summary": "The ids of a group's members (none for an empty group)",
+                    "parameters": [group],
+                    "responses": {"200": _ok("The members, sorted.", "Members"), **_COMMON},
+                }
+            },
+            "/api/groups/{group}/members/{id}": {
+                "delete": {
+                    "operationId": "removeMember",
+                    "summary": "Close a member's connection with 4005 (do not reconnect)",
+                    "parameters": [group, member],
+                    "responses": {
+                        "204": {"description": "The member is being closed."},
+                        "404": _error("No such member in the group."),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/groups/{group}/messages": {
+                "post": {
+                    "operationId": "postMessage",
+                    "summary": "Send the body as one message to the group's members",
+                    "parameters": [group, to],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                            # Any text (UTF-8) is one message; the relay never parses it.
+                            "text/plain": {"schema": {}},
+                            "application/json": {"schema": {}},
+                        },
+                    },
+                    "responses": {
+                        "200": _ok("The message went to the members counted.", "Recipients"),
+                        "404": _error("``to`` names no member of the group."),
+                        "408": _error("The body stalled for the relay's stream_timeout."),
+                        "413": _error("The body is larger than the relay's max_message_size."),
+                        "415": _error("The Content-Type is not binary, text or JSON."),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_COMMON,
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "Groups": {
+                    "type": "object",
+                    "required": ["groups"],
+                    "properties": {
+                        "groups": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "members"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "members": {"type": "integer", "minimum": 1},
+                                },
+                            },
+                        }
+                    },
+                },
+                "Members": {
+                    "type": "object",
+                    "required": ["members"],
+                    "properties": {"members": {"type": "array", "items": {"type": "string"}}},
+                },
+                "Recipients": {
+                    "type": "object",
+                    "required": ["recipients"],
+                    "properties": {"recipients": {"type": "integer", "minimum": 0}},
+                },
+            },
+        },
+    }

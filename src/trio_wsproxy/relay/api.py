@@ -22,21 +22,19 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
 from ..protocol.printable import printable
-from .groups import GroupRegistry, RegistryUnavailable
+from .groups import RegistryUnavailable
 from .openapi import openapi_document
 from .post import Poster
 
 if TYPE_CHECKING:
-    from .budget import TurnBudget
-    from .config import RelayConfig
-    from .counters import Counters
+    from .host import RelayCore
 
 logger = logging.getLogger("trio_wsproxy.api")
 
@@ -55,22 +53,6 @@ _JSON = "application/json"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # How much of a request's path goes into its log line.
 _LOGGED_PATH = 200
-
-
-class ApiHost(Protocol):
-    """What the API needs of the relay it runs in."""
-
-    @property
-    def config(self) -> RelayConfig: ...
-
-    @property
-    def counters(self) -> Counters: ...
-
-    @property
-    def registry(self) -> GroupRegistry: ...
-
-    @property
-    def budget(self) -> TurnBudget: ...
 
 
 class ApiError(Exception):
@@ -113,7 +95,7 @@ _Handler = Callable[[_Call, list[str]], Awaitable[None]]
 class Api:
     """The API of one relay: ``key`` None means off (404 for every path)."""
 
-    def __init__(self, host: ApiHost, key: str | None) -> None:
+    def __init__(self, host: RelayCore, key: str | None) -> None:
         self._host = host
         self._key = None if key is None else f"Bearer {key}".encode()
         # (method, path shape) -> handler; a shape's segments are names or "{}" for a
@@ -307,14 +289,7 @@ class Api:
             go_on = call.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
             await call.stream.send_all(go_on or b"")
         async with registry.hold(group_name) as group:
-            poster = Poster(
-                group,
-                text,
-                to,
-                counters=self._host.counters,
-                budget=self._host.budget,
-                slow_member_timeout=config.slow_member_timeout,
-            )
+            poster = Poster(self._host, group, text, to)
             try:
                 await _stream_body(call, poster, text, limit, config.stream_timeout)
             except BaseException:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import MutableSequence, Sequence
 
     from .counters import Counters
-    from .groups import Group, Member
+    from .groups import Audience, Group, Member
 
 
 class Courier:
@@ -121,3 +121,11 @@ class Courier:
             if self.group is not None:
                 self.group.publish(list(outbox))
             outbox.clear()
+
+
+def cut_off(audiences: Sequence[Audience], reason: str) -> None:
+    """A message that streamed to ``audiences`` ends unfinished: close its recipients
+    with 4002, so that none takes its start for a whole message."""
+    for _, members in audiences:
+        for member in members:
+            member.close(CloseCode.MESSAGE_TRUNCATED, reason)

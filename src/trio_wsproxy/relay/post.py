@@ -14,18 +14,16 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..protocol.assembly import Assembly, Piece
-from ..protocol.close_codes import CloseCode
 from ..protocol.encoding import PLAIN
 from ..protocol.frames import Data
 from ..protocol.message import BACK_END, Message, StreamHead
 from .budget import SMALL
-from .fanout import Courier
+from .fanout import Courier, cut_off
 from .groups import NO_OUTBOUND, Audience, Group, Outbound
 from .mailbox import Mailbox
 
 if TYPE_CHECKING:
-    from .budget import TurnBudget
-    from .counters import Counters
+    from .host import RelayCore
 
 
 class Poster:
@@ -35,16 +33,8 @@ class Poster:
 
     encoding = PLAIN
 
-    def __init__(
-        self,
-        group: Group,
-        text: bool,
-        to: str | None,
-        *,
-        counters: Counters,
-        budget: TurnBudget,
-        slow_member_timeout: float,
-    ) -> None:
+    def __init__(self, relay: RelayCore, group: Group, text: bool, to: str | None) -> None:
+        counters = relay.counters
         self.id = BACK_END
         self.group_name = group.name
         self.mailbox = Mailbox(0)  # (never a recipient: it is in no member list)
@@ -53,10 +43,10 @@ class Poster:
         self._text = text
         self._first = True
         self._counters = counters
-        self._budget = budget
+        self._budget = relay.budget
         self._assembly = Assembly(BACK_END)
         self._assembly.to = to
-        self._courier = Courier(slow_member_timeout, counters)
+        self._courier = Courier(relay.config.slow_member_timeout, counters)
         self._courier.serve(group)
         # The message streaming now: who it goes to here, whether its pieces go to the
         # other nodes, and what carries them there.
@@ -158,11 +148,6 @@ class Poster:
         outbound, self._outbound = self._outbound, NO_OUTBOUND
         outbound.end(truncated)
         if truncated:
-            for _, members in self._stream_to:
-                for member in members:
-                    member.close(
-                        CloseCode.MESSAGE_TRUNCATED,
-                        "a message was cut off: the back end's post did not arrive whole",
-                    )
+            cut_off(self._stream_to, "a message was cut off: the back end's post ended early")
         self._stream_to = ()
         group.floor.release(self)

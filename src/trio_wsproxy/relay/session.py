@@ -31,16 +31,16 @@ from ..protocol.frames import (
 from ..protocol.message import Message, StreamHead
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
-from .budget import SMALL, TEARDOWN, TurnBudget
-from .fanout import Courier
-from .groups import NO_OUTBOUND, Audience, Group, GroupRegistry, Outbound
+from .budget import SMALL, TEARDOWN
+from .fanout import Courier, cut_off
+from .groups import NO_OUTBOUND, Audience, Group, Outbound
+from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
 from .presence import Presence, event_frame
 
 if TYPE_CHECKING:
-    from .config import RelayConfig
-    from .counters import Counters
+    pass
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -59,21 +59,8 @@ _PING_FRAME = frame(OP_PING, b"")
 READ_AHEAD = 2 * READ_SIZE
 
 
-class SessionHost(Protocol):
+class SessionHost(RelayCore, Protocol):
     """What a session needs of the relay it runs in."""
-
-    @property
-    def config(self) -> RelayConfig: ...
-
-    @property
-    def counters(self) -> Counters: ...
-
-    @property
-    def registry(self) -> GroupRegistry: ...
-
-    @property
-    def budget(self) -> TurnBudget:
-        """The relay's fan-out budget per scheduling turn."""
 
     @property
     def buffers(self) -> BufferBudget:
@@ -723,12 +710,7 @@ class Session:
         outbound, self._outbound = self._outbound, NO_OUTBOUND
         outbound.end(truncated)
         if truncated:
-            for _, members in self._stream_to:
-                for member in members:
-                    member.close(
-                        CloseCode.MESSAGE_TRUNCATED,
-                        "a message was cut off: its sender left mid-message",
-                    )
+            cut_off(self._stream_to, "a message was cut off: its sender left mid-message")
         self._stream_to = ()
         self.piece_due = None
         group.floor.release(self)

@@ -1,0 +1,30 @@
+"""What the relay's parts need of the relay they run in, as a protocol: they are given
+the relay itself, and see only this of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .budget import TurnBudget
+    from .config import RelayConfig
+    from .counters import Counters
+    from .groups import GroupRegistry
+
+
+class RelayCore(Protocol):
+    """The settings, counters, registry and fan-out budget of a relay: what anything
+    that delivers messages to its groups needs (sessions, the HTTP API's posts)."""
+
+    @property
+    def config(self) -> RelayConfig: ...
+
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def registry(self) -> GroupRegistry: ...
+
+    @property
+    def budget(self) -> TurnBudget:
+        """The relay's fan-out budget per scheduling turn."""

@@ -9,6 +9,7 @@ import os
 import pytest
 import trio
 
+import trio_wsproxy
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
 from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient
@@ -135,6 +136,44 @@ async def test_a_direct_message_to_nobody_is_an_error_event_for_its_sender(relay
     assert relay.counters.direct_failures == 2
     for member in (alice, bob, carol):
         await member.aclose()
+
+
+SECRET = "a-token-secret-of-at-least-32-bytes!"
+
+
+@pytest.mark.wsproxy_relay(token_secret=SECRET)
+async def test_tokens_keep_direct_messages_and_presence_inside_the_allowed_group(
+    relay: Relay,
+) -> None:
+    async def joined(ident: str, group: str, token_groups: list[str]) -> RawClient:
+        token = trio_wsproxy.mint_token(SECRET, ident, token_groups, 60)
+        client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+        target = f"/ws?id={ident}&groupName={group}&access_token={token}"
+        status, _, body = await client.handshake(target, V1_OFFER)
+        assert status == 101, body
+        return client
+
+    with trio.fail_after(10):
+        bob = await joined("bob", "g2", ["g2"])
+        alice = await joined("alice", "g1", ["g1"])
+        welcome = await next_event(alice)
+        # Presence lists the group the token allows, nobody from elsewhere...
+        assert isinstance(welcome, v1.Welcome) and welcome.members == frozenset({"alice"})
+        # ...a message to a member of another group reaches nobody...
+        await alice.send_frame(OP_TEXT, b'{"to":"bob"}\nhi bob')
+        error = await next_event(alice)
+        assert isinstance(error, v1.Error) and (error.error, error.to) == ("no_such_member", "bob")
+        # ...and the token does not let alice into bob's group to address him there.
+        intruder = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+        token = trio_wsproxy.mint_token(SECRET, "alice", ["g1"], 60)
+        status, _, _ = await intruder.handshake(
+            f"/ws?id=alice&groupName=g2&access_token={token}", V1_OFFER
+        )
+        assert status == 403
+        welcome = await next_event(bob)
+        assert isinstance(welcome, v1.Welcome) and welcome.members == frozenset({"bob"})
+    for client in (alice, bob, intruder):
+        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,12 @@ class Member:
                         opcode = self.buffer[0] & 0x0F
                         payload = bytes(self.buffer[start : start + length])
                         del self.buffer[: start + length]
+                        if opcode == 0x9:
+                            # Answer the relay's keepalive pings, as any client does: a
+                            # burst of 5,000 lasts longer than ping_interval + timeout.
+                            pong = struct.pack("!BB", 0x8A, 0x80 | len(payload))
+                            await self.stream.send_all(pong + MASK + payload)
+                            continue
                         return opcode, payload
             data = await self.stream.receive_some(1 << 20)
             if not data:

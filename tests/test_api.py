@@ -355,6 +355,21 @@ async def test_a_body_that_stalls_mid_stream_is_408_and_its_recipients_get_4002(
     await client.aclose()
 
 
+@pytest.mark.wsproxy_relay(api_key=KEY, stream_timeout=0.5)
+async def test_a_body_nobody_needs_that_never_comes_is_408(relay: Relay) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    await stream.send_all(
+        b"GET /api/groups HTTP/1.1\r\nHost: r\r\nContent-Length: 10\r\n"
+        b"Authorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    )
+    with trio.fail_after(10):
+        answer = b""
+        while chunk := await stream.receive_some(1000):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    await stream.aclose()
+
+
 async def test_a_huge_body_streams_through_with_flat_memory() -> None:
     """128 MiB posted in chunks reaches a member whole while the relay's memory stays
     flat: the body is never held, it streams on in pieces as it arrives."""

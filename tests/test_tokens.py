@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import jwt
@@ -82,3 +84,18 @@ def test_minting_refuses_nonsense() -> None:
         mint_token(SECRET, "a", ["g"], 0)
     with pytest.raises(ValueError):
         mint_token("", "a", ["g"], 60)
+
+
+def test_pyjwt_is_imported_only_where_tokens_are_used() -> None:
+    """A relay without tokens never loads PyJWT (nor cryptography, which PyJWT imports
+    whenever it is installed: 10 MiB)."""
+    script = (
+        "import sys, trio_wsproxy._cli, trio_wsproxy;"
+        "print('jwt' in sys.modules, 'cryptography' in sys.modules);"
+        "trio_wsproxy.mint_token('x' * 32, 'a', ['g'], 60);"
+        "print('jwt' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.split() == ["False", "False", "True"]

@@ -224,10 +224,13 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         group, created = self._hold(name)
         try:
             if self.up:
-                if created:
-                    await self._subscribe(group)
-                else:
-                    await group.subscribed.wait()
+                try:
+                    if created:
+                        await self._subscribe(group)
+                    else:
+                        await group.subscribed.wait()
+                except (ConnectionLost, RedisError) as exc:
+                    raise RegistryUnavailable(f"backplane unavailable: {exc}") from exc
             yield group
         finally:
             if self._release(group) and self.up and self._sub is not None:
@@ -627,7 +630,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         now = trio.current_time()
         for group in list(self._groups.values()):
             group.subscribed.set()  # wakes joins waiting on it; they see the outage
-            if group.spans_nodes or group.inbox or group.order.pending:
+            # (A group held for an API post has members elsewhere only: it spans too.)
+            if group.spans_nodes or group.holds or group.inbox or group.order.pending:
                 # (Messages from other nodes still waiting here are dropped with Redis.)
                 if published_maybe_lost:
                     self._splits_due.setdefault(group.name, now)

@@ -158,7 +158,9 @@ class Api:
         # None: not answered here (the client went away, or sent what h11 cannot parse,
         # which serve() answers and counts).
         status: int | None = HTTPStatus.INTERNAL_SERVER_ERROR
-        method, path = request.method.decode("ascii"), request.target.decode("ascii")
+        # (h11 lets only visible ASCII through in both.)
+        method = request.method.decode("ascii", "replace")
+        path = request.target.decode("ascii", "replace")
         try:
             try:
                 call = _Call(conn, stream, request, remote)
@@ -241,26 +243,26 @@ class Api:
 
     async def _openapi(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call)
+        await _ignore_body(call, self._host.config.stream_timeout)
         document = openapi_document(self._host.config.max_id_length)
         await _send_json(call, HTTPStatus.OK, document)
 
     async def _groups(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call)
+        await _ignore_body(call, self._host.config.stream_timeout)
         groups = await self._host.registry.cluster_groups()
         listed = [{"name": name, "members": groups[name]} for name in sorted(groups)]
         await _send_json(call, HTTPStatus.OK, {"groups": listed})
 
     async def _members(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call)
+        await _ignore_body(call, self._host.config.stream_timeout)
         members = await self._host.registry.cluster_members(params[0])
         await _send_json(call, HTTPStatus.OK, {"members": sorted(members)})
 
     async def _remove(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call)
+        await _ignore_body(call, self._host.config.stream_timeout)
         group, member = params
         registry = self._host.registry
         if not await registry.remove_member(group, member, REMOVED_REASON):
@@ -439,11 +441,15 @@ async def _linger(stream: trio.abc.Stream) -> None:
             received += len(data)
 
 
-async def _ignore_body(call: _Call) -> None:
-    """Read past a body the call does not use (up to _MAX_IGNORED_BODY bytes)."""
+async def _ignore_body(call: _Call, stall: float) -> None:
+    """Read past a body the call does not use (up to _MAX_IGNORED_BODY bytes; 408 when
+    it stalls for ``stall`` seconds)."""
     size = 0
     while call.conn.their_state is h11.SEND_BODY:
-        event = await _next_event(call.conn, call.stream)
+        with trio.move_on_after(stall) as stalled:
+            event = await _next_event(call.conn, call.stream)
+        if stalled.cancelled_caught:
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
         if type(event) is h11.Data:
             size += len(event.data)
             if size > _MAX_IGNORED_BODY:

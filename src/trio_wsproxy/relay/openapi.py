@@ -31,6 +31,7 @@ _COMMON = {
                   "characters, an unknown query parameter, a body that is not UTF-8 text."),
     "401": _error("No API key, or the wrong one (the answer has WWW-Authenticate: Bearer)."),
     "404": _error("No such member, or no API at all: the relay has no API key."),
+    "408": _error("A body that made no progress for the relay's stream_timeout."),
     "413": _error("A body too large: over max_message_size for a post; over 64 KiB for a "
                   "call that takes none."),
     "503": _error("The relay's backplane is down: it cannot answer for the whole cluster."),

@@ -23,6 +23,7 @@ from ..protocol.handshake import (
     refuse,
 )
 from ..protocol.tokens import check_token
+from ..protocol.tokens import preload as preload_tokens
 from .api import Api
 from .budget import TurnBudget
 from .config import RelayConfig
@@ -95,6 +96,8 @@ class Relay:
         self.presence = Presence(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)
         self._secret = secret
+        if secret is not None:
+            preload_tokens()
         #: The HTTP API for back ends (off without a key: 404 under /api/).
         self.api = Api(self, api_key)
         self._membership_changed = trio.Event()

@@ -500,7 +500,7 @@ def test_the_client_reads_every_relay_vector_as_it_says(vector: dict[str, Any]) 
     meaning = vector["meaning"]
     header, payload = split_relay_message(as_received(vector))
     if "from" in meaning:
-        assert header == From(meaning["from"], meaning["direct"])
+        assert header == From(meaning["from"], meaning["direct"], meaning.get("offset"))
         expected = bytes.fromhex(meaning["payload_hex"])
         assert payload == (expected.decode() if vector["opcode"] == "text" else expected)
     else:

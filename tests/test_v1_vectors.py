@@ -56,9 +56,22 @@ def relay_value(meaning: dict[str, Any]) -> v1.From | v1.Event:
     members = meaning.get("members")
     listed = None if members is None else frozenset(members)
     if event is None:
-        return v1.From(meaning["from"], meaning["direct"])
+        return v1.From(meaning["from"], meaning["direct"], meaning.get("offset"))
     if event == "welcome":
-        return v1.Welcome(meaning["id"], meaning["group"], listed, meaning["count"])
+        position = meaning.get("position")
+        recovery = meaning.get("recovery")
+        return v1.Welcome(
+            meaning["id"],
+            meaning["group"],
+            listed,
+            meaning["count"],
+            None if position is None else v1.Position(position["epoch"], position["offset"]),
+            None
+            if recovery is None
+            else v1.Recovery(
+                recovery["recovered"], recovery.get("missed", 0), recovery.get("reason")
+            ),
+        )
     if event == "presence":
         return v1.Presence(tuple(meaning["joined"]), tuple(meaning["left"]), meaning["count"])
     if event == "members":
@@ -76,7 +89,7 @@ def test_what_the_relay_sends(vector: dict[str, Any]) -> None:
     payload = data[start:]
     if isinstance(expected, v1.From):
         assert payload == bytes.fromhex(meaning["payload_hex"])
-        assert v1.from_header(expected.sender, expected.direct) + payload == data
+        assert v1.from_header(expected.sender, expected.direct, expected.offset) + payload == data
     else:
         assert payload == b"" and vector["opcode"] == "text"
         assert v1.encode_event(expected) == data

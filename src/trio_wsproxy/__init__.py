@@ -28,6 +28,7 @@ from .client.client import (
     NotConnected,
     ReplyError,
     RequestTimeout,
+    Resumed,
     UnsupportedByRelay,
     open_client,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "RelayStats",
     "ReplyError",
     "RequestTimeout",
+    "Resumed",
     "TLSConfigError",
     "TypeRegistry",
     "UnsupportedByRelay",

@@ -65,6 +65,7 @@ from .link import Lifecycle, Link
 from .membership import DeliveryFailed, Joined, Left, Membership
 from .policy import reconnect_delay
 from .requests import PendingRequests
+from .resumption import Resumed
 from .stats import ClientStats
 from .urls import connection_url, connection_urls
 from .wire import check_member_id, encode_message, type_label
@@ -90,6 +91,7 @@ __all__ = [
     "NotConnected",
     "ReplyError",
     "RequestTimeout",
+    "Resumed",
     "UnsupportedByRelay",
     "connection_url",
     "connection_urls",

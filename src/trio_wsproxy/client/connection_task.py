@@ -56,7 +56,9 @@ from .link import Connection, Lifecycle, Link
 from .membership import DeliveryFailed, Membership
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
+from .resumption import Resumption
 from .stats import ClientStats
+from .urls import with_query
 from .wire import Deliver, Reply, read_frame, split_relay_message
 
 __all__ = ["ConnectionTask"]
@@ -118,6 +120,8 @@ class ConnectionTask:
         self.url_index = 0
         #: The subprotocol of the connection now, or last: ``"wsproxy.v1"``, or None (plain).
         self.protocol: str | None = None
+        #: Where the client is in its group's history (a v1 relay with history on).
+        self.resumption = Resumption()
 
     @property
     def url(self) -> str:
@@ -196,8 +200,12 @@ class ConnectionTask:
         async def serve(ws: trio_websocket.WebSocketConnection) -> Closed:
             return await self._serve(index, ws, task_status)
 
+        url = self._urls[index]
+        since = self.resumption.since()
+        if since is not None:
+            url = with_query(url, "since", since)  # to get what was missed meanwhile
         return await connect_and_serve(
-            self._urls[index], config=self._config, ssl_context=self._ssl_context, serve=serve
+            url, config=self._config, ssl_context=self._ssl_context, serve=serve
         )
 
     async def _serve(
@@ -225,6 +233,8 @@ class ConnectionTask:
             if connection.v1:
                 ended = await self._welcome(ws, url)
                 take = self._take_v1
+            else:
+                self.resumption.lost()
             self._stats.connects += 1
             logger.info(
                 "connected to %s as %r in group %r%s",
@@ -305,6 +315,8 @@ class ConnectionTask:
             )
         if isinstance(header, From):
             self._stats.messages_received += 1
+            if header.offset is not None:
+                self.resumption.heard(header.offset)
             sender = header.sender
             if sender is not None:
                 self._membership.heard_from(sender)
@@ -335,6 +347,19 @@ class ConnectionTask:
             failed = DeliveryFailed(event.to, event.error, event.detail)
             await self._dispatcher.deliver_event(Incoming(failed, None, None, None, self._sender))
             return
+        if isinstance(event, Welcome):
+            resumed = self.resumption.welcomed(event)
+            if resumed is not None:
+                logger.log(
+                    logging.INFO if resumed.recovered else logging.WARNING,
+                    "%s",
+                    f"recovered {resumed.missed} missed messages"
+                    if resumed.recovered
+                    else f"could not recover missed messages: {resumed.reason}",
+                )
+                await self._dispatcher.deliver_event(
+                    Incoming(resumed, None, None, None, self._sender)
+                )
         for change in self._membership.apply(event):
             await self._dispatcher.deliver_event(Incoming(change, None, None, None, self._sender))
 

@@ -89,6 +89,13 @@ def connection_urls(
     return tuple(full for full, _, _ in completed), member_id, completed[0][2]
 
 
+def with_query(url: str, key: str, value: str) -> str:
+    """``url`` with ``key`` set to ``value`` in its query (replacing any it had)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != key]
+    return urlunsplit(parts._replace(query=urlencode([*query, (key, value)])))
+
+
 def _query_value(url: str, key: str) -> str | None:
     """The value ``url``'s query gives ``key`` (the last one, as :func:`connection_url` reads)."""
     values = [value for name, value in parse_qsl(urlsplit(url).query) if name == key]

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
+from . import v1
+
 # RFC 6455 §1.3: the fixed GUID the server appends to the client's key.
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEAD_END = b"\r\n\r\n"
@@ -42,6 +44,9 @@ class Join:
     #: The subprotocol selected from the client's ``Sec-WebSocket-Protocol`` offer (and
     #: named in ``response``), or None: the plain protocol of the wire contract.
     subprotocol: str | None = None
+    #: The position a reconnecting v1 member names (``?since=EPOCH:OFFSET``), to get
+    #: what it missed; None: it names none (ignored for a plain member).
+    since: v1.Position | None = None
 
 
 @attrs.frozen
@@ -249,6 +254,16 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
     if isinstance(group, Refusal):
         return group
 
+    since = None
+    if "since" in query:
+        given = _single(query, "since", limits.max_id_length)
+        if isinstance(given, Refusal):
+            return given
+        try:
+            since = v1.Position.parse(given)
+        except v1.V1Error as exc:
+            return refuse(HTTPStatus.BAD_REQUEST, f"query parameter 'since': {exc}")
+
     token = query.get("access_token", [""])[0] or None
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
@@ -269,6 +284,7 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         token=token,
         origin=headers.get("origin"),
         subprotocol=subprotocol,
+        since=since if subprotocol == v1.SUBPROTOCOL else None,
     )
 
 

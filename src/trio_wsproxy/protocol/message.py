@@ -15,16 +15,18 @@ BACK_END = ""
 
 
 class Message:
-    """One whole message: its sender's member id, whether it is text, its payload, and
-    the one member it is addressed to (``to``; None: the whole group)."""
+    """One whole message: its sender's member id, whether it is text, its payload, the
+    one member it is addressed to (``to``; None: the whole group), and its ``offset`` in
+    its group's history (None: no history)."""
 
-    __slots__ = ("payload", "sender", "text", "to")
+    __slots__ = ("offset", "payload", "sender", "text", "to")
 
     def __init__(self, sender: str, text: bool, payload: bytes, to: str | None = None) -> None:
         self.sender = sender
         self.text = text
         self.payload = payload
         self.to = to
+        self.offset: int | None = None
 
     def __repr__(self) -> str:
         kind = "text" if self.text else "binary"
@@ -45,15 +47,17 @@ class Message:
 
 class StreamHead:
     """What is known of a message that streams piece by piece before its first piece:
-    who sends it, whether it is text, and the one member it is addressed to (``to``).
-    Pieces follow in order, the last one marked."""
+    who sends it, whether it is text, the one member it is addressed to (``to``), and its
+    ``offset`` in its group's history (None: no history). Pieces follow in order, the last
+    one marked."""
 
-    __slots__ = ("sender", "text", "to")
+    __slots__ = ("offset", "sender", "text", "to")
 
     def __init__(self, sender: str, text: bool, to: str | None = None) -> None:
         self.sender = sender
         self.text = text
         self.to = to
+        self.offset: int | None = None
 
     def __repr__(self) -> str:
         return f"<StreamHead from {self.sender!r}: {'text' if self.text else 'binary'}>"

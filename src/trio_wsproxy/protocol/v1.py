@@ -22,6 +22,8 @@ From the relay to a member:
 - ``{"from":"ID","direct":true} LF PAYLOAD``: a message from member ID to this member only.
 - ``{"from":null} LF PAYLOAD`` (and with ``"direct":true``): a message no member sent,
   posted by the application's back end through the relay's HTTP API.
+- With history on (DESIGN.md §7), each header also carries the message's ``"offset"`` in
+  its group's history, and the welcome the group's ``"position"``.
 - ``{"event":...} LF``, no payload, a text message: something the relay says itself
   (:class:`Welcome`, :class:`Presence`, :class:`Members`, :class:`Error`).
 
@@ -123,11 +125,52 @@ def member_header(to: str | None = None) -> bytes:
 @attrs.frozen
 class From:
     """The header of a message the relay forwards: who sent it (None: no member, the
-    application's back end through the HTTP API), and whether to this member only
-    (``direct``) or to the group."""
+    application's back end through the HTTP API), whether to this member only
+    (``direct``) or to the group, and its ``offset`` in the group's history (None: the
+    relay keeps no history)."""
 
     sender: str | None
     direct: bool = False
+    offset: int | None = None
+
+
+@attrs.frozen
+class Position:
+    """Where a member is in its group's history: the history's ``epoch`` (it changes
+    whenever the history was lost) and the offset of the last message seen (0: none)."""
+
+    epoch: str
+    offset: int
+
+    def token(self) -> str:
+        """The position as a reconnecting client names it: ``?since=EPOCH:OFFSET``."""
+        return f"{self.epoch}:{self.offset}"
+
+    @classmethod
+    def parse(cls, token: str) -> Position:
+        """The position ``EPOCH:OFFSET`` names; V1Error if it is not one."""
+        epoch, sep, offset = token.rpartition(":")
+        if not sep or not epoch or not offset.isdigit() or not offset.isascii():
+            raise V1Error("a position is EPOCH:OFFSET (the offset a decimal number)")
+        return cls(epoch, int(offset))
+
+
+#: Why a recovery could not be made (:attr:`Recovery.reason`).
+POSITION_TOO_OLD = "position_too_old"
+EPOCH_CHANGED = "epoch_changed"
+MESSAGE_TOO_LARGE = "message_too_large"
+NO_HISTORY = "no_history"
+
+
+@attrs.frozen
+class Recovery:
+    """The answer to a reconnecting member that named its position: ``recovered`` with
+    the ``missed`` messages that follow the welcome (replayed, in order, before any live
+    message), or not, and why (``reason``: one of the constants above)."""
+
+    recovered: bool
+    missed: int = 0
+    reason: str | None = None
 
 
 @attrs.frozen
@@ -142,6 +185,10 @@ class Welcome:
     group: str
     members: frozenset[str] | None
     count: int
+    #: The group's position now (history on): replayed messages, then live ones, follow.
+    position: Position | None = None
+    #: The answer to a member that named its position when it joined.
+    recovery: Recovery | None = None
 
 
 @attrs.frozen
@@ -184,12 +231,15 @@ Event = Welcome | Presence | Members | Error
 NO_SUCH_MEMBER = "no_such_member"
 
 
-def from_header(sender: str | None, direct: bool = False) -> bytes:
+def from_header(sender: str | None, direct: bool = False, offset: int | None = None) -> bytes:
     """The header line (with its line feed) of a message the relay forwards (``sender``
-    None: one the back end posted)."""
+    None: one the back end posted; ``offset``: its place in the group's history)."""
+    body: dict[str, Any] = {"from": sender}
     if direct:
-        return _json({"from": sender, "direct": True})
-    return _json({"from": sender})
+        body["direct"] = True
+    if offset is not None:
+        body["offset"] = offset
+    return _json(body)
 
 
 def encode_event(event: Event) -> bytes:
@@ -199,6 +249,15 @@ def encode_event(event: Event) -> bytes:
         body = {"event": "welcome", "id": event.id, "group": event.group}
         body["members"] = None if event.members is None else sorted(event.members)
         body["count"] = event.count
+        if event.position is not None:
+            body["position"] = {"epoch": event.position.epoch, "offset": event.position.offset}
+        if event.recovery is not None:
+            recovery = event.recovery
+            body["recovery"] = (
+                {"recovered": True, "missed": recovery.missed}
+                if recovery.recovered
+                else {"recovered": False, "reason": recovery.reason}
+            )
     elif type(event) is Presence:
         body = {"event": "presence", "joined": list(event.joined), "left": list(event.left)}
         body["count"] = event.count
@@ -237,7 +296,8 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
         sender = header["from"]
         if sender is not None and not isinstance(sender, str):
             raise V1Error('"from" must be a string or null')
-        return From(sender, header.get("direct") is True)
+        offset = header.get("offset")
+        return From(sender, header.get("direct") is True, None if offset is None else _int(offset))
     kind = header.get("event")
     try:
         if kind == "welcome":
@@ -246,6 +306,8 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
                 _str(header["group"]),
                 _ids(header["members"]),
                 _int(header["count"]),
+                _position(header.get("position")),
+                _recovery(header.get("recovery")),
             )
         if kind == "presence":
             return Presence(
@@ -285,6 +347,27 @@ def _strs(value: object) -> Iterable[str]:
 
 def _ids(value: object) -> frozenset[str] | None:
     return None if value is None else frozenset(_strs(value))
+
+
+def _position(value: object) -> Position | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise V1Error(f"a position is an object, not {value!r}")
+    try:
+        return Position(_str(value["epoch"]), _int(value["offset"]))
+    except KeyError as missing:
+        raise V1Error(f"a position needs {missing}") from None
+
+
+def _recovery(value: object) -> Recovery | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("recovered"), bool):
+        raise V1Error(f"a recovery is an object with a boolean recovered, not {value!r}")
+    if value["recovered"]:
+        return Recovery(True, _int(value.get("missed", 0)))
+    return Recovery(False, 0, _str(value.get("reason")))
 
 
 def _int(value: object) -> int:

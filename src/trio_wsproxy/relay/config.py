@@ -136,6 +136,21 @@ class RelayConfig:
         "events; a larger group tells them its size only.",
         _positive,
     )
+    history_size: int | None = _setting(
+        None,
+        "Messages each group keeps so that a reconnecting wsproxy.v1 member gets what it "
+        "missed (with history_ttl and history_bytes); none: no history.",
+        _positive_or_none,
+    )
+    history_ttl: float = _setting(
+        300.0, "Seconds a message stays in its group's history.", _positive
+    )
+    history_bytes: int = _setting(
+        1024 * 1024,
+        "Payload bytes each group's history keeps at most (a larger message is noted "
+        "but not kept: recovery across it fails).",
+        _positive,
+    )
     handshake_timeout: float = _setting(
         10.0, "Seconds a new connection has to send its whole upgrade request.", _positive
     )
@@ -243,6 +258,11 @@ class RelayConfig:
     )
 
     def __attrs_post_init__(self) -> None:
+        if self.history_size is not None and self.backplane is not None:
+            raise ValueError(
+                "history with a backplane is not available yet: a cluster's history must "
+                "live in Redis; use history on a single relay"
+            )
         if self.workers > 1 and self.backplane is None:
             raise ValueError("workers > 1 needs a backplane: without one, each is its own relay")
         if (self.certfile is None) != (self.keyfile is None):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ..protocol.assembly import Piece
     from .config import RelayConfig
     from .counters import Counters
+    from .history import History
     from .mailbox import Mailbox
 
 
@@ -84,6 +85,7 @@ class Group:
         "_listeners",
         "_sessions",
         "floor",
+        "history",
         "holds",
         "listed",
         "listener_count",
@@ -109,6 +111,8 @@ class Group:
         #: How many posts of the HTTP API hold the group here (it stays while held,
         #: members or not: see GroupRegistry.hold).
         self.holds = 0
+        #: Its recent messages, for members that reconnect (None: history is off).
+        self.history: History | None = None
 
     @property
     def sessions(self) -> tuple[Member, ...]:

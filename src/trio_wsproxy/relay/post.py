@@ -37,6 +37,9 @@ class Poster:
         counters = relay.counters
         self.id = BACK_END
         self.group_name = group.name
+        histories = relay.histories
+        if histories is not None and group.history is None:
+            group.history = histories.of(group.name)
         self.mailbox = Mailbox(0)  # (never a recipient: it is in no member list)
         self.joined_at = trio.current_time()
         self._group = group
@@ -84,6 +87,8 @@ class Poster:
             await floor.wait(self)
         # Nothing awaited from here to the offers: no stream can start between them.
         audiences = self._audiences(message.to)
+        if group.history is not None:
+            group.history.record(message)
         if message.to is None or not audiences:
             courier.outbox.append(message)  # to the group's members on other nodes
         for encoding, members in audiences:
@@ -117,6 +122,8 @@ class Poster:
         self._courier.flush()
         self._outbound = await group.open_stream(self, head)
         self.streaming = True
+        if group.history is not None:
+            head.offset = group.history.record_unkept()
         self._stream_to = self._audiences(head.to)
         # (To one member here: the other nodes only see the stream take its turn.)
         self._stream_out = head.to is None or not self._stream_to

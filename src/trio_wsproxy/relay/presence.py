@@ -59,12 +59,19 @@ class Presence:
         self._pending: dict[Group, dict[str, bool]] = {}
         self._due = trio.Event()
 
-    def welcome(self, member: Member, group: Group) -> None:
+    def welcome(
+        self,
+        member: Member,
+        group: Group,
+        position: v1.Position | None = None,
+        recovery: v1.Recovery | None = None,
+    ) -> None:
         """Tell a v1 member that just joined who it is and who is there (ahead of any
-        message to it: this is the first thing its mailbox holds)."""
+        message to it: this is the first thing its mailbox holds), and, with history,
+        the group's position and the answer to the position it named."""
         size = group.size
         members = None if size > self.limit else frozenset(group.member_ids())
-        event = v1.Welcome(member.id, group.name, members, size)
+        event = v1.Welcome(member.id, group.name, members, size, position, recovery)
         member.mailbox.offer_control(event_frame(event))
         self._counters.presence_events += 1
 

@@ -94,8 +94,11 @@ class Session:
         remote: str,
         leftover: bytes = b"",
         encoding: Encoding = PLAIN,
+        since: v1.Position | None = None,
     ) -> None:
         self.id = member_id
+        # The position a reconnecting v1 member named, to get what it missed.
+        self._since = since
         self.group_name = group_name
         self.remote = remote
         #: How messages are framed for this member (its subprotocol's, or plain).
@@ -225,8 +228,11 @@ class Session:
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
+        histories = relay.histories
+        if histories is not None and group.history is None:
+            group.history = histories.of(group.name)
         if self._v1:
-            relay.presence.welcome(self, group)
+            self._welcome(group)
         relay.presence.changed(group, self.id, joined=True)
         relay.membership_changed()
         if self._close is not None:
@@ -237,6 +243,29 @@ class Session:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%r joined", self, extra=self._log_fields())
         return None
+
+    def _welcome(self, group: Group) -> None:
+        """Welcome a v1 member: with history, the group's position, and for a member
+        that named its position, every message it missed, queued right after the welcome
+        and before anything live (nothing is awaited from its joining to here)."""
+        history, since = group.history, self._since
+        if history is None:
+            recovery = None if since is None else v1.Recovery(False, 0, v1.NO_HISTORY)
+            self._relay.presence.welcome(self, group, None, recovery)
+            return
+        missed: list[Message] = []
+        recovery = None
+        if since is not None:
+            found = history.since(since, self.id)
+            if isinstance(found, str):
+                recovery = v1.Recovery(False, 0, found)
+            else:
+                missed = found
+                recovery = v1.Recovery(True, len(missed))
+        self._relay.presence.welcome(self, group, history.position, recovery)
+        mailbox, encoding = self.mailbox, self.encoding
+        for message in missed:  # (bounded by history_bytes: past the mailbox's bound)
+            mailbox.offer_control(encoding.message(message))
 
     async def run(self) -> None:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
@@ -576,6 +605,9 @@ class Session:
         if message.to is not None:
             await self._direct(message, group)
             return
+        history = group.history
+        if history is not None:
+            history.record(message)  # (its offset, before the offers: see history.py)
         self._counters.deliveries += len(group.members) - 1
         courier = self._courier
         courier.outbox.append(message)  # for the group's members on other nodes, if any
@@ -646,6 +678,8 @@ class Session:
         audiences = self._addressee(group, message.to)
         if audiences is None:
             return
+        if group.history is not None:
+            group.history.record(message)
         self._counters.deliveries += 1
         courier = self._courier
         if not audiences:
@@ -669,6 +703,8 @@ class Session:
         self._flush()
         self._outbound = await self._paused(group.open_stream, self, head)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
+        if group.history is not None and (head.to is None or group.locate(head.to) is not None):
+            head.offset = group.history.record_unkept()  # (too large to keep)
         if head.to is not None:
             audiences = self._addressee(group, head.to)
             self._stream_to = () if audiences is None else audiences

@@ -1,0 +1,143 @@
+"""Groups' recent messages, kept so that a reconnecting wsproxy.v1 member gets what it
+missed (DESIGN.md §7, docs/protocol.md).
+
+Each message a history-enabled group carries gets the next offset of its group's
+history, in the same synchronous step that queues it for the members there: a member
+that joins gets each message either live or in its replay, never both and never
+neither. A history is bounded by count, age and payload bytes. A message too large to
+keep (a streamed one, or one over the byte bound) still takes its offset, as a gap that
+no recovery can cross. The epoch is new whenever a history is (new) made: a position of
+another epoch cannot be recovered from.
+
+A group's history outlives its members for ``history_ttl``: a group whose only member
+reconnects finds its history still there.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..protocol import v1
+
+if TYPE_CHECKING:
+    from ..protocol.message import Message
+
+
+class History:
+    """One group's recent messages: (offset, when, message or None when too large)."""
+
+    __slots__ = ("_bytes", "_entries", "_limits", "epoch", "first", "last", "touched")
+
+    def __init__(self, limits: HistoryLimits) -> None:
+        self._limits = limits
+        #: New for every history made: positions of another epoch cannot be recovered.
+        self.epoch = secrets.token_hex(8)
+        #: The last offset given out (0: none yet), and the first one still kept.
+        self.last = 0
+        self.first = 1
+        self._entries: collections.deque[tuple[int, float, Message | None]] = collections.deque()
+        self._bytes = 0
+        #: When a message was last recorded (trio clock): idle histories expire.
+        self.touched = trio.current_time()
+
+    @property
+    def position(self) -> v1.Position:
+        """Where the group is now: its epoch and last offset."""
+        return v1.Position(self.epoch, self.last)
+
+    def record(self, message: Message) -> None:
+        """Give ``message`` the next offset, and keep it if it fits the bounds."""
+        self.last += 1
+        message.offset = self.last
+        now = self.touched = trio.current_time()
+        limits = self._limits
+        kept: Message | None = message
+        if len(message.payload) > limits.max_bytes:
+            kept = None  # noted, not kept: recovery across it fails
+        self._entries.append((self.last, now, kept))
+        if kept is not None:
+            self._bytes += len(message.payload)
+        self._trim(now)
+
+    def record_unkept(self) -> int:
+        """Give a message that is not kept (a streamed one) the next offset."""
+        self.last += 1
+        now = self.touched = trio.current_time()
+        self._entries.append((self.last, now, None))
+        self._trim(now)
+        return self.last
+
+    def _trim(self, now: float) -> None:
+        limits, entries = self._limits, self._entries
+        oldest = now - limits.ttl
+        while entries and (
+            len(entries) > limits.size or self._bytes > limits.max_bytes or entries[0][1] < oldest
+        ):
+            _, _, message = entries.popleft()
+            if message is not None:
+                self._bytes -= len(message.payload)
+        self.first = entries[0][0] if entries else self.last + 1
+
+    def since(self, position: v1.Position, member_id: str) -> list[Message] | str:
+        """The messages after ``position`` that ``member_id`` is to get (those to the
+        group but its own, and those to it alone), in order; or why they cannot all be
+        had (a :class:`~trio_wsproxy.protocol.v1.Recovery` reason)."""
+        self._trim(trio.current_time())
+        if position.epoch != self.epoch or position.offset > self.last:
+            return v1.EPOCH_CHANGED
+        if position.offset < self.first - 1:
+            return v1.POSITION_TOO_OLD
+        missed: list[Message] = []
+        for offset, _, message in self._entries:
+            if offset <= position.offset:
+                continue
+            if message is None:
+                return v1.MESSAGE_TOO_LARGE
+            if message.to == member_id or (message.to is None and message.sender != member_id):
+                missed.append(message)
+        return missed
+
+
+class HistoryLimits:
+    """The bounds of every group's history (``RelayConfig.history_*``)."""
+
+    __slots__ = ("max_bytes", "size", "ttl")
+
+    def __init__(self, size: int, ttl: float, max_bytes: int) -> None:
+        self.size = size
+        self.ttl = ttl
+        #: Payload bytes kept per group; a message larger than this is noted, not kept
+        #: (nor is a streamed one, over FRAGMENT_SIZE: memory stays flat).
+        self.max_bytes = max_bytes
+
+
+class Histories:
+    """The histories of one relay's groups, by group name, kept for ``ttl`` after their
+    last message once their group has no members."""
+
+    def __init__(self, limits: HistoryLimits) -> None:
+        self.limits = limits
+        self._by_group: dict[str, History] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_group)
+
+    def of(self, group_name: str) -> History:
+        """The group's history, made (with a new epoch) if it has none."""
+        history = self._by_group.get(group_name)
+        if history is None:
+            history = self._by_group[group_name] = History(self.limits)
+        return history
+
+    def expire(self, now: float, has_members: Callable[[str], bool]) -> None:
+        """Drop the histories of groups without members (``has_members(name)`` false)
+        whose last message is older than the ttl."""
+        oldest = now - self.limits.ttl
+        for name, history in list(self._by_group.items()):
+            if history.touched < oldest and not has_members(name):
+                del self._by_group[name]

@@ -20,7 +20,7 @@ from trio_wsproxy.relay.openapi import openapi_document
 from wsraw import OP_TEXT
 
 # Examples per operation and generation mode: a few seconds in all, every run the same.
-EXAMPLES = 25
+EXAMPLES = 15
 
 
 def fuzz(base_url: str) -> list[str]:

@@ -184,7 +184,8 @@ class Runner:
             # A pytest.ini of its own: the repository's settings (trio_mode) do not apply,
             # as they would not in a reader's project.
             (directory / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
-            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
+            argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+            argv += ["-p", "no:schemathesis", str(path)]  # (the suite's, no reader's)
         else:
             path = directory / "example.py"
             argv = [sys.executable, str(path)]

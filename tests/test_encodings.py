@@ -79,12 +79,15 @@ async def test_an_unknown_subprotocol_is_declined_and_the_member_gets_plain_fram
             await relay.wait_members(2, "g")
             await b.send_frame(OP_TEXT, b"hello")
             assert await a.recv_message() == (OP_TEXT, b"hello")
+        for client in (a, b):
+            await client.aclose()  # (a raw client answers no close frame: the relay waits)
 
 
 async def test_a_known_subprotocol_is_selected_from_the_offer(tagged: Tagged) -> None:
     async with open_relay(RelayConfig(port=0)) as relay:
-        _, selected = await join(relay.port, "a", "chat.v9, test.tagged")
+        client, selected = await join(relay.port, "a", "chat.v9, test.tagged")
         assert selected == "test.tagged"
+        await client.aclose()
 
 
 async def test_each_encoding_gets_its_own_framing_once_per_message(tagged: Tagged) -> None:
@@ -100,3 +103,5 @@ async def test_each_encoding_gets_its_own_framing_once_per_message(tagged: Tagge
             for member, _ in plain_members:
                 assert await member.recv_message() == (OP_BINARY, b"\x01\x02")
         assert tagged.framed == 1  # once for its three members, not once each
+        for member, _ in [*tagged_members, *plain_members, (sender, None)]:
+            await member.aclose()

@@ -303,14 +303,14 @@ async def test_above_the_presence_limit_a_group_has_counts_only() -> None:
             while isinstance(event, v1.Presence):  # (the first joins, under the limit)
                 event = await next_event(watcher)
             assert event == v1.Members(None, 4)
-            _, welcome = await v1_member(relay, "late")
+            late, welcome = await v1_member(relay, "late")
             assert (welcome.members, welcome.count) == (None, 5)
             await plain[0].aclose()
             await plain[1].aclose()
             await relay.wait_members(3)
             event = await next_event(watcher)
             assert event == v1.Members(frozenset({"watcher", "p2", "late"}), 3)
-        for client in (watcher, plain[2]):
+        for client in (watcher, plain[2], late):
             await client.aclose()
 
 

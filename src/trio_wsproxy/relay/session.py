@@ -7,7 +7,7 @@ import collections
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -38,9 +38,6 @@ from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
 from .presence import Presence, event_frame
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("trio_wsproxy.relay")
 

@@ -352,3 +352,38 @@ def test_the_clients_position_moves_only_as_messages_are_read() -> None:
     assert resumption.since() == "other:3"
     resumption.lost()  # a plain relay: nothing to name
     assert resumption.since() is None
+
+
+@pytest.mark.wsproxy_relay(history_size=100, history_bytes=1000, api_key="test-api-key-0123456789")
+async def test_back_ends_read_a_groups_history_through_the_api(relay: Relay) -> None:
+    from httpapi import call
+
+    with trio.fail_after(10):
+        answer = await call(relay.port, "GET", "/api/groups/g/history")
+        assert answer.json == {"epoch": None, "first": 1, "last": 0, "messages": []}
+        alice, welcome = await v1_join(relay, "alice")
+        assert welcome.position is not None
+        bob, _ = await v1_join(relay, "bob")
+        await alice.send_frame(OP_TEXT, "\nhé".encode())
+        await alice.send_frame(OP_BINARY, b'{"to":"bob"}\n\x00\xff')
+        await alice.send_frame(OP_BINARY, b"\n" + bytes(2000))  # noted, not kept
+        for _ in range(3):
+            await next_message(bob)
+        answer = await call(relay.port, "GET", "/api/groups/g/history")
+        assert answer.json == {
+            "epoch": welcome.position.epoch,
+            "first": 1,
+            "last": 3,
+            "messages": [
+                {"offset": 1, "kept": True, "from": "alice", "to": None, "text": "hé"},
+                {"offset": 2, "kept": True, "from": "alice", "to": "bob", "binary": "AP8="},
+                {"offset": 3, "kept": False},
+            ],
+        }
+        answer = await call(relay.port, "GET", "/api/groups/g/history?since=1&limit=1")
+        assert [m["offset"] for m in answer.json["messages"]] == [2]
+        for bad in ("limit=0", "limit=1001", "since=-1", "since=x", "other=1", "since=1&since=2"):
+            answer = await call(relay.port, "GET", f"/api/groups/g/history?{bad}")
+            assert answer.status == 400, bad
+    for client in (alice, bob):
+        await client.aclose()

@@ -15,6 +15,7 @@ traceback, and a connection's failure ends that connection only.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import hmac
 import json
@@ -34,6 +35,7 @@ from .openapi import openapi_document
 from .post import Poster
 
 if TYPE_CHECKING:
+    from ..protocol.message import Message
     from .host import RelayCore
 
 logger = logging.getLogger("trio_wsproxy.api")
@@ -106,6 +108,7 @@ class Api:
             ("groups", "{}", "members"): {"GET": self._members},
             ("groups", "{}", "messages"): {"POST": self._post},
             ("groups", "{}", "members", "{}"): {"DELETE": self._remove},
+            ("groups", "{}", "history"): {"GET": self._history},
         }
 
     @staticmethod
@@ -260,6 +263,28 @@ class Api:
         members = await self._host.registry.cluster_members(params[0])
         await _send_json(call, HTTPStatus.OK, {"members": sorted(members)})
 
+    async def _history(self, call: _Call, params: list[str]) -> None:
+        (group,) = params
+        since, limit = _history_query(call)
+        await _ignore_body(call, self._host.config.stream_timeout)
+        histories = self._host.histories
+        if histories is None:
+            raise ApiError(
+                HTTPStatus.NOT_FOUND, "this relay keeps no history: start it with --history-size"
+            )
+        history = histories.get(group)
+        if history is None:  # (no message yet, and no member: nothing is made for a read)
+            body: dict[str, object] = {"epoch": None, "first": 1, "last": 0, "messages": []}
+        else:
+            entries = history.read(since, limit)
+            body = {
+                "epoch": history.epoch,
+                "first": history.first,
+                "last": history.last,
+                "messages": [_history_entry(offset, message) for offset, message in entries],
+            }
+        await _send_json(call, HTTPStatus.OK, body)
+
     async def _remove(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
         await _ignore_body(call, self._host.config.stream_timeout)
@@ -381,6 +406,47 @@ def _single_query(call: _Call, name: str, max_length: int) -> str | None:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given more than once")
     _check_id(values[0], f"query parameter {name!r}", max_length)
     return values[0]
+
+
+#: The most messages one history read returns (and the default).
+HISTORY_LIMIT = 1000
+HISTORY_DEFAULT = 100
+
+
+def _history_query(call: _Call) -> tuple[int, int]:
+    """``?since=OFFSET&limit=N`` of a history read: after which offset, how many."""
+    values: dict[str, int] = {}
+    for key, value in call.query:
+        if key not in ("since", "limit"):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {printable(key)!r}")
+        if key in values:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {key!r} given more than once")
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {key!r} must be a count")
+        values[key] = int(value)
+    limit = values.get("limit", HISTORY_DEFAULT)
+    if not 1 <= limit <= HISTORY_LIMIT:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, f"query parameter 'limit' must be 1 to {HISTORY_LIMIT}"
+        )
+    return values.get("since", 0), limit
+
+
+def _history_entry(offset: int, message: Message | None) -> dict[str, object]:
+    """One message of a history read, as JSON: text as text, binary as base64."""
+    if message is None:
+        return {"offset": offset, "kept": False}
+    entry: dict[str, object] = {
+        "offset": offset,
+        "kept": True,
+        "from": message.sender or None,
+        "to": message.to,
+    }
+    if message.text:
+        entry["text"] = message.payload.decode()
+    else:
+        entry["binary"] = base64.b64encode(message.payload).decode("ascii")
+    return entry
 
 
 def _body_kind(content_type: bytes | None) -> bool:

@@ -102,6 +102,18 @@ class History:
                 missed.append(message)
         return missed
 
+    def read(self, after: int, limit: int) -> list[tuple[int, Message | None]]:
+        """Up to ``limit`` kept entries with offsets after ``after``, in order: (offset,
+        message, or None for one too large to keep). For back ends (the HTTP API)."""
+        self._trim(trio.current_time())
+        found: list[tuple[int, Message | None]] = []
+        for offset, _, message in self._entries:
+            if offset > after:
+                found.append((offset, message))
+                if len(found) == limit:
+                    break
+        return found
+
 
 class HistoryLimits:
     """The bounds of every group's history (``RelayConfig.history_*``)."""
@@ -133,6 +145,10 @@ class Histories:
         if history is None:
             history = self._by_group[group_name] = History(self.limits)
         return history
+
+    def get(self, group_name: str) -> History | None:
+        """The group's history, if it has one (none is made)."""
+        return self._by_group.get(group_name)
 
     def expire(self, now: float, has_members: Callable[[str], bool]) -> None:
         """Drop the histories of groups without members (``has_members(name)`` false)

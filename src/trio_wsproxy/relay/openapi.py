@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the HTTP API (served at ``/api/openapi.json``).
 
-Written out here rather than generated: the API is five calls, and this way the
+Written out here rather than generated: the API is a few calls, and this way the
 document is the contract the suite fuzzes the relay against (schemathesis), not a
 description derived from the code it checks.
 """
@@ -50,6 +50,17 @@ def _id_parameter(name: str, where: str, description: str, max_length: int) -> d
             "maxLength": max_length,
             "pattern": ID_PATTERN,
         },
+    }
+
+
+def _count_parameter(name: str, description: str) -> dict[str, Any]:
+    maximum = 1000 if name == "limit" else 10**18 - 1
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "integer", "minimum": 1 if name == "limit" else 0, "maximum": maximum},
     }
 
 
@@ -125,6 +136,21 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/groups/{group}/history": {
+                "get": {
+                    "operationId": "readHistory",
+                    "summary": "The messages kept in a group's history (--history-size)",
+                    "parameters": [
+                        group,
+                        _count_parameter("since", "Messages after this offset (0: all kept)."),
+                        _count_parameter("limit", "At most this many (1 to 1000; 100)."),
+                    ],
+                    "responses": {
+                        "200": _ok("The history's epoch, bounds and messages.", "History"),
+                        **_COMMON,
+                    },
+                }
+            },
             "/api/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -168,6 +194,30 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "type": "object",
                     "required": ["members"],
                     "properties": {"members": {"type": "array", "items": {"type": "string"}}},
+                },
+                "History": {
+                    "type": "object",
+                    "required": ["epoch", "first", "last", "messages"],
+                    "properties": {
+                        "epoch": {"type": ["string", "null"]},
+                        "first": {"type": "integer", "minimum": 1},
+                        "last": {"type": "integer", "minimum": 0},
+                        "messages": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["offset", "kept"],
+                                "properties": {
+                                    "offset": {"type": "integer", "minimum": 1},
+                                    "kept": {"type": "boolean"},
+                                    "from": {"type": ["string", "null"]},
+                                    "to": {"type": ["string", "null"]},
+                                    "text": {"type": "string"},
+                                    "binary": {"type": "string", "contentEncoding": "base64"},
+                                },
+                            },
+                        },
+                    },
                 },
                 "Recipients": {
                     "type": "object",

@@ -1,0 +1,92 @@
+"""The memory of a relay holding the histories of many groups at their bounds.
+
+    python benchmarks/history_memory.py                       # 10,000 groups, 100 x 1 KiB
+    python benchmarks/history_memory.py --groups 10000 --messages 1000 --size 100
+
+Starts ``python -m trio_wsproxy serve --history-size SIZE --history-bytes BYTES`` (the
+relay a process of its own), joins one member to each of ``--groups`` groups, and has
+each send ``--messages`` messages of ``--size`` bytes into its group (the messages reach
+nobody, and every one is kept: the history's bounds are what is measured). Prints one
+JSON line: the relay's resident memory with the members connected and nothing kept, and
+once every message is in, and what that comes to per group and per kept byte. Needs
+``ulimit -n`` above twice the group count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import struct
+
+import trio
+from burst import MASK, Member, rss_mib
+from relay_process import start_relay
+
+
+async def messages_relayed(port: int) -> int:
+    """The relay's ``trio_wsproxy_messages_total``, from /metrics."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n")
+    body = b""
+    while chunk := await stream.receive_some(65536):
+        body += chunk
+    found = re.search(rb"\ntrio_wsproxy_messages_total (\S+)\n", body)
+    return int(float(found.group(1))) if found else 0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=100, help="messages per group")
+    parser.add_argument("--size", type=int, default=1024, help="bytes per message")
+    parser.add_argument("--history-size", type=int, default=1000)
+    parser.add_argument("--history-bytes", default="1MiB")
+    args = parser.parse_args()
+    process, _url, port = await start_relay(
+        "--history-size", str(args.history_size), "--history-bytes", args.history_bytes
+    )
+    try:
+        with trio.fail_after(1800):
+            members = [await Member.join(port, "m", f"g{n}") for n in range(args.groups)]
+            before, _ = rss_mib(process.pid)
+            payload = b"x" * args.size
+            header = (
+                struct.pack("!BBH", 0x82, 0x80 | 126, args.size)
+                if args.size >= 126
+                else struct.pack("!BB", 0x82, 0x80 | args.size)
+            )
+            burst = (header + MASK + payload) * args.messages
+            for member in members:
+                await member.stream.send_all(burst)
+            wanted = args.groups * args.messages
+            while True:  # /metrics has no event to await: a benchmark may poll
+                if await messages_relayed(port) >= wanted:
+                    break
+                await trio.sleep(0.2)
+            after, peak = rss_mib(process.pid)
+            for member in members:
+                await member.stream.aclose()
+    finally:
+        process.kill()
+    kept = args.groups * args.messages * args.size
+    print(
+        json.dumps(
+            {
+                "groups": args.groups,
+                "messages_per_group": args.messages,
+                "bytes_each": args.size,
+                "history_size": args.history_size,
+                "history_bytes": args.history_bytes,
+                "rss_connected_mib": round(before, 1),
+                "rss_with_histories_mib": round(after, 1),
+                "peak_mib": round(peak, 1),
+                "kib_per_group": round((after - before) * 1024 / args.groups, 1),
+                "memory_per_payload_byte": round((after - before) * 2**20 / kept, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    trio.run(main)

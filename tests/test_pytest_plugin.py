@@ -9,10 +9,17 @@ import pytest
 EXAMPLE = Path(__file__).parent.parent / "examples" / "test_lobby.py"
 
 
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
+def run(
+    pytester: pytest.Pytester, source: str, *args: str, fresh: bool = False
+) -> pytest.RunResult:
+    """Run ``source`` as a user's test file: in this process (a second each), or with
+    ``fresh`` in a new interpreter, for what only a fresh one can show (what is imported)."""
     pytester.makepyfile(test_user=source)
-    # (schemathesis's plugin, installed for the suite, is no user's: 1.3 s per run)
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:schemathesis", *args)
+    # (schemathesis's plugin, installed for the suite, is no user's: 1.3 s per start)
+    flags = ("-p", "no:cacheprovider", "-p", "no:schemathesis", *args)
+    if fresh:
+        return pytester.runpytest_subprocess(*flags)
+    return pytester.runpytest_inprocess(*flags)
 
 
 def test_the_readme_example_passes_as_is(pytester: pytest.Pytester) -> None:
@@ -114,5 +121,6 @@ def test_sessions_without_the_fixtures_are_untouched(pytester: pytest.Pytester) 
         "import sys\ndef test_light():\n"
         "    assert 'trio_wsproxy.relay.relay' not in sys.modules\n"
         "    assert 'trio_websocket' not in sys.modules\n",
+        fresh=True,
     )
     result.assert_outcomes(passed=1)

@@ -16,23 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import struct
 
 import trio
 from burst import MASK, Member, rss_mib
-from relay_process import start_relay
-
-
-async def messages_relayed(port: int) -> int:
-    """The relay's ``trio_wsproxy_messages_total``, from /metrics."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n")
-    body = b""
-    while chunk := await stream.receive_some(65536):
-        body += chunk
-    found = re.search(rb"\ntrio_wsproxy_messages_total (\S+)\n", body)
-    return int(float(found.group(1))) if found else 0
+from relay_process import metrics, start_relay
 
 
 async def main() -> None:
@@ -61,7 +49,7 @@ async def main() -> None:
                 await member.stream.send_all(burst)
             wanted = args.groups * args.messages
             while True:  # /metrics has no event to await: a benchmark may poll
-                if await messages_relayed(port) >= wanted:
+                if (await metrics(port))["trio_wsproxy_messages_total"] >= wanted:
                     break
                 await trio.sleep(0.2)
             after, peak = rss_mib(process.pid)

@@ -17,7 +17,7 @@ import os
 
 import trio
 from burst import Member
-from relay_process import start_relay
+from relay_process import metrics, start_relay
 
 
 def cpu_seconds(pid: int) -> float:
@@ -27,15 +27,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def presence_events(port: int) -> int:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-    data = b""
-    while chunk := await stream.receive_some(65536):
-        data += chunk
-    for line in data.decode().splitlines():
-        if line.startswith("trio_wsproxy_presence_events_total "):
-            return int(float(line.split()[1]))
-    raise RuntimeError("no presence counter in /metrics")
+    return int((await metrics(port))["trio_wsproxy_presence_events_total"])
 
 
 class Watcher:

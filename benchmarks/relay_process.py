@@ -28,3 +28,19 @@ async def start_relay(*flags: str, python: str = sys.executable) -> tuple[trio.P
     port = urlsplit(url).port
     assert port is not None
     return process, url, port
+
+
+async def metrics(port: int) -> dict[str, float]:
+    """The relay's /metrics at ``port``, unlabelled series only: name -> value."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    await stream.aclose()
+    values = {}
+    for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values

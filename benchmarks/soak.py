@@ -22,7 +22,7 @@ import sys
 
 import trio
 import trio_websocket
-from relay_process import start_relay
+from relay_process import metrics, start_relay
 
 
 def rss_mib(pid: int) -> float:
@@ -31,21 +31,6 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-async def metrics(port: int) -> dict[str, float]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: soak\r\n\r\n")
-    data = b""
-    while chunk := await stream.receive_some(65536):
-        data += chunk
-    await stream.aclose()
-    values = {}
-    for line in data.decode().split("\r\n\r\n", 1)[1].splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 async def member(url: str, groups: int, deadline: float, counts: dict[str, int]) -> None:

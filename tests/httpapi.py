@@ -78,6 +78,10 @@ class ApiClient:
     async def send_chunk(self, data: bytes) -> None:
         await self._send(h11.Data(data=data))
 
+    async def end(self) -> None:
+        """End a body begun with :meth:`send_head`."""
+        await self._send(h11.EndOfMessage())
+
     async def answer(self) -> Answer:
         response: h11.Response | None = None
         parts: list[bytes] = []

@@ -129,6 +129,23 @@ async def test_a_post_to_one_member_reaches_it_alone(relay: Relay) -> None:
 
 
 @with_api
+async def test_a_post_to_a_member_that_leaves_while_the_body_comes_is_404(relay: Relay) -> None:
+    (member,) = await members(relay, "g", "leaving")
+    client = await ApiClient.open(relay.port)
+    with trio.fail_after(10):
+        text = {"Content-Type": "text/x"}
+        await client.send_head("POST", "/api/groups/g/messages?to=leaving", text)
+        await client.send_chunk(b"half of it, ")
+        await member.aclose()
+        await relay.wait_members(0, "g")
+        await client.send_chunk(b"the rest")
+        await client.end()
+        answer = await client.answer()
+    assert answer.status == 404 and "left while the body came" in answer.json["error"]
+    await client.aclose()
+
+
+@with_api
 async def test_the_python_client_sees_no_sender_and_replies_to_the_group(relay: Relay) -> None:
     async with (
         trio_wsproxy.open_client(relay.url, group="g", id="py") as client,

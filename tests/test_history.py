@@ -9,25 +9,13 @@ import pytest
 import trio
 
 import trio_wsproxy
-from test_v1 import V1_OFFER, next_event, next_message
+from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
 from trio_wsproxy.relay.history import Histories, History, HistoryLimits
 from wsraw import OP_BINARY, OP_TEXT, RawClient
 
 with_history = pytest.mark.wsproxy_relay(history_size=100)
-
-
-async def v1_join(
-    relay: Relay, ident: str, since: str | None = None, group: str = "g"
-) -> tuple[RawClient, v1.Welcome]:
-    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
-    target = f"/ws?id={ident}&groupName={group}" + (f"&since={since}" if since else "")
-    status, _, body = await client.handshake(target, V1_OFFER)
-    assert status == 101, body
-    welcome = await next_event(client)
-    assert isinstance(welcome, v1.Welcome)
-    return client, welcome
 
 
 async def gone(relay: Relay, client: RawClient, group: str = "g") -> None:
@@ -43,11 +31,11 @@ async def test_a_member_that_drops_gets_what_it_missed_in_order_before_anything_
     relay: Relay,
 ) -> None:
     with trio.fail_after(20):
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None and welcome.position.offset == 0
         epoch = welcome.position.epoch
         plain = await RawClient.open(relay.port, "/ws?id=plain&groupName=g")
-        carol, _ = await v1_join(relay, "carol")
+        carol, _ = await v1_member(relay, "carol")
         await plain.send_frame(OP_TEXT, b"m1")
         assert await next_message(alice) == (OP_TEXT, v1.From("plain", offset=1), b"m1")
         await gone(relay, alice)
@@ -57,7 +45,7 @@ async def test_a_member_that_drops_gets_what_it_missed_in_order_before_anything_
         await carol.send_frame(OP_TEXT, b'{"to":"plain"}\nfor plain')
         assert await plain.recv_message() == (OP_TEXT, b"m3")
         assert await plain.recv_message() == (OP_TEXT, b"for plain")
-        alice, welcome = await v1_join(relay, "alice", f"{epoch}:1")
+        alice, welcome = await v1_member(relay, "alice", since=f"{epoch}:1")
         assert welcome.recovery == v1.Recovery(True, 2)
         assert welcome.position == v1.Position(epoch, 4)
         await plain.send_frame(OP_TEXT, b"live")
@@ -76,15 +64,15 @@ async def test_a_quiet_member_recovers_and_its_own_and_others_direct_messages_ar
     relay: Relay,
 ) -> None:
     with trio.fail_after(20):
-        quiet, welcome = await v1_join(relay, "quiet")  # it never gets a message
+        quiet, welcome = await v1_member(relay, "quiet")  # it never gets a message
         assert welcome.position is not None
         since = welcome.position.token()
-        bob, _ = await v1_join(relay, "bob")
+        bob, _ = await v1_member(relay, "bob")
         await quiet.send_frame(OP_TEXT, b"\nmine")  # its own: never replayed to it
         assert await next_message(bob) == (OP_TEXT, v1.From("quiet", offset=1), b"mine")
         await gone(relay, quiet)
         await bob.send_frame(OP_TEXT, b"\nfor all")
-        quiet, welcome = await v1_join(relay, "quiet", since)
+        quiet, welcome = await v1_member(relay, "quiet", since=since)
         assert welcome.recovery == v1.Recovery(True, 1)
         assert await next_message(quiet) == (OP_TEXT, v1.From("bob", offset=2), b"for all")
         # A message to it alone while it was away (it was in the group, then not)...
@@ -93,7 +81,7 @@ async def test_a_quiet_member_recovers_and_its_own_and_others_direct_messages_ar
         await bob.send_frame(OP_TEXT, b'{"to":"quiet"}\nyou there?')
         error = await next_event(bob)
         assert isinstance(error, v1.Error) and error.to == "quiet"
-        quiet, welcome = await v1_join(relay, "quiet", f"{welcome.position.epoch}:2")
+        quiet, welcome = await v1_member(relay, "quiet", since=f"{welcome.position.epoch}:2")
         assert welcome.recovery == v1.Recovery(True, 0)
     for client in (quiet, bob):
         await client.aclose()
@@ -102,13 +90,13 @@ async def test_a_quiet_member_recovers_and_its_own_and_others_direct_messages_ar
 @pytest.mark.wsproxy_relay(history_size=3)
 async def test_a_position_older_than_the_history_is_reported(relay: Relay) -> None:
     with trio.fail_after(20):
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None
         plain = await RawClient.open(relay.port, "/ws?id=plain&groupName=g")
         await gone(relay, alice)
         for n in range(5):
             await plain.send_frame(OP_TEXT, f"m{n}".encode())
-        alice, again = await v1_join(relay, "alice", welcome.position.token())
+        alice, again = await v1_member(relay, "alice", since=welcome.position.token())
         assert again.recovery == v1.Recovery(False, 0, v1.POSITION_TOO_OLD)
         assert again.position == v1.Position(welcome.position.epoch, 5)
         # Nothing is replayed: the next message is live.
@@ -123,11 +111,11 @@ async def test_a_position_of_another_epoch_or_beyond_the_history_is_reported(
     relay: Relay,
 ) -> None:
     with trio.fail_after(10):
-        alice, welcome = await v1_join(relay, "alice", "feedfacefeedface:3")
+        alice, welcome = await v1_member(relay, "alice", since="feedfacefeedface:3")
         assert welcome.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
         assert welcome.position is not None
         await gone(relay, alice)
-        alice, welcome = await v1_join(relay, "alice", f"{welcome.position.epoch}:99")
+        alice, welcome = await v1_member(relay, "alice", since=f"{welcome.position.epoch}:99")
         assert welcome.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
     await alice.aclose()
 
@@ -135,12 +123,12 @@ async def test_a_position_of_another_epoch_or_beyond_the_history_is_reported(
 async def test_a_relay_restart_changes_the_epoch() -> None:
     config = RelayConfig(host="127.0.0.1", port=0, history_size=10)
     async with open_relay(config) as relay:
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         port = relay.port
         await alice.aclose()
     assert welcome.position is not None
     async with open_relay(RelayConfig(host="127.0.0.1", port=port, history_size=10)) as relay:
-        alice, again = await v1_join(relay, "alice", welcome.position.token())
+        alice, again = await v1_member(relay, "alice", since=welcome.position.token())
         assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
         await alice.aclose()
 
@@ -148,17 +136,17 @@ async def test_a_relay_restart_changes_the_epoch() -> None:
 @pytest.mark.wsproxy_relay(history_size=100, history_bytes=1000)
 async def test_a_missed_message_too_large_to_keep_is_reported(relay: Relay) -> None:
     with trio.fail_after(20):
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None
         plain = await RawClient.open(relay.port, "/ws?id=plain&groupName=g")
         await gone(relay, alice)
         await plain.send_frame(OP_BINARY, bytes(2000))  # over history_bytes: not kept
         await plain.send_frame(OP_TEXT, b"small")
-        alice, again = await v1_join(relay, "alice", welcome.position.token())
+        alice, again = await v1_member(relay, "alice", since=welcome.position.token())
         assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
         # A position after it recovers what followed.
         await gone(relay, alice)
-        alice, again = await v1_join(relay, "alice", f"{welcome.position.epoch}:1")
+        alice, again = await v1_member(relay, "alice", since=f"{welcome.position.epoch}:1")
         assert again.recovery == v1.Recovery(True, 1)
         assert await next_message(alice) == (OP_TEXT, v1.From("plain", offset=2), b"small")
     for client in (alice, plain):
@@ -169,14 +157,14 @@ async def test_a_missed_message_too_large_to_keep_is_reported(relay: Relay) -> N
 async def test_a_streamed_message_takes_an_offset_and_is_never_kept(relay: Relay) -> None:
     big = bytes(3 * 1024 * 1024)
     with trio.fail_after(30):
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None
-        bob, _ = await v1_join(relay, "bob")
+        bob, _ = await v1_member(relay, "bob")
         await bob.send_frame(OP_BINARY, b"\n" + big)
         assert await next_message(alice) == (OP_BINARY, v1.From("bob", offset=1), big)
         await gone(relay, alice)
         await bob.send_frame(OP_BINARY, b"\n" + big)
-        alice, again = await v1_join(relay, "alice", f"{welcome.position.epoch}:1")
+        alice, again = await v1_member(relay, "alice", since=f"{welcome.position.epoch}:1")
         assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
     for client in (alice, bob):
         await client.aclose()
@@ -184,7 +172,7 @@ async def test_a_streamed_message_takes_an_offset_and_is_never_kept(relay: Relay
 
 async def test_without_history_a_named_position_is_answered_no_history(relay: Relay) -> None:
     with trio.fail_after(10):
-        alice, welcome = await v1_join(relay, "alice", "feedfacefeedface:3")
+        alice, welcome = await v1_member(relay, "alice", since="feedfacefeedface:3")
     assert (welcome.position, welcome.recovery) == (None, v1.Recovery(False, 0, v1.NO_HISTORY))
     await alice.aclose()
 
@@ -219,7 +207,7 @@ async def test_recovery_racing_live_traffic_has_no_gap_and_no_duplicate(relay: R
     sending_done = trio.Event()
     with trio.fail_after(60):
         sender = await RawClient.open(relay.port, "/ws?id=sender&groupName=g")
-        member, welcome = await v1_join(relay, "member")
+        member, welcome = await v1_member(relay, "member")
         assert welcome.position is not None
         position = welcome.position
 
@@ -244,7 +232,7 @@ async def test_recovery_racing_live_traffic_has_no_gap_and_no_duplicate(relay: R
                 if len(received) == total:
                     break
                 await gone(relay, member)
-                member, again = await v1_join(relay, "member", position.token())
+                member, again = await v1_member(relay, "member", since=position.token())
                 assert again.recovery is not None and again.recovery.recovered
     assert received == list(range(total))
     for client in (sender, member):
@@ -361,9 +349,9 @@ async def test_back_ends_read_a_groups_history_through_the_api(relay: Relay) -> 
     with trio.fail_after(10):
         answer = await call(relay.port, "GET", "/api/groups/g/history")
         assert answer.json == {"epoch": None, "first": 1, "last": 0, "messages": []}
-        alice, welcome = await v1_join(relay, "alice")
+        alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None
-        bob, _ = await v1_join(relay, "bob")
+        bob, _ = await v1_member(relay, "bob")
         await alice.send_frame(OP_TEXT, "\nhé".encode())
         await alice.send_frame(OP_BINARY, b'{"to":"bob"}\n\x00\xff')
         await alice.send_frame(OP_BINARY, b"\n" + bytes(2000))  # noted, not kept

@@ -17,10 +17,14 @@ from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient
 V1_OFFER = "Sec-WebSocket-Protocol: wsproxy.v1\r\n"
 
 
-async def v1_member(relay: Relay, ident: str, group: str = "g") -> tuple[RawClient, v1.Welcome]:
-    """A member that speaks v1, and the welcome it got (its first message)."""
+async def v1_member(
+    relay: Relay, ident: str, group: str = "g", since: str | None = None
+) -> tuple[RawClient, v1.Welcome]:
+    """A member that speaks v1 (naming its position ``since``, if given), and the welcome
+    it got (its first message)."""
     client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
-    status, headers, body = await client.handshake(f"/ws?id={ident}&groupName={group}", V1_OFFER)
+    target = f"/ws?id={ident}&groupName={group}" + (f"&since={since}" if since else "")
+    status, headers, body = await client.handshake(target, V1_OFFER)
     assert status == 101, (status, body)
     assert headers.get("sec-websocket-protocol") == "wsproxy.v1"
     welcome = await next_event(client)

@@ -350,13 +350,10 @@ class ConnectionTask:
         if isinstance(event, Welcome):
             resumed = self.resumption.welcomed(event)
             if resumed is not None:
-                logger.log(
-                    logging.INFO if resumed.recovered else logging.WARNING,
-                    "%s",
-                    f"recovered {resumed.missed} missed messages"
-                    if resumed.recovered
-                    else f"could not recover missed messages: {resumed.reason}",
-                )
+                if resumed.recovered:
+                    logger.info("recovering %d missed messages", resumed.missed)
+                else:
+                    logger.warning("could not recover missed messages: %s", resumed.reason)
                 await self._dispatcher.deliver_event(
                     Incoming(resumed, None, None, None, self._sender)
                 )

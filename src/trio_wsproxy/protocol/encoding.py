@@ -55,32 +55,28 @@ class V1Encoding(Encoding):
     presence = True
 
     def message(self, message: Message) -> bytes:
-        if message.offset is None:
-            header = _from_header(message.sender, message.to is not None)
-        else:  # (with history, each header is its own: no cache)
-            header = _offset_header(message.sender, message.to is not None, message.offset)
+        header = _header(message.sender, message.to is not None, message.offset)
         opcode = OP_TEXT if message.text else OP_BINARY
         return frame_header(opcode, len(header) + len(message.payload)) + header + message.payload
 
     def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
         if first:
-            if head.offset is None:
-                header = _from_header(head.sender, head.to is not None)
-            else:
-                header = _offset_header(head.sender, head.to is not None, head.offset)
-            payload = header + payload
+            payload = _header(head.sender, head.to is not None, head.offset) + payload
         return super().piece(head, payload, first, last)
 
 
-@lru_cache(maxsize=4096)
-def _from_header(sender: str, direct: bool) -> bytes:
-    """The header of a message from ``sender`` (BACK_END: the HTTP API's). Members send
-    many messages each: their headers are made once, not once per message."""
-    return v1.from_header(sender if sender != BACK_END else None, direct)
-
-
-def _offset_header(sender: str, direct: bool, offset: int) -> bytes:
+def _header(sender: str, direct: bool, offset: int | None) -> bytes:
+    """The header line of a message from ``sender`` (BACK_END: the HTTP API's), with its
+    ``offset`` in the group's history if it has one (then each header is its own)."""
+    if offset is None:
+        return _cached_header(sender, direct)
     return v1.from_header(sender if sender != BACK_END else None, direct, offset)
+
+
+@lru_cache(maxsize=4096)
+def _cached_header(sender: str, direct: bool) -> bytes:
+    # Members send many messages each: their headers are made once, not once per message.
+    return v1.from_header(sender if sender != BACK_END else None, direct)
 
 
 #: The plain protocol of the wire contract.

@@ -30,6 +30,7 @@ import h11
 import trio
 
 from ..protocol.printable import printable
+from .config import API_PREFIX, under_api
 from .groups import RegistryUnavailable
 from .openapi import openapi_document
 from .post import Poster
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trio_wsproxy.api")
 
-#: Paths under this are the API's.
-API_PREFIX = "/api/"
 # Bytes asked of the socket per read.
 _READ_SIZE = 65536
 # A request body the API has no use for (a GET's) is read past up to this many bytes,
@@ -118,8 +117,7 @@ class Api:
         line = head[: head.find(b"\r\n")].split(b" ")
         if len(line) != 3:
             return False
-        path = line[1].split(b"?", 1)[0]
-        return path == b"/api" or path.startswith(API_PREFIX.encode())
+        return under_api(line[1].split(b"?", 1)[0].decode("latin-1"))
 
     async def serve(self, stream: trio.abc.Stream, received: bytes, remote: str) -> None:
         """Answer the requests on ``stream``, whose first bytes are ``received``, until
@@ -169,6 +167,8 @@ class Api:
                 call = _Call(conn, stream, request, remote)
                 method, path = call.method, call.path
                 handler, params = self._route(call)
+                if handler != self._post:  # (the one call that takes a body)
+                    await _ignore_body(call, self._host.config.stream_timeout)
                 await handler(call, params)
                 status = HTTPStatus.NO_CONTENT if method == "DELETE" else HTTPStatus.OK
             except RegistryUnavailable as exc:
@@ -246,27 +246,23 @@ class Api:
 
     async def _openapi(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call, self._host.config.stream_timeout)
         document = openapi_document(self._host.config.max_id_length)
         await _send_json(call, HTTPStatus.OK, document)
 
     async def _groups(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call, self._host.config.stream_timeout)
         groups = await self._host.registry.cluster_groups()
         listed = [{"name": name, "members": groups[name]} for name in sorted(groups)]
         await _send_json(call, HTTPStatus.OK, {"groups": listed})
 
     async def _members(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call, self._host.config.stream_timeout)
         members = await self._host.registry.cluster_members(params[0])
         await _send_json(call, HTTPStatus.OK, {"members": sorted(members)})
 
     async def _history(self, call: _Call, params: list[str]) -> None:
         (group,) = params
         since, limit = _history_query(call)
-        await _ignore_body(call, self._host.config.stream_timeout)
         histories = self._host.histories
         if histories is None:
             raise ApiError(
@@ -287,7 +283,6 @@ class Api:
 
     async def _remove(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
-        await _ignore_body(call, self._host.config.stream_timeout)
         group, member = params
         registry = self._host.registry
         if not await registry.remove_member(group, member, REMOVED_REASON):
@@ -322,6 +317,13 @@ class Api:
             except BaseException:
                 poster.end(truncated=True)
                 raise
+        left = to is not None and not poster.found_here
+        if left and to is not None and not await registry.has_member(group_name, to):
+            # It left while the body came: never a 200 for a message that went nowhere.
+            raise ApiError(
+                HTTPStatus.NOT_FOUND,
+                f"{_no_member(group_name, to)} any more: it left while the body came",
+            )
         await _send_json(call, HTTPStatus.OK, {"recipients": recipients})
 
 
@@ -333,10 +335,7 @@ async def _stream_body(
     utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
     size = 0
     while True:
-        with trio.move_on_after(stall) as stalled:
-            event = await _next_event(call.conn, call.stream)
-        if stalled.cancelled_caught:
-            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
+        event = await _body_event(call, stall)
         last = type(event) is h11.EndOfMessage
         chunk = bytes(event.data) if type(event) is h11.Data else b""
         size += len(chunk)
@@ -492,6 +491,13 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(bytes(data))
 
 
+async def _body_event(call: _Call, stall: float) -> Any:
+    """The next event of the request's body; 408 when none comes for ``stall`` seconds."""
+    with trio.move_on_after(stall):
+        return await _next_event(call.conn, call.stream)
+    raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
+
+
 async def _linger(stream: trio.abc.Stream) -> None:
     """Before closing a connection whose request body is still arriving: stop sending
     and read what comes for a moment, so that the client reads the answer instead of a
@@ -512,10 +518,7 @@ async def _ignore_body(call: _Call, stall: float) -> None:
     it stalls for ``stall`` seconds)."""
     size = 0
     while call.conn.their_state is h11.SEND_BODY:
-        with trio.move_on_after(stall) as stalled:
-            event = await _next_event(call.conn, call.stream)
-        if stalled.cancelled_caught:
-            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
+        event = await _body_event(call, stall)
         if type(event) is h11.Data:
             size += len(event.data)
             if size > _MAX_IGNORED_BODY:

@@ -24,6 +24,15 @@ def check_token_secret(secret: str, source: str) -> None:
         )
 
 
+#: Paths under this (and ``/api`` itself) are the HTTP API's (relay/api.py).
+API_PREFIX = "/api/"
+
+
+def under_api(path: str) -> bool:
+    """Whether ``path`` is one of the HTTP API's."""
+    return path == API_PREFIX[:-1] or path.startswith(API_PREFIX)
+
+
 #: The shortest HTTP API key accepted, in bytes: a key is a password that never
 #: expires, so it must not be guessable (``openssl rand -hex 16`` gives 32).
 MIN_API_KEY_BYTES = 16
@@ -275,7 +284,7 @@ class RelayConfig:
             check_token_secret(self.token_secret, "token_secret (TRIO_WSPROXY_TOKEN_SECRET)")
         for name in ("path", "healthz_path", "metrics_path"):
             value = getattr(self, name)
-            if value is not None and (value == "/api" or value.startswith("/api/")):
+            if value is not None and under_api(value):
                 raise ValueError(f"{name} {value!r} is under /api/, the HTTP API's paths")
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("give the API key once: api_key or api_key_file")

@@ -365,10 +365,6 @@ class NodeGroups(Generic[GroupT]):
     def group(self, name: str) -> Group | None:
         return self._groups.get(name)
 
-    def local_groups(self) -> dict[str, int]:
-        """The groups with members here, with their numbers of members here."""
-        return {name: len(g.members) for name, g in self._groups.items() if g.members}
-
 
 class LocalRegistry(NodeGroups[Group]):
     """The in-process registry: every member of every group is in this process."""
@@ -409,7 +405,7 @@ class LocalRegistry(NodeGroups[Group]):
             self._release(group)
 
     async def cluster_groups(self) -> dict[str, int]:
-        return self.local_groups()
+        return {name: len(g.members) for name, g in self._groups.items() if g.members}
 
     async def cluster_members(self, group_name: str) -> list[str]:
         group = self._groups.get(group_name)

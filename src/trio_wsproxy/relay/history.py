@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -51,24 +51,21 @@ class History:
         return v1.Position(self.epoch, self.last)
 
     def record(self, message: Message) -> None:
-        """Give ``message`` the next offset, and keep it if it fits the bounds."""
-        self.last += 1
-        message.offset = self.last
-        now = self.touched = trio.current_time()
-        limits = self._limits
-        kept: Message | None = message
-        if len(message.payload) > limits.max_bytes:
-            kept = None  # noted, not kept: recovery across it fails
-        self._entries.append((self.last, now, kept))
-        if kept is not None:
-            self._bytes += len(message.payload)
-        self._trim(now)
+        """Give ``message`` the next offset, and keep it if it fits the byte bound
+        (otherwise it is noted, not kept: recovery across it fails)."""
+        small = len(message.payload) <= self._limits.max_bytes
+        message.offset = self._append(message if small else None)
 
     def record_unkept(self) -> int:
         """Give a message that is not kept (a streamed one) the next offset."""
+        return self._append(None)
+
+    def _append(self, kept: Message | None) -> int:
         self.last += 1
         now = self.touched = trio.current_time()
-        self._entries.append((self.last, now, None))
+        self._entries.append((self.last, now, kept))
+        if kept is not None:
+            self._bytes += len(kept.payload)
         self._trim(now)
         return self.last
 
@@ -115,6 +112,15 @@ class History:
         return found
 
 
+class Kept(Protocol):
+    """What keeps a history: a group (named so, not imported: groups.py imports this)."""
+
+    @property
+    def name(self) -> str: ...
+
+    history: History | None
+
+
 class HistoryLimits:
     """The bounds of every group's history (``RelayConfig.history_*``)."""
 
@@ -138,6 +144,12 @@ class Histories:
 
     def __len__(self) -> int:
         return len(self._by_group)
+
+    def attach(self, group: Kept) -> None:
+        """Give ``group`` (new on this node, or held) its history, made if it has none:
+        the group object goes when it empties, its history stays for the ttl."""
+        if group.history is None:
+            group.history = self.of(group.name)
 
     def of(self, group_name: str) -> History:
         """The group's history, made (with a new epoch) if it has none."""

@@ -37,9 +37,8 @@ class Poster:
         counters = relay.counters
         self.id = BACK_END
         self.group_name = group.name
-        histories = relay.histories
-        if histories is not None and group.history is None:
-            group.history = histories.of(group.name)
+        if relay.histories is not None:
+            relay.histories.attach(group)
         self.mailbox = Mailbox(0)  # (never a recipient: it is in no member list)
         self.joined_at = trio.current_time()
         self._group = group
@@ -56,8 +55,8 @@ class Poster:
         self._stream_to: tuple[Audience, ...] = ()
         self._stream_out = True
         self._outbound: Outbound = NO_OUTBOUND
-        #: Whether the message is streaming (its first piece went out, not its last).
-        self.streaming = False
+        #: Whether the member the message is for (if one) was found on this node.
+        self.found_here = False
 
     def close(self, code: int, reason: str) -> None:
         """(The Member interface; nothing closes a poster: its request ends it.)"""
@@ -105,11 +104,14 @@ class Poster:
 
     def _audiences(self, to: str | None) -> tuple[Audience, ...]:
         """Who gets the message here: the group's members, or the one it is for (none
-        here: it is on another node, or left meanwhile)."""
+        here: it is on another node, or it left meanwhile)."""
         if to is None:
             return self._group.audiences
         target = self._group.locate(to)
-        return () if target is None else ((target.encoding, (target,)),)
+        if target is None:
+            return ()
+        self.found_here = True
+        return ((target.encoding, (target,)),)
 
     async def _take_turn(self, recipients: int) -> None:
         if recipients > SMALL and not self._budget.charge(recipients):
@@ -121,7 +123,6 @@ class Poster:
         group = self._group
         self._courier.flush()
         self._outbound = await group.open_stream(self, head)
-        self.streaming = True
         if group.history is not None:
             head.offset = group.history.record_unkept()
         self._stream_to = self._audiences(head.to)
@@ -149,9 +150,8 @@ class Poster:
         """End the streaming message, if one is streaming; ``truncated``: its body did
         not arrive whole, and the members that got its start are closed with 4002."""
         group = self._group
-        if not self.streaming:
-            return
-        self.streaming = False
+        if group.floor.holder is not self:
+            return  # (not streaming: it has the floor from its first piece to its last)
         outbound, self._outbound = self._outbound, NO_OUTBOUND
         outbound.end(truncated)
         if truncated:

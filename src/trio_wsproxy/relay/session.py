@@ -225,9 +225,8 @@ class Session:
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
-        histories = relay.histories
-        if histories is not None and group.history is None:
-            group.history = histories.of(group.name)
+        if relay.histories is not None:
+            relay.histories.attach(group)
         if self._v1:
             self._welcome(group)
         relay.presence.changed(group, self.id, joined=True)
@@ -700,8 +699,6 @@ class Session:
         self._flush()
         self._outbound = await self._paused(group.open_stream, self, head)
         self.piece_due = trio.current_time() + self._relay.config.stream_timeout
-        if group.history is not None and (head.to is None or group.locate(head.to) is not None):
-            head.offset = group.history.record_unkept()  # (too large to keep)
         if head.to is not None:
             audiences = self._addressee(group, head.to)
             self._stream_to = () if audiences is None else audiences
@@ -709,11 +706,13 @@ class Session:
             # only takes its turn on the others, so that streams stay in one order.
             self._stream_out = audiences == ()
         else:
-            self._stream_out = True
-            self._stream_to = tuple(
+            audiences = self._stream_to = tuple(
                 (encoding, tuple(member for member in members if member is not self))
                 for encoding, members in group.audiences
             )
+            self._stream_out = True
+        if group.history is not None and audiences is not None:
+            head.offset = group.history.record_unkept()  # (too large to keep)
         self._counters.deliveries += sum(len(members) for _, members in self._stream_to)
 
     async def _forward(self, piece: Piece) -> None:

@@ -55,7 +55,13 @@ class V1Encoding(Encoding):
     presence = True
 
     def message(self, message: Message) -> bytes:
-        header = _header(message.sender, message.to is not None, message.offset)
+        offset, direct = message.offset, message.to is not None
+        # (No offset, the hot case: the cached header, without a call more.)
+        header = (
+            _cached_header(message.sender, direct)
+            if offset is None
+            else _header(message.sender, direct, offset)
+        )
         opcode = OP_TEXT if message.text else OP_BINARY
         return frame_header(opcode, len(header) + len(message.payload)) + header + message.payload
 

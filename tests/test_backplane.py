@@ -475,7 +475,12 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
 
 
 async def test_a_slow_member_holds_up_only_its_own_group(redis_url: str, prefix: str) -> None:
-    async with cluster(redis_url, prefix, mailbox_bytes=65536, slow_member_timeout=3) as (a, b):
+    # The 4001 close frame waits behind the stuck member's full socket until the test
+    # reads it, after the quiet group's check: close_timeout must outlast that wait,
+    # however slow the machine (0.5 s did not, on a loaded CI run).
+    async with cluster(
+        redis_url, prefix, mailbox_bytes=65536, slow_member_timeout=3, close_timeout=30
+    ) as (a, b):
         sender = await join(a, "sender", "busy")
         witness = await join(a, "witness", "busy")  # on the sender's node, and reads
         stuck = await join(b, "stuck", "busy")  # never reads
@@ -505,6 +510,9 @@ async def test_a_slow_member_holds_up_only_its_own_group(redis_url: str, prefix:
         with trio.fail_after(10):
             code, reason = await stuck.expect_close()
         assert code == CloseCode.SLOW_CONSUMER, reason
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (stuck, sender, witness, talker, listener):
+            await client.aclose()
 
 
 # -- nodes as processes, killed without a chance to clean up ----------------------------

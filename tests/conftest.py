@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from loglines import LogLines, log_lines
 from redisserver import SHARED, RedisServer, ping
 from trio_wsproxy import Relay
 
@@ -54,3 +55,17 @@ def prefix() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis_config(*args): settings of private_redis")
+
+
+@pytest.fixture
+def backplane_log() -> Iterator[LogLines]:
+    """What the backplane logs at INFO and above during the test."""
+    with log_lines("trio_wsproxy.backplane") as lines:
+        yield lines
+
+
+@pytest.fixture
+def relay_log() -> Iterator[LogLines]:
+    """What the relay (its sessions) logs at INFO and above during the test."""
+    with log_lines("trio_wsproxy.relay") as lines:
+        yield lines

@@ -9,15 +9,15 @@ instead; ``settled`` awaits that.
 from __future__ import annotations
 
 import itertools
-import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
+from loglines import LogLines
 from redisserver import RedisServer, members_in_redis, subscribers
 from relayproc import Output, peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
@@ -74,43 +74,6 @@ async def settled(nodes: list[Relay], group: str, size: int) -> None:
     assert sum(local) == size, local
     views = [backplane(node).cluster_group_size(group) for node in nodes]
     assert all(view == size for view, here in zip(views, local, strict=True) if here), views
-
-
-class LogLines(logging.Handler):
-    """Log records as they come, to await a line instead of polling for what it reports."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
-        self._grew = trio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self._grew.set()
-        self._grew = trio.Event()
-
-    def count(self, text: str) -> int:
-        return sum(text in record.getMessage() for record in self.records)
-
-    async def wait_for(self, text: str, count: int = 1, within: float = 15) -> None:
-        """Wait until ``count`` records say ``text``."""
-        with trio.fail_after(within):
-            while self.count(text) < count:
-                await self._grew.wait()
-
-
-@pytest.fixture
-def backplane_log() -> Iterator[LogLines]:
-    """What the backplane logs at INFO and above during the test."""
-    logger = logging.getLogger("trio_wsproxy.backplane")
-    lines, level = LogLines(), logger.level
-    logger.addHandler(lines)
-    logger.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        logger.removeHandler(lines)
-        logger.setLevel(level)
 
 
 async def join(node: Relay, member: str, group: str = "g") -> RawClient:

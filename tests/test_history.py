@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import trio_wsproxy
+from loglines import LogLines
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
@@ -242,7 +243,7 @@ async def test_recovery_racing_live_traffic_has_no_gap_and_no_duplicate(relay: R
 @pytest.mark.wsproxy_relay(history_size=10_000, history_bytes=64 * 1024 * 1024,
                            mailbox_bytes=64 * 1024, slow_member_timeout=0.5)  # fmt: skip
 async def test_the_client_recovers_after_4001_and_its_handler_sees_every_message_once(
-    relay: Relay,
+    relay: Relay, relay_log: LogLines
 ) -> None:
     """A client whose handler stalls is closed with 4001 (its mailbox on the relay
     full); it reconnects by itself, names its position, and every message reaches the
@@ -281,8 +282,9 @@ async def test_the_client_recovers_after_4001_and_its_handler_sees_every_message
                 await sender.send_frame(OP_BINARY, n.to_bytes(4, "big") + bytes(8192))
                 if n == 20:
                     await stalled.wait()
-            # The relay closes the slow member with 4001 meanwhile...
-            await relay.wait_members(1, "g")
+            # The relay closes the slow member with 4001 meanwhile (awaited in the log:
+            # the client may be back before this task looks)...
+            await relay_log.wait_for("closing with 4001")
             assert relay.counters.closes[CloseCode.SLOW_CONSUMER] == 1
             # ...its handler goes on, the client sees the close and reconnects.
             release.set()
@@ -317,6 +319,38 @@ async def test_a_history_forgets_by_count_bytes_and_age(mock_clock: trio.testing
     mock_clock.jump(11)
     histories.expire(trio.current_time(), lambda name: name == "busy")
     assert len(histories) == 1
+
+
+async def test_a_nodes_copy_of_a_cluster_history_takes_redis_offsets_and_gaps(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A node's mirror starts where Redis said the history was; offsets come from Redis
+    (a declined stream claim is an offset with no message); it covers a position only
+    from its start on, the rest is Redis's to answer."""
+    from trio_wsproxy.protocol.message import Message
+
+    mirror = History(HistoryLimits(size=3, ttl=10.0, max_bytes=100), "feedfacefeedface", 40)
+    assert mirror.position == v1.Position("feedfacefeedface", 40)
+    assert mirror.covers(v1.Position("feedfacefeedface", 40))
+    assert not mirror.covers(v1.Position("feedfacefeedface", 39))  # before it: Redis
+    assert not mirror.covers(v1.Position("other", 40))
+    mirror.put(41, Message("a", True, b"x"))
+    mirror.skip(42)  # a declined claim: nothing there
+    mirror.put(43, Message("b", True, b"y"))
+    mirror.put(44, Message("a", True, bytes(200)))  # over max_bytes: a gap
+    assert mirror.last == 44
+    found = mirror.since(v1.Position("feedfacefeedface", 40), "b")
+    assert found == v1.MESSAGE_TOO_LARGE
+    found = mirror.since(v1.Position("feedfacefeedface", 40), "c")
+    assert found == v1.MESSAGE_TOO_LARGE
+    mirror.put(45, Message("b", True, b"z"))
+    missed = mirror.since(v1.Position("feedfacefeedface", 44), "a")
+    assert [m.payload for m in missed] == [b"z"]  # type: ignore[union-attr]
+    # Three entries kept (41 and its hole went): 40 is no longer covered.
+    assert mirror.first == 43 and not mirror.covers(v1.Position("feedfacefeedface", 41))
+    mock_clock.jump(11)
+    assert not mirror.covers(v1.Position("feedfacefeedface", 44))
+    assert mirror.covers(v1.Position("feedfacefeedface", 45))
 
 
 def test_the_clients_position_moves_only_as_messages_are_read() -> None:

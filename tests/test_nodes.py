@@ -21,12 +21,16 @@ from trio_wsproxy.protocol.nodes import (
     NodeMessageError,
     Remove,
     Replace,
+    Sequenced,
     Split,
     StreamAbort,
     StreamPiece,
     StreamStart,
     decode,
+    encode_bodies,
     encode_messages,
+    messages_header,
+    stored_message,
 )
 
 NODE = b"0123456789abcdef"
@@ -55,6 +59,22 @@ node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(Remove, node_ids, texts, texts),
     st.builds(Ack, node_ids, u64s, u32s),
 )
+epochs = st.text("0123456789abcdef", min_size=16, max_size=16)
+heads = st.builds(StreamHead, texts, st.booleans(), addressees)
+
+
+@st.composite
+def sequenced(draw: st.DrawFn) -> Sequenced:
+    node = draw(node_ids)
+    inner = draw(
+        st.none()
+        | st.builds(Messages, st.just(node), st.lists(a_message, max_size=6).map(tuple))
+        | st.builds(StreamStart, st.just(node), u64s, heads)
+    )
+    return Sequenced(node, draw(epochs), draw(u64s), inner)
+
+
+every_kind: st.SearchStrategy[NodeMessage] = node_messages | sequenced()
 
 
 # -- the wire format, byte for byte ------------------------------------------------------
@@ -112,6 +132,12 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
         Ack(NODE, 9, 2),
         b"A" + NODE + b"\x00\x00\x00\x00\x00\x00\x00\x09" + b"\x00\x00\x00\x02",
     ),
+    (
+        Sequenced(NODE, "9f86d081884c7d65", 17, Messages(NODE, (Message("a", True, b"hi"),))),
+        b"O" + NODE + b"9f86d081884c7d65" + b"00000000000000000017"
+        + b"M" + NODE + b"\x00\x00\x00\x01" + b"\x00\x01a" + b"\x01" + b"\x00\x00\x00\x02hi",
+    ),
+    (Sequenced(NODE, "9f86d081884c7d65", 0, None), b"O" + NODE + b"9f86d081884c7d65" + b"0" * 20),
 ]  # fmt: skip
 
 
@@ -130,7 +156,7 @@ def test_each_kind_decodes_from_its_exact_bytes(message: NodeMessage, wire: byte
 def test_every_kind_has_a_vector() -> None:
     assert {type(message) for message, _ in VECTORS} == {
         Messages, StreamStart, StreamPiece, StreamAbort, MemberJoined, MemberLeft, Split,
-        Replace, Remove, Ack,
+        Replace, Remove, Ack, Sequenced,
     }  # fmt: skip
 
 
@@ -139,7 +165,7 @@ def test_every_kind_has_a_vector() -> None:
 
 KINDS = {
     Messages: b"M", StreamStart: b"S", StreamAbort: b"X", MemberJoined: b"J", MemberLeft: b"L",
-    Split: b"Z", Replace: b"R", Remove: b"K", Ack: b"A",
+    Split: b"Z", Replace: b"R", Remove: b"K", Ack: b"A", Sequenced: b"O",
 }  # fmt: skip
 
 
@@ -150,7 +176,7 @@ def _kind(message: NodeMessage) -> bytes:
 
 
 @QUICK
-@given(node_messages)
+@given(every_kind)
 def test_every_message_decodes_to_itself(message: NodeMessage) -> None:
     data = message.encode()
     assert data[:1] == _kind(message)
@@ -191,7 +217,7 @@ def test_streamed_pieces_carry_large_payloads_whole() -> None:
         # A known kind and a node id, so that the body is what gets exercised.
         st.builds(
             lambda kind, node, body: kind + node + body,
-            st.sampled_from([bytes([k]) for k in b"MSFEXJLZRA"]),
+            st.sampled_from([bytes([k]) for k in b"MSFEXJLZRAO"]),
             node_ids,
             st.binary(max_size=64),
         ),
@@ -206,7 +232,7 @@ def test_decode_returns_a_message_or_raises_node_message_error(data: bytes) -> N
 
 
 @QUICK
-@given(node_messages, st.data())
+@given(every_kind, st.data())
 def test_a_corrupted_byte_never_raises_anything_else(
     message: NodeMessage, data: st.DataObject
 ) -> None:
@@ -439,3 +465,59 @@ def test_a_sender_id_or_owner_too_long_for_its_u16_length_cannot_be_encoded() ->
     assert decode(Replace(NODE, long).encode()) == Replace(NODE, long)
     joined = MemberJoined(NODE, long, "o")
     assert decode(joined.encode()) == joined
+
+
+# -- sequenced messages (history on a cluster) ---------------------------------------------
+
+
+@QUICK
+@given(sequenced())
+def test_a_sequenced_message_cut_anywhere_is_rejected_or_a_shorter_one(message: Sequenced) -> None:
+    """Cut before its inner message starts, an O is rejected; cut inside it, it is an O
+    around whatever the cut inner message decodes to (or rejected with it)."""
+    wire = message.encode()
+    header = 1 + NODE_ID_LENGTH + 16 + 20
+    for cut in range(len(wire)):
+        if cut < header:
+            with pytest.raises(NodeMessageError):
+                decode(wire[:cut])
+            continue
+        try:
+            inner = None if cut == header else decode(wire[header:cut])
+        except NodeMessageError:
+            with pytest.raises(NodeMessageError):
+                decode(wire[:cut])
+        else:
+            assert decode(wire[:cut]) == attrs.evolve(message, inner=inner)
+
+
+def test_a_sequenced_message_holds_only_its_own_nodes_m_or_s() -> None:
+    prefix = b"O" + NODE + b"9f86d081884c7d65" + b"0" * 20
+    other = b"fedcba9876543210"
+    for inner, error in (
+        (Messages(other, ()).encode(), "another node"),
+        (StreamAbort(NODE, 1).encode(), "not M or S"),
+        (Sequenced(NODE, "9f86d081884c7d65", 1, None).encode(), "not M or S"),
+    ):
+        with pytest.raises(NodeMessageError, match=error):
+            decode(prefix + inner)
+    for bad in (b"O" + NODE + b"9f86d081884c7d6-" + b"0" * 20, prefix[:-1] + b"x"):
+        with pytest.raises(NodeMessageError):
+            decode(bad)
+    with pytest.raises(NodeMessageError):  # 20 digits, but over 2**64 - 1
+        decode(b"O" + NODE + b"9f86d081884c7d65" + b"9" * 20)
+
+
+@QUICK
+@given(st.lists(a_message, min_size=1, max_size=8))
+def test_bodies_behind_a_header_are_the_m_and_each_is_kept_alone(messages: list[Message]) -> None:
+    """What the sequencing script builds from the bodies is the M the node would have sent,
+    and each body kept in the history decodes to its message."""
+    bodies = encode_bodies(messages)
+    whole = messages_header(NODE, len(messages)) + b"".join(bodies)
+    assert whole == encode_messages(NODE, messages)
+    for body, message in zip(bodies, messages, strict=True):
+        kept = stored_message(body)
+        assert (kept.sender, kept.text, kept.payload, kept.to) == (
+            message.sender, message.text, message.payload, message.to
+        )  # fmt: skip

@@ -49,6 +49,24 @@ def test_this_nodes_own_messages_are_not_delivered_twice() -> None:
     assert order().receive(Messages(HERE, batch(b"a")), Floor.FREE) == []
 
 
+def test_sequenced_own_messages_are_delivered_here_in_channel_order() -> None:
+    """With history on a cluster, a node's own messages come back from Redis with their
+    offsets, and only then go to its members: in channel order, behind a stream too."""
+    channel = order()
+    assert channel.receive(Messages(HERE, batch(b"a")), Floor.FREE, sequenced=True) == [
+        Deliver(batch(b"a"))
+    ]
+    assert channel.receive(StreamStart(THERE, 1, HEAD), Floor.FREE, sequenced=True) == [
+        StartRemote(THERE, 1, HEAD, conflict=False)
+    ]
+    assert channel.receive(Messages(HERE, batch(b"b")), Floor.REMOTE, sequenced=True) == []
+    end = StreamPiece(THERE, 1, 1, b"x", last=True)
+    assert channel.receive(end, Floor.REMOTE) == [
+        DeliverPiece(b"x", first=True, last=True, number=1),
+        Deliver(batch(b"b")),
+    ]
+
+
 def test_the_first_start_owns_the_floor_and_a_later_one_is_declined() -> None:
     channel = order()
     assert channel.receive(StreamStart(THERE, 1, HEAD), Floor.FREE) == [

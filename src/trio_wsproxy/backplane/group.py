@@ -4,19 +4,40 @@ what goes beyond this node carried by the backplane."""
 from __future__ import annotations
 
 import collections
-from collections.abc import MutableSequence
+from collections.abc import Iterable, MutableSequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ..protocol import v1
+from ..protocol.close_codes import CloseCode
 from ..protocol.message import Message, StreamHead
+from ..protocol.nodes import Messages, Sequenced, StreamStart
+from ..protocol.resp import ConnectionLost, RedisError
 from ..relay.groups import NO_OUTBOUND, Group, Member, Outbound
+from ..relay.history import CatchUp, History, HistoryLimits, catch_up
 from .order import ChannelOrder
 from .streams import OutgoingStream, RemoteStream
 
 if TYPE_CHECKING:
     from ..protocol.assembly import Piece
     from .streams import Turns
+
+#: How long a joining member may wait for its node to catch up with the group's history
+#: in Redis (behind a message streaming to the group, say) before it is closed (4004).
+CATCH_UP_TIMEOUT = 10.0
+
+
+class Recovered:
+    """What a node read of a group's history in Redis for a member: the messages it
+    missed up to ``last`` (the history's last offset then), in order."""
+
+    __slots__ = ("epoch", "last", "missed")
+
+    def __init__(self, epoch: str, last: int, missed: list[Message]) -> None:
+        self.epoch = epoch
+        self.last = last
+        self.missed = missed
 
 
 class Carrier(Protocol):
@@ -31,6 +52,13 @@ class Carrier(Protocol):
     async def wait_room(self) -> None: ...
 
     def publish(self, group: Group, messages: list[Message]) -> None: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    async def recover(
+        self, group_name: str, since: v1.Position, member_id: str
+    ) -> Recovered | str: ...
 
 
 class Delivery:
@@ -62,18 +90,47 @@ class SharedGroup(Group):
     node has received for the group from other nodes and not yet delivered."""
 
     __slots__ = (
+        "_changed",
         "backplane",
+        "catching",
+        "early",
+        "handing",
+        "history_limits",
         "inbox",
         "inbox_bytes",
         "inbox_drained",
+        "mirror",
         "order",
         "remote",
+        "sequenced",
         "subscribed",
     )
 
-    def __init__(self, name: str, backplane: Carrier, node: bytes, limit: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        backplane: Carrier,
+        node: bytes,
+        limit: int,
+        history: HistoryLimits | None = None,
+    ) -> None:
         super().__init__(name)
         self.backplane = backplane
+        #: With history on, the group's messages are given offsets by Redis and reach
+        #: every node's members (the sender's too) from the group's channel, in order.
+        self.sequenced = history is not None
+        self.history_limits = history
+        #: This node's copy of the tail of the group's history in Redis, from what the
+        #: channel brought since the node subscribed (None: not known yet), and what
+        #: the channel brought before that was known.
+        self.mirror: History | None = None
+        self.early: list[tuple[Sequenced, bool]] = []
+        #: Members that joined and are not yet caught up with the history: nothing live
+        #: goes to them (it is in what they are given when they are).
+        self.catching: set[Member] = set()
+        #: How many channel messages are being carried out here right now.
+        self.handing = 0
+        self._changed = trio.Event()
         #: The group's members on other nodes, as far as this node knows: owner token
         #: of each connection -> its member id.
         self.remote: dict[str, str] = {}
@@ -92,6 +149,139 @@ class SharedGroup(Group):
     @property
     def size(self) -> int:
         return len(self.members.keys() | set(self.remote.values()))
+
+    # -- history: the mirror, and members catching up with it ---------------------------
+
+    def _reachable(self) -> Iterable[Member]:
+        catching = self.catching
+        if not catching:
+            return self.members.values()
+        return [member for member in self.members.values() if member not in catching]
+
+    def reachable(self, member_id: str) -> Member | None:
+        """The member ``member_id`` here, if messages go to it now (caught up)."""
+        member = self.members.get(member_id)
+        return None if member is None or member in self.catching else member
+
+    def add(self, member: Member) -> None:
+        if self.sequenced and member.encoding.presence:
+            # A v1 member (plain ones have no position to keep) catches up first.
+            self.catching.add(member)
+        super().add(member)
+
+    def remove(self, member: Member) -> bool:
+        removed = super().remove(member)
+        if removed and member in self.catching:
+            self.catching.discard(member)
+            self.changed()
+        return removed
+
+    def changed(self) -> None:
+        """Something a member catching up may wait for happened (the mirror moved, a
+        channel message was carried out, a member left, Redis went away)."""
+        if self.catching:
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def start_mirror(self, epoch: str, last: int) -> None:
+        """Redis says where the group's history is now that the node follows its
+        channel: the mirror starts there, with what the channel brought meanwhile."""
+        assert self.history_limits is not None
+        self.mirror = History(self.history_limits, epoch, last)
+        early, self.early = self.early, []
+        for message, granted in early:
+            self.record(message, granted)
+        self.changed()
+
+    def record(self, message: Sequenced, granted: bool) -> bool:
+        """Note a sequenced channel message in the mirror (``granted``: a stream's start
+        that took the floor; one that did not is no message). Returns False when it
+        belongs to another epoch than the mirror's: the history was lost in Redis, and
+        the mirror starts over at it (the caller closes the members here)."""
+        mirror = self.mirror
+        if mirror is None:
+            self.early.append((message, granted))
+            return True
+        same = message.epoch == mirror.epoch
+        if not same:
+            assert self.history_limits is not None
+            mirror = self.mirror = History(
+                self.history_limits, message.epoch, max(0, message.offset - 1)
+            )
+        inner = message.inner
+        if type(inner) is Messages:
+            offset = message.offset
+            for item in inner.messages:
+                if offset > mirror.last:
+                    mirror.put(offset, item)
+                offset += 1
+        elif type(inner) is StreamStart and message.offset > mirror.last:
+            if granted:
+                mirror.put(message.offset, None)
+            else:
+                mirror.skip(message.offset)
+        return same
+
+    @property
+    def quiet(self) -> bool:
+        """Whether everything the mirror holds has gone to the members' audiences here
+        (nothing waits for a stream's end, no channel message is half carried out)."""
+        return not self.order.pending and not self.handing
+
+    async def catch_up(self, member: Member, since: v1.Position | None) -> CatchUp:
+        if member not in self.catching:
+            return await super().catch_up(member, since)  # (no history, or a plain member)
+        fetched: Recovered | str | None = None
+        with trio.move_on_after(CATCH_UP_TIMEOUT):
+            while self.members.get(member.id) is member:
+                mirror = self.mirror
+                if mirror is not None and self.quiet:
+                    if since is None or mirror.covers(since):
+                        return self._caught_up(member, catch_up(mirror, since, member.id))
+                    if isinstance(fetched, str):
+                        recovery = v1.Recovery(False, 0, fetched)
+                        return self._caught_up(member, CatchUp(mirror.position, recovery, []))
+                    if fetched is not None and fetched.epoch == mirror.epoch:
+                        seam = v1.Position(fetched.epoch, fetched.last)
+                        if mirror.last >= fetched.last and mirror.covers(seam):
+                            rest = mirror.since(seam, member.id)
+                            if isinstance(rest, str):
+                                recovery = v1.Recovery(False, 0, rest)
+                                missed: list[Message] = []
+                            else:
+                                missed = fetched.missed + rest
+                                recovery = v1.Recovery(True, len(missed))
+                            return self._caught_up(
+                                member, CatchUp(mirror.position, recovery, missed)
+                            )
+                        if mirror.last >= fetched.last:
+                            fetched = None  # the mirror moved past it: read again
+                if fetched is None and since is not None and self.backplane.up:
+                    try:
+                        fetched = await self.backplane.recover(self.name, since, member.id)
+                    except (ConnectionLost, RedisError) as exc:
+                        member.close(
+                            CloseCode.BACKPLANE_UNAVAILABLE, f"backplane unavailable: {exc}"
+                        )
+                        break
+                    continue
+                await self._changed.wait()
+                if isinstance(fetched, Recovered) and fetched.epoch != getattr(
+                    self.mirror, "epoch", None
+                ):
+                    fetched = None  # of another epoch than the mirror's now: read again
+            return CatchUp(None, None, [])  # it left (it was closed) meanwhile
+        member.close(
+            CloseCode.BACKPLANE_UNAVAILABLE,
+            f"could not catch up with the group's history within {CATCH_UP_TIMEOUT:g}s",
+        )
+        return CatchUp(None, None, [])
+
+    def _caught_up(self, member: Member, catch: CatchUp) -> CatchUp:
+        """``member`` gets ``catch`` now, and from here on what is live."""
+        self.catching.discard(member)
+        self.refresh_views()
+        return catch
 
     def member_ids(self) -> list[str]:
         return list(dict.fromkeys([*self.members, *self.remote.values()]))

@@ -55,8 +55,17 @@ class Deliveries:
         await self._broadcast(group, messages)
 
     async def _broadcast(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
-        self._counters.deliveries += len(messages) * len(group.sessions)
-        for encoding, members in group.audiences:
+        # A sequenced group's messages come back to their sender's node too (a batch is
+        # one member's): every member here but their sender gets them.
+        sender = group.members.get(messages[0].sender) if group.sequenced else None
+        audiences = group.audiences
+        if sender is not None:
+            audiences = tuple(
+                (encoding, tuple(member for member in members if member is not sender))
+                for encoding, members in audiences
+            )
+        for encoding, members in audiences:
+            self._counters.deliveries += len(messages) * len(members)
             frame = encoding.message
             data = b"".join([frame(message) for message in messages])
             await self.deliver(group, Delivery(data, members))
@@ -74,7 +83,7 @@ class Deliveries:
             if run:
                 await self._broadcast(group, tuple(run))
                 run = []
-            target = group.members.get(message.to)
+            target = group.reachable(message.to)
             if target is not None:
                 self._counters.deliveries += 1
                 await self.deliver(group, Delivery(target.encoding.message(message), (target,)))

@@ -1,7 +1,7 @@
 """Where the backplane keeps things in Redis: every key and channel name, in one place.
 
 ``P`` below is ``backplane_prefix``, then the version of what nodes say to each other
-(``P = prefix:v2``): nodes of another version form another cluster instead of
+(``P = prefix:v3``): nodes of another version form another cluster instead of
 misreading each other.
 
 - ``P:g:<group>``: the group's channel — its messages, streamed pieces, announcements.
@@ -10,6 +10,12 @@ misreading each other.
 - ``P:node-members:<node>``: hash, owner token -> entry (what reaping the node needs).
 - ``P:node:<node>``: the node's liveness key, refreshed every ``node_ttl`` / 3.
 - ``P:nodes``: set of the nodes that registered.
+- With history on (DESIGN.md §7; ``backplane/scripts.py``): ``P:history-meta:<group>``,
+  hash of the group's history (epoch, the Redis run it belongs to, last offset given
+  out, last offset trimmed, bytes kept, declined stream claims);
+  ``P:history:<group>``, stream of its kept messages (entry id ``<offset>-0``); and
+  ``P:history-index:<group>``, list of ``"<offset> <ms> <bytes>"`` per entry, oldest
+  first, by which the scripts trim without reading the messages.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import attrs
 
 #: The version of the messages and keys nodes share; part of every Redis name.
 #: 2: messages travel as payload plus metadata (protocol/nodes.py), and membership
-#: announcements carry member ids.
-PROTOCOL_VERSION = 2
+#: announcements carry member ids. 3: history in Redis, and messages sequenced by it (O).
+PROTOCOL_VERSION = 3
 
 
 @attrs.frozen
@@ -56,3 +62,12 @@ class Names:
     @property
     def nodes_key(self) -> str:
         return f"{self.namespace}:nodes"
+
+    def history_keys(self, group_name: str) -> tuple[str, str, str]:
+        """The group's history: its meta hash, its stream, and its index."""
+        namespace = self.namespace
+        return (
+            f"{namespace}:history-meta:{group_name}",
+            f"{namespace}:history:{group_name}",
+            f"{namespace}:history-index:{group_name}",
+        )

@@ -119,16 +119,19 @@ class ChannelOrder:
         self.pending: collections.deque[tuple[Message, ...]] = collections.deque()
         self.pending_bytes = 0
 
-    def receive(self, message: NodeMessage, floor: Floor) -> list[Action]:
+    def receive(self, message: NodeMessage, floor: Floor, sequenced: bool = False) -> list[Action]:
         """What to do with ``message``, the next one on the group's channel, with the
         floor of the group here as it is now. Messages other than whole messages and
-        stream messages (announcements) need no ordering: nothing to do."""
+        stream messages (announcements) need no ordering: nothing to do.
+
+        ``sequenced``: the message came from Redis's history (inside an ``O``), and is
+        delivered here too when this node sent it."""
         actions: list[Action] = []
         if self.pending and self.owner is None and floor is Floor.FREE:
             self._release(actions)
         mine = message.node == self.node
         if type(message) is Messages:
-            if mine:
+            if mine and not sequenced:
                 pass  # delivered here when it was sent
             elif self.owner is not None or floor is not Floor.FREE or self.pending:
                 self._hold(message.messages, actions)

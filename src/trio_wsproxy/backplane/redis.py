@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..protocol import v1
 from ..protocol.backoff import Backoff
 from ..protocol.close_codes import CloseCode
 from ..protocol.exceptions import first_leaf
@@ -46,15 +48,21 @@ from ..protocol.nodes import (
     Ack,
     MemberJoined,
     MemberLeft,
+    Messages,
     NodeMessage,
     NodeMessageError,
     Remove,
     Replace,
+    Sequenced,
     Split,
     StreamAbort,
     StreamPiece,
+    StreamStart,
     decode,
+    encode_bodies,
     encode_messages,
+    messages_header,
+    stored_message,
 )
 from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
 from ..relay.config import RelayConfig
@@ -68,9 +76,10 @@ from ..relay.groups import (
     PresenceChange,
     RegistryUnavailable,
 )
+from ..relay.history import HistoryLimits, HistoryPage, missed_by
 from . import scripts
 from .connection import RedisConnection
-from .group import Delivery, SharedGroup
+from .group import Delivery, Recovered, SharedGroup
 from .inbox import Deliveries
 from .names import Names
 from .order import (
@@ -95,6 +104,9 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 #: How long shutdown spends removing this node's registration.
 DEREGISTER_TIMEOUT = 1.0
+#: How much longer than the history's ttl its keys stay in Redis after the last
+#: message (the meta hash twice as long: see scripts.py).
+_HISTORY_MARGIN_MS = 10_000
 _NODE_ID_LENGTH = 16
 
 
@@ -159,11 +171,17 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._known_nodes: set[bytes] = set()
         #: A publish was dropped because the connection had just failed.
         self._unsent = False
+        #: The bounds of every group's history (None: history is off), the SHA1 of each
+        #: script as Redis knows it, and the id of the Redis run (a history belongs to
+        #: one: see scripts.py).
+        self._history: HistoryLimits | None = None
+        self._shas: dict[str, str] = {}
+        self._run_id = ""
 
     # -- the GroupRegistry interface -------------------------------------------------
 
     def _new_group(self, name: str) -> SharedGroup:
-        return SharedGroup(name, self, self._node, self._config.mailbox_bytes)
+        return SharedGroup(name, self, self._node, self._config.mailbox_bytes, self._history)
 
     def cluster_group_size(self, name: str) -> int:
         """Members of group ``name`` on every node, as far as this node knows (0 when it
@@ -178,7 +196,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         if self.up:
             return None
         group = self._groups.get(group_name)
-        if group is not None and not group.spans_nodes:
+        if self._history is None and group is not None and not group.spans_nodes:
             return None  # it lives on this node only: it goes on through the outage
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
@@ -188,6 +206,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._owners[member] = owner
         self._by_owner[owner] = member
         if not self.up:
+            if group.sequenced:  # (its order comes from Redis: see unavailable)
+                member.close(CloseCode.BACKPLANE_UNAVAILABLE, "backplane unavailable")
             return group  # a group of this node only (see unavailable)
         # The first member here takes the snapshot of the members elsewhere (a group
         # held for the HTTP API may be subscribed already, but never took one).
@@ -327,8 +347,108 @@ class RedisBackplane(NodeGroups[SharedGroup]):
     def publish(self, group: Group, messages: list[Message]) -> None:
         """Publish whole messages (one or more, in order) for the group's members on
         other nodes, as one Redis message."""
-        if self.up:
+        if not self.up:
+            return
+        if not group.sequenced:
             self.send_to_group(group.name, encode_messages(self._node, messages))
+            return
+        limits = self._history
+        assert limits is not None
+        kept = "".join(["1" if len(m.payload) <= limits.max_bytes else "0" for m in messages])
+        header = messages_header(self._node, len(messages))
+        self._send(*self._sequence_args(group.name), "M", header, kept, *encode_bodies(messages))
+
+    async def publish_claim(self, group: Group, start: StreamStart) -> object:
+        """Publish a stream's start (a claim of the group's floor) on its channel; the
+        number of nodes that received it comes back. With history on, it takes its
+        offset in the group's history (a gap: too large to keep) on the way."""
+        pub = self._pub
+        if pub is None or not self.up:
+            raise ConnectionLost("the backplane is down")
+        if not group.sequenced:
+            return await pub.call("PUBLISH", self.names.group_channel(group.name), start.encode())
+        reply = await pub.call(*self._sequence_args(group.name), "S", start.encode())
+        if not isinstance(reply, list) or not reply:
+            raise RedisError(f"unexpected reply to the sequencing script: {reply!r}")
+        return reply[0]
+
+    def _history_args(self, script: str, group_name: str) -> list[bytes | str | int]:
+        """EVALSHA of a history script for ``group_name``, with its keys and ARGV 1-7."""
+        limits = self._history
+        assert limits is not None
+        ttl_ms = max(1, int(limits.ttl * 1000))
+        return [
+            "EVALSHA", self._shas[script], 4, *self.names.history_keys(group_name),
+            self.names.group_channel(group_name), self._run_id, os.urandom(8).hex(),
+            self._node, limits.size, ttl_ms, limits.max_bytes, ttl_ms + _HISTORY_MARGIN_MS,
+        ]  # fmt: skip
+
+    def _sequence_args(self, group_name: str) -> list[bytes | str | int]:
+        return self._history_args(scripts.SEQUENCE, group_name)
+
+    async def _read_history(
+        self, pub: RedisConnection, group_name: str, after: int, limit: int, renew: bool = False
+    ) -> tuple[str, int, int, list[tuple[int, bytes, bytes]]]:
+        """The group's history in Redis: epoch, last offset, last trimmed, and (``after``
+        >= 0) up to ``limit`` (0: all) entries after ``after``: (offset, kind, body)."""
+        args = self._history_args(scripts.HISTORY, group_name)
+        reply = await pub.call(*args, after, limit, int(renew))
+        if not (isinstance(reply, list) and len(reply) == 4):
+            raise RedisError(f"unexpected reply to the history script: {reply!r}")
+        epoch, last, trimmed, flat = reply
+        if not (
+            isinstance(epoch, bytes)
+            and isinstance(last, int)
+            and isinstance(trimmed, int)
+            and isinstance(flat, list)
+        ):
+            raise RedisError(f"unexpected reply to the history script: {reply!r}")
+        entries: list[tuple[int, bytes, bytes]] = []
+        for offset, kind, body in zip(flat[::3], flat[1::3], flat[2::3], strict=True):
+            if not (isinstance(offset, int) and isinstance(kind, bytes)):
+                raise RedisError(f"unexpected entry from the history script: {offset!r}")
+            entries.append((offset, kind, body if isinstance(body, bytes) else b""))
+        return epoch.decode(), last, trimmed, entries
+
+    @staticmethod
+    def _entries(entries: list[tuple[int, bytes, bytes]]) -> list[tuple[int, Message | None]]:
+        """History entries as (offset, message or None for a gap), declined claims left
+        out (they are no message)."""
+        found: list[tuple[int, Message | None]] = []
+        for offset, kind, body in entries:
+            if kind == b"b":
+                message = stored_message(body)
+                message.offset = offset
+                found.append((offset, message))
+            elif kind == b"g":
+                found.append((offset, None))
+        return found
+
+    async def recover(self, group_name: str, since: v1.Position, member_id: str) -> Recovered | str:
+        """What ``member_id`` missed after ``since``, from the group's history in Redis,
+        or why it cannot all be had (a Recovery reason)."""
+        pub = self._pub
+        if pub is None or not self.up:
+            raise ConnectionLost("the backplane is down")
+        epoch, last, trimmed, entries = await self._read_history(pub, group_name, since.offset, 0)
+        if epoch != since.epoch or since.offset > last:
+            return v1.EPOCH_CHANGED
+        if since.offset < trimmed:
+            return v1.POSITION_TOO_OLD
+        missed = missed_by(self._entries(entries), since.offset, member_id)
+        if isinstance(missed, str):
+            return missed
+        return Recovered(epoch, last, missed)
+
+    async def read_history(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
+        if self._history is None:
+            return None
+        pub = self._publisher_or_fail()
+        try:
+            epoch, last, trimmed, entries = await self._read_history(pub, group_name, after, limit)
+        except (ConnectionLost, RedisError) as exc:
+            raise RegistryUnavailable(f"backplane unavailable: {exc}") from exc
+        return HistoryPage(epoch, trimmed + 1, last, self._entries(entries))
 
     @property
     def congested(self) -> bool:
@@ -358,6 +478,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         to connect has succeeded or failed. Each outage is logged once, and so is the
         reconnection."""
         self._config, self._counters = config, counters
+        self._history = HistoryLimits.of(config)
         self._courier = Courier(config.slow_member_timeout, counters)
         self._deliveries = Deliveries(config, counters, self._courier, self._delivered)
         # Longer than a receiving node may wait for a slow member of its own, so that a
@@ -406,6 +527,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             await nursery.start(pub.run, address, timeout)
             await nursery.start(sub.run, address, timeout)
             self._pub, self._sub, deliveries.nursery = pub, sub, nursery
+            if self._history is not None:
+                await self._load_scripts(pub)
             await self._register_node(sub)
             if self.outages:
                 logger.warning("backplane reconnected to %s:%d", address.host, address.port)
@@ -419,6 +542,33 @@ class RedisBackplane(NodeGroups[SharedGroup]):
                 self._task_status = None
             nursery.start_soon(self._heartbeat, pub, sub)
             nursery.start_soon(self._reaper, pub)
+            if self._history is not None:
+                nursery.start_soon(self._renew_histories, pub, self._history.ttl / 3)
+
+    async def _load_scripts(self, pub: RedisConnection) -> None:
+        """Load the history scripts (run by SHA1 from then on) and learn Redis's run id."""
+        info = await pub.call("INFO", "server")
+        if not isinstance(info, bytes):
+            raise RedisError(f"unexpected reply to INFO: {info!r}")
+        for line in info.decode(errors="replace").splitlines():
+            if line.startswith("run_id:"):
+                self._run_id = line[len("run_id:") :].strip()
+        if not self._run_id:
+            raise RedisError("INFO server gave no run_id")
+        for script in (scripts.SEQUENCE, scripts.HISTORY, scripts.DECLINED):
+            sha = await pub.call("SCRIPT", "LOAD", script)
+            if not isinstance(sha, bytes):
+                raise RedisError(f"unexpected reply to SCRIPT LOAD: {sha!r}")
+            self._shas[script] = sha.decode()
+
+    async def _renew_histories(self, pub: RedisConnection, period: float) -> None:
+        """Keep the histories of the groups with members here in Redis while they are
+        quiet: a history expires only when nobody is there to recover it."""
+        while True:
+            await trio.sleep(period)
+            for group in list(self._groups.values()):
+                if group.members:
+                    self._send(*self._history_args(scripts.HISTORY, group.name), -1, 0, 1)
 
     async def _register_node(self, sub: RedisConnection) -> None:
         """Announce this node, subscribe, and (after an outage) settle what happened
@@ -473,10 +623,15 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         return Split(self._node, max(0.0, trio.current_time() - since)).encode()
 
     async def _subscribe(self, group: SharedGroup) -> None:
-        sub = self._sub
-        if sub is None:
+        sub, pub = self._sub, self._pub
+        if sub is None or pub is None:
             raise ConnectionLost("the subscribing connection is gone")
+        group.mirror, group.early = None, []
         await sub.subscribe(self.names.group_channel(group.name))
+        if group.sequenced:
+            # Everything after this read comes on the channel, now that we follow it.
+            epoch, last, _, _ = await self._read_history(pub, group.name, -1, 0)
+            group.start_mirror(epoch, last)
         group.subscribed.set()
 
     async def _register(
@@ -631,7 +786,14 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         for group in list(self._groups.values()):
             group.subscribed.set()  # wakes joins waiting on it; they see the outage
             # (A group held for an API post has members elsewhere only: it spans too.)
-            if group.spans_nodes or group.holds or group.inbox or group.order.pending:
+            # (A sequenced group's order comes from Redis: its members here go too.)
+            if (
+                group.spans_nodes
+                or group.holds
+                or group.inbox
+                or group.order.pending
+                or group.sequenced
+            ):
                 # (Messages from other nodes still waiting here are dropped with Redis.)
                 if published_maybe_lost:
                     self._splits_due.setdefault(group.name, now)
@@ -645,6 +807,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             group.inbox_drained.set()
             if isinstance(group.floor.holder, RemoteStream):
                 group.floor.release(group.floor.holder)
+            group.mirror, group.early = None, []
+            group.changed()
         # Other nodes may be waiting on streams of ours (or claims they granted): they
         # are cut off once Redis is back (or when this node expires, if it never is).
         self._aborts_due.extend(self.turns.lose())
@@ -709,16 +873,51 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         elif type(message) is Split:
             if node != self._node:
                 self._split(group, message.seconds)
+        elif type(message) is Sequenced:
+            if group.sequenced:
+                await self._sequenced(group, message)
         else:
-            holder = group.floor.holder
-            if holder is None:
-                floor = Floor.FREE
-            elif isinstance(holder, RemoteStream):
-                floor = Floor.REMOTE
-            else:
-                floor = Floor.LOCAL
-            for action in group.order.receive(message, floor):
+            for action in group.order.receive(message, self._floor(group)):
                 await self._carry_out(group, node, action)
+
+    @staticmethod
+    def _floor(group: SharedGroup) -> Floor:
+        holder = group.floor.holder
+        if holder is None:
+            return Floor.FREE
+        if isinstance(holder, RemoteStream):
+            return Floor.REMOTE
+        return Floor.LOCAL
+
+    async def _sequenced(self, group: SharedGroup, message: Sequenced) -> None:
+        """Messages (or a stream's start) with their offsets in the group's history: in
+        the mirror, then to the members here, the sender's node included."""
+        inner = message.inner
+        granted = group.order.owner is None
+        if type(inner) is Messages:
+            offset = message.offset
+            for item in inner.messages:
+                item.offset = offset
+                offset += 1
+        elif type(inner) is StreamStart:
+            inner.head.offset = message.offset
+            claim = self.turns.claims.get(inner.stream_id) if inner.node == self._node else None
+            if claim is not None:
+                claim.head.offset = message.offset  # (its member's own head)
+            if not granted and inner.node == self._node:
+                # The gap our claim left in the history is no message.
+                meta = self.names.history_keys(group.name)[0]
+                self._send("EVALSHA", self._shas[scripts.DECLINED], 1, meta, message.offset)
+        if not group.record(message, granted):
+            self._close_group(group, "the group's history was lost in Redis: epoch changed")
+        if inner is not None:
+            group.handing += 1
+            try:
+                for action in group.order.receive(inner, self._floor(group), sequenced=True):
+                    await self._carry_out(group, message.node, action)
+            finally:
+                group.handing -= 1
+        group.changed()
 
     async def _carry_out(self, group: SharedGroup, node: bytes, action: Action) -> None:
         """Do what the group's channel order decided, for the members here."""
@@ -743,7 +942,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             if action.head.to is not None:
                 # Addressed to one member: to it alone, if it is here (else nobody:
                 # the stream only takes its turn on this node).
-                target = group.members.get(action.head.to)
+                target = group.reachable(action.head.to)
                 recipients = () if target is None else ((target.encoding, (target,)),)
             if action.conflict:
                 self._close_group(group, "two messages streamed at once across an outage")

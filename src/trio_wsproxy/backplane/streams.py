@@ -81,11 +81,13 @@ class Claim:
     """A member of this node asking for its group's turn to stream; decided in channel
     order when its start comes back from Redis."""
 
-    __slots__ = ("accepted", "decided", "group_name", "member")
+    __slots__ = ("accepted", "decided", "group_name", "head", "member")
 
-    def __init__(self, group_name: str, member: Member) -> None:
+    def __init__(self, group_name: str, member: Member, head: StreamHead) -> None:
         self.group_name = group_name
         self.member = member
+        #: The head of the message it is for (its offset is set when Redis gives one).
+        self.head = head
         self.accepted = False
         self.decided = trio.Event()
 
@@ -98,6 +100,10 @@ class Link(Protocol):
 
     def send_to_group(self, group_name: str, data: bytes) -> None:
         """Publish on a group's channel, without waiting (a no-op while Redis is away)."""
+
+    async def publish_claim(self, group: Group, start: StreamStart) -> object:
+        """Publish a stream's start on the group's channel; Redis's count of receivers
+        comes back (raises ConnectionLost or RedisError)."""
 
 
 class Turns:
@@ -125,14 +131,12 @@ class Turns:
         floor held by ``member``, or None while Redis is down (the group then lives on
         this node only)."""
         node = self._node
-        while (pub := self._link.publisher()) is not None:
+        while self._link.publisher() is not None:
             stream_id = next(self._ids)
-            claim = self.claims[stream_id] = Claim(group.name, member)
+            claim = self.claims[stream_id] = Claim(group.name, member, head)
             try:
-                receivers = await pub.call(
-                    "PUBLISH",
-                    self._channel(group.name),
-                    StreamStart(node, stream_id, head).encode(),
+                receivers = await self._link.publish_claim(
+                    group, StreamStart(node, stream_id, head)
                 )
                 await claim.decided.wait()
                 if claim.accepted:

@@ -23,6 +23,14 @@ On a group's channel::
     J  MemberJoined  u16 owner length, owner, member id (rest)
     L  MemberLeft    u16 owner length, owner, member id (rest)
     Z  Split         f64 seconds
+    O  Sequenced     epoch (16 bytes, ASCII), offset (20 ASCII decimal digits), then
+                     an M or S of the same node (rest), or nothing (an epoch's start)
+
+``O`` is built by Redis (``backplane/scripts.py``), not by a node: with history on, a
+node's M and S go through a script that gives them the group's next offsets and
+publishes them wrapped so, in the order of their offsets. ``offset`` is the first
+message's (M) or the stream's (S); an ``O`` with nothing inside announces a new epoch
+(offset 0: the history starts over).
 
 On a node's own channel::
 
@@ -57,12 +65,15 @@ __all__ = [
     "NodeMessageError",
     "Remove",
     "Replace",
+    "Sequenced",
     "Split",
     "StreamAbort",
     "StreamPiece",
     "StreamStart",
     "decode",
+    "encode_bodies",
     "encode_messages",
+    "stored_message",
 ]
 
 #: Bytes in a node id, right after the kind byte of every message.
@@ -96,6 +107,10 @@ _Z = b"Z"
 _R = b"R"
 _K = b"K"
 _A = b"A"
+_O = b"O"
+#: Bytes of a history's epoch (16 hex digits) and of an offset in ``O`` (20 digits).
+EPOCH_LENGTH = 16
+_OFFSET_DIGITS = 20
 
 
 class NodeMessageError(ValueError):
@@ -293,6 +308,29 @@ class Ack:
         return b"".join([_A, self.node, _PIECE_ID.pack(self.stream_id, self.piece)])
 
 
+def _epoch(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if len(value) != EPOCH_LENGTH or not value.isascii() or not value.isalnum():
+        raise ValueError(f"an epoch is {EPOCH_LENGTH} ASCII letters or digits, not {value!r}")
+
+
+@attrs.frozen
+class Sequenced:
+    """Whole messages or a stream's start, with their place in the group's history as
+    Redis gave it: the history's ``epoch`` and the ``offset`` of the first (``inner``
+    None: the history of the group starts over, with this epoch)."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    epoch: str = attrs.field(validator=_epoch)
+    offset: int = attrs.field(validator=_u64)
+    inner: Messages | StreamStart | None
+
+    def encode(self) -> bytes:
+        """(Redis builds these; this is for tests, and says what the script does.)"""
+        inner = b"" if self.inner is None else self.inner.encode()
+        digits = str(self.offset).rjust(_OFFSET_DIGITS, "0").encode()
+        return b"".join([_O, self.node, self.epoch.encode(), digits, inner])
+
+
 #: Any message one node sends another.
 NodeMessage: TypeAlias = (
     Messages
@@ -305,6 +343,7 @@ NodeMessage: TypeAlias = (
     | Replace
     | Remove
     | Ack
+    | Sequenced
 )
 
 
@@ -338,6 +377,30 @@ def encode_messages(node: bytes, messages: Sequence[Message]) -> bytes:
         # Diagnosed only after the fact, so that the loop above stays free of checks.
         raise ValueError(_unencodable(messages)) from None
     return b"".join(parts)
+
+
+def encode_bodies(messages: Sequence[Message]) -> list[bytes]:
+    """Each message's part of an M, on its own: what a history keeps of it, and what the
+    sequencing script joins into an M behind :func:`messages_header`."""
+    return [encode_messages(_NO_NODE, [message])[_BODY:] for message in messages]
+
+
+def messages_header(node: bytes, count: int) -> bytes:
+    """The start of an M of ``count`` messages from ``node``, before their bodies."""
+    return b"".join([_M, node, _U32.pack(count)])
+
+
+def stored_message(body: bytes) -> Message:
+    """The message whose body (:func:`encode_bodies`) a history kept."""
+    decoded = decode(messages_header(_NO_NODE, 1) + body)
+    if type(decoded) is not Messages or len(decoded.messages) != 1:  # pragma: no cover
+        raise NodeMessageError("a kept message is one message's body")
+    return decoded.messages[0]
+
+
+_NO_NODE = b"0" * NODE_ID_LENGTH
+# Where the bodies of an M start.
+_BODY = _HEADER + _U32.size
 
 
 def _unencodable(messages: Sequence[Message]) -> str:
@@ -522,6 +585,28 @@ def _decode_ack(buffer: _Buffer, node: bytes, size: int) -> Ack:
     return Ack(node, stream_id, piece)
 
 
+def _decode_sequenced(buffer: _Buffer, node: bytes, size: int) -> Sequenced:
+    start = _HEADER + EPOCH_LENGTH + _OFFSET_DIGITS
+    if size < start:
+        raise NodeMessageError(f"O: the epoch and offset are cut off ({size - _HEADER} of 36)")
+    epoch = str(buffer[_HEADER : _HEADER + EPOCH_LENGTH], "ascii", "replace")
+    digits = bytes(buffer[_HEADER + EPOCH_LENGTH : start])
+    if not digits.isdigit():
+        raise NodeMessageError(f"O: the offset is not {_OFFSET_DIGITS} digits: {digits!r}")
+    inner: Messages | StreamStart | None = None
+    if size > start:
+        decoded = decode(memoryview(buffer)[start:])
+        if not isinstance(decoded, Messages | StreamStart):
+            raise NodeMessageError(f"O: holds {bytes(buffer[start : start + 1])!r}, not M or S")
+        if decoded.node != node:
+            raise NodeMessageError("O: holds another node's message")
+        inner = decoded
+    try:
+        return Sequenced(node, epoch, int(digits), inner)
+    except ValueError as exc:
+        raise NodeMessageError(f"O: {exc}") from None
+
+
 _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _M[0]: _decode_messages,
     _S[0]: _decode_start,
@@ -534,4 +619,5 @@ _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _R[0]: _decode_replace,
     _K[0]: _decode_remove,
     _A[0]: _decode_ack,
+    _O[0]: _decode_sequenced,
 }

@@ -263,22 +263,17 @@ class Api:
     async def _history(self, call: _Call, params: list[str]) -> None:
         (group,) = params
         since, limit = _history_query(call)
-        histories = self._host.histories
-        if histories is None:
+        page = await self._host.registry.read_history(group, since, limit)
+        if page is None:
             raise ApiError(
                 HTTPStatus.NOT_FOUND, "this relay keeps no history: start it with --history-size"
             )
-        history = histories.get(group)
-        if history is None:  # (no message yet, and no member: nothing is made for a read)
-            body: dict[str, object] = {"epoch": None, "first": 1, "last": 0, "messages": []}
-        else:
-            entries = history.read(since, limit)
-            body = {
-                "epoch": history.epoch,
-                "first": history.first,
-                "last": history.last,
-                "messages": [_history_entry(offset, message) for offset, message in entries],
-            }
+        body = {
+            "epoch": page.epoch,
+            "first": page.first,
+            "last": page.last,
+            "messages": [_history_entry(offset, message) for offset, message in page.entries],
+        }
         await _send_json(call, HTTPStatus.OK, body)
 
     async def _remove(self, call: _Call, params: list[str]) -> None:

@@ -267,11 +267,6 @@ class RelayConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.history_size is not None and self.backplane is not None:
-            raise ValueError(
-                "history with a backplane is not available yet: a cluster's history must "
-                "live in Redis; use history on a single relay"
-            )
         if self.workers > 1 and self.backplane is None:
             raise ValueError("workers > 1 needs a backplane: without one, each is its own relay")
         if (self.certfile is None) != (self.keyfile is None):

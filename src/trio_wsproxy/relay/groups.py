@@ -11,7 +11,7 @@ nothing here.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, MutableSequence
+from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -21,8 +21,10 @@ from ..protocol.close_codes import CloseCode
 from ..protocol.encoding import Encoding
 from ..protocol.message import Message, StreamHead
 from .floor import Floor
+from .history import CatchUp, Histories, HistoryLimits, HistoryPage, catch_up
 
 if TYPE_CHECKING:
+    from ..protocol import v1
     from ..protocol.assembly import Piece
     from .config import RelayConfig
     from .counters import Counters
@@ -129,7 +131,7 @@ class Group:
         audiences = self._audiences
         if audiences is None:
             by_encoding: dict[Encoding, list[Member]] = {}
-            for member in self.members.values():
+            for member in self._reachable():
                 by_encoding.setdefault(member.encoding, []).append(member)
             audiences = tuple((enc, tuple(members)) for enc, members in by_encoding.items())
             self._audiences = audiences
@@ -141,9 +143,18 @@ class Group:
         membership changes."""
         listeners = self._listeners
         if listeners is None:
-            listeners = tuple(m for m in self.members.values() if m.encoding.presence)
+            listeners = tuple(m for m in self._reachable() if m.encoding.presence)
             self._listeners = listeners
         return listeners
+
+    def _reachable(self) -> Iterable[Member]:
+        """The members that messages and presence events go to now (all of them here;
+        a distributed group leaves out those still catching up with its history)."""
+        return self.members.values()
+
+    def refresh_views(self) -> None:
+        """Membership (or who is reachable) changed: fan-out's views are rebuilt."""
+        self._sessions = self._audiences = self._listeners = None
 
     @property
     def size(self) -> int:
@@ -166,18 +177,30 @@ class Group:
 
     def add(self, member: Member) -> None:
         self.members[member.id] = member
-        self._sessions = self._audiences = self._listeners = None
+        self.refresh_views()
         self.listener_count += member.encoding.presence
 
     def remove(self, member: Member) -> bool:
         if self.members.get(member.id) is not member:
             return False
         del self.members[member.id]
-        self._sessions = self._audiences = self._listeners = None
+        self.refresh_views()
         self.listener_count -= member.encoding.presence
         return True
 
+    async def catch_up(self, member: Member, since: v1.Position | None) -> CatchUp:
+        """``member`` has just joined: where the group's history is, and, if it named a
+        position (``since``), what it missed since. Whatever comes back is queued for it
+        before anything live (here: nothing is awaited, so nothing comes between)."""
+        return catch_up(self.history, since, member.id)
+
     # -- beyond this node: nothing to do in-process -------------------------------------
+
+    #: Whether the group itself delivers its messages to its members here, in the order
+    #: its history gives them, the sender's node included (a cluster keeping history):
+    #: then a sender only hands its messages over (the courier's outbox). (A class
+    #: attribute, as :attr:`congested` is.)
+    sequenced: bool = False
 
     #: Whether what this node sends the group's other nodes has backed up, so that
     #: senders should wait (:meth:`wait_uncongested`) before they send more. (A class
@@ -260,6 +283,10 @@ class GroupRegistry(Protocol):
 
     # -- the whole cluster's view (the HTTP API's; in-process, this node's) --------------
     # Each raises RegistryUnavailable when the registry cannot answer for every node.
+
+    async def read_history(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
+        """Up to ``limit`` entries of the group's history after offset ``after`` (None:
+        the relay keeps no history)."""
 
     async def cluster_groups(self) -> dict[str, int]:
         """Every group with members, on any node, with its number of members."""
@@ -367,13 +394,22 @@ class NodeGroups(Generic[GroupT]):
 
 
 class LocalRegistry(NodeGroups[Group]):
-    """The in-process registry: every member of every group is in this process."""
+    """The in-process registry: every member of every group is in this process, and so
+    is every group's history (with ``RelayConfig.history_size``)."""
 
     metric_label = "LocalRegistry"
     up = True
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: The groups' recent messages, for members that reconnect (see history.py).
+        self.histories: Histories | None = None
+
     def _new_group(self, name: str) -> Group:
-        return Group(name)
+        group = Group(name)
+        if self.histories is not None:
+            self.histories.attach(group)
+        return group
 
     async def run(
         self,
@@ -382,10 +418,21 @@ class LocalRegistry(NodeGroups[Group]):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        limits = HistoryLimits.of(config)
+        histories = self.histories = None if limits is None else Histories(limits)
         task_status.started()  # nothing to connect to or keep up
+        if histories is None:
+            return
+        # Histories of groups without members go a while after their last message.
+        while True:
+            await trio.sleep(histories.limits.ttl / 4)
+            histories.expire(trio.current_time(), lambda name: name in self._groups)
 
     async def join(self, member: Member) -> Group:
         return self._add(member)
+
+    async def read_history(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
+        return None if self.histories is None else self.histories.page(group_name, after, limit)
 
     def leave(self, member: Member) -> None:
         self._remove(member)

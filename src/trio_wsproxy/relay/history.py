@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import collections
 import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import trio
 
@@ -26,20 +26,26 @@ from ..protocol import v1
 
 if TYPE_CHECKING:
     from ..protocol.message import Message
+    from .config import RelayConfig
 
 
 class History:
-    """One group's recent messages: (offset, when, message or None when too large)."""
+    """One group's recent messages: (offset, when, message or None when too large).
+
+    On a single relay it gives the offsets (:meth:`record`). On a cluster's node it is
+    that node's copy of the tail of the group's history in Redis, from the offsets Redis
+    gave (:meth:`put`, :meth:`skip`): ``epoch`` and ``last`` are then Redis's, and
+    offsets up to ``first - 1`` are to be read from Redis."""
 
     __slots__ = ("_bytes", "_entries", "_limits", "epoch", "first", "last", "touched")
 
-    def __init__(self, limits: HistoryLimits) -> None:
+    def __init__(self, limits: HistoryLimits, epoch: str | None = None, last: int = 0) -> None:
         self._limits = limits
         #: New for every history made: positions of another epoch cannot be recovered.
-        self.epoch = secrets.token_hex(8)
+        self.epoch = secrets.token_hex(8) if epoch is None else epoch
         #: The last offset given out (0: none yet), and the first one still kept.
-        self.last = 0
-        self.first = 1
+        self.last = last
+        self.first = last + 1
         self._entries: collections.deque[tuple[int, float, Message | None]] = collections.deque()
         self._bytes = 0
         #: When a message was last recorded (trio clock): idle histories expire.
@@ -61,13 +67,26 @@ class History:
         return self._append(None)
 
     def _append(self, kept: Message | None) -> int:
-        self.last += 1
-        now = self.touched = trio.current_time()
-        self._entries.append((self.last, now, kept))
-        if kept is not None:
-            self._bytes += len(kept.payload)
-        self._trim(now)
+        self.put(self.last + 1, kept)
         return self.last
+
+    def put(self, offset: int, message: Message | None) -> None:
+        """Keep ``message`` at ``offset`` (after the last), if it fits the byte bound;
+        None, or a message too large: a gap there."""
+        if message is not None and len(message.payload) > self._limits.max_bytes:
+            message = None
+        self.last = offset
+        now = self.touched = trio.current_time()
+        self._entries.append((offset, now, message))
+        if message is not None:
+            self._bytes += len(message.payload)
+        self._trim(now)
+
+    def skip(self, offset: int) -> None:
+        """Nothing is at ``offset`` (a stream's claim that was declined), the last now."""
+        self.last = offset
+        if not self._entries:
+            self.first = offset + 1
 
     def _trim(self, now: float) -> None:
         limits, entries = self._limits, self._entries
@@ -89,15 +108,14 @@ class History:
             return v1.EPOCH_CHANGED
         if position.offset < self.first - 1:
             return v1.POSITION_TOO_OLD
-        missed: list[Message] = []
-        for offset, _, message in self._entries:
-            if offset <= position.offset:
-                continue
-            if message is None:
-                return v1.MESSAGE_TOO_LARGE
-            if message.to == member_id or (message.to is None and message.sender != member_id):
-                missed.append(message)
-        return missed
+        return missed_by(
+            ((offset, message) for offset, _, message in self._entries), position.offset, member_id
+        )
+
+    def covers(self, position: v1.Position) -> bool:
+        """Whether every message after ``position`` up to the last is here."""
+        self._trim(trio.current_time())
+        return position.epoch == self.epoch and self.first - 1 <= position.offset <= self.last
 
     def read(self, after: int, limit: int) -> list[tuple[int, Message | None]]:
         """Up to ``limit`` kept entries with offsets after ``after``, in order: (offset,
@@ -110,6 +128,60 @@ class History:
                 if len(found) == limit:
                     break
         return found
+
+
+def missed_by(
+    entries: Iterable[tuple[int, Message | None]], after: int, member_id: str
+) -> list[Message] | str:
+    """Of ``entries`` (offset, message or None for a gap, in order), the messages after
+    offset ``after`` that ``member_id`` is to get (those to the group but its own, and
+    those to it alone); or MESSAGE_TOO_LARGE when a gap is among them."""
+    missed: list[Message] = []
+    for offset, message in entries:
+        if offset <= after:
+            continue
+        if message is None:
+            return v1.MESSAGE_TOO_LARGE
+        if message.to == member_id or (message.to is None and message.sender != member_id):
+            missed.append(message)
+    return missed
+
+
+class CatchUp(NamedTuple):
+    """What a joining member is told, and given, from its group's history."""
+
+    #: Where the group is as the member joins (None: the group keeps no history).
+    position: v1.Position | None
+    #: The answer to the position the member named (None: it named none).
+    recovery: v1.Recovery | None
+    #: What it missed, in order, to be queued ahead of anything live.
+    missed: list[Message]
+
+
+def catch_up(history: History | None, since: v1.Position | None, member_id: str) -> CatchUp:
+    """A member ``member_id`` joins a group whose history is ``history`` (None: off),
+    naming ``since`` (None: nothing to recover)."""
+    if history is None:
+        recovery = None if since is None else v1.Recovery(False, 0, v1.NO_HISTORY)
+        return CatchUp(None, recovery, [])
+    if since is None:
+        return CatchUp(history.position, None, [])
+    found = history.since(since, member_id)
+    if isinstance(found, str):
+        return CatchUp(history.position, v1.Recovery(False, 0, found), [])
+    return CatchUp(history.position, v1.Recovery(True, len(found)), found)
+
+
+class HistoryPage(NamedTuple):
+    """A read of a group's history for back ends (the HTTP API)."""
+
+    #: The history's epoch (None: the group has none yet).
+    epoch: str | None
+    #: The first offset still kept, and the last one given out.
+    first: int
+    last: int
+    #: (offset, message, or None for one too large to keep), in order.
+    entries: list[tuple[int, Message | None]]
 
 
 class Kept(Protocol):
@@ -125,6 +197,13 @@ class HistoryLimits:
     """The bounds of every group's history (``RelayConfig.history_*``)."""
 
     __slots__ = ("max_bytes", "size", "ttl")
+
+    @classmethod
+    def of(cls, config: RelayConfig) -> HistoryLimits | None:
+        """The bounds ``config`` sets (None: history is off)."""
+        if config.history_size is None:
+            return None
+        return cls(config.history_size, config.history_ttl, config.history_bytes)
 
     def __init__(self, size: int, ttl: float, max_bytes: int) -> None:
         self.size = size
@@ -161,6 +240,14 @@ class Histories:
     def get(self, group_name: str) -> History | None:
         """The group's history, if it has one (none is made)."""
         return self._by_group.get(group_name)
+
+    def page(self, group_name: str, after: int, limit: int) -> HistoryPage:
+        """Up to ``limit`` entries of the group's history after offset ``after``."""
+        history = self._by_group.get(group_name)
+        if history is None:  # (no message yet, and no member: nothing is made for a read)
+            return HistoryPage(None, 1, 0, [])
+        entries = history.read(after, limit)
+        return HistoryPage(history.epoch, history.first, history.last, entries)
 
     def expire(self, now: float, has_members: Callable[[str], bool]) -> None:
         """Drop the histories of groups without members (``has_members(name)`` false)

@@ -10,7 +10,6 @@ if TYPE_CHECKING:
     from .config import RelayConfig
     from .counters import Counters
     from .groups import GroupRegistry
-    from .history import Histories
 
 
 class RelayCore(Protocol):
@@ -29,7 +28,3 @@ class RelayCore(Protocol):
     @property
     def budget(self) -> TurnBudget:
         """The relay's fan-out budget per scheduling turn."""
-
-    @property
-    def histories(self) -> Histories | None:
-        """The groups' histories (None: history is off)."""

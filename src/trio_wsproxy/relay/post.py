@@ -37,8 +37,6 @@ class Poster:
         counters = relay.counters
         self.id = BACK_END
         self.group_name = group.name
-        if relay.histories is not None:
-            relay.histories.attach(group)
         self.mailbox = Mailbox(0)  # (never a recipient: it is in no member list)
         self.joined_at = trio.current_time()
         self._group = group
@@ -88,6 +86,9 @@ class Poster:
         audiences = self._audiences(message.to)
         if group.history is not None:
             group.history.record(message)
+        if group.sequenced:
+            # The group delivers it, here too, in its history's order (see Group).
+            audiences = ()
         if message.to is None or not audiences:
             courier.outbox.append(message)  # to the group's members on other nodes
         for encoding, members in audiences:

@@ -29,7 +29,6 @@ from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
 from .groups import GroupRegistry
-from .history import Histories, HistoryLimits
 from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -93,14 +92,6 @@ class Relay:
         self.budget = TurnBudget()
         #: The bound on unfinished messages of all sessions together (see memory.py).
         self.buffers = BufferBudget(config.max_buffered_bytes)
-        #: The groups' recent messages, for members that reconnect (see history.py).
-        self.histories = (
-            None
-            if config.history_size is None
-            else Histories(
-                HistoryLimits(config.history_size, config.history_ttl, config.history_bytes)
-            )
-        )
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
         self.presence = Presence(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)
@@ -319,12 +310,9 @@ class Relay:
         if interval is not None:
             periods += [interval, timeout]
         tick = min(periods) / 4
-        histories = self.histories
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
-            if histories is not None:
-                histories.expire(now, lambda name: self.registry.group(name) is not None)
             for session in list(self.sessions):
                 session.watch(now)
                 if interval is not None:

@@ -34,6 +34,7 @@ from ..protocol.ratelimit import TokenBucket
 from .budget import SMALL, TEARDOWN
 from .fanout import Courier, cut_off
 from .groups import NO_OUTBOUND, Audience, Group, Outbound
+from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
@@ -225,10 +226,9 @@ class Session:
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
-        if relay.histories is not None:
-            relay.histories.attach(group)
+        catch = await group.catch_up(self, self._since)
         if self._v1:
-            self._welcome(group)
+            self._welcome(group, catch)
         relay.presence.changed(group, self.id, joined=True)
         relay.membership_changed()
         if self._close is not None:
@@ -240,27 +240,13 @@ class Session:
             logger.info("%r joined", self, extra=self._log_fields())
         return None
 
-    def _welcome(self, group: Group) -> None:
+    def _welcome(self, group: Group, catch: CatchUp) -> None:
         """Welcome a v1 member: with history, the group's position, and for a member
         that named its position, every message it missed, queued right after the welcome
-        and before anything live (nothing is awaited from its joining to here)."""
-        history, since = group.history, self._since
-        if history is None:
-            recovery = None if since is None else v1.Recovery(False, 0, v1.NO_HISTORY)
-            self._relay.presence.welcome(self, group, None, recovery)
-            return
-        missed: list[Message] = []
-        recovery = None
-        if since is not None:
-            found = history.since(since, self.id)
-            if isinstance(found, str):
-                recovery = v1.Recovery(False, 0, found)
-            else:
-                missed = found
-                recovery = v1.Recovery(True, len(missed))
-        self._relay.presence.welcome(self, group, history.position, recovery)
+        and before anything live (nothing is awaited from its catching up to here)."""
+        self._relay.presence.welcome(self, group, catch.position, catch.recovery)
         mailbox, encoding = self.mailbox, self.encoding
-        for message in missed:  # (bounded by history_bytes: past the mailbox's bound)
+        for message in catch.missed:  # (bounded by history_bytes: past the mailbox's bound)
             mailbox.offer_control(encoding.message(message))
 
     async def run(self) -> None:
@@ -601,6 +587,10 @@ class Session:
         if message.to is not None:
             await self._direct(message, group)
             return
+        if group.sequenced:
+            # The group delivers it, here too, in its history's order (see Group).
+            self._courier.outbox.append(message)
+            return
         history = group.history
         if history is not None:
             history.record(message)  # (its offset, before the offers: see history.py)
@@ -676,8 +666,11 @@ class Session:
             return
         if group.history is not None:
             group.history.record(message)
-        self._counters.deliveries += 1
         courier = self._courier
+        if group.sequenced:
+            courier.outbox.append(message)  # the group delivers it (see Group.sequenced)
+            return
+        self._counters.deliveries += 1
         if not audiences:
             courier.outbox.append(message)  # in order with the sender's other messages
             return

@@ -1,0 +1,460 @@
+"""History and recovery across relay nodes on one Redis (DESIGN.md §7), over real
+sockets against a real Redis: offsets that every node agrees on, recovery on any node
+(after a drop, a 4001, a node killed with -9), exactly once and in order with live
+traffic, and an epoch that changes when Redis loses the history."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import trio
+
+import trio_wsproxy
+from httpapi import call
+from loglines import LogLines
+from redisserver import RedisServer, redis_call
+from relayproc import start_relay
+from test_backplane import backplane, caught_up, cluster, join, kill
+from test_v1 import next_message, v1_member
+from trio_wsproxy import CloseCode, Relay
+from trio_wsproxy.protocol import v1
+from wsraw import OP_BINARY, OP_TEXT, RawClient
+
+HISTORY: dict[str, Any] = {"history_size": 10_000}
+
+
+async def gone(node: Relay, client: RawClient, group: str = "g") -> None:
+    """Drop ``client``'s connection to ``node`` (no close frame); wait until it knows."""
+    before = node.group_size(group)
+    await client.stream.aclose()
+    with trio.fail_after(10):
+        await node.wait_members(before - 1, group)
+
+
+def offsets_of(received: list[tuple[int, v1.From, bytes]]) -> list[int | None]:
+    return [header.offset for _, header, _ in received]
+
+
+async def test_every_node_gives_the_same_offsets_and_delivers_its_own_members_too(
+    redis_url: str, prefix: str
+) -> None:
+    async with cluster(redis_url, prefix, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome_a = await v1_member(a, "alice")
+            near, _ = await v1_member(a, "near")  # on the sender's node
+            far, welcome_b = await v1_member(b, "far")
+            plain = await join(b, "plain")
+            await caught_up([a.port, b.port])
+            # One history for the group, whichever node a member joined.
+            assert welcome_a.position is not None and welcome_b.position is not None
+            assert welcome_a.position.epoch == welcome_b.position.epoch
+            epoch = welcome_a.position.epoch
+            for n in range(5):
+                await alice.send_frame(OP_TEXT, f"\na{n}".encode())
+                await far.send_frame(OP_BINARY, f"\nb{n}".encode())
+            got_near = [await next_message(near) for _ in range(10)]
+            # The offsets are one sequence, 1 to 10, the same on both nodes; each sender's
+            # order holds; nobody gets its own messages back.
+            assert sorted(offsets_of(got_near)) == list(range(1, 11))  # type: ignore[type-var]
+            assert offsets_of(got_near) == sorted(offsets_of(got_near))  # type: ignore[type-var]
+            by_offset = {h.offset: (h.sender, p) for _, h, p in got_near}
+            got_far = [await next_message(far) for _ in range(5)]
+            assert [(h.sender, p) for _, h, p in got_far] == [
+                ("alice", f"a{n}".encode()) for n in range(5)
+            ]
+            assert all(by_offset[h.offset] == (h.sender, p) for _, h, p in got_far)
+            got_alice = [await next_message(alice) for _ in range(5)]
+            assert all(by_offset[h.offset] == (h.sender, p) for _, h, p in got_alice)
+            assert [p for _, _, p in got_alice] == [f"b{n}".encode() for n in range(5)]
+            # Plain members get bare payloads, in the same order.
+            got_plain = [await plain.recv_message() for _ in range(10)]
+            assert [p for _, p in got_plain] == [p for _, _, p in got_near]
+            # A member that joins now learns where the group is.
+            late, welcome = await v1_member(b, "late")
+            assert welcome.position == v1.Position(epoch, 10)
+    for client in (alice, near, far, plain, late):
+        await client.aclose()
+
+
+async def test_a_member_that_drops_recovers_on_another_node(redis_url: str, prefix: str) -> None:
+    async with cluster(redis_url, prefix, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome = await v1_member(a, "alice")
+            bob, _ = await v1_member(b, "bob")
+            carol, _ = await v1_member(a, "carol")
+            await caught_up([a.port, b.port])
+            await bob.send_frame(OP_TEXT, b"\nm1")
+            assert (await next_message(alice))[1].offset == 1
+            assert welcome.position is not None
+            epoch = welcome.position.epoch
+            await gone(a, alice)
+            # While alice is away: from both nodes, one to bob alone, one to alice alone
+            # is refused (she is gone), and alice's own old message is not replayed.
+            await bob.send_frame(OP_BINARY, b"\n\x00m2")
+            await next_message(carol)  # (m1)
+            await next_message(carol)  # m2 is in, before carol's m3: one order for both
+            await carol.send_frame(OP_TEXT, b"\nm3")
+            await carol.send_frame(OP_TEXT, b'{"to":"bob"}\nfor bob')
+            assert [p for _, _, p in [await next_message(bob) for _ in range(2)]] == [
+                b"m3",
+                b"for bob",
+            ]
+            alice, again = await v1_member(b, "alice", since=f"{epoch}:1")
+            assert again.recovery == v1.Recovery(True, 2)
+            assert again.position == v1.Position(epoch, 4)
+            await carol.send_frame(OP_TEXT, b"\nlive")
+            got = [await next_message(alice) for _ in range(3)]
+            assert got == [
+                (OP_BINARY, v1.From("bob", offset=2), b"\x00m2"),
+                (OP_TEXT, v1.From("carol", offset=3), b"m3"),
+                (OP_TEXT, v1.From("carol", offset=5), b"live"),
+            ]
+    for client in (alice, bob, carol):
+        await client.aclose()
+
+
+@pytest.mark.parametrize("where", ["b", "a"])  # the member joins the other node, or the same
+async def test_a_quiet_member_recovers_and_a_position_the_history_lost_is_reported(
+    redis_url: str, prefix: str, where: str
+) -> None:
+    async with cluster(redis_url, prefix, history_size=3) as (a, b):
+        again_node = b if where == "b" else a
+        with trio.fail_after(30):
+            quiet, welcome = await v1_member(a, "quiet")  # it never gets a message
+            assert welcome.position is not None
+            plain = await join(b, "plain")
+            await caught_up([a.port, b.port])
+            await gone(a, quiet)
+            await plain.send_frame(OP_TEXT, b"m1")
+            await caught_up([a.port, b.port])
+            quiet, again = await v1_member(again_node, "quiet", since=welcome.position.token())
+            assert again.recovery == v1.Recovery(True, 1)
+            assert await next_message(quiet) == (
+                OP_TEXT, v1.From("plain", offset=welcome.position.offset + 1), b"m1"
+            )  # fmt: skip
+            await gone(again_node, quiet)
+            for n in range(5):  # more than the history keeps
+                await plain.send_frame(OP_TEXT, f"m{n}".encode())
+            await caught_up([a.port, b.port])
+            quiet, again = await v1_member(again_node, "quiet", since=welcome.position.token())
+            assert again.recovery == v1.Recovery(False, 0, v1.POSITION_TOO_OLD)
+            assert again.position == v1.Position(welcome.position.epoch, 6)
+            # Nothing is replayed: the next message is live.
+            await plain.send_frame(OP_TEXT, b"live")
+            assert await next_message(quiet) == (OP_TEXT, v1.From("plain", offset=7), b"live")
+            # A position of another epoch, or beyond the history, cannot be recovered.
+            for since in ("feedfacefeedface:1", f"{welcome.position.epoch}:99"):
+                await gone(again_node, quiet)
+                quiet, again = await v1_member(again_node, "quiet", since=since)
+                assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
+    for client in (quiet, plain):
+        await client.aclose()
+
+
+async def test_messages_too_large_to_keep_and_streamed_ones_take_offsets_but_stop_recovery(
+    redis_url: str, prefix: str
+) -> None:
+    big = bytes(3 * 1024 * 1024)  # streams through Redis in pieces
+    async with cluster(redis_url, prefix, history_size=100, history_bytes=1000) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome = await v1_member(a, "alice")
+            assert welcome.position is not None
+            epoch = welcome.position.epoch
+            bob, _ = await v1_member(b, "bob")
+            carol, _ = await v1_member(a, "carol")
+            dave, _ = await v1_member(b, "dave")
+            await caught_up([a.port, b.port])
+            await bob.send_frame(OP_BINARY, b"\n" + big)
+            # The streamed message has its offset on both nodes, the sender's too.
+            assert await next_message(alice) == (OP_BINARY, v1.From("bob", offset=1), big)
+            assert await next_message(carol) == (OP_BINARY, v1.From("bob", offset=1), big)
+            assert await next_message(dave) == (OP_BINARY, v1.From("bob", offset=1), big)
+            await gone(a, alice)
+            await bob.send_frame(OP_BINARY, b"\n" + bytes(2000))  # over history_bytes
+            await carol.send_frame(OP_TEXT, b"\nsmall")
+            await carol.send_frame(OP_BINARY, b"\n" + big)  # streamed, from the other node
+            await carol.send_frame(OP_TEXT, b"\nafter")
+            got = [await next_message(bob) for _ in range(3)]
+            assert offsets_of(got) == [3, 4, 5]
+            got = [await next_message(dave) for _ in range(4)]
+            assert offsets_of(got) == [2, 3, 4, 5]
+            alice, again = await v1_member(b, "alice", since=f"{epoch}:1")
+            assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
+            await gone(b, alice)
+            alice, again = await v1_member(a, "alice", since=f"{epoch}:2")
+            assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
+            await gone(a, alice)
+            alice, again = await v1_member(b, "alice", since=f"{epoch}:4")
+            assert again.recovery == v1.Recovery(True, 1)
+            assert await next_message(alice) == (OP_TEXT, v1.From("carol", offset=5), b"after")
+    for client in (alice, bob, carol, dave):
+        await client.aclose()
+
+
+async def test_concurrent_senders_on_three_nodes_and_a_member_hopping_nodes_miss_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    """Three senders on three nodes send at once while a member reads a stretch, drops,
+    and comes back on the next node naming its last offset, again and again: across its
+    connections it gets every message exactly once (one offset after another) and each
+    sender's in the order sent."""
+    per_sender = 300
+    async with cluster(redis_url, prefix, count=3, **HISTORY) as nodes:
+        with trio.fail_after(60):
+            senders = [await join(node, f"s{i}") for i, node in enumerate(nodes)]
+            member, welcome = await v1_member(nodes[0], "member")
+            assert welcome.position is not None
+            position = welcome.position
+            await caught_up([node.port for node in nodes])
+            received: list[tuple[int, str, int]] = []  # offset, sender, number
+
+            async def send(client: RawClient) -> None:
+                for n in range(per_sender):
+                    await client.send_frame(OP_TEXT, str(n).encode())
+                    if n % 25 == 0:
+                        await trio.lowlevel.checkpoint()
+
+            hops = itertools.cycle(nodes[1:] + nodes[:1])
+            node = nodes[0]
+            async with trio.open_nursery() as nursery:
+                for client in senders:
+                    nursery.start_soon(send, client)
+                while len(received) < 3 * per_sender:
+                    for _ in range(97):
+                        if len(received) == 3 * per_sender:
+                            break
+                        _, header, payload = await next_message(member)
+                        assert header.offset is not None and header.sender is not None
+                        position = v1.Position(position.epoch, header.offset)
+                        received.append((header.offset, header.sender, int(payload)))
+                    if len(received) == 3 * per_sender:
+                        break
+                    await gone(node, member)
+                    node = next(hops)
+                    member, again = await v1_member(node, "member", since=position.token())
+                    assert again.recovery is not None and again.recovery.recovered, again
+    first = welcome.position.offset + 1
+    assert [offset for offset, _, _ in received] == list(range(first, first + 3 * per_sender))
+    for i in range(3):
+        assert [n for _, sender, n in received if sender == f"s{i}"] == list(range(per_sender))
+    for client in (*senders, member):
+        await client.aclose()
+
+
+async def test_a_stalled_client_closed_4001_recovers_every_message_through_the_cluster(
+    redis_url: str, prefix: str, relay_log: LogLines
+) -> None:
+    """The Python client, its handler stalled, is closed with 4001 by its node (its
+    mailbox full, the group's messages from the other node piling up); it reconnects by
+    itself and its handler sees every message once, in order."""
+    count = 2000
+    seen: list[int] = []
+    resumed: list[trio_wsproxy.Resumed] = []
+    stalled, release, closed_slow, all_seen = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+
+    def on_disconnect(event: trio_wsproxy.Disconnected) -> None:
+        if event.code == CloseCode.SLOW_CONSUMER:
+            closed_slow.set()
+
+    settings = dict(history_size=10_000, history_bytes=64 * 1024 * 1024,
+                    mailbox_bytes=64 * 1024, slow_member_timeout=0.5)  # fmt: skip
+    async with cluster(redis_url, prefix, **settings) as (a, b):
+        async with trio_wsproxy.open_client(
+            b.url, group="g", id="slow", on_disconnect=on_disconnect
+        ) as client:
+
+            async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
+                seen.append(int.from_bytes(value[:4], "big"))
+                if len(seen) == 10:
+                    stalled.set()
+                    await release.wait()  # the handler stalls; the node's mailbox fills
+                if len(seen) == count:
+                    all_seen.set()
+
+            async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
+                resumed.append(value)
+
+            client.on(bytes, on_bytes)
+            client.on(trio_wsproxy.Resumed, on_resumed)
+            sender = await join(a, "sender")
+            with trio.fail_after(60):
+                await caught_up([a.port, b.port])
+                for n in range(count):
+                    await sender.send_frame(OP_BINARY, n.to_bytes(4, "big") + bytes(8192))
+                    if n == 20:
+                        await stalled.wait()
+                # (Awaited in the log: the client may be back before this task looks.)
+                await relay_log.wait_for("closing with 4001")
+                assert b.counters.closes[CloseCode.SLOW_CONSUMER] == 1
+                release.set()
+                await closed_slow.wait()
+                await all_seen.wait()
+    assert seen == list(range(count))
+    assert resumed and all(event.recovered for event in resumed), resumed
+    await sender.aclose()
+
+
+async def test_a_client_whose_node_is_killed_fails_over_and_misses_nothing(
+    redis_url: str, prefix: str
+) -> None:
+    """kill -9 of the node a client is on, mid-traffic: the client fails over to the
+    other node, names its position there, and its handler sees every message once, in
+    order; the replay comes from Redis."""
+    count = 600
+    seen: list[int] = []
+    resumed: list[trio_wsproxy.Resumed] = []
+    halfway, all_seen = trio.Event(), trio.Event()
+    async with cluster(redis_url, prefix, count=1, node_ttl=1.0, **HISTORY) as (a,):
+        process, url, port = await start_relay(
+            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
+            "--history-size", "10000",
+        )  # fmt: skip
+        try:
+            async with trio_wsproxy.open_client([url, a.url], group="g", id="member") as client:
+
+                async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
+                    seen.append(int(value))
+                    if len(seen) == count // 3:
+                        halfway.set()
+                    if len(seen) == count:
+                        all_seen.set()
+
+                async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
+                    resumed.append(value)
+
+                client.on(bytes, on_bytes)
+                client.on(trio_wsproxy.Resumed, on_resumed)
+                sender = await join(a, "sender")
+                with trio.fail_after(60):
+                    await caught_up([a.port, port])
+                    assert backplane(a).cluster_group_size("g") == 2
+                    for n in range(count):
+                        await sender.send_frame(OP_BINARY, str(n).encode())
+                        if n == count // 2:
+                            await halfway.wait()
+                            await kill(process)
+                    await all_seen.wait()
+                assert client.url.startswith(a.url)
+        finally:
+            if process.returncode is None:
+                await kill(process)
+    assert seen == list(range(count))
+    assert resumed and resumed[-1].recovered, resumed
+    await sender.aclose()
+
+
+async def test_a_redis_restart_changes_the_epoch_and_members_are_told(
+    private_redis: RedisServer, prefix: str, backplane_log: LogLines
+) -> None:
+    async with cluster(private_redis.url, prefix, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome = await v1_member(a, "alice")
+            bob = await join(a, "bob")  # a group on one node: still ordered by Redis
+            await caught_up([a.port, b.port])
+            await bob.send_frame(OP_TEXT, b"m1")
+            _, header, _ = await next_message(alice)
+            assert welcome.position is not None and header.offset is not None
+            position = v1.Position(welcome.position.epoch, header.offset)
+            private_redis.stop()
+            # Every member of a group whose history lives in Redis is closed, even on one
+            # node: its order comes from Redis. Joins are refused until Redis is back.
+            assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            late = RawClient(await trio.open_tcp_stream("127.0.0.1", a.port))
+            status, _, body = await late.handshake("/ws?id=late&groupName=g")
+            assert status == 503 and b"backplane" in body
+            private_redis.start()
+            await backplane_log.wait_for("backplane reconnected", count=2)
+            alice, again = await v1_member(b, "alice", since=position.token())
+            assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
+            assert again.position is not None and again.position.epoch != position.epoch
+    await alice.aclose()
+
+
+async def test_a_flushed_redis_changes_the_epoch_and_members_are_told(
+    private_redis: RedisServer, prefix: str, backplane_log: LogLines
+) -> None:
+    async with cluster(private_redis.url, prefix, node_ttl=1.0, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome = await v1_member(a, "alice")
+            carol, _ = await v1_member(b, "carol")
+            await caught_up([a.port, b.port])
+            assert welcome.position is not None
+            private_redis.command("FLUSHALL")
+            # The nodes find their registrations gone and close the members, who may
+            # have missed messages...
+            assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await carol.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            await backplane_log.wait_for("backplane reconnected", count=2)
+            # ...and a member naming its old position is told it cannot recover.
+            alice, again = await v1_member(b, "alice", since=welcome.position.token())
+            assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
+    await alice.aclose()
+
+
+async def test_a_history_lost_while_the_nodes_stay_connected_closes_its_members(
+    redis_url: str, prefix: str
+) -> None:
+    """The history's keys vanish while the nodes are up (an operator deleted them):
+    the next message starts a new epoch, and the members that held the old one are
+    closed (4004) and told on their return that they cannot recover."""
+    async with cluster(redis_url, prefix, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            alice, welcome = await v1_member(a, "alice")
+            bob, _ = await v1_member(b, "bob")
+            await caught_up([a.port, b.port])
+            assert welcome.position is not None
+            await redis_call(redis_url, "DEL", *backplane(a).names.history_keys("g"))
+            await bob.send_frame(OP_TEXT, b"\nnew epoch")
+            assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            alice, again = await v1_member(b, "alice", since=welcome.position.token())
+            assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
+            assert again.position is not None and again.position.offset == 1
+    await alice.aclose()
+
+
+async def test_back_ends_read_the_clusters_history_on_any_node(redis_url: str, prefix: str) -> None:
+    key = "test-api-key-0123456789"
+    async with cluster(redis_url, prefix, history_size=100, history_bytes=1000, api_key=key) as (
+        a,
+        b,
+    ):
+        with trio.fail_after(20):
+            answer = await call(b.port, "GET", "/api/groups/g/history")
+            assert answer.status == 200
+            epoch = answer.json["epoch"]
+            assert answer.json == {"epoch": epoch, "first": 1, "last": 0, "messages": []}
+            alice, _ = await v1_member(a, "alice")
+            bob, _ = await v1_member(a, "bob")
+            await alice.send_frame(OP_TEXT, "\nhé".encode())
+            await alice.send_frame(OP_BINARY, b'{"to":"bob"}\n\x00\xff')
+            await alice.send_frame(OP_BINARY, b"\n" + bytes(2000))  # noted, not kept
+            for _ in range(3):
+                await next_message(bob)
+            # Node b has no member of the group: it reads Redis.
+            answer = await call(b.port, "GET", "/api/groups/g/history")
+            assert answer.json == {
+                "epoch": epoch,
+                "first": 1,
+                "last": 3,
+                "messages": [
+                    {"offset": 1, "kept": True, "from": "alice", "to": None, "text": "hé"},
+                    {"offset": 2, "kept": True, "from": "alice", "to": "bob", "binary": "AP8="},
+                    {"offset": 3, "kept": False},
+                ],
+            }
+            answer = await call(b.port, "GET", "/api/groups/g/history?since=1&limit=1")
+            assert [m["offset"] for m in answer.json["messages"]] == [2]
+            # A back end's post is sequenced too.
+            answer = await call(
+                b.port, "POST", "/api/groups/g/messages", b"from the back end",
+                {"Content-Type": "text/plain"},
+            )  # fmt: skip
+            assert answer.status < 300, answer
+            _, header, payload = await next_message(alice)
+            assert (header.offset, payload) == (4, b"from the back end")
+    for client in (alice, bob):
+        await client.aclose()

@@ -10,6 +10,10 @@ nobody, and every one is kept: the history's bounds are what is measured). Print
 JSON line: the relay's resident memory with the members connected and nothing kept, and
 once every message is in, and what that comes to per group and per kept byte. Needs
 ``ulimit -n`` above twice the group count.
+
+With ``--backplane URL`` the relay is a cluster node: the histories live in Redis (its
+``used_memory`` before and after is reported too), and the node keeps its copy of the
+tail of each group's history (see docs/protocol.md, history on a cluster).
 """
 
 from __future__ import annotations
@@ -17,10 +21,29 @@ from __future__ import annotations
 import argparse
 import json
 import struct
+import uuid
 
 import trio
 from burst import MASK, Member, rss_mib
 from relay_process import metrics, start_relay
+
+from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.protocol.resp import RedisAddress
+
+
+async def redis_used_mib(url: str) -> float:
+    """Redis's ``used_memory``, in MiB."""
+    address = RedisAddress.from_url(url)
+    connection = await RedisConnection.connect(address, 5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run, address, 5)
+        info = await connection.call("INFO", "memory")
+        nursery.cancel_scope.cancel()
+    assert isinstance(info, bytes)
+    for line in info.decode().splitlines():
+        if line.startswith("used_memory:"):
+            return int(line.split(":")[1]) / 2**20
+    raise RuntimeError("INFO memory gave no used_memory")
 
 
 async def main() -> None:
@@ -30,14 +53,20 @@ async def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="bytes per message")
     parser.add_argument("--history-size", type=int, default=1000)
     parser.add_argument("--history-bytes", default="1MiB")
+    parser.add_argument("--backplane", help="a Redis URL: the relay is a cluster node")
     args = parser.parse_args()
-    process, _url, port = await start_relay(
-        "--history-size", str(args.history_size), "--history-bytes", args.history_bytes
-    )
+    flags = ["--history-size", str(args.history_size), "--history-bytes", args.history_bytes]
+    if args.backplane:
+        prefix = f"bench-history-memory-{uuid.uuid4().hex[:8]}"
+        flags += ["--backplane", args.backplane, "--backplane-prefix", prefix]
+    process, _url, port = await start_relay(*flags)
+    redis_before = redis_after = 0.0
     try:
         with trio.fail_after(1800):
             members = [await Member.join(port, "m", f"g{n}") for n in range(args.groups)]
             before, _ = rss_mib(process.pid)
+            if args.backplane:
+                redis_before = await redis_used_mib(args.backplane)
             payload = b"x" * args.size
             header = (
                 struct.pack("!BBH", 0x82, 0x80 | 126, args.size)
@@ -52,6 +81,11 @@ async def main() -> None:
                 if (await metrics(port))["trio_wsproxy_messages_total"] >= wanted:
                     break
                 await trio.sleep(0.2)
+            if args.backplane:
+                # Redis takes the last of them a moment later: until its memory holds.
+                while (now := await redis_used_mib(args.backplane)) != redis_after:
+                    redis_after = now
+                    await trio.sleep(1.0)
             after, peak = rss_mib(process.pid)
             for member in members:
                 await member.stream.aclose()
@@ -71,6 +105,17 @@ async def main() -> None:
                 "peak_mib": round(peak, 1),
                 "kib_per_group": round((after - before) * 1024 / args.groups, 1),
                 "memory_per_payload_byte": round((after - before) * 2**20 / kept, 2),
+                **(
+                    {
+                        "redis_before_mib": round(redis_before, 1),
+                        "redis_after_mib": round(redis_after, 1),
+                        "redis_per_payload_byte": round(
+                            (redis_after - redis_before) * 2**20 / kept, 2
+                        ),
+                    }
+                    if args.backplane
+                    else {}
+                ),
             }
         )
     )

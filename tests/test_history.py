@@ -285,7 +285,8 @@ async def test_the_client_recovers_after_4001_and_its_handler_sees_every_message
             # The relay closes the slow member with 4001 meanwhile (awaited in the log:
             # the client may be back before this task looks)...
             await relay_log.wait_for("closing with 4001")
-            assert relay.counters.closes[CloseCode.SLOW_CONSUMER] == 1
+            # (More than once, if it came back before its handler was released.)
+            assert relay.counters.closes[CloseCode.SLOW_CONSUMER] >= 1
             # ...its handler goes on, the client sees the close and reconnects.
             release.set()
             await closed_slow.wait()

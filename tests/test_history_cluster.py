@@ -287,7 +287,8 @@ async def test_a_stalled_client_closed_4001_recovers_every_message_through_the_c
                         await stalled.wait()
                 # (Awaited in the log: the client may be back before this task looks.)
                 await relay_log.wait_for("closing with 4001")
-                assert b.counters.closes[CloseCode.SLOW_CONSUMER] == 1
+                # (More than once, if it came back before its handler was released.)
+                assert b.counters.closes[CloseCode.SLOW_CONSUMER] >= 1
                 release.set()
                 await closed_slow.wait()
                 await all_seen.wait()
@@ -458,3 +459,81 @@ async def test_back_ends_read_the_clusters_history_on_any_node(redis_url: str, p
             assert (header.offset, payload) == (4, b"from the back end")
     for client in (alice, bob):
         await client.aclose()
+
+
+class Cutter:
+    """A TCP forwarder to a relay whose connections can be cut mid-traffic (a network
+    drop: no close frame, no FIN from the relay's side)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._scopes: list[trio.CancelScope] = []
+
+    async def serve(self, *, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._forward, listeners)
+
+    async def _forward(self, client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        with trio.CancelScope() as scope:
+            self._scopes.append(scope)
+
+            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+                async for chunk in source:
+                    await sink.send_all(chunk)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, upstream)
+                nursery.start_soon(pump, upstream, client)
+        for stream in (client, upstream):
+            await trio.aclose_forcefully(stream)
+
+    def cut(self) -> None:
+        for scope in self._scopes:
+            scope.cancel()
+        self._scopes.clear()
+
+
+async def test_a_tcp_drop_mid_traffic_is_recovered_exactly_once(
+    redis_url: str, prefix: str
+) -> None:
+    """The client's connection to its node breaks while messages stream to it: it
+    reconnects by itself, and its handler sees every message once, in order."""
+    count = 1500
+    seen: list[int] = []
+    resumed: list[trio_wsproxy.Resumed] = []
+    third, all_seen = trio.Event(), trio.Event()
+    async with cluster(redis_url, prefix, **HISTORY) as (a, b), trio.open_nursery() as nursery:
+        cutter = Cutter(b.port)
+        await nursery.start(cutter.serve)
+        url = f"ws://127.0.0.1:{cutter.port}/ws"
+        async with trio_wsproxy.open_client(url, group="g", id="member") as client:
+
+            async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
+                seen.append(int(value))
+                if len(seen) == count // 3:
+                    third.set()
+                if len(seen) == count:
+                    all_seen.set()
+
+            async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
+                resumed.append(value)
+
+            client.on(bytes, on_bytes)
+            client.on(trio_wsproxy.Resumed, on_resumed)
+            sender = await join(a, "sender")
+            with trio.fail_after(60):
+                await caught_up([a.port, b.port])
+                for n in range(count):
+                    await sender.send_frame(OP_BINARY, str(n).encode())
+                    if n == count // 2:
+                        await third.wait()
+                        cutter.cut()
+                await all_seen.wait()
+        nursery.cancel_scope.cancel()
+    assert seen == list(range(count))
+    assert resumed and resumed[-1].recovered, resumed
+    await sender.aclose()

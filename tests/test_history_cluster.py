@@ -6,6 +6,7 @@ traffic, and an epoch that changes when Redis loses the history."""
 from __future__ import annotations
 
 import itertools
+import signal
 from typing import Any
 
 import pytest
@@ -115,12 +116,14 @@ async def test_a_member_that_drops_recovers_on_another_node(redis_url: str, pref
         await client.aclose()
 
 
-@pytest.mark.parametrize("where", ["b", "a"])  # the member joins the other node, or the same
+# The member comes back to the same node, to the other one (its copy of the history
+# answers), or to a node that has no member of the group (the history is read in Redis).
+@pytest.mark.parametrize("where", ["a", "b", "c"])
 async def test_a_quiet_member_recovers_and_a_position_the_history_lost_is_reported(
     redis_url: str, prefix: str, where: str
 ) -> None:
-    async with cluster(redis_url, prefix, history_size=3) as (a, b):
-        again_node = b if where == "b" else a
+    async with cluster(redis_url, prefix, count=3, history_size=3) as (a, b, c):
+        again_node = {"a": a, "b": b, "c": c}[where]
         with trio.fail_after(30):
             quiet, welcome = await v1_member(a, "quiet")  # it never gets a message
             assert welcome.position is not None
@@ -157,7 +160,7 @@ async def test_messages_too_large_to_keep_and_streamed_ones_take_offsets_but_sto
     redis_url: str, prefix: str
 ) -> None:
     big = bytes(3 * 1024 * 1024)  # streams through Redis in pieces
-    async with cluster(redis_url, prefix, history_size=100, history_bytes=1000) as (a, b):
+    async with cluster(redis_url, prefix, 3, history_size=100, history_bytes=1000) as (a, b, c):
         with trio.fail_after(30):
             alice, welcome = await v1_member(a, "alice")
             assert welcome.position is not None
@@ -180,15 +183,18 @@ async def test_messages_too_large_to_keep_and_streamed_ones_take_offsets_but_sto
             assert offsets_of(got) == [3, 4, 5]
             got = [await next_message(dave) for _ in range(4)]
             assert offsets_of(got) == [2, 3, 4, 5]
-            alice, again = await v1_member(b, "alice", since=f"{epoch}:1")
-            assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
-            await gone(b, alice)
-            alice, again = await v1_member(a, "alice", since=f"{epoch}:2")
-            assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
-            await gone(a, alice)
-            alice, again = await v1_member(b, "alice", since=f"{epoch}:4")
-            assert again.recovery == v1.Recovery(True, 1)
-            assert await next_message(alice) == (OP_TEXT, v1.From("carol", offset=5), b"after")
+            # Whichever node answers (c follows no member of the group: Redis does).
+            for node, since in ((b, 1), (a, 2), (c, 1), (c, 3)):
+                alice, again = await v1_member(node, "alice", since=f"{epoch}:{since}")
+                assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
+                await gone(node, alice)
+            for node in (b, c):
+                alice, again = await v1_member(node, "alice", since=f"{epoch}:4")
+                assert again.recovery == v1.Recovery(True, 1)
+                want = (OP_TEXT, v1.From("carol", offset=5), b"after")
+                assert await next_message(alice) == want
+                await gone(node, alice)
+            alice, _ = await v1_member(a, "alice")
     for client in (alice, bob, carol, dave):
         await client.aclose()
 
@@ -297,12 +303,13 @@ async def test_a_stalled_client_closed_4001_recovers_every_message_through_the_c
     await sender.aclose()
 
 
-async def test_a_client_whose_node_is_killed_fails_over_and_misses_nothing(
-    redis_url: str, prefix: str
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "stopped"])
+async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
+    redis_url: str, prefix: str, how: signal.Signals
 ) -> None:
-    """kill -9 of the node a client is on, mid-traffic: the client fails over to the
-    other node, names its position there, and its handler sees every message once, in
-    order; the replay comes from Redis."""
+    """kill -9 of the node a client is on mid-traffic (its connection drops: 1006), or
+    the node stopped (it closes with 1001): the client fails over to the other node,
+    names its position there, and its handler sees every message once, in order."""
     count = 600
     seen: list[int] = []
     resumed: list[trio_wsproxy.Resumed] = []
@@ -335,7 +342,7 @@ async def test_a_client_whose_node_is_killed_fails_over_and_misses_nothing(
                         await sender.send_frame(OP_BINARY, str(n).encode())
                         if n == count // 2:
                             await halfway.wait()
-                            await kill(process)
+                            process.send_signal(how)
                     await all_seen.wait()
                 assert client.url.startswith(a.url)
         finally:

@@ -95,6 +95,7 @@ class SharedGroup(Group):
         "catching",
         "early",
         "handing",
+        "history_keys",
         "history_limits",
         "inbox",
         "inbox_bytes",
@@ -120,6 +121,9 @@ class SharedGroup(Group):
         #: every node's members (the sender's too) from the group's channel, in order.
         self.sequenced = history is not None
         self.history_limits = history
+        #: The leading arguments of the history scripts for this group (set by the
+        #: backplane: its keys and channel).
+        self.history_keys: tuple[str, str, str, bytes] | None = None
         #: This node's copy of the tail of the group's history in Redis, from what the
         #: channel brought since the node subscribed (None: not known yet), and what
         #: the channel brought before that was known.
@@ -210,11 +214,7 @@ class SharedGroup(Group):
             )
         inner = message.inner
         if type(inner) is Messages:
-            offset = message.offset
-            for item in inner.messages:
-                if offset > mirror.last:
-                    mirror.put(offset, item)
-                offset += 1
+            mirror.put_all(message.offset, inner.messages)
         elif type(inner) is StreamStart and message.offset > mirror.last:
             if granted:
                 mirror.put(message.offset, None)

@@ -104,8 +104,8 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 #: How long shutdown spends removing this node's registration.
 DEREGISTER_TIMEOUT = 1.0
-#: How much longer than the history's ttl its keys stay in Redis after the last
-#: message (the meta hash twice as long: see scripts.py).
+#: How much longer than 4/3 of the history's ttl its keys stay in Redis after they were
+#: last renewed (the meta hash twice as long: see scripts.py).
 _HISTORY_MARGIN_MS = 10_000
 _NODE_ID_LENGTH = 16
 
@@ -177,11 +177,19 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._history: HistoryLimits | None = None
         self._shas: dict[str, str] = {}
         self._run_id = ""
+        #: ARGV 3-7 of the history scripts (see scripts.py).
+        self._history_bounds: list[bytes | str | int] = []
 
     # -- the GroupRegistry interface -------------------------------------------------
 
     def _new_group(self, name: str) -> SharedGroup:
-        return SharedGroup(name, self, self._node, self._config.mailbox_bytes, self._history)
+        group = SharedGroup(name, self, self._node, self._config.mailbox_bytes, self._history)
+        if self._history is not None:
+            group.history_keys = self._history_keys(name)
+        return group
+
+    def _history_keys(self, group_name: str) -> tuple[str, str, str, bytes]:
+        return (*self.names.history_keys(group_name), self.names.group_channel(group_name))
 
     def cluster_group_size(self, name: str) -> int:
         """Members of group ``name`` on every node, as far as this node knows (0 when it
@@ -356,7 +364,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         assert limits is not None
         kept = "".join(["1" if len(m.payload) <= limits.max_bytes else "0" for m in messages])
         header = messages_header(self._node, len(messages))
-        self._send(*self._sequence_args(group.name), "M", header, kept, *encode_bodies(messages))
+        args = self._history_args(scripts.SEQUENCE, group.name, group)
+        self._send(*args, "M", header, kept, *encode_bodies(messages))
 
     async def publish_claim(self, group: Group, start: StreamStart) -> object:
         """Publish a stream's start (a claim of the group's floor) on its channel; the
@@ -367,24 +376,24 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             raise ConnectionLost("the backplane is down")
         if not group.sequenced:
             return await pub.call("PUBLISH", self.names.group_channel(group.name), start.encode())
-        reply = await pub.call(*self._sequence_args(group.name), "S", start.encode())
+        args = self._history_args(scripts.SEQUENCE, group.name, group)
+        reply = await pub.call(*args, "S", start.encode())
         if not isinstance(reply, list) or not reply:
             raise RedisError(f"unexpected reply to the sequencing script: {reply!r}")
         return reply[0]
 
-    def _history_args(self, script: str, group_name: str) -> list[bytes | str | int]:
-        """EVALSHA of a history script for ``group_name``, with its keys and ARGV 1-7."""
-        limits = self._history
-        assert limits is not None
-        ttl_ms = max(1, int(limits.ttl * 1000))
+    def _history_args(
+        self, script: str, group_name: str, group: Group | None = None
+    ) -> list[bytes | str | int]:
+        """EVALSHA of a history script for ``group_name`` (``group``, if it is here),
+        with its keys and ARGV 1-7 (a new epoch for each call, in case it starts one)."""
+        keys = group.history_keys if isinstance(group, SharedGroup) else None
+        if keys is None:
+            keys = self._history_keys(group_name)
         return [
-            "EVALSHA", self._shas[script], 4, *self.names.history_keys(group_name),
-            self.names.group_channel(group_name), self._run_id, os.urandom(8).hex(),
-            self._node, limits.size, ttl_ms, limits.max_bytes, ttl_ms + _HISTORY_MARGIN_MS,
+            "EVALSHA", self._shas[script], 4, *keys, self._run_id, os.urandom(8).hex(),
+            *self._history_bounds,
         ]  # fmt: skip
-
-    def _sequence_args(self, group_name: str) -> list[bytes | str | int]:
-        return self._history_args(scripts.SEQUENCE, group_name)
 
     async def _read_history(
         self, pub: RedisConnection, group_name: str, after: int, limit: int, renew: bool = False
@@ -448,7 +457,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             epoch, last, trimmed, entries = await self._read_history(pub, group_name, after, limit)
         except (ConnectionLost, RedisError) as exc:
             raise RegistryUnavailable(f"backplane unavailable: {exc}") from exc
-        return HistoryPage(epoch, trimmed + 1, last, self._entries(entries))
+        # (Batches were read: as many as messages asked for, and so at least as many.)
+        return HistoryPage(epoch, trimmed + 1, last, self._entries(entries)[:limit])
 
     @property
     def congested(self) -> bool:
@@ -478,7 +488,13 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         to connect has succeeded or failed. Each outage is logged once, and so is the
         reconnection."""
         self._config, self._counters = config, counters
-        self._history = HistoryLimits.of(config)
+        self._history = limits = HistoryLimits.of(config)
+        if limits is not None:
+            ttl_ms = max(1, int(limits.ttl * 1000))
+            # Renewed every ttl/3 while a node has members: a history outlives its last
+            # member by the ttl at least.
+            keep_ms = ttl_ms * 4 // 3 + _HISTORY_MARGIN_MS
+            self._history_bounds = [self._node, limits.size, ttl_ms, limits.max_bytes, keep_ms]
         self._courier = Courier(config.slow_member_timeout, counters)
         self._deliveries = Deliveries(config, counters, self._courier, self._delivered)
         # Longer than a receiving node may wait for a slow member of its own, so that a
@@ -567,8 +583,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         while True:
             await trio.sleep(period)
             for group in list(self._groups.values()):
-                if group.members:
-                    self._send(*self._history_args(scripts.HISTORY, group.name), -1, 0, 1)
+                if group.members or group.holds:
+                    args = self._history_args(scripts.HISTORY, group.name, group)
+                    self._send(*args, -1, 0, 1)
 
     async def _register_node(self, sub: RedisConnection) -> None:
         """Announce this node, subscribe, and (after an outage) settle what happened
@@ -877,8 +894,20 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             if group.sequenced:
                 await self._sequenced(group, message)
         else:
-            for action in group.order.receive(message, self._floor(group)):
+            await self._carry_all(group, node, group.order.receive(message, self._floor(group)))
+
+    async def _carry_all(self, group: SharedGroup, node: bytes, actions: list[Action]) -> None:
+        """Carry out what the channel order decided; members catching up with the
+        group's history wait meanwhile (see SharedGroup.quiet), and look again after."""
+        if not actions:
+            return
+        group.handing += 1
+        try:
+            for action in actions:
                 await self._carry_out(group, node, action)
+        finally:
+            group.handing -= 1
+        group.changed()
 
     @staticmethod
     def _floor(group: SharedGroup) -> Floor:
@@ -906,17 +935,13 @@ class RedisBackplane(NodeGroups[SharedGroup]):
                 claim.head.offset = message.offset  # (its member's own head)
             if not granted and inner.node == self._node:
                 # The gap our claim left in the history is no message.
-                meta = self.names.history_keys(group.name)[0]
+                meta = self._history_keys(group.name)[0]
                 self._send("EVALSHA", self._shas[scripts.DECLINED], 1, meta, message.offset)
         if not group.record(message, granted):
             self._close_group(group, "the group's history was lost in Redis: epoch changed")
         if inner is not None:
-            group.handing += 1
-            try:
-                for action in group.order.receive(inner, self._floor(group), sequenced=True):
-                    await self._carry_out(group, message.node, action)
-            finally:
-                group.handing -= 1
+            actions = group.order.receive(inner, self._floor(group), sequenced=True)
+            await self._carry_all(group, message.node, actions)
         group.changed()
 
     async def _carry_out(self, group: SharedGroup, node: bytes, action: Action) -> None:
@@ -995,8 +1020,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self._send("PUBLISH", *delivery.ack)
         if delivery.ended is not None:
             group.floor.release(delivery.ended)
-            for action in group.order.floor_freed():
-                await self._carry_out(group, self._node, action)
+            await self._carry_all(group, self._node, group.order.floor_freed())
 
     def _deliveries_or_fail(self) -> Deliveries:
         if self._deliveries is None:

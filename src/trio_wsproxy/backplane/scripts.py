@@ -71,12 +71,18 @@ return #entries / 2
 # Both history scripts take KEYS: the group's history meta hash, stream and index (see
 # names.py), and its channel; ARGV 1-7: the Redis run id (INFO server's run_id, as the
 # node read it on connecting), a new epoch in case the history has none, the node's id,
-# the bounds (count, ttl ms, bytes) and how long the keys outlive the last message (ms).
+# the bounds (count, ttl ms, bytes) and how long the keys outlive their last renewal (ms;
+# the meta hash twice that). Nodes renew the keys of the groups they have members in.
 #
 # A history belongs to one run of Redis: after a restart (even one that reloaded a
 # snapshot), a flush or an expiry, the next script finds no history of this run and
-# starts one with a new epoch, from offset 0. Its index lists each entry's offset, time
-# (Redis's clock) and kept bytes, oldest first, so that trimming reads no message.
+# starts one with a new epoch, from offset 0. One stream entry holds one batch (what one
+# node published at once): its id is ``<first offset>-0``, and its fields are, per
+# message in order, 'b' and the message's body, or 'g' and nothing (a gap: a message
+# too large to keep, or a stream). The index lists each batch's first offset, count,
+# time (Redis's clock) and kept bytes, oldest first, so that trimming reads no message;
+# trimming drops whole batches, oldest first, while the history holds more than its
+# bounds allow.
 _HISTORY_COMMON = """
 local meta, stream, index = KEYS[1], KEYS[2], KEYS[3]
 local function pad(n)
@@ -87,129 +93,149 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function epoch()
-  local got = redis.call('HMGET', meta, 'epoch', 'run')
-  if got[1] and got[2] == ARGV[1] then
-    return got[1], false
-  end
-  redis.call('DEL', meta, stream, index)
-  redis.call('HSET', meta, 'epoch', ARGV[2], 'run', ARGV[1], 'last', 0, 'bytes', 0,
-             'trimmed', 0)
-  return ARGV[2], true
-end
-local function trim(now)
-  local size, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-  local bytes = tonumber(redis.call('HGET', meta, 'bytes'))
-  local len = redis.call('LLEN', index)
-  local trimmed = nil
-  while len > 0 do
-    local o, t, b = string.match(redis.call('LINDEX', index, 0), '^(%d+) (%d+) (%d+)$')
-    o, t, b = tonumber(o), tonumber(t), tonumber(b)
-    if len > size or bytes > max or t < now - ttl then
-      redis.call('LPOP', index)
-      redis.call('HDEL', meta, 'd:' .. o)
-      len, bytes, trimmed = len - 1, bytes - b, o
-    else
-      break
-    end
-  end
-  if len == 0 then
-    -- Nothing kept (trimmed now, or expired with its keys): everything given out is gone.
-    trimmed = tonumber(redis.call('HGET', meta, 'last'))
-  end
-  if trimmed then
-    redis.call('XTRIM', stream, 'MINID', (trimmed + 1) .. '-0')
-    redis.call('HSET', meta, 'bytes', bytes, 'trimmed', trimmed)
-  end
-end
 local function expire()
   local ms = tonumber(ARGV[7])
   redis.call('PEXPIRE', meta, 2 * ms)
   redis.call('PEXPIRE', stream, ms)
   redis.call('PEXPIRE', index, ms)
 end
+-- The history's epoch, last offset, last offset trimmed and bytes kept, and whether it
+-- was started just now.
+local function history()
+  local got = redis.call('HMGET', meta, 'epoch', 'run', 'last', 'trimmed', 'bytes')
+  if got[1] and got[2] == ARGV[1] then
+    return got[1], tonumber(got[3]), tonumber(got[4]), tonumber(got[5]), false
+  end
+  redis.call('DEL', meta, stream, index)
+  redis.call('HSET', meta, 'epoch', ARGV[2], 'run', ARGV[1], 'last', 0, 'bytes', 0,
+             'trimmed', 0)
+  expire()
+  return ARGV[2], 0, 0, 0, true
+end
+-- Drop the oldest batches while the history is over a bound; returns the new trimmed
+-- offset (what was given out before is gone) and bytes kept.
+local function trim(now, last, trimmed, bytes)
+  local size, ttl, max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local dropped = false
+  while last > trimmed do
+    local head = redis.call('LINDEX', index, 0)
+    if not head then
+      trimmed = last  -- nothing kept (expired with its keys): everything before is gone
+      dropped = true
+      break
+    end
+    local o, n, t, b = string.match(head, '^(%d+) (%d+) (%d+) (%d+)$')
+    o, n, t, b = tonumber(o), tonumber(n), tonumber(t), tonumber(b)
+    if not o then
+      -- Not ours (written by hand?): forget what is kept rather than guess.
+      redis.call('DEL', index)
+      o, n, b = last, 1, bytes
+    end
+    if not t or last - trimmed > size or bytes > max or t < now - ttl then
+      redis.call('LPOP', index)
+      if b == 0 and n == 1 then
+        redis.call('HDEL', meta, 'd:' .. o)
+      end
+      trimmed, bytes, dropped = o + n - 1, bytes - b, true
+    else
+      break
+    end
+  end
+  if dropped then
+    redis.call('XTRIM', stream, 'MINID', (trimmed + 1) .. '-0')
+    redis.call('HSET', meta, 'bytes', bytes, 'trimmed', trimmed)
+  end
+  return trimmed, bytes
+end
 """
 
 #: Give whole messages (ARGV[8] = 'M') or a stream's start ('S') the group's next
-#: offsets, keep them, trim, and publish them on the group's channel wrapped in an O.
-#: ARGV[9]: for M, the start of the M (kind, node, count), for S the whole S; ARGV[10]
-#: (M): '1' or '0' per message, whether it is kept; ARGV[11...] (M): each message's
-#: body. A message not kept, and a stream, leave a gap entry ('g'). Returns {receivers
-#: of the publish, epoch, first offset}.
+#: offsets, keep them as one batch, trim, and publish them on the group's channel
+#: wrapped in an O. ARGV[9]: for M, the start of the M (kind, node, count), for S the
+#: whole S; ARGV[10] (M): '1' or '0' per message, whether it is kept; ARGV[11...] (M):
+#: each message's body. Returns {receivers of the publish, epoch, first offset}.
 SEQUENCE = (
     _HISTORY_COMMON
     + """
-local e = epoch()
+local e, last, trimmed, bytes = history()
 local now = now_ms()
 local n = 1
 if ARGV[8] == 'M' then n = #ARGV - 10 end
-local last = redis.call('HINCRBY', meta, 'last', n)
-local first = last - n + 1
+local first = last + 1
+last = last + n
 local inner = ARGV[9]
+local kept = 0
 if ARGV[8] == 'M' then
-  local kept = 0
+  local fields = {}
   for i = 1, n do
-    local o = first + i - 1
-    if string.sub(ARGV[10], i, i) == '1' then
-      local body = ARGV[10 + i]
-      redis.call('XADD', stream, o .. '-0', 'b', body)
-      redis.call('RPUSH', index, o .. ' ' .. now .. ' ' .. #body)
-      kept = kept + #body
+    if string.byte(ARGV[10], i) == 49 then  -- '1'
+      fields[2 * i - 1], fields[2 * i] = 'b', ARGV[10 + i]
+      kept = kept + #ARGV[10 + i]
     else
-      redis.call('XADD', stream, o .. '-0', 'g', '')
-      redis.call('RPUSH', index, o .. ' ' .. now .. ' 0')
+      fields[2 * i - 1], fields[2 * i] = 'g', ''
     end
   end
-  redis.call('HINCRBY', meta, 'bytes', kept)
+  redis.call('XADD', stream, first .. '-0', unpack(fields))
   inner = inner .. table.concat(ARGV, '', 11)
 else
   redis.call('XADD', stream, first .. '-0', 'g', '')
-  redis.call('RPUSH', index, first .. ' ' .. now .. ' 0')
 end
-trim(now)
-expire()
+if redis.call('RPUSH', index, first .. ' ' .. n .. ' ' .. now .. ' ' .. kept) == 1 then
+  expire()  -- (a new index: the others renew it every ttl/3 while they have members)
+end
+bytes = bytes + kept
+redis.call('HSET', meta, 'last', last, 'bytes', bytes)
+trim(now, last, trimmed, bytes)
 local receivers = redis.call('PUBLISH', KEYS[4], 'O' .. ARGV[3] .. e .. pad(first) .. inner)
 return {receivers, e, first}
 """
 )
 
 #: Read the group's history: its epoch, last offset given out, last offset trimmed, and
-#: (ARGV[8] >= 0) up to ARGV[9] entries after offset ARGV[8] (0: all) as a flat list of
-#: offset, kind ('b' a kept message, 'g' a gap, 'd' a declined stream claim: nothing),
-#: body. A history started by this read (none of this run yet) is announced on the
-#: channel (an empty O at offset 0), so that every node following the group learns its
-#: epoch. ARGV[10]: 1 to renew the keys' expiry (a node with members in the group).
+#: (ARGV[8] >= 0) the entries after offset ARGV[8] in batches, up to ARGV[9] batches (0:
+#: all), as a flat list of offset, kind ('b' a kept message, 'g' a gap, 'd' a declined
+#: stream claim: nothing), body. A history started by this read (none of this run yet)
+#: is announced on the channel (an empty O at offset 0), so that every node following
+#: the group learns its epoch. ARGV[10]: 1 to renew the keys' expiry (a node with
+#: members in the group, every ttl/3).
 HISTORY = (
     _HISTORY_COMMON
     + """
-local e, fresh = epoch()
+local e, last, trimmed, bytes, fresh = history()
 if fresh then
-  expire()
   redis.call('PUBLISH', KEYS[4], 'O' .. ARGV[3] .. e .. pad(0))
 elseif ARGV[10] == '1' then
   expire()
 end
-trim(now_ms())
-local last = tonumber(redis.call('HGET', meta, 'last'))
-local trimmed = tonumber(redis.call('HGET', meta, 'trimmed'))
+trimmed = trim(now_ms(), last, trimmed, bytes)
 local after = tonumber(ARGV[8])
 local entries = {}
-if after >= 0 then
+if after >= 0 and after < last then
+  -- The batch holding offset after + 1 may start before it.
+  local start = (after + 1) .. '-0'
+  local before = redis.call('XREVRANGE', stream, start, '-', 'COUNT', 1)
+  if before[1] then start = before[1][1] end
   local range
   if tonumber(ARGV[9]) > 0 then
-    range = redis.call('XRANGE', stream, (after + 1) .. '-0', '+', 'COUNT', ARGV[9])
+    range = redis.call('XRANGE', stream, start, '+', 'COUNT', ARGV[9])
   else
-    range = redis.call('XRANGE', stream, (after + 1) .. '-0', '+')
+    range = redis.call('XRANGE', stream, start, '+')
   end
   for _, entry in ipairs(range) do
-    local o = string.match(entry[1], '^(%d+)')
-    local kind, body = entry[2][1], entry[2][2]
-    if kind == 'g' and redis.call('HEXISTS', meta, 'd:' .. o) == 1 then
-      kind = 'd'
+    local o = tonumber(string.match(entry[1], '^(%d+)'))
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if o > after then
+        local kind = fields[i]
+        if kind == 'g' and #fields == 2 and redis.call('HEXISTS', meta, 'd:' .. o) == 1 then
+          kind = 'd'
+        end
+        entries[#entries + 1] = o
+        entries[#entries + 1] = kind
+        entries[#entries + 1] = fields[i + 1]
+      end
+      o = o + 1
     end
-    entries[#entries + 1] = tonumber(o)
-    entries[#entries + 1] = kind
-    entries[#entries + 1] = body
   end
 end
 return {e, last, trimmed, entries}

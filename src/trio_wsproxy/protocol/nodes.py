@@ -382,7 +382,26 @@ def encode_messages(node: bytes, messages: Sequence[Message]) -> bytes:
 def encode_bodies(messages: Sequence[Message]) -> list[bytes]:
     """Each message's part of an M, on its own: what a history keeps of it, and what the
     sequencing script joins into an M behind :func:`messages_header`."""
-    return [encode_messages(_NO_NODE, [message])[_BODY:] for message in messages]
+    pack_length, pack_flags = _U16.pack, _FLAGS_LENGTH.pack
+    bodies = []
+    try:
+        for message in messages:
+            sender = message.sender.encode()
+            payload = message.payload
+            flags = _TEXT if message.text else 0
+            to = message.to
+            if to is None:
+                parts = [pack_length(len(sender)), sender, pack_flags(flags, len(payload)), payload]
+            else:
+                to_bytes = to.encode()
+                parts = [
+                    pack_length(len(sender)), sender, pack_flags(flags | _TO, len(payload)),
+                    payload, pack_length(len(to_bytes)), to_bytes,
+                ]  # fmt: skip
+            bodies.append(b"".join(parts))
+    except struct.error:
+        raise ValueError(_unencodable(messages)) from None
+    return bodies
 
 
 def messages_header(node: bytes, count: int) -> bytes:
@@ -399,8 +418,6 @@ def stored_message(body: bytes) -> Message:
 
 
 _NO_NODE = b"0" * NODE_ID_LENGTH
-# Where the bodies of an M start.
-_BODY = _HEADER + _U32.size
 
 
 def _unencodable(messages: Sequence[Message]) -> str:

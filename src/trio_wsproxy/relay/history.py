@@ -73,13 +73,23 @@ class History:
     def put(self, offset: int, message: Message | None) -> None:
         """Keep ``message`` at ``offset`` (after the last), if it fits the byte bound;
         None, or a message too large: a gap there."""
-        if message is not None and len(message.payload) > self._limits.max_bytes:
-            message = None
-        self.last = offset
+        self.put_all(offset, (message,))
+
+    def put_all(self, offset: int, messages: Iterable[Message | None]) -> None:
+        """:meth:`put` each of ``messages``, from ``offset`` on (those at or before the
+        last are had already), with one clock reading and one trim for all."""
         now = self.touched = trio.current_time()
-        self._entries.append((offset, now, message))
-        if message is not None:
-            self._bytes += len(message.payload)
+        entries, most = self._entries, self._limits.max_bytes
+        for message in messages:
+            if offset > self.last:
+                if message is not None:
+                    if len(message.payload) > most:
+                        message = None
+                    else:
+                        self._bytes += len(message.payload)
+                entries.append((offset, now, message))
+                self.last = offset
+            offset += 1
         self._trim(now)
 
     def skip(self, offset: int) -> None:

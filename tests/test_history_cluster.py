@@ -544,3 +544,31 @@ async def test_a_tcp_drop_mid_traffic_is_recovered_exactly_once(
     assert seen == list(range(count))
     assert resumed and resumed[-1].recovered, resumed
     await sender.aclose()
+
+
+async def test_nodes_that_disagree_on_history_close_the_members_they_share(
+    redis_url: str, prefix: str, backplane_log: LogLines
+) -> None:
+    """A node without history in a cluster whose other nodes keep it (a misconfigured
+    rolling restart, say) cannot be given one order with them: the members that would
+    miss messages are closed with 4004, never left with a silent gap."""
+    async with (
+        cluster(redis_url, prefix, count=1, **HISTORY) as (keeper,),
+        cluster(redis_url, prefix, count=1) as (plain_node,),
+    ):
+        with trio.fail_after(20):
+            alice, _ = await v1_member(keeper, "alice")
+            bob = await join(plain_node, "bob")
+            carol = await join(plain_node, "carol")
+            await caught_up([keeper.port, plain_node.port])
+            await carol.send_frame(OP_TEXT, b"unsequenced")
+            assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            await backplane_log.wait_for("give every node of a cluster the same --history-size")
+            alice, _ = await v1_member(keeper, "alice")
+            await caught_up([keeper.port, plain_node.port])
+            await alice.send_frame(OP_TEXT, b"\nsequenced")
+            # The plain node's members would miss it: they are closed too.
+            assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await carol.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+    for client in (alice, bob, carol):
+        await client.aclose()

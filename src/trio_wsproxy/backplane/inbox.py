@@ -58,17 +58,12 @@ class Deliveries:
         # A sequenced group's messages come back to their sender's node too (a batch is
         # one member's): every member here but their sender gets them.
         sender = group.members.get(messages[0].sender) if group.sequenced else None
-        audiences = group.audiences
-        if sender is not None:
-            audiences = tuple(
-                (encoding, tuple(member for member in members if member is not sender))
-                for encoding, members in audiences
-            )
-        for encoding, members in audiences:
-            self._counters.deliveries += len(messages) * len(members)
+        count = len(messages)
+        for encoding, members in group.audiences:
+            self._counters.deliveries += count * (len(members) - (sender in members))
             frame = encoding.message
             data = b"".join([frame(message) for message in messages])
-            await self.deliver(group, Delivery(data, members))
+            await self.deliver(group, Delivery(data, members), sender)
 
     async def _with_addressed(self, group: SharedGroup, messages: tuple[Message, ...]) -> None:
         """A batch with messages addressed to one member: runs of messages to the whole
@@ -112,9 +107,14 @@ class Deliveries:
             else:
                 await self.deliver(group, Delivery(data, members, stream))
 
-    async def deliver(self, group: SharedGroup, delivery: Delivery) -> None:
-        """Queue a delivery for the group's members here, without waiting on anyone."""
+    async def deliver(
+        self, group: SharedGroup, delivery: Delivery, skip: Member | None = None
+    ) -> None:
+        """Queue a delivery for the group's members here (but ``skip``), without waiting
+        on anyone."""
         if group.inbox is not None:
+            if skip is not None:
+                delivery.members = tuple(m for m in delivery.members if m is not skip)
             self._enqueue(group, delivery)
             return
         if delivery.stream is not None and group.floor.in_flight:
@@ -122,7 +122,7 @@ class Deliveries:
             # waits for it in the inbox, or it could overtake it at some recipient.
             blocked: list[Member] | None = list(delivery.members)
         else:
-            blocked = self._courier.offer(delivery.data, delivery.members)
+            blocked = self._courier.offer(delivery.data, delivery.members, skip)
         if blocked is None:
             if delivery.ack is not None or delivery.ended is not None:
                 await self._delivered(group, delivery)

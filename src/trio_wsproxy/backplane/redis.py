@@ -177,6 +177,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._history: HistoryLimits | None = None
         self._shas: dict[str, str] = {}
         self._run_id = ""
+        #: Nodes found to keep history where this one does not (or the other way round).
+        self._mismatched: set[bytes] = set()
         #: ARGV 3-7 of the history scripts (see scripts.py).
         self._history_bounds: list[bytes | str | int] = []
 
@@ -893,8 +895,26 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         elif type(message) is Sequenced:
             if group.sequenced:
                 await self._sequenced(group, message)
+            else:
+                self._history_differs(group, node)
+        elif group.sequenced and type(message) in (Messages, StreamStart):
+            self._history_differs(group, node)  # (never our own: ours are sequenced)
         else:
             await self._carry_all(group, node, group.order.receive(message, self._floor(group)))
+
+    def _history_differs(self, group: SharedGroup, node: bytes) -> None:
+        """``node`` keeps history and this one does not, or the other way round: their
+        members cannot be given one order, and would miss each other's messages. The
+        members here are closed (4004), and the misconfiguration logged once per node."""
+        if node not in self._mismatched:
+            self._mismatched.add(node)
+            logger.error(
+                "node %s %s history and this node %s: give every node of a cluster the "
+                "same --history-size; closing the members of the groups they share",
+                node.decode(errors="replace"), "keeps no" if group.sequenced else "keeps",
+                "does" if group.sequenced else "does not",
+            )  # fmt: skip
+        self._close_group(group, "the relay's nodes disagree on history: messages may be missing")
 
     async def _carry_all(self, group: SharedGroup, node: bytes, actions: list[Action]) -> None:
         """Carry out what the channel order decided; members catching up with the

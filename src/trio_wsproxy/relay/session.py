@@ -223,10 +223,10 @@ class Session:
         try:
             self._group = group = await relay.registry.join(self)
             self._courier.serve(group)
+            catch = await group.catch_up(self, self._since)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
-        catch = await group.catch_up(self, self._since)
         if self._v1:
             self._welcome(group, catch)
         relay.presence.changed(group, self.id, joined=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import types
 from typing import Any
 
 import pytest
@@ -15,13 +16,13 @@ import trio
 import trio_wsproxy
 from httpapi import call
 from loglines import LogLines
-from redisserver import RedisServer, redis_call
-from relayproc import start_relay
+from redisserver import RedisServer, redis_call, subscribers
+from relayproc import Output, start_relay
 from test_backplane import backplane, caught_up, cluster, join, kill
 from test_v1 import next_message, v1_member
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol import v1
-from wsraw import OP_BINARY, OP_TEXT, RawClient
+from wsraw import OP_BINARY, OP_CLOSE, OP_TEXT, RawClient
 
 HISTORY: dict[str, Any] = {"history_size": 10_000}
 
@@ -571,4 +572,70 @@ async def test_nodes_that_disagree_on_history_close_the_members_they_share(
             assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
             assert (await carol.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
     for client in (alice, bob, carol):
+        await client.aclose()
+
+
+@pytest.mark.redis_config("--client-output-buffer-limit", "pubsub 256kb 128kb 1")
+async def test_a_member_closed_4004_when_its_node_fell_behind_recovers_all_it_missed(
+    private_redis: RedisServer, prefix: str
+) -> None:
+    """Node b stalls; Redis drops its subscription for falling behind; back, it closes
+    its members with 4004 (they may have missed messages). With history they lose
+    nothing: the member comes back naming its position and gets the rest, in order."""
+    url = private_redis.url
+    async with cluster(url, prefix, count=1, **HISTORY, history_bytes=64 * 2**20) as (a,):
+        process, _url, port = await start_relay(
+            "--backplane", url, "--backplane-prefix", prefix, "--history-size", "10000",
+            "--history-bytes", "64MiB",
+        )  # fmt: skip
+        assert process.stderr is not None
+        stderr = Output()
+        node_b = types.SimpleNamespace(port=port)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stderr.pump, process.stderr)
+                sender = await join(a, "sender")
+                reader, welcome = await v1_member(node_b, "reader")  # type: ignore[arg-type]
+                assert welcome.position is not None
+                await caught_up([a.port, port])
+                process.send_signal(signal.SIGSTOP)
+                filler = b"." * 16000
+                sent = 2000  # 32 MB: far over the subscriber's 256 kB limit
+                for n in range(sent):
+                    await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
+                # Redis tells nobody that it dropped a subscriber (and node b is stopped):
+                # asking Redis until it has is all there is to wait on.
+                channel = backplane(a).names.group_channel("g").decode()
+                with trio.fail_after(10):
+                    while await subscribers(url, channel) > 1:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                process.send_signal(signal.SIGCONT)
+                received: list[int] = []
+                position = welcome.position
+                with trio.fail_after(20):
+                    while True:
+                        opcode, data = await reader.recv_message()
+                        if opcode == OP_CLOSE:
+                            break
+                        header, start = v1.decode_relay_message(data)
+                        if isinstance(header, v1.From):
+                            assert header.offset is not None
+                            position = v1.Position(position.epoch, header.offset)
+                            received.append(int(data[start : start + 8]))
+                    assert int.from_bytes(data[:2], "big") == CloseCode.BACKPLANE_UNAVAILABLE
+                    assert len(received) < sent
+                    await stderr.wait_for("backplane reconnected")
+                    reader, again = await v1_member(  # type: ignore[arg-type]
+                        node_b, "reader", since=position.token()
+                    )
+                    assert again.recovery == v1.Recovery(True, sent - len(received))
+                    while len(received) < sent:
+                        _, header, payload = await next_message(reader)
+                        received.append(int(payload[:8]))
+                assert received == list(range(sent))
+                nursery.cancel_scope.cancel()
+        finally:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+    for client in (sender, reader):
         await client.aclose()

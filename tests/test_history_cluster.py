@@ -639,3 +639,28 @@ async def test_a_member_closed_4004_when_its_node_fell_behind_recovers_all_it_mi
             process.kill()
     for client in (sender, reader):
         await client.aclose()
+
+
+async def test_a_history_whose_messages_vanished_in_redis_is_never_replayed_with_a_gap(
+    redis_url: str, prefix: str
+) -> None:
+    """Redis lost the kept messages but not the rest (a maxmemory policy evicted the
+    stream, say): a member whose recovery is read from Redis is told its position is
+    too old, never "recovered, 0 missed"."""
+    async with cluster(redis_url, prefix, count=2, **HISTORY) as (a, b):
+        with trio.fail_after(20):
+            alice, welcome = await v1_member(a, "alice")
+            assert welcome.position is not None
+            sender = await join(a, "sender")
+            await caught_up([a.port, b.port])
+            await gone(a, alice)
+            for n in range(3):
+                await sender.send_frame(OP_TEXT, f"m{n}".encode())
+            await caught_up([a.port, b.port])
+            _, stream, _ = backplane(a).names.history_keys("g")
+            await redis_call(redis_url, "DEL", stream)
+            # Node b has no member of the group: it reads Redis.
+            alice, again = await v1_member(b, "alice", since=welcome.position.token())
+            assert again.recovery == v1.Recovery(False, 0, v1.POSITION_TOO_OLD)
+    for client in (alice, sender):
+        await client.aclose()

@@ -446,6 +446,10 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             return v1.EPOCH_CHANGED
         if since.offset < trimmed:
             return v1.POSITION_TOO_OLD
+        if [offset for offset, _, _ in entries] != list(range(since.offset + 1, last + 1)):
+            # Every offset given out is in some batch until trimmed: entries are missing
+            # (evicted by a maxmemory policy, deleted by hand). Never a silent gap.
+            return v1.POSITION_TOO_OLD
         missed = missed_by(self._entries(entries), since.offset, member_id)
         if isinstance(missed, str):
             return missed

@@ -14,9 +14,6 @@ the medians.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import signal
 import statistics
@@ -28,7 +25,7 @@ import attrs
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_process import start_relay
+from relay_process import failover_arguments, report_rounds, start_relay
 
 from trio_wsproxy import ClientConfig, open_client
 
@@ -98,26 +95,12 @@ async def _open(url: str, name: str, config: ClientConfig, *, task_status: trio.
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--min-delay", type=float, default=ClientConfig().reconnect_min_delay,
-        help="the clients' reconnect_min_delay (their first backoff)",
+    args = failover_arguments(__doc__).parse_args()
+    await report_rounds(
+        "failover", args.rounds,
+        lambda: one_round(args.redis, args.clients, args.min_delay),
+        ("median_s", "max_s", "min_s"), min_delay=args.min_delay,
     )  # fmt: skip
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)  # the clients' disconnect warnings are expected
-    results = []
-    for _ in range(args.rounds):
-        result = await one_round(args.redis, args.clients, args.min_delay)
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    summary = {
-        key: round(statistics.median(r[key] for r in results), 3)
-        for key in ("median_s", "max_s", "min_s")
-    }
-    print(json.dumps({"summary": "failover", "min_delay": args.min_delay, **summary}))
 
 
 if __name__ == "__main__":

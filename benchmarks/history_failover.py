@@ -18,9 +18,6 @@ replaying. Every client's messages are checked: each exactly once, in order.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import signal
 import statistics
@@ -31,7 +28,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_process import start_relay
+from relay_process import failover_arguments, report_rounds, start_relay
 
 from trio_wsproxy import ClientConfig, Incoming, Resumed, open_client
 
@@ -112,28 +109,16 @@ async def one_round(
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--clients", type=int, default=20)
+    parser = failover_arguments(__doc__)
     parser.add_argument("--backlog", type=int, default=5000, help="messages sent while away")
     parser.add_argument("--size", type=int, default=100, help="bytes per message")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--min-delay", type=float, default=ClientConfig().reconnect_min_delay,
-        help="the clients' reconnect_min_delay (their first backoff)",
-    )  # fmt: skip
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)  # the clients' disconnect warnings are expected
-    results = []
-    for _ in range(args.rounds):
-        result = await one_round(args.redis, args.clients, args.backlog, args.size, args.min_delay)
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    summary = {
-        key: round(statistics.median(r[key] for r in results), 3)
-        for key in ("replayed_per_client", "median_s", "max_s", "replayed_per_s")
-    }
-    print(json.dumps({"summary": "history failover", "min_delay": args.min_delay, **summary}))
+    await report_rounds(
+        "history failover", args.rounds,
+        lambda: one_round(args.redis, args.clients, args.backlog, args.size, args.min_delay),
+        ("replayed_per_client", "median_s", "max_s", "replayed_per_s"),
+        min_delay=args.min_delay,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import statistics
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import trio
+
+from trio_wsproxy import ClientConfig
 
 
 async def start_relay(*flags: str, python: str = sys.executable) -> tuple[trio.Process, str, int]:
@@ -44,3 +51,36 @@ async def metrics(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
+
+
+def failover_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every failover benchmark takes (its docstring's first paragraph as the
+    description): the Redis, the clients, the rounds, the clients' first backoff."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--min-delay", type=float, default=ClientConfig().reconnect_min_delay,
+        help="the clients' reconnect_min_delay (their first backoff)",
+    )  # fmt: skip
+    return parser
+
+
+async def report_rounds(
+    name: str,
+    rounds: int,
+    one_round: Callable[[], Awaitable[dict[str, float]]],
+    keys: tuple[str, ...],
+    **fields: object,
+) -> None:
+    """Run ``one_round`` ``rounds`` times, printing each result as a JSON line, then the
+    median of each of ``keys`` (with ``fields``) as the summary line."""
+    logging.basicConfig(level=logging.ERROR)  # the clients' disconnect warnings are expected
+    results = []
+    for _ in range(rounds):
+        result = await one_round()
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    summary = {key: round(statistics.median(r[key] for r in results), 3) for key in keys}
+    print(json.dumps({"summary": name, **fields, **summary}))

@@ -397,20 +397,8 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
                 # Node a hears of the reader, and node b has nothing left to send.
                 await caught_up([a.port, port])
                 assert backplane(a).cluster_group_size("g") == 2
-                # Node b stops reading (a stalled process): Redis buffers for its
-                # subscriber until the limit, then drops it.
-                process.send_signal(signal.SIGSTOP)
-                filler = b"." * 16000
-                sent = 2000  # 32 MB: more than socket buffers take, far over the 256 kB limit
-                for n in range(sent):
-                    await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
-                # Redis tells nobody that it dropped a subscriber (and node b is stopped):
-                # asking Redis until it has is all there is to wait on.
-                channel = backplane(a).names.group_channel("g").decode()
-                with trio.fail_after(10):
-                    while await subscribers(url, channel) > 1:  # noqa: ASYNC110
-                        await trio.sleep(0.02)
-                process.send_signal(signal.SIGCONT)
+                sent = 2000
+                await stall_until_dropped(process, sender, a, url, sent)
                 received: list[int] = []
                 with trio.fail_after(10):
                     while True:
@@ -435,6 +423,26 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
         finally:
             process.send_signal(signal.SIGCONT)
             process.kill()
+
+
+async def stall_until_dropped(
+    process: trio.Process, sender: RawClient, node: Relay, url: str, sent: int
+) -> None:
+    """Stop the node ``process`` (a stalled process) while ``sender`` sends ``sent``
+    numbered messages of 16 KB to group g (32 MB for 2000: more than socket buffers
+    take, far over a 256 kB pubsub limit), until Redis has dropped its subscriber; then
+    let it go on."""
+    process.send_signal(signal.SIGSTOP)
+    filler = b"." * 16000
+    for n in range(sent):
+        await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
+    # Redis tells nobody that it dropped a subscriber (and the node is stopped): asking
+    # Redis until it has is all there is to wait on.
+    channel = backplane(node).names.group_channel("g").decode()
+    with trio.fail_after(10):
+        while await subscribers(url, channel) > 1:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    process.send_signal(signal.SIGCONT)
 
 
 async def test_a_slow_member_holds_up_only_its_own_group(redis_url: str, prefix: str) -> None:

@@ -10,8 +10,9 @@ import trio
 
 import trio_wsproxy
 from loglines import LogLines
+from recorder import Recorder, as_u32, stall_into_4001
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
-from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
+from trio_wsproxy import Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
 from trio_wsproxy.relay.history import Histories, History, HistoryLimits
 from wsraw import OP_BINARY, OP_TEXT, RawClient
@@ -248,51 +249,20 @@ async def test_the_client_recovers_after_4001_and_its_handler_sees_every_message
     """A client whose handler stalls is closed with 4001 (its mailbox on the relay
     full); it reconnects by itself, names its position, and every message reaches the
     handler exactly once, in order, with a Resumed event saying how many were replayed."""
-    count = 3000
-    seen: list[int] = []
-    resumed: list[trio_wsproxy.Resumed] = []
-    stalled, release, closed_slow, all_seen = trio.Event(), trio.Event(), trio.Event(), trio.Event()
-
-    def on_disconnect(event: trio_wsproxy.Disconnected) -> None:
-        if event.code == CloseCode.SLOW_CONSUMER:
-            closed_slow.set()
-
+    count = 3000  # 24 MiB in all
+    recorder = Recorder(as_u32, stall_at=10)
     async with trio_wsproxy.open_client(
-        relay.url, group="g", id="slow", on_disconnect=on_disconnect
+        relay.url, group="g", id="slow", on_disconnect=recorder.on_disconnect
     ) as client:
-
-        async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
-            seen.append(int.from_bytes(value[:4], "big"))
-            if len(seen) == 10:
-                stalled.set()
-                await release.wait()  # the handler stalls; the relay's mailbox fills
-            if len(seen) == count:
-                all_seen.set()
-
-        async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
-            resumed.append(value)
-
-        client.on(bytes, on_bytes)
-        client.on(trio_wsproxy.Resumed, on_resumed)
+        recorder.attach(client)
         sender = await RawClient.open(relay.port, "/ws?id=sender&groupName=g")
         with trio.fail_after(60):
             await relay.wait_members(2, "g")
-            for n in range(count):
-                # 24 MiB in all: more than the kernel's socket buffers hold for it.
-                await sender.send_frame(OP_BINARY, n.to_bytes(4, "big") + bytes(8192))
-                if n == 20:
-                    await stalled.wait()
-            # The relay closes the slow member with 4001 meanwhile (awaited in the log:
-            # the client may be back before this task looks)...
-            await relay_log.wait_for("closing with 4001")
-            # (More than once, if it came back before its handler was released.)
-            assert relay.counters.closes[CloseCode.SLOW_CONSUMER] >= 1
-            # ...its handler goes on, the client sees the close and reconnects.
-            release.set()
-            await closed_slow.wait()
-            await all_seen.wait()
-    assert seen == list(range(count))
-    assert resumed and all(event.recovered for event in resumed), resumed
+            await stall_into_4001(recorder, sender, count, relay, relay_log)
+            # The client sees the close and reconnects.
+            await recorder.closed_slow.wait()
+            await recorder.saw(count)
+    recorder.check(count)
     await sender.aclose()
 
 

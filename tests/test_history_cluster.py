@@ -16,9 +16,10 @@ import trio
 import trio_wsproxy
 from httpapi import call
 from loglines import LogLines
-from redisserver import RedisServer, redis_call, subscribers
+from recorder import Recorder, as_text, as_u32, stall_into_4001
+from redisserver import RedisServer, redis_call
 from relayproc import Output, start_relay
-from test_backplane import backplane, caught_up, cluster, join, kill
+from test_backplane import backplane, caught_up, cluster, join, kill, stall_until_dropped
 from test_v1 import next_message, v1_member
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol import v1
@@ -257,50 +258,21 @@ async def test_a_stalled_client_closed_4001_recovers_every_message_through_the_c
     mailbox full, the group's messages from the other node piling up); it reconnects by
     itself and its handler sees every message once, in order."""
     count = 2000
-    seen: list[int] = []
-    resumed: list[trio_wsproxy.Resumed] = []
-    stalled, release, closed_slow, all_seen = trio.Event(), trio.Event(), trio.Event(), trio.Event()
-
-    def on_disconnect(event: trio_wsproxy.Disconnected) -> None:
-        if event.code == CloseCode.SLOW_CONSUMER:
-            closed_slow.set()
-
+    recorder = Recorder(as_u32, stall_at=10)
     settings = dict(history_size=10_000, history_bytes=64 * 1024 * 1024,
                     mailbox_bytes=64 * 1024, slow_member_timeout=0.5)  # fmt: skip
     async with cluster(redis_url, prefix, **settings) as (a, b):
         async with trio_wsproxy.open_client(
-            b.url, group="g", id="slow", on_disconnect=on_disconnect
+            b.url, group="g", id="slow", on_disconnect=recorder.on_disconnect
         ) as client:
-
-            async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
-                seen.append(int.from_bytes(value[:4], "big"))
-                if len(seen) == 10:
-                    stalled.set()
-                    await release.wait()  # the handler stalls; the node's mailbox fills
-                if len(seen) == count:
-                    all_seen.set()
-
-            async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
-                resumed.append(value)
-
-            client.on(bytes, on_bytes)
-            client.on(trio_wsproxy.Resumed, on_resumed)
+            recorder.attach(client)
             sender = await join(a, "sender")
             with trio.fail_after(60):
                 await caught_up([a.port, b.port])
-                for n in range(count):
-                    await sender.send_frame(OP_BINARY, n.to_bytes(4, "big") + bytes(8192))
-                    if n == 20:
-                        await stalled.wait()
-                # (Awaited in the log: the client may be back before this task looks.)
-                await relay_log.wait_for("closing with 4001")
-                # (More than once, if it came back before its handler was released.)
-                assert b.counters.closes[CloseCode.SLOW_CONSUMER] >= 1
-                release.set()
-                await closed_slow.wait()
-                await all_seen.wait()
-    assert seen == list(range(count))
-    assert resumed and all(event.recovered for event in resumed), resumed
+                await stall_into_4001(recorder, sender, count, b, relay_log)
+                await recorder.closed_slow.wait()
+                await recorder.saw(count)
+    recorder.check(count)
     await sender.aclose()
 
 
@@ -312,9 +284,7 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
     the node stopped (it closes with 1001): the client fails over to the other node,
     names its position there, and its handler sees every message once, in order."""
     count = 600
-    seen: list[int] = []
-    resumed: list[trio_wsproxy.Resumed] = []
-    halfway, all_seen = trio.Event(), trio.Event()
+    recorder = Recorder(as_text)
     async with cluster(redis_url, prefix, count=1, node_ttl=1.0, **HISTORY) as (a,):
         process, url, port = await start_relay(
             "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
@@ -322,19 +292,7 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
         )  # fmt: skip
         try:
             async with trio_wsproxy.open_client([url, a.url], group="g", id="member") as client:
-
-                async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
-                    seen.append(int(value))
-                    if len(seen) == count // 3:
-                        halfway.set()
-                    if len(seen) == count:
-                        all_seen.set()
-
-                async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
-                    resumed.append(value)
-
-                client.on(bytes, on_bytes)
-                client.on(trio_wsproxy.Resumed, on_resumed)
+                recorder.attach(client)
                 sender = await join(a, "sender")
                 with trio.fail_after(60):
                     await caught_up([a.port, port])
@@ -342,15 +300,14 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
                     for n in range(count):
                         await sender.send_frame(OP_BINARY, str(n).encode())
                         if n == count // 2:
-                            await halfway.wait()
+                            await recorder.saw(count // 3)
                             process.send_signal(how)
-                    await all_seen.wait()
+                    await recorder.saw(count)
                 assert client.url.startswith(a.url)
         finally:
             if process.returncode is None:
                 await kill(process)
-    assert seen == list(range(count))
-    assert resumed and resumed[-1].recovered, resumed
+    recorder.check(count)
     await sender.aclose()
 
 
@@ -511,39 +468,24 @@ async def test_a_tcp_drop_mid_traffic_is_recovered_exactly_once(
     """The client's connection to its node breaks while messages stream to it: it
     reconnects by itself, and its handler sees every message once, in order."""
     count = 1500
-    seen: list[int] = []
-    resumed: list[trio_wsproxy.Resumed] = []
-    third, all_seen = trio.Event(), trio.Event()
+    recorder = Recorder(as_text)
     async with cluster(redis_url, prefix, **HISTORY) as (a, b), trio.open_nursery() as nursery:
         cutter = Cutter(b.port)
         await nursery.start(cutter.serve)
         url = f"ws://127.0.0.1:{cutter.port}/ws"
         async with trio_wsproxy.open_client(url, group="g", id="member") as client:
-
-            async def on_bytes(value: bytes, incoming: trio_wsproxy.Incoming[bytes]) -> None:
-                seen.append(int(value))
-                if len(seen) == count // 3:
-                    third.set()
-                if len(seen) == count:
-                    all_seen.set()
-
-            async def on_resumed(value: trio_wsproxy.Resumed, _: object) -> None:
-                resumed.append(value)
-
-            client.on(bytes, on_bytes)
-            client.on(trio_wsproxy.Resumed, on_resumed)
+            recorder.attach(client)
             sender = await join(a, "sender")
             with trio.fail_after(60):
                 await caught_up([a.port, b.port])
                 for n in range(count):
                     await sender.send_frame(OP_BINARY, str(n).encode())
                     if n == count // 2:
-                        await third.wait()
+                        await recorder.saw(count // 3)
                         cutter.cut()
-                await all_seen.wait()
+                await recorder.saw(count)
         nursery.cancel_scope.cancel()
-    assert seen == list(range(count))
-    assert resumed and resumed[-1].recovered, resumed
+    recorder.check(count)
     await sender.aclose()
 
 
@@ -598,18 +540,8 @@ async def test_a_member_closed_4004_when_its_node_fell_behind_recovers_all_it_mi
                 reader, welcome = await v1_member(node_b, "reader")  # type: ignore[arg-type]
                 assert welcome.position is not None
                 await caught_up([a.port, port])
-                process.send_signal(signal.SIGSTOP)
-                filler = b"." * 16000
-                sent = 2000  # 32 MB: far over the subscriber's 256 kB limit
-                for n in range(sent):
-                    await sender.send_frame(OP_BINARY, b"%08d" % n + filler)
-                # Redis tells nobody that it dropped a subscriber (and node b is stopped):
-                # asking Redis until it has is all there is to wait on.
-                channel = backplane(a).names.group_channel("g").decode()
-                with trio.fail_after(10):
-                    while await subscribers(url, channel) > 1:  # noqa: ASYNC110
-                        await trio.sleep(0.02)
-                process.send_signal(signal.SIGCONT)
+                sent = 2000
+                await stall_until_dropped(process, sender, a, url, sent)
                 received: list[int] = []
                 position = welcome.position
                 with trio.fail_after(20):

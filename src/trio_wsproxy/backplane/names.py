@@ -13,9 +13,10 @@ misreading each other.
 - With history on (DESIGN.md §7; ``backplane/scripts.py``): ``P:history-meta:<group>``,
   hash of the group's history (epoch, the Redis run it belongs to, last offset given
   out, last offset trimmed, bytes kept, declined stream claims);
-  ``P:history:<group>``, stream of its kept messages (entry id ``<offset>-0``); and
-  ``P:history-index:<group>``, list of ``"<offset> <ms> <bytes>"`` per entry, oldest
-  first, by which the scripts trim without reading the messages.
+  ``P:history:<group>``, stream of its messages, one entry per batch a node published
+  (entry id ``<first offset>-0``); and ``P:history-index:<group>``, list of
+  ``"<first offset> <count> <ms> <bytes>"`` per batch, oldest first, by which the
+  scripts trim without reading the messages.
 """
 
 from __future__ import annotations

@@ -398,12 +398,12 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         ]  # fmt: skip
 
     async def _read_history(
-        self, pub: RedisConnection, group_name: str, after: int, limit: int, renew: bool = False
+        self, pub: RedisConnection, group_name: str, after: int, limit: int
     ) -> tuple[str, int, int, list[tuple[int, bytes, bytes]]]:
         """The group's history in Redis: epoch, last offset, last trimmed, and (``after``
         >= 0) up to ``limit`` (0: all) entries after ``after``: (offset, kind, body)."""
         args = self._history_args(scripts.HISTORY, group_name)
-        reply = await pub.call(*args, after, limit, int(renew))
+        reply = await pub.call(*args, after, limit, 0)  # (0: no renewal; see _renew_histories)
         if not (isinstance(reply, list) and len(reply) == 4):
             raise RedisError(f"unexpected reply to the history script: {reply!r}")
         epoch, last, trimmed, flat = reply
@@ -923,14 +923,13 @@ class RedisBackplane(NodeGroups[SharedGroup]):
     async def _carry_all(self, group: SharedGroup, node: bytes, actions: list[Action]) -> None:
         """Carry out what the channel order decided; members catching up with the
         group's history wait meanwhile (see SharedGroup.quiet), and look again after."""
-        if not actions:
-            return
-        group.handing += 1
-        try:
-            for action in actions:
-                await self._carry_out(group, node, action)
-        finally:
-            group.handing -= 1
+        if actions:
+            group.handing += 1
+            try:
+                for action in actions:
+                    await self._carry_out(group, node, action)
+            finally:
+                group.handing -= 1
         group.changed()
 
     @staticmethod
@@ -963,10 +962,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
                 self._send("EVALSHA", self._shas[scripts.DECLINED], 1, meta, message.offset)
         if not group.record(message, granted):
             self._close_group(group, "the group's history was lost in Redis: epoch changed")
-        if inner is not None:
-            actions = group.order.receive(inner, self._floor(group), sequenced=True)
-            await self._carry_all(group, message.node, actions)
-        group.changed()
+        actions = [] if inner is None else group.order.receive(inner, self._floor(group), True)
+        await self._carry_all(group, message.node, actions)  # (the mirror moved, too)
 
     async def _carry_out(self, group: SharedGroup, node: bytes, action: Action) -> None:
         """Do what the group's channel order decided, for the members here."""

@@ -352,31 +352,12 @@ def encode_messages(node: bytes, messages: Sequence[Message]) -> bytes:
     courier calls this once per flush."""
     if len(node) != NODE_ID_LENGTH:
         raise ValueError(f"a node id is {NODE_ID_LENGTH} bytes, not {len(node)}: {node!r}")
-    pack_length = _U16.pack
-    pack_flags = _FLAGS_LENGTH.pack
     try:
-        parts = [_M, node, _U32.pack(len(messages))]
-        append = parts.append
-        for message in messages:
-            sender = message.sender.encode()
-            payload = message.payload
-            # Four appends measure faster than one extend of a tuple.
-            append(pack_length(len(sender)))
-            append(sender)
-            to = message.to
-            if to is None:
-                append(pack_flags(_TEXT if message.text else 0, len(payload)))
-                append(payload)
-            else:
-                append(pack_flags((_TEXT if message.text else 0) | _TO, len(payload)))
-                append(payload)
-                to_bytes = to.encode()
-                append(pack_length(len(to_bytes)))
-                append(to_bytes)
+        header = _M + node + _U32.pack(len(messages))
     except struct.error:
-        # Diagnosed only after the fact, so that the loop above stays free of checks.
         raise ValueError(_unencodable(messages)) from None
-    return b"".join(parts)
+    # (Measured: joining the bodies is faster than appending every part to one list.)
+    return b"".join([header, *encode_bodies(messages)])
 
 
 def encode_bodies(messages: Sequence[Message]) -> list[bytes]:
@@ -400,6 +381,7 @@ def encode_bodies(messages: Sequence[Message]) -> list[bytes]:
                 ]  # fmt: skip
             bodies.append(b"".join(parts))
     except struct.error:
+        # Diagnosed only after the fact, so that the loop above stays free of checks.
         raise ValueError(_unencodable(messages)) from None
     return bodies
 

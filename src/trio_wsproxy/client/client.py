@@ -67,6 +67,7 @@ from .policy import reconnect_delay
 from .requests import PendingRequests
 from .resumption import Resumed
 from .stats import ClientStats
+from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of
 from .urls import connection_url, connection_urls
 from .wire import check_member_id, encode_message, type_label
 
@@ -74,6 +75,7 @@ __all__ = [
     "DEFAULT_RECONNECT_CODES",
     "BadMessage",
     "BadMessageKind",
+    "BinaryStream",
     "Client",
     "ClientClosed",
     "ClientConfig",
@@ -92,6 +94,8 @@ __all__ = [
     "ReplyError",
     "RequestTimeout",
     "Resumed",
+    "StreamInterrupted",
+    "StreamSource",
     "UnsupportedByRelay",
     "connection_url",
     "connection_urls",
@@ -246,7 +250,11 @@ class Client:
     def on(self, message_type: Any, handler: Callable[..., Any] | None = None) -> Any:
         """Call ``handler`` with every message of ``message_type``; returns ``handler``.
 
-        Also a decorator: ``@client.on(SocketMessage)``. ``bytes`` receives binary frames.
+        Also a decorator: ``@client.on(SocketMessage)``. ``bytes`` receives binary
+        messages, assembled (up to ``config.max_message_size``); :class:`BinaryStream`
+        receives them as they arrive, in flat memory whatever their size — once a
+        handler or subscription of :class:`BinaryStream` is registered, binary messages
+        go to those only (see also :meth:`on_stream`).
         A handler is a plain or an async function taking the value — or the value and an
         :class:`Incoming` (to read the envelope fields or :meth:`~Incoming.reply`).
         Handlers run one message at a time, in arrival order, in the client's nursery;
@@ -267,6 +275,40 @@ class Client:
     def off(self, message_type: Any, handler: Callable[..., object]) -> None:
         """Stop calling ``handler`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
         self._dispatcher.remove_handler(message_type, handler)
+
+    @overload
+    def on_stream(self, announcement_type: type[T]) -> Callable[[F], F]: ...
+    @overload
+    def on_stream(
+        self, announcement_type: type[T], handler: Callable[[T, BinaryStream], R]
+    ) -> Callable[[T, BinaryStream], R]: ...
+
+    def on_stream(self, announcement_type: Any, handler: Callable[..., Any] | None = None) -> Any:
+        """Make ``announcement_type`` announce a stream: call ``handler`` with each message
+        of it *and* the :class:`BinaryStream` its sender sends next (what
+        :meth:`send_stream` sends with ``announce=``). Also a decorator.
+
+        The announcement goes to this handler only, when its stream starts; the stream's
+        :attr:`~BinaryStream.announcement` is its :class:`Incoming` (to :meth:`reply
+        <Incoming.reply>` to it). Over ``wsproxy.v1`` the stream is the sender's next
+        message; on a plain relay, which names no senders, the group's next binary
+        message. An announcement whose stream does not follow — its sender sent
+        something else, or left, or the connection ended — goes to ``on_bad_message``
+        (:attr:`BadMessageKind.MISSING_STREAM`).
+        """
+        if handler is None:
+
+            def decorator(function: F) -> F:
+                self._dispatcher.add_stream_handler(announcement_type, function)
+                return function
+
+            return decorator
+        self._dispatcher.add_stream_handler(announcement_type, handler)
+        return handler
+
+    def off_stream(self, announcement_type: Any, handler: Callable[..., object]) -> None:
+        """Stop calling ``handler`` for streams announced by ``announcement_type``."""
+        self._dispatcher.remove_stream_handler(announcement_type, handler)
 
     @overload
     def subscribe(
@@ -327,6 +369,56 @@ class Client:
         """
         frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
         await self._link.send(frame)
+
+    async def send_stream(
+        self,
+        source: StreamSource,
+        *,
+        to: str | None = None,
+        announce: object = None,
+        announce_as: Any = None,
+        piece_size: int = DEFAULT_PIECE_SIZE,
+    ) -> int:
+        """Send one binary message read from ``source``, of any size, without holding it
+        in memory; returns its size in bytes.
+
+        ``source`` is a path, a binary file (sync, read in Trio's worker threads, or
+        async), or an iterable or async iterable of ``bytes`` pieces. A path or file is
+        read ``piece_size`` bytes at a time; each piece is written before the one after
+        the next is read, so the relay — and through it the slowest recipient — paces
+        the reading. ``to`` sends it to one member only (``wsproxy.v1``), as
+        :meth:`send_to` does.
+
+        ``announce`` (a typed value, as for :meth:`send`; ``announce_as`` as ``as_type``)
+        goes right before the message, with nothing else from this client between them:
+        a receiver's :meth:`on_stream` handler for its type gets both together.
+
+        Other sends wait while the message is written. Waits for a connection as
+        :meth:`send` does, and sends on the next connection if it drops before the
+        message started. If it drops later, raises :exc:`StreamInterrupted` (its
+        recipients get :exc:`StreamInterrupted` too: the relay closes them with 4002,
+        and they reconnect). Cancelled mid-message, or when ``source`` raises, the
+        connection is dropped — nothing else may go on it before the message's end —
+        and the client reconnects; the recipients are told the same way.
+        """
+        if to is not None:
+            self._check_present(check_member_id(to))
+        if piece_size < 1:
+            raise ValueError(f"piece_size must be positive, got {piece_size}")
+        announcement = None
+        if announce is not None:
+            if isinstance(announce, bytes | bytearray | memoryview):
+                raise TypeError("a stream is announced by a typed message, not bytes")
+            encoded = encode_message(
+                self.types, announce, announce_as, request_id=None, reply_to=None
+            )
+            assert isinstance(encoded, str)
+            announcement = encoded
+        pieces = pieces_of(source, piece_size)
+        try:
+            return await self._link.send_stream(pieces, to=to, announcement=announcement)
+        finally:
+            await pieces.aclose()
 
     async def send_to(
         self, member_id: str, value: object, *, as_type: Any = None, reply_to: str | None = None

@@ -1,36 +1,306 @@
 """One connection to a relay, from TCP connect to close: the I/O.
 
 :func:`connect_and_serve` opens it (TCP, TLS for ``wss``, the WebSocket upgrade), hands
-it to the connection task, and closes it; :func:`serve_frames` reads it, with client
-pings (:func:`keep_alive`) if configured. Failures to connect come out as
+the :class:`WebSocket` to the connection task, and closes it; :func:`serve_frames` reads
+it, with client pings (:func:`keep_alive`) if configured. Failures to connect come out as
 :exc:`~.errors.ConnectError` (:exc:`~.errors.HandshakeRefused` for an HTTP refusal).
+
+The WebSocket is wsproto's (the sans-I/O engine trio-websocket runs on) driven directly:
+it hands a binary message over as its data arrives (:class:`Piece`), so that the client
+can stream one of any size with flat memory (:mod:`.streams`), and it costs no task or
+channel per message. A message that arrives in one piece — nearly every message — comes
+whole, as ``str`` or ``bytes``; text is always assembled (up to ``max_message_size``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import ssl
-import sys
 from collections.abc import Awaitable, Callable
 
+import attrs
 import trio
-import trio_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from ..protocol.exceptions import leaves, sole_error
+from ..protocol.close_codes import CloseCode
+from ..protocol.exceptions import leaves
 from ..protocol.v1 import SUBPROTOCOL
 from .config import ClientConfig
 from .errors import ConnectError, HandshakeRefused
 from .urls import RelayAddress, relay_address
 
-__all__ = ["Closed", "connect_and_serve", "keep_alive", "open_websocket", "serve_frames"]
+__all__ = [
+    "Closed",
+    "ConnectionEnded",
+    "Piece",
+    "WebSocket",
+    "connect_and_serve",
+    "keep_alive",
+    "open_websocket",
+    "serve_frames",
+]
 
 logger = logging.getLogger("trio_wsproxy.client")
 
 #: How a connection ended: the close code (1006 without a close frame) and the reason.
 Closed = tuple[int, str | None]
 
-# trio-websocket wants an int; "no limit" is the largest one.
-_NO_LIMIT = sys.maxsize
+# A refusal's body is read up to this many bytes (its first line is the reason).
+_MAX_REFUSAL_BODY = 64 * 1024
+
+
+class ConnectionEnded(Exception):
+    """The connection is over: nothing more can be sent or received on it."""
+
+    def __init__(self, code: int, reason: str | None) -> None:
+        super().__init__(f"connection closed: code {code}{f' ({reason})' if reason else ''}")
+        self.code = code
+        self.reason = reason
+
+
+@attrs.frozen(slots=True)
+class Piece:
+    """Part of a binary message that did not arrive whole: its data as it came."""
+
+    data: bytes
+    #: Whether it starts the message ...
+    first: bool
+    #: ... and whether it ends it.
+    last: bool
+
+
+#: What :meth:`WebSocket.receive` hands over: a whole message, or a piece of a binary one.
+Received = str | bytes | Piece
+
+
+class WebSocket:
+    """A client WebSocket on an open ``stream`` whose upgrade ``ws`` has completed.
+
+    One task reads (:meth:`receive`); any task may send. A data message is written whole
+    (:meth:`send_message`), or piece by piece (:meth:`send_piece`) by a task holding
+    :attr:`message_lock` for the whole message; control frames (pongs, pings, the close
+    frame) may go between its pieces, as RFC 6455 allows.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws: WSConnection,
+        *,
+        subprotocol: str | None,
+        receive_buffer_size: int,
+        max_message_size: int | None,
+    ) -> None:
+        self._stream = stream
+        self._ws = ws
+        #: The subprotocol the relay selected (``"wsproxy.v1"``), or None: plain.
+        self.subprotocol = subprotocol
+        self._receive_size = receive_buffer_size
+        self._max_message_size = max_message_size
+        self._write_lock = trio.StrictFIFOLock()
+        #: Held by whoever writes a data message, for all its pieces.
+        self.message_lock = trio.StrictFIFOLock()
+        self._events = ws.events()
+        self._text: list[str] = []
+        self._text_size = 0
+        self._in_binary = False
+        self._pings: dict[bytes, trio.Event] = {}
+        self._ping_count = 0
+        self._dropped = False
+        #: Whether a task is in :meth:`receive` (else :meth:`aclose` reads the answer).
+        self.reading = False
+        #: How the connection ended, once it has (set before :attr:`ended` is).
+        self.closed: Closed | None = None
+        #: Set when the connection has ended.
+        self.ended = trio.Event()
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def receive(self) -> Received:
+        """The next message, or piece of one; raises :exc:`ConnectionEnded` at the end
+        (after answering the relay's close frame)."""
+        while self.closed is None:
+            for event in self._events:
+                if isinstance(event, BytesMessage):
+                    data = bytes(event.data)  # it is bytes already: no copy
+                    first, self._in_binary = not self._in_binary, not event.message_finished
+                    if first and event.message_finished:
+                        return data  # the whole message at once: the usual case
+                    return Piece(data, first, event.message_finished)
+                if isinstance(event, TextMessage):
+                    text = await self._take_text(event)
+                    if text is not None:
+                        return text
+                elif isinstance(event, Ping):
+                    await self._write_control(event.response())
+                elif isinstance(event, Pong):
+                    waiter = self._pings.pop(bytes(event.payload), None)
+                    if waiter is not None:
+                        waiter.set()
+                elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
+                        await self._write_control(event.response())
+                    self._end(event.code, event.reason)
+                if self.closed is not None:
+                    break
+            else:
+                await self._read_more()
+        raise ConnectionEnded(*self.closed)
+
+    async def _read_more(self) -> None:
+        try:
+            data = await self._stream.receive_some(self._receive_size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        try:
+            self._ws.receive_data(bytes(data) if data else None)
+        except RemoteProtocolError as error:
+            logger.warning("the relay broke the WebSocket protocol: %s", error)
+            await self.close_with(CloseCode.PROTOCOL_ERROR, f"protocol error: {error}"[:120])
+        except LocalProtocolError:
+            self._end(1006, None)  # data after the connection was over
+        self._events = self._ws.events()
+
+    async def _take_text(self, event: TextMessage) -> str | None:
+        self._text.append(event.data)
+        self._text_size += len(event.data)
+        if self._max_message_size is not None and self._text_size > self._max_message_size:
+            self._text, self._text_size = [], 0
+            await self.too_big()
+            return None
+        if not event.message_finished:
+            return None
+        text = self._text[0] if len(self._text) == 1 else "".join(self._text)
+        self._text, self._text_size = [], 0
+        return text
+
+    async def too_big(self) -> None:
+        """The relay sent a message over ``max_message_size``: close with 1009."""
+        reason = f"message larger than {self._max_message_size} bytes"
+        logger.warning("closing the connection: the relay sent a %s", reason)
+        await self.close_with(CloseCode.MESSAGE_TOO_BIG, reason)
+
+    async def close_with(self, code: int, reason: str) -> None:
+        """End the connection now with ``code``: send the close frame and stop reading
+        (the relay's answer is not waited for)."""
+        await self._write_control(CloseConnection(code, reason))
+        self._end(code, reason)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send_message(self, payload: str | bytes) -> None:
+        """Write one whole message: text for ``str``, binary for ``bytes``; raises
+        :exc:`ConnectionEnded` if the connection is over, or ends while it is written."""
+        async with self.message_lock:
+            await self.write_message(payload)
+
+    async def write_message(self, payload: str | bytes) -> None:
+        """:meth:`send_message`, for a caller that holds :attr:`message_lock`."""
+        message = TextMessage(payload) if isinstance(payload, str) else BytesMessage(payload)
+        await self._write_data(message)
+
+    async def send_piece(self, data: bytes, *, last: bool) -> None:
+        """Write the next piece of a binary message; the caller holds :attr:`message_lock`
+        for the whole message."""
+        await self._write_data(BytesMessage(data, message_finished=last))
+
+    async def _write_data(self, message: TextMessage | BytesMessage) -> None:
+        if self.closed is not None or self._ws.state is not ConnectionState.OPEN:
+            raise ConnectionEnded(*(self.closed or (1006, None)))
+        await self._write(self._ws.send(message))
+
+    async def _write(self, data: bytes) -> None:
+        async with self._write_lock:
+            if self._dropped:
+                raise ConnectionEnded(*(self.closed or (1006, None)))
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._end(1006, None)
+                raise ConnectionEnded(*(self.closed or (1006, None))) from None
+            except BaseException:
+                # Cancelled part-way: the stream may end inside a frame, so nothing
+                # more can go on it.
+                self.drop()
+                raise
+
+    async def _write_control(self, event: CloseConnection | Pong | Ping) -> None:
+        """Write a control frame if the connection still takes one (best effort)."""
+        try:
+            data = self._ws.send(event)
+        except LocalProtocolError:
+            return
+        try:
+            await self._write(data)
+        except ConnectionEnded:
+            pass
+
+    async def ping(self) -> None:
+        """Ping the relay and wait for its pong (or for the connection to end: there is
+        nothing left to keep alive then)."""
+        self._ping_count += 1
+        payload = self._ping_count.to_bytes(8, "big")
+        answered = self._pings[payload] = trio.Event()
+        if self.closed is not None:
+            return
+        try:
+            await self._write_control(Ping(payload))
+            await answered.wait()
+        finally:
+            self._pings.pop(payload, None)
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Send a close frame (if the connection is open) and wait for the relay's
+        answer, read by :meth:`receive` — by the reading task, or here if none reads."""
+        if self._ws.state is ConnectionState.OPEN:
+            await self._write_control(CloseConnection(code, reason))
+        if not self.reading:
+            with contextlib.suppress(ConnectionEnded):
+                while True:
+                    await self.receive()
+        await self.ended.wait()
+
+    def _end(self, code: int, reason: str | None) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.ended.set()
+            for waiter in self._pings.values():
+                waiter.set()  # nothing to keep alive any more
+
+    def drop(self) -> None:
+        """End the connection at once, without a close handshake (it may be mid-frame):
+        the socket is closed, which wakes the task reading it."""
+        self._end(1006, None)
+        if not self._dropped:
+            self._dropped = True
+            stream = self._stream
+            if isinstance(stream, trio.SSLStream):
+                stream = stream.transport_stream
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()
+
+    async def aclose_stream(self) -> None:
+        """Close the underlying stream (after :meth:`aclose`, or instead of it)."""
+        self._dropped = True
+        self._end(1006, None)
+        await trio.aclose_forcefully(self._stream)
 
 
 async def connect_and_serve(
@@ -38,76 +308,86 @@ async def connect_and_serve(
     *,
     config: ClientConfig,
     ssl_context: ssl.SSLContext | None,
-    serve: Callable[[trio_websocket.WebSocketConnection], Awaitable[Closed]],
+    serve: Callable[[WebSocket], Awaitable[Closed]],
 ) -> Closed:
     """Connect to the relay at ``url``, run ``serve`` on the WebSocket, close it, and
     return how the connection ended (what ``serve`` returned)."""
-    # trio-websocket's reader task runs in a nursery of ours rather than inside
-    # open_websocket_url, whose nursery waits forever on a server that accepts the TCP
-    # connection but never answers the upgrade.
-    closed: Closed = (1006, None)
+    ws = await open_websocket(url, config=config, ssl_context=ssl_context)
     try:
-        async with trio.open_nursery() as reader_nursery:
-            stream, ws = await open_websocket(
-                url, config=config, ssl_context=ssl_context, reader_nursery=reader_nursery
-            )
-            try:
-                closed = await serve(ws)
-            finally:
-                # The reader still has to read the relay's close frame and the TCP close;
-                # give it (and our own close, if still due) close_timeout to do so.
-                reader_nursery.cancel_scope.deadline = trio.current_time() + config.close_timeout
-                try:
-                    await ws.aclose()
-                finally:
-                    # trio-websocket leaves the socket open when the relay closed first.
-                    await trio.aclose_forcefully(stream)
-    except BaseExceptionGroup as group:
-        error = sole_error(group, ignore=(trio.Cancelled,))
-        if error is None:
-            raise
-        if isinstance(error, trio_websocket.ConnectionRejected):
-            body = (error.body or b"").decode("utf-8", "replace").strip()
-            raise HandshakeRefused(
-                url=url,
-                status_code=error.status_code,
-                reason=body.splitlines()[0] if body else "",
-            ) from None
-        if isinstance(error, ConnectError):
-            raise error from error.__cause__
-        raise
+        closed = await serve(ws)
+    finally:
+        # The relay still has to answer our close frame (if ours went first) and close
+        # the TCP connection: give it close_timeout.
+        if trio.current_effective_deadline() != -math.inf:  # not cancelled from outside
+            with trio.move_on_after(config.close_timeout):
+                await ws.aclose()
+        await ws.aclose_stream()
     return closed
 
 
 async def open_websocket(
-    url: str,
-    *,
-    config: ClientConfig,
-    ssl_context: ssl.SSLContext | None,
-    reader_nursery: trio.Nursery,
-) -> tuple[trio.abc.Stream, trio_websocket.WebSocketConnection]:
+    url: str, *, config: ClientConfig, ssl_context: ssl.SSLContext | None
+) -> WebSocket:
     """Open the stream to ``url`` and complete the WebSocket upgrade on it, within
-    ``connect_timeout``; trio-websocket's reader task goes into ``reader_nursery``. The
-    upgrade offers ``wsproxy.v1`` (``config.offer_v1``); ``ws.subprotocol`` says whether
-    the relay selected it."""
+    ``connect_timeout``. The upgrade offers ``wsproxy.v1`` (``config.offer_v1``);
+    ``ws.subprotocol`` says whether the relay selected it."""
     address = relay_address(url)
     with trio.move_on_after(config.connect_timeout):
         stream = await _open_stream(url, address, ssl_context)
         try:
-            ws = await trio_websocket.wrap_client_stream(
-                reader_nursery,
-                stream,
-                address.authority,
-                address.resource,
-                subprotocols=(SUBPROTOCOL,) if config.offer_v1 else None,
-                max_message_size=config.max_message_size or _NO_LIMIT,
-                receive_buffer_size=config.receive_buffer_size,
-            )
-            return stream, ws
+            return await _upgrade(stream, url, address, config)
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
     raise ConnectError(f"could not connect to {url} within {config.connect_timeout} s", url=url)
+
+
+async def _upgrade(
+    stream: trio.abc.Stream, url: str, address: RelayAddress, config: ClientConfig
+) -> WebSocket:
+    ws = WSConnection(ConnectionType.CLIENT)
+    request = Request(
+        host=address.authority,
+        target=address.resource,
+        subprotocols=[SUBPROTOCOL] if config.offer_v1 else [],
+    )
+    try:
+        await stream.send_all(ws.send(request))
+        refusal: RejectConnection | None = None
+        body = bytearray()
+        while True:
+            data = await stream.receive_some(config.receive_buffer_size)
+            if not data:
+                raise ConnectError(f"{url} closed the connection during the upgrade", url=url)
+            ws.receive_data(bytes(data))
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    return WebSocket(
+                        stream,
+                        ws,
+                        subprotocol=event.subprotocol,
+                        receive_buffer_size=config.receive_buffer_size,
+                        max_message_size=config.max_message_size,
+                    )
+                if isinstance(event, RejectConnection):
+                    refusal = event
+                    if not event.has_body:
+                        raise _refused(url, event, b"")
+                elif isinstance(event, RejectData) and refusal is not None:
+                    body += event.data[: _MAX_REFUSAL_BODY - len(body)]
+                    if event.body_finished:
+                        raise _refused(url, refusal, bytes(body))
+    except trio.BrokenResourceError as error:
+        raise ConnectError(f"{url} dropped the connection during the upgrade", url=url) from error
+    except RemoteProtocolError as error:
+        raise ConnectError(f"{url} answered the upgrade wrongly: {error}", url=url) from error
+
+
+def _refused(url: str, refusal: RejectConnection, body: bytes) -> HandshakeRefused:
+    text = body.decode("utf-8", "replace").strip()
+    return HandshakeRefused(
+        url=url, status_code=refusal.status_code, reason=text.splitlines()[0] if text else ""
+    )
 
 
 async def _open_stream(
@@ -139,29 +419,43 @@ async def _open_stream(
 
 
 async def serve_frames(
-    ws: trio_websocket.WebSocketConnection,
-    take: Callable[[str | bytes], Awaitable[None]],
+    ws: WebSocket,
+    take: Callable[[Received], Awaitable[None]],
     *,
     url: str,
     ping_interval: float | None,
     ping_timeout: float,
 ) -> Closed:
-    """Hand each frame ``ws`` receives to ``take`` until the connection ends, and return
-    how it ended. With a ``ping_interval``, pings the relay too; a ping unanswered for
-    ``ping_timeout`` drops the connection (code 1006)."""
+    """Hand each message (or piece) ``ws`` receives to ``take`` until the connection
+    ends, and return how it ended. With a ``ping_interval``, pings the relay too; a ping
+    unanswered for ``ping_timeout`` drops the connection (code 1006)."""
     closed: Closed = (1006, "no answer to a ping within ping_timeout")
     async with trio.open_nursery() as nursery:
         if ping_interval is not None:
             nursery.start_soon(
                 keep_alive, ws, nursery.cancel_scope, url, ping_interval, ping_timeout
             )
-        closed = await _read(ws, take)
+        closed = await read(ws, take)
         nursery.cancel_scope.cancel()
     return closed
 
 
+async def read(ws: WebSocket, take: Callable[[Received], Awaitable[None]]) -> Closed:
+    """Hand what ``ws`` receives to ``take`` until it ends; how it ended."""
+    ws.reading = True
+    try:
+        while True:
+            try:
+                received = await ws.receive()
+            except ConnectionEnded as ended:
+                return (ended.code, ended.reason)
+            await take(received)
+    finally:
+        ws.reading = False
+
+
 async def keep_alive(
-    ws: trio_websocket.WebSocketConnection,
+    ws: WebSocket,
     connection_scope: trio.CancelScope,
     url: str,
     interval: float,
@@ -169,29 +463,13 @@ async def keep_alive(
 ) -> None:
     """Ping every ``interval`` seconds; cancel ``connection_scope`` when a pong does not
     come within ``pong_timeout``. Returns when the connection closes."""
-    while True:
+    while ws.closed is None:
         await trio.sleep(interval)
         with trio.move_on_after(pong_timeout) as waited:
-            try:
-                await ws.ping()
-            except trio_websocket.ConnectionClosed:
-                return
+            await ws.ping()
         if waited.cancelled_caught:
             logger.warning(
                 "no pong from %s within %s s: dropping the connection", url, pong_timeout
             )
             connection_scope.cancel()
             return
-
-
-async def _read(
-    ws: trio_websocket.WebSocketConnection, take: Callable[[str | bytes], Awaitable[None]]
-) -> Closed:
-    while True:
-        try:
-            frame = await ws.get_message()
-        except trio_websocket.ConnectionClosed as closed:
-            if closed.reason is None:
-                return (1006, None)
-            return (closed.reason.code, closed.reason.reason)
-        await take(frame)

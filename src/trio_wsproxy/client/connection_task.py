@@ -19,8 +19,8 @@ import logging
 import ssl
 from collections.abc import Callable
 
+import attrs
 import trio
-import trio_websocket
 
 from ..protocol.typenames import TypeRegistry
 from ..protocol.v1 import (
@@ -33,7 +33,15 @@ from ..protocol.v1 import (
     Welcome,
 )
 from .config import ClientConfig
-from .connection import Closed, connect_and_serve, serve_frames
+from .connection import (
+    Closed,
+    ConnectionEnded,
+    Piece,
+    Received,
+    WebSocket,
+    connect_and_serve,
+    serve_frames,
+)
 from .dispatch import Dispatcher
 from .errors import (
     ClientError,
@@ -53,11 +61,12 @@ from .incoming import (
     Sender,
 )
 from .link import Connection, Lifecycle, Link
-from .membership import DeliveryFailed, Membership
+from .membership import DeliveryFailed, Left, Membership
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
 from .resumption import Resumption
 from .stats import ClientStats
+from .streams import BinaryStream
 from .urls import with_query
 from .wire import Deliver, Reply, read_frame, split_relay_message
 
@@ -67,6 +76,32 @@ logger = logging.getLogger("trio_wsproxy.client")
 
 # How much of a bad frame goes into its log line.
 _LOG_PREVIEW = 200
+# A v1 relay's header line on a binary message is at most this long (a member id and an
+# offset: far less); a longer one is a bad header.
+_MAX_RELAY_HEADER = 64 * 1024
+
+
+@attrs.define
+class _Announced:
+    """A typed message that announced a stream, waiting for it."""
+
+    deliver: Deliver
+    frame: str
+
+
+@attrs.define
+class _Arriving:
+    """A binary message arriving in pieces: streamed to its :class:`BinaryStream`, or
+    assembled (for ``bytes`` handlers) until its last piece."""
+
+    #: The v1 header's bytes while its line is incomplete (None once read, or plain).
+    header: bytearray | None = None
+    origin: From | None = None
+    stream: BinaryStream | None = None
+    parts: list[bytes] | None = None
+    size: int = 0
+    #: Whether the rest is dropped (its header was bad).
+    skip: bool = False
 
 
 class ConnectionTask:
@@ -122,6 +157,11 @@ class ConnectionTask:
         self.protocol: str | None = None
         #: Where the client is in its group's history (a v1 relay with history on).
         self.resumption = Resumption()
+        self._ws: WebSocket | None = None
+        # Announcements waiting for their streams, by sender (None: on a plain relay).
+        self._announced: dict[str | None, _Announced] = {}
+        # The binary message arriving in pieces now, if any.
+        self._arriving: _Arriving | None = None
 
     @property
     def url(self) -> str:
@@ -197,7 +237,7 @@ class ConnectionTask:
         """One connection to URL ``index``, from handshake to close: returns the close code
         and reason."""
 
-        async def serve(ws: trio_websocket.WebSocketConnection) -> Closed:
+        async def serve(ws: WebSocket) -> Closed:
             return await self._serve(index, ws, task_status)
 
         url = self._urls[index]
@@ -211,7 +251,7 @@ class ConnectionTask:
     async def _serve(
         self,
         index: int,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocket,
         task_status: trio.TaskStatus[None] | None,
     ) -> Closed:
         """Make ``ws`` the client's connection and read it until it ends.
@@ -225,6 +265,7 @@ class ConnectionTask:
             logger.info("failed over from %s to %s", self.url, url)
         self.url_index = index
         self.protocol = ws.subprotocol
+        self._ws = ws
         connection = Connection(ws, url, ws.subprotocol)
         self._link.attach(connection)
         try:
@@ -247,31 +288,35 @@ class ConnectionTask:
                 await self._dispatcher.call_soon(self._on_connect)
             if task_status is not None:
                 task_status.started()
-            if ended is not None:
-                return ended
-            return await serve_frames(
-                ws,
-                take,
-                url=url,
-                ping_interval=self._config.ping_interval,
-                ping_timeout=self._config.ping_timeout,
-            )
+            if ended is None:
+                ended = await serve_frames(
+                    ws,
+                    take,
+                    url=url,
+                    ping_interval=self._config.ping_interval,
+                    ping_timeout=self._config.ping_timeout,
+                )
+            for key in list(self._announced):
+                await self._stream_missing(key, "the connection ended first")
+            return ended
         finally:
             self._link.detach(connection)
             self._membership.connection_ended()
+            arriving, self._arriving = self._arriving, None
+            if arriving is not None and arriving.stream is not None:
+                arriving.stream.interrupt(*(ws.closed or (1006, None)))
+            self._announced.clear()
 
-    async def _welcome(self, ws: trio_websocket.WebSocketConnection, url: str) -> Closed | None:
+    async def _welcome(self, ws: WebSocket, url: str) -> Closed | None:
         """Read a v1 connection's first message, the relay's welcome, within
         ``connect_timeout`` and take it in; returns how the connection ended if it ended
         first. Raises :exc:`ConnectError` when nothing came in time."""
-        first: str | bytes | None = None
+        first: Received | None = None
         with trio.move_on_after(self._config.connect_timeout):
             try:
-                first = await ws.get_message()
-            except trio_websocket.ConnectionClosed as closed:
-                if closed.reason is None:
-                    return (1006, None)
-                return (closed.reason.code, closed.reason.reason)
+                first = await ws.receive()
+            except ConnectionEnded as ended:
+                return (ended.code, ended.reason)
         if first is None:
             raise ConnectError(
                 f"{url} selected {SUBPROTOCOL} but sent no welcome within "
@@ -281,30 +326,40 @@ class ConnectionTask:
         await self._take_v1(first, welcome_from=url)
         return None
 
-    async def _take(self, frame: str | bytes) -> None:
-        """Turn one frame into a dispatcher job, a resolved request, or a bad message."""
+    async def _take(self, received: Received) -> None:
+        """Turn one message into a dispatcher job, a resolved request, or a bad message."""
+        if isinstance(received, Piece):
+            await self._piece(received, v1=False)
+            return
         self._stats.messages_received += 1
-        verdict = read_frame(frame, types=self._types, awaiting=self._requests, sender=self._sender)
+        if isinstance(received, bytes):
+            if self._announced or self._dispatcher.wants_streams:
+                await self._whole_stream(received, None)
+                return
+            if self._too_big(len(received)):
+                await self._close_too_big()
+                return
+        verdict = read_frame(
+            received, types=self._types, awaiting=self._requests, sender=self._sender
+        )
         # The plain hot path: what _carry_out does, without one more coroutine per message.
-        if isinstance(verdict, Deliver):
+        if isinstance(verdict, Deliver) and not self._dispatcher.announces(verdict.message_type):
             await self._dispatcher.deliver(verdict.incoming, verdict.message_type)
         else:
-            await self._carry_out(verdict)
+            await self._carry_out(verdict, received)
 
-    async def _take_v1(self, frame: str | bytes, *, welcome_from: str | None = None) -> None:
-        """Take a v1 frame's header off, then carry out what it says: a member's message
+    async def _take_v1(self, received: Received, *, welcome_from: str | None = None) -> None:
+        """Take a v1 message's header off, then carry out what it says: a member's message
         as :meth:`_take` does, with its sender; one of the relay's events. ``welcome_from``:
-        the frame is the first from that relay URL, which should be its welcome."""
+        the message is the first from that relay URL, which should be its welcome."""
+        if isinstance(received, Piece):
+            await self._piece(received, v1=True)
+            return
         try:
-            header, payload = split_relay_message(frame)
+            header, payload = split_relay_message(received)
         except V1Error as error:
             self._stats.messages_received += 1
-            text = (
-                frame if isinstance(frame, str) else frame[:_LOG_PREVIEW].decode("utf-8", "replace")
-            )
-            await self._reject(
-                BadMessage(BadMessageKind.INVALID_HEADER, f"a {SUBPROTOCOL} message {error}", text)
-            )
+            await self._bad_header(received, error)
             return
         if welcome_from is not None and not isinstance(header, Welcome):
             logger.warning(
@@ -315,22 +370,165 @@ class ConnectionTask:
             )
         if isinstance(header, From):
             self._stats.messages_received += 1
-            if header.offset is not None:
-                self.resumption.heard(header.offset)
-            sender = header.sender
-            if sender is not None:
-                self._membership.heard_from(sender)
+            self._heard(header)
+            if isinstance(payload, bytes):
+                if self._announced or self._dispatcher.wants_streams:
+                    await self._whole_stream(payload, header)
+                    return
+                if self._too_big(len(received)):
+                    await self._close_too_big()
+                    return
+            elif header.sender in self._announced:
+                await self._stream_missing(header.sender, "its sender's next message was text")
             verdict = read_frame(
                 payload,
                 types=self._types,
                 awaiting=self._requests,
-                # A message the back end posted (no sender) is answered to the group.
-                sender=self._sender if sender is None else self._reply_via(sender),
+                sender=self._reply_path(header.sender),
                 origin=header,
             )
-            await self._carry_out(verdict)
+            await self._carry_out(verdict, payload)
         else:
             await self._event(header)
+
+    def _heard(self, header: From) -> None:
+        """A member's message came with ``header``: where it is in the history, and from whom."""
+        if header.offset is not None:
+            self.resumption.heard(header.offset)
+        if header.sender is not None:
+            self._membership.heard_from(header.sender)
+
+    def _reply_path(self, sender: str | None) -> Sender:
+        # A message the back end posted (no sender) is answered to the group.
+        return self._sender if sender is None else self._reply_via(sender)
+
+    async def _bad_header(self, frame: str | bytes, error: V1Error) -> None:
+        text = frame if isinstance(frame, str) else frame[:_LOG_PREVIEW].decode("utf-8", "replace")
+        await self._reject(
+            BadMessage(BadMessageKind.INVALID_HEADER, f"a {SUBPROTOCOL} message {error}", text)
+        )
+
+    # -- binary messages as streams -------------------------------------------------------
+
+    def _new_stream(
+        self, origin: From | None, size: int | None
+    ) -> tuple[Incoming[BinaryStream], object]:
+        """The stream of a binary message from ``origin``'s sender, tied to the
+        announcement that sender made, if any; and the announcement's type."""
+        sender, direct = (None, False) if origin is None else (origin.sender, origin.direct)
+        announced = self._announced.pop(sender, None)
+        stream = BinaryStream(
+            sender=sender,
+            direct=direct,
+            size=size,
+            announcement=None if announced is None else announced.deliver.incoming,
+        )
+        incoming = Incoming(stream, None, None, None, self._reply_path(sender), sender, direct)
+        return incoming, None if announced is None else announced.deliver.message_type
+
+    async def _whole_stream(self, payload: bytes, origin: From | None) -> None:
+        """A binary message that arrived whole, for stream handlers."""
+        incoming, announced_as = self._new_stream(origin, len(payload))
+        await self._dispatcher.deliver_stream(incoming, announced_as)
+        await incoming.value.feed(payload, True)
+
+    async def _piece(self, piece: Piece, *, v1: bool) -> None:
+        """Take in a piece of a binary message arriving in pieces: stream it, or assemble
+        it for ``bytes`` handlers (up to ``max_message_size``: closed with 1009 beyond)."""
+        if piece.first:
+            self._stats.messages_received += 1
+            self._arriving = arriving = _Arriving(header=bytearray() if v1 else None)
+            if not v1:
+                await self._begin(arriving, None)
+        elif self._arriving is None:
+            return  # the rest of a message the connection was closed over
+        else:
+            arriving = self._arriving
+        data = piece.data
+        if arriving.header is not None:
+            arriving.header += data
+            end = arriving.header.find(b"\n", 0, _MAX_RELAY_HEADER)
+            if end < 0 and (piece.last or len(arriving.header) >= _MAX_RELAY_HEADER):
+                arriving.skip = True
+                await self._bad_header(
+                    bytes(arriving.header[:_LOG_PREVIEW]), V1Error("no header line")
+                )
+            elif end >= 0:
+                line, data = bytes(arriving.header[: end + 1]), bytes(arriving.header[end + 1 :])
+                arriving.header = None
+                await self._begin_v1(arriving, line)
+            else:
+                return
+        if arriving.skip:
+            pass
+        elif arriving.stream is not None:
+            await arriving.stream.feed(data, piece.last)
+        elif arriving.parts is not None:
+            arriving.size += len(data)
+            if self._too_big(arriving.size):
+                arriving.skip = True
+                await self._close_too_big()
+                return
+            arriving.parts.append(data)
+            if piece.last:
+                origin = arriving.origin
+                verdict = read_frame(
+                    b"".join(arriving.parts),
+                    types=self._types,
+                    awaiting=self._requests,
+                    sender=self._reply_path(None if origin is None else origin.sender),
+                    origin=origin,
+                )
+                await self._carry_out(verdict, "")
+        if piece.last:
+            self._arriving = None
+
+    def _too_big(self, size: int) -> bool:
+        limit = self._config.max_message_size
+        return limit is not None and size > limit
+
+    async def _close_too_big(self) -> None:
+        """A binary message for ``bytes`` handlers is over ``max_message_size``: close 1009."""
+        if self._ws is not None:
+            await self._ws.too_big()
+
+    async def _begin_v1(self, arriving: _Arriving, line: bytes) -> None:
+        try:
+            header, _ = split_relay_message(line)
+            if not isinstance(header, From):
+                raise V1Error("is a relay event, which has no binary payload")
+        except V1Error as error:
+            arriving.skip = True
+            await self._bad_header(line, error)
+            return
+        self._heard(header)
+        await self._begin(arriving, header)
+
+    async def _begin(self, arriving: _Arriving, origin: From | None) -> None:
+        """A binary message from ``origin`` starts arriving: as a stream if its sender
+        announced one, or streams are wanted; else to be assembled."""
+        arriving.origin = origin
+        sender = None if origin is None else origin.sender
+        if sender in self._announced or self._dispatcher.wants_streams:
+            incoming, announced_as = self._new_stream(origin, None)
+            arriving.stream = incoming.value
+            await self._dispatcher.deliver_stream(incoming, announced_as)
+        else:
+            arriving.parts = []
+
+    async def _hold(self, verdict: Deliver, frame: str) -> None:
+        """Keep an announcement until its sender's stream comes."""
+        key = verdict.incoming.sender
+        if key in self._announced:
+            await self._stream_missing(key, "another announcement came first")
+        self._announced[key] = _Announced(verdict, frame)
+
+    async def _stream_missing(self, key: str | None, why: str) -> None:
+        """The announcement of ``key`` will get no stream: report it as a bad message."""
+        announced = self._announced.pop(key)
+        kind = announced.deliver.incoming.message_type
+        reason = f"a {kind} message announced a stream that did not follow: {why}"
+        await self._reject(BadMessage(BadMessageKind.MISSING_STREAM, reason, announced.frame))
 
     async def _event(self, event: Event) -> None:
         """Take in one of the relay's own events and hand the handlers what it means."""
@@ -358,12 +556,18 @@ class ConnectionTask:
                     Incoming(resumed, None, None, None, self._sender)
                 )
         for change in self._membership.apply(event):
+            if isinstance(change, Left) and change.id in self._announced:
+                await self._stream_missing(change.id, "its sender left")
             await self._dispatcher.deliver_event(Incoming(change, None, None, None, self._sender))
 
-    async def _carry_out(self, verdict: Deliver | Reply | BadMessage) -> None:
-        """Hand a read frame on: to the dispatcher, a waiting request, or the rejects."""
+    async def _carry_out(self, verdict: Deliver | Reply | BadMessage, frame: str | bytes) -> None:
+        """Hand a read message on: to the dispatcher (or held, if it announces a stream),
+        a waiting request, or the rejects."""
         if isinstance(verdict, Deliver):
-            await self._dispatcher.deliver(verdict.incoming, verdict.message_type)
+            if isinstance(frame, str) and self._dispatcher.announces(verdict.message_type):
+                await self._hold(verdict, frame)
+            else:
+                await self._dispatcher.deliver(verdict.incoming, verdict.message_type)
         elif isinstance(verdict, Reply):
             bad = self._requests.answer(verdict, self._types)
             if bad is not None:

@@ -5,6 +5,11 @@ The connection task submits jobs through a bounded channel (``ClientConfig.read_
 jobs): when handlers fall behind, submitting waits, so the connection task stops reading
 the socket; nothing is dropped and memory stays bounded.
 
+A binary message goes to the handlers and subscriptions of :class:`~.streams.BinaryStream`
+when there are any, as it arrives; else, assembled, to those of ``bytes``. One announced
+by a typed message (:meth:`Dispatcher.add_stream_handler`) goes to the stream handlers of
+the announcement's type, with it.
+
 The client's own events (``Joined``, ``Left``, ``DeliveryFailed``: :data:`~.membership.EVENT_TYPES`)
 go the same way, in order with the messages, to the handlers and subscriptions of their
 own type only: a subscription to every message gets members' messages, as it always did.
@@ -26,6 +31,7 @@ from ..protocol.typenames import TypeRegistry
 from .incoming import HandlerErrorHook, Incoming
 from .membership import EVENT_TYPES
 from .stats import ClientStats
+from .streams import BinaryStream
 
 __all__ = ["Dispatcher", "Job", "call_user", "takes_incoming"]
 
@@ -60,11 +66,25 @@ async def call_user(function: Callable[..., object], *args: object) -> None:
         await result
 
 
+# Handled without a registered type: binary messages, whole or as they arrive.
+_UNTYPED = (bytes, BinaryStream)
+
+
+def _remove(handlers: dict[Any, list[_Handler]], key: Any, function: Callable[..., object]) -> None:
+    for registered in handlers.get(key, []):
+        if registered.function == function:
+            handlers[key].remove(registered)
+            return
+    raise ValueError(f"{function!r} is not a handler for {key!r}")
+
+
 def _label(incoming: Incoming[Any]) -> str:
     """What ``incoming`` is, for a note on an exception raised handling it."""
     kind = type(incoming.value)
     if incoming.message_type is None and kind in EVENT_TYPES:
         return f"{kind.__name__} event"
+    if kind is BinaryStream:
+        return "binary stream"
     return f"{incoming.message_type or 'binary'} message"
 
 
@@ -112,7 +132,11 @@ class Dispatcher:
         self._stats = stats
         self._on_handler_error = on_handler_error
         self._handlers: dict[Any, list[_Handler]] = {}
+        self._stream_handlers: dict[Any, list[_Handler]] = {}
         self._subscriptions: list[_Subscription] = []
+        #: Whether binary messages are wanted as streams: something handles
+        #: :class:`BinaryStream`.
+        self.wants_streams = False
         self._closed = False
         self._jobs_in, self._jobs_out = trio.open_memory_channel[Job](read_ahead)
 
@@ -120,19 +144,39 @@ class Dispatcher:
 
     def add_handler(self, message_type: Any, function: Callable[..., object]) -> None:
         """Call ``function`` for each message of ``message_type``, after those added before."""
-        if message_type is not bytes and message_type not in EVENT_TYPES:
+        if message_type not in _UNTYPED and message_type not in EVENT_TYPES:
             self._types.ensure(message_type)
         entry = _Handler(function, takes_incoming(function))
         self._handlers.setdefault(message_type, []).append(entry)
+        self._refresh()
 
     def remove_handler(self, message_type: Any, function: Callable[..., object]) -> None:
         """Stop calling ``function`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
-        handlers = self._handlers.get(message_type, [])
-        for registered in handlers:
-            if registered.function == function:
-                handlers.remove(registered)
-                return
-        raise ValueError(f"{function!r} is not a handler for {message_type!r}")
+        _remove(self._handlers, message_type, function)
+        self._refresh()
+
+    def add_stream_handler(self, announcement_type: Any, function: Callable[..., object]) -> None:
+        """Make ``announcement_type`` an announcement: call ``function`` with each message
+        of it and the :class:`BinaryStream` its sender sends next."""
+        if announcement_type in _UNTYPED or announcement_type in EVENT_TYPES:
+            raise TypeError(f"a stream is announced by a typed message, not {announcement_type}")
+        self._types.ensure(announcement_type)
+        self._stream_handlers.setdefault(announcement_type, []).append(_Handler(function, False))
+
+    def remove_stream_handler(
+        self, announcement_type: Any, function: Callable[..., object]
+    ) -> None:
+        """Stop calling ``function`` for streams announced by ``announcement_type``."""
+        _remove(self._stream_handlers, announcement_type, function)
+
+    def announces(self, message_type: Any) -> bool:
+        """Whether messages of ``message_type`` announce a stream."""
+        return bool(self._stream_handlers.get(message_type))
+
+    def _refresh(self) -> None:
+        self.wants_streams = bool(self._handlers.get(BinaryStream)) or any(
+            subscription.message_type is BinaryStream for subscription in self._subscriptions
+        )
 
     @asynccontextmanager
     async def subscription(
@@ -140,12 +184,13 @@ class Dispatcher:
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Incoming[Any]]]:
         """A channel of the messages of ``message_type`` (None: all) dispatched while the
         block runs, holding up to ``buffer``; it ends when the client closes."""
-        if message_type is not None and message_type is not bytes:
+        if message_type is not None and message_type not in _UNTYPED:
             if message_type not in EVENT_TYPES:
                 self._types.ensure(message_type)
         send_channel, receive_channel = trio.open_memory_channel[Incoming[Any]](buffer)
         subscription = _Subscription(message_type, send_channel)
         self._subscriptions.append(subscription)
+        self._refresh()
         if self._closed:
             send_channel.close()
         try:
@@ -153,6 +198,7 @@ class Dispatcher:
                 yield receive_channel
         finally:
             self._subscriptions.remove(subscription)
+            self._refresh()
             send_channel.close()
 
     # -- submitting jobs --------------------------------------------------------------------
@@ -160,6 +206,14 @@ class Dispatcher:
     async def deliver(self, incoming: Incoming[Any], message_type: Any) -> None:
         """Queue ``incoming`` for the handlers and subscriptions of ``message_type``."""
         await self._jobs_in.send(functools.partial(self._dispatch, incoming, message_type))
+
+    async def deliver_stream(
+        self, incoming: Incoming[BinaryStream], announced_as: Any = None
+    ) -> None:
+        """Queue the stream ``incoming`` for the handlers of streams announced by
+        ``announced_as``, or (None) for those and the subscriptions of
+        :class:`BinaryStream`."""
+        await self._jobs_in.send(functools.partial(self._dispatch_stream, incoming, announced_as))
 
     async def deliver_event(self, incoming: Incoming[Any]) -> None:
         """Queue the client's event ``incoming`` (its value a ``Joined``, ``Left``, ...) for
@@ -210,6 +264,29 @@ class Dispatcher:
                 await subscription.channel.send(incoming)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the subscriber left between the snapshot and now
+
+    async def _dispatch_stream(self, incoming: Incoming[BinaryStream], announced_as: Any) -> None:
+        stream = incoming.value
+        subscriptions: list[_Subscription] = []
+        try:
+            if announced_as is not None:
+                announcement = stream.announcement
+                assert announcement is not None
+                for handler in tuple(self._stream_handlers.get(announced_as, ())):
+                    try:
+                        await call_user(handler.function, announcement.value, stream)
+                    except Exception as error:
+                        await self._handler_failed(handler, error, announcement)
+                return
+            handlers = tuple(self._handlers.get(BinaryStream, ()))
+            subscriptions = [s for s in self._subscriptions if s.message_type is BinaryStream]
+            if not handlers and not subscriptions:
+                self._stats.unhandled += 1
+                logger.debug("no handler for a binary stream")
+            await self._hand_out(incoming, handlers, subscriptions)
+        finally:
+            if not subscriptions:
+                stream.discard()  # what the handlers left unread
 
     async def _dispatch_event(self, incoming: Incoming[Any]) -> None:
         event_type = type(incoming.value)

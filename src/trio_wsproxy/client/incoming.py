@@ -48,6 +48,9 @@ class BadMessageKind(enum.Enum):
     BAD_PAYLOAD = "bad_payload"
     #: A ``wsproxy.v1`` message whose header line the client could not read (a relay bug).
     INVALID_HEADER = "invalid_header"
+    #: A typed message announcing a stream (``Client.on_stream``) that no binary message
+    #: followed: its sender sent something else next, left, or the connection ended.
+    MISSING_STREAM = "missing_stream"
 
 
 @attrs.frozen

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import AsyncIterator
 
 import attrs
 import trio
-import trio_websocket
 
-from ..protocol.v1 import SUBPROTOCOL
+from ..protocol.v1 import SUBPROTOCOL, member_header
 from .config import ClientConfig
-from .errors import ClientClosed, NotConnected, UnsupportedByRelay
+from .connection import ConnectionEnded, WebSocket
+from .errors import ClientClosed, ClientError, NotConnected, UnsupportedByRelay
 from .stats import ClientStats
+from .streams import StreamInterrupted
 from .wire import frame_for
 
 __all__ = ["Connection", "Lifecycle", "Link"]
@@ -41,7 +43,7 @@ class Connection:
     """One connection to a relay, while it lasts."""
 
     #: Its WebSocket.
-    ws: trio_websocket.WebSocketConnection
+    ws: WebSocket
     #: The relay URL it goes to.
     url: str = ""
     #: The subprotocol the relay selected (``"wsproxy.v1"``), or None: plain.
@@ -116,29 +118,92 @@ class Link:
         deadline = trio.current_time() + self._config.send_timeout
         while True:
             connection = await self._wait_for_connection(deadline)
-            if connection.protocol is None and (to is None or or_group):
-                frame = payload  # plain: the payload is the message
-            elif connection.v1:
-                frame = frame_for(payload, to)
-            else:
-                raise UnsupportedByRelay(
-                    f"the relay at {connection.url} does not speak {SUBPROTOCOL} (it did not "
-                    "select the subprotocol), so it cannot send a message to one member; "
-                    "nothing was sent",
-                    url=connection.url,
-                )
+            header = _header(connection, to, or_group)
+            frame = payload if header is None else frame_for(payload, to)
             try:
                 await connection.ws.send_message(frame)
-            except trio_websocket.ConnectionClosed:
-                if self.stopping:
-                    raise ClientClosed("the client closed before the message was sent") from None
-                # Not (fully) written, so not delivered: wait for this connection to be
-                # replaced and send it again.
-                with trio.move_on_at(deadline):
-                    await connection.ended.wait()
+            except ConnectionEnded:
+                await self._written_off(connection, deadline)
                 continue
             self._stats.messages_sent += 1
             return
+
+    async def send_stream(
+        self,
+        pieces: AsyncIterator[bytes],
+        *,
+        to: str | None = None,
+        announcement: str | None = None,
+    ) -> int:
+        """Write one binary message made of ``pieces``, each as it is read (so the relay's
+        pace is the reading's), and return its size. The typed
+        ``announcement`` frame, if given, goes right before it, with nothing of this
+        client's between them.
+
+        Waits for a connection as :meth:`send` does, and sends again on the next one if
+        the connection drops before the message's first piece is written (the
+        announcement then goes again too). If it drops later, raises
+        :exc:`StreamInterrupted`: the recipients were told (the relay closes them with
+        4002). Cancelled, or failed by the source, mid-message, the connection is dropped
+        (no message may go on it until this one ends): the client reconnects, the
+        recipients are told, and the exception propagates.
+        """
+        deadline = trio.current_time() + self._config.send_timeout
+        # The first piece is read before a connection is asked for: a source that fails
+        # at once fails before anything is sent.
+        first = await anext(pieces, b"")
+        while True:
+            connection = await self._wait_for_connection(deadline)
+            header = _header(connection, to, False)
+            ws = connection.ws
+            sent = 0
+            async with ws.message_lock:
+                try:
+                    if announcement is not None:
+                        frame = announcement if header is None else frame_for(announcement, to)
+                        await ws.write_message(frame)
+                    await ws.send_piece(first if header is None else header + first, last=not first)
+                    sent = len(first)
+                    if first:
+                        # Each piece goes as soon as it is read; an empty frame ends the
+                        # message (the end of a source is known only once it is reached).
+                        async for piece in pieces:
+                            await ws.send_piece(piece, last=False)
+                            sent += len(piece)
+                        await ws.send_piece(b"", last=True)
+                except ConnectionEnded as ended:
+                    if sent == 0 and not self.stopping:
+                        pass  # nothing of the message went: send it on the next connection
+                    else:
+                        raise self._interrupted(sent, ended) from None
+                except BaseException:
+                    ws.drop()  # mid-message: nothing else may go on this connection
+                    raise
+                else:
+                    self._stats.messages_sent += 1 + (announcement is not None)
+                    return sent
+            await self._written_off(connection, deadline)
+
+    def _interrupted(self, sent: int, ended: ConnectionEnded) -> ClientError:
+        if self.stopping:
+            return ClientClosed(f"the client closed after {sent} bytes of the message were sent")
+        return StreamInterrupted(
+            f"the connection dropped after {sent} bytes of the message were sent "
+            f"(code {ended.code}); its recipients were told it was cut off",
+            code=ended.code,
+            reason=ended.reason,
+            transferred=sent,
+        )
+
+    async def _written_off(self, connection: Connection, deadline: float) -> None:
+        """A message could not be written on ``connection``, which has ended: wait for
+        the next one (or raise :exc:`ClientClosed` if the client is closing)."""
+        if self.stopping:
+            raise ClientClosed("the client closed before the message was sent") from None
+        # Not (fully) written, so not delivered: wait for this connection to be replaced
+        # and send it again.
+        with trio.move_on_at(deadline):
+            await connection.ended.wait()
 
     async def _wait_for_connection(self, deadline: float) -> Connection:
         with trio.move_on_at(deadline):
@@ -158,7 +223,22 @@ class Link:
         connection = self.current
         if connection is None or trio.current_effective_deadline() == -math.inf:
             # Cancelled from outside: the reader goes too, so no answer would be read;
-            # the connection is dropped without a close handshake, as trio-websocket does.
+            # the connection is dropped without a close handshake.
             return
         with trio.move_on_after(self._config.close_timeout):
             await connection.ws.aclose(1000)
+
+
+def _header(connection: Connection, to: str | None, or_group: bool) -> bytes | None:
+    """The v1 header line a message to ``to`` (None: the group) starts with on
+    ``connection``; None on a plain connection, which can carry it to the group only —
+    else :exc:`UnsupportedByRelay` (unless ``or_group``: to the group instead)."""
+    if connection.protocol is None and (to is None or or_group):
+        return None  # plain: the payload is the message
+    if connection.v1:
+        return member_header(to)
+    raise UnsupportedByRelay(
+        f"the relay at {connection.url} does not speak {SUBPROTOCOL} (it did not select "
+        "the subprotocol), so it cannot send a message to one member; nothing was sent",
+        url=connection.url,
+    )

@@ -32,6 +32,8 @@ class ClientStats:
     bad_payload: int = 0
     #: ... ``wsproxy.v1`` messages whose header the client could not read.
     invalid_header: int = 0
+    #: ... announcements of a stream that did not follow (``Client.on_stream``).
+    missing_stream: int = 0
     #: Exceptions raised by handlers.
     handler_errors: int = 0
     #: Connections made (the first one included).

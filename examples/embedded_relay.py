@@ -9,6 +9,9 @@ statistics every few seconds. Ctrl+C cancels the nursery: every member gets clos
 
 Try it with two browser consoles or any WebSocket client:
     ws://127.0.0.1:8765/ws?id=alice&groupName=lobby
+
+The bot speaks raw text frames, so it is written on trio-websocket (``pip install
+trio-websocket``; the test extra has it) rather than on the typed client.
 """
 
 from __future__ import annotations

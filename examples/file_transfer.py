@@ -1,17 +1,17 @@
-"""Send a file through the relay, as binary chunks or as one binary message, and check it.
+"""Send files through the relay, one binary message per file, and check them.
 
-    trio-wsproxy serve                                       # the relay
-    python examples/file_transfer.py receive --out downloads  # terminal 1
-    python examples/file_transfer.py send big.iso             # terminal 2 (1 MiB chunks)
-    python examples/file_transfer.py send big.iso --whole     # or: one 100 MiB+ message
+    trio-wsproxy serve                                        # the relay
+    python examples/file_transfer.py receive --out downloads   # terminal 1
+    python examples/file_transfer.py send big.iso notes.txt    # terminal 2
 
-The sender asks first (a request, so it knows a receiver is there), streams the bytes as
-binary frames, then asks the receiver for the SHA-256 of what arrived and compares it
-with its own. Both sides draw a progress bar on stderr.
-
-One transfer at a time per group: binary frames carry no envelope, so the receiver takes
-every binary frame as the next piece of the file it was offered. Messages from one
-sender arrive in order, typed and binary alike, which is what makes this work.
+Each file is one message, however big, streamed from disk to disk in flat memory: the
+sender reads it a piece at a time as the relay and the receiver take it
+(``Client.send_stream``), the receiver writes each piece as it arrives (a
+``BinaryStream``). The file's name and size travel ahead of it in a typed ``Offer`` that
+announces the stream (``send_stream(..., announce=offer)`` and ``Client.on_stream``), so
+several senders may send to one receiver at once. Afterwards the sender asks for a
+receipt and compares its SHA-256 with its own. Both sides draw a progress bar (bytes,
+rate, time left) on stderr.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import hashlib
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import attrs
 import trio
 
 import trio_wsproxy
-from trio_wsproxy import Client, Incoming, message_type
+from trio_wsproxy import BinaryStream, Client, Incoming, StreamInterrupted, message_type
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 MiB = 1024 * 1024
@@ -37,7 +37,7 @@ MiB = 1024 * 1024
 @message_type("FileTransfer.Offer")
 @attrs.frozen
 class Offer:
-    """A file about to be sent; answered with True when the receiver is ready."""
+    """Announces the file that streams right after it."""
 
     transfer_id: str
     name: str
@@ -47,7 +47,7 @@ class Offer:
 @message_type("FileTransfer.Finished")
 @attrs.frozen
 class Finished:
-    """All bytes were sent; answered with a Receipt."""
+    """Sent after the file (a request): answered with a Receipt."""
 
     transfer_id: str
 
@@ -55,7 +55,7 @@ class Finished:
 @message_type("FileTransfer.Receipt")
 @attrs.frozen
 class Receipt:
-    """What the receiver got."""
+    """What the receiver got: ``size`` is -1 when the file did not arrive whole."""
 
     transfer_id: str
     size: int
@@ -79,10 +79,13 @@ class Progress:
             self._drawn = now
             fraction = self.done / self.total if self.total else 1.0
             filled = int(fraction * self.WIDTH)
-            rate = self.done / MiB / max(now - self.started, 1e-6)
+            elapsed = max(now - self.started, 1e-6)
+            rate = self.done / elapsed
+            left = (self.total - self.done) / rate if rate else 0.0
             sys.stderr.write(
                 f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction:6.1%} "
-                f"{self.done / MiB:8.1f}/{self.total / MiB:.1f} MiB {rate:7.1f} MiB/s"
+                f"{self.done / MiB:8.1f}/{self.total / MiB:.1f} MiB {rate / MiB:7.1f} MiB/s "
+                f"ETA {_duration(left)}"
             )
             sys.stderr.flush()
 
@@ -91,116 +94,106 @@ class Progress:
         sys.stderr.flush()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds + 0.5), 60)
+    return f"{minutes:d}:{seconds:02d}"
 
 
 # -- sending ------------------------------------------------------------------------------
 
 
-async def send(url: str, group: str, path: Path, size: int, chunk_size: int, whole: bool) -> None:
-    offer = Offer(str(uuid.uuid4()), path.name, size)
+async def send(url: str, group: str, paths: list[Path]) -> None:
     async with trio_wsproxy.open_client(url, group=group) as client:
-        try:
-            await client.request(offer, bool, timeout=10)
-        except trio_wsproxy.RequestTimeout:
-            sys.exit(f"file_transfer: no receiver answered in group {group!r}")
-        progress = Progress(f"send {path.name}", size)
-        digest = hashlib.sha256()
-        # Plain blocking reads: a local file answers in microseconds, and Trio's async file
-        # API would hand each read to a worker thread.
-        with path.open("rb") as file:
-            if whole:
-                data = file.read()
-                digest.update(data)
-                await client.send(data)  # one binary message, however big
-                progress.advance(len(data))
-            else:
-                while chunk := file.read(chunk_size):
-                    digest.update(chunk)
-                    await client.send(chunk)  # waits while the relay and receiver catch up
-                    progress.advance(len(chunk))
-        progress.finish()
-        receipt = await client.request(Finished(offer.transfer_id), Receipt, timeout=60)
-    if receipt.size != size or receipt.sha256 != digest.hexdigest():
+        async with client.subscribe(trio_wsproxy.Joined) as joins:
+            with trio.move_on_after(10):
+                while not client.members:  # wsproxy.v1 presence: someone to send to
+                    await joins.receive()
+        if not client.members:
+            sys.exit(f"file_transfer: nobody else is in group {group!r}")
+        for path in paths:
+            await send_file(client, path)
+
+
+async def send_file(client: Client, path: Path) -> None:
+    size = (await trio.Path(path).stat()).st_size
+    offer = Offer(str(uuid.uuid4()), path.name, size)
+    progress = Progress(f"send {path.name}", size)
+    digest = hashlib.sha256()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        # Read a piece only when the last one is on its way: the relay sets the pace.
+        async with await trio.open_file(path, "rb") as file:
+            while piece := await file.read(MiB):
+                digest.update(piece)
+                progress.advance(len(piece))
+                yield piece
+
+    sent = await client.send_stream(pieces(), announce=offer)
+    progress.finish()
+    receipt = await client.request(Finished(offer.transfer_id), Receipt, timeout=60)
+    if receipt.size != sent or receipt.sha256 != digest.hexdigest():
         sys.exit(
-            f"file_transfer: MISMATCH: sent {size} bytes sha256 {digest.hexdigest()}, "
+            f"file_transfer: MISMATCH: sent {sent} bytes sha256 {digest.hexdigest()}, "
             f"receiver got {receipt.size} bytes sha256 {receipt.sha256}"
         )
-    print(f"sent {path.name}: {size} bytes, sha256 {receipt.sha256} verified by the receiver")
+    print(f"sent {path.name}: {sent} bytes, sha256 {receipt.sha256} verified by the receiver")
 
 
 # -- receiving ----------------------------------------------------------------------------
 
 
-@attrs.define
-class IncomingFile:
-    offer: Offer
-    path: Path
-    file: BinaryIO
-    progress: Progress
-    digest: Any = attrs.field(factory=hashlib.sha256)  # hashlib._Hash is not public
-    received: int = 0
-
-
 class Receiver:
-    """Writes each offered file into ``directory``, one transfer at a time."""
+    """Writes each offered file into ``directory``; answers each Finished with a receipt."""
 
     def __init__(self, directory: Path, once: bool) -> None:
         self.directory = directory
         self.once = once
-        self.current: IncomingFile | None = None
+        self.receipts: dict[str, Receipt] = {}
         self.finished = trio.Event()
+        self.registered = False
 
     def register(self, client: Client) -> None:
-        client.on(Offer, self.on_offer)
-        client.on(bytes, self.on_bytes)
-        client.on(Finished, self.on_finished)
+        if not self.registered:  # (on_connect runs on every reconnection too)
+            self.registered = True
+            client.on_stream(Offer, self.on_file)
+            client.on(Finished, self.on_finished)
 
-    async def on_offer(self, offer: Offer, incoming: Incoming[Offer]) -> None:
-        if self.current is not None:
-            print(f"busy with {self.current.offer.name}; ignoring the offer of {offer.name}")
-            return
+    async def on_file(self, offer: Offer, stream: BinaryStream) -> None:
         path = self.directory / Path(offer.name).name  # never outside the directory
-        self.current = IncomingFile(
-            offer, path, path.open("wb"), Progress(f"receive {path.name}", offer.size)
-        )
-        await incoming.reply(True)
-
-    def on_bytes(self, chunk: bytes) -> None:
-        if self.current is None:
-            print(f"ignoring {len(chunk)} bytes that belong to no offered file", file=sys.stderr)
+        progress = Progress(f"receive {path.name}", offer.size)
+        digest = hashlib.sha256()
+        try:
+            async with await trio.open_file(path, "wb") as file:
+                async for piece in stream:
+                    await file.write(piece)
+                    digest.update(piece)
+                    progress.advance(len(piece))
+        except StreamInterrupted as error:
+            progress.finish()
+            path.unlink()
+            print(f"gave up on {path}: {error}", file=sys.stderr)
+            self.receipts[offer.transfer_id] = Receipt(offer.transfer_id, -1, "")
             return
-        self.current.file.write(chunk)  # blocking, as for the sender: local and quick
-        self.current.digest.update(chunk)
-        self.current.received += len(chunk)
-        self.current.progress.advance(len(chunk))
+        progress.finish()
+        self.receipts[offer.transfer_id] = Receipt(
+            offer.transfer_id, stream.received, digest.hexdigest()
+        )
+        status = "complete" if stream.received == offer.size else "SIZE DIFFERS FROM THE OFFER"
+        print(f"received {path}: {stream.received} bytes ({status}), sha256 {digest.hexdigest()}")
 
     async def on_finished(self, finished: Finished, incoming: Incoming[Finished]) -> None:
-        current = self.current
-        if current is None or current.offer.transfer_id != finished.transfer_id:
-            return
-        self.current = None
-        current.file.close()
-        current.progress.finish()
-        receipt = Receipt(finished.transfer_id, current.received, current.digest.hexdigest())
+        receipt = self.receipts.pop(finished.transfer_id, None)
+        if receipt is None:
+            return  # another receiver's transfer
         await incoming.reply(receipt)
-        status = "complete" if current.received == current.offer.size else "INCOMPLETE"
-        print(
-            f"received {current.path}: {current.received} bytes ({status}), sha256 {receipt.sha256}"
-        )
         if self.once:
             self.finished.set()
 
 
 async def receive(url: str, group: str, directory: Path, once: bool) -> None:
     receiver = Receiver(directory, once)
-    async with trio_wsproxy.open_client(url, group=group) as client:
-        receiver.register(client)
+    # Registered on connecting, before any message is handled.
+    async with trio_wsproxy.open_client(url, group=group, on_connect=receiver.register):
         print(f"waiting for files in group {group!r}; saving them to {directory}/")
         await receiver.finished.wait()
 
@@ -210,18 +203,15 @@ def main() -> None:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"relay URL (default {DEFAULT_URL})")
     parser.add_argument("--group", default="files", help="group to meet in (default files)")
     commands = parser.add_subparsers(dest="command", required=True)
-    sender = commands.add_parser("send", help="send a file")
-    sender.add_argument("path", type=Path)
-    sender.add_argument("--chunk-size", type=int, default=MiB, help="bytes per binary frame")
-    sender.add_argument("--whole", action="store_true", help="send the file as one message")
+    sender = commands.add_parser("send", help="send files")
+    sender.add_argument("paths", type=Path, nargs="+", metavar="path")
     receiver = commands.add_parser("receive", help="receive files")
     receiver.add_argument("--out", type=Path, default=Path("."), help="directory to save to")
     receiver.add_argument("--once", action="store_true", help="exit after one file")
     args = parser.parse_args()
     try:
         if args.command == "send":
-            size = args.path.stat().st_size
-            trio.run(send, args.url, args.group, args.path, size, args.chunk_size, args.whole)
+            trio.run(send, args.url, args.group, args.paths)
         else:
             args.out.mkdir(parents=True, exist_ok=True)
             trio.run(receive, args.url, args.group, args.out, args.once)

@@ -17,6 +17,7 @@ from relayproc import Output, first_line, start_relay
 EXAMPLES = Path(__file__).parent.parent / "examples"
 # The examples print without flushing: lines reach a pipe only unbuffered.
 UNBUFFERED = {**os.environ, "PYTHONUNBUFFERED": "1"}
+MiB = 1024 * 1024
 
 
 def example(*args: str) -> list[str]:
@@ -71,6 +72,62 @@ async def test_a_file_goes_through_the_relay_and_checks_out(tmp_path: Path) -> N
             hashlib.sha256(copies[0].read_bytes()).digest()
             == hashlib.sha256(source.read_bytes()).digest()
         )
+    finally:
+        if receiver.returncode is None:
+            receiver.kill()
+            await receiver.wait()
+        relay.terminate()
+        await relay.wait()
+
+
+async def test_a_1_gib_file_streams_from_disk_to_disk_in_flat_memory(tmp_path: Path) -> None:
+    """One message of 1 GiB, sender and receiver each in its own process and each under
+    64 MiB at its peak; the copy checks out (the sender compares SHA-256 receipts)."""
+    size = 1024 * MiB
+    source = tmp_path / "big.bin"
+    block = os.urandom(16 * MiB)
+    with source.open("wb") as file:
+        for index in range(size // len(block)):
+            file.write(index.to_bytes(8, "big") + block[8:])  # no two blocks alike
+    out = tmp_path / "out"
+    out.mkdir()
+    relay, url, _port = await start_relay()
+    measured = [sys.executable, str(Path(__file__).parent / "peakrss.py")]
+    receiver = await trio.lowlevel.open_process(
+        [
+            *measured,
+            *example("file_transfer.py", "--url", url, "receive", "--out", str(out), "--once")[1:],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=UNBUFFERED,
+    )
+    assert receiver.stdout is not None and receiver.stderr is not None
+    said, complained = Output(), Output()
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(said.pump, receiver.stdout)
+                nursery.start_soon(complained.pump, receiver.stderr)
+                await said.wait_for("waiting for files in group")
+                sent = await trio.run_process(
+                    [
+                        *measured,
+                        *example("file_transfer.py", "--url", url, "send", str(source))[1:],
+                    ],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    env=UNBUFFERED,
+                )
+                sender_said = sent.stderr.decode()
+                assert sent.returncode == 0, sender_said[-2000:]
+                assert await receiver.wait() == 0, complained.text[-2000:]
+        assert b"verified by the receiver" in sent.stdout
+        assert (out / "big.bin").stat().st_size == size
+        for who, text in (("sender", sender_said), ("receiver", complained.text)):
+            peak = float(re.findall(r"peak_rss_mib=([0-9.]+)", text)[-1])
+            assert peak < 64, f"the {who} peaked at {peak:.0f} MiB"
     finally:
         if receiver.returncode is None:
             receiver.kill()

@@ -272,7 +272,10 @@ class Dispatcher:
             if announced_as is not None:
                 announcement = stream.announcement
                 assert announcement is not None
-                for handler in tuple(self._stream_handlers.get(announced_as, ())):
+                stream_handlers = tuple(self._stream_handlers.get(announced_as, ()))
+                if not stream_handlers:  # removed since the announcement came
+                    self._stats.unhandled += 1
+                for handler in stream_handlers:
                     try:
                         await call_user(handler.function, announcement.value, stream)
                     except Exception as error:

@@ -1,0 +1,25 @@
+"""Run a Python script as ``python peakrss.py SCRIPT ARGS...`` would run it directly, then
+write its peak memory (VmHWM, Linux) on stderr as ``peak_rss_mib=N`` — read by the
+tests that bound a process's memory, since a process's /proc entry is gone once it exits."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+if __name__ == "__main__":
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.stderr.write(f"\npeak_rss_mib={peak_rss_mib():.1f}\n")

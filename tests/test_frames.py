@@ -209,3 +209,18 @@ def test_close_reason_is_cut_to_fit_on_a_character_boundary() -> None:
     payload = data[2:]
     assert int.from_bytes(payload[:2], "big") == 4001
     payload[2:].decode("utf-8")
+
+
+@given(st.binary(min_size=4090, max_size=20_000), st.lists(st.integers(0, 20_000), max_size=6))
+def test_large_payloads_unmask_alike_on_either_path_whatever_the_reads(
+    payload: bytes, cuts: list[int]
+) -> None:
+    """Chunks from 4 KiB up are unmasked by table, smaller ones as one int: a payload cut
+    into reads of any sizes comes back intact, the mask kept aligned across them."""
+    wire = mask_frame(OP_BINARY, payload)
+    reads = sorted({min(cut, len(wire)) for cut in cuts})
+    parser = FrameParser()
+    events = []
+    for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
+        events += parser.feed(wire[a:b])
+    assert b"".join(e.payload for e in events if isinstance(e, Data)) == payload

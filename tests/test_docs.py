@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ NOT_EXECUTABLE = {
 }
 SHELL = frozenset({"sh", "bash", "shell", "console"})
 EXECUTED = frozenset({"python", "pycon"})
-CHECKED = frozenset({"json", "ini", "prometheus", "toml"}) | SHELL
+CHECKED = frozenset({"json", "ini", "prometheus", "toml", "js"}) | SHELL
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 _NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>.*?)\s*-->$")
@@ -500,6 +501,19 @@ async def _metrics_text() -> str:
     return body
 
 
+def _check_js(block: Block) -> None:
+    """A JavaScript block parses as an ES module (``node --check``; imports unresolved)."""
+    from browserdriver import node_path
+
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "block.mjs"
+        script.write_text(block.code, encoding="utf-8")
+        checked = subprocess.run(
+            [node_path(), "--check", str(script)], capture_output=True, text=True, check=False
+        )
+    assert checked.returncode == 0, f"{block.where}: {checked.stderr[-2000:]}"
+
+
 def _check_prometheus(block: Block) -> None:
     served = {
         family.name: family.type
@@ -549,6 +563,9 @@ def test_block(block: Block, runner: Runner) -> None:
     elif block.language == "toml":
         tomllib.loads(block.code)
         TALLY["toml blocks checked"] += 1
+    elif block.language == "js":
+        _check_js(block)
+        TALLY["js blocks checked"] += 1
     elif block.language in NOT_EXECUTABLE:
         TALLY[f"{block.language} blocks not executable"] += 1
     else:

@@ -35,6 +35,7 @@ from ._workers import (
 from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig, check_token_secret
+from .relay.demo import demo_url
 
 logger = logging.getLogger("trio_wsproxy.cli")
 
@@ -351,6 +352,8 @@ async def _serve(config: RelayConfig, link: WorkerLink | None = None) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             relay = await nursery.start(run, config)
             print(f"trio-wsproxy relay listening on {relay.url}", flush=True)
+            if config.demo and link is None:
+                print(f"demo page at {demo_url(relay.url, config.path)}", flush=True)
             async for signum in signals:
                 logger.info("%s received: closing every session", signal.Signals(signum).name)
                 break

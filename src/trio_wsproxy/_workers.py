@@ -42,6 +42,7 @@ from ._serve import load_tls_context, serve_worker_relay
 from .protocol.backoff import Backoff
 from .protocol.exceptions import first_leaf
 from .relay.config import RelayConfig
+from .relay.demo import demo_url
 from .relay.listeners import bind_reuseport
 from .relay.metrics import (
     CONTENT_TYPE as METRICS_CONTENT_TYPE,
@@ -409,6 +410,8 @@ async def serve_workers(config: RelayConfig) -> None:
                     )
                     url = await _start_all(nursery, workers)
                     print(f"{LISTENING}{url} ({len(workers)} workers)", flush=True)
+                    if config.demo:
+                        print(f"demo page at {demo_url(url, config.path)}", flush=True)
                 watching.cancel_scope.cancel()
         except* WorkerFailed as group:
             raise first_leaf(group) from None

@@ -182,6 +182,11 @@ class RelayConfig:
     metrics_path: str | None = _setting(
         "/metrics", "Plain-HTTP Prometheus metrics path on the relay's port; none: off."
     )
+    demo: bool = _setting(
+        False,
+        "Serve the browser demo page at /demo/ and the JavaScript client at "
+        "/demo/wsproxy.js on the relay's port (nothing else is reachable through it).",
+    )
     token_secret: str | None = _setting(
         None,
         "HS256 secret: every connection must then present a token. Never a flag, so it "

@@ -28,6 +28,7 @@ from .api import Api
 from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
+from .demo import demo_files
 from .groups import GroupRegistry
 from .listeners import open_listeners, paced
 from .memory import BufferBudget
@@ -101,9 +102,12 @@ class Relay:
         #: The HTTP API for back ends (off without a key: 404 under /api/).
         self.api = Api(self, api_key)
         self._membership_changed = trio.Event()
+        #: The demo's pages by path (``--demo``), else none.
+        self._demo = demo_files(config.path) if config.demo else {}
         self._limits = Limits(
             path=config.path,
-            probes=frozenset(p for p in (config.healthz_path, config.metrics_path) if p),
+            probes=frozenset(p for p in (config.healthz_path, config.metrics_path) if p)
+            | frozenset(self._demo),
             max_id_length=config.max_id_length,
             max_group_length=config.max_id_length,
             max_head_size=config.max_handshake_size,
@@ -261,6 +265,9 @@ class Relay:
         return None
 
     async def _probe_response(self, probe: Probe) -> bytes:
+        page = self._demo.get(probe.path)
+        if page is not None:
+            return probe_response(probe, HTTPStatus.OK, *page)
         if probe.path == self.config.metrics_path:
             body = render_metrics(self.counters, self.registry)
             if self._metrics_view is not None:

@@ -1,0 +1,65 @@
+// A use of the client's public names, type-checked against wsproxy.d.ts by the suite
+// (tsc --strict --noEmit, tests/test_js_client.py); never run.
+import {
+  ClientClosed,
+  ClosedByRelay,
+  connect,
+  decodeEnvelope,
+  decodeRelayMessage,
+  DEFAULT_RECONNECT_CODES,
+  encodeEnvelope,
+  frameFor,
+  MemberNotFound,
+  RequestTimeout,
+  SUBPROTOCOL,
+  type Client,
+  type Incoming,
+} from "../wsproxy.js";
+
+interface SocketMessage {
+  Message: string;
+  ReplyRequired: boolean;
+}
+
+export async function example(): Promise<void> {
+  const client: Client = await connect(["ws://127.0.0.1:8765/ws", "ws://127.0.0.1:8766/ws"], {
+    group: "group_1",
+    id: "alice",
+    accessToken: async () => "token",
+    reconnectCodes: DEFAULT_RECONNECT_CODES,
+    requestTimeout: 5000,
+  });
+  const off = client.on<SocketMessage>("SharedData.Models.SocketMessage", (value, incoming: Incoming<SocketMessage>) => {
+    if (incoming.wantsReply) return incoming.reply("System.String", value.Message.toUpperCase());
+    return undefined;
+  });
+  off();
+  client.onBinary((data: ArrayBuffer, incoming) => console.log(data.byteLength, incoming.sender));
+  await client.send("System.String", "hello");
+  await client.sendBinary(new Uint8Array([1, 2, 3]));
+  await client.sendBinary(new Blob(["bytes"]));
+  await client.sendTo("bob", "System.Int32", 42);
+  await client.sendBinaryTo("bob", new ArrayBuffer(8));
+  try {
+    const answer: number = await client.request<number>("System.Int32", 41, { timeout: 1000, to: "bob" });
+    console.log(answer + 1);
+  } catch (error) {
+    if (error instanceof RequestTimeout || error instanceof MemberNotFound || error instanceof ClientClosed) {
+      console.log(error.message);
+    }
+  }
+  for await (const incoming of client.messages<string>("System.String")) {
+    console.log(incoming.value.length, incoming.direct);
+    break;
+  }
+  client.addEventListener("state", (event) => console.log(event.type, client.state));
+  const members: Set<string> = client.members;
+  console.log(members.size, client.memberCount, client.position, client.protocol === SUBPROTOCOL);
+  const frame: string = encodeEnvelope("System.String", "x", { id: null });
+  console.log(decodeEnvelope(frame).messageType, frameFor(new Uint8Array(1), "bob").byteLength);
+  const { header } = decodeRelayMessage('{"from":"a"}\nx');
+  if (header.kind === "from") console.log(header.sender, header.offset);
+  const failure: ClosedByRelay = new ClosedByRelay(4000, "replaced");
+  console.log(failure.code);
+  await client.close();
+}

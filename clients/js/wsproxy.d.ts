@@ -1,0 +1,150 @@
+// Types of wsproxy.js, the trio_wsproxy client for browsers and Node.js 20+.
+
+export const SUBPROTOCOL: "wsproxy.v1";
+export const DEFAULT_RECONNECT_CODES: readonly number[];
+export const CLOSE_MEANINGS: Readonly<Record<number, string>>;
+
+export class WsproxyError extends Error {}
+export class EnvelopeError extends WsproxyError {}
+export class V1Error extends WsproxyError {}
+export class RequestTimeout extends WsproxyError {}
+export class ClientClosed extends WsproxyError {}
+export class NotConnected extends WsproxyError {}
+export class MemberNotFound extends WsproxyError {
+  constructor(message: string, memberId: string);
+  readonly memberId: string;
+}
+export class ClosedByRelay extends WsproxyError {
+  constructor(code: number, reason: string | null);
+  readonly code: number;
+  readonly reason: string | null;
+}
+
+export interface Envelope {
+  messageType: string;
+  value: unknown;
+  id: string | null;
+  replyId: string | null;
+}
+export function encodeEnvelope(
+  messageType: string,
+  value: unknown,
+  fields?: { id?: string | null; replyId?: string | null },
+): string;
+export function decodeEnvelope(text: string): Envelope;
+export function normalizeMessageId(id: string): string;
+export function newMessageId(): string;
+
+export type RelayHeader =
+  | { kind: "from"; sender: string | null; direct: boolean; offset: number | null }
+  | {
+      kind: "welcome";
+      id: string;
+      group: string;
+      members: string[] | null;
+      count: number;
+      position: { epoch: string; offset: number } | null;
+      recovery: Recovery | null;
+    }
+  | { kind: "presence"; joined: string[]; left: string[]; count: number }
+  | { kind: "members"; members: string[] | null; count: number }
+  | { kind: "error"; error: string; detail: string; to: string | null };
+export function memberHeader(to?: string | null): string;
+export function frameFor(payload: string, to?: string | null): string;
+export function frameFor(payload: Uint8Array, to?: string | null): Uint8Array;
+export function decodeRelayMessage(data: string | Uint8Array | ArrayBuffer): {
+  header: RelayHeader;
+  payload: string | Uint8Array;
+};
+
+export function connectionUrl(
+  url: string,
+  fields: { group?: string | null; id?: string | null; accessToken?: string | null; since?: string | null },
+): string;
+export function reconnectDelay(
+  attempt: number,
+  options?: { min?: number; max?: number; jitter?: number; random?: () => number },
+): number;
+
+export interface Recovery {
+  recovered: boolean;
+  missed: number;
+  reason: string | null;
+}
+
+export interface ClientOptions {
+  /** The group to join (else the URL's groupName). */
+  group?: string;
+  /** This member's id (else a fresh GUID). */
+  id?: string;
+  /** An access token, or a function giving one (called before each connection). */
+  accessToken?: string | null | (() => string | Promise<string>);
+  /** Offer the wsproxy.v1 subprotocol (default true). */
+  v1?: boolean;
+  reconnect?: boolean;
+  reconnectCodes?: readonly number[];
+  /** Milliseconds. */
+  reconnectMinDelay?: number;
+  reconnectMaxDelay?: number;
+  reconnectJitter?: number;
+  maxReconnectAttempts?: number | null;
+  connectTimeout?: number;
+  sendTimeout?: number;
+  requestTimeout?: number;
+  /** The WebSocket class (default globalThis.WebSocket; in Node 20, the ws package's). */
+  WebSocket?: unknown;
+}
+
+export type BinaryData = ArrayBuffer | ArrayBufferView | Blob;
+
+export class Incoming<T = unknown> {
+  readonly value: T;
+  readonly messageType: string | null;
+  readonly id: string | null;
+  readonly replyId: string | null;
+  readonly sender: string | null;
+  readonly direct: boolean;
+  readonly wantsReply: boolean;
+  reply(messageType: string, value: unknown): Promise<void>;
+}
+
+export type ClientState = "connecting" | "connected" | "reconnecting" | "closed";
+
+export class Client extends EventTarget {
+  readonly id: string;
+  readonly group: string;
+  readonly urls: string[];
+  readonly url: string;
+  readonly state: ClientState;
+  readonly connected: boolean;
+  readonly closed: boolean;
+  readonly protocol: "wsproxy.v1" | null;
+  readonly members: Set<string>;
+  readonly memberCount: number | null;
+  readonly position: string | null;
+  readonly bufferedAmount: number;
+  readonly stats: {
+    messagesSent: number;
+    messagesReceived: number;
+    unhandled: number;
+    badMessages: number;
+    connects: number;
+    disconnects: number;
+  };
+  on<T = unknown>(messageType: string, handler: (value: T, incoming: Incoming<T>) => unknown): () => void;
+  off(messageType: string, handler: (...args: any[]) => unknown): void;
+  onBinary(handler: (data: ArrayBuffer, incoming: Incoming<ArrayBuffer>) => unknown): () => void;
+  messages<T = unknown>(messageType: string | null): AsyncIterableIterator<Incoming<T>>;
+  send(messageType: string, value: unknown): Promise<void>;
+  sendBinary(data: BinaryData): Promise<void>;
+  sendTo(memberId: string, messageType: string, value: unknown): Promise<void>;
+  sendBinaryTo(memberId: string, data: BinaryData): Promise<void>;
+  request<R = unknown>(
+    messageType: string,
+    value: unknown,
+    options?: { timeout?: number; to?: string | null },
+  ): Promise<R>;
+  close(): Promise<void>;
+}
+
+export function connect(url: string | string[], options?: ClientOptions): Promise<Client>;

@@ -1,0 +1,865 @@
+// The trio_wsproxy client for browsers and Node 20+: one ES module, no dependency, no
+// build step. Join a group on a relay; send typed messages in the .NET envelope (so
+// browser, Python and .NET members understand each other) and binary ones; request and
+// reply; over the wsproxy.v1 subprotocol, who is there, who sent what, messages to one
+// member; reconnect with backoff and jitter, failover over several URLs, and recovery of
+// what was missed meanwhile. See docs/javascript.md.
+
+export const SUBPROTOCOL = "wsproxy.v1";
+
+/** Close codes after which the client reconnects, as the Python client does. */
+export const DEFAULT_RECONNECT_CODES = Object.freeze([
+  1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004,
+]);
+
+/** What each close code means (for messages and logs). */
+export const CLOSE_MEANINGS = Object.freeze({
+  1000: "the relay ended the session",
+  1001: "the relay is going away",
+  1002: "protocol error",
+  1006: "the connection dropped without a close frame",
+  1008: "policy violation",
+  1009: "a message was too big for the relay",
+  1011: "internal error in the relay",
+  1012: "the relay is restarting",
+  1013: "try again later",
+  4000: "replaced by a newer connection with the same id in the group",
+  4001: "too slow: this client's mailbox on the relay stayed full",
+  4002: "a message was cut off because its sender left mid-message",
+  4003: "keepalive timeout",
+  4004: "the relay's backplane could not guarantee delivery: messages may be missing",
+  4005: "removed from the group by the application's back end",
+});
+
+// -- errors --------------------------------------------------------------------------------
+
+/** Base class of every error the client raises or rejects with. */
+export class WsproxyError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+/** A text message that is not an envelope. */
+export class EnvelopeError extends WsproxyError {}
+/** A wsproxy.v1 message that breaks the wire format. */
+export class V1Error extends WsproxyError {}
+/** No answer to a request within its timeout. */
+export class RequestTimeout extends WsproxyError {}
+/** The client is closed (or closed while waiting). */
+export class ClientClosed extends WsproxyError {}
+/** No connection to a relay within sendTimeout (a send) or at all (connect). */
+export class NotConnected extends WsproxyError {}
+/** The relay said the member a message or request was addressed to is not there. */
+export class MemberNotFound extends WsproxyError {
+  constructor(message, memberId) {
+    super(message);
+    this.memberId = memberId;
+  }
+}
+/** The relay closed the connection with a code the client does not reconnect after. */
+export class ClosedByRelay extends WsproxyError {
+  constructor(code, reason) {
+    super(`the relay closed the connection: ${code} (${CLOSE_MEANINGS[code] ?? "no meaning known"})${reason ? `: ${reason}` : ""}`);
+    this.code = code;
+    this.reason = reason;
+  }
+}
+
+// -- the envelope (the .NET library's JSON shape) -------------------------------------------
+
+/** The text frame for a typed message: keys in the .NET order, compact. */
+export function encodeEnvelope(messageType, value, { id = null, replyId = null } = {}) {
+  if (typeof messageType !== "string" || !messageType) {
+    throw new TypeError("a message type is a non-empty string, e.g. \"System.String\"");
+  }
+  return JSON.stringify({
+    Id: id,
+    MessageType: messageType,
+    Message: value === undefined ? null : value,
+    ReplyId: replyId,
+  });
+}
+
+/** `{messageType, value, id, replyId}` of a text frame; EnvelopeError if it is not one.
+ * Strict where .NET is strict (an object, MessageType a non-empty string, Id and ReplyId
+ * strings or null), lenient where it is (missing fields read as null, unknown keys are
+ * ignored). */
+export function decodeEnvelope(text) {
+  let parsed;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw new EnvelopeError("not JSON");
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new EnvelopeError("not a JSON object");
+  }
+  const messageType = parsed.MessageType;
+  if (typeof messageType !== "string" || !messageType) {
+    throw new EnvelopeError("MessageType is not a non-empty string");
+  }
+  for (const key of ["Id", "ReplyId"]) {
+    if (parsed[key] != null && typeof parsed[key] !== "string") {
+      throw new EnvelopeError(`${key} is not a string or null`);
+    }
+  }
+  return {
+    messageType,
+    value: parsed.Message === undefined ? null : parsed.Message,
+    id: parsed.Id ?? null,
+    replyId: parsed.ReplyId ?? null,
+  };
+}
+
+/** The canonical spelling of a GUID (lower case, hyphenated); other ids unchanged. .NET
+ * may echo an Id back in any GUID spelling. */
+export function normalizeMessageId(id) {
+  const hex = id.replace(/^[{(]|[})]$/g, "").replaceAll("-", "");
+  if (/^[0-9a-fA-F]{32}$/.test(hex)) {
+    const h = hex.toLowerCase();
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+  return id;
+}
+
+/** A fresh random (version 4) GUID, as .NET and the Python client put in Id. */
+export function newMessageId() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes); // (randomUUID needs a secure context)
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// -- wsproxy.v1: header line, then the payload ----------------------------------------------
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** The header line (with its line feed) a member puts before its payload. */
+export function memberHeader(to = null) {
+  return to == null ? "\n" : `${JSON.stringify({ to })}\n`;
+}
+
+/** The v1 message carrying `payload` (a string, or bytes as a Uint8Array) to the group or
+ * to member `to`: text stays text, binary stays binary. */
+export function frameFor(payload, to = null) {
+  const header = memberHeader(to);
+  if (typeof payload === "string") return header + payload;
+  const head = encoder.encode(header);
+  const out = new Uint8Array(head.length + payload.byteLength);
+  out.set(head, 0);
+  out.set(payload, head.length);
+  return out;
+}
+
+/** What a relay's v1 message says — `{kind: "from", sender, direct, offset}` or an event
+ * `{kind: "welcome" | "presence" | "members" | "error", ...}` — and its payload: a string
+ * for a text message, a Uint8Array for a binary one. V1Error for anything else. */
+export function decodeRelayMessage(data) {
+  let line;
+  let payload;
+  if (typeof data === "string") {
+    const end = data.indexOf("\n");
+    if (end < 0) throw new V1Error("no header line");
+    line = data.slice(0, end);
+    payload = data.slice(end + 1);
+  } else {
+    const bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+    const end = bytes.indexOf(0x0a);
+    if (end < 0) throw new V1Error("no header line");
+    try {
+      line = decoder.decode(bytes.subarray(0, end));
+    } catch {
+      throw new V1Error("the header is not a JSON object");
+    }
+    payload = bytes.subarray(end + 1);
+  }
+  let header;
+  try {
+    header = JSON.parse(line);
+  } catch {
+    throw new V1Error("the header is not a JSON object");
+  }
+  if (header === null || typeof header !== "object" || Array.isArray(header)) {
+    throw new V1Error("the header is not a JSON object");
+  }
+  return { header: relayHeader(header), payload };
+}
+
+function relayHeader(header) {
+  if ("from" in header) {
+    const sender = header.from;
+    if (sender !== null && typeof sender !== "string") {
+      throw new V1Error('"from" must be a string or null');
+    }
+    const offset = header.offset == null ? null : count(header.offset);
+    return { kind: "from", sender, direct: header.direct === true, offset };
+  }
+  const kind = header.event;
+  const need = (key) => {
+    if (!(key in header)) throw new V1Error(`a ${kind} event needs '${key}'`);
+    return header[key];
+  };
+  switch (kind) {
+    case "welcome":
+      return {
+        kind,
+        id: string(need("id")),
+        group: string(need("group")),
+        members: ids(need("members")),
+        count: count(need("count")),
+        position: position(header.position),
+        recovery: recovery(header.recovery),
+      };
+    case "presence":
+      return { kind, joined: strings(need("joined")), left: strings(need("left")), count: count(need("count")) };
+    case "members":
+      return { kind, members: ids(need("members")), count: count(need("count")) };
+    case "error":
+      return {
+        kind,
+        error: string(need("error")),
+        detail: string(need("detail")),
+        to: header.to == null ? null : string(header.to),
+      };
+    default:
+      throw new V1Error(`unknown event ${JSON.stringify(kind)}`);
+  }
+}
+
+function string(value) {
+  if (typeof value !== "string") throw new V1Error(`expected a string, got ${JSON.stringify(value)}`);
+  return value;
+}
+function strings(value) {
+  if (!Array.isArray(value)) throw new V1Error(`expected a list of strings, got ${JSON.stringify(value)}`);
+  return value.map(string);
+}
+function ids(value) {
+  return value === null ? null : strings(value);
+}
+function count(value) {
+  if (!Number.isInteger(value) || value < 0) throw new V1Error(`expected a count, got ${JSON.stringify(value)}`);
+  return value;
+}
+function position(value) {
+  if (value == null) return null;
+  if (typeof value !== "object") throw new V1Error("a position is an object");
+  if (!("epoch" in value) || !("offset" in value)) throw new V1Error("a position needs epoch and offset");
+  return { epoch: string(value.epoch), offset: count(value.offset) };
+}
+function recovery(value) {
+  if (value == null) return null;
+  if (typeof value !== "object" || typeof value.recovered !== "boolean") {
+    throw new V1Error("a recovery is an object with a boolean recovered");
+  }
+  if (value.recovered) return { recovered: true, missed: count(value.missed ?? 0), reason: null };
+  return { recovered: false, missed: 0, reason: string(value.reason) };
+}
+
+// -- URLs and backoff ------------------------------------------------------------------------
+
+/** The URL a member joins with: `url` with `id` and `groupName` (and `access_token`,
+ * `since`) in its query. */
+export function connectionUrl(url, { group, id, accessToken = null, since = null }) {
+  const parsed = new URL(url);
+  if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+    throw new TypeError(`the relay URL must start with ws:// or wss://, got ${url}`);
+  }
+  const query = parsed.searchParams;
+  for (const [key, given] of [["groupName", group], ["id", id]]) {
+    const inUrl = query.get(key);
+    if (given != null && inUrl && inUrl !== given) {
+      throw new TypeError(`${key}=${inUrl} in the URL contradicts ${given}; give it once`);
+    }
+    if (given != null) query.set(key, given);
+  }
+  if (!query.get("groupName")) throw new TypeError("no group: pass {group} or put groupName in the URL");
+  if (accessToken != null) query.set("access_token", accessToken);
+  if (since != null) query.set("since", since);
+  return parsed.toString();
+}
+
+/** Exponential backoff: `min * 2**attempt` capped at `max` (ms), shortened by a random
+ * fraction up to `jitter`, so that clients dropped together do not all come back at once. */
+export function reconnectDelay(attempt, { min = 500, max = 30000, jitter = 0.5, random = Math.random } = {}) {
+  const base = Math.min(max, min * 2 ** attempt);
+  return base * (1 - jitter * random());
+}
+
+// -- the client ------------------------------------------------------------------------------
+
+/** Binary data to send as bytes (a Uint8Array over the same memory where possible). */
+async function toBytes(data) {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (typeof Blob !== "undefined" && data instanceof Blob) return new Uint8Array(await data.arrayBuffer());
+  throw new TypeError("binary data is an ArrayBuffer, a typed array, a DataView or a Blob");
+}
+
+/** One received message: its value, envelope fields, sender, and the means to answer. */
+export class Incoming {
+  constructor(client, { value, messageType = null, id = null, replyId = null, sender = null, direct = false }) {
+    this.value = value;
+    this.messageType = messageType;
+    this.id = id;
+    this.replyId = replyId;
+    this.sender = sender;
+    this.direct = direct;
+    Object.defineProperty(this, "client", { value: client, enumerable: false });
+  }
+  /** Whether its sender waits for an answer (sent it with request). */
+  get wantsReply() {
+    return this.id !== null;
+  }
+  /** Answer it: to its sender only over wsproxy.v1, else to the group (as .NET does). */
+  reply(messageType, value) {
+    if (this.id === null) {
+      throw new WsproxyError(`this ${this.messageType ?? "binary"} message has no Id: its sender did not send it with request()`);
+    }
+    const frame = encodeEnvelope(messageType, value, { replyId: this.id });
+    return this.client._send(frame, this.sender, true);
+  }
+}
+
+const BINARY = Symbol("binary");
+
+/** A client of one group on a relay (see connect). It is an EventTarget: "state",
+ * "joined", "left", "resumed", "deliveryfailed", "badmessage", "disconnected". */
+export class Client extends EventTarget {
+  constructor(urls, options = {}) {
+    super();
+    const list = Array.isArray(urls) ? urls : [urls];
+    if (!list.length) throw new TypeError("at least one relay URL");
+    this.id = options.id ?? newMessageId();
+    this.group = options.group ?? new URL(list[0]).searchParams.get("groupName");
+    this.urls = list.map((url) => connectionUrl(url, { group: this.group, id: this.id }));
+    this.options = {
+      v1: true,
+      reconnect: true,
+      reconnectCodes: DEFAULT_RECONNECT_CODES,
+      reconnectMinDelay: 500,
+      reconnectMaxDelay: 30000,
+      reconnectJitter: 0.5,
+      maxReconnectAttempts: null,
+      connectTimeout: 10000,
+      sendTimeout: 10000,
+      requestTimeout: 30000,
+      accessToken: null,
+      WebSocket: globalThis.WebSocket,
+      ...options,
+    };
+    if (typeof this.options.WebSocket !== "function") {
+      throw new TypeError("no WebSocket here: pass {WebSocket} (in Node 20, the ws package's)");
+    }
+    /** "connecting", "connected", "reconnecting" or "closed". */
+    this.state = "connecting";
+    /** The subprotocol of the connection now: "wsproxy.v1", or null (plain). */
+    this.protocol = null;
+    this.urlIndex = 0;
+    /** The other members' ids (wsproxy.v1; empty on a plain relay). */
+    this.members = new Set();
+    /** How many members the group has, this one included (null: unknown). */
+    this.memberCount = null;
+    /** Where this client is in its group's history, "EPOCH:OFFSET" (null: nowhere). */
+    this.position = null;
+    this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0 };
+    this._handlers = new Map();
+    this._pending = new Map();
+    this._ws = null;
+    this._connected = null;
+    this._closing = false;
+    this._failedRounds = 0;
+    this._timer = null;
+  }
+
+  get url() {
+    return this.urls[this.urlIndex];
+  }
+  get connected() {
+    return this.state === "connected";
+  }
+  get closed() {
+    return this.state === "closed";
+  }
+
+  // -- receiving --------------------------------------------------------------------------
+
+  /** Call `handler(value, incoming)` with every message of `messageType` (a .NET type
+   * name, e.g. "System.String"); returns a function that removes it. */
+  on(messageType, handler) {
+    const list = this._handlers.get(messageType) ?? [];
+    list.push(handler);
+    this._handlers.set(messageType, list);
+    return () => this.off(messageType, handler);
+  }
+  off(messageType, handler) {
+    const list = this._handlers.get(messageType) ?? [];
+    const index = list.indexOf(handler);
+    if (index < 0) throw new Error("not a handler of that type");
+    list.splice(index, 1);
+  }
+  /** Call `handler(data, incoming)` with every binary message (an ArrayBuffer). */
+  onBinary(handler) {
+    return this.on(BINARY, handler);
+  }
+  /** The messages of `messageType` (or binary ones: `client.messages(null)`), as an async
+   * iterator of Incoming; it ends when the client closes, or on `return()`. */
+  messages(messageType) {
+    const key = messageType ?? BINARY;
+    const queue = [];
+    let wake = null;
+    let done = false;
+    const handler = (_value, incoming) => {
+      queue.push(incoming);
+      wake?.();
+    };
+    const stop = () => {
+      if (!done) {
+        done = true;
+        this.off(key, handler);
+        this.removeEventListener("state", onState);
+        wake?.();
+      }
+    };
+    const onState = () => {
+      if (this.closed) stop();
+    };
+    this.on(key, handler);
+    this.addEventListener("state", onState);
+    return {
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+      async next() {
+        while (!queue.length && !done) await new Promise((resolve) => (wake = resolve));
+        wake = null;
+        if (queue.length) return { value: queue.shift(), done: false };
+        return { value: undefined, done: true };
+      },
+      async return() {
+        stop();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  // -- sending ----------------------------------------------------------------------------
+
+  /** Send `value` as a typed message of `messageType` to every other member. */
+  send(messageType, value) {
+    return this._send(encodeEnvelope(messageType, value), null);
+  }
+  /** Send binary data (ArrayBuffer, typed array, Blob) to every other member. */
+  async sendBinary(data) {
+    return this._send(await toBytes(data), null);
+  }
+  /** Send a typed message to the member `memberId` only (wsproxy.v1). */
+  sendTo(memberId, messageType, value) {
+    this._checkPresent(memberId);
+    return this._send(encodeEnvelope(messageType, value), memberId);
+  }
+  /** Send binary data to the member `memberId` only (wsproxy.v1). */
+  async sendBinaryTo(memberId, data) {
+    this._checkPresent(memberId);
+    return this._send(await toBytes(data), memberId);
+  }
+  /** Send `value` with a fresh Id and resolve to the value of the first message whose
+   * ReplyId is that Id; reject with RequestTimeout after `timeout` ms (default
+   * requestTimeout), MemberNotFound if `to` is not there. */
+  request(messageType, value, { timeout = this.options.requestTimeout, to = null } = {}) {
+    if (to !== null) this._checkPresent(to);
+    const id = newMessageId();
+    const frame = encodeEnvelope(messageType, value, { id });
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new RequestTimeout(`no reply to the ${messageType} request within ${timeout} ms`));
+      }, timeout);
+      this._pending.set(id, { resolve, reject, timer, to });
+      this._send(frame, to).catch((error) => {
+        clearTimeout(timer);
+        this._pending.delete(id);
+        reject(error);
+      });
+    });
+  }
+
+  _checkPresent(memberId) {
+    if (typeof memberId !== "string" || !memberId) throw new TypeError("a member id is a non-empty string");
+    if (this.protocol === SUBPROTOCOL && this.memberCount !== null && !this.members.has(memberId)) {
+      throw new MemberNotFound(`no member ${JSON.stringify(memberId)} in group ${JSON.stringify(this.group)}; nothing was sent`, memberId);
+    }
+  }
+
+  /** Write `payload` (string or Uint8Array) on the connection in use, waiting up to
+   * sendTimeout for one. */
+  async _send(payload, to, orGroup = false) {
+    const deadline = Date.now() + this.options.sendTimeout;
+    while (!this._ws || this.state !== "connected") {
+      if (this.closed || this._closing) throw new ClientClosed("the client is closed; nothing was sent");
+      const left = deadline - Date.now();
+      if (left <= 0) throw new NotConnected(`not connected to the relay for ${this.options.sendTimeout} ms; nothing was sent`);
+      await this._stateChange(left);
+    }
+    const v1 = this.protocol === SUBPROTOCOL;
+    if (to !== null && !v1 && !orGroup) {
+      throw new WsproxyError(`the relay at ${this.url} does not speak ${SUBPROTOCOL}, so it cannot send to one member; nothing was sent`);
+    }
+    this._ws.send(v1 ? frameFor(payload, to) : payload);
+    this.stats.messagesSent += 1;
+  }
+
+  _stateChange(timeout) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.removeEventListener("state", done);
+        resolve();
+      };
+      const timer = setTimeout(done, timeout);
+      this.addEventListener("state", done);
+    });
+  }
+
+  /** Bytes handed to the WebSocket and not yet sent (to show a big message's progress). */
+  get bufferedAmount() {
+    return this._ws?.bufferedAmount ?? 0;
+  }
+
+  // -- the connection's life --------------------------------------------------------------
+
+  /** Close the connection (1000) and stop: no reconnecting. */
+  close() {
+    if (this.closed) return Promise.resolve();
+    this._closing = true;
+    clearTimeout(this._timer);
+    const ws = this._ws;
+    return new Promise((resolve) => {
+      if (!ws || ws.readyState >= 2) {
+        this._finish(null);
+        resolve();
+        return;
+      }
+      const timer = setTimeout(() => {
+        this._finish(null);
+        resolve();
+      }, 5000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      ws.close(1000);
+    });
+  }
+
+  _setState(state, detail = {}) {
+    this.state = state;
+    this.dispatchEvent(Object.assign(new Event("state"), { detail: { state, ...detail } }));
+  }
+
+  _event(name, detail) {
+    this.dispatchEvent(Object.assign(new Event(name), { detail }));
+  }
+
+  /** Connect (the first time): resolves once connected (and welcomed, over v1). */
+  _start() {
+    return new Promise((resolve, reject) => {
+      this._connected = { resolve, reject };
+      this._round([...this.urls.keys()]);
+    });
+  }
+
+  _order() {
+    const n = this.urls.length;
+    return Array.from({ length: n }, (_, i) => (this.urlIndex + 1 + i) % n);
+  }
+
+  /** Try each URL of `order` once; after a failed round, back off and try another. */
+  async _round(order) {
+    const failures = [];
+    for (const index of order) {
+      if (this._closing) return;
+      const outcome = await this._attempt(index);
+      if (outcome.connected) return; // its close starts the next round
+      failures.push(`${this.urls[index]}: ${outcome.reason}`);
+    }
+    if (this._connected) {
+      const pending = this._connected;
+      this._connected = null;
+      this._finish(null);
+      pending.reject(new NotConnected(`could not connect: ${failures.join("; ")}`));
+      return;
+    }
+    this._failedRounds += 1;
+    const limit = this.options.maxReconnectAttempts;
+    if (limit !== null && this._failedRounds >= limit) {
+      this._finish(new NotConnected(`gave up reconnecting after ${this._failedRounds} attempts: ${failures.join("; ")}`));
+      return;
+    }
+    this._schedule();
+  }
+
+  _schedule() {
+    const delay = reconnectDelay(this._failedRounds, {
+      min: this.options.reconnectMinDelay,
+      max: this.options.reconnectMaxDelay,
+      jitter: this.options.reconnectJitter,
+    });
+    this._setState("reconnecting", { delay });
+    this._timer = setTimeout(() => this._round(this._order()), delay);
+  }
+
+  /** One connection attempt to URL `index`; resolves `{connected}` once it is welcomed
+   * (then its close drives what follows), or `{connected: false, reason}`. */
+  async _attempt(index) {
+    let token = this.options.accessToken;
+    if (typeof token === "function") token = await token();
+    const url = connectionUrl(this.urls[index], { group: this.group, id: this.id, accessToken: token, since: this.position });
+    const WebSocketClass = this.options.WebSocket;
+    return new Promise((resolve) => {
+      let settled = false;
+      let ws;
+      try {
+        ws = this.options.v1 ? new WebSocketClass(url, [SUBPROTOCOL]) : new WebSocketClass(url);
+      } catch (error) {
+        resolve({ connected: false, reason: String(error.message ?? error) });
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      const timer = setTimeout(() => {
+        if (!settled) {
+          settled = true;
+          ws.close();
+          resolve({ connected: false, reason: `no connection within ${this.options.connectTimeout} ms` });
+        }
+      }, this.options.connectTimeout);
+      const ready = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.urlIndex = index;
+        this._ws = ws;
+        this._failedRounds = 0;
+        this.stats.connects += 1;
+        this._setState("connected", { url: this.urls[index], protocol: this.protocol });
+        if (this._connected) {
+          const pending = this._connected;
+          this._connected = null;
+          pending.resolve(this);
+        }
+        resolve({ connected: true });
+      };
+      ws.addEventListener("open", () => {
+        this.protocol = ws.protocol === SUBPROTOCOL ? SUBPROTOCOL : null;
+        if (this.protocol === null) {
+          this.position = null;
+          this.members = new Set();
+          this.memberCount = null;
+          ready();
+        }
+      });
+      ws.addEventListener("message", (event) => {
+        try {
+          this._take(event.data, ready);
+        } catch (error) {
+          this._bad("handler", String(error?.message ?? error), event.data);
+        }
+      });
+      ws.addEventListener("error", () => {
+        // Before the connection opened: refused or unreachable (a browser does not say
+        // which, nor the HTTP status). Some WebSockets fire no close event then.
+        if (!settled) {
+          settled = true;
+          clearTimeout(timer);
+          resolve({ connected: false, reason: "the connection failed (refused, or nobody answered)" });
+        }
+      });
+      ws.addEventListener("close", (event) => {
+        clearTimeout(timer);
+        if (!settled) {
+          settled = true;
+          resolve({ connected: false, reason: `closed with ${event.code}${event.reason ? ` (${event.reason})` : ""}` });
+          return;
+        }
+        this._closedAfterOpen(ws, event.code, event.reason);
+      });
+    });
+  }
+
+  _closedAfterOpen(ws, code, reason) {
+    if (this._ws !== ws) return;
+    this._ws = null;
+    // Requests stay pending: their answers may come on the next connection (recovered),
+    // else their timeouts reject them.
+    if (this._closing) {
+      this._finish(null);
+      return;
+    }
+    this.stats.disconnects += 1;
+    const reconnecting = this.options.reconnect && this.options.reconnectCodes.includes(code);
+    this._event("disconnected", { code, reason, reconnecting });
+    if (!reconnecting) {
+      this._finish(new ClosedByRelay(code, reason));
+      return;
+    }
+    this._schedule();
+  }
+
+  _finish(error) {
+    clearTimeout(this._timer);
+    for (const pending of this._pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(new ClientClosed("the client closed before the answer came"));
+    }
+    this._pending.clear();
+    this._ws = null;
+    this._setState("closed", { error });
+  }
+
+  // -- what comes in ----------------------------------------------------------------------
+
+  _take(data, ready) {
+    if (this.protocol !== SUBPROTOCOL) {
+      this.stats.messagesReceived += 1;
+      this._payload(data, { sender: null, direct: false });
+      return;
+    }
+    let decoded;
+    try {
+      decoded = decodeRelayMessage(data);
+    } catch (error) {
+      this._bad("invalid_header", error.message, data);
+      return;
+    }
+    const { header, payload } = decoded;
+    if (header.kind === "from") {
+      this.stats.messagesReceived += 1;
+      if (header.offset !== null && this.position !== null) {
+        this.position = `${this.position.slice(0, this.position.lastIndexOf(":"))}:${header.offset}`;
+      }
+      if (header.sender !== null && this.memberCount !== null && !this.members.has(header.sender)) {
+        this.members.add(header.sender);
+      }
+      this._payload(typeof payload === "string" ? payload : copy(payload), header);
+      return;
+    }
+    this._relayEvent(header, ready);
+  }
+
+  _relayEvent(event, ready) {
+    switch (event.kind) {
+      case "welcome": {
+        const was = this.members;
+        this.members = new Set((event.members ?? []).filter((id) => id !== this.id));
+        this.memberCount = event.members === null ? null : event.count;
+        const recovered = event.recovery?.recovered && event.position !== null;
+        if (!recovered) this.position = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
+        ready();
+        if (event.recovery) this._event("resumed", event.recovery);
+        for (const id of was) if (!this.members.has(id)) this._event("left", { id });
+        for (const id of this.members) if (!was.has(id)) this._event("joined", { id });
+        return;
+      }
+      case "presence":
+        this.memberCount = event.count;
+        for (const id of event.joined) {
+          if (id !== this.id && !this.members.has(id)) {
+            this.members.add(id);
+            this._event("joined", { id });
+          }
+        }
+        for (const id of event.left) {
+          if (this.members.delete(id)) this._event("left", { id });
+        }
+        return;
+      case "members": {
+        const now = new Set((event.members ?? []).filter((id) => id !== this.id));
+        for (const id of this.members) if (!now.has(id)) this._event("left", { id });
+        for (const id of now) if (!this.members.has(id)) this._event("joined", { id });
+        this.members = now;
+        this.memberCount = event.members === null ? null : event.count;
+        return;
+      }
+      case "error":
+        if (event.error === "no_such_member" && event.to !== null) {
+          for (const [id, pending] of this._pending) {
+            if (pending.to === event.to) {
+              clearTimeout(pending.timer);
+              this._pending.delete(id);
+              pending.reject(new MemberNotFound(event.detail, event.to));
+            }
+          }
+        }
+        this._event("deliveryfailed", event);
+        return;
+    }
+  }
+
+  _payload(data, { sender, direct }) {
+    if (typeof data !== "string") {
+      this._deliver(BINARY, new Incoming(this, { value: data, sender, direct }));
+      return;
+    }
+    let envelope;
+    try {
+      envelope = decodeEnvelope(data);
+    } catch (error) {
+      this._bad(error.message === "not JSON" ? "invalid_json" : "invalid_envelope", error.message, data);
+      return;
+    }
+    if (envelope.replyId !== null) {
+      const key = normalizeMessageId(envelope.replyId);
+      for (const [id, pending] of this._pending) {
+        if (normalizeMessageId(id) === key) {
+          clearTimeout(pending.timer);
+          this._pending.delete(id);
+          pending.resolve(envelope.value);
+          return;
+        }
+      }
+    }
+    this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct }));
+  }
+
+  _deliver(key, incoming) {
+    const handlers = this._handlers.get(key);
+    if (!handlers?.length) {
+      this.stats.unhandled += 1;
+      return;
+    }
+    for (const handler of [...handlers]) {
+      try {
+        const result = handler(incoming.value, incoming);
+        if (result && typeof result.catch === "function") {
+          result.catch((error) => this._bad("handler", String(error?.message ?? error), null));
+        }
+      } catch (error) {
+        this._bad("handler", String(error?.message ?? error), null);
+      }
+    }
+  }
+
+  _bad(kind, reason, data) {
+    this.stats.badMessages += 1;
+    const text = typeof data === "string" ? data : null;
+    this._event("badmessage", { kind, reason, text });
+  }
+}
+
+function copy(bytes) {
+  // The payload after the header, as its own ArrayBuffer.
+  return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
+}
+
+/** Connect to a relay and join a group: resolves to the connected Client (welcomed, over
+ * wsproxy.v1), rejects with NotConnected if no URL answers. `url` may be a list of the
+ * nodes of one cluster. */
+export async function connect(url, options = {}) {
+  const client = new Client(url, options);
+  return client._start();
+}

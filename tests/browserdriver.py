@@ -1,0 +1,160 @@
+"""Headless Chromium for the suite, through Playwright's core (tests/browser/driver.mjs):
+open pages, run JavaScript in them, wait for a condition, take screenshots.
+
+Needs Node.js, Debian's ``chromium`` and ``npm install`` in ``tests/browser``
+(``.ci/run`` does both); without them the tests are skipped with what is missing — except
+on CI, where they fail (as the Redis tests do).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+HERE = Path(__file__).parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+
+
+class BrowserError(AssertionError):
+    """What the page or the driver said went wrong."""
+
+
+class Browser:
+    def __init__(self, process: trio.Process) -> None:
+        self._process = process
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self.version = ""
+        self.stderr = b""
+
+    async def _pump(self, started: trio.Event) -> None:
+        assert self._process.stdout is not None
+        buffer = b""
+        async for chunk in self._process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                reply = json.loads(line)
+                if reply["id"] == 0:
+                    self.version = reply["value"]
+                    started.set()
+                    continue
+                channel = self._waiting.pop(reply["id"])
+                await channel.send(reply)
+        started.set()  # (it exited: whoever waits for it learns so)
+
+    async def _pump_errors(self) -> None:
+        assert self._process.stderr is not None
+        async for chunk in self._process.stderr:
+            self.stderr += chunk
+
+    async def command(self, cmd: str, **fields: Any) -> Any:
+        """Run one driver command and return its value (BrowserError if it failed)."""
+        assert self._process.stdin is not None
+        number = next(self._ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[number] = send
+        line = json.dumps({"id": number, "cmd": cmd, **fields}) + "\n"
+        await self._process.stdin.send_all(line.encode())
+        reply = await receive.receive()
+        if not reply["ok"]:
+            raise BrowserError(f"{cmd} failed: {reply['error']}")
+        return reply["value"]
+
+    async def open(self, name: str, url: str, **viewport: Any) -> Page:
+        await self.command("open", page=name, url=url, **viewport)
+        return Page(self, name)
+
+
+class Page:
+    def __init__(self, browser: Browser, name: str) -> None:
+        self.browser = browser
+        self.name = name
+
+    async def eval(self, js: str) -> Any:
+        """The value of the JavaScript expression ``js`` (awaited if a promise)."""
+        return await self.browser.command("eval", page=self.name, js=js)
+
+    async def wait(self, js: str, within: float = 10.0) -> None:
+        """Until the expression ``js`` is truthy in the page (BrowserError after ``within``
+        seconds, with the page's log)."""
+        try:
+            await self.browser.command("wait", page=self.name, js=js, timeout=int(within * 1000))
+        except BrowserError as error:
+            log = await self.eval("window.demo ? window.demo.log : []")
+            errors = await self.browser.command("errors", page=self.name)
+            raise BrowserError(
+                f"{self.name}: never {js!r}; its log {log}; errors {errors}"
+            ) from error
+
+    async def screenshot(self, path: Path) -> None:
+        await self.browser.command("screenshot", page=self.name, path=str(path))
+
+    async def close(self) -> None:
+        await self.browser.command("close", page=self.name)
+
+
+def missing(what: str) -> None:
+    """Skip, saying what is missing and how to get it, except on CI (the ``CI``
+    environment variable set), where it fails the run: CI must not skip these tests."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI must not skip the browser tests)")
+    pytest.skip(what)
+
+
+def node_path() -> str:
+    """Node's path (Node.js 20 or newer), else a skip or failure (see :func:`missing`)."""
+    node = shutil.which("node")
+    if node is None:
+        missing("node (Node.js 20 or newer) is not installed")
+    assert node is not None
+    return node
+
+
+def _check_installed() -> str:
+    """Node's path, once node, Chromium and playwright-core are known to be there."""
+    node = node_path()
+    if not os.path.exists(CHROMIUM):
+        missing(f"{CHROMIUM} is not installed: apt-get install chromium (.ci/run does)")
+    if not os.path.isdir(HERE / "node_modules" / "playwright-core"):
+        missing("playwright-core is not installed: npm install in tests/browser (.ci/run does)")
+    return node
+
+
+@asynccontextmanager
+async def open_browser() -> AsyncIterator[Browser]:
+    node = _check_installed()
+    process = await trio.lowlevel.open_process(
+        [node, str(HERE / "driver.mjs")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
+    )
+    browser = Browser(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+            nursery.start_soon(browser._pump, started)
+            nursery.start_soon(browser._pump_errors)
+            with trio.fail_after(30):
+                await started.wait()
+            if not browser.version:
+                await process.wait()
+                raise BrowserError(f"the driver exited: {browser.stderr.decode()[-3000:]}")
+            yield browser
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()

@@ -1,0 +1,64 @@
+// A JavaScript member for the suite's tests (tests/test_js_client.py), on Node's own
+// WebSocket (node --experimental-websocket). It joins with the options given as JSON in
+// argv[2], prints what happens as JSON lines, and does what a "Demo.Command" message
+// from the group tells it to.
+import { createHash } from "node:crypto";
+
+import { connect } from "../../clients/js/wsproxy.js";
+
+const { urls, ...options } = JSON.parse(process.argv[2]);
+const say = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
+
+const client = await connect(urls, options);
+say({ event: "connected", id: client.id, protocol: client.protocol, members: [...client.members].sort() });
+
+for (const name of ["joined", "left", "resumed", "deliveryfailed", "badmessage", "disconnected"]) {
+  client.addEventListener(name, (event) => say({ event: name, ...event.detail }));
+}
+client.addEventListener("state", (event) => {
+  const { state } = event.detail;
+  say({ event: "state", state, url: client.url });
+});
+
+client.on("Demo.Say", (value, incoming) => {
+  say({ event: "said", value, sender: incoming.sender, direct: incoming.direct });
+});
+client.on("Demo.Ask", (value, incoming) => {
+  incoming.reply("Demo.Answer", { text: value.text.toUpperCase() });
+});
+client.onBinary(async (data, incoming) => {
+  const sha256 = createHash("sha256").update(new Uint8Array(data)).digest("hex");
+  say({ event: "binary", size: data.byteLength, sha256, sender: incoming.sender });
+});
+client.on("Demo.Command", async (command) => {
+  try {
+    if (command.do === "say") {
+      if (command.to) await client.sendTo(command.to, "Demo.Say", { text: command.text });
+      else await client.send("Demo.Say", { text: command.text });
+    } else if (command.do === "ask") {
+      const answer = await client.request("Demo.Ask", { text: command.text }, { timeout: command.timeout ?? 5000, to: command.to ?? null });
+      say({ event: "answered", value: answer });
+    } else if (command.do === "binary") {
+      const data = new Uint8Array(command.size).map((_, i) => (i * 7) & 0xff);
+      await client.sendBinary(data.buffer);
+      say({ event: "sent_binary", sha256: createHash("sha256").update(data).digest("hex") });
+    } else if (command.do === "iterate") {
+      // The next `size` Demo.Say messages, through the async iterator.
+      const texts = [];
+      for await (const incoming of client.messages("Demo.Say")) {
+        texts.push(incoming.value.text);
+        if (texts.length === command.size) break;
+      }
+      say({ event: "iterated", texts });
+    } else if (command.do === "members") {
+      say({ event: "members", members: [...client.members].sort(), count: client.memberCount });
+    } else if (command.do === "close") {
+      await client.close();
+      say({ event: "closed", stats: client.stats });
+      process.exit(0);
+    }
+  } catch (error) {
+    say({ event: "failed", command: command.do, error: error.name, message: error.message });
+  }
+});
+say({ event: "ready" });

@@ -1,0 +1,300 @@
+"""The demo page (``--demo``) and the JavaScript client in a real headless Chromium,
+driven by Playwright's core (tests/browserdriver.py): pages chatting, presence, direct
+messages, a 50 MB file, a Python member in the same group, and a relay restart that the
+pages recover from. Also what the relay serves under /demo/, and nothing else.
+
+Screenshots of the page (desktop and phone) go to a temporary folder, or to the folder
+named by ``TRIO_WSPROXY_SCREENSHOTS`` (``docs/img`` refreshes the documentation's).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+import trio_wsproxy
+from browserdriver import Browser, Page, open_browser
+from relayproc import first_line, start_relay
+from test_security import http_get
+from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
+from trio_wsproxy.testing import wait_for_member
+
+ROOT = Path(__file__).parent.parent
+
+
+@trio_wsproxy.message_type("Demo.Chat")
+@attrs.frozen
+class Chat:
+    """The page's chat message ({"from": name, "text": ...}; v1 says the sender anyway)."""
+
+    text: str
+
+
+@trio_wsproxy.message_type("Demo.Ask")
+@attrs.frozen
+class Ask:
+    text: str
+
+
+@trio_wsproxy.message_type("Demo.Answer")
+@attrs.frozen
+class Answer:
+    text: str
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    async with open_relay(RelayConfig(port=0, demo=True)) as relay:
+        yield relay
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with open_browser() as browser:
+        yield browser
+
+
+def page_url(relay: Relay, name: str, room: str = "lobby") -> str:
+    return f"http://127.0.0.1:{relay.port}/demo/?name={name}&room={room}"
+
+
+async def join(
+    browser: Browser, relay: Relay, name: str, room: str = "lobby", **view: object
+) -> Page:
+    page = await browser.open(name, page_url(relay, name, room), **view)
+    await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+    return page
+
+
+def logged(text: str) -> str:
+    return f"window.demo.log.some(line => line.includes({text!r}))"
+
+
+# -- what the relay serves --------------------------------------------------------------
+
+
+async def test_the_demo_is_off_unless_asked_for() -> None:
+    async with open_relay(RelayConfig(port=0)) as relay:
+        status, _headers, _body = await http_get(relay.port, "/demo/")
+        assert status == 404
+
+
+async def test_only_the_page_and_the_client_are_served(relay: Relay) -> None:
+    status, headers, page = await http_get(relay.port, "/demo/")
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert b'const WS_PATH = "/ws";' in page  # the relay's own path, filled in
+    status, headers, module = await http_get(relay.port, "/demo/wsproxy.js")
+    assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8"
+    assert module == (ROOT / "clients/js/wsproxy.js").read_bytes()
+    for target in (
+        "/demo/../pyproject.toml",
+        "/demo/%2e%2e/pyproject.toml",
+        "/demo/index.html",
+        "/demo/wsproxy.js/",
+        "/demo//wsproxy.js",
+        "/demo/..%2fpyproject.toml",
+        "/demo/../../../../etc/passwd",
+    ):
+        status, _headers, body = await http_get(relay.port, target)
+        assert status == 404, (target, body)
+
+
+async def test_the_relay_prints_the_demo_page_s_address() -> None:
+    process, _url, port = await start_relay("--demo")
+    try:
+        assert process.stdout is not None
+        line = (await first_line(process.stdout)).decode().strip()
+        assert line == f"demo page at http://127.0.0.1:{port}/demo/"
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+# -- pages together -----------------------------------------------------------------------
+
+
+async def test_pages_chat_see_each_other_come_and_go_and_whisper(
+    relay: Relay, browser: Browser
+) -> None:
+    alice = await join(browser, relay, "alice")
+    bob = await join(browser, relay, "bob")
+    await alice.wait("window.demo.client.members.has('bob')")
+    await bob.wait("window.demo.client.members.has('alice')")
+    # Chat both ways, through the page's own form.
+    await alice.eval(
+        "(() => { document.getElementById('text').value = 'hi bob';"
+        " document.getElementById('compose').requestSubmit(); return true })()"
+    )
+    await bob.wait(logged("alice: hi bob"))
+    await bob.eval("window.demo.say('hi alice')")
+    await alice.wait(logged("bob: hi alice"))
+    # The member list follows a join and a leave.
+    carol = await join(browser, relay, "carol")
+    await alice.wait("document.querySelector('[data-member=carol]') !== null")
+    await bob.wait("window.demo.client.members.has('carol')")
+    # A click on a member: the next message goes to that member only.
+    await alice.eval(
+        "(() => { document.querySelector('[data-member=carol]').click(); return true })()"
+    )
+    await alice.eval("window.demo.say('just for carol')")
+    await carol.wait(logged("alice (to you only): just for carol"))
+    await alice.eval(
+        "(() => { document.querySelector('[data-member=carol]').click(); return true })()"
+    )
+    await alice.eval("window.demo.say('for everyone')")
+    # Messages from one sender arrive in order: had bob got the direct one, it came first.
+    await bob.wait(logged("alice: for everyone"))
+    assert not await bob.eval("window.demo.log.some(l => l.includes('just for carol'))")
+    await carol.close()
+    await alice.wait("document.querySelector('[data-member=carol]') === null")
+    await bob.wait(logged("carol left"))
+
+
+async def test_a_50_mb_file_dropped_on_a_page_arrives_intact(
+    relay: Relay, browser: Browser
+) -> None:
+    sender = await join(browser, relay, "sender")
+    receiver = await join(browser, relay, "receiver")
+    await sender.wait("window.demo.client.members.has('receiver')")
+    # Dropped as a person would: a drop event carrying a File on the drop zone.
+    await sender.eval(
+        """(() => {
+            const size = 50 * 1000 * 1000;
+            const bytes = new Uint8Array(size);
+            for (let at = 0; at < size; at += 65536) {
+                crypto.getRandomValues(bytes.subarray(at, at + 65536));
+            }
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "big.bin"));
+            const drop = document.getElementById("drop");
+            const init = { dataTransfer: transfer, bubbles: true, cancelable: true };
+            drop.dispatchEvent(new DragEvent("drop", init));
+            return true;
+        })()"""
+    )
+    await receiver.wait("window.demo.received.length === 1", within=60)
+    got = await receiver.eval("window.demo.received[0]")
+    await sender.wait("window.demo.sent.length === 1", within=60)
+    sent = await sender.eval("window.demo.sent[0]")
+    assert got["name"] == "big.bin" and got["size"] == 50_000_000 and got["sender"] == "sender"
+    assert got["intact"] is True and got["sha256"] == sent["sha256"] and len(got["sha256"]) == 64
+    await receiver.wait(logged("sent big.bin (50000000 bytes, SHA-256 checked)"))
+
+
+async def test_a_python_member_and_a_page_share_a_group(relay: Relay, browser: Browser) -> None:
+    page = await join(browser, relay, "web")
+    async with open_client(relay.url, group="lobby", id="py") as py:
+        await wait_for_member(py, "web")
+        await page.wait("window.demo.client.members.has('py')")
+        # Python -> page, typed.
+        await py.send(Chat("hello from python"))
+        await page.wait(logged("py: hello from python"))
+        # page -> Python, typed.
+        async with py.subscribe(Chat) as chats:
+            await page.eval("window.demo.say('hello from the browser')")
+            with trio.fail_after(5):
+                incoming = await chats.receive()
+        assert incoming.value.text == "hello from the browser" and incoming.sender == "web"
+        # Python asks, the page answers (the demo page answers Demo.Ask).
+        answer = await py.request(Ask("are you there?"), Answer, timeout=5)
+        assert answer == Answer("web heard: are you there?")
+
+        # The page asks, Python answers.
+        @py.on(Ask)
+        async def reply(ask: Ask, incoming: trio_wsproxy.Incoming[Ask]) -> None:
+            await incoming.reply(Answer(f"python heard: {ask.text}"))
+
+        value = await page.eval(
+            "window.demo.client.request('Demo.Ask', {text: 'and you?'}, {timeout: 5000, to: 'py'})"
+        )
+        assert value == {"text": "python heard: and you?"}
+        # A request nobody answers is a rejected promise, never a silent null.
+        refused = await page.eval(
+            "window.demo.client.request('Demo.Nobody', {}, {timeout: 300})"
+            ".then(() => 'answered', e => e.name)"
+        )
+        assert refused == "RequestTimeout"
+
+
+async def test_pages_recover_what_they_missed_across_a_relay_restart(
+    browser: Browser, redis_url: str, prefix: str
+) -> None:
+    """A relay with its history in Redis restarts (on the same port) while pages are
+    open: they reconnect by themselves, name their position, and get every message sent
+    while the relay was down — in order, then live ones."""
+    config = RelayConfig(
+        host="127.0.0.1", port=0, demo=True, backplane=redis_url, backplane_prefix=prefix,
+        history_size=1000,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        other = await nursery.start(serve_relay, config)  # where the Python sender stays
+        scope = trio.CancelScope()
+
+        async def restartable(config: RelayConfig, *, task_status: trio.TaskStatus[Relay]) -> None:
+            with scope:
+                await serve_relay(config, task_status=task_status)
+
+        relay = await nursery.start(restartable, config)
+        port = relay.port
+        pages = [await join(browser, relay, name, "h") for name in ("ann", "ben")]
+        async with open_client(other.url, group="h", id="py") as py:
+            for name in ("ann", "ben"):
+                await wait_for_member(py, name)
+            await py.send(Chat("before the restart"))
+            for page in pages:
+                await page.wait(logged("py: before the restart"))
+            scope.cancel()  # the relay stops: its members get 1001
+            for page in pages:
+                await page.wait("window.demo.client.state === 'reconnecting'")
+            for n in range(10):
+                await py.send(Chat(f"missed {n}"))
+            started = time.monotonic()
+            scope = trio.CancelScope()
+            await nursery.start(restartable, attrs.evolve(config, port=port))
+            for page in pages:
+                await page.wait(
+                    "document.getElementById('resumed').textContent === 'recovered 10 messages'"
+                )
+            recovered_after = time.monotonic() - started
+            await py.send(Chat("after the restart"))
+            for page in pages:
+                await page.wait(logged("py: after the restart"))
+                lines = await page.eval("window.demo.log.filter(l => l.startsWith('py: '))")
+                assert lines == [
+                    "py: before the restart",
+                    *[f"py: missed {n}" for n in range(10)],
+                    "py: after the restart",
+                ]
+        print(f"pages recovered {recovered_after:.2f} s after the relay was back")
+        nursery.cancel_scope.cancel()
+
+
+async def test_screenshots_of_the_demo_desktop_and_phone(
+    relay: Relay, browser: Browser, tmp_path: Path
+) -> None:
+    folder = Path(os.environ.get("TRIO_WSPROXY_SCREENSHOTS", tmp_path))
+    alice = await join(browser, relay, "alice", "lobby", width=1100, height=700)
+    phone = await join(browser, relay, "bob", "lobby", width=390, height=760, mobile=True, scale=2)
+    await alice.wait("window.demo.client.members.has('bob')")
+    await alice.eval("window.demo.say('Hello from the desktop')")
+    await phone.wait(logged("alice: Hello from the desktop"))
+    await phone.eval("window.demo.say('And hello from a phone')")
+    await alice.wait(logged("bob: And hello from a phone"))
+    await alice.eval(
+        "(() => { document.querySelector('[data-member=bob]').click(); return true })()"
+    )
+    await alice.screenshot(folder / "demo-desktop.png")
+    await phone.screenshot(folder / "demo-phone.png")
+    for name, width in (("demo-desktop.png", 1100), ("demo-phone.png", 780)):
+        header = (folder / name).read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n"
+        assert struct.unpack(">I", header[16:20])[0] == width
+    # Nothing horizontal to scroll on the phone.
+    assert await phone.eval("document.documentElement.scrollWidth <= window.innerWidth")

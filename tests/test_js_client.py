@@ -1,0 +1,315 @@
+"""The JavaScript client (clients/js/wsproxy.js) against the real relay, beside Python
+clients in one group: its codecs against the shared vectors, then a Node member
+(tests/js/peer.mjs, on Node's own WebSocket) talking with Python members."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import trio_wsproxy
+from browserdriver import missing, node_path
+from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
+from trio_wsproxy.testing import wait_for_member
+
+ROOT = Path(__file__).parent.parent
+PLAIN = trio_wsproxy.ClientConfig(offer_v1=False)
+PEER = ROOT / "tests" / "js" / "peer.mjs"
+
+
+def node() -> str:
+    """Node.js (20 or newer): a skip without it, a failure on CI (see browserdriver)."""
+    return node_path()
+
+
+@trio_wsproxy.message_type("Demo.Say")
+@attrs.frozen
+class Say:
+    text: str
+
+
+@trio_wsproxy.message_type("Demo.Ask")
+@attrs.frozen
+class Ask:
+    text: str
+
+
+@trio_wsproxy.message_type("Demo.Answer")
+@attrs.frozen
+class Answer:
+    text: str
+
+
+@trio_wsproxy.message_type("Demo.Command")
+@attrs.frozen
+class Command:
+    do: str
+    text: str = ""
+    to: str | None = None
+    size: int = 0
+
+
+class NodePeer:
+    """A running tests/js/peer.mjs: the JSON lines it printed, to wait for."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self._grew = trio.Event()
+        self.stderr = b""
+
+    async def pump(self) -> None:
+        assert self.process.stdout is not None
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            self.events += [json.loads(line) for line in lines if line]
+            self._grew.set()
+            self._grew = trio.Event()
+
+    async def pump_errors(self) -> None:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
+            self.stderr += chunk
+
+    async def wait_for(
+        self, event: str, where: Callable[[dict[str, Any]], bool] = lambda e: True
+    ) -> dict[str, Any]:
+        """The first event named ``event`` (that ``where`` accepts), once printed (within
+        10 s)."""
+        timeout = 10
+        with trio.move_on_after(timeout):
+            while True:
+                for seen in self.events:
+                    if seen["event"] == event and where(seen):
+                        self.events.remove(seen)
+                        return seen
+                await self._grew.wait()
+        raise AssertionError(
+            f"no {event!r} from the JS peer within {timeout} s; it said {self.events}, "
+            f"stderr {self.stderr.decode(errors='replace')[-2000:]}"
+        )
+
+
+@asynccontextmanager
+async def js_peer(urls: list[str], **options: Any) -> AsyncIterator[NodePeer]:
+    process = await trio.lowlevel.open_process(
+        [
+            node(),
+            "--experimental-websocket",
+            "--no-warnings",
+            str(PEER),
+            json.dumps({"urls": urls, **options}),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    peer = NodePeer(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.pump)
+            nursery.start_soon(peer.pump_errors)
+            await peer.wait_for("ready")
+            yield peer
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_the_typescript_declarations_fit_a_use_of_every_name() -> None:
+    tsc = ROOT / "tests/browser/node_modules/.bin/tsc"
+    if not tsc.exists():
+        missing("typescript is not installed: npm install in tests/browser (.ci/run does)")
+    result = await trio.run_process(
+        [node(), str(tsc), "--noEmit", "--strict", "--target", "es2022", "--module", "nodenext",
+         "--moduleResolution", "nodenext", "--lib", "es2022,dom,dom.iterable",
+         str(ROOT / "clients/js/test/usage.mts")],
+        capture_stdout=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout.decode()[-4000:]
+
+
+async def test_the_js_codec_passes_the_shared_vectors() -> None:
+    result = await trio.run_process(
+        [node(), "--test", str(ROOT / "clients/js/test/")], capture_stdout=True, check=False
+    )
+    output = result.stdout.decode()
+    assert result.returncode == 0, output[-4000:]
+    assert "# fail 0" in output and "# pass 2" in output
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    async with open_relay(RelayConfig(port=0)) as relay:
+        yield relay
+
+
+async def test_a_js_and_a_python_member_talk_both_ways(relay: Relay) -> None:
+    async with open_client(relay.url, group="mixed", id="py") as py:
+        async with js_peer([relay.url], group="mixed", id="js") as js:
+            await wait_for_member(py, "js")
+            # Python -> JS: a typed message, with its sender.
+            await py.send(Say("hi from python"))
+            said = await js.wait_for("said")
+            assert said == {
+                "event": "said",
+                "value": {"text": "hi from python"},
+                "sender": "py",
+                "direct": False,
+            }
+            # Python asks, JS answers (to the requester only).
+            assert await py.request(Ask("question"), Answer, timeout=5) == Answer("QUESTION")
+            # JS asks, Python answers.
+
+            @py.on(Ask)
+            async def answer(ask: Ask, incoming: trio_wsproxy.Incoming[Ask]) -> None:
+                await incoming.reply(Answer(f"python says {ask.text}"))
+
+            await py.send(Command("ask", text="hello"))
+            assert (await js.wait_for("answered"))["value"] == {"text": "python says hello"}
+            # JS -> Python: typed, and binary.
+            async with py.subscribe(Say) as says, py.subscribe(bytes) as binaries:
+                await py.send(Command("say", text="hi from js"))
+                incoming = await says.receive()
+                assert (incoming.value, incoming.sender) == (Say("hi from js"), "js")
+                await py.send(Command("binary", size=300_000))
+                sent = await js.wait_for("sent_binary")
+                data = (await binaries.receive()).value
+            assert hashlib.sha256(data).hexdigest() == sent["sha256"] and len(data) == 300_000
+            # Python -> JS binary.
+            await py.send(bytes(range(256)) * 10)
+            got = await js.wait_for("binary")
+            assert got["size"] == 2560 and got["sender"] == "py"
+            assert got["sha256"] == hashlib.sha256(bytes(range(256)) * 10).hexdigest()
+
+
+async def test_presence_and_direct_messages_reach_the_js_member(relay: Relay) -> None:
+    async with open_client(relay.url, group="room", id="py") as py:
+        async with js_peer([relay.url], group="room", id="js") as js:
+            await wait_for_member(py, "js")
+            async with open_client(relay.url, group="room", id="carol") as carol:
+                assert (await js.wait_for("joined"))["id"] in {"py", "carol"}
+                await wait_for_member(carol, "js")
+                # A direct message from JS reaches carol only.
+                async with carol.subscribe(Say) as at_carol, py.subscribe(Say) as at_py:
+                    await py.send(Command("say", text="just for carol", to="carol"))
+                    incoming = await at_carol.receive()
+                    assert (incoming.value, incoming.direct) == (Say("just for carol"), True)
+                    await py.send(Command("members"))
+                    members = await js.wait_for("members", lambda e: "carol" in e["members"])
+                    assert members["members"] == ["carol", "py"] and members["count"] == 3
+                    # Messages from one sender arrive in order: had the direct message
+                    # reached py, it would come before this one.
+                    await py.send(Command("say", text="for everyone"))
+                    assert (await at_py.receive()).value == Say("for everyone")
+                await carol.send_to("js", Say("whisper"))
+                assert (await js.wait_for("said")) == {
+                    "event": "said",
+                    "value": {"text": "whisper"},
+                    "sender": "carol",
+                    "direct": True,
+                }
+            await js.wait_for("left", lambda e: e["id"] == "carol")
+            # A request to a member that is not there is refused at once, not timed out.
+            await py.send(Command("ask", text="anyone?", to="nobody"))
+            failed = await js.wait_for("failed")
+            assert failed["error"] == "MemberNotFound"
+
+
+async def test_the_js_member_fails_over_and_recovers_what_it_missed(
+    redis_url: str, prefix: str
+) -> None:
+    """Two nodes sharing history in Redis; the node the JS member is on stops (1001): it
+    reconnects to the other one, names its position, and gets every message it missed,
+    in order."""
+    config = RelayConfig(
+        host="127.0.0.1", port=0, backplane=redis_url, backplane_prefix=prefix, history_size=1000
+    )
+    async with trio.open_nursery() as nursery:
+        b = await nursery.start(serve_relay, config)
+        a_scope = trio.CancelScope()
+
+        async def node_a(task_status: trio.TaskStatus[Relay]) -> None:
+            with a_scope:
+                await serve_relay(config, task_status=task_status)
+
+        a = await nursery.start(node_a)
+        async with open_client(b.url, group="h", id="py") as py:
+            async with js_peer([a.url, b.url], group="h", id="js", reconnectMinDelay=100) as js:
+                await wait_for_member(py, "js")
+                await py.send(Say("before"))
+                await js.wait_for("said", lambda e: e["value"]["text"] == "before")
+                started = time.monotonic()
+                a_scope.cancel()  # node a stops: its members get 1001
+                await js.wait_for("disconnected")
+                for n in range(20):  # while the JS member is away
+                    await py.send(Say(f"missed {n}"))
+                resumed = await js.wait_for("resumed")
+                assert resumed["recovered"] is True and resumed["missed"] == 20, resumed
+                for n in range(20):
+                    said = await js.wait_for("said")
+                    assert said["value"]["text"] == f"missed {n}"
+                recovered_after = time.monotonic() - started
+                state = await js.wait_for("state", lambda e: e["state"] == "connected")
+                assert state["url"].startswith(b.url)
+                await py.send(Say("after"))
+                assert (await js.wait_for("said"))["value"]["text"] == "after"
+        assert recovered_after < 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_js_member_is_told_when_it_cannot_connect() -> None:
+    result = await trio.run_process(
+        [node(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
+         "import { connect } from './clients/js/wsproxy.js';"
+         "try { await connect('ws://127.0.0.1:9/ws', {group: 'g', connectTimeout: 2000}); }"
+         "catch (e) { console.log(e.name + ': ' + e.message); }"],
+        cwd=ROOT, capture_stdout=True, check=False,
+    )  # fmt: skip
+    assert result.stdout.decode().startswith("NotConnected: could not connect: ws://127.0.0.1:9/ws")
+
+
+async def test_async_iteration_tokens_and_a_final_close_code() -> None:
+    secret = "relay-secret-of-at-least-thirty-two-bytes"
+    async with open_relay(RelayConfig(port=0, token_secret=secret)) as relay:
+        token = trio_wsproxy.mint_token(secret, "js", ["t"], ttl=60)
+        py_token = trio_wsproxy.mint_token(secret, "py", ["t"], ttl=60)
+        url = f"{relay.url}?access_token={py_token}"
+        async with open_client(url, group="t", id="py") as py:
+            async with js_peer([relay.url], group="t", id="js", accessToken=token) as js:
+                await wait_for_member(py, "js")
+                # messages() as an async iterator: the next three, in order.
+                await py.send(Command("iterate", size=3))
+                for n in range(3):
+                    await py.send(Say(f"item {n}"))
+                assert (await js.wait_for("iterated"))["texts"] == ["item 0", "item 1", "item 2"]
+                # A newer connection with the same id replaces it (4000): final, no reconnect.
+                async with open_client(
+                    f"{relay.url}?access_token={token}", group="t", id="js", config=PLAIN
+                ):
+                    closed = await js.wait_for("state", lambda e: e["state"] == "closed")
+                    assert closed["state"] == "closed"
+                    disconnected = await js.wait_for("disconnected")
+                    assert disconnected["code"] == 4000 and disconnected["reconnecting"] is False
+        # Without a valid token there is no connection: a rejected connect, not a hang.
+        result = await trio.run_process(
+            [node(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
+             "import { connect } from './clients/js/wsproxy.js';"
+             f"try {{ await connect('{relay.url}', {{group: 't', accessToken: 'junk'}}); }}"
+             "catch (e) { console.log(e.name); }"],
+            cwd=ROOT, capture_stdout=True, check=False,
+        )  # fmt: skip
+        assert result.stdout.decode().strip() == "NotConnected"

@@ -122,8 +122,6 @@ class WebSocket:
         self._pings: dict[bytes, trio.Event] = {}
         self._ping_count = 0
         self._dropped = False
-        #: Whether a task is in :meth:`receive` (else :meth:`aclose` reads the answer).
-        self.reading = False
         #: How the connection ended, once it has (set before :attr:`ended` is).
         self.closed: Closed | None = None
         #: Set when the connection has ended.
@@ -268,14 +266,19 @@ class WebSocket:
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         """Send a close frame (if the connection is open) and wait for the relay's
-        answer, read by :meth:`receive` — by the reading task, or here if none reads."""
+        answer, which the task reading the connection reads."""
         if self._ws.state is ConnectionState.OPEN:
             await self._write_control(CloseConnection(code, reason))
-        if not self.reading:
-            with contextlib.suppress(ConnectionEnded):
-                while True:
-                    await self.receive()
         await self.ended.wait()
+
+    async def close_unread(self) -> None:
+        """:meth:`aclose`, once no task reads the connection any more: read the relay's
+        answer here."""
+        if self._ws.state is ConnectionState.OPEN:
+            await self._write_control(CloseConnection(1000, None))
+        with contextlib.suppress(ConnectionEnded):
+            while True:
+                await self.receive()
 
     def _end(self, code: int, reason: str | None) -> None:
         if self.closed is None:
@@ -320,7 +323,7 @@ async def connect_and_serve(
         # the TCP connection: give it close_timeout.
         if trio.current_effective_deadline() != -math.inf:  # not cancelled from outside
             with trio.move_on_after(config.close_timeout):
-                await ws.aclose()
+                await ws.close_unread()
         await ws.aclose_stream()
     return closed
 
@@ -442,16 +445,12 @@ async def serve_frames(
 
 async def read(ws: WebSocket, take: Callable[[Received], Awaitable[None]]) -> Closed:
     """Hand what ``ws`` receives to ``take`` until it ends; how it ended."""
-    ws.reading = True
-    try:
-        while True:
-            try:
-                received = await ws.receive()
-            except ConnectionEnded as ended:
-                return (ended.code, ended.reason)
-            await take(received)
-    finally:
-        ws.reading = False
+    while True:
+        try:
+            received = await ws.receive()
+        except ConnectionEnded as ended:
+            return (ended.code, ended.reason)
+        await take(received)
 
 
 async def keep_alive(

@@ -169,6 +169,23 @@ async def test_a_bad_source_raises_before_anything_is_sent(
         await sender.send(Note("still here"))
 
 
+async def test_empty_pieces_of_an_iterable_do_not_end_the_message(relay: Relay) -> None:
+    got = trio.open_memory_channel[bytes](1)
+
+    async def handler(stream: BinaryStream) -> None:
+        await got[0].send(await collect(stream))
+
+    async with (
+        open_client(relay.url, group=GROUP) as sender,
+        open_client(relay.url, group=GROUP) as receiver,
+    ):
+        receiver.on(BinaryStream, handler)
+        await relay.wait_members(2, GROUP)
+        assert await sender.send_stream([b"", b"a", b"", bytearray(b"b"), b""]) == 2
+        with trio.fail_after(5):
+            assert await got[1].receive() == b"ab"
+
+
 async def test_a_source_of_non_bytes_fails_before_the_message_starts(relay: Relay) -> None:
     async with open_client(relay.url, group=GROUP) as sender:
         with pytest.raises(TypeError, match="pieces are bytes, got str"):

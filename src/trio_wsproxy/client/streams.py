@@ -233,13 +233,16 @@ async def pieces_of(source: StreamSource, piece_size: int) -> AsyncGenerator[byt
             while piece := await trio.to_thread.run_sync(read, piece_size):
                 yield _checked(piece)
         return
+    # An iterable's empty pieces are skipped: an empty piece is no end of the message.
     if isinstance(source, AsyncIterable):
-        async for piece in source:
-            yield _checked(piece)
+        async for item in source:
+            if piece := _checked(item):
+                yield piece
         return
     if isinstance(source, Iterable):
-        for piece in source:
-            yield _checked(piece)
+        for item in source:
+            if piece := _checked(item):
+                yield piece
         return
     raise TypeError(
         "send_stream sends a path, a binary file or an iterable of bytes, "

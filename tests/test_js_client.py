@@ -313,3 +313,31 @@ async def test_async_iteration_tokens_and_a_final_close_code() -> None:
             cwd=ROOT, capture_stdout=True, check=False,
         )  # fmt: skip
         assert result.stdout.decode().strip() == "NotConnected"
+
+
+async def test_a_js_member_closed_while_reconnecting_stays_closed() -> None:
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def restartable(config: RelayConfig, *, task_status: trio.TaskStatus[Relay]) -> None:
+            with scope:
+                await serve_relay(config, task_status=task_status)
+
+        relay = await nursery.start(restartable, RelayConfig(port=0))
+        port = relay.port
+        async with open_client(relay.url, group="c", id="py") as py:
+            async with js_peer([relay.url], group="c", id="js", reconnectMinDelay=200) as js:
+                await wait_for_member(py, "js")
+                await py.send(Command("close-when-reconnecting"))
+                await js.wait_for("armed")
+                scope.cancel()  # the relay goes (1001): the JS member starts reconnecting
+                done = await js.wait_for("closed_while_reconnecting")
+                assert done["state"] == "closed"
+                scope = trio.CancelScope()
+                await nursery.start(restartable, RelayConfig(port=port))
+                # Nothing is left pending in the closed client — no reconnect timer, no
+                # socket — so Node, with nothing more to do, exits by itself.
+                with trio.fail_after(10):
+                    assert await js.process.wait() == 0
+                assert not [e for e in js.events if e.get("state") == "connected"]
+        nursery.cancel_scope.cancel()

@@ -500,7 +500,9 @@ export class Client extends EventTarget {
    * sendTimeout for one. */
   async _send(payload, to, orGroup = false) {
     const deadline = Date.now() + this.options.sendTimeout;
-    while (!this._ws || this.state !== "connected") {
+    // (A socket the relay is closing still looks connected until its close event; what
+    // is sent on it then would be dropped by the browser without a word.)
+    while (!this._ws || this.state !== "connected" || this._ws.readyState !== 1) {
       if (this.closed || this._closing) throw new ClientClosed("the client is closed; nothing was sent");
       const left = deadline - Date.now();
       if (left <= 0) throw new NotConnected(`not connected to the relay for ${this.options.sendTimeout} ms; nothing was sent`);
@@ -642,6 +644,12 @@ export class Client extends EventTarget {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        if (this._closing) {
+          // close() was called while this attempt was under way.
+          ws.close(1000);
+          resolve({ connected: false, reason: "the client closed" });
+          return;
+        }
         this.urlIndex = index;
         this._ws = ws;
         this._failedRounds = 0;

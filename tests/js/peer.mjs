@@ -52,6 +52,16 @@ client.on("Demo.Command", async (command) => {
       say({ event: "iterated", texts });
     } else if (command.do === "members") {
       say({ event: "members", members: [...client.members].sort(), count: client.memberCount });
+    } else if (command.do === "close-when-reconnecting") {
+      // Close while the client waits to reconnect: it must stay closed.
+      const closed = new Promise((resolve) => {
+        client.addEventListener("state", (event) => {
+          if (event.detail.state === "reconnecting") client.close().then(resolve);
+        });
+      });
+      say({ event: "armed" });
+      await closed;
+      say({ event: "closed_while_reconnecting", state: client.state });
     } else if (command.do === "close") {
       await client.close();
       say({ event: "closed", stats: client.stats });

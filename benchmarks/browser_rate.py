@@ -29,6 +29,7 @@ from relay_process import start_relay
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import trio_wsproxy
 from browserdriver import open_browser
+from relaynode import RestartableRelay
 from trio_wsproxy import RelayConfig, serve_relay
 
 HERE = Path(__file__).resolve().parent
@@ -78,32 +79,25 @@ async def receive_rate(count: int) -> dict[str, object]:
 
 
 async def recovery(redis: str, rounds: int) -> dict[str, object]:
-    config = RelayConfig(
-        host="127.0.0.1", port=0, demo=True, backplane=redis,
+    settings = dict(
+        host="127.0.0.1", demo=True, backplane=redis,
         backplane_prefix=f"bench-{uuid.uuid4().hex[:8]}", history_size=1000,
     )  # fmt: skip
     times = []
     async with trio.open_nursery() as nursery, open_browser() as browser:
-        other = await nursery.start(serve_relay, config)
-        scope = trio.CancelScope()
-
-        async def restartable(config: RelayConfig, *, task_status: trio.TaskStatus[object]) -> None:
-            with scope:
-                await serve_relay(config, task_status=task_status)
-
-        relay = await nursery.start(restartable, config)
-        port = relay.port
+        other = await nursery.start(serve_relay, RelayConfig(port=0, **settings))
+        node = RestartableRelay(nursery)
+        port = (await node.start(**settings)).port
         page = await browser.open("page", f"http://127.0.0.1:{port}/demo/?name=page&room=r")
         await page.wait("window.demo && window.demo.client && window.demo.client.connected")
         async with trio_wsproxy.open_client(other.url, group="r", id="sender") as sender:
             for round_ in range(rounds):
-                scope.cancel()
+                await node.stop()
                 await page.wait("window.demo.client.state === 'reconnecting'")
                 for n in range(100):
                     await sender.send(Chat(f"{round_} {n}"))
-                scope = trio.CancelScope()
                 started = time.monotonic()
-                await nursery.start(restartable, attrs.evolve(config, port=port))
+                await node.start(**settings)
                 await page.wait(
                     f"window.demo.log.some(l => l.endsWith(': {round_} 99'))", within=30
                 )

@@ -15,38 +15,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 
 import trio_wsproxy
 from browserdriver import Browser, Page, open_browser
+from demotypes import Answer, Ask, Chat
+from relaynode import RestartableRelay
 from relayproc import first_line, start_relay
 from test_security import http_get
 from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
 from trio_wsproxy.testing import wait_for_member
 
 ROOT = Path(__file__).parent.parent
-
-
-@trio_wsproxy.message_type("Demo.Chat")
-@attrs.frozen
-class Chat:
-    """The page's chat message ({"from": name, "text": ...}; v1 says the sender anyway)."""
-
-    text: str
-
-
-@trio_wsproxy.message_type("Demo.Ask")
-@attrs.frozen
-class Ask:
-    text: str
-
-
-@trio_wsproxy.message_type("Demo.Answer")
-@attrs.frozen
-class Answer:
-    text: str
 
 
 @pytest.fixture
@@ -229,20 +210,15 @@ async def test_pages_recover_what_they_missed_across_a_relay_restart(
     """A relay with its history in Redis restarts (on the same port) while pages are
     open: they reconnect by themselves, name their position, and get every message sent
     while the relay was down — in order, then live ones."""
-    config = RelayConfig(
-        host="127.0.0.1", port=0, demo=True, backplane=redis_url, backplane_prefix=prefix,
+    settings = dict(
+        host="127.0.0.1", demo=True, backplane=redis_url, backplane_prefix=prefix,
         history_size=1000,
     )  # fmt: skip
     async with trio.open_nursery() as nursery:
-        other = await nursery.start(serve_relay, config)  # where the Python sender stays
-        scope = trio.CancelScope()
-
-        async def restartable(config: RelayConfig, *, task_status: trio.TaskStatus[Relay]) -> None:
-            with scope:
-                await serve_relay(config, task_status=task_status)
-
-        relay = await nursery.start(restartable, config)
-        port = relay.port
+        # Where the Python sender stays while the pages' node restarts.
+        other = await nursery.start(serve_relay, RelayConfig(port=0, **settings))
+        node = RestartableRelay(nursery)
+        relay = await node.start(**settings)
         pages = [await join(browser, relay, name, "h") for name in ("ann", "ben")]
         async with open_client(other.url, group="h", id="py") as py:
             for name in ("ann", "ben"):
@@ -250,14 +226,13 @@ async def test_pages_recover_what_they_missed_across_a_relay_restart(
             await py.send(Chat("before the restart"))
             for page in pages:
                 await page.wait(logged("py: before the restart"))
-            scope.cancel()  # the relay stops: its members get 1001
+            await node.stop()  # the relay stops: its members get 1001
             for page in pages:
                 await page.wait("window.demo.client.state === 'reconnecting'")
             for n in range(10):
                 await py.send(Chat(f"missed {n}"))
             started = time.monotonic()
-            scope = trio.CancelScope()
-            await nursery.start(restartable, attrs.evolve(config, port=port))
+            await node.start(**settings)
             for page in pages:
                 await page.wait(
                     "document.getElementById('resumed').textContent === 'recovered 10 messages'"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 import trio_websocket as tw
 
@@ -41,14 +42,24 @@ async def test_the_ported_dotnet_demo_runs_to_the_end() -> None:
         await relay.wait()
 
 
-async def test_a_file_goes_through_the_relay_and_checks_out(tmp_path: Path) -> None:
-    source = tmp_path / "big.bin"
-    source.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
-    out = tmp_path / "out"
-    out.mkdir()
+@attrs.frozen
+class Transfer:
+    """What the two sides of ``file_transfer.py`` said."""
+
+    sent: subprocess.CompletedProcess[bytes]
+    receiver_stderr: str
+
+
+async def transfer(source: Path, out: Path, *, python: list[str], limit: float) -> Transfer:
+    """Send ``source`` with ``examples/file_transfer.py`` through a relay process to a
+    receiver started first (``--once``, saving into ``out``); each side runs as
+    ``python + [script, args...]``. Fails unless both exit 0 within ``limit`` seconds."""
     relay, url, _port = await start_relay()
     receiver = await trio.lowlevel.open_process(
-        example("file_transfer.py", "--url", url, "receive", "--out", str(out), "--once"),
+        [
+            *python,
+            *example("file_transfer.py", "--url", url, "receive", "--out", str(out), "--once")[1:],
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=UNBUFFERED,
@@ -56,28 +67,43 @@ async def test_a_file_goes_through_the_relay_and_checks_out(tmp_path: Path) -> N
     assert receiver.stdout is not None and receiver.stderr is not None
     said, complained = Output(), Output()
     try:
-        with trio.fail_after(60):
+        with trio.fail_after(limit):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(said.pump, receiver.stdout)
                 nursery.start_soon(complained.pump, receiver.stderr)
                 # The receiver must be there first. It says so once connected, and a
                 # member is in its group before its connection is answered.
                 await said.wait_for("waiting for files in group")
-                sent = await run_example("file_transfer.py", "--url", url, "send", str(source))
+                sent = await trio.run_process(
+                    [*python, *example("file_transfer.py", "--url", url, "send", str(source))[1:]],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                    env=UNBUFFERED,
+                )
                 assert sent.returncode == 0, sent.stderr.decode()[-2000:]
                 assert await receiver.wait() == 0, complained.text[-2000:]
-        copies = list(out.iterdir())
-        assert len(copies) == 1
-        assert (
-            hashlib.sha256(copies[0].read_bytes()).digest()
-            == hashlib.sha256(source.read_bytes()).digest()
-        )
+        return Transfer(sent, complained.text)
     finally:
         if receiver.returncode is None:
             receiver.kill()
             await receiver.wait()
         relay.terminate()
         await relay.wait()
+
+
+async def test_a_file_goes_through_the_relay_and_checks_out(tmp_path: Path) -> None:
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
+    out = tmp_path / "out"
+    out.mkdir()
+    await transfer(source, out, python=[sys.executable], limit=60)
+    copies = list(out.iterdir())
+    assert len(copies) == 1
+    assert (
+        hashlib.sha256(copies[0].read_bytes()).digest()
+        == hashlib.sha256(source.read_bytes()).digest()
+    )
 
 
 async def test_a_1_gib_file_streams_from_disk_to_disk_in_flat_memory(tmp_path: Path) -> None:
@@ -91,49 +117,14 @@ async def test_a_1_gib_file_streams_from_disk_to_disk_in_flat_memory(tmp_path: P
             file.write(index.to_bytes(8, "big") + block[8:])  # no two blocks alike
     out = tmp_path / "out"
     out.mkdir()
-    relay, url, _port = await start_relay()
+    # Each example under tests/peakrss.py, which prints its peak memory when it exits.
     measured = [sys.executable, str(Path(__file__).parent / "peakrss.py")]
-    receiver = await trio.lowlevel.open_process(
-        [
-            *measured,
-            *example("file_transfer.py", "--url", url, "receive", "--out", str(out), "--once")[1:],
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=UNBUFFERED,
-    )
-    assert receiver.stdout is not None and receiver.stderr is not None
-    said, complained = Output(), Output()
-    try:
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(said.pump, receiver.stdout)
-                nursery.start_soon(complained.pump, receiver.stderr)
-                await said.wait_for("waiting for files in group")
-                sent = await trio.run_process(
-                    [
-                        *measured,
-                        *example("file_transfer.py", "--url", url, "send", str(source))[1:],
-                    ],
-                    capture_stdout=True,
-                    capture_stderr=True,
-                    check=False,
-                    env=UNBUFFERED,
-                )
-                sender_said = sent.stderr.decode()
-                assert sent.returncode == 0, sender_said[-2000:]
-                assert await receiver.wait() == 0, complained.text[-2000:]
-        assert b"verified by the receiver" in sent.stdout
-        assert (out / "big.bin").stat().st_size == size
-        for who, text in (("sender", sender_said), ("receiver", complained.text)):
-            peak = float(re.findall(r"peak_rss_mib=([0-9.]+)", text)[-1])
-            assert peak < 64, f"the {who} peaked at {peak:.0f} MiB"
-    finally:
-        if receiver.returncode is None:
-            receiver.kill()
-            await receiver.wait()
-        relay.terminate()
-        await relay.wait()
+    done = await transfer(source, out, python=measured, limit=120)
+    assert b"verified by the receiver" in done.sent.stdout
+    assert (out / "big.bin").stat().st_size == size
+    for who, text in (("sender", done.sent.stderr.decode()), ("receiver", done.receiver_stderr)):
+        peak = float(re.findall(r"peak_rss_mib=([0-9.]+)", text)[-1])
+        assert peak < 64, f"the {who} peaked at {peak:.0f} MiB"
 
 
 async def test_the_embedded_relay_runs_beside_its_bot() -> None:

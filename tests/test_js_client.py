@@ -13,12 +13,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
 import trio_wsproxy
 from browserdriver import missing, node_path
+from demotypes import Answer, Ask, Command, Say
+from relaynode import RestartableRelay
 from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
 from trio_wsproxy.testing import wait_for_member
 
@@ -30,33 +31,6 @@ PEER = ROOT / "tests" / "js" / "peer.mjs"
 def node() -> str:
     """Node.js (20 or newer): a skip without it, a failure on CI (see browserdriver)."""
     return node_path()
-
-
-@trio_wsproxy.message_type("Demo.Say")
-@attrs.frozen
-class Say:
-    text: str
-
-
-@trio_wsproxy.message_type("Demo.Ask")
-@attrs.frozen
-class Ask:
-    text: str
-
-
-@trio_wsproxy.message_type("Demo.Answer")
-@attrs.frozen
-class Answer:
-    text: str
-
-
-@trio_wsproxy.message_type("Demo.Command")
-@attrs.frozen
-class Command:
-    do: str
-    text: str = ""
-    to: str | None = None
-    size: int = 0
 
 
 class NodePeer:
@@ -235,25 +209,20 @@ async def test_the_js_member_fails_over_and_recovers_what_it_missed(
     """Two nodes sharing history in Redis; the node the JS member is on stops (1001): it
     reconnects to the other one, names its position, and gets every message it missed,
     in order."""
-    config = RelayConfig(
-        host="127.0.0.1", port=0, backplane=redis_url, backplane_prefix=prefix, history_size=1000
+    settings = dict(
+        host="127.0.0.1", backplane=redis_url, backplane_prefix=prefix, history_size=1000
     )
     async with trio.open_nursery() as nursery:
-        b = await nursery.start(serve_relay, config)
-        a_scope = trio.CancelScope()
-
-        async def node_a(task_status: trio.TaskStatus[Relay]) -> None:
-            with a_scope:
-                await serve_relay(config, task_status=task_status)
-
-        a = await nursery.start(node_a)
+        b = await nursery.start(serve_relay, RelayConfig(port=0, **settings))
+        node_a = RestartableRelay(nursery)
+        a = await node_a.start(**settings)
         async with open_client(b.url, group="h", id="py") as py:
             async with js_peer([a.url, b.url], group="h", id="js", reconnectMinDelay=100) as js:
                 await wait_for_member(py, "js")
                 await py.send(Say("before"))
                 await js.wait_for("said", lambda e: e["value"]["text"] == "before")
                 started = time.monotonic()
-                a_scope.cancel()  # node a stops: its members get 1001
+                await node_a.stop()  # node a stops: its members get 1001
                 await js.wait_for("disconnected")
                 for n in range(20):  # while the JS member is away
                     await py.send(Say(f"missed {n}"))
@@ -317,24 +286,17 @@ async def test_async_iteration_tokens_and_a_final_close_code() -> None:
 
 async def test_a_js_member_closed_while_reconnecting_stays_closed() -> None:
     async with trio.open_nursery() as nursery:
-        scope = trio.CancelScope()
-
-        async def restartable(config: RelayConfig, *, task_status: trio.TaskStatus[Relay]) -> None:
-            with scope:
-                await serve_relay(config, task_status=task_status)
-
-        relay = await nursery.start(restartable, RelayConfig(port=0))
-        port = relay.port
+        node = RestartableRelay(nursery)
+        relay = await node.start()
         async with open_client(relay.url, group="c", id="py") as py:
             async with js_peer([relay.url], group="c", id="js", reconnectMinDelay=200) as js:
                 await wait_for_member(py, "js")
                 await py.send(Command("close-when-reconnecting"))
                 await js.wait_for("armed")
-                scope.cancel()  # the relay goes (1001): the JS member starts reconnecting
+                await node.stop()  # the relay goes (1001): the JS member starts reconnecting
                 done = await js.wait_for("closed_while_reconnecting")
                 assert done["state"] == "closed"
-                scope = trio.CancelScope()
-                await nursery.start(restartable, RelayConfig(port=port))
+                await node.start()
                 # Nothing is left pending in the closed client — no reconnect timer, no
                 # socket — so Node, with nothing more to do, exits by itself.
                 with trio.fail_after(10):

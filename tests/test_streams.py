@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from trio_wsproxy import (
     BadMessage,
     BadMessageKind,
     BinaryStream,
+    Client,
     ClientConfig,
     Relay,
     RelayConfig,
@@ -66,6 +68,32 @@ def pieces(data: bytes, size: int) -> Iterator[bytes]:
 
 async def collect(stream: BinaryStream) -> bytes:
     return b"".join([piece async for piece in stream])
+
+
+StreamHandler = Callable[[BinaryStream], Awaitable[None]]
+
+
+def collecting() -> tuple[StreamHandler, trio.MemoryReceiveChannel[bytes]]:
+    """A stream handler that reads each stream whole, and the channel it hands them to."""
+    send, receive = trio.open_memory_channel[bytes](1)
+
+    async def handler(stream: BinaryStream) -> None:
+        await send.send(await collect(stream))
+
+    return handler, receive
+
+
+@asynccontextmanager
+async def pair(relay: Relay, handler: StreamHandler) -> AsyncIterator[Client]:
+    """A sender, and a receiver whose :class:`BinaryStream` handler is ``handler``, both in
+    the group; yields the sender."""
+    async with (
+        open_client(relay.url, group=GROUP) as sender,
+        open_client(relay.url, group=GROUP) as receiver,
+    ):
+        receiver.on(BinaryStream, handler)
+        await relay.wait_members(2, GROUP)
+        yield sender
 
 
 @pytest.fixture
@@ -135,23 +163,15 @@ async def test_a_path_a_file_and_async_sources(relay: Relay, tmp_path: Path) -> 
             await trio.lowlevel.checkpoint()
             yield piece
 
-    got = trio.open_memory_channel[bytes](1)
+    handler, collected = collecting()
 
-    async def handler(stream: BinaryStream) -> None:
-        await got[0].send(await collect(stream))
-
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
-        receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
+    async with pair(relay, handler) as sender:
         async with await trio.open_file(path, "rb") as async_file:
             with path.open("rb") as sync_file:
                 for source in (path, str(path), sync_file, async_file, async_pieces()):
                     with trio.fail_after(10):
                         assert await sender.send_stream(source, piece_size=256 * KiB) == len(data)
-                        assert await got[1].receive() == data, source
+                        assert await collected.receive() == data, source
 
 
 @pytest.mark.parametrize(
@@ -170,20 +190,23 @@ async def test_a_bad_source_raises_before_anything_is_sent(
 
 
 async def test_empty_pieces_of_an_iterable_do_not_end_the_message(relay: Relay) -> None:
-    got = trio.open_memory_channel[bytes](1)
+    handler, collected = collecting()
 
-    async def handler(stream: BinaryStream) -> None:
-        await got[0].send(await collect(stream))
-
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
-        receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
+    async with pair(relay, handler) as sender:
         assert await sender.send_stream([b"", b"a", b"", bytearray(b"b"), b""]) == 2
         with trio.fail_after(5):
-            assert await got[1].receive() == b"ab"
+            assert await collected.receive() == b"ab"
+
+
+async def test_bad_arguments_are_refused_before_anything_is_sent(relay: Relay) -> None:
+    async with open_client(relay.url, group=GROUP) as sender:
+        with pytest.raises(ValueError, match="piece_size must be positive"):
+            await sender.send_stream([b"x"], piece_size=0)
+        with pytest.raises(TypeError, match="announced by a typed message, not bytes"):
+            await sender.send_stream([b"x"], announce=b"offer")
+        with pytest.raises(ValueError, match="a member id is not empty"):
+            await sender.send_stream([b"x"], to="")
+        assert sender.stats.messages_sent == 0
 
 
 async def test_a_source_of_non_bytes_fails_before_the_message_starts(relay: Relay) -> None:
@@ -234,12 +257,7 @@ async def test_a_small_stream_knows_its_size_and_read_all_caps_it(relay: Relay) 
         except ValueError as error:
             await got[0].send((size, str(error)))
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
-        receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
+    async with pair(relay, handler) as sender:
         await sender.send(b"small")
         with trio.fail_after(5):
             assert await got[1].receive() == (5, b"small")
@@ -528,12 +546,7 @@ async def test_a_source_that_raises_mid_message_drops_the_connection(relay: Rela
         except StreamInterrupted as error:
             await interrupted[0].send(error.code)
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
-        receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
+    async with pair(relay, handler) as sender:
         with pytest.raises(Broken):
             await sender.send_stream(source())
         with trio.fail_after(10):
@@ -593,12 +606,7 @@ async def test_a_consumer_cancelled_mid_stream_skips_the_rest_and_reads_on(relay
         await gate.wait()
         yield b"b" * MiB
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
-        receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
+    async with pair(relay, handler) as sender:
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.send_stream, gated())
@@ -724,10 +732,7 @@ async def test_a_stream_over_wss(tmp_path: Path) -> None:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     data = pattern(24 * MiB + 5, seed=8)
-    got = trio.open_memory_channel[bytes](1)
-
-    async def handler(stream: BinaryStream) -> None:
-        await got[0].send(await collect(stream))
+    handler, collected = collecting()
 
     config = RelayConfig(port=0, certfile=str(certfile), keyfile=str(keyfile))
     async with open_relay(config) as relay:
@@ -740,7 +745,7 @@ async def test_a_stream_over_wss(tmp_path: Path) -> None:
             await relay.wait_members(2, GROUP)
             with trio.fail_after(30):
                 await sender.send_stream(pieces(data, MiB))
-                assert await got[1].receive() == data
+                assert await collected.receive() == data
 
 
 async def test_a_stream_across_two_nodes(redis_url: str, prefix: str) -> None:

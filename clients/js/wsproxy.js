@@ -762,15 +762,12 @@ export class Client extends EventTarget {
   _relayEvent(event, ready) {
     switch (event.kind) {
       case "welcome": {
-        const was = this.members;
-        this.members = new Set((event.members ?? []).filter((id) => id !== this.id));
-        this.memberCount = event.members === null ? null : event.count;
         const recovered = event.recovery?.recovered && event.position !== null;
         if (!recovered) this.position = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
+        const changes = this._replaceMembers(event);
         ready();
         if (event.recovery) this._event("resumed", event.recovery);
-        for (const id of was) if (!this.members.has(id)) this._event("left", { id });
-        for (const id of this.members) if (!was.has(id)) this._event("joined", { id });
+        changes();
         return;
       }
       case "presence":
@@ -785,14 +782,9 @@ export class Client extends EventTarget {
           if (this.members.delete(id)) this._event("left", { id });
         }
         return;
-      case "members": {
-        const now = new Set((event.members ?? []).filter((id) => id !== this.id));
-        for (const id of this.members) if (!now.has(id)) this._event("left", { id });
-        for (const id of now) if (!this.members.has(id)) this._event("joined", { id });
-        this.members = now;
-        this.memberCount = event.members === null ? null : event.count;
+      case "members":
+        this._replaceMembers(event)();
         return;
-      }
       case "error":
         if (event.error === "no_such_member" && event.to !== null) {
           for (const [id, pending] of this._pending) {
@@ -808,6 +800,18 @@ export class Client extends EventTarget {
     }
   }
 
+  /** Take a member list afresh (a welcome's, or a members event's); returns what
+   * announces the difference to the one held, as joined and left events. */
+  _replaceMembers(event) {
+    const was = this.members;
+    this.members = new Set((event.members ?? []).filter((id) => id !== this.id));
+    this.memberCount = event.members === null ? null : event.count;
+    return () => {
+      for (const id of was) if (!this.members.has(id)) this._event("left", { id });
+      for (const id of this.members) if (!was.has(id)) this._event("joined", { id });
+    };
+  }
+
   _payload(data, { sender, direct }) {
     if (typeof data !== "string") {
       this._deliver(BINARY, new Incoming(this, { value: data, sender, direct }));
@@ -821,14 +825,14 @@ export class Client extends EventTarget {
       return;
     }
     if (envelope.replyId !== null) {
+      // Requests are keyed by their ids' canonical spelling (newMessageId writes it).
       const key = normalizeMessageId(envelope.replyId);
-      for (const [id, pending] of this._pending) {
-        if (normalizeMessageId(id) === key) {
-          clearTimeout(pending.timer);
-          this._pending.delete(id);
-          pending.resolve(envelope.value);
-          return;
-        }
+      const pending = this._pending.get(key);
+      if (pending) {
+        clearTimeout(pending.timer);
+        this._pending.delete(key);
+        pending.resolve(envelope.value);
+        return;
       }
     }
     this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct }));

@@ -2,7 +2,7 @@
 // on stdin, one JSON answer per line on stdout, {id, ok, value} or {id, ok: false,
 // error}. Commands: open {page, url, width, height}, eval {page, js} (an expression or
 // an async function body's value), wait {page, js, timeout} (until js is truthy),
-// screenshot {page, path}, close {page}.
+// screenshot {page, path}, errors {page}, close {page}. It ends with its standard input.
 import { createInterface } from "node:readline";
 
 import { chromium } from "playwright-core";
@@ -59,9 +59,6 @@ async function run(command) {
       await entry.context.close();
       return true;
     }
-    case "quit":
-      await browser.close();
-      process.exit(0);
     default:
       throw new Error(`unknown command ${command.cmd}`);
   }

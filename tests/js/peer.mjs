@@ -62,10 +62,6 @@ client.on("Demo.Command", async (command) => {
       say({ event: "armed" });
       await closed;
       say({ event: "closed_while_reconnecting", state: client.state });
-    } else if (command.do === "close") {
-      await client.close();
-      say({ event: "closed", stats: client.stats });
-      process.exit(0);
     }
   } catch (error) {
     say({ event: "failed", command: command.do, error: error.name, message: error.message });

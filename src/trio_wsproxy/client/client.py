@@ -262,15 +262,7 @@ class Client:
         goes to ``on_handler_error`` if set, else ends the client and comes out of
         ``async with open_client(...)``.
         """
-        if handler is None:
-
-            def decorator(function: F) -> F:
-                self._dispatcher.add_handler(message_type, function)
-                return function
-
-            return decorator
-        self._dispatcher.add_handler(message_type, handler)
-        return handler
+        return _register(self._dispatcher.add_handler, message_type, handler)
 
     def off(self, message_type: Any, handler: Callable[..., object]) -> None:
         """Stop calling ``handler`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
@@ -289,22 +281,14 @@ class Client:
         :meth:`send_stream` sends with ``announce=``). Also a decorator.
 
         The announcement goes to this handler only, when its stream starts; the stream's
-        :attr:`~BinaryStream.announcement` is its :class:`Incoming` (to :meth:`reply
-        <Incoming.reply>` to it). Over ``wsproxy.v1`` the stream is the sender's next
+        :attr:`~BinaryStream.announcement` is its :class:`Incoming` (its sender and
+        envelope fields). Over ``wsproxy.v1`` the stream is the sender's next
         message; on a plain relay, which names no senders, the group's next binary
         message. An announcement whose stream does not follow — its sender sent
         something else, or left, or the connection ended — goes to ``on_bad_message``
         (:attr:`BadMessageKind.MISSING_STREAM`).
         """
-        if handler is None:
-
-            def decorator(function: F) -> F:
-                self._dispatcher.add_stream_handler(announcement_type, function)
-                return function
-
-            return decorator
-        self._dispatcher.add_stream_handler(announcement_type, handler)
-        return handler
+        return _register(self._dispatcher.add_stream_handler, announcement_type, handler)
 
     def off_stream(self, announcement_type: Any, handler: Callable[..., object]) -> None:
         """Stop calling ``handler`` for streams announced by ``announcement_type``."""
@@ -515,6 +499,19 @@ class Client:
             self._requests.close()
         if failure is not None:
             raise failure
+
+
+def _register(add: Callable[[Any, Callable[..., Any]], None], key: Any, handler: Any) -> Any:
+    """``add(key, handler)`` and return ``handler``; without one, a decorator that does."""
+    if handler is None:
+
+        def decorator(function: F) -> F:
+            add(key, function)
+            return function
+
+        return decorator
+    add(key, handler)
+    return handler
 
 
 @attrs.frozen

@@ -175,6 +175,8 @@ class WebSocket:
         self._events = self._ws.events()
 
     async def _take_text(self, event: TextMessage) -> str | None:
+        # Text is always assembled, so its limit is checked here; a binary message's is
+        # checked by the connection task, which alone knows whether it streams.
         self._text.append(event.data)
         self._text_size += len(event.data)
         if self._max_message_size is not None and self._text_size > self._max_message_size:

@@ -332,13 +332,9 @@ class ConnectionTask:
             await self._piece(received, v1=False)
             return
         self._stats.messages_received += 1
-        if isinstance(received, bytes):
-            if self._announced or self._dispatcher.wants_streams:
-                await self._whole_stream(received, None)
-                return
-            if self._too_big(len(received)):
-                await self._close_too_big()
-                return
+        if isinstance(received, bytes) and self._not_plain(len(received)):
+            await self._whole_binary(received, None)
+            return
         verdict = read_frame(
             received, types=self._types, awaiting=self._requests, sender=self._sender
         )
@@ -372,11 +368,8 @@ class ConnectionTask:
             self._stats.messages_received += 1
             self._heard(header)
             if isinstance(payload, bytes):
-                if self._announced or self._dispatcher.wants_streams:
-                    await self._whole_stream(payload, header)
-                    return
-                if self._too_big(len(received)):
-                    await self._close_too_big()
+                if self._not_plain(len(received)):
+                    await self._whole_binary(payload, header)
                     return
             elif header.sender in self._announced:
                 await self._stream_missing(header.sender, "its sender's next message was text")
@@ -426,8 +419,17 @@ class ConnectionTask:
         incoming = Incoming(stream, None, None, None, self._reply_path(sender), sender, direct)
         return incoming, None if announced is None else announced.deliver.message_type
 
-    async def _whole_stream(self, payload: bytes, origin: From | None) -> None:
-        """A binary message that arrived whole, for stream handlers."""
+    def _not_plain(self, size: int) -> bool:
+        """Whether a binary message that arrived whole (``size`` bytes) is not simply
+        delivered to ``bytes`` handlers: it goes to a stream, or is over the limit."""
+        return bool(self._announced) or self._dispatcher.wants_streams or self._too_big(size)
+
+    async def _whole_binary(self, payload: bytes, origin: From | None) -> None:
+        """A binary message that arrived whole and is not simply delivered: to a stream
+        (whatever its size), else closed over (1009, over ``max_message_size``)."""
+        if not (self._announced or self._dispatcher.wants_streams):
+            await self._close_too_big()
+            return
         incoming, announced_as = self._new_stream(origin, len(payload))
         await self._dispatcher.deliver_stream(incoming, announced_as)
         await incoming.value.feed(payload, True)

@@ -123,11 +123,6 @@ class BinaryStream:
         size = "unknown size" if self.size is None else f"{self.size} bytes"
         return f"<BinaryStream from {self.sender!r}, {size}, {self.received} read>"
 
-    @property
-    def complete(self) -> bool:
-        """Whether the whole message has arrived (not necessarily been read)."""
-        return self._complete
-
     # -- the consumer's side ------------------------------------------------------------
 
     def __aiter__(self) -> BinaryStream:
@@ -170,12 +165,6 @@ class BinaryStream:
         """Read no more: the rest of the message is discarded as it arrives."""
         self.discard()
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> BinaryStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # -- the connection task's side -----------------------------------------------------
 

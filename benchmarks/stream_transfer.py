@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import trio
+from compare import proc_mem
 from relay_process import start_relay
 
 MiB = 1024 * 1024
@@ -32,11 +33,7 @@ HERE = Path(__file__).resolve()
 
 
 def peak_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    return proc_mem(os.getpid())["VmHWM"]
 
 
 def report(**fields: object) -> None:

@@ -34,6 +34,7 @@ from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
+from .poller import Poller
 from .presence import Presence
 from .session import READ_SIZE, Session
 
@@ -93,6 +94,8 @@ class Relay:
         self.budget = TurnBudget()
         #: The bound on unfinished messages of all sessions together (see memory.py).
         self.buffers = BufferBudget(config.max_buffered_bytes)
+        #: Where idle members' receivers park, read for by one task (see poller.py).
+        self.poller = Poller() if Poller.available() else None
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
         self.presence = Presence(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)
@@ -357,6 +360,8 @@ async def run_relay(
         nursery.start_soon(relay._watch)
         nursery.start_soon(relay.budget.run)
         nursery.start_soon(relay.presence.run)
+        if relay.poller is not None:
+            await nursery.start(relay.poller.run)
         # At the descriptor limit: a warning per interval, not a traceback per accept.
         listeners = paced(listeners, relay.counters)
         await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)

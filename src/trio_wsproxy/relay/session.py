@@ -33,16 +33,20 @@ from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .budget import SMALL, TEARDOWN
 from .fanout import Courier, cut_off
-from .groups import NO_OUTBOUND, Audience, Group, Outbound
+from .groups import NO_OUTBOUND, Audience, Group, Member, Outbound
 from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import SIP, TURN_SLICE, BufferBudget
+from .poller import Poller
 from .presence import Presence, event_frame
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
 T = TypeVar("T")
+
+#: Offers that found mailboxes full: each frame with the members it still waits for.
+Blocked = list[tuple[bytes, list["Member"]]]
 
 # Bytes asked of the socket per read: large enough that a burst of small messages is
 # parsed in one go, small enough not to allocate much per read.
@@ -71,6 +75,10 @@ class SessionHost(RelayCore, Protocol):
     @property
     def presence(self) -> Presence:
         """Who is in each group, as v1 members hear it."""
+
+    @property
+    def poller(self) -> Poller | None:
+        """Where idle members' receivers park (None: each reads for itself)."""
 
     def membership_changed(self) -> None:
         """A member joined or left (wakes those waiting for membership)."""
@@ -133,6 +141,10 @@ class Session:
         self._stream_out = True  # (whether its pieces go to other nodes)
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
+        # Where this member's receiver parks while all is usual (plain TCP only), and
+        # what the poller left it to finish: offers waiting for room.
+        self._poller = relay.poller if self._fd is not None else None
+        self._blocked: Blocked | None = None
         self._budget = relay.budget
         self._reading_ahead = False
         # What this member's unfinished message and read-ahead hold, as counted in the
@@ -290,6 +302,8 @@ class Session:
     async def _read_and_fan_out(self) -> None:
         parser = self._parser
         data, self._leftover = self._leftover, b""
+        events: list[Event] = []
+        poller, fd = self._poller, self._fd
         ahead = self._ahead
         flush = self._courier.flush
         while True:
@@ -300,18 +314,20 @@ class Session:
                 except ProtocolError as exc:
                     self._fail(exc)
                     return
-                for event in events:
-                    if type(event) is Data and self._close is None and not self._limited:
-                        await self._on_data(event)  # the hot path, without _handle's frame
-                    elif await self._handle(event):
-                        return
-                while ahead:
-                    event = ahead.popleft()
-                    if type(event) is Data:
-                        self._ahead_bytes -= len(event.payload)
-                    if await self._handle(event):
-                        return
-                flush()
+            if self._blocked is not None:
+                await self._finish_offers()  # (what the poller left for this task)
+            for event in events:
+                if type(event) is Data and self._close is None and not self._limited:
+                    await self._on_data(event)  # the hot path, without _handle's frame
+                elif await self._handle(event):
+                    return
+            while ahead:
+                event = ahead.popleft()
+                if type(event) is Data:
+                    self._ahead_bytes -= len(event.payload)
+                if await self._handle(event):
+                    return
+            flush()
             if (
                 self._held
                 or self._assembly.held
@@ -322,12 +338,67 @@ class Session:
                 if unusual is None:
                     return
                 data = unusual
+            elif poller is not None and fd is not None and poller.running and self._usual():
+                handover = await poller.park(self, fd)
+                if isinstance(handover, list):
+                    data, events = b"", handover
+                    continue
+                if isinstance(handover, ProtocolError):
+                    self._fail(handover)
+                    return
+                data = handover
             else:
                 data = await self._receive_some()
+            events = []
             if not data:
                 await self._tearing_down()
                 self._peer_gone("connection closed without a close frame")
                 return
+
+    def _usual(self) -> bool:
+        """Whether nothing unusual is going on, so that the poller may read for this
+        member: it only ever forwards whole messages that need no wait."""
+        return (
+            self._close is None
+            and not self._limited
+            and not self._held
+            and not self._assembly.held
+            and self._header is None
+            and self.piece_due is None
+            and self._ahead_end is False
+            and not self._buffers.over
+        )
+
+    def readable(self) -> list[Event] | bytes | ProtocolError | None:
+        """The poller's read for this parked member (see poller.py): read once, and
+        forward what needs no wait, here and now; return what does (the events from
+        the first one on), or None when nothing did."""
+        if not self._usual():
+            return []
+        try:
+            data = os.read(self._fd, READ_SIZE)  # type: ignore[arg-type]
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+        if not data or len(data) == READ_SIZE:
+            return data  # the end, or a burst: the task reads on for itself
+        self.reads += 1
+        try:
+            events = self._parser.feed(data)
+        except ProtocolError as exc:
+            return exc
+        handover: list[Event] | None = None
+        for index, event in enumerate(events):
+            if isinstance(event, Data) and self._close is None and self._on_data_now(event):
+                if self._blocked is not None:
+                    handover = events[index + 1 :]
+                    break
+            elif type(event) is not Pong:
+                handover = events[index:]
+                break
+        self._courier.flush()
+        return handover
 
     async def _receive_unusually(self) -> bytes | None:
         """The next bytes when the read-ahead ended the connection, this member holds
@@ -584,30 +655,75 @@ class Session:
         floor = group.floor
         while floor.holder is not None and floor.holder is not self:
             await self._paused(floor.wait, self, self._flush)
+        blocked = self._deliver(message, group)
+        if blocked is not None:
+            self._blocked = blocked
+            await self._finish_offers()
+
+    def _on_data_now(self, event: Data) -> bool:
+        """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
+        for what could have to wait before its offers (the member's task does it)."""
+        group = self._group
+        assert group is not None
+        if not (event.first and event.last) or group.congested:
+            return False
+        holder = group.floor.holder
+        if holder is not None and holder is not self:
+            return False
+        others = len(group.members) - 1
+        if others > SMALL and not self._budget.charge(others):
+            return False
+        self._counters.bytes += len(event.payload)
+        if self._v1:
+            stripped = self._strip_header(event)
+            if stripped is None:
+                return True
+            event = stripped
+        self._counters.messages += 1
+        message = Message(self.id, event.text, event.payload, self._assembly.to)
+        self._blocked = self._deliver(message, group)
+        return True
+
+    def _deliver(self, message: Message, group: Group) -> Blocked | None:
+        """Offer a whole message that passed the floor to its recipients, without
+        waiting: what found mailboxes full is returned, with the floor marked as
+        passed by a message still in flight (see :meth:`_finish_offers`)."""
         if message.to is not None:
-            await self._direct(message, group)
-            return
-        if group.sequenced:
+            blocked = self._direct(message, group)
+        elif group.sequenced:
             # The group delivers it, here too, in its history's order (see Group).
             self._courier.outbox.append(message)
-            return
-        history = group.history
-        if history is not None:
-            history.record(message)  # (its offset, before the offers: see history.py)
-        self._counters.deliveries += len(group.members) - 1
-        courier = self._courier
-        courier.outbox.append(message)  # for the group's members on other nodes, if any
-        for encoding, members in group.audiences:
-            data = encoding.message(message)
-            blocked = courier.offer(data, members, skip=self)
-            if blocked is not None:
-                # Waiting for room with the floor passed: a stream starting meanwhile
-                # waits until this message is queued everywhere (Floor.in_flight).
-                floor.passing()
-                try:
-                    await self._paused(courier.wait_for_room, data, blocked)
-                finally:
-                    floor.passed()
+            return None
+        else:
+            history = group.history
+            if history is not None:
+                history.record(message)  # (its offset, before the offers: see history.py)
+            self._counters.deliveries += len(group.members) - 1
+            courier = self._courier
+            courier.outbox.append(message)  # for the group's members on other nodes, if any
+            blocked = None
+            for encoding, members in group.audiences:
+                data = encoding.message(message)
+                full = courier.offer(data, members, skip=self)
+                if full is not None:
+                    if blocked is None:
+                        blocked = []
+                    blocked.append((data, full))
+        if blocked is not None:
+            # Waiting for room with the floor passed: a stream starting meanwhile waits
+            # until this message is queued everywhere (Floor.in_flight).
+            group.floor.passing()
+        return blocked
+
+    async def _finish_offers(self) -> None:
+        """Queue the frames :meth:`_deliver` found mailboxes full for, waiting for room."""
+        blocked, self._blocked = self._blocked, None
+        assert blocked is not None and self._group is not None
+        try:
+            for data, members in blocked:
+                await self._paused(self._courier.wait_for_room, data, members)
+        finally:
+            self._group.floor.passed()
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -657,32 +773,28 @@ class Session:
         self.mailbox.offer_control(event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
         return None
 
-    async def _direct(self, message: Message, group: Group) -> None:
-        """Deliver a message addressed to one member (v1), here or through the group's
-        other nodes, or tell the sender (an error event) that there is no such member."""
+    def _direct(self, message: Message, group: Group) -> Blocked | None:
+        """Offer a message addressed to one member (v1), here or through the group's
+        other nodes, or tell the sender (an error event) that there is no such member;
+        return the offer if its mailbox was full."""
         assert message.to is not None
         audiences = self._addressee(group, message.to)
         if audiences is None:
-            return
+            return None
         if group.history is not None:
             group.history.record(message)
         courier = self._courier
         if group.sequenced:
             courier.outbox.append(message)  # the group delivers it (see Group.sequenced)
-            return
+            return None
         self._counters.deliveries += 1
         if not audiences:
             courier.outbox.append(message)  # in order with the sender's other messages
-            return
+            return None
         ((encoding, target),) = audiences
         data = encoding.message(message)
-        blocked = courier.offer(data, target)
-        if blocked is not None:
-            group.floor.passing()
-            try:
-                await self._paused(courier.wait_for_room, data, blocked)
-            finally:
-                group.floor.passed()
+        full = courier.offer(data, target)
+        return None if full is None else [(data, full)]
 
     async def _start_stream(self, head: StreamHead) -> None:
         """Take the group's floor for this member's message, and fix who receives it:

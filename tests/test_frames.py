@@ -157,6 +157,20 @@ def test_max_message_size_counts_the_whole_message() -> None:
     assert info.value.code == CloseCode.MESSAGE_TOO_BIG
 
 
+def test_a_whole_short_message_is_checked_like_any_other() -> None:
+    # (Whole short frames take the parser's one-step path: the same checks apply.)
+    with pytest.raises(ProtocolError) as info:
+        FrameParser(max_message_size=10).feed(mask_frame(OP_BINARY, b"x" * 11))
+    assert info.value.code == CloseCode.MESSAGE_TOO_BIG
+    with pytest.raises(ProtocolError) as info:
+        FrameParser(max_message_size=10).feed(mask_frame(OP_TEXT, b"x" * 11))
+    assert info.value.code == CloseCode.MESSAGE_TOO_BIG
+    events = FrameParser(max_message_size=10).feed(
+        mask_frame(OP_TEXT, "€ü".encode()) + mask_frame(OP_BINARY, b"\xff" * 10)
+    )
+    assert events == [Data("€ü".encode(), True, True, True), Data(b"\xff" * 10, False, True, True)]
+
+
 def test_oversize_is_refused_from_the_header_before_the_payload_arrives() -> None:
     header = mask_frame(OP_BINARY, b"x" * 70000)[:14]
     with pytest.raises(ProtocolError) as info:

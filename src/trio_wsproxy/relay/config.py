@@ -270,6 +270,11 @@ class RelayConfig:
     reuse_port: bool = _setting(
         False, "Set SO_REUSEPORT, so several relay processes can listen on one port."
     )
+    shared_poller: bool = _setting(
+        True,
+        "Read the sockets of members with nothing unusual going on in one task, a "
+        "wake-up per scheduling turn instead of one per message (Linux; plain TCP).",
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.workers > 1 and self.backplane is None:

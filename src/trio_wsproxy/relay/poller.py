@@ -52,7 +52,7 @@ class Reader(Protocol):
 class Poller:
     """One task that reads for every parked session; :meth:`run` is a relay task."""
 
-    __slots__ = ("_epoll", "_parked", "running")
+    __slots__ = ("_epoll", "_parked", "handovers", "reads", "running")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -60,6 +60,15 @@ class Poller:
         self._parked: dict[int, tuple[Reader, trio.lowlevel.Task]] = {}
         #: True while :meth:`run` runs: only then may sessions park.
         self.running = False
+        #: How often the poller read for a parked session, and how often it handed one
+        #: back to its own task.
+        self.reads = 0
+        self.handovers = 0
+
+    @property
+    def parked(self) -> int:
+        """How many sessions are parked here now."""
+        return len(self._parked)
 
     @staticmethod
     def available() -> bool:
@@ -78,6 +87,7 @@ class Poller:
                     if entry is None:  # (handed back meanwhile: a cancellation's abort)
                         continue
                     reader, task = entry
+                    self.reads += 1
                     try:
                         handover = reader.readable()
                     except Exception as exc:  # (a bug: it fails that session, not the relay)
@@ -95,6 +105,7 @@ class Poller:
     def _hand_back(
         self, fd: int, task: trio.lowlevel.Task, result: outcome.Outcome[object]
     ) -> None:
+        self.handovers += 1
         del self._parked[fd]
         self._epoll.unregister(fd)
         trio.lowlevel.reschedule(task, result)

@@ -95,7 +95,7 @@ class Relay:
         #: The bound on unfinished messages of all sessions together (see memory.py).
         self.buffers = BufferBudget(config.max_buffered_bytes)
         #: Where idle members' receivers park, read for by one task (see poller.py).
-        self.poller = Poller() if Poller.available() else None
+        self.poller = Poller() if config.shared_poller and Poller.available() else None
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
         self.presence = Presence(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)

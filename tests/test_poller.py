@@ -1,0 +1,196 @@
+"""The shared poller (relay/poller.py): members with nothing unusual going on are read for
+by one task, and whatever needs a wait goes back to the member's own task. Every test
+runs with the poller on and off (``--no-shared-poller``: each member's task reads for
+itself), over real sockets; with it on, the poller's counters show which path the
+traffic took."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
+from trio_wsproxy.relay.poller import Poller
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
+
+pytestmark = pytest.mark.skipif(not Poller.available(), reason="the poller needs epoll (Linux)")
+
+
+@pytest.fixture(params=[True, False], ids=["shared-poller", "own-reads"])
+def shared(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+async def start(nursery: trio.Nursery, shared: bool, **settings: object) -> Relay:
+    config = RelayConfig(host="127.0.0.1", port=0, shared_poller=shared, **settings)  # type: ignore[arg-type]
+    relay: Relay = await nursery.start(serve_relay, config)
+    assert (relay.poller is not None) == shared
+    return relay
+
+
+@pytest.fixture
+async def relay(shared: bool) -> AsyncIterator[Relay]:
+    async with trio.open_nursery() as nursery:
+        yield await start(nursery, shared)
+        nursery.cancel_scope.cancel()
+
+
+async def pair(relay: Relay, group: str = "g") -> tuple[RawClient, RawClient]:
+    a = await RawClient.open(relay.port, f"/ws?id=a&groupName={group}")
+    b = await RawClient.open(relay.port, f"/ws?id=b&groupName={group}")
+    with trio.fail_after(5):
+        await relay.wait_members(2, group)
+    return a, b
+
+
+async def test_one_to_one_traffic_is_relayed_in_order(relay: Relay) -> None:
+    a, b = await pair(relay)
+    with trio.fail_after(10):
+        for n in range(300):
+            sender, receiver = (a, b) if n % 2 == 0 else (b, a)
+            await sender.send_frame(OP_TEXT, f"m{n}".encode())
+            assert await receiver.recv_message() == (OP_TEXT, f"m{n}".encode())
+    if relay.poller is not None:
+        # Read by the poller, not handed back: the path the latency figures are about.
+        assert relay.poller.reads >= 300
+        assert relay.poller.handovers <= 2
+
+
+async def test_a_ping_among_messages_is_answered_in_order_and_reading_goes_on(
+    relay: Relay,
+) -> None:
+    a, b = await pair(relay)
+    await a.send(
+        mask_frame(OP_TEXT, b"one") + mask_frame(OP_PING, b"are you there")
+        + mask_frame(OP_BINARY, b"two")
+    )  # fmt: skip
+    with trio.fail_after(5):
+        assert await a.recv_frame() == (True, OP_PONG, b"are you there")
+        assert await b.recv_message() == (OP_TEXT, b"one")
+        assert await b.recv_message() == (OP_BINARY, b"two")
+    handovers = relay.poller.handovers if relay.poller is not None else 0
+    assert handovers >= (1 if relay.poller is not None else 0)
+    with trio.fail_after(5):
+        for n in range(20):
+            await a.send_frame(OP_TEXT, b"%d" % n)
+            assert await b.recv_message() == (OP_TEXT, b"%d" % n)
+    if relay.poller is not None:
+        assert relay.poller.handovers <= handovers + 1  # parked again, read by the poller
+
+
+async def test_a_message_in_several_frames_then_whole_ones(relay: Relay) -> None:
+    a, b = await pair(relay)
+    await a.send_frame(OP_TEXT, b"fi", fin=False)
+    await a.send_frame(OP_CONT, b"rst", fin=False)
+    await a.send_frame(OP_CONT, b"!")
+    for n in range(5):
+        await a.send_frame(OP_BINARY, bytes([n]) * 100)
+    with trio.fail_after(5):
+        assert await b.recv_message() == (OP_TEXT, b"first!")
+        for n in range(5):
+            assert await b.recv_message() == (OP_BINARY, bytes([n]) * 100)
+
+
+async def test_a_message_and_the_end_of_the_connection_in_one_read(relay: Relay) -> None:
+    receiver = await RawClient.open(relay.port, "/ws?id=r&groupName=g")
+    for n in range(20):
+        sender = await RawClient.open(relay.port, f"/ws?id=s{n}&groupName=g")
+        with trio.fail_after(5):
+            await relay.wait_members(2, "g")
+        # One write, then the end: the relay may read both at once.
+        await sender.send(mask_frame(OP_TEXT, b"last words %d" % n))
+        sender.stream.socket.shutdown(socket.SHUT_WR)
+        with trio.fail_after(5):
+            assert await receiver.recv_message() == (OP_TEXT, b"last words %d" % n)
+            while relay.group_size("g") != 1:
+                await relay.wait_members(1, "g")
+        await sender.aclose()
+
+
+async def test_a_close_frame_is_echoed(relay: Relay) -> None:
+    a, _ = await pair(relay)
+    await a.send(mask_frame(OP_TEXT, b"bye") + mask_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+    with trio.fail_after(5):
+        assert await a.expect_close() == (CloseCode.NORMAL, "")
+
+
+async def test_a_full_mailbox_met_while_reading_for_a_member_waits_and_4001s_the_slow_one(
+    shared: bool,
+) -> None:
+    count, size = 60000, 120  # short frames, many per read: about 7 MiB in all
+    async with trio.open_nursery() as nursery:
+        relay = await start(nursery, shared, mailbox_bytes=4096, slow_member_timeout=0.5)
+        sender = await RawClient.open(relay.port, "/ws?id=sender&groupName=g")
+        fast = await RawClient.open(relay.port, "/ws?id=fast&groupName=g")
+        slow = await RawClient.open(relay.port, "/ws?id=slow&groupName=g")
+        slow.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with trio.fail_after(5):
+            await relay.wait_members(3, "g")
+        received = 0
+        close: tuple[int, str] | None = None
+
+        async def send() -> None:
+            batch: list[bytes] = []
+            for n in range(count):
+                batch.append(mask_frame(OP_BINARY, n.to_bytes(4, "big") + bytes(size - 4)))
+                if len(batch) == 100:
+                    await sender.send(b"".join(batch))
+                    batch.clear()
+
+        async def receive_fast() -> None:
+            for n in range(count):
+                opcode, data = await fast.recv_message()
+                assert (opcode, data[:4]) == (OP_BINARY, n.to_bytes(4, "big"))
+
+        async def read_slow_once_closed() -> None:
+            nonlocal received, close
+            await relay.wait_members(2, "g")
+            while True:
+                opcode, data = await slow.recv_message()
+                if opcode == OP_CLOSE:
+                    close = int.from_bytes(data[:2], "big"), data[2:].decode()
+                    await slow.aclose()
+                    return
+                assert data[:4] == received.to_bytes(4, "big")
+                received += 1
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(read_slow_once_closed)
+                inner.start_soon(send)
+                inner.start_soon(receive_fast)
+        assert close is not None and close[0] == CloseCode.SLOW_CONSUMER, close
+        assert received < count
+        assert relay.stats.deliveries >= count
+        assert relay.counters.mailbox_full > 0
+        if relay.poller is not None:
+            # The sender's reads were the poller's, and the full mailbox went back to
+            # the sender's own task, which waited for room.
+            assert relay.poller.reads > 0 and relay.poller.handovers > 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_stopping_the_relay_hands_parked_members_back_and_closes_them_1001(
+    shared: bool,
+) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            relay = await start(nursery, shared, close_timeout=0.5)
+            clients = [
+                await RawClient.open(relay.port, f"/ws?id=m{n}&groupName=g") for n in range(4)
+            ]
+            await relay.wait_members(4, "g")
+            for sender in clients:
+                await sender.send_frame(OP_TEXT, b"hello")
+                for client in clients:
+                    if client is not sender:
+                        assert await client.recv_message() == (OP_TEXT, b"hello")
+            if relay.poller is not None:
+                # Each one's message was read by the poller: each is parked there.
+                assert relay.poller.parked == 4
+            nursery.cancel_scope.cancel()
+        for client in clients:
+            assert (await client.expect_close())[0] == CloseCode.GOING_AWAY

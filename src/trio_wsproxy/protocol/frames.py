@@ -110,6 +110,10 @@ class FrameParser:
 
     def __init__(self, max_message_size: int | None = None) -> None:
         self._max_message_size = max_message_size
+        # The second header byte of a whole frame the one-step path takes: masked, with
+        # a 7-bit length within the message size limit (a frame beyond it takes the
+        # step-by-step path, which refuses it).
+        self._short_b1 = 0x80 | min(125, 125 if max_message_size is None else max_message_size)
         self._leftover = b""
         self._closed = False
         # The data frame whose payload is arriving.
@@ -143,16 +147,11 @@ class FrameParser:
             if end - pos < 2:
                 break
             b0, b1 = data[pos], data[pos + 1]
-            if (b0 == 0x81 or b0 == 0x82) and b1 >= 0x80 and b1 <= 0xFD and not self._in_message:
+            if (b0 == 0x81 or b0 == 0x82) and 0x80 <= b1 <= self._short_b1 and not self._in_message:
                 # The common case in one go: a whole message in one short frame, all of
                 # it here (what follows does the same, one step at a time).
                 stop = pos + 6 + (b1 & 0x7F)
                 if stop <= end:
-                    if self._max_message_size is not None and b1 & 0x7F > self._max_message_size:
-                        raise ProtocolError(
-                            CloseCode.MESSAGE_TOO_BIG,
-                            f"message larger than {self._max_message_size} bytes",
-                        )
                     payload = _xor(data[pos + 6 : stop], data[pos + 2 : pos + 6])
                     if b0 == 0x81:
                         try:
@@ -298,8 +297,14 @@ _HEADER_MEDIUM = struct.Struct("!BBH")
 _HEADER_LONG = struct.Struct("!BBQ")
 
 
+# The headers of final frames with a 7-bit length, by opcode and length: made once.
+_FINAL_SHORT = tuple(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in range(16))
+
+
 def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
     """The header of an unmasked server frame carrying ``length`` payload bytes."""
+    if length < 126 and fin:
+        return _FINAL_SHORT[opcode][length]
     b0 = opcode | 0x80 if fin else opcode
     if length < 126:
         return _HEADER_SHORT.pack(b0, length)

@@ -90,7 +90,7 @@ class Poller:
                     self.reads += 1
                     try:
                         handover = reader.readable()
-                    except Exception as exc:  # (a bug: it fails that session, not the relay)
+                    except Exception as exc:  # (a bug: raised in that session's own task)
                         self._hand_back(fd, task, outcome.Error(exc))
                         continue
                     if handover is not None:

@@ -46,7 +46,7 @@ logger = logging.getLogger("trio_wsproxy.relay")
 T = TypeVar("T")
 
 #: Offers that found mailboxes full: each frame with the members it still waits for.
-Blocked = list[tuple[bytes, list["Member"]]]
+Blocked = list[tuple[bytes, list[Member]]]
 
 # Bytes asked of the socket per read: large enough that a burst of small messages is
 # parsed in one go, small enough not to allocate much per read.
@@ -297,6 +297,11 @@ class Session:
         try:
             await self._read_and_fan_out()
         finally:
+            if self._blocked is not None and self._group is not None:
+                # (Offers the poller handed back that never finished: a stream waiting
+                # for them must not wait for ever.)
+                self._blocked = None
+                self._group.floor.passed()
             self._flush()
 
     async def _read_and_fan_out(self) -> None:

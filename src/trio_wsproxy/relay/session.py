@@ -141,9 +141,8 @@ class Session:
         self._stream_out = True  # (whether its pieces go to other nodes)
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
-        # Where this member's receiver parks while all is usual (plain TCP only), and
-        # what the poller left it to finish: offers waiting for room.
-        self._poller = relay.poller if self._fd is not None else None
+        # Offers that found mailboxes full, for the receiver task to finish (see
+        # _finish_offers): the poller's path leaves them to it.
         self._blocked: Blocked | None = None
         self._budget = relay.budget
         self._reading_ahead = False
@@ -297,18 +296,15 @@ class Session:
         try:
             await self._read_and_fan_out()
         finally:
-            if self._blocked is not None and self._group is not None:
-                # (Offers the poller handed back that never finished: a stream waiting
-                # for them must not wait for ever.)
-                self._blocked = None
-                self._group.floor.passed()
             self._flush()
 
     async def _read_and_fan_out(self) -> None:
         parser = self._parser
         data, self._leftover = self._leftover, b""
         events: list[Event] = []
-        poller, fd = self._poller, self._fd
+        # Plain TCP: this member's receiver parks in the poller while all is usual.
+        fd = self._fd
+        poller = self._relay.poller if fd is not None else None
         ahead = self._ahead
         flush = self._courier.flush
         while True:
@@ -343,7 +339,8 @@ class Session:
                 if unusual is None:
                     return
                 data = unusual
-            elif poller is not None and fd is not None and poller.running and self._usual():
+            elif poller is not None and poller.running and self._usual():
+                assert fd is not None
                 handover = await poller.park(self, fd)
                 if isinstance(handover, list):
                     data, events = b"", handover
@@ -621,12 +618,10 @@ class Session:
     async def _on_data(self, event: Data) -> None:
         """Forward what a data frame completes: a whole message to every other member of
         the group (framed once per encoding among them), or a streaming one's piece."""
-        self._counters.bytes += len(event.payload)
-        if self._v1:
-            stripped = self._strip_header(event)
-            if stripped is None:
-                return
-            event = stripped
+        received = self._received(event)
+        if received is None:
+            return
+        event = received
         if event.first and event.last:
             # A whole message in one frame, the common case, as the assembly would have
             # it (it keeps no state for one): without the call, on the hot path.
@@ -678,16 +673,21 @@ class Session:
         others = len(group.members) - 1
         if others > SMALL and not self._budget.charge(others):
             return False
-        self._counters.bytes += len(event.payload)
-        if self._v1:
-            stripped = self._strip_header(event)
-            if stripped is None:
-                return True
-            event = stripped
+        received = self._received(event)
+        if received is None:
+            return True
+        event = received
         self._counters.messages += 1
         message = Message(self.id, event.text, event.payload, self._assembly.to)
         self._blocked = self._deliver(message, group)
         return True
+
+    def _received(self, event: Data) -> Data | None:
+        """Count a data frame from the member and, over v1, take its message's header
+        line off it: None while the header line is still arriving (or when it is bad:
+        the connection failed)."""
+        self._counters.bytes += len(event.payload)
+        return self._strip_header(event) if self._v1 else event
 
     def _deliver(self, message: Message, group: Group) -> Blocked | None:
         """Offer a whole message that passed the floor to its recipients, without

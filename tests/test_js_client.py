@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,10 +16,20 @@ import pytest
 import trio
 
 import trio_wsproxy
-from browserdriver import missing, node_path
+from browserdriver import NodeScript, missing, node_path, running
 from demotypes import Answer, Ask, Command, Say
 from relaynode import RestartableRelay
-from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
+from trio_wsproxy import (
+    ClientConfig,
+    CloseCode,
+    Relay,
+    RelayConfig,
+    open_client,
+    open_relay,
+    serve_relay,
+)
+from trio_wsproxy.client.config import DEFAULT_RECONNECT_CODES
+from trio_wsproxy.client.policy import close_meaning
 from trio_wsproxy.testing import wait_for_member
 
 ROOT = Path(__file__).parent.parent
@@ -28,34 +37,18 @@ PLAIN = trio_wsproxy.ClientConfig(offer_v1=False)
 PEER = ROOT / "tests" / "js" / "peer.mjs"
 
 
-def node() -> str:
-    """Node.js (20 or newer): a skip without it, a failure on CI (see browserdriver)."""
-    return node_path()
-
-
-class NodePeer:
+class NodePeer(NodeScript):
     """A running tests/js/peer.mjs: the JSON lines it printed, to wait for."""
 
     def __init__(self, process: trio.Process) -> None:
-        self.process = process
+        super().__init__(process)
         self.events: list[dict[str, Any]] = []
         self._grew = trio.Event()
-        self.stderr = b""
 
-    async def pump(self) -> None:
-        assert self.process.stdout is not None
-        buffer = b""
-        async for chunk in self.process.stdout:
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            self.events += [json.loads(line) for line in lines if line]
-            self._grew.set()
-            self._grew = trio.Event()
-
-    async def pump_errors(self) -> None:
-        assert self.process.stderr is not None
-        async for chunk in self.process.stderr:
-            self.stderr += chunk
+    async def received(self, message: dict[str, Any]) -> None:
+        self.events.append(message)
+        self._grew.set()
+        self._grew = trio.Event()
 
     async def wait_for(
         self, event: str, where: Callable[[dict[str, Any]], bool] = lambda e: True
@@ -78,29 +71,10 @@ class NodePeer:
 
 @asynccontextmanager
 async def js_peer(urls: list[str], **options: Any) -> AsyncIterator[NodePeer]:
-    process = await trio.lowlevel.open_process(
-        [
-            node(),
-            "--experimental-websocket",
-            "--no-warnings",
-            str(PEER),
-            json.dumps({"urls": urls, **options}),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    peer = NodePeer(process)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer.pump)
-            nursery.start_soon(peer.pump_errors)
-            await peer.wait_for("ready")
-            yield peer
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    argv = [node_path(), "--experimental-websocket", "--no-warnings", str(PEER)]
+    async with running(NodePeer, [*argv, json.dumps({"urls": urls, **options})]) as peer:
+        await peer.wait_for("ready")
+        yield peer
 
 
 async def test_the_typescript_declarations_fit_a_use_of_every_name() -> None:
@@ -108,8 +82,9 @@ async def test_the_typescript_declarations_fit_a_use_of_every_name() -> None:
     if not tsc.exists():
         missing("typescript is not installed: npm install in tests/browser (.ci/run does)")
     result = await trio.run_process(
-        [node(), str(tsc), "--noEmit", "--strict", "--target", "es2022", "--module", "nodenext",
-         "--moduleResolution", "nodenext", "--lib", "es2022,dom,dom.iterable",
+        [node_path(), str(tsc), "--noEmit", "--strict", "--target", "es2022",
+         "--module", "nodenext", "--moduleResolution", "nodenext",
+         "--lib", "es2022,dom,dom.iterable",
          str(ROOT / "clients/js/test/usage.mts")],
         capture_stdout=True, check=False,
     )  # fmt: skip
@@ -118,11 +93,36 @@ async def test_the_typescript_declarations_fit_a_use_of_every_name() -> None:
 
 async def test_the_js_codec_passes_the_shared_vectors() -> None:
     result = await trio.run_process(
-        [node(), "--test", str(ROOT / "clients/js/test/")], capture_stdout=True, check=False
+        [node_path(), "--test", str(ROOT / "clients/js/test/")], capture_stdout=True, check=False
     )
     output = result.stdout.decode()
     assert result.returncode == 0, output[-4000:]
     assert "# fail 0" in output and "# pass 2" in output
+
+
+async def test_the_js_client_reads_close_codes_and_reconnects_as_the_python_one_does() -> None:
+    """The two clients' tables of close codes (what each means, which ones reconnect) and
+    their backoff defaults are one contract, written in two languages."""
+    result = await trio.run_process(
+        [node_path(), "--input-type=module", "-e",
+         f"import * as w from {json.dumps(str(ROOT / 'clients/js/wsproxy.js'))};"
+         "const c = new w.Client('ws://relay/ws?groupName=g', {WebSocket: class {}});"
+         "console.log(JSON.stringify({meanings: w.CLOSE_MEANINGS, codes: w.DEFAULT_RECONNECT_CODES,"
+         " delays: [c.options.reconnectMinDelay, c.options.reconnectMaxDelay,"
+         " c.options.reconnectJitter]}))"],
+        capture_stdout=True,
+    )  # fmt: skip
+    js = json.loads(result.stdout)
+    meanings = {int(code): text for code, text in js["meanings"].items()}
+    for code in {*CloseCode, 1006, *meanings}:
+        assert meanings.get(code, "no meaning known") == close_meaning(code), code
+    assert set(js["codes"]) == DEFAULT_RECONNECT_CODES
+    config = ClientConfig()
+    assert js["delays"] == [
+        config.reconnect_min_delay * 1000,
+        config.reconnect_max_delay * 1000,
+        config.reconnect_jitter,
+    ]
 
 
 @pytest.fixture
@@ -242,7 +242,7 @@ async def test_the_js_member_fails_over_and_recovers_what_it_missed(
 
 async def test_a_js_member_is_told_when_it_cannot_connect() -> None:
     result = await trio.run_process(
-        [node(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
+        [node_path(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
          "import { connect } from './clients/js/wsproxy.js';"
          "try { await connect('ws://127.0.0.1:9/ws', {group: 'g', connectTimeout: 2000}); }"
          "catch (e) { console.log(e.name + ': ' + e.message); }"],
@@ -275,7 +275,7 @@ async def test_async_iteration_tokens_and_a_final_close_code() -> None:
                     assert disconnected["code"] == 4000 and disconnected["reconnecting"] is False
         # Without a valid token there is no connection: a rejected connect, not a hang.
         result = await trio.run_process(
-            [node(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
+            [node_path(), "--experimental-websocket", "--no-warnings", "--input-type=module", "-e",
              "import { connect } from './clients/js/wsproxy.js';"
              f"try {{ await connect('{relay.url}', {{group: 't', accessToken: 'junk'}}); }}"
              "catch (e) { console.log(e.name); }"],

@@ -18,6 +18,7 @@ export const CLOSE_MEANINGS = Object.freeze({
   1001: "the relay is going away",
   1002: "protocol error",
   1006: "the connection dropped without a close frame",
+  1007: "invalid UTF-8 in a text message",
   1008: "policy violation",
   1009: "a message was too big for the relay",
   1011: "internal error in the relay",
@@ -81,20 +82,27 @@ export function encodeEnvelope(messageType, value, { id = null, replyId = null }
   });
 }
 
+/** `text` parsed as a JSON object; else the error `fail(why)` makes is thrown, `why` being
+ * `notJson` (not JSON at all) or `notObject` (JSON, but not an object). */
+function jsonObject(text, fail, notJson, notObject = notJson) {
+  let parsed;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    throw fail(notJson);
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw fail(notObject);
+  }
+  return parsed;
+}
+
 /** `{messageType, value, id, replyId}` of a text frame; EnvelopeError if it is not one.
  * Strict where .NET is strict (an object, MessageType a non-empty string, Id and ReplyId
  * strings or null), lenient where it is (missing fields read as null, unknown keys are
  * ignored). */
 export function decodeEnvelope(text) {
-  let parsed;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    throw new EnvelopeError("not JSON");
-  }
-  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
-    throw new EnvelopeError("not a JSON object");
-  }
+  const parsed = jsonObject(text, (why) => new EnvelopeError(why), "not JSON", "not a JSON object");
   const messageType = parsed.MessageType;
   if (typeof messageType !== "string" || !messageType) {
     throw new EnvelopeError("MessageType is not a non-empty string");
@@ -177,15 +185,7 @@ export function decodeRelayMessage(data) {
     }
     payload = bytes.subarray(end + 1);
   }
-  let header;
-  try {
-    header = JSON.parse(line);
-  } catch {
-    throw new V1Error("the header is not a JSON object");
-  }
-  if (header === null || typeof header !== "object" || Array.isArray(header)) {
-    throw new V1Error("the header is not a JSON object");
-  }
+  const header = jsonObject(line, (why) => new V1Error(why), "the header is not a JSON object");
   return { header: relayHeader(header), payload };
 }
 

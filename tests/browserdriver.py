@@ -13,10 +13,10 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -29,43 +29,89 @@ class BrowserError(AssertionError):
     """What the page or the driver said went wrong."""
 
 
-class Browser:
+class NodeScript:
+    """A running Node.js script that prints one JSON object per line: each goes to
+    :meth:`received`, in order; what it writes to stderr is kept, for failure messages.
+    Run one with :func:`running`."""
+
     def __init__(self, process: trio.Process) -> None:
-        self._process = process
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self.version = ""
+        self.process = process
         self.stderr = b""
 
-    async def _pump(self, started: trio.Event) -> None:
-        assert self._process.stdout is not None
+    async def received(self, message: dict[str, Any]) -> None:
+        """One line the script printed."""
+
+    def ended(self) -> None:
+        """The script closed its output (it exited)."""
+
+    async def _pump(self) -> None:
+        assert self.process.stdout is not None
         buffer = b""
-        async for chunk in self._process.stdout:
+        async for chunk in self.process.stdout:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
-                reply = json.loads(line)
-                if reply["id"] == 0:
-                    self.version = reply["value"]
-                    started.set()
-                    continue
-                channel = self._waiting.pop(reply["id"])
-                await channel.send(reply)
-        started.set()  # (it exited: whoever waits for it learns so)
+                if line:
+                    await self.received(json.loads(line))
+        self.ended()
 
     async def _pump_errors(self) -> None:
-        assert self._process.stderr is not None
-        async for chunk in self._process.stderr:
+        assert self.process.stderr is not None
+        async for chunk in self.process.stderr:
             self.stderr += chunk
+
+
+Script = TypeVar("Script", bound=NodeScript)
+
+
+@asynccontextmanager
+async def running(
+    kind: Callable[[trio.Process], Script], argv: list[str], **options: Any
+) -> AsyncIterator[Script]:
+    """Run ``argv`` (a Node.js script) as a ``kind`` while the block runs; killed after."""
+    process = await trio.lowlevel.open_process(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
+    )
+    script = kind(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(script._pump)
+            nursery.start_soon(script._pump_errors)
+            yield script
+            nursery.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+class Browser(NodeScript):
+    def __init__(self, process: trio.Process) -> None:
+        super().__init__(process)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self.version = ""
+        #: Set once the driver said its version, or exited.
+        self.started = trio.Event()
+
+    async def received(self, message: dict[str, Any]) -> None:
+        if message["id"] == 0:
+            self.version = message["value"]
+            self.started.set()
+        else:
+            await self._waiting.pop(message["id"]).send(message)
+
+    def ended(self) -> None:
+        self.started.set()  # (it exited: whoever waits for it learns so)
 
     async def command(self, cmd: str, **fields: Any) -> Any:
         """Run one driver command and return its value (BrowserError if it failed)."""
-        assert self._process.stdin is not None
+        assert self.process.stdin is not None
         number = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[number] = send
         line = json.dumps({"id": number, "cmd": cmd, **fields}) + "\n"
-        await self._process.stdin.send_all(line.encode())
+        await self.process.stdin.send_all(line.encode())
         reply = await receive.receive()
         if not reply["ok"]:
             raise BrowserError(f"{cmd} failed: {reply['error']}")
@@ -134,27 +180,12 @@ def _check_installed() -> str:
 @asynccontextmanager
 async def open_browser() -> AsyncIterator[Browser]:
     node = _check_installed()
-    process = await trio.lowlevel.open_process(
-        [node, str(HERE / "driver.mjs")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
-    )
-    browser = Browser(process)
-    try:
-        async with trio.open_nursery() as nursery:
-            started = trio.Event()
-            nursery.start_soon(browser._pump, started)
-            nursery.start_soon(browser._pump_errors)
-            with trio.fail_after(30):
-                await started.wait()
-            if not browser.version:
-                await process.wait()
-                raise BrowserError(f"the driver exited: {browser.stderr.decode()[-3000:]}")
-            yield browser
-            nursery.cancel_scope.cancel()
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    argv = [node, str(HERE / "driver.mjs")]
+    env = {"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"}
+    async with running(Browser, argv, stdin=subprocess.PIPE, env=env) as browser:
+        with trio.fail_after(30):
+            await browser.started.wait()
+        if not browser.version:
+            await browser.process.wait()
+            raise BrowserError(f"the driver exited: {browser.stderr.decode()[-3000:]}")
+        yield browser

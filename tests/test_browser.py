@@ -58,6 +58,11 @@ def logged(text: str) -> str:
     return f"window.demo.log.some(line => line.includes({text!r}))"
 
 
+def knows(member: str) -> str:
+    """True in a page once its client has ``member`` in its member list."""
+    return f"window.demo.client.members.has({member!r})"
+
+
 # -- what the relay serves --------------------------------------------------------------
 
 
@@ -106,8 +111,8 @@ async def test_pages_chat_see_each_other_come_and_go_and_whisper(
 ) -> None:
     alice = await join(browser, relay, "alice")
     bob = await join(browser, relay, "bob")
-    await alice.wait("window.demo.client.members.has('bob')")
-    await bob.wait("window.demo.client.members.has('alice')")
+    await alice.wait(knows("bob"))
+    await bob.wait(knows("alice"))
     # Chat both ways, through the page's own form.
     await alice.eval(
         "(() => { document.getElementById('text').value = 'hi bob';"
@@ -119,7 +124,7 @@ async def test_pages_chat_see_each_other_come_and_go_and_whisper(
     # The member list follows a join and a leave.
     carol = await join(browser, relay, "carol")
     await alice.wait("document.querySelector('[data-member=carol]') !== null")
-    await bob.wait("window.demo.client.members.has('carol')")
+    await bob.wait(knows("carol"))
     # A click on a member: the next message goes to that member only.
     await alice.eval(
         "(() => { document.querySelector('[data-member=carol]').click(); return true })()"
@@ -143,7 +148,7 @@ async def test_a_50_mb_file_dropped_on_a_page_arrives_intact(
 ) -> None:
     sender = await join(browser, relay, "sender")
     receiver = await join(browser, relay, "receiver")
-    await sender.wait("window.demo.client.members.has('receiver')")
+    await sender.wait(knows("receiver"))
     # Dropped as a person would: a drop event carrying a File on the drop zone.
     await sender.eval(
         """(() => {
@@ -173,7 +178,7 @@ async def test_a_python_member_and_a_page_share_a_group(relay: Relay, browser: B
     page = await join(browser, relay, "web")
     async with open_client(relay.url, group="lobby", id="py") as py:
         await wait_for_member(py, "web")
-        await page.wait("window.demo.client.members.has('py')")
+        await page.wait(knows("py"))
         # Python -> page, typed.
         await py.send(Chat("hello from python"))
         await page.wait(logged("py: hello from python"))
@@ -257,7 +262,7 @@ async def test_screenshots_of_the_demo_desktop_and_phone(
     folder = Path(os.environ.get("TRIO_WSPROXY_SCREENSHOTS", tmp_path))
     alice = await join(browser, relay, "alice", "lobby", width=1100, height=700)
     phone = await join(browser, relay, "bob", "lobby", width=390, height=760, mobile=True, scale=2)
-    await alice.wait("window.demo.client.members.has('bob')")
+    await alice.wait(knows("bob"))
     await alice.eval("window.demo.say('Hello from the desktop')")
     await phone.wait(logged("alice: Hello from the desktop"))
     await phone.eval("window.demo.say('And hello from a phone')")

@@ -14,7 +14,17 @@ import trio
 
 from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
 from trio_wsproxy.relay.poller import Poller
-from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
+from wsraw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawClient,
+    mask_frame,
+    numbered_until_close,
+)
 
 pytestmark = pytest.mark.skipif(not Poller.available(), reason="the poller needs epoll (Linux)")
 
@@ -128,8 +138,7 @@ async def test_a_full_mailbox_met_while_reading_for_a_member_waits_and_4001s_the
         slow.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         with trio.fail_after(5):
             await relay.wait_members(3, "g")
-        received = 0
-        close: tuple[int, str] | None = None
+        slow_got: tuple[int, tuple[int, str]] | None = None
 
         async def send() -> None:
             batch: list[bytes] = []
@@ -145,23 +154,18 @@ async def test_a_full_mailbox_met_while_reading_for_a_member_waits_and_4001s_the
                 assert (opcode, data[:4]) == (OP_BINARY, n.to_bytes(4, "big"))
 
         async def read_slow_once_closed() -> None:
-            nonlocal received, close
-            await relay.wait_members(2, "g")
-            while True:
-                opcode, data = await slow.recv_message()
-                if opcode == OP_CLOSE:
-                    close = int.from_bytes(data[:2], "big"), data[2:].decode()
-                    await slow.aclose()
-                    return
-                assert data[:4] == received.to_bytes(4, "big")
-                received += 1
+            nonlocal slow_got
+            await relay.wait_members(2, "g")  # (the relay gave up on it)
+            slow_got = await numbered_until_close(slow)
 
         with trio.fail_after(60):
             async with trio.open_nursery() as inner:
                 inner.start_soon(read_slow_once_closed)
                 inner.start_soon(send)
                 inner.start_soon(receive_fast)
-        assert close is not None and close[0] == CloseCode.SLOW_CONSUMER, close
+        assert slow_got is not None
+        received, close = slow_got
+        assert close[0] == CloseCode.SLOW_CONSUMER, close
         assert received < count
         assert relay.stats.deliveries >= count
         assert relay.counters.mailbox_full > 0

@@ -11,7 +11,16 @@ import trio
 import trio_websocket as tw
 
 from trio_wsproxy import CloseCode, Relay, RelayConfig, serve_relay
-from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient
+from wsraw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    RawClient,
+    numbered_until_close,
+)
 
 UNLIMITED = 2**40
 
@@ -501,22 +510,14 @@ async def test_a_member_that_stops_reading_is_closed_4001_and_the_group_carries_
             message = await fast.get_message()
             assert message[:4] == n.to_bytes(4, "big")
 
-    received = 0
-    close: tuple[int, str] | None = None
+    slow_got: tuple[int, tuple[int, str]] | None = None
 
     async def read_slow_once_closed() -> None:
         # The slow member reads nothing until the relay gives up on it (and it leaves the
         # group), then reads at once: the close frame waits behind what is in flight.
-        nonlocal received, close
+        nonlocal slow_got
         await relay.wait_members(2, "g")
-        while True:
-            opcode, data = await slow.recv_message()
-            if opcode == OP_CLOSE:
-                close = int.from_bytes(data[:2], "big"), data[2:].decode()
-                await slow.aclose()  # as a client does: the relay's session ends now
-                return
-            assert data[:4] == received.to_bytes(4, "big")
-            received += 1
+        slow_got = await numbered_until_close(slow)
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -524,7 +525,9 @@ async def test_a_member_that_stops_reading_is_closed_4001_and_the_group_carries_
             nursery.start_soon(send)
             nursery.start_soon(receive_fast)
     # The slow member got an in-order prefix of the messages, then 4001.
-    assert close is not None and close[0] == CloseCode.SLOW_CONSUMER, close
+    assert slow_got is not None
+    received, close = slow_got
+    assert close[0] == CloseCode.SLOW_CONSUMER, close
     assert received < count
     assert relay.group_size("g") == 2
 

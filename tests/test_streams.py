@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,15 +84,27 @@ def collecting() -> tuple[StreamHandler, trio.MemoryReceiveChannel[bytes]]:
 
 
 @asynccontextmanager
+async def joined(
+    relay: Relay, *ids: str | None, config: ClientConfig | None = None
+) -> AsyncIterator[tuple[Client, ...]]:
+    """A client in the group per id (None: an id of its own), once the relay has them all."""
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                open_client(relay.url, group=GROUP, id=id, config=config)
+            )
+            for id in ids
+        ]
+        await relay.wait_members(len(ids), GROUP)
+        yield tuple(clients)
+
+
+@asynccontextmanager
 async def pair(relay: Relay, handler: StreamHandler) -> AsyncIterator[Client]:
     """A sender, and a receiver whose :class:`BinaryStream` handler is ``handler``, both in
     the group; yields the sender."""
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
+    async with joined(relay, None, None) as (sender, receiver):
         receiver.on(BinaryStream, handler)
-        await relay.wait_members(2, GROUP)
         yield sender
 
 
@@ -133,14 +145,13 @@ async def test_every_size_arrives_intact_as_a_stream_and_assembled(relay: Relay,
     async def stream_handler(stream: BinaryStream) -> None:
         await streamed.send((await collect(stream), stream.sender))
 
-    async with (
-        open_client(relay.url, group=GROUP, id="sender", config=config) as sender,
-        open_client(relay.url, group=GROUP, id="streaming", config=config) as streaming,
-        open_client(relay.url, group=GROUP, id="assembling", config=config) as assembling,
+    async with joined(relay, "sender", "streaming", "assembling", config=config) as (
+        sender,
+        streaming,
+        assembling,
     ):
         streaming.on(BinaryStream, stream_handler)
         assembling.on(bytes, assembled.send)
-        await relay.wait_members(3, GROUP)
         for size in SIZES:
             data = pattern(size, seed=size)
             with trio.fail_after(10):
@@ -267,14 +278,9 @@ async def test_a_small_stream_knows_its_size_and_read_all_caps_it(relay: Relay) 
 
 
 async def test_a_subscription_gets_streams_and_a_direct_stream_says_so(relay: Relay) -> None:
-    async with (
-        open_client(relay.url, group=GROUP, id="a") as a,
-        open_client(relay.url, group=GROUP, id="b") as b,
-        open_client(relay.url, group=GROUP, id="c") as c,
-    ):
+    async with joined(relay, "a", "b", "c") as (a, b, c):
         seen_by_c = trio.open_memory_channel[bytes](4)
         c.on(bytes, seen_by_c[0].send)
-        await relay.wait_members(3, GROUP)
         await wait_for_member(a, "b")
         async with b.subscribe(BinaryStream) as streams:
             await a.send_stream([b"to ", b"b only"], to="b")
@@ -296,12 +302,8 @@ async def test_a_handler_that_stops_reading_leaves_the_rest_discarded(relay: Rel
     async def first_piece_only(stream: BinaryStream) -> None:
         await firsts[0].send(await stream.read())
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
+    async with joined(relay, None, None) as (sender, receiver):
         receiver.on(BinaryStream, first_piece_only)
-        await relay.wait_members(2, GROUP)
         big = pattern(20 * MiB, seed=1)
         with trio.fail_after(20):
             await sender.send_stream(pieces(big, MiB))
@@ -336,12 +338,8 @@ async def test_a_slow_consumer_slows_the_sender_instead_of_buffering(relay: Rela
             await trio.sleep(0.002)  # the consumer's own pace: 2 ms a piece
         done.set()
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
+    async with joined(relay, None, None) as (sender, receiver):
         receiver.on(BinaryStream, slow)
-        await relay.wait_members(2, GROUP)
         with trio.fail_after(60):
             await sender.send_stream(source())
             await done.wait()
@@ -373,14 +371,9 @@ async def test_small_messages_from_others_wait_for_the_stream_in_order(relay: Re
         if note.text == "note 9":
             all_in.set()
 
-    async with (
-        open_client(relay.url, group=GROUP, id="streamer") as streamer,
-        open_client(relay.url, group=GROUP, id="chatter") as chatter,
-        open_client(relay.url, group=GROUP, id="receiver") as receiver,
-    ):
+    async with joined(relay, "streamer", "chatter", "receiver") as (streamer, chatter, receiver):
         receiver.on(BinaryStream, on_stream)
         receiver.on(Note, on_note)
-        await relay.wait_members(3, GROUP)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(streamer.send_stream, paused_source())
@@ -414,13 +407,9 @@ async def test_other_sends_of_the_sender_wait_for_its_stream(relay: Relay) -> No
         await gate.wait()
         yield b"y" * MiB
 
-    async with (
-        open_client(relay.url, group=GROUP) as sender,
-        open_client(relay.url, group=GROUP) as receiver,
-    ):
+    async with joined(relay, None, None) as (sender, receiver):
         receiver.on(BinaryStream, on_stream)
         receiver.on(Note, on_note)
-        await relay.wait_members(2, GROUP)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender.send_stream, gated())
@@ -460,13 +449,9 @@ async def test_a_sender_that_drops_mid_stream_leaves_an_interrupted_stream(relay
             yield b"z" * MiB
             await gate.wait()
 
-    async with (
-        open_client(relay.url, group=GROUP) as streaming,
-        open_client(relay.url, group=GROUP) as assembling,
-    ):
+    async with joined(relay, None, None) as (streaming, assembling):
         streaming.on(BinaryStream, handler)
         assembling.on(bytes, assembled.append)
-        await relay.wait_members(2, GROUP)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
 
@@ -635,13 +620,9 @@ async def test_an_announced_stream_comes_with_its_announcement(relay: Relay, v1:
         await got[0].send((offer, data, stream.sender))
         await receiver.send(Note(f"got {len(data)}"))
 
-    async with (
-        open_client(relay.url, group=GROUP, id="sender", config=config) as sender,
-        open_client(relay.url, group=GROUP, id="receiver", config=config) as receiver,
-    ):
+    async with joined(relay, "sender", "receiver", config=config) as (sender, receiver):
         receiver.on_stream(FileOffer, on_file)
         receiver.on(FileOffer, plain_notes.append)  # not called: the announcement is the stream's
-        await relay.wait_members(2, GROUP)
         data = pattern(3 * MiB, seed=5)
         async with sender.subscribe(Note) as notes:
             await sender.send_stream(pieces(data, MiB), announce=FileOffer("a.bin", len(data)))
@@ -666,13 +647,8 @@ async def test_each_sender_s_stream_goes_with_its_own_announcement(relay: Relay)
         if len(got) == 2:
             both.set()
 
-    async with (
-        open_client(relay.url, group=GROUP, id="x") as x,
-        open_client(relay.url, group=GROUP, id="y") as y,
-        open_client(relay.url, group=GROUP, id="receiver") as receiver,
-    ):
+    async with joined(relay, "x", "y", "receiver") as (x, y, receiver):
         receiver.on_stream(FileOffer, on_file)
-        await relay.wait_members(3, GROUP)
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 for client, seed in ((x, 6), (y, 7)):

@@ -179,3 +179,17 @@ async def stream_mib(sender: RawClient, receiver: RawClient, count: int) -> None
                     break
     assert size == count << 20
     assert received.digest() == expected.digest()
+
+
+async def numbered_until_close(client: RawClient) -> tuple[int, tuple[int, str]]:
+    """Read messages numbered 0, 1, 2, … (a 4-byte big-endian number first) until the
+    close frame, then close the connection as a client does; return how many came, in
+    order, and the close frame's (code, reason)."""
+    received = 0
+    while True:
+        opcode, data = await client.recv_message()
+        if opcode == OP_CLOSE:
+            await client.aclose()  # the relay's session ends now
+            return received, (int.from_bytes(data[:2], "big"), data[2:].decode())
+        assert data[:4] == received.to_bytes(4, "big")
+        received += 1

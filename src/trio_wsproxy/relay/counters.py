@@ -17,6 +17,7 @@ class Counters:
         "closes",
         "deliveries",
         "direct_failures",
+        "internal_errors",
         "mailbox_full",
         "messages",
         "presence_events",
@@ -47,3 +48,7 @@ class Counters:
         #: and were retried: ten a second while the relay is short, whether connections
         #: are waiting or not (accept(2) claims a descriptor before it looks for one).
         self.accept_failures = 0
+        #: Failures of the relay's own code (a bug) contained to one member's session
+        #: (closed with 1011) or one HTTP request (answered 500), by where they happened:
+        #: "session" (the member's task or the poller reading for it) or "api".
+        self.internal_errors: collections.Counter[str] = collections.Counter()

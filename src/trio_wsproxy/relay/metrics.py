@@ -100,6 +100,15 @@ class RelayCollector(Collector):
             "ENOBUFS, ENOMEM) and were retried 0.1 s later",
             counters.accept_failures,
         )
+        internal = CounterMetricFamily(
+            "trio_wsproxy_internal_errors",
+            "Failures of the relay's own code contained to one session (closed 1011) or one "
+            "HTTP request (answered 500), by where they happened",
+            labels=["where"],
+        )
+        for where, count in sorted(counters.internal_errors.items()):
+            internal.add_metric([where], count)
+        yield internal
         backplane = GaugeMetricFamily(
             "trio_wsproxy_backplane_up",
             "1 when the group registry can deliver to every node (always 1 in-process)",

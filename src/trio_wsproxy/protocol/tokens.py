@@ -85,7 +85,9 @@ def check_token(
         )
     except jwt.ExpiredSignatureError:
         return TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token expired", "token_expired")
-    except jwt.InvalidTokenError:
+    except (jwt.InvalidTokenError, RecursionError):
+        # RecursionError: PyJWT before 2.14 lets a JOSE header nested too deeply for
+        # json out (2.14 and later refuse it as invalid); refused the same either way.
         return TokenRefusal(HTTPStatus.UNAUTHORIZED, "invalid access token", "token_invalid")
     if now is not None and claims["exp"] <= now:
         return TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token expired", "token_expired")

@@ -45,6 +45,8 @@ SUBPROTOCOL = "wsproxy.v1"
 #: A member's header line is at most this many bytes (its line feed included): it names
 #: at most one recipient. A longer one is a protocol error (close 1002).
 MAX_MEMBER_HEADER = 4096
+#: The most digits a position's offset may have: offsets count messages (2**64 has 20).
+MAX_OFFSET_DIGITS = 20
 
 LF = 0x0A
 _LF = b"\n"
@@ -93,13 +95,7 @@ def parse_member_header(line: bytes) -> ToGroup | ToMember:
     """What a member's header line (without its line feed) asks of the relay."""
     if not line:
         return TO_GROUP
-    try:
-        # Decoded first: json.loads would take UTF-16 and UTF-32 bytes too.
-        header = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise V1Error("the header is not a JSON object") from None
-    if not isinstance(header, dict):
-        raise V1Error("the header is not a JSON object")
+    header = _json_object(line)
     unknown = header.keys() - _TO_KEYS
     if unknown:
         raise V1Error(f"unknown header field {sorted(unknown)[0]!r}")
@@ -108,7 +104,32 @@ def parse_member_header(line: bytes) -> ToGroup | ToMember:
     to = header["to"]
     if not isinstance(to, str) or not to:
         raise V1Error('"to" must be a non-empty string (a member id)')
+    if not _is_unicode(to):
+        # JSON's \uXXXX escapes can spell half a surrogate pair, which no member id is
+        # (ids come from UTF-8 URLs) and which nothing can encode to send back.
+        raise V1Error('"to" is not valid Unicode (a lone surrogate)')
     return ToMember(to)
+
+
+def _json_object(line: bytes) -> dict[str, Any]:
+    """A header line's JSON object; V1Error for anything else, including JSON nested
+    too deeply for the parser (json raises RecursionError within the header's bound)."""
+    try:
+        # Decoded first: json.loads would take UTF-16 and UTF-32 bytes too.
+        header = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise V1Error("the header is not a JSON object") from None
+    if not isinstance(header, dict):
+        raise V1Error("the header is not a JSON object")
+    return header
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def member_header(to: str | None = None) -> bytes:
@@ -152,6 +173,9 @@ class Position:
         epoch, sep, offset = token.rpartition(":")
         if not sep or not epoch or not offset.isdigit() or not offset.isascii():
             raise V1Error("a position is EPOCH:OFFSET (the offset a decimal number)")
+        if len(offset) > MAX_OFFSET_DIGITS:
+            # (int() refuses more than 4,300 digits with an error of its own)
+            raise V1Error(f"a position's offset has at most {MAX_OFFSET_DIGITS} digits")
         return cls(epoch, int(offset))
 
 
@@ -282,13 +306,7 @@ def decode_relay_message(data: bytes | bytearray | memoryview) -> tuple[From | E
         end = bytes(data).find(_LF)
         if end < 0:
             raise V1Error("no header line")
-    try:
-        header = json.loads(bytes(data[:end]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise V1Error("the header is not a JSON object") from None
-    if not isinstance(header, dict):
-        raise V1Error("the header is not a JSON object")
-    return _relay_header(header), end + 1
+    return _relay_header(_json_object(bytes(data[:end]))), end + 1
 
 
 def _relay_header(header: dict[str, Any]) -> From | Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -169,6 +170,18 @@ class Relay:
         self._membership_changed = trio.Event()
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection; a bug met serving it ends it alone (logged once with
+        its traceback and counted), never the listener or another connection."""
+        try:
+            await self._serve_connection(stream)
+        except Exception:
+            # (A session and an API request contain their own: this is the handshake's.)
+            self.counters.internal_errors["connection"] += 1
+            logger.exception(
+                "the relay failed serving a connection from %s", _remote_address(stream)
+            )
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         remote = _remote_address(stream)
         session: Session | None = None
         accepted = False
@@ -364,7 +377,19 @@ async def run_relay(
             await nursery.start(relay.poller.run)
         # At the descriptor limit: a warning per interval, not a traceback per accept.
         listeners = paced(listeners, relay.counters)
-        await nursery.start(trio.serve_listeners, relay._handle_connection, listeners)
+        # Connections are served in this nursery, not serve_listeners' own: if a
+        # listener (or any relay task) fails, the failure cancels this nursery at once,
+        # and the shutdown below closes every session within its close_timeout, so the
+        # relay ends with the error (a supervisor restarts it) instead of serving on
+        # without a listener until its last member leaves.
+        await nursery.start(
+            functools.partial(
+                trio.serve_listeners,
+                relay._handle_connection,
+                listeners,
+                handler_nursery=nursery,
+            )
+        )
         logger.info("relay listening on %s", relay.url)
         task_status.started(relay)
         try:

@@ -274,8 +274,12 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
                     await self._receive_loop()
+        except Exception:
+            # A bug beyond the reader's (which contains its own): no close frame can be
+            # trusted to follow what the sender task was writing.
+            self.internal_error("the relay failed serving this member")
         finally:
-            # Every normal end has closed already; this only acts when a bug ended us.
+            # Every end has closed already, but one that is not an Exception.
             self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
             self._buffers.add(-self._held)
@@ -295,8 +299,21 @@ class Session:
     async def _receive_loop(self) -> None:
         try:
             await self._read_and_fan_out()
+        except Exception:
+            # A bug in the relay's own code, met reading for this member (in its task
+            # or in the poller, which raises it here): this member alone pays for it.
+            # The sender task still writes the close frame; nothing more is read.
+            self.internal_error("the relay failed serving this member")
+            self._peer_closed.set()
         finally:
             self._flush()
+
+    def internal_error(self, reason: str) -> None:
+        """Contain an exception (being handled) from the relay's own code to this
+        session: log it once with its traceback, count it, close the member with 1011."""
+        self._counters.internal_errors["session"] += 1
+        logger.exception("%r: %s", self, reason, extra=self._log_fields(None, reason))
+        self.close(CloseCode.INTERNAL_ERROR, reason)
 
     async def _read_and_fan_out(self) -> None:
         parser = self._parser

@@ -104,9 +104,9 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "summary": "Close a member's connection with 4005 (do not reconnect)",
                     "parameters": [group, member],
                     "responses": {
+                        **_COMMON,  # (first: what the call says of a status is more exact)
                         "204": {"description": "The member is being closed."},
                         "404": _error("No such member in the group."),
-                        **_COMMON,
                     },
                 }
             },
@@ -127,12 +127,12 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                         },
                     },
                     "responses": {
+                        **_COMMON,
                         "200": _ok("The message went to the members counted.", "Recipients"),
                         "404": _error("``to`` names no member of the group."),
                         "408": _error("The body stalled for the relay's stream_timeout."),
                         "413": _error("The body is larger than the relay's max_message_size."),
                         "415": _error("The Content-Type is not binary, text or JSON."),
-                        **_COMMON,
                     },
                 }
             },

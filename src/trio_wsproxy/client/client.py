@@ -66,6 +66,7 @@ from .membership import DeliveryFailed, Joined, Left, Membership
 from .policy import reconnect_delay
 from .requests import PendingRequests
 from .resumption import Resumed
+from .sent import SentMessage
 from .stats import ClientStats
 from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of
 from .urls import connection_url, connection_urls
@@ -94,6 +95,7 @@ __all__ = [
     "ReplyError",
     "RequestTimeout",
     "Resumed",
+    "SentMessage",
     "StreamInterrupted",
     "StreamSource",
     "UnsupportedByRelay",
@@ -352,7 +354,7 @@ class Client:
         :exc:`ClientClosed` once the client is closed. Never drops a message silently.
         """
         frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
-        await self._link.send(frame)
+        await self._link.send(frame, value=value, as_type=as_type, reply_to=reply_to)
 
     async def send_stream(
         self,
@@ -400,7 +402,13 @@ class Client:
             announcement = encoded
         pieces = pieces_of(source, piece_size)
         try:
-            return await self._link.send_stream(pieces, to=to, announcement=announcement)
+            return await self._link.send_stream(
+                pieces,
+                to=to,
+                announcement=announcement,
+                announced=announce,
+                announced_as=announce_as,
+            )
         finally:
             await pieces.aclose()
 
@@ -421,7 +429,7 @@ class Client:
         """
         self._check_present(check_member_id(member_id))
         frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
-        await self._link.send(frame, to=member_id)
+        await self._link.send(frame, to=member_id, value=value, as_type=as_type, reply_to=reply_to)
 
     async def request(
         self,
@@ -454,7 +462,9 @@ class Client:
         return await self._requests.ask(
             request_id,
             reply_type,
-            functools.partial(self._link.send, frame, to=to),
+            functools.partial(
+                self._link.send, frame, to=to, value=value, as_type=as_type, request_id=request_id
+            ),
             limit=limit,
             label=type_label(value, as_type),
             to=to,
@@ -530,7 +540,14 @@ class _DirectReply:
         frame = encode_message(client.types, value, as_type, request_id=None, reply_to=reply_to)
         # Not checked against Client.members: the requester may have left meanwhile, and
         # the relay's answer to that is an event, never an exception in the handler.
-        await client._link.send(frame, to=self.member_id, or_group=True)
+        await client._link.send(
+            frame,
+            to=self.member_id,
+            or_group=True,
+            value=value,
+            as_type=as_type,
+            reply_to=reply_to,
+        )
 
 
 @asynccontextmanager

@@ -73,6 +73,14 @@ class ClientConfig:
     read_ahead: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     #: Bytes asked of the socket per read; bigger is faster for large messages.
     receive_buffer_size: int = attrs.field(default=256 * 1024, validator=_positive)
+    #: How many of the messages written on a connection the client keeps — the newest —
+    #: to report them to ``on_disconnect`` should the connection be lost
+    #: (``Disconnected.unconfirmed_messages``: the relay confirms no message to its
+    #: sender). Older ones are only counted; 0 keeps none.
+    unconfirmed_limit: int = attrs.field(default=256, validator=attrs.validators.ge(0))
+    #: ... and how many payload bytes those hold at most; a message larger than this is
+    #: counted, never kept.
+    unconfirmed_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(0))
     #: Whether to offer the ``wsproxy.v1`` subprotocol (sender ids, presence, direct
     #: messages) when connecting; a relay that does not select it gets the plain protocol
     #: anyway. False connects exactly as a plain client, for a server or proxy that refuses

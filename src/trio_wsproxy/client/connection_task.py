@@ -65,6 +65,7 @@ from .membership import DeliveryFailed, Left, Membership
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
 from .resumption import Resumption
+from .sent import SentLog
 from .stats import ClientStats
 from .streams import BinaryStream
 from .urls import with_query
@@ -162,6 +163,8 @@ class ConnectionTask:
         self._announced: dict[str | None, _Announced] = {}
         # The binary message arriving in pieces now, if any.
         self._arriving: _Arriving | None = None
+        # What was written on the connections that ended since the last report.
+        self._sent_on_lost: SentLog | None = None
 
     @property
     def url(self) -> str:
@@ -214,20 +217,31 @@ class ConnectionTask:
                 return ClosedByRelay(code, reason)
 
     async def _disconnected(self, code: int, reason: str | None) -> bool:
-        """Report a lost connection; returns whether the client reconnects."""
+        """Report a lost connection, and what was sent on it unconfirmed; returns
+        whether the client reconnects."""
         reconnecting = reconnects_after(code, self._config)
+        sent, self._sent_on_lost = self._sent_on_lost, None
+        unconfirmed = 0 if sent is None else sent.count
         logger.log(
             logging.WARNING if reconnecting else logging.ERROR,
-            "disconnected from %s: code %d (%s)%s; %s",
+            "disconnected from %s: code %d (%s)%s; %s%s",
             self.url,
             code,
             close_meaning(code),
             f": {reason}" if reason else "",
+            f"{unconfirmed} messages sent on it unconfirmed; " if unconfirmed else "",
             "will reconnect" if reconnecting else "not reconnecting",
         )
         self._stats.disconnects += 1
+        self._stats.unconfirmed += unconfirmed
         if self._on_disconnect is not None:
-            event = Disconnected(code, reason, reconnecting)
+            event = Disconnected(
+                code,
+                reason,
+                reconnecting,
+                unconfirmed,
+                () if sent is None else sent.messages(),
+            )
             await self._dispatcher.call_soon(self._on_disconnect, event)
         return reconnecting
 
@@ -266,7 +280,13 @@ class ConnectionTask:
         self.url_index = index
         self.protocol = ws.subprotocol
         self._ws = ws
-        connection = Connection(ws, url, ws.subprotocol)
+        config = self._config
+        connection = Connection(
+            ws,
+            url,
+            ws.subprotocol,
+            sent=SentLog(config.unconfirmed_limit, config.unconfirmed_bytes),
+        )
         self._link.attach(connection)
         try:
             take = self._take
@@ -301,6 +321,10 @@ class ConnectionTask:
             return ended
         finally:
             self._link.detach(connection)
+            if self._sent_on_lost is None:
+                self._sent_on_lost = connection.sent
+            else:  # (the last one ended unreported: no welcome came on it)
+                self._sent_on_lost.extend(connection.sent)
             self._membership.connection_ended()
             arriving, self._arriving = self._arriving, None
             if arriving is not None and arriving.stream is not None:

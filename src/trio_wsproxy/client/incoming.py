@@ -11,6 +11,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import attrs
 
 from ..protocol.envelope import Envelope
+from .sent import SentMessage
 
 __all__ = [
     "BadMessage",
@@ -70,7 +71,15 @@ class BadMessage:
 
 @attrs.frozen
 class Disconnected:
-    """A lost connection, as given to ``on_disconnect``."""
+    """A lost connection, as given to ``on_disconnect``, with what the client sent on
+    it that the relay may not have taken.
+
+    The relay never confirms a message to its sender, and a close — 4004, 1001, 1011,
+    4001, a dropped TCP connection — does not say which messages it took: any message
+    written on the lost connection may be missing from the group (and from its history:
+    the other members' ``Resumed(recovered=True)`` covers only messages that reached
+    it). ``unconfirmed`` counts them; ``unconfirmed_messages`` holds the newest of them.
+    """
 
     #: The close code (1006 when the connection dropped without a close frame).
     code: int
@@ -78,6 +87,13 @@ class Disconnected:
     reason: str | None
     #: Whether the client is about to reconnect.
     reconnecting: bool
+    #: How many messages the client wrote in full on the lost connection: every one of
+    #: them, since the relay confirms none. (A message whose write the drop cut short is
+    #: not counted: it is sent again on the next connection.)
+    unconfirmed: int = 0
+    #: The newest of them, oldest first: at most ``ClientConfig.unconfirmed_limit``
+    #: messages holding at most ``unconfirmed_bytes``; the older ones are only counted.
+    unconfirmed_messages: tuple[SentMessage, ...] = ()
 
 
 @attrs.frozen

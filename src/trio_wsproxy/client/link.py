@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import trio
@@ -20,6 +21,7 @@ from ..protocol.v1 import SUBPROTOCOL, member_header
 from .config import ClientConfig
 from .connection import ConnectionEnded, WebSocket
 from .errors import ClientClosed, ClientError, NotConnected, UnsupportedByRelay
+from .sent import SentLog
 from .stats import ClientStats
 from .streams import StreamInterrupted
 from .wire import frame_for
@@ -50,6 +52,8 @@ class Connection:
     protocol: str | None = None
     #: Set when it has ended, so that a send it failed can wait for the next one.
     ended: trio.Event = attrs.Factory(trio.Event)
+    #: The messages written on it in full, reported if it is lost.
+    sent: SentLog = attrs.Factory(lambda: SentLog(0, 0))
 
     @property
     def v1(self) -> bool:
@@ -104,14 +108,24 @@ class Link:
         self._changed = trio.Event()
 
     async def send(
-        self, payload: str | bytes, *, to: str | None = None, or_group: bool = False
+        self,
+        payload: str | bytes,
+        *,
+        to: str | None = None,
+        or_group: bool = False,
+        value: object = None,
+        as_type: Any = None,
+        request_id: str | None = None,
+        reply_to: str | None = None,
     ) -> None:
         """Write ``payload`` on the connection in use, waiting up to ``send_timeout`` for
         one: to the group, or to the member ``to`` only.
 
         A connection that drops while the frame is written did not deliver it: it is
-        written again on the next one. Raises :exc:`NotConnected` when none comes in
-        time, :exc:`ClientClosed` once the client is closing, and
+        written again on the next one. Once written, it is noted in the connection's
+        :class:`~.sent.SentLog` (with ``value``, ``as_type``, ``request_id`` and
+        ``reply_to``: what the application sent). Raises :exc:`NotConnected` when none
+        comes in time, :exc:`ClientClosed` once the client is closing, and
         :exc:`UnsupportedByRelay` when ``to`` is given and the connection does not speak
         v1 — unless ``or_group``, which sends to the group instead.
         """
@@ -126,6 +140,14 @@ class Link:
                 await self._written_off(connection, deadline)
                 continue
             self._stats.messages_sent += 1
+            connection.sent.add(
+                value,
+                size=len(payload),
+                as_type=as_type,
+                to=to if connection.v1 else None,
+                request_id=request_id,
+                reply_to=reply_to,
+            )
             return
 
     async def send_stream(
@@ -134,11 +156,15 @@ class Link:
         *,
         to: str | None = None,
         announcement: str | None = None,
+        announced: object = None,
+        announced_as: Any = None,
     ) -> int:
         """Write one binary message made of ``pieces``, each as it is read (so the relay's
         pace is the reading's), and return its size. The typed
         ``announcement`` frame, if given, goes right before it, with nothing of this
-        client's between them.
+        client's between them (``announced`` and ``announced_as``: the value it
+        carries, and its ``as_type``, as the connection's :class:`~.sent.SentLog`
+        notes it once both are written).
 
         Waits for a connection as :meth:`send` does, and sends again on the next one if
         the connection drops before the message's first piece is written (the
@@ -181,6 +207,12 @@ class Link:
                     raise
                 else:
                     self._stats.messages_sent += 1 + (announcement is not None)
+                    recipient = to if connection.v1 else None
+                    if announcement is not None:
+                        connection.sent.add(
+                            announced, size=len(announcement), as_type=announced_as, to=recipient
+                        )
+                    connection.sent.add(None, size=sent, to=recipient, streamed=True)
                     return sent
             await self._written_off(connection, deadline)
 

@@ -40,3 +40,6 @@ class ClientStats:
     connects: int = 0
     #: Connections lost other than by closing the client.
     disconnects: int = 0
+    #: Messages written in full on connections that were then lost, so that whether the
+    #: relay took them is unknown (each loss reports them: ``Disconnected.unconfirmed``).
+    unconfirmed: int = 0

@@ -5,12 +5,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from loglines import LogLines, log_lines
 from redisserver import SHARED, RedisServer, ping
 from trio_wsproxy import Relay
 
 pytest_plugins = ["pytester"]
+
+# The properties are specifications of behaviour, not of speed: a machine busy with other
+# work must not turn a slow example into a failure (hypothesis' default deadline is 200 ms).
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture

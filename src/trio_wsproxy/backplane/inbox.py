@@ -156,7 +156,7 @@ class Deliveries:
             head = inbox[0]
             for member in head.members:
                 mailbox = member.mailbox
-                if mailbox.queued + len(head.data) > mailbox.capacity:
+                if not mailbox.fits(len(head.data)):
                     member.close(
                         CloseCode.SLOW_CONSUMER,
                         "mailbox full and the group's messages from other nodes piling up",

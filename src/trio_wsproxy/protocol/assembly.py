@@ -47,7 +47,9 @@ class Assembly:
         self.to: str | None = None
         #: The head of the message streaming now (from its first piece to its last).
         self.head = StreamHead(sender, False)
-        self._parts: list[bytes] = []
+        # One buffer, not a list of the frames' payloads: a message sent as many tiny
+        # frames costs its bytes, not a Python object per frame.
+        self._parts = bytearray()
         #: Bytes gathered for the next message or piece and not yet handed on.
         self.held = 0
         self._text = False
@@ -62,17 +64,17 @@ class Assembly:
             self._text = event.text
             if event.last and len(payload) <= FRAGMENT_SIZE:
                 return Message(self.sender, event.text, payload, self.to)
-            self._parts, self.held, self._streaming = [], 0, False
-        self._parts.append(payload)
+            self._parts, self.held, self._streaming = bytearray(), 0, False
+        self._parts += payload
         self.held += len(payload)
         if event.last:
             if not self._streaming and self.held <= FRAGMENT_SIZE:
-                data = b"".join(self._parts)
-                self._parts, self.held = [], 0
+                data = bytes(self._parts)
+                self._parts, self.held = bytearray(), 0
                 return Message(self.sender, self._text, data, self.to)
         elif self.held < FRAGMENT_SIZE:
             return None
-        data = b"".join(self._parts)
+        data = bytes(self._parts)
         # Whole pieces of FRAGMENT_SIZE go out now; what is left over waits for more
         # data unless the message ends here. Clients that cap a frame at 1 MiB (the
         # ``websockets`` default) take every piece.
@@ -82,7 +84,7 @@ class Assembly:
             for start in range(0, cut, FRAGMENT_SIZE)
         ] or [Piece(b"", False, False)]
         rest = data[cut:]
-        self._parts, self.held = ([rest], len(rest)) if rest else ([], 0)
+        self._parts, self.held = bytearray(rest), len(rest)
         if not self._streaming:
             self._streaming = True
             self.head = StreamHead(self.sender, self._text, self.to)

@@ -123,6 +123,17 @@ class Courier:
             outbox.clear()
 
 
+def send_control(member: Member, data: bytes) -> None:
+    """Queue a frame no producer waits to offer (an event, a pong, a ping) for
+    ``member``: a member that lets such frames pile up past twice its mailbox's bound
+    is closed with 4001 (see Mailbox.offer_control)."""
+    if not member.mailbox.offer_control(data):
+        member.close(
+            CloseCode.SLOW_CONSUMER,
+            "mailbox full: member does not read what the relay sends it",
+        )
+
+
 def cut_off(audiences: Sequence[Audience], reason: str) -> None:
     """A message that streamed to ``audiences`` ends unfinished: close its recipients
     with 4002, so that none takes its start for a whole message."""

@@ -1,4 +1,9 @@
-"""A member's mailbox: the frames waiting to be written to it, bounded in bytes."""
+"""A member's mailbox: the frames waiting to be written to it, bounded in bytes.
+
+The bound counts memory, not only payload: each queued frame counts its length and
+:data:`FRAME_OVERHEAD`, what holding it costs besides (its bytes object's header and
+its slot in the queue), so that a mailbox of one-byte messages holds no more memory
+than one of large ones."""
 
 from __future__ import annotations
 
@@ -13,6 +18,11 @@ QUEUED = 1
 #: Queued and held for a direct write: the caller must call :meth:`Mailbox.flush`
 #: before it next yields to the scheduler.
 HELD = 2
+
+#: What the mailbox counts for each frame besides its bytes: a bytes object's header
+#: (33 bytes) and the queue's slot for it, rounded up (measured: 1,000,000 three-byte
+#: frames queued cost 64 MB, about 64 bytes each beyond their length).
+FRAME_OVERHEAD = 64
 
 
 class Mailbox:
@@ -64,30 +74,52 @@ class Mailbox:
         if self.closed:
             return QUEUED
         queued = self.queued
+        size = len(frame) + FRAME_OVERHEAD
         if queued:
-            if queued + len(frame) > self.capacity:
+            if queued + size > self.capacity:
                 return FULL
-            self.queued = queued + len(frame)
+            self.queued = queued + size
             if self._held is not None:
                 self._held.append(frame)
             else:
                 self._send.send_nowait(frame)
             return QUEUED
-        self.queued = len(frame)
+        self.queued = size
         if self.fd is not None:
             self._held = [frame]
             return HELD
         self._send.send_nowait(frame)
         return QUEUED
 
-    def offer_control(self, frame: bytes) -> None:
-        """Queue a small control frame (ping, pong) regardless of the bound."""
+    def fits(self, size: int) -> bool:
+        """Whether a frame of ``size`` bytes would be queued now."""
+        return not self.queued or self.queued + size + FRAME_OVERHEAD <= self.capacity
+
+    def offer_control(self, frame: bytes) -> bool:
+        """Queue a frame no producer waits to offer (an event, a pong, a ping): past the
+        bound, up to twice the bound, since nobody could wait for room. False, having
+        queued nothing, beyond that: the member reads too slowly even for these, and
+        the caller closes it (4001)."""
+        if self.closed:
+            return True
+        size = len(frame) + FRAME_OVERHEAD
+        if self.queued + size > 2 * self.capacity:
+            return False
+        self._queue(frame, size)
+        return True
+
+    def offer_catch_up(self, frame: bytes) -> None:
+        """Queue a message a joining member missed, regardless of the bound (what it
+        missed is bounded by the group's history)."""
         if not self.closed:
-            self.queued += len(frame)
-            if self._held is not None:
-                self._held.append(frame)
-            else:
-                self._send.send_nowait(frame)
+            self._queue(frame, len(frame) + FRAME_OVERHEAD)
+
+    def _queue(self, frame: bytes, size: int) -> None:
+        self.queued += size
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self._send.send_nowait(frame)
 
     def flush(self) -> None:
         """Write held frames straight to the socket; what it does not take goes to the
@@ -95,22 +127,27 @@ class Mailbox:
         held, self._held = self._held, None
         if held is None or self.closed or self.fd is None:
             return
-        data = held[0] if len(held) == 1 else b"".join(held)
+        count = len(held)
+        data = held[0] if count == 1 else b"".join(held)
         try:
             written = os.write(self.fd, data)
         except OSError:
             # Would block, or the connection is broken: the sender task's own write
             # waits for room or reports the error and ends the session.
             written = 0
-        if written:
+        if written < len(data):
+            # What is left goes on as one frame (to the writer, one piece of bytes).
+            count -= 1
+            self._send.send_nowait(data[written:] if written else data)
+        freed = written + count * FRAME_OVERHEAD
+        if freed:
             # (written(), inline: this runs once per message on the direct path)
-            self.queued -= written
-            self.full_since = None
+            self.queued -= freed
             if self._room is not None:
                 self._room.set()
                 self._room = None
-        if written < len(data):
-            self._send.send_nowait(data[written:] if written else data)
+            if self.queued <= self.capacity >> 1:
+                self.full_since = None
 
     async def wait_room(self, deadline: float) -> bool:
         """Wait until a write frees room or the mailbox closes; False at ``deadline``."""
@@ -136,10 +173,16 @@ class Mailbox:
             size += len(frame)
         return batch, size
 
-    def written(self, size: int) -> None:
-        """``size`` bytes taken from the mailbox were written: make room, wake producers."""
-        self.queued -= size
-        self.full_since = None
+    def written(self, size: int, count: int = 1) -> None:
+        """``count`` frames of ``size`` bytes in all, taken from the mailbox, were
+        written: make room, wake producers.
+
+        The mailbox is no longer full (``full_since``) once it has drained to half its
+        bound: a member that reads a little now and then, but never catches up, stays
+        full, and is closed as slow once the group has waited for it long enough."""
+        self.queued -= size + count * FRAME_OVERHEAD
+        if self.queued <= self.capacity >> 1:
+            self.full_since = None
         if self._room is not None:
             self._room.set()
             self._room = None

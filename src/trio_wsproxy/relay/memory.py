@@ -18,6 +18,11 @@ from __future__ import annotations
 
 import trio
 
+#: What a member's read-ahead counts for each data frame it holds besides its payload:
+#: the parsed frame's object and its slot in the queue, rounded up (measured: a frame
+#: with a one-byte payload costs about 120 bytes held). Without it, a paused member
+#: sending one-byte frames held 100 times what was counted.
+EVENT_OVERHEAD = 128
 #: How much a member holding nothing may read at once while the relay is over its
 #: bound (then, holding something, it waits its turn): however many members read, the
 #: bound is passed by at most this much each.

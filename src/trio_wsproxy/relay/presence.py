@@ -26,6 +26,7 @@ import trio
 
 from ..protocol import v1
 from ..protocol.frames import OP_TEXT, frame
+from .fanout import send_control
 from .mailbox import FULL, HELD
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class Presence:
         size = group.size
         members = None if size > self.limit else frozenset(group.member_ids())
         event = v1.Welcome(member.id, group.name, members, size, position, recovery)
-        member.mailbox.offer_control(event_frame(event))
+        member.mailbox.offer_catch_up(event_frame(event))  # (the first frame it gets)
         self._counters.presence_events += 1
 
     def changed(self, group: Group, member_id: str, joined: bool) -> None:
@@ -137,7 +138,7 @@ class Presence:
             if result == HELD:
                 held.append(mailbox)  # written straight to the socket below
             elif result == FULL:
-                mailbox.offer_control(data)  # small, and never dropped
+                send_control(member, data)  # never dropped: queued, or the member closed
         for mailbox in held:
             mailbox.flush()
         self._counters.presence_events += len(listeners)

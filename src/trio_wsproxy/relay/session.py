@@ -32,12 +32,12 @@ from ..protocol.message import Message, StreamHead
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .budget import SMALL, TEARDOWN
-from .fanout import Courier, cut_off
+from .fanout import Courier, cut_off, send_control
 from .groups import NO_OUTBOUND, Audience, Group, Member, Outbound
 from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
-from .memory import SIP, TURN_SLICE, BufferBudget
+from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
 from .poller import Poller
 from .presence import Presence, event_frame
 
@@ -258,7 +258,7 @@ class Session:
         self._relay.presence.welcome(self, group, catch.position, catch.recovery)
         mailbox, encoding = self.mailbox, self.encoding
         for message in catch.missed:  # (bounded by history_bytes: past the mailbox's bound)
-            mailbox.offer_control(encoding.message(message))
+            mailbox.offer_catch_up(encoding.message(message))
 
     async def run(self) -> None:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
@@ -342,7 +342,7 @@ class Session:
             while ahead:
                 event = ahead.popleft()
                 if type(event) is Data:
-                    self._ahead_bytes -= len(event.payload)
+                    self._ahead_bytes -= len(event.payload) + EVENT_OVERHEAD
                 if await self._handle(event):
                     return
             flush()
@@ -550,11 +550,11 @@ class Session:
                 return
             for event in events:
                 if type(event) is Ping:
-                    self.mailbox.offer_control(frame(OP_PONG, event.payload))
+                    send_control(self, frame(OP_PONG, event.payload))
                 elif type(event) is not Pong:
                     self._ahead.append(event)
                     if type(event) is Data:
-                        self._ahead_bytes += len(event.payload)
+                        self._ahead_bytes += len(event.payload) + EVENT_OVERHEAD
                     else:
                         return  # a close: nothing more to read
             self._count()
@@ -622,7 +622,7 @@ class Session:
                 if self._close is not None:
                     break
                 await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                mailbox.written(size)
+                mailbox.written(size, len(batch))
             assert self._close is not None
             if not self._eof:
                 await stream.send_all(close_frame(*self._close))
@@ -792,7 +792,7 @@ class Session:
             if target is self
             else f"no member {to!r} in group {group.name!r}"
         )
-        self.mailbox.offer_control(event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
+        send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
         return None
 
     def _direct(self, message: Message, group: Group) -> Blocked | None:
@@ -900,7 +900,7 @@ class Session:
         elif self.pinged_at is None:
             if now - self.heard_at >= interval:
                 self.pinged_at = now
-                self.mailbox.offer_control(_PING_FRAME)
+                send_control(self, _PING_FRAME)
         elif now - self.pinged_at >= timeout:
             self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
 

@@ -20,6 +20,7 @@ import codecs
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from ..protocol.assembly import FRAGMENT_SIZE
 from ..protocol.printable import printable
 from .config import API_PREFIX, under_api
 from .groups import RegistryUnavailable
@@ -323,16 +325,25 @@ class Api:
 
 
 async def _stream_body(
-    call: _Call, poster: Poster, text: bool, limit: int | None, stall: float
+    call: _Call, poster: Poster, text: bool, limit: int | None, pace: float
 ) -> None:
     """Feed the request's body to ``poster`` as it arrives, checking text as UTF-8 and
-    the size against ``limit``; a body that stalls for ``stall`` seconds fails (408)."""
+    the size against ``limit``. The body keeps the pace a member's streaming message
+    must (``pace``, the relay's stream_timeout): a body whose next piece is late
+    (:attr:`Poster.piece_due`) fails with 408, and the poster's ``end`` frees the
+    group. A trickle of bytes is no piece: it holds the group no longer than silence."""
     utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
     size = 0
+    heard = -math.inf  # when the body's last bytes came
     while True:
-        event = await _body_event(call, stall)
+        event = await _body_event(call, poster.piece_due)
+        if event is None:
+            silent = heard < poster.piece_due - pace  # (nothing since the last piece)
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, _late(pace, silent))
         last = type(event) is h11.EndOfMessage
         chunk = bytes(event.data) if type(event) is h11.Data else b""
+        if chunk:
+            heard = trio.current_time()
         size += len(chunk)
         if limit is not None and size > limit:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
@@ -486,11 +497,21 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(bytes(data))
 
 
-async def _body_event(call: _Call, stall: float) -> Any:
-    """The next event of the request's body; 408 when none comes for ``stall`` seconds."""
-    with trio.move_on_after(stall):
+async def _body_event(call: _Call, due: float) -> Any:
+    """The next event of the request's body, or None if it has not come by ``due`` (on
+    Trio's clock)."""
+    with trio.move_on_at(due):
         return await _next_event(call.conn, call.stream)
-    raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body made no progress for {stall:g}s")
+    return None
+
+
+def _late(timeout: float, silent: bool) -> str:
+    if silent:
+        return f"the body made no progress for {timeout:g}s"
+    return (
+        f"the body came too slowly: each {FRAGMENT_SIZE // 2**20} MiB of it, and its end, "
+        f"is due within {timeout:g}s of the last (the relay's stream_timeout)"
+    )
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
@@ -508,12 +529,15 @@ async def _linger(stream: trio.abc.Stream) -> None:
             received += len(data)
 
 
-async def _ignore_body(call: _Call, stall: float) -> None:
+async def _ignore_body(call: _Call, within: float) -> None:
     """Read past a body the call does not use (up to _MAX_IGNORED_BODY bytes; 408 when
-    it stalls for ``stall`` seconds)."""
+    the whole of it has not come ``within`` seconds from now)."""
     size = 0
+    due = trio.current_time() + within
     while call.conn.their_state is h11.SEND_BODY:
-        event = await _body_event(call, stall)
+        event = await _body_event(call, due)
+        if event is None:
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not come within {within:g}s")
         if type(event) is h11.Data:
             size += len(event.data)
             if size > _MAX_IGNORED_BODY:

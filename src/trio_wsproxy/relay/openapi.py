@@ -31,7 +31,9 @@ _COMMON = {
                   "characters, an unknown query parameter, a body that is not UTF-8 text."),
     "401": _error("No API key, or the wrong one (the answer has WWW-Authenticate: Bearer)."),
     "404": _error("No such member, or no API at all: the relay has no API key."),
-    "408": _error("A body that made no progress for the relay's stream_timeout."),
+    "408": _error("A body the call does not take that did not all come within the relay's "
+                  "stream_timeout."),
+
     "413": _error("A body too large: over max_message_size for a post; over 64 KiB for a "
                   "call that takes none."),
     "503": _error("The relay's backplane is down: it cannot answer for the whole cluster."),
@@ -130,7 +132,10 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                         **_COMMON,
                         "200": _ok("The message went to the members counted.", "Recipients"),
                         "404": _error("``to`` names no member of the group."),
-                        "408": _error("The body stalled for the relay's stream_timeout."),
+                        "408": _error(
+                            "The body fell behind its pace: 1 MiB of it, or its end, per "
+                            "the relay's stream_timeout."
+                        ),
                         "413": _error("The body is larger than the relay's max_message_size."),
                         "415": _error("The Content-Type is not binary, text or JSON."),
                     },

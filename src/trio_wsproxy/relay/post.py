@@ -5,6 +5,8 @@ with flat memory when it is large (taking the group's floor as a member's would)
 
 The poster is no member: it is in no group's member list, gets nothing, and its sender
 id is :data:`~trio_wsproxy.protocol.message.BACK_END` (v1 members see ``"from":null``).
+It is held to a streaming member's pace, though (:attr:`Poster.piece_due`): a body
+cannot hold its group's floor, nor its request the relay, by trickling in.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ class Poster:
         self._assembly.to = to
         self._courier = Courier(relay.config.slow_member_timeout, counters)
         self._courier.serve(group)
+        self._stream_timeout = relay.config.stream_timeout
+        #: When the body's next piece (FRAGMENT_SIZE bytes, or its end) is due at the
+        #: latest, on Trio's clock: the pace a member's streaming message is held to
+        #: (Session.piece_due), from the body's start, so that a slow body holds nothing
+        #: for long before it streams either. The feeder gives up then (the HTTP API
+        #: answers 408) and calls :meth:`end`. Time the relay keeps the poster waiting
+        #: (for the floor, a full mailbox, the fan-out budget) is not counted: it is
+        #: due anew once a piece has gone out.
+        self.piece_due = trio.current_time() + self._stream_timeout
         # The message streaming now: who it goes to here, whether its pieces go to the
         # other nodes, and what carries them there.
         self._stream_to: tuple[Audience, ...] = ()
@@ -72,6 +83,7 @@ class Poster:
             if piece.first:
                 await self._start(self._assembly.head)
             await self._forward(piece)
+        self.piece_due = trio.current_time() + self._stream_timeout
 
     async def _whole(self, message: Message) -> None:
         group, courier, floor = self._group, self._courier, self._group.floor

@@ -101,15 +101,17 @@ async def test_the_js_codec_passes_the_shared_vectors() -> None:
 
 
 async def test_the_js_client_reads_close_codes_and_reconnects_as_the_python_one_does() -> None:
-    """The two clients' tables of close codes (what each means, which ones reconnect) and
-    their backoff defaults are one contract, written in two languages."""
+    """The two clients' tables of close codes (what each means, which ones reconnect),
+    their backoff defaults and the bounds of what they report of a lost connection's
+    messages are one contract, written in two languages."""
     result = await trio.run_process(
         [node_path(), "--input-type=module", "-e",
          f"import * as w from {json.dumps(str(ROOT / 'clients/js/wsproxy.js'))};"
          "const c = new w.Client('ws://relay/ws?groupName=g', {WebSocket: class {}});"
          "console.log(JSON.stringify({meanings: w.CLOSE_MEANINGS, codes: w.DEFAULT_RECONNECT_CODES,"
          " delays: [c.options.reconnectMinDelay, c.options.reconnectMaxDelay,"
-         " c.options.reconnectJitter]}))"],
+         " c.options.reconnectJitter],"
+         " unconfirmed: [c.options.unconfirmedLimit, c.options.unconfirmedBytes]}))"],
         capture_stdout=True,
     )  # fmt: skip
     js = json.loads(result.stdout)
@@ -123,6 +125,8 @@ async def test_the_js_client_reads_close_codes_and_reconnects_as_the_python_one_
         config.reconnect_max_delay * 1000,
         config.reconnect_jitter,
     ]
+    # What each keeps of the messages sent on a connection, to report should it be lost.
+    assert js["unconfirmed"] == [config.unconfirmed_limit, config.unconfirmed_bytes]
 
 
 @pytest.fixture
@@ -238,6 +242,47 @@ async def test_the_js_member_fails_over_and_recovers_what_it_missed(
                 assert (await js.wait_for("said"))["value"]["text"] == "after"
         assert recovered_after < 5
         nursery.cancel_scope.cancel()
+
+
+async def test_a_js_sender_the_relay_closed_reports_what_it_sent_on_that_connection() -> None:
+    """The relay reads the JS member no faster than 2 messages a second and closes it
+    (4004) after the first ones: the rest never reach the group. The JS client reports
+    every message it handed to the lost connection, in order — those among them — and
+    the next loss reports that connection's messages only."""
+    config = RelayConfig(port=0, history_size=1000, max_message_rate=2)
+    burst = [f"m{n}" for n in range(10)]
+    async with open_relay(config) as relay:
+        async with open_client(relay.url, group="r", id="py") as py, py.subscribe(Say) as heard:
+            async with js_peer([relay.url], group="r", id="js", reconnectMinDelay=100) as js:
+                await wait_for_member(py, "js")
+                await py.send(Command("burst", text="m", size=10))
+                await js.wait_for("burst_sent")
+                first = [(await heard.receive()).value.text for _ in range(2)]
+                for session in list(relay.sessions):
+                    if session.id == "js":
+                        session.close(CloseCode.BACKPLANE_UNAVAILABLE, "backplane unavailable")
+                lost = await js.wait_for("disconnected")
+                await js.wait_for("state", lambda e: e["state"] == "connected")
+                await py.send(Command("say", text="after"))
+                taken = first
+                while taken[-1] != "after":
+                    taken.append((await heard.receive()).value.text)
+                for session in list(relay.sessions):
+                    if session.id == "js":
+                        session.close(CloseCode.INTERNAL_ERROR, "relay error")
+                again = await js.wait_for("disconnected")
+    assert (lost["code"], lost["reconnecting"], lost["unconfirmed"]) == (4004, True, 10)
+    assert [sent["value"]["text"] for sent in lost["unconfirmedMessages"]] == burst
+    assert {sent["messageType"] for sent in lost["unconfirmedMessages"]} == {"Demo.Say"}
+    # py got the first ones (the relay took m2 too, if it had read it before the close)
+    # and never the rest: they are in the report.
+    assert taken[:-1] in (burst[:2], burst[:3])
+    assert set(burst) - set(taken) <= {
+        sent["value"]["text"] for sent in lost["unconfirmedMessages"]
+    }
+    # The second loss: "after", written on the second connection, only.
+    assert (again["code"], again["unconfirmed"]) == (1011, 1)
+    assert [sent["value"]["text"] for sent in again["unconfirmedMessages"]] == ["after"]
 
 
 async def test_a_js_member_is_told_when_it_cannot_connect() -> None:

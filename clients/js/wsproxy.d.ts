@@ -91,6 +91,11 @@ export interface ClientOptions {
   connectTimeout?: number;
   sendTimeout?: number;
   requestTimeout?: number;
+  /** How many of the messages handed to a connection are kept (the newest) for the
+   * `disconnected` event's report, should it be lost (default 256; 0: only counted). */
+  unconfirmedLimit?: number;
+  /** ... holding at most this many payload bytes (default 1 MiB). */
+  unconfirmedBytes?: number;
   /** The WebSocket class (default globalThis.WebSocket; in Node 20, the ws package's). */
   WebSocket?: unknown;
 }
@@ -109,6 +114,36 @@ export class Incoming<T = unknown> {
 }
 
 export type ClientState = "connecting" | "connected" | "reconnecting" | "closed";
+
+/** A message handed to a connection that was then lost: the relay confirms no message to
+ * its sender, so whether it reached the group is unknown. */
+export interface SentMessage {
+  /** Its .NET type name; null for a binary message. */
+  messageType: string | null;
+  /** The value sent; for a binary message its bytes, a Uint8Array over the data given. */
+  value: unknown;
+  /** The request's Id (request), else null. */
+  id: string | null;
+  /** The Id of the request it answered (incoming.reply), else null. */
+  replyId: string | null;
+  /** The member it was addressed to over wsproxy.v1 (sendTo, a reply), else null. */
+  to: string | null;
+  /** Its payload's length: characters of the envelope, bytes of a binary message. */
+  size: number;
+  /** When it was handed to the socket (Date.now()). */
+  sentAt: number;
+}
+
+/** The detail of the "disconnected" event. */
+export interface Disconnected {
+  code: number;
+  reason: string;
+  reconnecting: boolean;
+  /** How many messages were handed to the lost connection: every one, unconfirmed. */
+  unconfirmed: number;
+  /** The newest of them, oldest first, within unconfirmedLimit and unconfirmedBytes. */
+  unconfirmedMessages: SentMessage[];
+}
 
 export class Client extends EventTarget {
   readonly id: string;
@@ -130,6 +165,7 @@ export class Client extends EventTarget {
     badMessages: number;
     connects: number;
     disconnects: number;
+    unconfirmed: number;
   };
   on<T = unknown>(messageType: string, handler: (value: T, incoming: Incoming<T>) => unknown): () => void;
   off(messageType: string, handler: (...args: any[]) => unknown): void;

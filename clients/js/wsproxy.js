@@ -2,8 +2,9 @@
 // build step. Join a group on a relay; send typed messages in the .NET envelope (so
 // browser, Python and .NET members understand each other) and binary ones; request and
 // reply; over the wsproxy.v1 subprotocol, who is there, who sent what, messages to one
-// member; reconnect with backoff and jitter, failover over several URLs, and recovery of
-// what was missed meanwhile. See docs/javascript.md.
+// member; reconnect with backoff and jitter, failover over several URLs, recovery of
+// what was missed meanwhile, and a report of what was sent on a connection that was lost
+// (the relay confirms nothing to a sender). See docs/javascript.md.
 
 export const SUBPROTOCOL = "wsproxy.v1";
 
@@ -322,7 +323,7 @@ export class Incoming {
       throw new WsproxyError(`this ${this.messageType ?? "binary"} message has no Id: its sender did not send it with request()`);
     }
     const frame = encodeEnvelope(messageType, value, { replyId: this.id });
-    return this.client._send(frame, this.sender, true);
+    return this.client._send(frame, this.sender, true, { messageType, value, replyId: this.id });
   }
 }
 
@@ -350,6 +351,8 @@ export class Client extends EventTarget {
       sendTimeout: 10000,
       requestTimeout: 30000,
       accessToken: null,
+      unconfirmedLimit: 256,
+      unconfirmedBytes: 1024 * 1024,
       WebSocket: globalThis.WebSocket,
       ...options,
     };
@@ -367,7 +370,7 @@ export class Client extends EventTarget {
     this.memberCount = null;
     /** Where this client is in its group's history, "EPOCH:OFFSET" (null: nowhere). */
     this.position = null;
-    this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0 };
+    this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0, unconfirmed: 0 };
     this._handlers = new Map();
     this._pending = new Map();
     this._ws = null;
@@ -375,6 +378,8 @@ export class Client extends EventTarget {
     this._closing = false;
     this._failedRounds = 0;
     this._timer = null;
+    // What was handed to the connection in use, reported if it is lost (see _note).
+    this._sent = newSentLog();
   }
 
   get url() {
@@ -452,21 +457,23 @@ export class Client extends EventTarget {
 
   /** Send `value` as a typed message of `messageType` to every other member. */
   send(messageType, value) {
-    return this._send(encodeEnvelope(messageType, value), null);
+    return this._send(encodeEnvelope(messageType, value), null, false, { messageType, value });
   }
   /** Send binary data (ArrayBuffer, typed array, Blob) to every other member. */
   async sendBinary(data) {
-    return this._send(await toBytes(data), null);
+    const bytes = await toBytes(data);
+    return this._send(bytes, null, false, { value: bytes });
   }
   /** Send a typed message to the member `memberId` only (wsproxy.v1). */
   sendTo(memberId, messageType, value) {
     this._checkPresent(memberId);
-    return this._send(encodeEnvelope(messageType, value), memberId);
+    return this._send(encodeEnvelope(messageType, value), memberId, false, { messageType, value });
   }
   /** Send binary data to the member `memberId` only (wsproxy.v1). */
   async sendBinaryTo(memberId, data) {
     this._checkPresent(memberId);
-    return this._send(await toBytes(data), memberId);
+    const bytes = await toBytes(data);
+    return this._send(bytes, memberId, false, { value: bytes });
   }
   /** Send `value` with a fresh Id and resolve to the value of the first message whose
    * ReplyId is that Id; reject with RequestTimeout after `timeout` ms (default
@@ -481,7 +488,7 @@ export class Client extends EventTarget {
         reject(new RequestTimeout(`no reply to the ${messageType} request within ${timeout} ms`));
       }, timeout);
       this._pending.set(id, { resolve, reject, timer, to });
-      this._send(frame, to).catch((error) => {
+      this._send(frame, to, false, { messageType, value, id }).catch((error) => {
         clearTimeout(timer);
         this._pending.delete(id);
         reject(error);
@@ -497,8 +504,9 @@ export class Client extends EventTarget {
   }
 
   /** Write `payload` (string or Uint8Array) on the connection in use, waiting up to
-   * sendTimeout for one. */
-  async _send(payload, to, orGroup = false) {
+   * sendTimeout for one; `note` is what the application sent ({messageType, value, id,
+   * replyId}), kept for the report should the connection be lost. */
+  async _send(payload, to, orGroup = false, note = {}) {
     const deadline = Date.now() + this.options.sendTimeout;
     // (A socket the relay is closing still looks connected until its close event; what
     // is sent on it then would be dropped by the browser without a word.)
@@ -514,6 +522,29 @@ export class Client extends EventTarget {
     }
     this._ws.send(v1 ? frameFor(payload, to) : payload);
     this.stats.messagesSent += 1;
+    this._note(note, v1 ? to : null, typeof payload === "string" ? payload.length : payload.byteLength);
+  }
+
+  /** Keep a message just handed to the socket for the report should the connection be
+   * lost: the relay confirms no message to its sender (see docs/javascript.md). The
+   * newest are kept, at most unconfirmedLimit of them holding at most unconfirmedBytes;
+   * older ones (and one larger than that) are only counted. */
+  _note(note, to, size) {
+    const log = this._sent;
+    log.count += 1;
+    const { unconfirmedLimit: limit, unconfirmedBytes: maxBytes } = this.options;
+    if (limit <= 0 || size > maxBytes) return;
+    log.kept.push({
+      messageType: note.messageType ?? null,
+      value: note.value ?? null,
+      id: note.id ?? null,
+      replyId: note.replyId ?? null,
+      to,
+      size,
+      sentAt: Date.now(),
+    });
+    log.bytes += size;
+    while (log.kept.length > limit || log.bytes > maxBytes) log.bytes -= log.kept.shift().size;
   }
 
   _stateChange(timeout) {
@@ -652,6 +683,7 @@ export class Client extends EventTarget {
         }
         this.urlIndex = index;
         this._ws = ws;
+        this._sent = newSentLog();
         this._failedRounds = 0;
         this.stats.connects += 1;
         this._setState("connected", { url: this.urls[index], protocol: this.protocol });
@@ -710,7 +742,12 @@ export class Client extends EventTarget {
     }
     this.stats.disconnects += 1;
     const reconnecting = this.options.reconnect && this.options.reconnectCodes.includes(code);
-    this._event("disconnected", { code, reason, reconnecting });
+    // Every message handed to the lost connection: the relay confirms none, so any of
+    // them may be missing from the group (and its history).
+    const sent = this._sent;
+    this._sent = newSentLog();
+    this.stats.unconfirmed += sent.count;
+    this._event("disconnected", { code, reason, reconnecting, unconfirmed: sent.count, unconfirmedMessages: sent.kept });
     if (!reconnecting) {
       this._finish(new ClosedByRelay(code, reason));
       return;
@@ -861,6 +898,10 @@ export class Client extends EventTarget {
     const text = typeof data === "string" ? data : null;
     this._event("badmessage", { kind, reason, text });
   }
+}
+
+function newSentLog() {
+  return { count: 0, kept: [], bytes: 0 };
 }
 
 function copy(bytes) {

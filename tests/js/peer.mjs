@@ -12,9 +12,18 @@ const say = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
 const client = await connect(urls, options);
 say({ event: "connected", id: client.id, protocol: client.protocol, members: [...client.members].sort() });
 
-for (const name of ["joined", "left", "resumed", "deliveryfailed", "badmessage", "disconnected"]) {
+for (const name of ["joined", "left", "resumed", "deliveryfailed", "badmessage"]) {
   client.addEventListener(name, (event) => say({ event: name, ...event.detail }));
 }
+client.addEventListener("disconnected", (event) => {
+  // What was sent on the lost connection: binary values as their size, times left out.
+  const { unconfirmedMessages, ...rest } = event.detail;
+  const sent = unconfirmedMessages.map(({ value, sentAt, ...fields }) => ({
+    ...fields,
+    value: value instanceof Uint8Array ? { bytes: value.byteLength } : value,
+  }));
+  say({ event: "disconnected", ...rest, unconfirmedMessages: sent });
+});
 client.addEventListener("state", (event) => {
   const { state } = event.detail;
   say({ event: "state", state, url: client.url });
@@ -50,6 +59,10 @@ client.on("Demo.Command", async (command) => {
         if (texts.length === command.size) break;
       }
       say({ event: "iterated", texts });
+    } else if (command.do === "burst") {
+      // `size` Demo.Say messages at once, "TEXT0", "TEXT1", ...: all handed to the socket.
+      for (let n = 0; n < command.size; n += 1) await client.send("Demo.Say", { text: `${command.text}${n}` });
+      say({ event: "burst_sent" });
     } else if (command.do === "members") {
       say({ event: "members", members: [...client.members].sort(), count: client.memberCount });
     } else if (command.do === "close-when-reconnecting") {

@@ -13,7 +13,9 @@ import {
   RequestTimeout,
   SUBPROTOCOL,
   type Client,
+  type Disconnected,
   type Incoming,
+  type SentMessage,
 } from "../wsproxy.js";
 
 interface SocketMessage {
@@ -28,6 +30,8 @@ export async function example(): Promise<void> {
     accessToken: async () => "token",
     reconnectCodes: DEFAULT_RECONNECT_CODES,
     requestTimeout: 5000,
+    unconfirmedLimit: 100,
+    unconfirmedBytes: 65536,
   });
   const off = client.on<SocketMessage>("SharedData.Models.SocketMessage", (value, incoming: Incoming<SocketMessage>) => {
     if (incoming.wantsReply) return incoming.reply("System.String", value.Message.toUpperCase());
@@ -53,6 +57,12 @@ export async function example(): Promise<void> {
     break;
   }
   client.addEventListener("state", (event) => console.log(event.type, client.state));
+  client.addEventListener("disconnected", (event) => {
+    const lost: Disconnected = (event as CustomEvent<Disconnected>).detail;
+    const maybe: SentMessage[] = lost.unconfirmedMessages;
+    console.log(lost.code, lost.unconfirmed - maybe.length, client.stats.unconfirmed);
+    for (const sent of maybe) console.log(sent.messageType, sent.value, sent.id, sent.replyId, sent.to, sent.size, sent.sentAt);
+  });
   const members: Set<string> = client.members;
   console.log(members.size, client.memberCount, client.position, client.protocol === SUBPROTOCOL);
   const frame: string = encodeEnvelope("System.String", "x", { id: null });

@@ -1,5 +1,5 @@
-"""The HTTP API against callers that would hold it up, over real sockets: a body that
-trickles in to hold its group's floor."""
+"""The HTTP API against callers that would hold it up or knock it over, over real
+sockets: HEAD on every path, a body that trickles in to hold its group's floor."""
 
 from __future__ import annotations
 
@@ -36,6 +36,80 @@ async def trickle(client: ApiClient, every: float) -> None:
             await trio.sleep(every)  # (the trickle's pace: what the test is about)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
+
+
+# -- HEAD ------------------------------------------------------------------------------------
+
+
+def _headers_but_length(answer: Answer) -> dict[str, str]:
+    return {k: v for k, v in answer.headers.items() if k != "content-length"}
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY, history_size=10)
+async def test_head_is_answered_as_get_would_be_without_the_body(relay: Relay) -> None:
+    (member,) = await members(relay, "g", "a")
+    await call(relay.port, "POST", "/api/groups/g/messages", b"kept", {"Content-Type": "text/x"})
+    paths = [
+        ("/api/groups", 200),
+        ("/api/groups/g/members", 200),
+        ("/api/groups/g/history?limit=5", 200),
+        ("/api/openapi.json", 200),
+        ("/api/groups/g/members?x=1", 400),
+        ("/api/groups/%07/members", 400),
+        ("/api/nothing", 404),
+    ]
+    with trio.fail_after(10):
+        for path, status in paths:
+            got = await call(relay.port, "GET", path)
+            head = await call(relay.port, "HEAD", path)
+            assert (got.status, head.status) == (status, status), path
+            assert head.body == b"" and got.body, path
+            assert head.headers == got.headers, path  # Content-Length: GET's body's
+            assert int(head.headers["content-length"]) == len(got.body)
+        # Without the key: the same 401, its WWW-Authenticate, and no body.
+        head = await call(relay.port, "HEAD", "/api/groups", auth=False)
+        got = await call(relay.port, "GET", "/api/groups", auth=False)
+        assert (head.status, head.headers["www-authenticate"], head.body) == (401, "Bearer", b"")
+        assert head.headers == got.headers
+        # One connection carries HEADs and GETs in step: no stray body between them.
+        client = await ApiClient.open(relay.port)
+        for method in ("HEAD", "HEAD", "GET", "HEAD", "GET"):
+            answer = await client.call(method, "/api/groups/g/members")
+            assert answer.body == (b"" if method == "HEAD" else b'{"members": ["a"]}')
+        await client.aclose()
+    assert relay.counters.api_requests[200] == 1 + 2 * 4 + 5
+    await member.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY)
+async def test_head_where_get_is_not_allowed_is_405_with_allow(relay: Relay) -> None:
+    with trio.fail_after(10):
+        for path, allowed in [("/api/groups/g/messages", "POST"),
+                              ("/api/groups/g/members/a", "DELETE")]:  # fmt: skip
+            head = await call(relay.port, "HEAD", path)
+            assert (head.status, head.headers["allow"], head.body) == (405, allowed, b"")
+            assert int(head.headers["content-length"]) > 0  # (of the error GET would read)
+
+
+async def test_head_without_an_api_is_404_without_a_body(relay: Relay) -> None:
+    with trio.fail_after(10):
+        head = await call(relay.port, "HEAD", "/api/groups")
+        got = await call(relay.port, "GET", "/api/groups")
+    assert (head.status, head.body, head.headers) == (404, b"", got.headers)
+
+
+async def test_head_answers_carry_no_body_on_the_wire(relay: Relay) -> None:
+    """(The bytes themselves, not what an HTTP client makes of them.)"""
+    stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+    await stream.send_all(b"HEAD /api/groups HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+    with trio.fail_after(10):
+        received = b""
+        while chunk := await stream.receive_some(1000):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ") and b"content-length: " in head.lower()
+    assert body == b""
+    await stream.aclose()
 
 
 # -- a body's pace -------------------------------------------------------------------------

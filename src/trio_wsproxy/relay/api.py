@@ -10,7 +10,8 @@ them, checks the key, and streams message bodies to the group through a
 The API is off unless the relay has a key: then every path under ``/api/`` is 404. With
 a key, every call needs ``Authorization: Bearer KEY`` (401 otherwise). Every error is a
 JSON object ``{"error": "..."}`` with its status; nothing a client sends reaches a
-traceback, and a connection's failure ends that connection only.
+traceback, and a connection's failure ends that connection only. ``HEAD`` is answered
+wherever ``GET`` is, with GET's status and headers and no body.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .post import Poster
 
 if TYPE_CHECKING:
     from ..protocol.message import Message
+    from .config import RelayConfig
     from .host import RelayCore
 
 logger = logging.getLogger("trio_wsproxy.api")
@@ -81,6 +83,8 @@ class _Call:
         self.request = request
         self.remote = remote
         self.method = request.method.decode("ascii")
+        #: HEAD: answered as GET would be, without the body.
+        self.head = request.method == b"HEAD"
         self.headers = {name.decode("ascii"): value for name, value in request.headers}
         try:
             url = urlsplit(request.target.decode("ascii"))
@@ -128,6 +132,7 @@ class Api:
         config = self._host.config
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_handshake_size)
         conn.receive_data(received)
+        request: h11.Request | None = None  # (the one being answered)
         try:
             while True:
                 with trio.move_on_after(config.handshake_timeout) as idle:
@@ -136,19 +141,19 @@ class Api:
                     return
                 if type(event) is not h11.Request:  # (h11 gives a Request first, or raises)
                     raise h11.RemoteProtocolError("expected a request", 400)
-                await self._answer(conn, stream, event, remote)
+                request = event
+                await self._answer(conn, stream, request, remote)
                 if conn.their_state is h11.SEND_BODY:
                     await _linger(stream)  # answered before its body: let it hear us
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # (a response that closes the connection)
                 conn.start_next_cycle()
+                request = None
         except h11.RemoteProtocolError as exc:
             # A request h11 cannot parse: answered (when it still can be), then closed.
             self._count(exc.error_status_hint)
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with trio.move_on_after(config.handshake_timeout):
-                    await _send_error(conn, stream, exc.error_status_hint, str(exc))
+            await _fail(conn, stream, request, exc.error_status_hint, str(exc), config)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return  # the client went away (mid-response, even)
 
@@ -178,7 +183,8 @@ class Api:
         except ApiError as error:
             status = error.status
             if conn.our_state is h11.SEND_RESPONSE:
-                await _send_error(conn, stream, error.status, error.message, error.headers)
+                head = request.method == b"HEAD"
+                await _send_error(conn, stream, status, error.message, error.headers, head=head)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
             status = None
             raise
@@ -187,7 +193,9 @@ class Api:
             # the call answered 500; the relay and every other connection go on.
             logger.exception("the HTTP API failed answering %s %s", method, printable(path))
             if conn.our_state is h11.SEND_RESPONSE:
-                await _send_error(conn, stream, HTTPStatus.INTERNAL_SERVER_ERROR, "internal error")
+                head = request.method == b"HEAD"
+                status = HTTPStatus.INTERNAL_SERVER_ERROR
+                await _send_error(conn, stream, status, "internal error", head=head)
         except BaseException:
             status = None  # (cancelled: the relay is stopping)
             raise
@@ -229,11 +237,12 @@ class Api:
         if not call.path.startswith(API_PREFIX):
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such API path: {printable(call.path)}")
         segments = call.path[len(API_PREFIX) :].split("/")
+        method = "GET" if call.head else call.method  # (HEAD: GET's answer, bodiless)
         for shape, methods in self._routes.items():
             params = _match(shape, segments, self._host.config.max_id_length)
             if params is None:
                 continue
-            handler = methods.get(call.method)
+            handler = methods.get(method)
             if handler is None:
                 allowed = ", ".join(methods)
                 raise ApiError(
@@ -549,7 +558,7 @@ async def _send_json(call: _Call, status: int, body: object) -> None:
 
 
 async def _send(call: _Call, status: int, body: bytes, content_type: str | None) -> None:
-    await _respond(call.conn, call.stream, status, body, content_type)
+    await _respond(call.conn, call.stream, status, body, content_type, head=call.head)
 
 
 async def _send_error(
@@ -558,9 +567,28 @@ async def _send_error(
     status: int,
     message: str,
     headers: tuple[tuple[str, str], ...] = (),
+    *,
+    head: bool = False,
+    close: bool = False,
 ) -> None:
     body = json.dumps({"error": message}, ensure_ascii=False).encode()
-    await _respond(conn, stream, status, body, _JSON, headers)
+    await _respond(conn, stream, status, body, _JSON, headers, head=head, close=close)
+
+
+async def _fail(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    request: h11.Request | None,
+    status: int,
+    message: str,
+    config: RelayConfig,
+) -> None:
+    """Answer ``status`` on a connection that is ending (a request h11 cannot parse,
+    perhaps ``request``'s body), if its answer has not started."""
+    with trio.move_on_after(config.handshake_timeout):
+        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            head = request is not None and request.method == b"HEAD"
+            await _send_error(conn, stream, status, message, head=head, close=True)
 
 
 async def _respond(
@@ -570,18 +598,24 @@ async def _respond(
     body: bytes,
     content_type: str | None,
     extra: tuple[tuple[str, str], ...] = (),
+    *,
+    head: bool = False,
+    close: bool = False,
 ) -> None:
+    """Send one answer. ``head``: to a HEAD request, whose answer has the headers GET's
+    would, ``Content-Length`` included, and no body (h11 refuses one). ``close``: the
+    connection ends after it."""
     headers = [(name, value) for name, value in extra]
     if content_type is not None:
         headers.append(("Content-Type", content_type))
     if status != HTTPStatus.NO_CONTENT:
         headers.append(("Content-Length", str(len(body))))
-    if conn.their_state is not h11.DONE:
+    if close or conn.their_state is not h11.DONE:
         # The request's body is not read (an answer before it): the connection cannot
         # carry another request.
         headers.append(("Connection", "close"))
     parts = [conn.send(h11.Response(status_code=status, headers=headers))]
-    if body:
+    if body and not head:
         parts.append(conn.send(h11.Data(data=body)))
     parts.append(conn.send(h11.EndOfMessage()))
     await stream.send_all(b"".join(part for part in parts if part))

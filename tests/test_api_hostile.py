@@ -1,16 +1,22 @@
-"""The HTTP API against callers that would hold it up or knock it over, over real
-sockets: HEAD on every path, a body that trickles in to hold its group's floor."""
+"""The HTTP API against callers and failures that would hold it up or knock it over,
+over real sockets: HEAD on every path, a body that trickles in to hold its group's
+floor, and a bug of the relay's own met while answering a call."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import pytest
 import trio
 
+import trio_wsproxy.relay.api
 from httpapi import KEY, Answer, ApiClient, call
 from test_api import MiB, members
 from trio_wsproxy import CloseCode, Relay
+from trio_wsproxy.protocol.assembly import Piece
+from trio_wsproxy.relay.post import Poster
 from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient
 
 BINARY = {"Content-Type": "application/octet-stream"}
@@ -194,3 +200,93 @@ async def test_a_post_waiting_for_the_floor_is_not_late(relay: Relay) -> None:
         assert await streamer.recv_message() == (OP_BINARY, bytes(2 * MiB))
     for each in (streamer, receiver):
         await each.aclose()
+
+
+# -- a bug of the relay's --------------------------------------------------------------------
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.exc_info]
+
+
+async def _metric(relay: Relay, name: str) -> str:
+    answer = await call(relay.port, "GET", "/metrics", auth=False)
+    lines = answer.body.decode().splitlines()
+    return next(line.split()[-1] for line in lines if line.startswith(name))
+
+
+def _injected(*args: object, **kwargs: object) -> object:
+    raise RuntimeError("injected")
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY)
+async def test_a_bug_answering_a_call_is_a_500_logged_once_and_the_relay_goes_on(
+    relay: Relay, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await members(relay, "g", "a", "b")
+    monkeypatch.setattr(trio_wsproxy.relay.api, "openapi_document", _injected)
+    client = await ApiClient.open(relay.port)
+    with trio.fail_after(10):
+        answer = await client.call("GET", "/api/openapi.json")
+        assert answer.status == 500 and answer.headers["connection"] == "close"
+        assert answer.json["error"].startswith("internal error")
+        assert "injected" not in answer.json["error"]  # (the bug is the log's)
+        assert await client.stream.receive_some(100) == b""  # and the connection ends
+    ((record,),) = [_tracebacks(caplog)]
+    assert (record.name, record.levelno) == ("trio_wsproxy.relay", logging.ERROR)
+    assert "GET /api/openapi.json" in record.getMessage()
+    assert record.exc_info is not None and str(record.exc_info[1]) == "injected"
+    assert relay.counters.internal_errors["api"] == 1
+    assert relay.counters.api_requests[500] == 1
+    assert await _metric(relay, 'trio_wsproxy_internal_errors_total{where="api"}') == "1.0"
+    # Everyone else goes on: the members, a join, the next call (the bug still there).
+    with trio.fail_after(10):
+        (c,) = await join(relay, "g", "c")
+        await a.send_frame(OP_TEXT, b"still here")
+        for member in (b, c):
+            assert await member.recv_message() == (OP_TEXT, b"still here")
+        answer = await call(relay.port, "GET", "/api/groups/g/members")
+        assert answer.json == {"members": ["a", "b", "c"]}
+    assert len(_tracebacks(caplog)) == 1
+    for each in (a, b, c, client):
+        await each.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY)
+async def test_a_bug_mid_post_cuts_the_message_off_and_frees_the_group(
+    relay: Relay, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forward: Callable[[Poster, Piece], Awaitable[None]] = Poster._forward
+
+    async def second_piece_fails(poster: Poster, piece: Piece) -> None:
+        if not piece.first:
+            raise RuntimeError("injected")
+        await forward(poster, piece)
+
+    monkeypatch.setattr(Poster, "_forward", second_piece_fails)
+    (early,) = await members(relay, "g", "early")
+    with trio.fail_after(10):
+        answer = await call(relay.port, "POST", "/api/groups/g/messages", bytes(3 * MiB), BINARY)
+        assert answer.status == 500
+        assert (await early.expect_close())[0] == CloseCode.MESSAGE_TRUNCATED
+        a, b = await join(relay, "g", "a", "b")
+        await a.send_frame(OP_TEXT, b"the floor is free")
+        assert await b.recv_message() == (OP_TEXT, b"the floor is free")
+    assert relay.counters.internal_errors["api"] == 1
+    assert len(_tracebacks(caplog)) == 1
+    for each in (early, a, b):
+        await each.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY)
+async def test_a_bug_after_the_answer_went_out_drops_the_connection(
+    relay: Relay, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trio_wsproxy.relay.api.Api, "_log", _injected)
+    client = await ApiClient.open(relay.port)
+    with trio.fail_after(10):
+        answer = await client.call("GET", "/api/groups")
+        assert (answer.status, answer.json) == (200, {"groups": []})  # it went out whole
+        assert await client.stream.receive_some(100) == b""  # no 500 after it: a close
+    assert relay.counters.internal_errors["api"] == 1
+    assert [r.name for r in _tracebacks(caplog)] == ["trio_wsproxy.relay"]

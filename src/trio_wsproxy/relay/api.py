@@ -12,6 +12,11 @@ a key, every call needs ``Authorization: Bearer KEY`` (401 otherwise). Every err
 JSON object ``{"error": "..."}`` with its status; nothing a client sends reaches a
 traceback, and a connection's failure ends that connection only. ``HEAD`` is answered
 wherever ``GET`` is, with GET's status and headers and no body.
+
+A bug in the relay's own code met serving a request is contained to its connection
+(:meth:`Api.serve`): logged once with its traceback on ``trio_wsproxy.relay``, with the
+failures of sessions and connections, counted in ``internal_errors["api"]``, and
+answered 500 if the answer has not started (else the connection is dropped).
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ if TYPE_CHECKING:
     from .host import RelayCore
 
 logger = logging.getLogger("trio_wsproxy.api")
+# Where the relay's own failures go (a session's and a connection's too): one logger for
+# an operator to watch for bugs, apart from the API's line per call.
+failures = logging.getLogger("trio_wsproxy.relay")
 
 # Bytes asked of the socket per read.
 _READ_SIZE = 65536
@@ -58,6 +66,8 @@ _JSON = "application/json"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # How much of a request's path goes into its log line.
 _LOGGED_PATH = 200
+# What a call that met a bug of the relay's is told: one line, nothing of the bug.
+_INTERNAL_ERROR = "internal error: the relay failed answering this call (a bug, logged)"
 
 
 class ApiError(Exception):
@@ -128,7 +138,11 @@ class Api:
     async def serve(self, stream: trio.abc.Stream, received: bytes, remote: str) -> None:
         """Answer the requests on ``stream``, whose first bytes are ``received``, until
         the client closes it, a response must close it, or it idles for the relay's
-        ``handshake_timeout``. The caller closes the stream."""
+        ``handshake_timeout``. The caller closes the stream.
+
+        Every request passes here, so this is where a bug of the relay's met answering
+        one is contained: it ends this connection alone (after a 500, when the answer
+        has not started), and never reaches the relay or another connection."""
         config = self._host.config
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_handshake_size)
         conn.receive_data(received)
@@ -154,8 +168,17 @@ class Api:
             # A request h11 cannot parse: answered (when it still can be), then closed.
             self._count(exc.error_status_hint)
             await _fail(conn, stream, request, exc.error_status_hint, str(exc), config)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client went away (mid-response, even)
+        except Exception:
+            # A bug of the relay's, never the client's (h11's LocalProtocolError too: it
+            # means the relay broke HTTP). A call it met was counted a 500 by _answer.
+            self._host.counters.internal_errors["api"] += 1
+            failures.exception(
+                "the HTTP API failed answering %s from %s", _described(request), remote
+            )
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            await _fail(conn, stream, request, status, _INTERNAL_ERROR, config)
 
     def _count(self, status: int) -> None:
         self._host.counters.api_requests[status] += 1
@@ -164,7 +187,8 @@ class Api:
         self, conn: h11.Connection, stream: trio.abc.Stream, request: h11.Request, remote: str
     ) -> None:
         # None: not answered here (the client went away, or sent what h11 cannot parse,
-        # which serve() answers and counts).
+        # which serve() answers and counts). A bug of the relay's leaves it 500: serve()
+        # answers it, and logs it.
         status: int | None = HTTPStatus.INTERNAL_SERVER_ERROR
         # (h11 lets only visible ASCII through in both.)
         method = request.method.decode("ascii", "replace")
@@ -189,13 +213,7 @@ class Api:
             status = None
             raise
         except Exception:
-            # A bug of the relay's, never the client's: logged with its traceback, and
-            # the call answered 500; the relay and every other connection go on.
-            logger.exception("the HTTP API failed answering %s %s", method, printable(path))
-            if conn.our_state is h11.SEND_RESPONSE:
-                head = request.method == b"HEAD"
-                status = HTTPStatus.INTERNAL_SERVER_ERROR
-                await _send_error(conn, stream, status, "internal error", head=head)
+            raise  # (a bug: serve() contains it; counted here as the 500 it is answered)
         except BaseException:
             status = None  # (cancelled: the relay is stopping)
             raise
@@ -583,12 +601,28 @@ async def _fail(
     message: str,
     config: RelayConfig,
 ) -> None:
-    """Answer ``status`` on a connection that is ending (a request h11 cannot parse,
-    perhaps ``request``'s body), if its answer has not started."""
-    with trio.move_on_after(config.handshake_timeout):
-        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            head = request is not None and request.method == b"HEAD"
-            await _send_error(conn, stream, status, message, head=head, close=True)
+    """Answer ``status`` on a connection that is ending (a request h11 cannot parse, or
+    a bug met answering ``request``), if its answer has not started; a client still
+    sending the body hears it before the close. A client gone meanwhile, or an answer
+    h11 can no longer send, leaves the connection to be dropped, quietly."""
+    try:
+        with trio.move_on_after(config.handshake_timeout):
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                head = request is not None and request.method == b"HEAD"
+                await _send_error(conn, stream, status, message, head=head, close=True)
+            if conn.their_state is h11.SEND_BODY:
+                await _linger(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+        pass  # (gone, or h11 is in no state to answer: the connection is dropped)
+
+
+def _described(request: h11.Request | None) -> str:
+    """A request's method and path, for a log line (visible ASCII: h11 saw to it)."""
+    if request is None:
+        return "a connection with no request yet"
+    method = request.method.decode("ascii", "replace")
+    path = request.target.decode("ascii", "replace")[:_LOGGED_PATH]
+    return f"{method} {printable(path)}"
 
 
 async def _respond(

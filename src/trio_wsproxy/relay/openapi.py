@@ -33,10 +33,11 @@ _COMMON = {
     "404": _error("No such member, or no API at all: the relay has no API key."),
     "408": _error("A body the call does not take that did not all come within the relay's "
                   "stream_timeout."),
-
     "413": _error("A body too large: over max_message_size for a post; over 64 KiB for a "
                   "call that takes none."),
     "503": _error("The relay's backplane is down: it cannot answer for the whole cluster."),
+    "500": _error("A bug in the relay, never the caller's fault: logged, and the "
+                  "connection closed."),
 }  # fmt: skip
 
 

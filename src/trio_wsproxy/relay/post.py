@@ -166,8 +166,10 @@ class Poster:
         if group.floor.holder is not self:
             return  # (not streaming: it has the floor from its first piece to its last)
         outbound, self._outbound = self._outbound, NO_OUTBOUND
-        outbound.end(truncated)
-        if truncated:
-            cut_off(self._stream_to, "a message was cut off: the back end's post ended early")
-        self._stream_to = ()
-        group.floor.release(self)
+        stream_to, self._stream_to = self._stream_to, ()
+        try:
+            outbound.end(truncated)
+            if truncated:
+                cut_off(stream_to, "a message was cut off: the back end's post ended early")
+        finally:
+            group.floor.release(self)  # (whatever failed: the group goes on)

@@ -25,7 +25,12 @@ class Resumed:
     older than the history (``position_too_old``), the history was lost (a relay
     restart: ``epoch_changed``), a missed message was too large to keep
     (``message_too_large``), or the relay keeps no history (``no_history``). The
-    application then resynchronises by itself."""
+    application then resynchronises by itself.
+
+    ``recovered`` covers every message that got an offset in the history. A message
+    whose sender's connection ended before the relay took it never got one: it was never
+    in the group, and only its sender's client reports it
+    (:attr:`Disconnected.unconfirmed_messages`)."""
 
     recovered: bool
     missed: int = 0

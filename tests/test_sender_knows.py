@@ -188,7 +188,7 @@ async def test_closing_the_client_reports_nothing(relay: Relay) -> None:
     assert reports == [] and c.stats.unconfirmed == 0
 
 
-async def test_the_log_keeps_the_newest_messages_within_its_bounds() -> None:
+def test_the_log_keeps_the_newest_messages_within_its_bounds() -> None:
     log = SentLog(3, 100)
     for n in range(5):
         log.add(f"m{n}", size=10)

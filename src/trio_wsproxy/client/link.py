@@ -147,6 +147,7 @@ class Link:
                 to=to if connection.v1 else None,
                 request_id=request_id,
                 reply_to=reply_to,
+                sent_at=trio.current_time(),
             )
             return
 
@@ -207,12 +208,16 @@ class Link:
                     raise
                 else:
                     self._stats.messages_sent += 1 + (announcement is not None)
-                    recipient = to if connection.v1 else None
+                    recipient, now = (to if connection.v1 else None), trio.current_time()
                     if announcement is not None:
                         connection.sent.add(
-                            announced, size=len(announcement), as_type=announced_as, to=recipient
+                            announced,
+                            size=len(announcement),
+                            as_type=announced_as,
+                            to=recipient,
+                            sent_at=now,
                         )
-                    connection.sent.add(None, size=sent, to=recipient, streamed=True)
+                    connection.sent.add(None, size=sent, to=recipient, streamed=True, sent_at=now)
                     return sent
             await self._written_off(connection, deadline)
 

@@ -1,4 +1,5 @@
-"""What a client can know of the messages it sent — decided without I/O.
+"""What a client can know of the messages it sent — decided without I/O (no trio: the
+caller gives the time).
 
 The relay forwards a member's message to the other members and never back to it: no
 acknowledgement, no offset, nothing in its own replay after a reconnect. A close frame
@@ -20,7 +21,6 @@ import collections
 from typing import Any
 
 import attrs
-import trio
 
 __all__ = ["SentLog", "SentMessage"]
 
@@ -82,8 +82,9 @@ class SentLog:
         request_id: str | None = None,
         reply_to: str | None = None,
         streamed: bool = False,
+        sent_at: float = 0.0,
     ) -> None:
-        """Note a message whose last byte was just written."""
+        """Note a message whose last byte was written at ``sent_at`` (the trio clock)."""
         self.count += 1
         if self._limit == 0 or (not streamed and size > self._max_bytes):
             return
@@ -96,7 +97,7 @@ class SentLog:
                 reply_to=reply_to,
                 streamed=streamed,
                 size=size,
-                sent_at=trio.current_time(),
+                sent_at=sent_at,
             )
         )
 

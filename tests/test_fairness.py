@@ -289,3 +289,69 @@ async def test_an_idle_member_holding_the_turn_hands_it_on() -> None:
             await a.send_frame(OP_CONT, b"a" * 100_000, fin=False)
             await a.send_frame(OP_CONT, b"end", fin=True)
             assert await messages_answering_pings(c, 1) == [b"a" * 200_000 + b"end"]
+
+
+async def drain(client: RawClient, size: int) -> None:
+    """Read and discard ``size`` bytes the relay sends, unparsed."""
+    while size > 0:
+        data = await client.stream.receive_some(1 << 20)
+        assert data, "closed"
+        size -= len(data)
+
+
+@pytest.mark.parametrize("poller", ["--shared-poller", "--no-shared-poller"])
+async def test_small_groups_blasting_tiny_messages_never_stall_the_other_groups(
+    poller: str,
+) -> None:
+    # A group of 32 whose members each send 6,000 empty messages in one write: every
+    # read makes 186,000 deliveries. Fan-outs this small were once never charged to the
+    # turn budget, and a turn of several such reads held every other group and the
+    # health check for seconds. Now every delivery is charged.
+    process, _url, port = await start_relay(poller, "--close-timeout", "0.5")
+    try:
+        with trio.fail_after(60):
+            blasters = [await connect(port, f"b{n}", "blast") for n in range(32)]
+            ping, pong = (
+                await connect(port, "ping", "canary"),
+                await connect(port, "pong", "canary"),
+            )
+        gaps: list[float] = []
+        probes: list[float] = []
+        canary_running = trio.Event()
+        done = trio.Event()
+
+        async def canary() -> None:
+            last = trio.current_time()
+            while not done.is_set():
+                await ping.send_frame(OP_TEXT, b"tick")
+                assert await pong.recv_message() == (OP_TEXT, b"tick")
+                now = trio.current_time()
+                gaps.append(now - last)
+                last = now
+                canary_running.set()
+
+        async def probe() -> None:
+            while not done.is_set():
+                probes.append(await healthz_seconds(port))
+
+        burst = mask_frame(OP_TEXT, b"") * 6_000
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(canary)
+                await canary_running.wait()
+                nursery.start_soon(probe)
+                async with trio.open_nursery() as blast:
+                    for blaster in blasters:
+                        # Each gets 31 × 6,000 empty messages of 2 bytes each.
+                        blast.start_soon(drain, blaster, 31 * 6_000 * 2)
+                    for blaster in blasters:
+                        await blaster.send(burst)
+                done.set()
+        gaps.sort()
+        assert gaps[len(gaps) // 2] < 0.1, (
+            f"the canary's median gap was {gaps[len(gaps) // 2]:.3f}s"
+        )
+        assert gaps[-1] < 1.0, f"the canary waited {gaps[-1]:.2f}s"
+        assert probes and max(probes) < 1.0, f"/healthz took {max(probes):.2f}s"
+    finally:
+        process.kill()

@@ -31,7 +31,7 @@ from ..protocol.frames import (
 from ..protocol.message import Message, StreamHead
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
-from .budget import SMALL, TEARDOWN
+from .budget import TEARDOWN
 from .fanout import Courier, cut_off, send_control
 from .groups import NO_OUTBOUND, Audience, Group, Member, Outbound
 from .history import CatchUp
@@ -660,7 +660,7 @@ class Session:
         group = self._group
         assert group is not None
         others = len(group.members) - 1
-        if others > SMALL and not self._budget.charge(others):
+        if not self._budget.charge(others):
             self._flush()
             await self._paused(self._budget.wait_turn, others, read_ahead=False)
         if group.congested:
@@ -688,7 +688,7 @@ class Session:
         if holder is not None and holder is not self:
             return False
         others = len(group.members) - 1
-        if others > SMALL and not self._budget.charge(others):
+        if not self._budget.charge(others):
             return False
         received = self._received(event)
         if received is None:

@@ -19,7 +19,6 @@ from ..protocol.assembly import Assembly, Piece
 from ..protocol.encoding import PLAIN
 from ..protocol.frames import Data
 from ..protocol.message import BACK_END, Message, StreamHead
-from .budget import SMALL
 from .fanout import Courier, cut_off
 from .groups import NO_OUTBOUND, Audience, Group, Outbound
 from .mailbox import Mailbox
@@ -127,7 +126,7 @@ class Poster:
         return ((target.encoding, (target,)),)
 
     async def _take_turn(self, recipients: int) -> None:
-        if recipients > SMALL and not self._budget.charge(recipients):
+        if not self._budget.charge(recipients):
             self._courier.flush()
             await self._budget.wait_turn(recipients)
 

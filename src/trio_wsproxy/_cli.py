@@ -87,6 +87,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "history_size": _Optional(int),
     "history_ttl": float,
     "history_bytes": parse_size,
+    "max_history_bytes": _Optional(parse_size),
+    "max_history_groups": _Optional(int),
     "handshake_timeout": float,
     "max_handshake_size": parse_size,
     "max_id_length": int,
@@ -285,6 +287,23 @@ def _mint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error(str(exc))
 
 
+def flag_named(message: str) -> str:
+    """A RelayConfig error about one field's value (``"history_bytes must be ..."``),
+    with the field named as its flag (``"--history-bytes must be ..."``): what an
+    operator typed."""
+    name, _, rest = message.partition(" ")
+    field = _FLAG_FIELDS.get(name)
+    if field is None or not rest.startswith("must "):
+        return message
+    return f"--{name.replace('_', '-')} {rest}"
+
+
+# The fields that are flags (not the secrets, which come from the environment).
+_FLAG_FIELDS = {
+    field.name: field for field in attrs.fields(RelayConfig) if not field.metadata.get("env")
+}
+
+
 def config_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> RelayConfig:
@@ -373,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         read_token_secret(config)
         read_api_key(config)
     except (ValueError, OSError) as exc:
-        parser.error(str(exc))
+        parser.error(flag_named(str(exc)))
     link = worker_link(args, config, parser)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":

@@ -60,9 +60,29 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         _positive(instance, attribute, value)
 
 
+def _count_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, int) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive whole number, got {value!r}")
+
+
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value >= 0):
         raise ValueError(f"{attribute.name} must be zero or more, got {value!r}")
+
+
+#: The least ``max_history_bytes`` accepted: below it, a few dozen histories with nothing
+#: kept (about 1 KiB each, see relay/history.py) would fill it, and no group could keep
+#: a message for long.
+MIN_HISTORY_MEMORY = 64 * 1024
+
+
+def _history_memory(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, int) and value >= MIN_HISTORY_MEMORY):
+        raise ValueError(
+            f"{attribute.name} must be at least {MIN_HISTORY_MEMORY} bytes (64KiB), got {value!r}"
+        )
 
 
 def _valid_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -159,6 +179,21 @@ class RelayConfig:
         "Payload bytes each group's history keeps at most (a larger message is noted "
         "but not kept: recovery across it fails).",
         _positive,
+    )
+    max_history_bytes: int | None = _setting(
+        128 * 1024 * 1024,
+        "Memory all groups' histories hold together, in bytes, counting each kept "
+        "message's overhead and the histories of groups that emptied; over it, those go "
+        "first (the longest emptied first), then the oldest messages relay-wide; "
+        "none: no bound.",
+        _history_memory,
+    )
+    max_history_groups: int | None = _setting(
+        10_000,
+        "Most groups with a history at once, those that emptied included (the longest "
+        "emptied goes to make room); a new group finding them all taken by groups with "
+        "members keeps none; none: no limit.",
+        _count_or_none,
     )
     handshake_timeout: float = _setting(
         10.0, "Seconds a new connection has to send its whole upgrade request.", _positive

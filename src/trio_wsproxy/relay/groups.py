@@ -21,7 +21,7 @@ from ..protocol.close_codes import CloseCode
 from ..protocol.encoding import Encoding
 from ..protocol.message import Message, StreamHead
 from .floor import Floor
-from .history import CatchUp, Histories, HistoryLimits, HistoryPage, catch_up
+from .history import CatchUp, Histories, HistoryLimits, HistoryPage, HistoryUsage, catch_up
 
 if TYPE_CHECKING:
     from ..protocol import v1
@@ -266,6 +266,10 @@ class GroupRegistry(Protocol):
     def member_count(self) -> int:
         """Members in all groups."""
 
+    @property
+    def history_usage(self) -> HistoryUsage:
+        """The histories this process keeps (in-process; a cluster's are in Redis)."""
+
     def group(self, name: str) -> Group | None:
         """The group called ``name``, or None when it has no members."""
 
@@ -360,6 +364,7 @@ class NodeGroups(Generic[GroupT]):
                 self._empty += 1
             else:
                 del self._groups[group.name]
+                self._dropped(group)
         return group
 
     def _hold(self, name: str) -> tuple[GroupT, bool]:
@@ -379,7 +384,11 @@ class NodeGroups(Generic[GroupT]):
             return False
         del self._groups[group.name]
         self._empty -= 1
+        self._dropped(group)
         return True
+
+    def _dropped(self, group: GroupT) -> None:
+        """``group`` is gone from this node (no member, no hold is left)."""
 
     @property
     def group_count(self) -> int:
@@ -388,6 +397,10 @@ class NodeGroups(Generic[GroupT]):
     @property
     def member_count(self) -> int:
         return self._members
+
+    @property
+    def history_usage(self) -> HistoryUsage:
+        return HistoryUsage()  # (kept elsewhere, if at all: a registry that keeps its own says)
 
     def group(self, name: str) -> Group | None:
         return self._groups.get(name)
@@ -411,6 +424,14 @@ class LocalRegistry(NodeGroups[Group]):
             self.histories.attach(group)
         return group
 
+    def _dropped(self, group: Group) -> None:
+        if self.histories is not None:
+            self.histories.release(group)  # (kept for the ttl, first to go for room)
+
+    @property
+    def history_usage(self) -> HistoryUsage:
+        return HistoryUsage() if self.histories is None else self.histories.usage
+
     async def run(
         self,
         config: RelayConfig,
@@ -419,7 +440,11 @@ class LocalRegistry(NodeGroups[Group]):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         limits = HistoryLimits.of(config)
-        histories = self.histories = None if limits is None else Histories(limits)
+        histories = self.histories = (
+            None
+            if limits is None
+            else Histories(limits, config.max_history_bytes, config.max_history_groups)
+        )
         task_status.started()  # nothing to connect to or keep up
         if histories is None:
             return

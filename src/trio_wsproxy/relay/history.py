@@ -11,13 +11,25 @@ another epoch cannot be recovered from.
 
 A group's history outlives its members for ``history_ttl``: a group whose only member
 reconnects finds its history still there.
+
+The relay's histories together are bounded too (:class:`Histories`): by the memory they
+hold, counted as memory (each kept message's overhead, each history's own), and by
+their number, histories of groups that emptied included. Over a bound, the histories of
+groups that emptied go first, the group that emptied longest ago first; then the oldest
+messages of the relay's histories. A history dropped this way is as one that expired: a
+member naming a position in it is told its epoch changed. A new group that finds no room
+even so (the histories of groups with members fill a bound) keeps none while it lives.
+Recovery stays all-or-nothing throughout: a member that missed a dropped message is told
+so (``position_too_old``), never given a gap.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
 import secrets
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import trio
@@ -29,25 +41,80 @@ if TYPE_CHECKING:
     from .config import RelayConfig
 
 
+# What keeping things costs in memory, beyond the payload's own bytes: measured with
+# tracemalloc on CPython 3.11, 64-bit (tests/test_history_bounds.py holds the sum of
+# these to what tracemalloc sees, within a quarter either way). Rounded up: the allocator
+# rounds each object up (pymalloc to 16 bytes; a payload over 512 bytes is malloc's, with
+# its chunk header).
+
+#: A kept message: its entry's tuple, offset and time, the Message, the payload's bytes
+#: object header and the deque's slot (226 bytes measured). The addressee of a message to
+#: one member adds its string.
+ENTRY_OVERHEAD = 240
+#: A gap (a message too large to keep, or streamed): its entry alone (121 measured).
+GAP_OVERHEAD = 128
+#: A history with nothing kept: the History, its deque's first block, its epoch, its
+#: slot in the relay's dict of histories (about 970 bytes measured); its group's name,
+#: which it keeps alive, adds that string.
+HISTORY_OVERHEAD = 1024
+
+
+def entry_cost(message: Message | None) -> int:
+    """The memory keeping ``message`` (None: a gap) costs, in bytes."""
+    if message is None:
+        return GAP_OVERHEAD
+    if message.to is None:
+        return ENTRY_OVERHEAD + len(message.payload)
+    return ENTRY_OVERHEAD + len(message.payload) + sys.getsizeof(message.to)
+
+
+def history_cost(group_name: str) -> int:
+    """The memory a history of ``group_name`` costs with nothing kept, in bytes."""
+    return HISTORY_OVERHEAD + sys.getsizeof(group_name)
+
+
 class History:
     """One group's recent messages: (offset, when, message or None when too large).
 
     On a single relay it gives the offsets (:meth:`record`). On a cluster's node it is
     that node's copy of the tail of the group's history in Redis, from the offsets Redis
     gave (:meth:`put`, :meth:`skip`): ``epoch`` and ``last`` are then Redis's, and
-    offsets up to ``first - 1`` are to be read from Redis."""
+    offsets up to ``first - 1`` are to be read from Redis.
 
-    __slots__ = ("_bytes", "_entries", "_limits", "epoch", "first", "last", "touched")
+    ``ledger``: the relay's :class:`Histories`, which this one tells what its entries
+    cost as they come and go, and which may take its oldest ones for the relay's bound."""
 
-    def __init__(self, limits: HistoryLimits, epoch: str | None = None, last: int = 0) -> None:
+    __slots__ = (
+        "_bytes",
+        "_entries",
+        "_ledger",
+        "_limits",
+        "cost",
+        "epoch",
+        "first",
+        "last",
+        "touched",
+    )
+
+    def __init__(
+        self,
+        limits: HistoryLimits,
+        epoch: str | None = None,
+        last: int = 0,
+        ledger: Histories | None = None,
+    ) -> None:
         self._limits = limits
+        self._ledger = ledger
         #: New for every history made: positions of another epoch cannot be recovered.
         self.epoch = secrets.token_hex(8) if epoch is None else epoch
         #: The last offset given out (0: none yet), and the first one still kept.
         self.last = last
         self.first = last + 1
         self._entries: collections.deque[tuple[int, float, Message | None]] = collections.deque()
+        #: Payload bytes kept (the group's own byte bound), and the memory its entries
+        #: cost (:func:`entry_cost`: the relay's bound).
         self._bytes = 0
+        self.cost = 0
         #: When a message was last recorded (trio clock): idle histories expire.
         self.touched = trio.current_time()
 
@@ -80,17 +147,31 @@ class History:
         last are had already), with one clock reading and one trim for all."""
         now = self.touched = trio.current_time()
         entries, most = self._entries, self._limits.max_bytes
+        added = 0
         for message in messages:
             if offset > self.last:
-                if message is not None:
-                    if len(message.payload) > most:
+                if message is None:
+                    added += GAP_OVERHEAD
+                else:
+                    size = len(message.payload)
+                    if size > most:
                         message = None
+                        added += GAP_OVERHEAD
                     else:
-                        self._bytes += len(message.payload)
+                        self._bytes += size
+                        # (entry_cost, inlined for the common case: this is per message)
+                        to = message.to
+                        added += ENTRY_OVERHEAD + size if to is None else entry_cost(message)
                 entries.append((offset, now, message))
                 self.last = offset
             offset += 1
-        self._trim(now)
+        added -= self._trim(now)
+        self.cost += added
+        ledger = self._ledger
+        if ledger is not None:
+            ledger.bytes += added
+            if ledger.bytes > ledger.max_bytes:
+                ledger.make_room()
 
     def skip(self, offset: int) -> None:
         """Nothing is at ``offset`` (a stream's claim that was declined), the last now."""
@@ -98,22 +179,56 @@ class History:
         if not self._entries:
             self.first = offset + 1
 
-    def _trim(self, now: float) -> None:
+    def _trim(self, now: float) -> int:
+        """Forget what the group's own bounds no longer allow; the memory that freed
+        (for the caller to account: :meth:`_freed`)."""
         limits, entries = self._limits, self._entries
         oldest = now - limits.ttl
+        freed = 0
         while entries and (
             len(entries) > limits.size or self._bytes > limits.max_bytes or entries[0][1] < oldest
         ):
             _, _, message = entries.popleft()
-            if message is not None:
-                self._bytes -= len(message.payload)
+            if message is None:
+                freed += GAP_OVERHEAD
+            else:
+                size = len(message.payload)
+                self._bytes -= size
+                freed += ENTRY_OVERHEAD + size if message.to is None else entry_cost(message)
         self.first = entries[0][0] if entries else self.last + 1
+        return freed
+
+    def _freed(self, cost: int) -> None:
+        if cost:
+            self.cost -= cost
+            if self._ledger is not None:
+                self._ledger.bytes -= cost
+
+    def forget_oldest(self) -> float | None:
+        """Drop the oldest kept entry (the relay's bound needs the room: a recovery from
+        before it now fails, ``position_too_old``); when the next one was recorded, or
+        None when none is left."""
+        entries = self._entries
+        _, _, message = entries.popleft()
+        if message is not None:
+            self._bytes -= len(message.payload)
+        self._freed(entry_cost(message))
+        if not entries:
+            self.first = self.last + 1
+            return None
+        self.first = entries[0][0]
+        return entries[0][1]
+
+    def trim(self, now: float) -> None:
+        """Forget what is older than the ttl (a quiet group's history gives its memory
+        back without waiting for its next message)."""
+        self._freed(self._trim(now))
 
     def since(self, position: v1.Position, member_id: str) -> list[Message] | str:
         """The messages after ``position`` that ``member_id`` is to get (those to the
         group but its own, and those to it alone), in order; or why they cannot all be
         had (a :class:`~trio_wsproxy.protocol.v1.Recovery` reason)."""
-        self._trim(trio.current_time())
+        self._freed(self._trim(trio.current_time()))
         if position.epoch != self.epoch or position.offset > self.last:
             return v1.EPOCH_CHANGED
         if position.offset < self.first - 1:
@@ -124,13 +239,13 @@ class History:
 
     def covers(self, position: v1.Position) -> bool:
         """Whether every message after ``position`` up to the last is here."""
-        self._trim(trio.current_time())
+        self._freed(self._trim(trio.current_time()))
         return position.epoch == self.epoch and self.first - 1 <= position.offset <= self.last
 
     def read(self, after: int, limit: int) -> list[tuple[int, Message | None]]:
         """Up to ``limit`` kept entries with offsets after ``after``, in order: (offset,
         message, or None for one too large to keep). For back ends (the HTTP API)."""
-        self._trim(trio.current_time())
+        self._freed(self._trim(trio.current_time()))
         found: list[tuple[int, Message | None]] = []
         for offset, _, message in self._entries:
             if offset > after:
@@ -223,28 +338,103 @@ class HistoryLimits:
         self.max_bytes = max_bytes
 
 
+class HistoryUsage(NamedTuple):
+    """What a registry's histories hold now, for ``/metrics``."""
+
+    #: Groups with a history in this process: with members, or kept after they emptied.
+    groups: int = 0
+    #: The memory those histories hold, in bytes (see :func:`entry_cost`).
+    bytes: int = 0
+    #: What the relay-wide bounds took or withheld, by kind (:data:`EVICTIONS`).
+    evictions: Mapping[str, int] = {}
+
+
+#: The kinds of :attr:`HistoryUsage.evictions`: the history of a group that emptied,
+#: dropped before its ttl; a kept message, dropped before its group's own bounds would
+#: have; a new group that got no history (the histories of groups with members filled a
+#: bound).
+EVICTIONS = ("emptied_group", "message", "new_group")
+
+#: How far below ``max_bytes`` dropping the oldest messages relay-wide goes, as a
+#: fraction of it: finding them looks at every history, so it is done once per 1/8 of
+#: the bound recorded, not once per message (measured: recording then costs about
+#: twice what it does below the bound, with 2,000 groups' histories over it).
+SHED_FRACTION = 8
+
+
 class Histories:
     """The histories of one relay's groups, by group name, kept for ``ttl`` after their
-    last message once their group has no members."""
+    last message once their group has no members; and the relay-wide bounds on them.
 
-    def __init__(self, limits: HistoryLimits) -> None:
+    ``max_bytes``: the memory all of them may hold together (entries and the histories'
+    own overhead, see :func:`entry_cost`); ``max_groups``: how many there may be (None:
+    no bound). Histories of groups with members and of groups that emptied count alike.
+    Over a bound, the histories of groups that emptied are dropped, the group that
+    emptied longest ago first (its members, reconnecting, are told ``epoch_changed``
+    once their group has a new history); if the histories of groups with members alone
+    are over ``max_bytes``, their oldest messages go, relay-wide, down to 7/8 of it
+    (a member that missed one is told ``position_too_old``). A new group for which
+    there is no room even so (``max_groups`` histories of groups with members, or their
+    own overhead alone fills ``max_bytes``) keeps no history while it lives: its
+    members are welcomed without a position, and one naming a position is told
+    ``no_history``. Nothing here refuses a member: history is an aid to recovery, and
+    the relay's group limits are ``max_groups`` and ``max_members``."""
+
+    def __init__(
+        self,
+        limits: HistoryLimits,
+        max_bytes: int | None = None,
+        max_groups: int | None = None,
+    ) -> None:
         self.limits = limits
+        self.max_bytes = sys.maxsize if max_bytes is None else max_bytes
+        self.max_groups = sys.maxsize if max_groups is None else max_groups
+        #: The memory the histories hold now, in bytes.
+        self.bytes = 0
         self._by_group: dict[str, History] = {}
+        # The names of the histories whose group emptied (no group object holds them),
+        # the group that emptied longest ago first: the first to go over a bound.
+        self._emptied: dict[str, None] = {}
+        self.evictions: collections.Counter[str] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self._by_group)
 
+    @property
+    def usage(self) -> HistoryUsage:
+        """How many histories there are, and what they hold (for ``/metrics``)."""
+        return HistoryUsage(len(self._by_group), self.bytes, dict(self.evictions))
+
     def attach(self, group: Kept) -> None:
-        """Give ``group`` (new on this node, or held) its history, made if it has none:
-        the group object goes when it empties, its history stays for the ttl."""
-        if group.history is None:
-            group.history = self.of(group.name)
+        """Give ``group`` (new on this node, or held) its history: the one its name
+        still has, or a new one if the bounds leave room for it (else it keeps none).
+        The group object goes when it empties (:meth:`release`); its history stays for
+        the ttl."""
+        if group.history is not None:
+            return
+        history = self._by_group.get(group.name)
+        if history is not None:
+            self._emptied.pop(group.name, None)
+        elif self._room_for(history_cost(group.name)):
+            history = self.of(group.name)
+        else:
+            self.evictions["new_group"] += 1
+            return
+        group.history = history
+
+    def release(self, group: Kept) -> None:
+        """``group``'s object is gone (it emptied): its history is kept for the ttl,
+        and is the first to go should the bounds need room."""
+        history = group.history
+        if history is not None and self._by_group.get(group.name) is history:
+            self._emptied[group.name] = None
 
     def of(self, group_name: str) -> History:
         """The group's history, made (with a new epoch) if it has none."""
         history = self._by_group.get(group_name)
         if history is None:
-            history = self._by_group[group_name] = History(self.limits)
+            history = self._by_group[group_name] = History(self.limits, ledger=self)
+            self.bytes += history_cost(group_name)
         return history
 
     def get(self, group_name: str) -> History | None:
@@ -261,8 +451,62 @@ class Histories:
 
     def expire(self, now: float, has_members: Callable[[str], bool]) -> None:
         """Drop the histories of groups without members (``has_members(name)`` false)
-        whose last message is older than the ttl."""
+        whose last message is older than the ttl; forget what is older than the ttl in
+        the others."""
         oldest = now - self.limits.ttl
         for name, history in list(self._by_group.items()):
-            if history.touched < oldest and not has_members(name):
-                del self._by_group[name]
+            if has_members(name):
+                history.trim(now)
+            elif history.touched < oldest:
+                self._drop(name)
+
+    def make_room(self) -> None:
+        """The histories hold more than ``max_bytes``: drop those of groups that
+        emptied, then the oldest messages relay-wide."""
+        while self.bytes > self.max_bytes and self._emptied:
+            self._drop_emptied()
+        if self.bytes > self.max_bytes:
+            self._forget_oldest(0)
+
+    def _room_for(self, cost: int) -> bool:
+        """Make room for a new history that costs ``cost``, if the bounds allow: whether
+        there is room now."""
+        while len(self._by_group) >= self.max_groups or self.bytes + cost > self.max_bytes:
+            if self._emptied:
+                self._drop_emptied()
+            elif len(self._by_group) >= self.max_groups:
+                return False
+            else:
+                self._forget_oldest(cost)
+                return self.bytes + cost <= self.max_bytes
+        return True
+
+    def _drop_emptied(self) -> None:
+        name = next(iter(self._emptied))
+        self._drop(name)
+        self.evictions["emptied_group"] += 1
+
+    def _drop(self, name: str) -> None:
+        history = self._by_group.pop(name)
+        self._emptied.pop(name, None)
+        history._ledger = None  # (gone: nothing it does now is the relay's)
+        self.bytes -= history.cost + history_cost(name)
+
+    def _forget_oldest(self, cost: int) -> None:
+        """Drop the oldest kept messages of all histories, oldest first, until they hold
+        ``cost`` less than 7/8 of ``max_bytes`` (or nothing is left to drop)."""
+        goal = self.max_bytes - self.max_bytes // SHED_FRACTION - cost
+        heap = [
+            (history._entries[0][1], n, history)
+            for n, history in enumerate(self._by_group.values())
+            if history._entries
+        ]
+        heapq.heapify(heap)
+        while heap and self.bytes > goal:
+            _, n, history = heap[0]
+            following = history.forget_oldest()
+            self.evictions["message"] += 1
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (following, n, history))

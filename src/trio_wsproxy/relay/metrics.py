@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from .history import EVICTIONS
+
 if TYPE_CHECKING:
     from .counters import Counters
     from .groups import GroupRegistry
@@ -109,6 +111,29 @@ class RelayCollector(Collector):
         for where, count in sorted(counters.internal_errors.items()):
             internal.add_metric([where], count)
         yield internal
+        history = registry.history_usage
+        yield GaugeMetricFamily(
+            "trio_wsproxy_history_groups",
+            "Groups with a history in this process, with members or kept after they "
+            "emptied (with a backplane, histories are in Redis: 0)",
+            history.groups,
+        )
+        yield GaugeMetricFamily(
+            "trio_wsproxy_history_bytes",
+            "Memory the histories in this process hold, in bytes: payloads, each kept "
+            "message's overhead and each history's own (--max-history-bytes bounds it)",
+            history.bytes,
+        )
+        evictions = CounterMetricFamily(
+            "trio_wsproxy_history_evictions",
+            "What the relay-wide history bounds took or withheld: histories of emptied "
+            "groups dropped before their ttl, kept messages dropped before their group's "
+            "own bounds, new groups that got no history",
+            labels=["what"],
+        )
+        for what in EVICTIONS:  # (each from the start: rate() needs the zeros)
+            evictions.add_metric([what], history.evictions.get(what, 0))
+        yield evictions
         backplane = GaugeMetricFamily(
             "trio_wsproxy_backplane_up",
             "1 when the group registry can deliver to every node (always 1 in-process)",
@@ -139,6 +164,9 @@ def render_metrics(counters: Counters, registry: GroupRegistry) -> bytes:
 SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 #: The gauges that are not summed over the workers that answered, and what is done instead.
+#: (Summed, among others: trio_wsproxy_history_groups and trio_wsproxy_history_bytes,
+#: which count what each process's own memory holds — 0 for workers, whose backplane
+#: keeps the histories in Redis.)
 WHOLE_RELAY_GAUGES = {
     # The relay can deliver to every node only if every worker can: the least of them.
     "trio_wsproxy_backplane_up": "min",

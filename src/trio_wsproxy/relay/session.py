@@ -319,6 +319,7 @@ class Session:
         parser = self._parser
         data, self._leftover = self._leftover, b""
         events: list[Event] = []
+        event: Event | None = None
         # Plain TCP: this member's receiver parks in the poller while all is usual.
         fd = self._fd
         poller = self._relay.poller if fd is not None else None
@@ -346,6 +347,9 @@ class Session:
                 if await self._handle(event):
                     return
             flush()
+            # Nothing of this read stays alive while the member waits for its next one
+            # (a read and its frames, or a whole message of up to 1 MiB, per member).
+            data, events, event = b"", [], None
             if (
                 self._held
                 or self._assembly.held
@@ -368,7 +372,6 @@ class Session:
                 data = handover
             else:
                 data = await self._receive_some()
-            events = []
             if not data:
                 await self._tearing_down()
                 self._peer_gone("connection closed without a close frame")

@@ -156,7 +156,8 @@ class RelayConfig:
     stream_timeout: float = _setting(
         30.0,
         "Seconds a member streaming a large message may take for its next piece (about "
-        "1 MiB) while its group waits; then it is closed (1008) and its recipients get 4002.",
+        "1 MiB) while its group waits; then it is closed (1008) and its recipients get 4002. "
+        "An HTTP API post is held to the same pace (then 408).",
         _positive,
     )
     presence_limit: int = _setting(

@@ -4,7 +4,8 @@
     python benchmarks/history_memory.py --groups 10000 --messages 1000 --size 100
 
 Starts ``python -m trio_wsproxy serve --history-size SIZE --history-bytes BYTES`` (the
-relay a process of its own), joins one member to each of ``--groups`` groups, and has
+relay a process of its own; the relay-wide ``--max-history-bytes`` and
+``--max-history-groups`` off unless given), joins one member to each of ``--groups`` groups, and has
 each send ``--messages`` messages of ``--size`` bytes into its group (the messages reach
 nobody, and every one is kept: the history's bounds are what is measured). Prints one
 JSON line: the relay's resident memory with the members connected and nothing kept, and
@@ -54,8 +55,14 @@ async def main() -> None:
     parser.add_argument("--history-size", type=int, default=1000)
     parser.add_argument("--history-bytes", default="1MiB")
     parser.add_argument("--backplane", help="a Redis URL: the relay is a cluster node")
+    # The relay-wide bounds (128 MiB and 10,000 histories by default) would cap the
+    # default run (10,000 groups x 100 x 1 KiB): off unless given.
+    parser.add_argument("--max-history-bytes", default="none")
+    parser.add_argument("--max-history-groups", default="none")
     args = parser.parse_args()
     flags = ["--history-size", str(args.history_size), "--history-bytes", args.history_bytes]
+    flags += ["--max-history-bytes", args.max_history_bytes]
+    flags += ["--max-history-groups", args.max_history_groups]
     if args.backplane:
         prefix = f"bench-history-memory-{uuid.uuid4().hex[:8]}"
         flags += ["--backplane", args.backplane, "--backplane-prefix", prefix]

@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
+from test_hostile import scrape as scrape_port
 from test_v1 import next_message, v1_member
 from trio_wsproxy import Relay, RelayConfig, open_relay
 from trio_wsproxy._cli import build_parser, config_from_args
@@ -42,16 +42,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 async def scrape(relay: Relay) -> Samples:
     """The relay's /metrics, by (sample name, labels)."""
-    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
-    await client.send(b"GET /metrics HTTP/1.1\r\nHost: relay\r\n\r\n")
-    status, _headers, body = await client.read_response()
-    await client.aclose()
-    assert status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+    return await scrape_port(relay.port)
 
 
 def evicted(samples: Samples, what: str) -> float:

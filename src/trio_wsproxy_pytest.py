@@ -2,12 +2,13 @@
 and ``wsproxy_client`` fixtures for pytest-trio tests.
 
 Nothing here imports Trio or the relay until a test asks for a fixture, so test sessions
-that do not use them are not slowed down.
+that do not use them are not slowed down. One thing it does for every Trio test: a skip or
+xfail keeps the reason it was given (see :func:`pytest_pyfunc_call`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -43,6 +44,38 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "@pytest.mark.trio, or set trio_mode = true in your pytest configuration",
             pytrace=False,
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Report a skip or xfail from inside a Trio test with the reason it was given.
+
+    Trio wraps an exception that leaves a task in an exception group, so a
+    ``pytest.skip(reason)`` inside a nursery (a pytest-trio test and its fixtures always
+    run in one) reaches pytest-trio as a group. pytest-trio then raises a new, empty
+    ``pytest.skip()`` in its place, and ``pytest -ra`` says ``Skipped`` at a line of
+    pytest's own instead of the reason at the line that skipped. This raises the original
+    one instead; any other outcome passes through untouched.
+    """
+    try:
+        return (yield)
+    except (pytest.skip.Exception, pytest.xfail.Exception) as outcome:
+        original = _sole_outcome_in_group(outcome)
+        if original is None:
+            raise
+        raise original from None
+
+
+def _sole_outcome_in_group(outcome: BaseException) -> BaseException | None:
+    """The exception of the same kind that ``outcome`` replaced, if it was raised without a
+    reason while handling a group whose only exception is that one; else None."""
+    group = outcome.__context__
+    if getattr(outcome, "msg", None) or not isinstance(group, BaseExceptionGroup):
+        return None
+    from trio_wsproxy.protocol.exceptions import sole_error
+
+    original = sole_error(group)
+    return original if type(original) is type(outcome) else None
 
 
 @pytest.fixture

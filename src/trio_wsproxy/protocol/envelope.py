@@ -23,6 +23,7 @@ __all__ = [
     "EnvelopeError",
     "decode_envelope",
     "encode_envelope",
+    "encode_envelope_around",
     "new_message_id",
     "normalize_message_id",
 ]
@@ -94,6 +95,23 @@ def encode_envelope(envelope: Envelope) -> str:
         return json.dumps(document, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EnvelopeError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def encode_envelope_around(
+    message_type: str, *, id: str | None = None, reply_id: str | None = None
+) -> tuple[str, str]:
+    """Return the text of an envelope before and after its payload, for a payload that is
+    JSON text already: ``before + payload + after`` is the frame :func:`encode_envelope`
+    writes for that payload once parsed, when the payload is compact JSON.
+
+    For a payload that must go as it is, not parsed and written anew (a back end's posted
+    body: its numbers keep their digits). The caller vouches that it is one JSON value.
+    """
+    before = encode_envelope(Envelope(message_type, None, id, reply_id))
+    # (The one "Message":null is the payload's place: keys go in the .NET order, the
+    # payload's after the type's.)
+    cut = before.index(',"Message":null,"ReplyId":') + len(',"Message":')
+    return before[:cut], before[cut + len("null") :]
 
 
 def _reject_constant(name: str) -> NoReturn:

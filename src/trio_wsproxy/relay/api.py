@@ -30,17 +30,18 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
 from ..protocol.assembly import FRAGMENT_SIZE
+from ..protocol.envelope import encode_envelope_around
 from ..protocol.printable import printable
 from .config import API_PREFIX, under_api
 from .groups import RegistryUnavailable
-from .openapi import openapi_document
+from .openapi import MAX_TYPE_LENGTH, openapi_document
 from .post import Poster
 
 if TYPE_CHECKING:
@@ -68,6 +69,14 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _LOGGED_PATH = 200
 # What a call that met a bug of the relay's is told: one line, nothing of the bug.
 _INTERNAL_ERROR = "internal error: the relay failed answering this call (a bug, logged)"
+#: The largest body a typed post (``?type=``) takes. It is checked (JSON must be JSON)
+#: and put in its envelope before any of it goes out, so it is held whole; this bound
+#: keeps that to what an untyped post holds anyway before it streams (one piece), and a
+#: typed message's receivers parse it whole in any case. Larger data goes as a binary
+#: message, which streams.
+MAX_TYPED_BODY = FRAGMENT_SIZE
+# What JSON allows around a value (RFC 8259 §2): trimmed from a typed post's body.
+_JSON_WHITESPACE = b" \t\r\n"
 
 
 class ApiError(Exception):
@@ -316,12 +325,17 @@ class Api:
     async def _post(self, call: _Call, params: list[str]) -> None:
         (group_name,) = params
         config, registry = self._host.config, self._host.registry
-        to = _single_query(call, "to", config.max_id_length)
-        text = _body_kind(call.headers.get("content-type"))
+        to, message_type = _post_query(call, config.max_id_length)
+        content_type = call.headers.get("content-type")
+        text = _body_kind(content_type)
+        around = None
+        if message_type is not None:
+            before, after = encode_envelope_around(message_type)
+            around = (before.encode(), after.encode())
         length = call.headers.get("content-length")
         limit = config.max_message_size
-        if limit is not None and length is not None and int(length) > limit:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
+        if length is not None:
+            _check_size(int(length), around, limit)
         down = registry.unavailable(group_name)
         if down is not None:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, down)
@@ -334,10 +348,20 @@ class Api:
         if call.conn.client_is_waiting_for_100_continue:
             go_on = call.conn.send(h11.InformationalResponse(status_code=100, headers=[]))
             await call.stream.send_all(go_on or b"")
+        typed = None
+        if around is not None:
+            body = await _typed_body(call, around, limit, config.stream_timeout)
+            typed = around[0] + _payload(body, content_type, text) + around[1]
+            if limit is not None and len(typed) > limit:
+                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
+            text = True  # (an envelope is text, whatever the body was)
         async with registry.hold(group_name) as group:
             poster = Poster(self._host, group, text, to)
             try:
-                await _stream_body(call, poster, text, limit, config.stream_timeout)
+                if typed is None:
+                    await _stream_body(call, poster, text, limit, config.stream_timeout)
+                else:
+                    await poster.feed(typed, True)
             except BaseException:
                 poster.end(truncated=True)
                 raise
@@ -389,6 +413,89 @@ async def _stream_body(
             return
 
 
+async def _typed_body(
+    call: _Call, around: tuple[bytes, bytes], limit: int | None, pace: float
+) -> bytes:
+    """The body of a post with ``?type=``, read whole: it is due within ``pace``, as an
+    untyped body's first piece is, and its message (in the envelope's text ``around``
+    it) must fit the relay's ``limit``, as far as the body's size tells."""
+    body = bytearray()
+    due = trio.current_time() + pace
+    while True:
+        event = await _body_event(call, due)
+        if event is None:
+            raise ApiError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body did not all come within {pace:g}s (the relay's stream_timeout)",
+            )
+        if type(event) is h11.EndOfMessage:
+            break
+        if type(event) is h11.Data:
+            body += event.data
+            _check_size(len(body), around, limit)
+    return bytes(body)
+
+
+def _payload(body: bytes, content_type: bytes | None, text: bool) -> bytes:
+    """The envelope's ``Message`` for a typed post's ``body``, by what its Content-Type
+    says the body is: JSON goes as it is (once checked to be JSON), text as a JSON
+    string, bytes as a base64 string (as .NET's serializer writes a ``byte[]``)."""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/json":
+        return _json_value(body)
+    if text:
+        return json.dumps(_utf8(body), ensure_ascii=False).encode()
+    return b'"' + base64.b64encode(body) + b'"'
+
+
+def _utf8(body: bytes) -> str:
+    try:
+        return body.decode()
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"the body is not UTF-8 (byte {exc.start}): a text message must be; send binary "
+            "as application/octet-stream",
+        ) from None
+
+
+def _check_size(size: int, around: tuple[bytes, bytes] | None, limit: int | None) -> None:
+    """413 for a post whose body has (at least) ``size`` bytes, if that is too many: a
+    typed body over MAX_TYPED_BODY, or a message (in its envelope, if ``around`` one)
+    over the relay's ``limit``."""
+    if around is not None and size > MAX_TYPED_BODY:
+        raise ApiError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"a typed message's body (?type=) is at most {MAX_TYPED_BODY // 2**20} MiB: send "
+            "larger data as a binary message, without ?type=",
+        )
+    envelope = 0 if around is None else len(around[0]) + len(around[1])
+    if limit is not None and size + envelope > limit:
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(limit))
+
+
+def _json_value(body: bytes) -> bytes:
+    """``body`` without the whitespace around it, once checked to be one JSON value as
+    every client reads one (UTF-8; no NaN or Infinity, which Python's json alone takes);
+    ApiError 400 with the reason otherwise. The value is passed on as it is, not written
+    anew, so that what the back end wrote (a number's digits) is what members read."""
+    try:
+        json.loads(_utf8(body), parse_constant=_not_json)
+    except ValueError as exc:  # (json.JSONDecodeError is one)
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"the body is not JSON, as application/json with ?type= must be: {exc}",
+        ) from None
+    except RecursionError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the body is JSON nested too deeply") from None
+    return body.strip(_JSON_WHITESPACE)
+
+
+def _not_json(name: str) -> NoReturn:
+    # Python's json takes NaN and Infinity; JSON (JavaScript, System.Text.Json) does not.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _match(shape: tuple[str, ...], segments: list[str], max_length: int) -> list[str] | None:
     """The ids in ``segments`` if they fit ``shape``; ApiError for an unusable id."""
     if len(shape) != len(segments):
@@ -426,18 +533,20 @@ def _no_query(call: _Call) -> None:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {name!r}")
 
 
-def _single_query(call: _Call, name: str, max_length: int) -> str | None:
-    values = []
+def _post_query(call: _Call, max_id_length: int) -> tuple[str | None, str | None]:
+    """A post's ``?to=ID`` (the one member it is for) and ``?type=NAME`` (the message
+    type its JSON body is sent as); each may be absent, neither given twice."""
+    values: dict[str, str] = {}
     for key, value in call.query:
-        if key != name:
+        if key not in ("to", "type"):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {printable(key)!r}")
-        values.append(value)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {name!r} given more than once")
-    _check_id(values[0], f"query parameter {name!r}", max_length)
-    return values[0]
+        if key in values:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter {key!r} given more than once")
+        # (A type name is held to an id's rules, but may be longer: openapi says so too.)
+        longest = MAX_TYPE_LENGTH if key == "type" else max_id_length
+        _check_id(value, f"query parameter {key!r}", longest)
+        values[key] = value
+    return values.get("to"), values.get("type")
 
 
 #: The most messages one history read returns (and the default).

@@ -15,6 +15,9 @@ from ..protocol.version import VERSION
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 #: A group or member id: no control characters (C0, DEL, C1).
 ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+#: The longest ``?type=`` a post takes, in characters: room for .NET's full names of
+#: generic types, which name each argument's assembly (a List<string>'s takes 150).
+MAX_TYPE_LENGTH = 1024
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -73,6 +76,16 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
     group = _id_parameter("group", "path", "The group's name (groupName).", max_id_length)
     member = _id_parameter("id", "path", "The member's id in the group.", max_id_length)
     to = _id_parameter("to", "query", "Send to this member of the group only.", max_id_length)
+    message_type = _id_parameter(
+        "type",
+        "query",
+        "Send the body (at most 1 MiB) as a typed message of this type, named as .NET "
+        "names it (e.g. Chat.Message), in the envelope "
+        '{"Id":null,"MessageType":TYPE,"Message":PAYLOAD,"ReplyId":null}. The payload is '
+        "an application/json body as it is (400 if it is not JSON), a text/* body as a "
+        "JSON string, an application/octet-stream body as a base64 string.",
+        MAX_TYPE_LENGTH,
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -117,7 +130,7 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                 "post": {
                     "operationId": "postMessage",
                     "summary": "Send the body as one message to the group's members",
-                    "parameters": [group, to],
+                    "parameters": [group, to, message_type],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -132,12 +145,21 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "responses": {
                         **_COMMON,
                         "200": _ok("The message went to the members counted.", "Recipients"),
+                        "400": _error(
+                            "A malformed request: an id or type that is empty, too long or "
+                            "has control characters, an unknown or repeated query parameter, "
+                            "a body that is not UTF-8 text; with type, an application/json "
+                            "body that is not JSON."
+                        ),
                         "404": _error("``to`` names no member of the group."),
                         "408": _error(
                             "The body fell behind its pace: 1 MiB of it, or its end, per "
                             "the relay's stream_timeout."
                         ),
-                        "413": _error("The body is larger than the relay's max_message_size."),
+                        "413": _error(
+                            "The body is larger than the relay's max_message_size (counting "
+                            "the envelope, with type), or than 1 MiB with type."
+                        ),
                         "415": _error("The Content-Type is not binary, text or JSON."),
                     },
                 }

@@ -1,5 +1,6 @@
 """Headless Chromium for the suite, through Playwright's core (tests/browser/driver.mjs):
-open pages, run JavaScript in them, wait for a condition, take screenshots.
+open pages, run JavaScript in them, wait for a condition, pick files in a page's file
+chooser, reload, read what went wrong in a page, take screenshots.
 
 Needs Node.js, Debian's ``chromium`` and ``npm install`` in ``tests/browser``
 (``.ci/run`` does both); without them the tests are skipped with what is missing — except
@@ -8,6 +9,7 @@ on CI, where they fail (as the Redis tests do).
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -142,6 +144,25 @@ class Page:
             raise BrowserError(
                 f"{self.name}: never {js!r}; its log {log}; errors {errors}"
             ) from error
+
+    async def choose(self, selector: str, files: dict[str, bytes]) -> None:
+        """Click ``selector`` (what opens a file chooser, as a person would) and pick
+        ``files`` (name -> content) in the chooser it opens."""
+        chosen = [
+            {"name": name, "base64": base64.b64encode(data).decode()}
+            for name, data in files.items()
+        ]
+        await self.browser.command("choose", page=self.name, selector=selector, files=chosen)
+
+    async def reload(self) -> None:
+        """Reload the page (the same tab: its sessionStorage stays), until it has loaded."""
+        await self.browser.command("reload", page=self.name)
+
+    async def errors(self) -> list[str]:
+        """What went wrong in the page so far: console errors, uncaught exceptions, and
+        responses with a status of 400 or more."""
+        errors: list[str] = await self.browser.command("errors", page=self.name)
+        return errors
 
     async def screenshot(self, path: Path) -> None:
         await self.browser.command("screenshot", page=self.name, path=str(path))

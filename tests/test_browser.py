@@ -1,7 +1,9 @@
 """The demo page (``--demo``) and the JavaScript client in a real headless Chromium,
 driven by Playwright's core (tests/browserdriver.py): pages chatting, presence, direct
-messages, a 50 MB file, a Python member in the same group, and a relay restart that the
-pages recover from. Also what the relay serves under /demo/, and nothing else.
+messages, a 50 MB file dropped and a file picked on a phone, a Python member in the same
+group, a tab replaced by a second one under the same name, a relay restart that the
+pages recover from, and a page load with no error. Also what the relay serves
+under /demo/, and nothing else.
 
 Screenshots of the page (desktop and phone) go to a temporary folder, or to the folder
 named by ``TRIO_WSPROXY_SCREENSHOTS`` (``docs/img`` refreshes the documentation's).
@@ -9,6 +11,7 @@ named by ``TRIO_WSPROXY_SCREENSHOTS`` (``docs/img`` refreshes the documentation'
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import time
@@ -47,11 +50,21 @@ def page_url(relay: Relay, name: str, room: str = "lobby") -> str:
 
 
 async def join(
-    browser: Browser, relay: Relay, name: str, room: str = "lobby", **view: object
+    browser: Browser,
+    relay: Relay,
+    name: str,
+    room: str = "lobby",
+    *,
+    tab: str | None = None,
+    **view: object,
 ) -> Page:
-    page = await browser.open(name, page_url(relay, name, room), **view)
+    """A page (the driver's ``tab``, else ``name``) that joined ``room`` as ``name``."""
+    page = await browser.open(tab or name, page_url(relay, name, room), **view)
     await page.wait("window.demo && window.demo.client && window.demo.client.connected")
     return page
+
+
+PHONE = dict(width=390, height=760, mobile=True, scale=2)
 
 
 def logged(text: str) -> str:
@@ -61,6 +74,15 @@ def logged(text: str) -> str:
 def knows(member: str) -> str:
     """True in a page once its client has ``member`` in its member list."""
     return f"window.demo.client.members.has({member!r})"
+
+
+def shown(selector: str) -> str:
+    """True in a page while the element ``selector`` is there and visible."""
+    return f"document.querySelector({selector!r})?.checkVisibility() === true"
+
+
+def click(selector: str) -> str:
+    return f"(() => {{ document.querySelector({selector!r}).click(); return true }})()"
 
 
 # -- what the relay serves --------------------------------------------------------------
@@ -126,14 +148,10 @@ async def test_pages_chat_see_each_other_come_and_go_and_whisper(
     await alice.wait("document.querySelector('[data-member=carol]') !== null")
     await bob.wait(knows("carol"))
     # A click on a member: the next message goes to that member only.
-    await alice.eval(
-        "(() => { document.querySelector('[data-member=carol]').click(); return true })()"
-    )
+    await alice.eval(click("[data-member=carol]"))
     await alice.eval("window.demo.say('just for carol')")
     await carol.wait(logged("alice (to you only): just for carol"))
-    await alice.eval(
-        "(() => { document.querySelector('[data-member=carol]').click(); return true })()"
-    )
+    await alice.eval(click("[data-member=carol]"))
     await alice.eval("window.demo.say('for everyone')")
     # Messages from one sender arrive in order: had bob got the direct one, it came first.
     await bob.wait(logged("alice: for everyone"))
@@ -209,6 +227,86 @@ async def test_a_python_member_and_a_page_share_a_group(relay: Relay, browser: B
         assert refused == "RequestTimeout"
 
 
+async def test_a_file_picked_with_the_button_on_a_phone_is_sent_like_a_dropped_one(
+    relay: Relay, browser: Browser
+) -> None:
+    """A phone cannot drop a file: the page's button opens the file chooser instead."""
+    phone = await join(browser, relay, "phone", **PHONE)
+    desk = await join(browser, relay, "desk")
+    await phone.wait(knows("desk"))
+    photo = os.urandom(300_000)
+    await phone.choose("#pick", {"photo.jpg": photo})
+    await desk.wait("window.demo.received.length === 1", within=30)
+    got = await desk.eval("window.demo.received[0]")
+    assert got == {
+        "name": "photo.jpg",
+        "size": len(photo),
+        "sha256": hashlib.sha256(photo).hexdigest(),
+        "intact": True,
+        "sender": "phone",
+    }
+    await phone.wait("window.demo.sent.length === 1", within=30)
+    await phone.wait(logged("you sent photo.jpg (300000 bytes)"))
+
+
+async def test_on_a_phone_the_join_form_comes_first_and_the_room_once_joined(
+    relay: Relay, browser: Browser
+) -> None:
+    """No empty "In the room" box above the join form: it shows once there is a room."""
+    page = await browser.open("phone", f"http://127.0.0.1:{relay.port}/demo/", **PHONE)
+    await page.wait(shown("#join"))
+    assert not await page.eval(shown("aside"))
+    await page.eval(
+        "(() => { document.getElementById('name').value = 'pat';"
+        " document.getElementById('join').requestSubmit(); return true })()"
+    )
+    await page.wait("window.demo.client && window.demo.client.connected")
+    await page.wait(shown("aside"))
+    assert await page.eval("document.getElementById('members').textContent") == "pat (you)"
+
+
+async def test_the_page_loads_and_chats_without_an_error_or_a_missing_file(
+    relay: Relay, browser: Browser
+) -> None:
+    alice = await join(browser, relay, "alice")
+    bob = await join(browser, relay, "bob")
+    await alice.wait(knows("bob"))
+    await alice.eval("window.demo.say('hi bob')")
+    await bob.wait(logged("alice: hi bob"))
+    assert await alice.errors() == [] and await bob.errors() == []
+    # Its icon is inline, so the browser asks the relay for no /favicon.ico (a 404)
+    # even after these checks.
+    icon = await alice.eval("document.querySelector('link[rel~=icon]')?.href ?? ''")
+    assert icon.startswith("data:image/")
+
+
+async def test_a_tab_replaced_by_a_second_one_under_its_name_says_so_and_can_rejoin(
+    relay: Relay, browser: Browser
+) -> None:
+    """Close code 4000: a newer connection with the same id took the name. The first tab
+    does not pretend to reconnect, shows no stale member list, and offers to rejoin."""
+    bob = await join(browser, relay, "bob")
+    first = await join(browser, relay, "alice")
+    await first.wait("document.querySelector('[data-member=bob]') !== null")
+    second = await join(browser, relay, "alice", tab="alice again")
+    await first.wait(logged("replaced by another tab"))
+    assert await first.eval("document.getElementById('state').textContent") == (
+        "replaced by another tab"
+    )
+    assert not await first.eval(logged("reconnecting"))
+    assert await first.eval("document.querySelectorAll('#members li').length") == 0
+    assert not await first.eval(shown("aside"))
+    assert await first.eval(shown("#rejoin"))
+    # Rejoining takes the name back: now the second tab is the replaced one.
+    await first.eval(click("#rejoin"))
+    await first.wait("window.demo.client.connected")
+    await first.wait("document.querySelector('[data-member=bob]') !== null")
+    assert not await first.eval(shown("#rejoin"))
+    await second.wait(logged("replaced by another tab"))
+    await bob.eval("window.demo.say('welcome back')")
+    await first.wait(logged("bob: welcome back"))
+
+
 async def test_pages_recover_what_they_missed_across_a_relay_restart(
     browser: Browser, redis_url: str, prefix: str
 ) -> None:
@@ -261,15 +359,13 @@ async def test_screenshots_of_the_demo_desktop_and_phone(
 ) -> None:
     folder = Path(os.environ.get("TRIO_WSPROXY_SCREENSHOTS", tmp_path))
     alice = await join(browser, relay, "alice", "lobby", width=1100, height=700)
-    phone = await join(browser, relay, "bob", "lobby", width=390, height=760, mobile=True, scale=2)
+    phone = await join(browser, relay, "bob", "lobby", **PHONE)
     await alice.wait(knows("bob"))
     await alice.eval("window.demo.say('Hello from the desktop')")
     await phone.wait(logged("alice: Hello from the desktop"))
     await phone.eval("window.demo.say('And hello from a phone')")
     await alice.wait(logged("bob: And hello from a phone"))
-    await alice.eval(
-        "(() => { document.querySelector('[data-member=bob]').click(); return true })()"
-    )
+    await alice.eval(click("[data-member=bob]"))
     await alice.screenshot(folder / "demo-desktop.png")
     await phone.screenshot(folder / "demo-phone.png")
     for name, width in (("demo-desktop.png", 1100), ("demo-phone.png", 780)):

@@ -1,8 +1,11 @@
-// Drives headless Chromium for the suite (tests/browser.py): one JSON command per line
-// on stdin, one JSON answer per line on stdout, {id, ok, value} or {id, ok: false,
+// Drives headless Chromium for the suite (tests/browserdriver.py): one JSON command per
+// line on stdin, one JSON answer per line on stdout, {id, ok, value} or {id, ok: false,
 // error}. Commands: open {page, url, width, height}, eval {page, js} (an expression or
 // an async function body's value), wait {page, js, timeout} (until js is truthy),
-// screenshot {page, path}, errors {page}, close {page}. It ends with its standard input.
+// choose {page, selector, files: [{name, base64}]} (click what opens a file chooser and
+// pick those files in it), reload {page}, screenshot {page, path}, errors {page} (what
+// the console said as errors, uncaught exceptions, and responses of 400 or more),
+// close {page}. It ends with its standard input.
 import { createInterface } from "node:readline";
 
 import { chromium } from "playwright-core";
@@ -31,7 +34,12 @@ async function run(command) {
       const errors = [];
       page.on("pageerror", (error) => errors.push(String(error)));
       page.on("console", (message) => {
-        if (message.type() === "error") errors.push(message.text());
+        // A failed load's message does not name what failed; its location does.
+        const where = message.location()?.url;
+        if (message.type() === "error") errors.push(where ? `${message.text()} (${where})` : message.text());
+      });
+      page.on("response", (response) => {
+        if (response.status() >= 400) errors.push(`${response.status()} ${response.url()}`);
       });
       pages.set(command.page, { page, context, errors });
       await page.goto(command.url);
@@ -44,6 +52,20 @@ async function run(command) {
     case "wait": {
       const { page } = pages.get(command.page);
       await page.waitForFunction(command.js, null, { timeout: command.timeout ?? 10000, polling: 50 });
+      return true;
+    }
+    case "choose": {
+      const { page } = pages.get(command.page);
+      const chosen = page.waitForEvent("filechooser", { timeout: 10000 });
+      const [chooser] = await Promise.all([chosen, page.click(command.selector, { timeout: 10000 })]);
+      await chooser.setFiles(command.files.map(({ name, base64 }) => (
+        { name, mimeType: "application/octet-stream", buffer: Buffer.from(base64, "base64") }
+      )));
+      return true;
+    }
+    case "reload": {
+      const { page } = pages.get(command.page);
+      await page.reload();
       return true;
     }
     case "errors":

@@ -65,7 +65,7 @@ from .link import Lifecycle, Link
 from .membership import DeliveryFailed, Joined, Left, Membership
 from .policy import reconnect_delay
 from .requests import PendingRequests
-from .resumption import Resumed
+from .resumption import Position, Resumed, position_of
 from .sent import SentMessage
 from .stats import ClientStats
 from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of
@@ -92,6 +92,7 @@ __all__ = [
     "Left",
     "MemberNotFound",
     "NotConnected",
+    "Position",
     "ReplyError",
     "RequestTimeout",
     "Resumed",
@@ -137,8 +138,10 @@ class Client:
         on_disconnect: DisconnectHook | None = None,
         on_bad_message: BadMessageHook | None = None,
         on_handler_error: HandlerErrorHook | None = None,
+        since: Position | str | None = None,
     ) -> None:
         full_urls, client_id, group_name = connection_urls(url, group=group, id=id)
+        start = position_of(since)
         plain = [full for full in full_urls if not full.startswith("wss:")]
         if ssl_context is not None and plain:
             raise ValueError(f"an ssl_context needs a wss:// URL, got {', '.join(plain)}")
@@ -181,6 +184,7 @@ class Client:
             on_connect=None if on_connect is None else functools.partial(on_connect, self),
             on_disconnect=on_disconnect,
             on_bad_message=on_bad_message,
+            since=start,
         )
         self._run_scope = trio.CancelScope()
 
@@ -227,6 +231,23 @@ class Client:
         """Whether :attr:`members` is kept current right now: connected over
         ``wsproxy.v1`` to a relay that keeps the group's member list."""
         return self._membership.current
+
+    @property
+    def position(self) -> Position | None:
+        """Where the client is in its group's history (``wsproxy.v1``, a relay keeping
+        history): the position of the last message handed to handlers and subscriptions
+        (in a handler, the one it is handling) — or, before any, the welcome's. None
+        before the welcome, on a plain relay, or when the relay keeps no history.
+
+        ``str()`` of it (``EPOCH:OFFSET``) saved and given back as
+        ``open_client(..., since=...)`` — by a program restarted, by a new client —
+        gets every message after it, or a :class:`Resumed` saying why not. Messages the
+        client read but has not handed out yet (up to ``config.read_ahead``) are not
+        counted: they are lost when it closes, and a client started from this position
+        gets them again. A subscriber that stops reading before its channel is empty
+        has not handled what it left there: save ``incoming.offset`` of the last one it
+        did, with this position's epoch, instead."""
+        return self._dispatcher.position
 
     @property
     def pending_requests(self) -> int:
@@ -563,6 +584,7 @@ async def open_client(
     on_disconnect: DisconnectHook | None = None,
     on_bad_message: BadMessageHook | None = None,
     on_handler_error: HandlerErrorHook | None = None,
+    since: Position | str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a relay, join a group, and yield the :class:`Client`; close it on exit.
 
@@ -584,6 +606,15 @@ async def open_client(
     starting with the URL *after* the one it was using, trying each once per round; the
     backoff applies between rounds only. :attr:`Client.url` is the URL in use.
 
+    ``since`` (a :class:`Position` or its ``str()``, ``EPOCH:OFFSET``: a
+    :attr:`Client.position` saved by a program that ran before) is named on the first
+    connection: over ``wsproxy.v1``, a relay keeping history replays every message of
+    the group after it, after a :class:`Resumed` event, or says why it cannot.
+
+    Messages (and events) that arrive before the block registers its first handler or
+    subscription are held for it, up to ``config.read_ahead`` of them: register them
+    before the block's first ``await`` and none is missed — a replay included.
+
     Hooks may be plain or async functions; they run in the dispatcher, in order with the
     messages. The block ends with the error that ended the client, if any: a handler's
     exception (without ``on_handler_error``), :exc:`ClosedByRelay` (a close code not
@@ -600,6 +631,7 @@ async def open_client(
         on_disconnect=on_disconnect,
         on_bad_message=on_bad_message,
         on_handler_error=on_handler_error,
+        since=since,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -64,7 +64,7 @@ from .link import Connection, Lifecycle, Link
 from .membership import DeliveryFailed, Left, Membership
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
-from .resumption import Resumption
+from .resumption import Position, Resumption
 from .sent import SentLog
 from .stats import ClientStats
 from .streams import BinaryStream
@@ -113,7 +113,8 @@ class ConnectionTask:
     :class:`~.requests.PendingRequests` it answers, the :class:`~.membership.Membership`
     it keeps. ``sender`` is what received messages reply through, ``reply_via(member)``
     what a v1 message from ``member`` replies through; ``on_connect`` is called (in the
-    dispatcher) after each connection.
+    dispatcher) after each connection. ``since`` is the position the first connection
+    names (a program starting where an earlier one left off).
     """
 
     def __init__(
@@ -135,6 +136,7 @@ class ConnectionTask:
         on_connect: Callable[[], object] | None,
         on_disconnect: DisconnectHook | None,
         on_bad_message: BadMessageHook | None,
+        since: Position | None = None,
     ) -> None:
         self._urls = urls
         self._id = client_id
@@ -157,7 +159,7 @@ class ConnectionTask:
         #: The subprotocol of the connection now, or last: ``"wsproxy.v1"``, or None (plain).
         self.protocol: str | None = None
         #: Where the client is in its group's history (a v1 relay with history on).
-        self.resumption = Resumption()
+        self.resumption = Resumption(since)
         self._ws: WebSocket | None = None
         # Announcements waiting for their streams, by sender (None: on a plain relay).
         self._announced: dict[str | None, _Announced] = {}
@@ -296,6 +298,7 @@ class ConnectionTask:
                 take = self._take_v1
             else:
                 self.resumption.lost()
+                await self._dispatcher.moved(None, at_once=not self._stats.connects)
             self._stats.connects += 1
             logger.info(
                 "connected to %s as %r in group %r%s",
@@ -405,6 +408,8 @@ class ConnectionTask:
                 origin=header,
             )
             await self._carry_out(verdict, payload)
+            if header.offset is not None and not isinstance(verdict, Deliver):
+                await self._dispatcher.passed(header.offset)  # (a reply, a bad message)
         else:
             await self._event(header)
 
@@ -432,7 +437,9 @@ class ConnectionTask:
     ) -> tuple[Incoming[BinaryStream], object]:
         """The stream of a binary message from ``origin``'s sender, tied to the
         announcement that sender made, if any; and the announcement's type."""
-        sender, direct = (None, False) if origin is None else (origin.sender, origin.direct)
+        sender, direct, offset = (
+            (None, False, None) if origin is None else (origin.sender, origin.direct, origin.offset)
+        )
         announced = self._announced.pop(sender, None)
         stream = BinaryStream(
             sender=sender,
@@ -440,7 +447,9 @@ class ConnectionTask:
             size=size,
             announcement=None if announced is None else announced.deliver.incoming,
         )
-        incoming = Incoming(stream, None, None, None, self._reply_path(sender), sender, direct)
+        incoming = Incoming(
+            stream, None, None, None, self._reply_path(sender), sender, direct, offset
+        )
         return incoming, None if announced is None else announced.deliver.message_type
 
     def _not_plain(self, size: int) -> bool:
@@ -573,6 +582,9 @@ class ConnectionTask:
             return
         if isinstance(event, Welcome):
             resumed = self.resumption.welcomed(event)
+            # Where the application is, once what was read before is handed out (at
+            # once on the first connection: nothing was).
+            await self._dispatcher.moved(self.resumption.position, at_once=not self._stats.connects)
             if resumed is not None:
                 if resumed.recovered:
                     logger.info("recovering %d missed messages", resumed.missed)

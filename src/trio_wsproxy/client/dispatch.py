@@ -13,10 +13,25 @@ the announcement's type, with it.
 The client's own events (``Joined``, ``Left``, ``DeliveryFailed``: :data:`~.membership.EVENT_TYPES`)
 go the same way, in order with the messages, to the handlers and subscriptions of their
 own type only: a subscription to every message gets members' messages, as it always did.
+
+**Held until the first handler.** A client is connected — welcomed, and over a relay
+with history given what it missed — before ``open_client`` returns, so messages can
+arrive before the ``async with`` body has registered anything. Until the first handler
+or subscription is registered, messages and events are therefore held, in order, not
+handed out as unhandled; at most ``read_ahead`` of them, past which they are handed out
+as they come (a client that never registers anything, one that only sends, then goes
+on as it always did). Hooks are never held. Registering several handlers in a row,
+without an ``await`` between, puts them all in place before any held message runs.
+
+**Where the application is.** :attr:`Dispatcher.position` is the position in the
+group's history of the last message handed out (in a handler, the one it handles) —
+not of the last one read, up to ``read_ahead`` ahead of it: what a program that saves
+it and exits has really been given.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import logging
@@ -30,6 +45,7 @@ import trio
 from ..protocol.typenames import TypeRegistry
 from .incoming import HandlerErrorHook, Incoming
 from .membership import EVENT_TYPES
+from .resumption import Position
 from .stats import ClientStats
 from .streams import BinaryStream
 
@@ -138,7 +154,30 @@ class Dispatcher:
         #: :class:`BinaryStream`.
         self.wants_streams = False
         self._closed = False
-        self._jobs_in, self._jobs_out = trio.open_memory_channel[Job](read_ahead)
+        # Each job with whether it keeps its place among the messages (a hook does not).
+        self._jobs_in, self._jobs_out = trio.open_memory_channel[tuple[Job, bool]](read_ahead)
+        # Until the first handler or subscription: the jobs held, up to read_ahead of
+        # them, and what wakes the dispatcher when that handler comes.
+        self._holding = True
+        self._held: collections.deque[Job] = collections.deque()
+        self._hold_limit = read_ahead
+        self._wake: trio.CancelScope | None = None
+        # The position of the last message handed out (epoch None: none).
+        self._epoch: str | None = None
+        self._offset = 0
+
+    @property
+    def position(self) -> Position | None:
+        """Where the last message handed out is in the group's history (the welcome's
+        position before any); None without one: before the welcome, or no history."""
+        return None if self._epoch is None else Position(self._epoch, self._offset)
+
+    def _release(self) -> None:
+        """The first handler or subscription is there: hand out what was held."""
+        if self._holding:
+            self._holding = False
+            if self._wake is not None:
+                self._wake.cancel()
 
     # -- registrations ----------------------------------------------------------------------
 
@@ -149,6 +188,7 @@ class Dispatcher:
         entry = _Handler(function, takes_incoming(function))
         self._handlers.setdefault(message_type, []).append(entry)
         self._refresh()
+        self._release()
 
     def remove_handler(self, message_type: Any, function: Callable[..., object]) -> None:
         """Stop calling ``function`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
@@ -162,6 +202,7 @@ class Dispatcher:
             raise TypeError(f"a stream is announced by a typed message, not {announcement_type}")
         self._types.ensure(announcement_type)
         self._stream_handlers.setdefault(announcement_type, []).append(_Handler(function, False))
+        self._release()
 
     def remove_stream_handler(
         self, announcement_type: Any, function: Callable[..., object]
@@ -191,6 +232,7 @@ class Dispatcher:
         subscription = _Subscription(message_type, send_channel)
         self._subscriptions.append(subscription)
         self._refresh()
+        self._release()
         if self._closed:
             send_channel.close()
         try:
@@ -205,7 +247,7 @@ class Dispatcher:
 
     async def deliver(self, incoming: Incoming[Any], message_type: Any) -> None:
         """Queue ``incoming`` for the handlers and subscriptions of ``message_type``."""
-        await self._jobs_in.send(functools.partial(self._dispatch, incoming, message_type))
+        await self._jobs_in.send((functools.partial(self._dispatch, incoming, message_type), True))
 
     async def deliver_stream(
         self, incoming: Incoming[BinaryStream], announced_as: Any = None
@@ -213,16 +255,46 @@ class Dispatcher:
         """Queue the stream ``incoming`` for the handlers of streams announced by
         ``announced_as``, or (None) for those and the subscriptions of
         :class:`BinaryStream`."""
-        await self._jobs_in.send(functools.partial(self._dispatch_stream, incoming, announced_as))
+        # (Never held: streams are wanted only once something handles them.)
+        self._release()
+        job = functools.partial(self._dispatch_stream, incoming, announced_as)
+        await self._jobs_in.send((job, True))
 
     async def deliver_event(self, incoming: Incoming[Any]) -> None:
         """Queue the client's event ``incoming`` (its value a ``Joined``, ``Left``, ...) for
         the handlers and subscriptions of its type; nobody wanting it is not "unhandled"."""
-        await self._jobs_in.send(functools.partial(self._dispatch_event, incoming))
+        await self._jobs_in.send((functools.partial(self._dispatch_event, incoming), True))
 
     async def call_soon(self, hook: Callable[..., object], *args: object) -> None:
         """Queue a call of the user function ``hook`` with ``args``, in order with messages."""
-        await self._jobs_in.send(functools.partial(call_user, hook, *args))
+        await self._jobs_in.send((functools.partial(call_user, hook, *args), False))
+
+    async def moved(self, position: Position | None, *, at_once: bool = False) -> None:
+        """The connection is at ``position`` now (a welcome; None: it cannot say): so is
+        :attr:`position` once the messages queued before are handed out — or ``at_once``,
+        when none can be (the first welcome)."""
+        if at_once:
+            self._move(position)
+        else:
+            job = functools.partial(self._move_soon, position)
+            await self._jobs_in.send((job, True))
+
+    async def passed(self, offset: int) -> None:
+        """A message with ``offset`` was taken by the client itself (a request's answer,
+        a bad message): :attr:`position` passes it in its turn."""
+        await self._jobs_in.send((functools.partial(self._pass, offset), True))
+
+    def _move(self, position: Position | None) -> None:
+        if position is None:
+            self._epoch, self._offset = None, 0
+        else:
+            self._epoch, self._offset = position.epoch, position.offset
+
+    async def _move_soon(self, position: Position | None) -> None:
+        self._move(position)
+
+    async def _pass(self, offset: int) -> None:
+        self._passed(offset)
 
     def stop_taking(self) -> None:
         """Nothing more comes in: :meth:`run` finishes the jobs queued, then returns."""
@@ -238,17 +310,53 @@ class Dispatcher:
 
     async def run(self, on_failure: Callable[[], Awaitable[None]]) -> None:
         """Run the jobs, in order, until :meth:`stop_taking`. A job's exception ends it,
-        after ``on_failure()`` (closing the connection properly while it still reads)."""
-        async for job in self._jobs_out:
-            try:
+        after ``on_failure()`` (closing the connection properly while it still reads).
+        Until the first handler or subscription, messages are held (see the module)."""
+        try:
+            if not await self._hold():
+                return
+            async for job, _ in self._jobs_out:
                 await job()
-            except Exception:
-                await on_failure()
-                raise
+        except Exception:
+            await on_failure()
+            raise
+
+    async def _hold(self) -> bool:
+        """Hold the messages (and events) that come before the first handler or
+        subscription, up to ``read_ahead``; run hooks meanwhile; then run what was held.
+        Returns False if nothing more comes in (the client closed) first."""
+        while self._holding:
+            item = None
+            with trio.CancelScope() as self._wake:
+                try:
+                    item = await self._jobs_out.receive()
+                except trio.EndOfChannel:
+                    return False
+            self._wake = None
+            if item is None:
+                continue  # _release woke it
+            job, in_order = item
+            if not in_order:
+                await job()
+            elif len(self._held) + 1 < self._hold_limit:
+                self._held.append(job)
+            else:
+                self._held.append(job)
+                self._holding = False
+                logger.debug(
+                    "%d messages arrived before any handler or subscription: handed out",
+                    len(self._held),
+                )
+        while self._held:
+            await self._held.popleft()()
+        return True
 
     async def _dispatch(self, incoming: Incoming[Any], message_type: Any) -> None:
         handlers = tuple(self._handlers.get(message_type, ()))
         subscriptions = [s for s in self._subscriptions if s.wants(message_type)]
+        offset = incoming.offset
+        if offset is not None:
+            self._offset = offset  # (in its handlers, the position is this message's)
         if not handlers and not subscriptions:
             self._stats.unhandled += 1
             logger.debug("no handler for a %s message", incoming.message_type or "binary")
@@ -268,6 +376,7 @@ class Dispatcher:
     async def _dispatch_stream(self, incoming: Incoming[BinaryStream], announced_as: Any) -> None:
         stream = incoming.value
         subscriptions: list[_Subscription] = []
+        self._passed(incoming.offset)
         try:
             if announced_as is not None:
                 announcement = stream.announcement
@@ -290,6 +399,10 @@ class Dispatcher:
         finally:
             if not subscriptions:
                 stream.discard()  # what the handlers left unread
+
+    def _passed(self, offset: int | None) -> None:
+        if offset is not None:
+            self._offset = offset
 
     async def _dispatch_event(self, incoming: Incoming[Any]) -> None:
         event_type = type(incoming.value)

@@ -119,6 +119,11 @@ class Incoming(Generic[T]):
     sender: str | None = None
     #: Whether it was sent to this member only (``send_to``), not to the group.
     direct: bool = False
+    #: Its offset in the group's history, where the relay keeps one (``wsproxy.v1`` with
+    #: history on); None otherwise, and for the client's own events. With the epoch of
+    #: :attr:`Client.position`, where a program that handled it can start again
+    #: (``open_client(..., since=...)``).
+    offset: int | None = None
 
     @property
     def wants_reply(self) -> bool:

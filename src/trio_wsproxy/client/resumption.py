@@ -6,13 +6,52 @@ feeds the relay's welcome and every message's offset in, and hands the handlers 
 :class:`Resumed` event a welcome answering a named position gives. The position moves
 only as messages are read: a connection that drops in the middle of a replay names,
 next time, the last message it really got.
+
+A client made with a position (``open_client(..., since=...)``: one saved by a program
+that ran before, or by a page before its reload) names it on its first connection too.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from ..protocol.v1 import Position, Welcome
+from ..protocol import v1
+from ..protocol.v1 import Welcome
+
+
+@attrs.frozen
+class Position:
+    """Where a client is in its group's history: the history's ``epoch`` (new whenever
+    the relay lost the history) and the ``offset`` of the last message seen (0: none).
+
+    ``str(position)`` is ``EPOCH:OFFSET``, what a program saves to start where it left
+    off (``open_client(..., since=...)`` takes either), and :meth:`parse` reads it back.
+    It names a position in the group the client joined: a connection holds one group."""
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The position ``EPOCH:OFFSET`` names (what ``str()`` gives); :exc:`ValueError`
+        if it is not one."""
+        try:
+            parsed = v1.Position.parse(text)
+        except v1.V1Error as error:
+            raise ValueError(f"{text!r} is not a position: {error}") from None
+        return cls(parsed.epoch, parsed.offset)
+
+
+def position_of(since: Position | str | None) -> Position | None:
+    """``since`` as given to ``open_client``: a :class:`Position`, its ``str()``, or None."""
+    if since is None or isinstance(since, Position):
+        return since
+    if isinstance(since, str):
+        return Position.parse(since)
+    raise TypeError(f"since is a Position or its str() (EPOCH:OFFSET), got {since!r}")
 
 
 @attrs.frozen
@@ -38,23 +77,31 @@ class Resumed:
 
 
 class Resumption:
-    """A client's position in its group's history (None: it has none to name)."""
+    """A client's position in its group's history, as read (None: it has none yet);
+    ``since``, the position the client was made with, is named until a welcome comes."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: Position | None = None) -> None:
         self.position: Position | None = None
+        self._given = since
 
     def since(self) -> str | None:
-        """What a reconnect names: ``EPOCH:OFFSET``, or None."""
-        return None if self.position is None else self.position.token()
+        """What a connection names: ``EPOCH:OFFSET``, or None."""
+        named = self.position if self.position is not None else self._given
+        return None if named is None else str(named)
 
     def welcomed(self, welcome: Welcome) -> Resumed | None:
         """Take in a relay's welcome; the event for the handlers, if it answers a named
-        position. After a recovery the position stays where it was: the replayed
-        messages move it on as they are read."""
+        position. After a recovery the position is the one named: the replayed messages
+        move it on as they are read."""
+        named = self.position if self.position is not None else self._given
+        self._given = None
         recovery = welcome.recovery
         if recovery is not None and recovery.recovered and welcome.position is not None:
-            return Resumed(True, recovery.missed)
-        self.position = welcome.position
+            if named is not None:
+                self.position = named
+                return Resumed(True, recovery.missed)
+        here = welcome.position
+        self.position = None if here is None else Position(here.epoch, here.offset)
         if recovery is None:
             return None
         return Resumed(False, 0, recovery.reason)
@@ -66,4 +113,4 @@ class Resumption:
 
     def lost(self) -> None:
         """The connection cannot say where it is (a plain relay): nothing to name."""
-        self.position = None
+        self.position = self._given = None

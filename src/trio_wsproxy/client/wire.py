@@ -184,9 +184,11 @@ def read_frame(
     are ``bytes``. ``sender`` is what :meth:`Incoming.reply` answers through; ``origin``
     what a v1 relay's header said (the frame is then the payload after it).
     """
-    member, direct = (None, False) if origin is None else (origin.sender, origin.direct)
+    member, direct, offset = (
+        (None, False, None) if origin is None else (origin.sender, origin.direct, origin.offset)
+    )
     if isinstance(frame, bytes):
-        return Deliver(Incoming(frame, None, None, None, sender, member, direct), bytes)
+        return Deliver(Incoming(frame, None, None, None, sender, member, direct, offset), bytes)
     try:
         envelope = decode_envelope(frame)
     except EnvelopeError as error:
@@ -206,7 +208,7 @@ def read_frame(
         reason = f"{envelope.message_type} payload {error}"
         return BadMessage(BadMessageKind.BAD_PAYLOAD, reason, frame, envelope)
     incoming = Incoming(
-        value, envelope.message_type, envelope.id, envelope.reply_id, sender, member, direct
+        value, envelope.message_type, envelope.id, envelope.reply_id, sender, member, direct, offset
     )
     return Deliver(incoming, message_type)
 

@@ -14,7 +14,7 @@ from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
 from trio_wsproxy.protocol.assembly import Assembly
 from trio_wsproxy.protocol.frames import Data
-from trio_wsproxy.relay.mailbox import FULL, Mailbox
+from trio_wsproxy.relay.mailbox import FULL, HELD, Mailbox
 from wsraw import OP_CLOSE, OP_PING, OP_TEXT, RawClient, mask_frame
 
 MIB = 1 << 20
@@ -142,3 +142,27 @@ async def test_a_member_that_drains_slowly_but_never_catches_up_is_closed_4001()
                         break
                 nursery.cancel_scope.cancel()
     assert int.from_bytes(payload[:2], "big") == 4001, payload
+
+
+async def test_the_rest_of_a_partly_written_frame_is_kept_for_the_writer() -> None:
+    # The relay writes straight to a member's socket while nothing is queued. When the
+    # socket takes only part of a frame, the rest is queued and marked as the mailbox's
+    # tail: the sender task writes it even when the member is closed meanwhile, before
+    # the close frame (else the client would read the close frame as the frame's rest).
+    import socket
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    try:
+        mailbox = Mailbox(1 << 20)
+        mailbox.fd = ours.fileno()
+        frame = bytes((0x82, 126)) + (60_000).to_bytes(2, "big") + b"x" * 60_000
+        assert mailbox.offer(frame) == HELD
+        mailbox.flush()
+        assert mailbox.tail is not None and 0 < len(mailbox.tail) < len(frame)
+        batch, _size = await mailbox.take(1 << 20)
+        assert batch[0] is mailbox.tail
+    finally:
+        ours.close()
+        theirs.close()

@@ -52,6 +52,7 @@ class Mailbox:
         "fd",
         "full_since",
         "queued",
+        "tail",
     )
 
     def __init__(self, capacity: int) -> None:
@@ -68,6 +69,10 @@ class Mailbox:
         self.closed = False
         #: The member's socket, for direct writes; None where that is not possible (TLS).
         self.fd: int | None = None
+        #: What a direct write left of the frames it began, queued for the sender task
+        #: until written: even a closing member gets it before its close frame, or its
+        #: client would read the close frame as the rest of a frame.
+        self.tail: bytes | None = None
 
     def offer(self, frame: bytes) -> int:
         """Queue ``frame`` if it fits (a frame always fits an empty mailbox): QUEUED, or
@@ -139,7 +144,10 @@ class Mailbox:
         if written < len(data):
             # What is left goes on as one frame (to the writer, one piece of bytes).
             count -= 1
-            self._send.send_nowait(data[written:] if written else data)
+            rest = data[written:] if written else data
+            if written:
+                self.tail = rest
+            self._send.send_nowait(rest)
         freed = written + count * FRAME_OVERHEAD
         if freed:
             # (written(), inline: this runs once per message on the direct path)

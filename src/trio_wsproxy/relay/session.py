@@ -625,9 +625,14 @@ class Session:
                 if self._close is not None:
                     break
                 await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                if batch[0] is mailbox.tail:  # (a direct write's rest is first in line)
+                    mailbox.tail = None
                 mailbox.written(size, len(batch))
             assert self._close is not None
             if not self._eof:
+                if mailbox.tail is not None:
+                    # The rest of a frame a direct write began: the close frame follows it.
+                    await stream.send_all(mailbox.tail)
                 await stream.send_all(close_frame(*self._close))
             # RFC 6455 §7.1.1: the server closes TCP once both close frames were seen.
             await self._peer_closed.wait()

@@ -9,6 +9,7 @@ yet closed are cut off. ``--workers N`` behaves the same, for all its workers.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import attrs
 import trio
 
 from . import __version__
-from ._serve import read_api_key, read_token_secret, serve_relay
+from ._serve import TLSConfigError, read_api_key, read_token_secret, serve_relay
 from ._workers import (
     STOP_SIGNALS,
     WorkerFailed,
@@ -94,6 +95,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_id_length": int,
     "close_timeout": float,
     "healthz_path": _Optional(str),
+    "livez_path": _Optional(str),
     "metrics_path": _Optional(str),
     "token_secret_file": str,
     "api_key_file": str,
@@ -290,12 +292,22 @@ def _mint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 def flag_named(message: str) -> str:
     """A RelayConfig error about one field's value (``"history_bytes must be ..."``),
     with the field named as its flag (``"--history-bytes must be ..."``): what an
-    operator typed."""
+    operator typed. So are the other fields it names by their names
+    (``"livez_path '/x' is healthz_path already"``)."""
     name, _, rest = message.partition(" ")
-    field = _FLAG_FIELDS.get(name)
-    if field is None or not rest.startswith("must "):
-        return message
-    return f"--{name.replace('_', '-')} {rest}"
+    if name in _FLAG_FIELDS and rest.startswith("must "):
+        message = f"{_flag(name)} {rest}"
+    # Names with an underscore are field names, never words of a sentence.
+    return _FIELD_NAME.sub(
+        lambda match: _flag(match[0]) if match[0] in _FLAG_FIELDS else match[0], message
+    )
+
+
+_FIELD_NAME = re.compile(r"(?<![\w'-])[a-z]+(?:_[a-z]+)+(?![\w'])")
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 # The fields that are flags (not the secrets, which come from the environment).
@@ -342,6 +354,49 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the command ``name`` (``serve``, ``token``): its errors show its
+    own usage, with the flags they are about, rather than the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen: argparse.ArgumentParser = action.choices[name]
+            return chosen
+    raise LookupError(f"trio-wsproxy has no {name} command")
+
+
+def start_failure(error: BaseException, config: RelayConfig) -> str:
+    """What stopped a relay from listening, said with the address and the flag to
+    change: ``[Errno 98] Address already in use`` names neither."""
+    if isinstance(error, TLSConfigError):
+        return str(error)  # (it names the file, and what is wrong with it)
+    host, port = config.host, config.port
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the address is already in use (another relay, or "
+            f"another program, listens there): give --port another port (0 picks a free "
+            f"one), or stop what holds it"
+        )
+    if isinstance(error, trio.socket.gaierror):
+        return (
+            f"cannot listen on --host {host!r}: it is neither an address nor a name that "
+            f"resolves ({error.strerror}): give --host an address of this machine "
+            f"(127.0.0.1, or 0.0.0.0 for all)"
+        )
+    if isinstance(error, OSError) and error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {where}: --host {host!r} is not an address of this machine "
+            f"({error.strerror}): give --host one of its addresses (127.0.0.1, or 0.0.0.0 "
+            f"for all)"
+        )
+    if isinstance(error, OSError) and error.errno == errno.EACCES:
+        return (
+            f"cannot listen on {where}: permission denied (ports below 1024 need "
+            f"privileges, such as CAP_NET_BIND_SERVICE): give --port 1024 or higher"
+        )
+    return str(error)
+
+
 def worker_link(
     args: argparse.Namespace, config: RelayConfig, parser: argparse.ArgumentParser
 ) -> WorkerLink | None:
@@ -384,16 +439,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "token":
-        _mint(args, parser)
+        _mint(args, command_parser(parser, "token"))
         return
+    serve = command_parser(parser, "serve")
     try:
         config = config_from_args(args)
-        # A missing or empty secret file: say so before serving.
-        read_token_secret(config)
-        read_api_key(config)
-    except (ValueError, OSError) as exc:
-        parser.error(flag_named(str(exc)))
-    link = worker_link(args, config, parser)
+    except ValueError as exc:
+        serve.error(flag_named(str(exc)))
+    # A missing, unreadable or empty secret file, or a short secret: say so before serving.
+    for flag, read in (
+        ("--token-secret-file", read_token_secret),
+        ("--api-key-file", read_api_key),
+    ):
+        try:
+            read(config)
+        except (ValueError, OSError) as exc:
+            serve.error(f"{flag}: {exc}")
+    link = worker_link(args, config, serve)
     handler = logging.StreamHandler(sys.stderr)
     if config.log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -413,5 +475,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         # listen: say so in one line.
         failure = first_leaf(group)
     if failure is not None:
-        print(f"trio-wsproxy: cannot serve: {failure}", file=sys.stderr)
+        print(f"trio-wsproxy: cannot serve: {start_failure(failure, config)}", file=sys.stderr)
         sys.exit(1)

@@ -116,8 +116,16 @@ def _read_secret(path: str | None, what: str) -> str | None:
     """The stripped content of the secret file ``path`` (None: no file given)."""
     if path is None:
         return None
-    with open(path, encoding="utf-8") as file:
-        secret = file.read().strip()
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.read().strip()
+    except OSError as error:
+        # Named, with the system's reason: "[Errno 2] No such file or directory: '/x'"
+        # does not say which setting it is about.
+        reason = error.strerror or str(error)
+        raise type(error)(f"cannot read {what} file {path!r}: {reason}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file {path!r} is not UTF-8 text") from None
     if not secret:
         raise ValueError(f"{what} file {path!r} is empty")
     return secret

@@ -147,6 +147,8 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.up = False
         #: Times the node lost the backplane, and reconnected.
         self.outages = 0
+        #: Why the last connection to Redis ended (None: there was none yet).
+        self._failure: BaseException | None = None
         #: Owner token of each member here (its connection's registration), and back.
         self._owners: dict[Member, str] = {}
         self._by_owner: dict[str, Member] = {}
@@ -201,6 +203,17 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def watch_presence(self, changed: PresenceChange) -> None:
         self._presence_changed = changed
+
+    @property
+    def down_reason(self) -> str | None:
+        if self.up:
+            return None
+        where = f"Redis at {self.address.host}:{self.address.port}"
+        if self._failure is None:
+            return f"backplane unavailable: not connected to {where}"
+        # One line, whatever the failure's text holds.
+        failure = " ".join(str(self._failure).split()) or type(self._failure).__name__
+        return f"backplane unavailable: cannot reach {where} ({failure})"
 
     def unavailable(self, group_name: str) -> str | None:
         if self.up:
@@ -800,6 +813,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         published_maybe_lost = self._unsent or (pub is not None and (pub.broken or pub.pending))
         self._unsent = False
         self.up = False
+        self._failure = failure
         self._pub = self._sub = None
         if was_up:
             self.outages += 1

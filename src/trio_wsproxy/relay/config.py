@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -87,7 +90,39 @@ def _history_memory(instance: object, attribute: attrs.Attribute[Any], value: An
 
 def _valid_path(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value.startswith("/") or "?" in value or " " in value:
-        raise ValueError(f"path must start with '/' and have no query, got {value!r}")
+        raise ValueError(f"{attribute.name} must start with '/' and have no query, got {value!r}")
+
+
+def _valid_path_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None:
+        _valid_path(instance, attribute, value)
+
+
+#: The highest TCP port. A larger number is no port, and must be refused here: the
+#: resolver takes it modulo 65536 (70000 listened on 4464, 65536 on a free port).
+MAX_PORT = 65535
+
+
+def _valid_port(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PORT:
+        raise ValueError(
+            f"{attribute.name} must be a TCP port from 0 to {MAX_PORT} (0: a free one), "
+            f"got {value!r}"
+        )
+
+
+# The names logging knows (DEBUG, INFO, WARNING, ERROR, CRITICAL, and WARN, FATAL,
+# NOTSET); the level is checked here, where a typo is a usage error, rather than where
+# the loggers are set up, after the listeners are bound.
+_LOG_LEVELS = tuple(logging.getLevelNamesMapping())
+
+
+def _log_level(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and value.upper() in _LOG_LEVELS):
+        raise ValueError(
+            f"{attribute.name} must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
+            f"(in any case), got {value!r}"
+        )
 
 
 def _setting(
@@ -110,7 +145,45 @@ def _valid_prefix(instance: object, attribute: attrs.Attribute[Any], value: Any)
 def _origins(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
-    return tuple(origin.strip().rstrip("/") for origin in value if origin.strip())
+    # Browsers send the scheme and host in lower case, and no trailing slash.
+    return tuple(origin.strip().removesuffix("/").lower() for origin in value if origin.strip())
+
+
+# What a browser's Origin header holds (RFC 6454): a scheme, "://", a host and perhaps
+# a port. Nothing else can ever be equal to one.
+_ORIGIN_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin`` could never equal a browser's ``Origin`` header (no scheme, a path,
+    a user, a query, a port out of range), or None when it could."""
+    scheme, separator, _ = origin.partition("://")
+    if not separator or not _ORIGIN_SCHEME.fullmatch(scheme):
+        return "has no scheme"
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return "has a port that is not one (0-65535)"
+    if not parts.hostname or "@" in parts.netloc:
+        return "has no valid host"
+    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+        return "has a path or query (an origin ends after the host and port)"
+    if port is not None and _DEFAULT_PORTS.get(scheme) == port:
+        host = parts.netloc.rsplit(":", 1)[0]
+        return f"names its scheme's default port, which browsers leave out ({scheme}://{host})"
+    return None
+
+
+def _valid_origins(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for origin in value:
+        problem = origin_problem(origin)
+        if problem is not None:
+            raise ValueError(
+                f"{attribute.name} must be origins as browsers send them, "
+                f"scheme://host[:port] such as https://example.com: {origin!r} {problem}"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -119,7 +192,7 @@ class RelayConfig:
     serve`` (``max_message_size`` is ``--max-message-size``); its help is the flag's."""
 
     host: str = _setting("127.0.0.1", "Interface to listen on.")
-    port: int = _setting(DEFAULT_PORT, "TCP port; 0 picks a free one.", attrs.validators.ge(0))
+    port: int = _setting(DEFAULT_PORT, "TCP port (0-65535); 0 picks a free one.", _valid_port)
     path: str = _setting("/ws", "URL path of the WebSocket endpoint.", _valid_path)
     max_message_size: int | None = _setting(
         None,
@@ -131,7 +204,9 @@ class RelayConfig:
     )
     keyfile: str | None = _setting(None, "TLS private key (PEM).")
     log_level: str | None = _setting(
-        None, "Level of the trio_wsproxy loggers (DEBUG, INFO, WARNING, ...)."
+        None,
+        "Level of the trio_wsproxy loggers: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+        _log_level,
     )
     mailbox_bytes: int = _setting(
         4 * 1024 * 1024, "Bytes queued for one member before senders to it wait.", _positive
@@ -213,10 +288,21 @@ class RelayConfig:
     )
 
     healthz_path: str | None = _setting(
-        "/healthz", "Plain-HTTP health check path (200 ok, 503 while stopping); none: off."
+        "/healthz",
+        "Plain-HTTP readiness check path: 200 while the relay admits members, 503 and why "
+        "while it cannot (backplane unreachable, shutting down); none: off.",
+        _valid_path_or_none,
+    )
+    livez_path: str | None = _setting(
+        "/livez",
+        "Plain-HTTP liveness check path: 200 whenever the process answers at all (also "
+        "while the backplane is unreachable); none: off.",
+        _valid_path_or_none,
     )
     metrics_path: str | None = _setting(
-        "/metrics", "Plain-HTTP Prometheus metrics path on the relay's port; none: off."
+        "/metrics",
+        "Plain-HTTP Prometheus metrics path on the relay's port; none: off.",
+        _valid_path_or_none,
     )
     demo: bool = _setting(
         False,
@@ -247,7 +333,9 @@ class RelayConfig:
     allowed_origins: tuple[str, ...] = _setting(
         (),
         "Comma-separated browser origins allowed to connect (403 for others); "
-        "requests without an Origin header are not browsers and pass.",
+        "requests without an Origin header are not browsers and pass. Each is "
+        "scheme://host[:port], as browsers send it (https://example.com).",
+        _valid_origins,
         converter=_origins,
     )
     max_members: int | None = _setting(
@@ -323,10 +411,18 @@ class RelayConfig:
             raise ValueError("token_secret is empty")
         if self.token_secret is not None:
             check_token_secret(self.token_secret, "token_secret (TRIO_WSPROXY_TOKEN_SECRET)")
-        for name in ("path", "healthz_path", "metrics_path"):
+        taken: dict[str, str] = {}
+        for name in ("path", "healthz_path", "livez_path", "metrics_path"):
             value = getattr(self, name)
-            if value is not None and under_api(value):
+            if value is None:
+                continue
+            if under_api(value):
                 raise ValueError(f"{name} {value!r} is under /api/, the HTTP API's paths")
+            if value in taken:
+                raise ValueError(
+                    f"{taken[value]} and {name} are both {value!r}: give each a path of its own"
+                )
+            taken[value] = name
         if self.api_key is not None and self.api_key_file is not None:
             raise ValueError("give the API key once: api_key or api_key_file")
         if self.api_key is not None:

@@ -241,6 +241,11 @@ class GroupRegistry(Protocol):
     def up(self) -> bool:
         """Whether the registry can deliver to every node now (always, in-process)."""
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the registry cannot take every join now, in one line for an operator (the
+        relay's readiness check answers 503 with it); None while it can."""
+
     async def run(
         self,
         config: RelayConfig,
@@ -412,6 +417,7 @@ class LocalRegistry(NodeGroups[Group]):
 
     metric_label = "LocalRegistry"
     up = True
+    down_reason = None
 
     def __init__(self) -> None:
         super().__init__()

@@ -110,7 +110,9 @@ class Relay:
         self._demo = demo_files(config.path) if config.demo else {}
         self._limits = Limits(
             path=config.path,
-            probes=frozenset(p for p in (config.healthz_path, config.metrics_path) if p)
+            probes=frozenset(
+                p for p in (config.healthz_path, config.livez_path, config.metrics_path) if p
+            )
             | frozenset(self._demo),
             max_id_length=config.max_id_length,
             max_group_length=config.max_id_length,
@@ -154,9 +156,11 @@ class Relay:
     async def wait_members(self, count: int, group: str | None = None) -> None:
         """Wait until the relay has exactly ``count`` members (in ``group``, if given).
 
-        For tests and orchestration: joins and leaves are asynchronous, so a client's
-        connect returning does not mean the relay has already registered it. Time out
-        with the caller's cancel scope.
+        For tests and orchestration. A member is registered before its 101 is sent, so a
+        client whose connect has returned is already counted; leaves are asynchronous
+        (noticed when the relay reads the close, or the connection drops), and so are
+        other clients' joins: wait for them here. Time out with the caller's cancel
+        scope.
         """
         while True:
             now = self.group_size(group) if group is not None else self.registry.member_count
@@ -289,11 +293,23 @@ class Relay:
             if self._metrics_view is not None:
                 body = await self._metrics_view(body)
             return probe_response(probe, HTTPStatus.OK, body, METRICS_CONTENT_TYPE)
-        if self.closing:
-            return probe_response(
-                probe, HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain"
-            )
+        if probe.path == self.config.livez_path:
+            # Liveness: the process serves. Neither an outage of the backplane nor a
+            # shutdown is cured by a restart (it would cut the members' close handshakes).
+            return probe_response(probe, HTTPStatus.OK, b"ok\n", "text/plain")
+        unready = self.unready
+        if unready is not None:
+            body = unready.encode("utf-8", "replace") + b"\n"
+            return probe_response(probe, HTTPStatus.SERVICE_UNAVAILABLE, body, "text/plain")
         return probe_response(probe, HTTPStatus.OK, b"ok\n", "text/plain")
+
+    @property
+    def unready(self) -> str | None:
+        """Why the relay cannot admit members now (shutting down, the backplane down), in
+        one line; None while it can. ``/healthz`` answers 503 with it."""
+        if self.closing:
+            return "shutting down"
+        return self.registry.down_reason
 
     async def _read_handshake(
         self, stream: trio.abc.Stream

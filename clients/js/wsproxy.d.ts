@@ -96,6 +96,13 @@ export interface ClientOptions {
   unconfirmedLimit?: number;
   /** ... holding at most this many payload bytes (default 1 MiB). */
   unconfirmedBytes?: number;
+  /** A position in the group's history, "EPOCH:OFFSET" (a `client.position` saved, by a
+   * page before its reload, say): the first connection names it, and a relay keeping
+   * history replays every message after it (see the `resumed` event). */
+  since?: string | null;
+  /** How many messages (and resumed, joined, left, deliveryfailed events) are held for
+   * the first handler or listener (default 1000); past that they are handed out. */
+  holdLimit?: number;
   /** The WebSocket class (default globalThis.WebSocket; in Node 20, the ws package's). */
   WebSocket?: unknown;
 }
@@ -109,6 +116,8 @@ export class Incoming<T = unknown> {
   readonly replyId: string | null;
   readonly sender: string | null;
   readonly direct: boolean;
+  /** Its offset in the group's history (wsproxy.v1, a relay keeping history), else null. */
+  readonly offset: number | null;
   readonly wantsReply: boolean;
   reply(messageType: string, value: unknown): Promise<void>;
 }
@@ -156,6 +165,9 @@ export class Client extends EventTarget {
   readonly protocol: "wsproxy.v1" | null;
   readonly members: Set<string>;
   readonly memberCount: number | null;
+  /** "EPOCH:OFFSET": where the last message handed to the handlers is in the group's
+   * history (the welcome's position before any); null before the welcome or without
+   * history. Give it back as connect(url, {since}). */
   readonly position: string | null;
   readonly bufferedAmount: number;
   readonly stats: {

@@ -302,15 +302,17 @@ async function toBytes(data) {
   throw new TypeError("binary data is an ArrayBuffer, a typed array, a DataView or a Blob");
 }
 
-/** One received message: its value, envelope fields, sender, and the means to answer. */
+/** One received message: its value, envelope fields, sender, its offset in the group's
+ * history (null without one), and the means to answer. */
 export class Incoming {
-  constructor(client, { value, messageType = null, id = null, replyId = null, sender = null, direct = false }) {
+  constructor(client, { value, messageType = null, id = null, replyId = null, sender = null, direct = false, offset = null }) {
     this.value = value;
     this.messageType = messageType;
     this.id = id;
     this.replyId = replyId;
     this.sender = sender;
     this.direct = direct;
+    this.offset = offset;
     Object.defineProperty(this, "client", { value: client, enumerable: false });
   }
   /** Whether its sender waits for an answer (sent it with request). */
@@ -329,6 +331,25 @@ export class Incoming {
 
 const BINARY = Symbol("binary");
 
+// The events that come in order with the messages, held with them until the first
+// handler or listener (see Client._hold).
+const HELD_EVENTS = new Set(["resumed", "joined", "left", "deliveryfailed"]);
+
+/** `since` as given to connect: "EPOCH:OFFSET" (a client's position, saved), or null. */
+function checkPosition(since) {
+  if (since == null) return null;
+  if (typeof since !== "string" || !/^.+:[0-9]+$/.test(since)) {
+    throw new TypeError(`since is a position, "EPOCH:OFFSET" (what client.position gives), got ${JSON.stringify(since)}`);
+  }
+  return since;
+}
+
+/** The epoch and offset of a position "EPOCH:OFFSET". */
+function splitPosition(position) {
+  const at = position.lastIndexOf(":");
+  return { epoch: position.slice(0, at), offset: Number(position.slice(at + 1)) };
+}
+
 /** A client of one group on a relay (see connect). It is an EventTarget: "state",
  * "joined", "left", "resumed", "deliveryfailed", "badmessage", "disconnected". */
 export class Client extends EventTarget {
@@ -336,7 +357,8 @@ export class Client extends EventTarget {
     super();
     const list = Array.isArray(urls) ? urls : [urls];
     if (!list.length) throw new TypeError("at least one relay URL");
-    this.id = options.id ?? newMessageId();
+    // The URL may name the id, as the .NET-style URL does (?id=ID&groupName=GROUP).
+    this.id = options.id ?? (new URL(list[0]).searchParams.get("id") || newMessageId());
     this.group = options.group ?? new URL(list[0]).searchParams.get("groupName");
     this.urls = list.map((url) => connectionUrl(url, { group: this.group, id: this.id }));
     this.options = {
@@ -353,6 +375,8 @@ export class Client extends EventTarget {
       accessToken: null,
       unconfirmedLimit: 256,
       unconfirmedBytes: 1024 * 1024,
+      holdLimit: 1000,
+      since: null,
       WebSocket: globalThis.WebSocket,
       ...options,
     };
@@ -368,8 +392,15 @@ export class Client extends EventTarget {
     this.members = new Set();
     /** How many members the group has, this one included (null: unknown). */
     this.memberCount = null;
-    /** Where this client is in its group's history, "EPOCH:OFFSET" (null: nowhere). */
-    this.position = null;
+    // Where the connection is in the group's history, as read: named when connecting
+    // (at first, the position the client was made with).
+    this._since = checkPosition(this.options.since);
+    // Where the application is: the last message handed out ({epoch, offset} or null).
+    this._handed = null;
+    // Until the first handler or listener: what came in, in order (see _hold).
+    this._holding = true;
+    this._releasing = false;
+    this._held = [];
     this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0, unconfirmed: 0 };
     this._handlers = new Map();
     this._pending = new Map();
@@ -384,6 +415,13 @@ export class Client extends EventTarget {
 
   get url() {
     return this.urls[this.urlIndex];
+  }
+  /** Where this client is in its group's history, "EPOCH:OFFSET": the last message handed
+   * to handlers (in a handler, the one it handles), or the welcome's position before any;
+   * null before the welcome, or without history. Save it, and give it back as
+   * connect(url, {since}) to get every message after it. */
+  get position() {
+    return this._handed === null ? null : `${this._handed.epoch}:${this._handed.offset}`;
   }
   get connected() {
     return this.state === "connected";
@@ -400,7 +438,14 @@ export class Client extends EventTarget {
     const list = this._handlers.get(messageType) ?? [];
     list.push(handler);
     this._handlers.set(messageType, list);
+    this._release();
     return () => this.off(messageType, handler);
+  }
+  /** EventTarget's, and a listener of an event that comes in order with the messages
+   * (resumed, joined, left, deliveryfailed) ends the hold as a handler does. */
+  addEventListener(type, listener, options) {
+    super.addEventListener(type, listener, options);
+    if (HELD_EVENTS.has(type)) this._release();
   }
   off(messageType, handler) {
     const list = this._handlers.get(messageType) ?? [];
@@ -652,7 +697,7 @@ export class Client extends EventTarget {
   async _attempt(index) {
     let token = this.options.accessToken;
     if (typeof token === "function") token = await token();
-    const url = connectionUrl(this.urls[index], { group: this.group, id: this.id, accessToken: token, since: this.position });
+    const url = connectionUrl(this.urls[index], { group: this.group, id: this.id, accessToken: token, since: this._since });
     const WebSocketClass = this.options.WebSocket;
     return new Promise((resolve) => {
       let settled = false;
@@ -697,7 +742,8 @@ export class Client extends EventTarget {
       ws.addEventListener("open", () => {
         this.protocol = ws.protocol === SUBPROTOCOL ? SUBPROTOCOL : null;
         if (this.protocol === null) {
-          this.position = null;
+          this._since = null;
+          this._moveTo(null);
           this.members = new Set();
           this.memberCount = null;
           ready();
@@ -771,7 +817,7 @@ export class Client extends EventTarget {
   _take(data, ready) {
     if (this.protocol !== SUBPROTOCOL) {
       this.stats.messagesReceived += 1;
-      this._payload(data, { sender: null, direct: false });
+      this._payload(data, { sender: null, direct: false, offset: null });
       return;
     }
     let decoded;
@@ -784,13 +830,15 @@ export class Client extends EventTarget {
     const { header, payload } = decoded;
     if (header.kind === "from") {
       this.stats.messagesReceived += 1;
-      if (header.offset !== null && this.position !== null) {
-        this.position = `${this.position.slice(0, this.position.lastIndexOf(":"))}:${header.offset}`;
+      if (header.offset !== null && this._since !== null) {
+        this._since = `${splitPosition(this._since).epoch}:${header.offset}`;
       }
       if (header.sender !== null && this.memberCount !== null && !this.members.has(header.sender)) {
         this.members.add(header.sender);
       }
-      this._payload(typeof payload === "string" ? payload : copy(payload), header);
+      if (!this._payload(typeof payload === "string" ? payload : copy(payload), header)) {
+        this._passed(header.offset); // an answer to a request, a bad message
+      }
       return;
     }
     this._relayEvent(header, ready);
@@ -799,12 +847,14 @@ export class Client extends EventTarget {
   _relayEvent(event, ready) {
     switch (event.kind) {
       case "welcome": {
-        const recovered = event.recovery?.recovered && event.position !== null;
-        if (!recovered) this.position = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
+        const first = this.stats.connects === 0;
+        const recovered = event.recovery?.recovered && event.position !== null && this._since !== null;
+        if (!recovered) this._since = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
+        this._moveTo(this._since);
         const changes = this._replaceMembers(event);
         ready();
-        if (event.recovery) this._event("resumed", event.recovery);
-        changes();
+        if (event.recovery) this._emit("resumed", event.recovery);
+        if (!first) changes(); // (the first welcome fills the list, as in Python)
         return;
       }
       case "presence":
@@ -812,11 +862,11 @@ export class Client extends EventTarget {
         for (const id of event.joined) {
           if (id !== this.id && !this.members.has(id)) {
             this.members.add(id);
-            this._event("joined", { id });
+            this._emit("joined", { id });
           }
         }
         for (const id of event.left) {
-          if (this.members.delete(id)) this._event("left", { id });
+          if (this.members.delete(id)) this._emit("left", { id });
         }
         return;
       case "members":
@@ -832,7 +882,7 @@ export class Client extends EventTarget {
             }
           }
         }
-        this._event("deliveryfailed", event);
+        this._emit("deliveryfailed", event);
         return;
     }
   }
@@ -844,22 +894,24 @@ export class Client extends EventTarget {
     this.members = new Set((event.members ?? []).filter((id) => id !== this.id));
     this.memberCount = event.members === null ? null : event.count;
     return () => {
-      for (const id of was) if (!this.members.has(id)) this._event("left", { id });
-      for (const id of this.members) if (!was.has(id)) this._event("joined", { id });
+      for (const id of was) if (!this.members.has(id)) this._emit("left", { id });
+      for (const id of this.members) if (!was.has(id)) this._emit("joined", { id });
     };
   }
 
-  _payload(data, { sender, direct }) {
+  /** Hand a member's message on: to a waiting request, or to the handlers; returns
+   * whether it went to the handlers. */
+  _payload(data, { sender, direct, offset }) {
     if (typeof data !== "string") {
-      this._deliver(BINARY, new Incoming(this, { value: data, sender, direct }));
-      return;
+      this._deliver(BINARY, new Incoming(this, { value: data, sender, direct, offset }));
+      return true;
     }
     let envelope;
     try {
       envelope = decodeEnvelope(data);
     } catch (error) {
       this._bad(error.message === "not JSON" ? "invalid_json" : "invalid_envelope", error.message, data);
-      return;
+      return false;
     }
     if (envelope.replyId !== null) {
       // Requests are keyed by their ids' canonical spelling (newMessageId writes it).
@@ -869,13 +921,83 @@ export class Client extends EventTarget {
         clearTimeout(pending.timer);
         this._pending.delete(key);
         pending.resolve(envelope.value);
-        return;
+        return false;
       }
     }
-    this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct }));
+    this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct, offset }));
+    return true;
+  }
+
+  // -- held until the first handler ---------------------------------------------------------
+  //
+  // connect() resolves once the client is welcomed, and a relay keeping history sends the
+  // messages a client named by `since` missed right after the welcome: in Node, in the
+  // same read as the welcome, before the code after `await connect(...)` runs. So until
+  // the first handler or listener is registered (on, onBinary, messages, or a listener of
+  // resumed, joined, left, deliveryfailed), messages and those events are held, in order,
+  // up to holdLimit of them; then handed out — in a microtask, so that every handler
+  // registered in the same run of code is in place first. Past holdLimit they are handed
+  // out as they come (to nobody: a client that only sends goes on as before).
+
+  /** Hold a message or event, or hand it out now. */
+  _hold(item) {
+    if (!this._holding) return false;
+    this._held.push(item);
+    if (this._held.length >= this.options.holdLimit) this._flush();
+    return true;
+  }
+
+  _release() {
+    if (this._holding && !this._releasing) {
+      this._releasing = true;
+      queueMicrotask(() => this._flush());
+    }
+  }
+
+  _flush() {
+    if (!this._holding) return;
+    this._holding = false;
+    const held = this._held;
+    this._held = [];
+    for (const item of held) this._handOut(item);
+  }
+
+  _handOut(item) {
+    if (item.event !== undefined) this._event(item.event, item.detail);
+    else if (item.move !== undefined) this._handed = item.move === null ? null : splitPosition(item.move);
+    else if (item.offset !== undefined) this._passedNow(item.offset);
+    else this._handTo(item.key, item.incoming);
+  }
+
+  /** An event that comes in order with the messages. */
+  _emit(name, detail) {
+    if (!this._hold({ event: name, detail })) this._event(name, detail);
+  }
+
+  /** The connection is at `position` ("EPOCH:OFFSET" or null): so is the application
+   * once what came before is handed out. */
+  _moveTo(position) {
+    if (this._holding && this._held.length) this._held.push({ move: position });
+    else this._handed = position === null ? null : splitPosition(position);
+  }
+
+  /** A message with `offset` that the handlers do not get (a request's answer, a bad
+   * message): the application's position passes it in its turn. */
+  _passed(offset) {
+    if (offset === null) return;
+    if (!this._hold({ offset })) this._passedNow(offset);
+  }
+
+  _passedNow(offset) {
+    if (offset !== null && this._handed !== null) this._handed = { epoch: this._handed.epoch, offset };
   }
 
   _deliver(key, incoming) {
+    if (!this._hold({ key, incoming })) this._handTo(key, incoming);
+  }
+
+  _handTo(key, incoming) {
+    this._passedNow(incoming.offset); // (in its handlers, the position is this message's)
     const handlers = this._handlers.get(key);
     if (!handlers?.length) {
       this.stats.unhandled += 1;

@@ -1,16 +1,18 @@
 // A JavaScript member for the suite's tests (tests/test_js_client.py), on Node's own
 // WebSocket (node --experimental-websocket). It joins with the options given as JSON in
 // argv[2], prints what happens as JSON lines, and does what a "Demo.Command" message
-// from the group tells it to.
+// from the group tells it to. With `lateMs`, it registers its handlers and listeners
+// that long after it connected, as a program that awaits something else first does.
 import { createHash } from "node:crypto";
 
 import { connect } from "../../clients/js/wsproxy.js";
 
-const { urls, ...options } = JSON.parse(process.argv[2]);
+const { urls, lateMs = 0, ...options } = JSON.parse(process.argv[2]);
 const say = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
 
 const client = await connect(urls, options);
-say({ event: "connected", id: client.id, protocol: client.protocol, members: [...client.members].sort() });
+say({ event: "connected", id: client.id, protocol: client.protocol, members: [...client.members].sort(), position: client.position });
+if (lateMs) await new Promise((resolve) => setTimeout(resolve, lateMs));
 
 for (const name of ["joined", "left", "resumed", "deliveryfailed", "badmessage"]) {
   client.addEventListener(name, (event) => say({ event: name, ...event.detail }));
@@ -30,7 +32,9 @@ client.addEventListener("state", (event) => {
 });
 
 client.on("Demo.Say", (value, incoming) => {
-  say({ event: "said", value, sender: incoming.sender, direct: incoming.direct });
+  // Where it is in the group's history, when the relay keeps one.
+  const where = incoming.offset === null ? {} : { offset: incoming.offset, position: client.position };
+  say({ event: "said", value, sender: incoming.sender, direct: incoming.direct, ...where });
 });
 client.on("Demo.Ask", (value, incoming) => {
   incoming.reply("Demo.Answer", { text: value.text.toUpperCase() });

@@ -32,7 +32,11 @@ export async function example(): Promise<void> {
     requestTimeout: 5000,
     unconfirmedLimit: 100,
     unconfirmedBytes: 65536,
+    since: sessionStorage.getItem("position"),
+    holdLimit: 100,
   });
+  const saved: string | null = client.position;
+  if (saved !== null) sessionStorage.setItem("position", saved);
   const off = client.on<SocketMessage>("SharedData.Models.SocketMessage", (value, incoming: Incoming<SocketMessage>) => {
     if (incoming.wantsReply) return incoming.reply("System.String", value.Message.toUpperCase());
     return undefined;
@@ -53,7 +57,7 @@ export async function example(): Promise<void> {
     }
   }
   for await (const incoming of client.messages<string>("System.String")) {
-    console.log(incoming.value.length, incoming.direct);
+    console.log(incoming.value.length, incoming.direct, incoming.offset);
     break;
   }
   client.addEventListener("state", (event) => console.log(event.type, client.state));

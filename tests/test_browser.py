@@ -1,8 +1,8 @@
 """The demo page (``--demo``) and the JavaScript client in a real headless Chromium,
 driven by Playwright's core (tests/browserdriver.py): pages chatting, presence, direct
 messages, a 50 MB file dropped and a file picked on a phone, a Python member in the same
-group, a tab replaced by a second one under the same name, a relay restart that the
-pages recover from, and a page load with no error. Also what the relay serves
+group, a tab replaced by a second one under the same name, a reload and a relay restart
+that the pages recover from, and a page load with no error. Also what the relay serves
 under /demo/, and nothing else.
 
 Screenshots of the page (desktop and phone) go to a temporary folder, or to the folder
@@ -12,6 +12,7 @@ named by ``TRIO_WSPROXY_SCREENSHOTS`` (``docs/img`` refreshes the documentation'
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import time
@@ -305,6 +306,46 @@ async def test_a_tab_replaced_by_a_second_one_under_its_name_says_so_and_can_rej
     await second.wait(logged("replaced by another tab"))
     await bob.eval("window.demo.say('welcome back')")
     await first.wait(logged("bob: welcome back"))
+
+
+async def test_a_page_reloaded_mid_traffic_misses_nothing(browser: Browser) -> None:
+    """The page keeps the position it has seen in its tab's sessionStorage and names it
+    when it connects again, so the relay (keeping history) replays what came meanwhile."""
+    async with (
+        open_relay(RelayConfig(port=0, demo=True, history_size=1000)) as relay,
+        open_client(relay.url, group="lobby", id="py") as py,
+    ):
+        page = await join(browser, relay, "ann")
+        await wait_for_member(py, "ann")
+        sent = 0
+        talking = True
+
+        async def talk() -> None:
+            nonlocal sent
+            while talking:
+                await py.send(Chat(f"m {sent}"))
+                sent += 1
+                await trio.sleep(0.01)  # a steady pace, not a flood
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(talk)
+            await page.wait(logged("py: m 20"))
+            # What the page had shown when it went away: its log goes with it.
+            await page.eval(
+                "(() => { addEventListener('pagehide', () => sessionStorage.setItem("
+                "'shown before', JSON.stringify(window.demo.log))); return true })()"
+            )
+            await page.reload()
+            await page.wait("window.demo.client && window.demo.client.connected")
+            await page.wait("window.demo.log.filter(l => l.startsWith('py: ')).length >= 20")
+            talking = False
+        await page.wait(logged(f"py: m {sent - 1}"))
+        before = json.loads(await page.eval("sessionStorage.getItem('shown before')"))
+        after = await page.eval("window.demo.log")
+        lines = [line for line in before + after if line.startswith("py: ")]
+        assert lines == [f"py: m {n}" for n in range(sent)]
+        resumed = await page.eval("document.getElementById('resumed').textContent")
+        assert resumed.startswith("recovered "), resumed
 
 
 async def test_pages_recover_what_they_missed_across_a_relay_restart(

@@ -23,7 +23,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from browserdriver import missing
+from browserdriver import missing, node_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
@@ -137,6 +137,7 @@ def test_the_test_extra_includes_the_pytest_extra() -> None:
 
 
 def npm() -> str:
+    node_path()  # npm is a Node.js program
     path = shutil.which("npm")
     if path is None:
         missing("npm (with Node.js 20 or newer) is not installed")
@@ -185,7 +186,7 @@ def test_the_packed_client_is_imported_by_name_with_its_types(tmp_path: Path) ->
     )
     imported = subprocess.run(
         [
-            shutil.which("node") or "node",
+            node_path(),
             "--input-type=module",
             "-e",
             'const m = await import("trio-wsproxy-client"); console.log(typeof m.connect);',
@@ -201,7 +202,7 @@ def test_the_packed_client_is_imported_by_name_with_its_types(tmp_path: Path) ->
         missing("typescript is not installed: npm install in tests/browser (.ci/run does)")
     checked = subprocess.run(
         [
-            shutil.which("node") or "node",
+            node_path(),
             str(tsc),
             "--noEmit",
             "--strict",

@@ -55,13 +55,16 @@ USER 10001:10001
 # The relay's default port (trio_wsproxy.DEFAULT_PORT).
 EXPOSE 8765
 
-# GET /healthz answers 200 while the relay serves and 503 while it shuts down; urlopen
-# raises on a refused connection, a timeout and any status of 400 or more, so the exit
-# status is 0 only for a healthy relay. Python's standard library: slim images have no
-# curl. It assumes plain ws:// on 127.0.0.1 and the default --healthz-path; with
-# --certfile/--keyfile or another path, override the health check.
+# Liveness: GET /livez answers 200 while the relay process serves at all, a Redis outage
+# included (/healthz is readiness: 503 while the relay cannot admit members, and an
+# orchestrator that replaces unhealthy containers would restart every relay of a
+# cluster whose Redis is down, which helps nothing). urlopen raises on a refused
+# connection, a timeout and any status of 400 or more, so the exit status is 0 only for
+# a live relay. Python's standard library: slim images have no curl. It assumes plain
+# ws:// on 127.0.0.1 and the default --livez-path; with --certfile/--keyfile or another
+# path, override the health check. Point a load balancer's readiness at /healthz.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['HEALTHCHECK_PORT'] + '/healthz', timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['HEALTHCHECK_PORT'] + '/livez', timeout=3)"]
 
 # SIGTERM (Docker's default stop signal) closes every member with 1001 and exits 0 within
 # --close-timeout (3 s by default), well inside Docker's 10 s grace period.

@@ -276,11 +276,12 @@ def healthcheck_command(steps: Sequence[Instruction]) -> list[str]:
     return exec_form(step._replace(arguments=match.group(2)))
 
 
-def test_the_health_check_gets_healthz_with_python(dockerfile: list[Instruction]) -> None:
+def test_the_health_check_gets_livez_with_python(dockerfile: list[Instruction]) -> None:
+    # Liveness, not readiness: a cluster's relays stay healthy while Redis is down.
     command = healthcheck_command(dockerfile)
     assert command[:2] == ["python", "-c"]  # slim images have no curl
-    assert RelayConfig().healthz_path == "/healthz"
-    assert "/healthz" in command[2] and "HEALTHCHECK_PORT" in command[2]
+    assert RelayConfig().livez_path == "/livez"
+    assert "/livez" in command[2] and "HEALTHCHECK_PORT" in command[2]
 
 
 async def run_health_check(dockerfile: Sequence[Instruction], port: int) -> int:
@@ -326,12 +327,20 @@ async def test_the_health_check_fails_when_nothing_listens(
         assert await run_health_check(dockerfile, bound.getsockname()[1]) != 0
 
 
-async def test_the_health_check_fails_when_healthz_does_not_answer_200(
+async def test_the_health_check_fails_when_livez_does_not_answer_200(
     dockerfile: list[Instruction],
 ) -> None:
-    # An open port is not enough: without /healthz the relay answers a plain GET with 426.
-    async with relay_process("--healthz-path", "none") as port:
+    # An open port is not enough: without /livez the relay answers a plain GET with 426.
+    async with relay_process("--livez-path", "none") as port:
         assert await run_health_check(dockerfile, port) != 0
+
+
+async def test_the_health_check_passes_while_the_relay_cannot_reach_redis(
+    dockerfile: list[Instruction],
+) -> None:
+    # /healthz says 503 then (not ready); the container is still alive.
+    async with relay_process("--backplane", "redis://127.0.0.1:1/0") as port:
+        assert await run_health_check(dockerfile, port) == 0
 
 
 @pytest.fixture(scope="module")

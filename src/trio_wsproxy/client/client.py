@@ -340,6 +340,8 @@ class Client:
         The channel holds up to ``buffer`` messages; beyond that the client waits for
         the subscriber, as for a slow handler. Only messages dispatched while the
         subscription is open arrive: subscribe *before* sending what will be answered.
+        (The client's first handler or subscription also gets what was held for it: the
+        messages that came before it, up to ``config.read_ahead``.)
         """
         return self._dispatcher.subscription(message_type, buffer)
 
@@ -348,7 +350,8 @@ class Client:
 
         The timeout is the caller's: ``with trio.fail_after(5): await client.receive(T)``.
         Messages that arrived before the call are not seen (use :meth:`subscribe` for a
-        stream, :meth:`request` for an answer).
+        stream, :meth:`request` for an answer) — unless it is the client's first handler
+        or subscription: that one gets what was held for it.
         """
         async with self.subscribe(message_type, buffer=1) as channel:
             try:

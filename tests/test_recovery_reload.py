@@ -176,3 +176,37 @@ async def test_a_client_that_registers_nothing_holds_read_ahead_messages_at_most
                     await trio.testing.wait_all_tasks_blocked(cushion=0.01)
                 assert quiet.stats.unhandled == 10
                 assert quiet.position is not None and quiet.position.offset == 10
+
+
+@with_history
+async def test_the_position_is_what_was_handed_out_not_what_was_read_ahead(relay: Relay) -> None:
+    """A program that saves the position and exits while its handler is busy has not
+    been given what the client read ahead: a client started from it gets those again."""
+    release, busy, all_seen = trio.Event(), trio.Event(), trio.Event()
+    seen: list[tuple[str, int | None, int | None]] = []
+    with trio.fail_after(20):
+        async with (
+            open_client(relay.url, group="g", id="alice") as alice,
+            open_client(relay.url, group="g", id="bob") as bob,
+        ):
+
+            @bob.on(str)
+            async def slow(text: str, incoming: Incoming[str]) -> None:
+                position = bob.position
+                seen.append((text, incoming.offset, None if position is None else position.offset))
+                busy.set()
+                await release.wait()
+                if len(seen) == 5:
+                    all_seen.set()
+
+            await relay.wait_members(2, "g")
+            for n in range(5):
+                await alice.send(f"m{n}")
+            await busy.wait()
+            while bob.stats.messages_received < 5:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            assert bob.position is not None and bob.position.offset == 1  # not 5
+            release.set()
+            await all_seen.wait()
+            assert bob.position.offset == 5
+    assert seen == [(f"m{n}", n + 1, n + 1) for n in range(5)]

@@ -266,7 +266,8 @@ class Dispatcher:
         await self._jobs_in.send((functools.partial(self._dispatch_event, incoming), True))
 
     async def call_soon(self, hook: Callable[..., object], *args: object) -> None:
-        """Queue a call of the user function ``hook`` with ``args``, in order with messages."""
+        """Queue a call of the user function ``hook`` with ``args``, in order with messages
+        (ahead of those held for the first handler: hooks are never held)."""
         await self._jobs_in.send((functools.partial(call_user, hook, *args), False))
 
     async def moved(self, position: Position | None, *, at_once: bool = False) -> None:

@@ -643,6 +643,21 @@ def test_the_readme_links_to_files_that_exist() -> None:
     assert not missing, missing
 
 
+def test_the_readme_introduces_the_api_history_and_the_protocol() -> None:
+    # A reader of the README alone learns that they exist, and where to read on.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sections = dict(
+        re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
+    )
+    for heading, page in [
+        ("An HTTP API for your back end", "docs/api.md"),
+        ("History and recovery", "docs/protocol.md#history-and-recovery"),
+        ("The protocol", "docs/protocol.md"),
+    ]:
+        assert heading in sections, f"no section {heading!r}"
+        assert f"]({page}" in sections[heading], f"{heading!r} does not link to {page}"
+
+
 def test_every_block_has_a_rule() -> None:
     """Unknown tags fail in test_block too; this names them all at once."""
     known = EXECUTED | CHECKED | set(NOT_EXECUTABLE)

@@ -216,7 +216,7 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         return refuse(
             HTTPStatus.BAD_REQUEST, f"{version} not supported: a WebSocket upgrade needs HTTP/1.1"
         )
-    if url.path != limits.path:
+    if not same_endpoint(url.path, limits.path):
         return refuse(HTTPStatus.NOT_FOUND, f"no such path: use {limits.path}")
     if method != "GET":
         return refuse(HTTPStatus.METHOD_NOT_ALLOWED, "only GET upgrades to a WebSocket")
@@ -286,6 +286,21 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         subprotocol=subprotocol,
         since=since if subprotocol == v1.SUBPROTOCOL else None,
     )
+
+
+def same_endpoint(path: str, endpoint: str) -> bool:
+    """Whether a request for ``path`` is one for the WebSocket ``endpoint``, matched as
+    ASP.NET Core routing matches the .NET Middleware's ``/ws``: ignoring case, and with or
+    without one trailing slash (``/WS`` and ``/ws/`` are ``/ws``). A .NET client that
+    works against the Middleware works here unchanged."""
+    return _route_key(path) == _route_key(endpoint)
+
+
+def _route_key(path: str) -> str:
+    # (str.lower, not casefold: ASP.NET compares ordinally ignoring case; "/" stays "/".)
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    return path.lower()
 
 
 def select_subprotocol(offer: str, limits: Limits) -> str | None:

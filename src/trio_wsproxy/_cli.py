@@ -103,6 +103,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_members": _Optional(int),
     "max_group_members": _Optional(int),
     "max_groups": _Optional(int),
+    "ban_seconds": float,
     "max_message_rate": _Optional(float),
     "max_byte_rate": _Optional(parse_size),
     "log_format": str,

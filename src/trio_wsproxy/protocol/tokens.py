@@ -101,6 +101,26 @@ def check_token(
     return None
 
 
+def issued_after(token: str, secret: str | bytes, moment: float) -> bool:
+    """Whether ``token`` — one :func:`check_token` admitted — says it was issued (its
+    ``iat``, whole seconds since the epoch) after ``moment``: a token minted after the
+    back end removed a member is its word that the member may come back. A token without
+    a numeric ``iat`` was not issued after anything."""
+    import jwt
+
+    try:
+        claims = jwt.decode(
+            token,
+            _key(secret),
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_iat": False},
+        )
+    except (jwt.InvalidTokenError, RecursionError):
+        return False
+    issued = claims.get("iat")
+    return isinstance(issued, int | float) and not isinstance(issued, bool) and issued > moment
+
+
 def allows(patterns: Iterable[object], group: str) -> bool:
     """Whether ``group`` matches one of ``patterns`` (exact names, or ``prefix*``)."""
     for pattern in patterns:

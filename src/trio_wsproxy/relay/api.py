@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -40,8 +41,8 @@ from ..protocol.assembly import FRAGMENT_SIZE
 from ..protocol.envelope import encode_envelope_around
 from ..protocol.printable import printable
 from .config import API_PREFIX, under_api
-from .groups import RegistryUnavailable
-from .openapi import MAX_TYPE_LENGTH, openapi_document
+from .groups import Bans, RegistryUnavailable
+from .openapi import MAX_BAN_SECONDS, MAX_TYPE_LENGTH, openapi_document
 from .post import Poster
 
 if TYPE_CHECKING:
@@ -121,8 +122,11 @@ _Handler = Callable[[_Call, list[str]], Awaitable[None]]
 class Api:
     """The API of one relay: ``key`` None means off (404 for every path)."""
 
-    def __init__(self, host: RelayCore, key: str | None) -> None:
+    def __init__(self, host: RelayCore, key: str | None, bans: Bans | None = None) -> None:
         self._host = host
+        #: Who the back end keeps out (``DELETE .../members/{id}?ban=``); the relay's own,
+        #: which its handshake consults.
+        self.bans = Bans() if bans is None else bans
         self._key = None if key is None else f"Bearer {key}".encode()
         # (method, path shape) -> handler; a shape's segments are names or "{}" for a
         # group or member id.
@@ -132,6 +136,7 @@ class Api:
             ("groups", "{}", "members"): {"GET": self._members},
             ("groups", "{}", "messages"): {"POST": self._post},
             ("groups", "{}", "members", "{}"): {"DELETE": self._remove},
+            ("groups", "{}", "bans", "{}"): {"DELETE": self._lift_ban},
             ("groups", "{}", "history"): {"GET": self._history},
         }
 
@@ -315,11 +320,31 @@ class Api:
         await _send_json(call, HTTPStatus.OK, body)
 
     async def _remove(self, call: _Call, params: list[str]) -> None:
+        group, member = params
+        seconds = _ban_query(call, self._host.config.ban_seconds)
+        registry = self._host.registry
+        # Banned before it is closed, so that a client coming straight back (the .NET
+        # client does, at once) finds the ban however soon its join arrives; undone if
+        # there was nobody to remove.
+        before = self.bans.ban(group, member, seconds, trio.current_time(), time.time())
+        try:
+            removed = await registry.remove_member(group, member, REMOVED_REASON)
+        except BaseException:
+            self.bans.restore(group, member, before)
+            raise
+        if not removed:
+            self.bans.restore(group, member, before)
+            raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member))
+        await _send(call, HTTPStatus.NO_CONTENT, b"", None)
+
+    async def _lift_ban(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
         group, member = params
-        registry = self._host.registry
-        if not await registry.remove_member(group, member, REMOVED_REASON):
-            raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member))
+        if not self.bans.lift(group, member, trio.current_time()):
+            raise ApiError(
+                HTTPStatus.NOT_FOUND,
+                f"no ban on {member!r} in group {group!r} on this relay",
+            )
         await _send(call, HTTPStatus.NO_CONTENT, b"", None)
 
     async def _post(self, call: _Call, params: list[str]) -> None:
@@ -547,6 +572,25 @@ def _post_query(call: _Call, max_id_length: int) -> tuple[str | None, str | None
         _check_id(value, f"query parameter {key!r}", longest)
         values[key] = value
     return values.get("to"), values.get("type")
+
+
+def _ban_query(call: _Call, default: float) -> float:
+    """A removal's ``?ban=SECONDS`` (whole seconds, 0: no ban), else ``default``."""
+    seconds: float | None = None
+    for key, value in call.query:
+        if key != "ban":
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown query parameter {printable(key)!r}")
+        if seconds is not None:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "query parameter 'ban' given more than once")
+        if not (value.isascii() and value.isdigit() and len(value) <= 9) or (
+            int(value) > MAX_BAN_SECONDS
+        ):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"query parameter 'ban' must be whole seconds, 0 to {MAX_BAN_SECONDS}",
+            )
+        seconds = int(value)
+    return default if seconds is None else seconds
 
 
 #: The most messages one history read returns (and the default).

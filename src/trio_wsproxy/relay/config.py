@@ -353,6 +353,14 @@ class RelayConfig:
         "Most groups at once (503 for a member that would open another); none: no limit.",
         _positive_or_none,
     )
+    ban_seconds: float = _setting(
+        60.0,
+        "Seconds a member removed through the HTTP API (DELETE .../members/{id}) stays "
+        "out of its group: its joins are refused with 403 (each call may say ?ban=SECONDS; "
+        "0: no ban). A token issued after the removal, or DELETE .../bans/{id}, lets it "
+        "back in.",
+        _non_negative,
+    )
     max_message_rate: float | None = _setting(
         None,
         "Messages per second one member may send; the relay reads no faster.",

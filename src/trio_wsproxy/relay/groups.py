@@ -504,3 +504,155 @@ class LocalRegistry(NodeGroups[Group]):
             return False
         member.close(CloseCode.REMOVED, reason)
         return True
+
+
+# -- who may not come back (yet) -------------------------------------------------------------
+
+#: A connection replaced by its own id sooner than this (seconds) after it joined was
+#: replaced "at once". A client that reconnects after a half-open TCP drop replaces a
+#: connection that lived far longer (its keepalive had to fail first); two clients that
+#: share one id and reconnect as soon as they are closed (the .NET client does, within
+#: milliseconds) replace connections a few milliseconds old.
+STORM_LIFETIME = 2.0
+#: Replacements at once in a row, each within STORM_LIFETIME of the one before, that
+#: make an eviction storm: after these, the next comeback that would replace a connection
+#: still younger than STORM_LIFETIME is refused (409).
+STORM_REPLACEMENTS = 5
+#: Why such a comeback is refused (one line, the body of the 409).
+STORM_REASON = (
+    "this id keeps replacing itself in this group (two clients with one id?): "
+    "the connection now in the group keeps it"
+)
+
+
+class Storm:
+    """One id's run of replacements at once in one group (see :class:`EvictionStorms`)."""
+
+    __slots__ = ("first", "last", "refused", "replacements")
+
+    def __init__(self, now: float) -> None:
+        #: When the run began and when its latest replacement was (trio clock).
+        self.first = now
+        self.last = now
+        #: Replacements at once in the run; comebacks refused since it became a storm.
+        self.replacements = 0
+        self.refused = 0
+
+
+class EvictionStorms:
+    """Same id, same group, replacing itself again and again: a storm, stopped here.
+
+    "Newest wins" (close 4000 to the older connection) lets a client come back after a
+    half-open drop. Two clients that share one id and reconnect at once on any close (the
+    .NET WsProxyClient does) turn it into an endless exchange of evictions, hundreds a
+    second. A storm is :data:`STORM_REPLACEMENTS` replacements in a row of a connection
+    younger than :data:`STORM_LIFETIME`, each within STORM_LIFETIME of the one before.
+    Once there is one, a comeback that would replace a connection younger than
+    STORM_LIFETIME is refused, and the connection in the group keeps its place; the storm
+    ends by itself once that connection is STORM_LIFETIME old, after which a comeback
+    replaces it as any reconnect does. Replacing an older connection is never refused,
+    and ends any run. Sans-I/O: the caller gives the time.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, str], Storm] = {}
+
+    def comeback(
+        self, group: str, member_id: str, replaces: float | None, now: float
+    ) -> Storm | None:
+        """A connection with ``member_id`` asks to join ``group``, where the connection it
+        would replace joined at ``replaces`` (None: it replaces nobody here). Returns the
+        storm to refuse it for, or None to admit it (counted if it replaces at once)."""
+        if replaces is None:
+            return None
+        key = (group, member_id)
+        run = self._runs.get(key)
+        if now - replaces >= STORM_LIFETIME:
+            # A connection that lived: a reconnect after a drop, or the storm is over.
+            if run is not None:
+                del self._runs[key]
+            return None
+        if run is None or now - run.last >= STORM_LIFETIME:
+            run = self._runs[key] = Storm(now)
+        if run.replacements >= STORM_REPLACEMENTS:
+            run.refused += 1
+            return run
+        run.replacements += 1
+        run.last = now
+        return None
+
+    def expire(self, now: float) -> None:
+        """Forget runs that can no longer go on (their last replacement is
+        STORM_LIFETIME old): memory stays bounded by the ids replaced lately."""
+        stale = [key for key, run in self._runs.items() if now - run.last >= STORM_LIFETIME]
+        for key in stale:
+            del self._runs[key]
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+class Ban:
+    """A member removed by the back end and kept out of its group until ``until``."""
+
+    __slots__ = ("since", "until")
+
+    def __init__(self, until: float, since: float) -> None:
+        #: When the ban ends (trio clock).
+        self.until = until
+        #: When it began, in seconds since the epoch: a token issued later lifts it.
+        self.since = since
+
+
+class Bans:
+    """Members the back end removed (``DELETE .../members/{id}``) and keeps out for a
+    while, by (group, id): their joins are refused (403) until the ban ends, is lifted
+    through the API, or the member brings a token issued after the ban began.
+
+    Held by this relay process only: on a cluster a ban holds on the node that answered
+    the API call (docs/api.md says so). Sans-I/O: the caller gives the times."""
+
+    def __init__(self) -> None:
+        self._bans: dict[tuple[str, str], Ban] = {}
+
+    def ban(
+        self, group: str, member_id: str, seconds: float, now: float, wall: float
+    ) -> Ban | None:
+        """Keep ``member_id`` out of ``group`` for ``seconds`` from ``now`` (trio clock);
+        ``wall`` is the same moment in seconds since the epoch. 0 seconds: no ban (and
+        none left from before). Returns the ban it replaces, for :meth:`restore`."""
+        key = (group, member_id)
+        before = self._bans.pop(key, None)
+        if seconds > 0:
+            self._bans[key] = Ban(now + seconds, wall)
+        return before
+
+    def restore(self, group: str, member_id: str, before: Ban | None) -> None:
+        """Undo :meth:`ban`: ``before`` is what it returned."""
+        key = (group, member_id)
+        if before is None:
+            self._bans.pop(key, None)
+        else:
+            self._bans[key] = before
+
+    def lift(self, group: str, member_id: str, now: float) -> bool:
+        """End the ban on ``member_id`` in ``group``; False when there was none."""
+        ban = self._bans.pop((group, member_id), None)
+        return ban is not None and ban.until > now
+
+    def current(self, group: str, member_id: str, now: float) -> Ban | None:
+        """The ban on ``member_id`` in ``group`` now, if any."""
+        ban = self._bans.get((group, member_id))
+        if ban is not None and ban.until <= now:
+            del self._bans[group, member_id]
+            return None
+        return ban
+
+    def expire(self, now: float) -> None:
+        """Forget the bans that have ended."""
+        ended = [key for key, ban in self._bans.items() if ban.until <= now]
+        for key in ended:
+            del self._bans[key]
+
+    def __len__(self) -> int:
+        return len(self._bans)

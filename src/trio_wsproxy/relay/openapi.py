@@ -18,6 +18,8 @@ ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 #: The longest ``?type=`` a post takes, in characters: room for .NET's full names of
 #: generic types, which name each argument's assembly (a List<string>'s takes 150).
 MAX_TYPE_LENGTH = 1024
+#: The longest ban one removal may set (``?ban=``), in seconds: a year; more is a typo.
+MAX_BAN_SECONDS = 365 * 24 * 3600
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -93,7 +95,8 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
             "version": VERSION,
             "description": (
                 "For back ends: post messages into groups, list groups and members, "
-                "remove a member. Served on the relay's port when it has an API key; "
+                "remove a member (and keep it out for a while). Served on the relay's "
+                "port when it has an API key; "
                 "with a Redis backplane, any node answers for the whole cluster."
             ),
         },
@@ -117,12 +120,45 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
             "/api/groups/{group}/members/{id}": {
                 "delete": {
                     "operationId": "removeMember",
-                    "summary": "Close a member's connection with 4005 (do not reconnect)",
-                    "parameters": [group, member],
+                    "summary": "Close a member's connection with 4005 (do not reconnect) and "
+                    "keep it out of the group for a while",
+                    "parameters": [
+                        group,
+                        member,
+                        {
+                            "name": "ban",
+                            "in": "query",
+                            "required": False,
+                            "description": (
+                                "Seconds the member's joins to this group are then refused "
+                                "(403), on the node that answers; 0: none. Default: the "
+                                "relay's ban_seconds (--ban-seconds, 60). A token issued "
+                                "after the removal, or DELETE .../bans/{id}, lets it back."
+                            ),
+                            "schema": {"type": "integer", "minimum": 0, "maximum": MAX_BAN_SECONDS},
+                        },
+                    ],
                     "responses": {
                         **_COMMON,  # (first: what the call says of a status is more exact)
-                        "204": {"description": "The member is being closed."},
+                        "204": {"description": "The member is being closed (and kept out)."},
+                        "400": _error(
+                            "A malformed request: an id that is empty, too long or has "
+                            "control characters; a ban that is not whole seconds from 0 to "
+                            f"{MAX_BAN_SECONDS}, or given twice; an unknown query parameter."
+                        ),
                         "404": _error("No such member in the group."),
+                    },
+                }
+            },
+            "/api/groups/{group}/bans/{id}": {
+                "delete": {
+                    "operationId": "liftBan",
+                    "summary": "Let a member the API removed join the group again now",
+                    "parameters": [group, member],
+                    "responses": {
+                        **_COMMON,
+                        "204": {"description": "The ban is lifted."},
+                        "404": _error("No ban on this member in this group on this node."),
                     },
                 }
             },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -23,14 +24,15 @@ from ..protocol.handshake import (
     probe_response,
     refuse,
 )
-from ..protocol.tokens import check_token
+from ..protocol.printable import printable
+from ..protocol.tokens import check_token, issued_after
 from ..protocol.tokens import preload as preload_tokens
 from .api import Api
 from .budget import TurnBudget
 from .config import RelayConfig
 from .counters import Counters
 from .demo import demo_files
-from .groups import GroupRegistry
+from .groups import STORM_LIFETIME, STORM_REASON, Bans, EvictionStorms, GroupRegistry
 from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -103,8 +105,12 @@ class Relay:
         self._secret = secret
         if secret is not None:
             preload_tokens()
+        #: Members the back end removed and keeps out for a while (see groups.Bans).
+        self.bans = Bans()
+        #: Ids replacing themselves again and again in a group (see groups.EvictionStorms).
+        self.storms = EvictionStorms()
         #: The HTTP API for back ends (off without a key: 404 under /api/).
-        self.api = Api(self, api_key)
+        self.api = Api(self, api_key, self.bans)
         self._membership_changed = trio.Event()
         #: The demo's pages by path (``--demo``), else none.
         self._demo = demo_files(config.path) if config.demo else {}
@@ -258,10 +264,67 @@ class Relay:
             if verdict is not None:
                 challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
                 return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
+        now = trio.current_time()
+        banned = self._banned(join, now)
+        if banned is not None:
+            return banned
         full = self.over_limit(join.id, join.group)
         if full is not None:
             return refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
-        return None
+        return self._storm(join, now)
+
+    def _banned(self, join: Join, now: float) -> Refusal | None:
+        """A refusal while the back end keeps ``join``'s member out of its group; a
+        token issued after the ban began (already checked) lifts it."""
+        ban = self.bans.current(join.group, join.id, now)
+        if ban is None:
+            return None
+        if (
+            self._secret is not None
+            and join.token is not None
+            and issued_after(join.token, self._secret, ban.since)
+        ):
+            self.bans.lift(join.group, join.id, now)
+            logger.info(
+                "a token issued after its removal lets %s back into %s",
+                printable(join.id),
+                printable(join.group),
+            )
+            return None
+        left = max(1, math.ceil(ban.until - now))
+        return refuse(
+            HTTPStatus.FORBIDDEN,
+            f"removed from this group by the application's back end: kept out for {left}s more",
+            kind="banned",
+        )
+
+    def _storm(self, join: Join, now: float) -> Refusal | None:
+        """A refusal (409) while ``join``'s id is in an eviction storm in its group."""
+        group = self.registry.group(join.group)
+        older = None if group is None else group.members.get(join.id)
+        storm = self.storms.comeback(
+            join.group, join.id, None if older is None else older.joined_at, now
+        )
+        if storm is None:
+            return None
+        if storm.refused == 1:
+            # Once per storm, not per refusal: the refusals are counted in the metrics.
+            logger.warning(
+                "eviction storm: id %s replaced itself %d times in %.1fs in group %s (two "
+                "clients with one id?); its comebacks are refused with 409 until the "
+                "connection in the group is %gs old",
+                printable(join.id),
+                storm.replacements,
+                storm.last - storm.first,
+                printable(join.group),
+                STORM_LIFETIME,
+                extra={
+                    "member": printable(join.id),
+                    "group": printable(join.group),
+                    "replacements": storm.replacements,
+                },
+            )
+        return refuse(HTTPStatus.CONFLICT, STORM_REASON, kind="eviction_storm")
 
     def over_limit(self, member_id: str, group_name: str) -> tuple[str, str] | None:
         """(kind, reason) when one more member ``member_id`` in ``group_name`` would
@@ -352,6 +415,8 @@ class Relay:
         while True:
             await trio.sleep(tick)
             now = trio.current_time()
+            self.bans.expire(now)
+            self.storms.expire(now)
             for session in list(self.sessions):
                 session.watch(now)
                 if interval is not None:

@@ -1,0 +1,346 @@
+"""What a .NET WsProxyClient meets at this relay, over real sockets.
+
+The .NET client, on any close, ends its loop and connects again at once, once; if that
+connect fails (a refusal before the upgrade included) it never tries again, and it never
+answers a server's close frame. The sample Middleware routes ``/ws`` as ASP.NET does
+(any case, an optional trailing slash). The relay must not turn these habits into an
+endless eviction storm, a removed member that is back at once, or a 404 for ``/WS``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import quote
+
+import attrs
+import pytest
+import trio
+
+from httpapi import KEY, call
+from loglines import LogLines
+from trio_wsproxy import CloseCode, Relay
+from trio_wsproxy.protocol.tokens import mint_token
+from trio_wsproxy.relay.groups import STORM_LIFETIME, STORM_REPLACEMENTS
+from wsraw import OP_CLOSE, OP_TEXT, RawClient
+
+SECRET = "relay-secret-of-at-least-thirty-two-bytes"
+with_api = pytest.mark.wsproxy_relay(api_key=KEY)
+# A bound on a test's connects: on a relay without storm control two clients with one
+# id connect hundreds of times a second, for ever.
+_MAX_CONNECTS = 300
+
+
+def target(member_id: str, group: str = "g", token: str | None = None) -> str:
+    query = f"/ws?id={quote(member_id)}&groupName={quote(group)}"
+    return query + (f"&access_token={token}" if token else "")
+
+
+@attrs.define
+class DotnetLike:
+    """A plain client that does on a close what the .NET WsProxyClient does: connect
+    again at once, and give up for good when that connect is refused. It does not answer
+    the relay's close frame (it drops the connection)."""
+
+    port: int
+    target: str
+    #: Close codes of the connections the relay closed, in order.
+    closes: list[int] = attrs.field(factory=list)
+    connects: int = 0
+    #: The refusal that ended it: (status, body).
+    refused: tuple[int, bytes] | None = None
+    #: Set: on the next close, it stays away (a test's way to end it).
+    stop: bool = False
+    #: Set when it has given up (refused, or _MAX_CONNECTS reached) or was told to stop.
+    done: trio.Event = attrs.field(factory=trio.Event)
+    #: Set at each successful connect (a fresh Event each time).
+    connected: trio.Event = attrs.field(factory=trio.Event)
+    #: The data messages received, on every connection; set at each (a fresh Event).
+    received: list[bytes] = attrs.field(factory=list)
+    arrived: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self) -> None:
+        try:
+            while self.connects < _MAX_CONNECTS:
+                client = RawClient(await trio.open_tcp_stream("127.0.0.1", self.port))
+                status, _headers, body = await client.handshake(self.target)
+                self.connects += 1
+                if status != 101:
+                    self.refused = (status, body)
+                    await client.aclose()
+                    return
+                self.connected.set()
+                self.connected = trio.Event()
+                code = await self._serve(client)
+                self.closes.append(code)
+                await client.aclose()  # (no close frame back)
+                if self.stop:
+                    return
+        finally:
+            self.done.set()
+
+    async def _serve(self, client: RawClient) -> int:
+        """Read messages until the relay closes; its close code (1006: none)."""
+        try:
+            while True:
+                opcode, data = await client.recv_message()
+                if opcode == OP_CLOSE:
+                    return int.from_bytes(data[:2], "big")
+                self.received.append(data)
+                self.arrived.set()
+                self.arrived = trio.Event()
+        except EOFError:
+            return 1006
+
+    async def next_message(self) -> bytes:
+        count = len(self.received)
+        while len(self.received) == count:
+            await self.arrived.wait()
+        return self.received[count]
+
+
+async def first_done(*clients: DotnetLike) -> DotnetLike:
+    """The first of ``clients`` to give up."""
+    finished = trio.Event()
+    winner: list[DotnetLike] = []
+
+    async def watch(client: DotnetLike) -> None:
+        await client.done.wait()
+        winner.append(client)
+        finished.set()
+
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            nursery.start_soon(watch, client)
+        await finished.wait()
+        nursery.cancel_scope.cancel()
+    return winner[0]
+
+
+# -- item 7: the WebSocket path as ASP.NET routes it -------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/ws", "/WS", "/ws/", "/Ws/", "/wS"])
+async def test_the_websocket_path_matches_in_any_case_with_or_without_a_trailing_slash(
+    relay: Relay, path: str
+) -> None:
+    client = await RawClient.open(relay.port, f"{path}?id=a&groupName=g")
+    other = await RawClient.open(relay.port, "/ws?id=b&groupName=g")
+    with trio.fail_after(10):
+        await relay.wait_members(2, "g")
+        await other.send_frame(OP_TEXT, b"hello")
+        assert await client.recv_message() == (OP_TEXT, b"hello")
+    await client.aclose()
+    await other.aclose()
+
+
+@pytest.mark.parametrize("path", ["/ws//", "/wss", "/w", "/ws/x", "//ws"])
+async def test_other_paths_are_still_404(relay: Relay, path: str) -> None:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _headers, body = await client.handshake(f"{path}?id=a&groupName=g")
+    assert status == 404, body
+    assert body == b"no such path: use /ws\n"
+    await client.aclose()
+
+
+async def test_the_probes_keep_their_exact_paths(relay: Relay) -> None:
+    assert (await call(relay.port, "GET", "/healthz", auth=False)).status == 200
+    for path in ("/HEALTHZ", "/healthz/"):
+        answer = await call(relay.port, "GET", path, auth=False)
+        assert answer.status != 200, path
+
+
+# -- item 4: same id twice, and the .NET client's immediate reconnect -------------------------
+
+
+async def test_two_dotnet_clients_with_one_id_stop_evicting_each_other(
+    relay: Relay, relay_log: LogLines
+) -> None:
+    member_id = str(uuid.uuid4())
+    a, b = DotnetLike(relay.port, target(member_id)), DotnetLike(relay.port, target(member_id))
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.run)
+            await a.connected.wait()
+            nursery.start_soon(b.run)
+            loser = await first_done(a, b)
+            survivor = b if loser is a else a
+            # One of the two is refused (409) and, as a .NET client does, gives up.
+            assert loser.refused is not None, (a.connects, b.connects)
+            status, body = loser.refused
+            assert status == 409
+            assert b"keeps replacing itself" in body
+            # The storm stopped within a bounded number of evictions.
+            evictions = a.closes.count(CloseCode.REPLACED) + b.closes.count(CloseCode.REPLACED)
+            assert evictions <= STORM_REPLACEMENTS + 1, (a.closes, b.closes)
+            assert a.connects + b.connects <= STORM_REPLACEMENTS + 3
+            # The other one stays connected, and is a working member of the group.
+            assert not survivor.done.is_set()
+            await relay.wait_members(1, "g")
+            sender = await RawClient.open(relay.port, target("sender"))
+            await relay.wait_members(2, "g")
+            await sender.send_frame(OP_TEXT, b"still here?")
+            assert await survivor.next_message() == b"still here?"
+            assert relay.counters.refusals["eviction_storm", 409] == 1
+            assert relay_log.count("eviction storm") == 1
+            assert not survivor.done.is_set()
+
+            # The storm ends by itself: once the survivor's connection is STORM_LIFETIME
+            # old, a single clean reconnect replaces it as any reconnect does.
+            survivor.stop = True
+            await trio.sleep(STORM_LIFETIME)
+            fresh = await RawClient.open(relay.port, target(member_id))
+            await survivor.done.wait()
+            assert survivor.closes[-1] == CloseCode.REPLACED
+            await relay.wait_members(2, "g")
+            await sender.send_frame(OP_TEXT, b"to the newest")
+            assert await fresh.recv_message() == (OP_TEXT, b"to the newest")
+    assert relay_log.count("eviction storm") == 1  # once per storm, not per refusal
+    await fresh.aclose()
+    await sender.aclose()
+
+
+async def test_a_few_quick_reconnects_are_not_a_storm(relay: Relay) -> None:
+    """A client that reconnects quickly a few times (a flaky network, a half-open
+    connection it gave up on) always gets in: newest wins."""
+    clients = []
+    with trio.fail_after(30):
+        for _ in range(STORM_REPLACEMENTS + 1):
+            clients.append(await RawClient.open(relay.port, target("flaky")))
+        for older in clients[:-1]:
+            code, _reason = await older.expect_close()
+            assert code == CloseCode.REPLACED
+        await relay.wait_members(1, "g")
+    assert relay.counters.refusals["eviction_storm", 409] == 0
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_connection_that_lived_is_replaced_even_right_after_a_storm(
+    relay: Relay,
+) -> None:
+    """A reconnect after a half-open drop replaces a connection that lived (its ghost):
+    never refused, storm or not."""
+    storm = [await RawClient.open(relay.port, target("x")) for _ in range(STORM_REPLACEMENTS + 1)]
+    refused = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _headers, _body = await refused.handshake(target("x"))
+    assert status == 409
+    await trio.sleep(STORM_LIFETIME)  # the last connection has lived: it is a ghost now
+    with trio.fail_after(10):
+        back = await RawClient.open(relay.port, target("x"))
+        code, _reason = await storm[-1].expect_close()
+        assert code == CloseCode.REPLACED
+        await relay.wait_members(1, "g")
+    for client in [*storm, refused, back]:
+        await client.aclose()
+
+
+# -- item 5: removed by the back end, and kept out -------------------------------------------
+
+
+@with_api
+async def test_a_removed_dotnet_client_that_comes_straight_back_is_refused(relay: Relay) -> None:
+    member_id = str(uuid.uuid4())
+    client = DotnetLike(relay.port, target(member_id))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.run)
+            await client.connected.wait()
+            answer = await call(relay.port, "DELETE", f"/api/groups/g/members/{member_id}")
+            assert answer.status == 204
+            await client.done.wait()
+    assert client.closes == [CloseCode.REMOVED]
+    assert client.refused is not None
+    status, body = client.refused
+    assert status == 403
+    assert body == b"removed from this group by the application's back end: kept out for 60s more\n"
+    assert (await call(relay.port, "GET", "/api/groups/g/members")).json == {"members": []}
+    assert relay.counters.refusals["banned", 403] == 1
+
+
+async def remove(relay: Relay, member: RawClient, member_id: str, query: str = "") -> None:
+    answer = await call(relay.port, "DELETE", f"/api/groups/g/members/{member_id}{query}")
+    assert answer.status == 204, answer
+    with trio.fail_after(10):
+        code, _reason = await member.expect_close()
+    assert code == CloseCode.REMOVED
+    await member.aclose()
+
+
+async def comeback(relay: Relay, member_id: str, token: str | None = None) -> int:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _headers, _body = await client.handshake(target(member_id, token=token))
+    await client.aclose()
+    return status
+
+
+@with_api
+async def test_a_ban_lasts_as_long_as_the_call_says(relay: Relay) -> None:
+    member = await RawClient.open(relay.port, target("a"))
+    await remove(relay, member, "a", "?ban=1")
+    assert await comeback(relay, "a") == 403
+    await trio.sleep(1.1)
+    assert await comeback(relay, "a") == 101
+    # ?ban=0: removed, and free to come back at once.
+    member = await RawClient.open(relay.port, target("a"))
+    await remove(relay, member, "a", "?ban=0")
+    assert await comeback(relay, "a") == 101
+    # Only that id, only that group.
+    member = await RawClient.open(relay.port, target("a"))
+    await remove(relay, member, "a")
+    assert await comeback(relay, "b") == 101
+    other = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    assert (await other.handshake(target("a", group="h")))[0] == 101
+    await other.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY, ban_seconds=0)
+async def test_the_default_ban_is_the_relays_setting(relay: Relay) -> None:
+    member = await RawClient.open(relay.port, target("a"))
+    await remove(relay, member, "a")
+    assert await comeback(relay, "a") == 101
+
+
+@with_api
+async def test_the_api_lifts_a_ban(relay: Relay) -> None:
+    member = await RawClient.open(relay.port, target("a"))
+    await remove(relay, member, "a")
+    assert await comeback(relay, "a") == 403
+    assert (await call(relay.port, "DELETE", "/api/groups/g/bans/a")).status == 204
+    assert await comeback(relay, "a") == 101
+    answer = await call(relay.port, "DELETE", "/api/groups/g/bans/a")
+    assert answer.status == 404
+    assert "no ban" in answer.json["error"]
+
+
+@with_api
+async def test_a_removal_of_nobody_bans_nobody(relay: Relay) -> None:
+    answer = await call(relay.port, "DELETE", "/api/groups/g/members/a?ban=600")
+    assert answer.status == 404
+    assert await comeback(relay, "a") == 101
+
+
+@with_api
+@pytest.mark.parametrize("query", ["?ban=x", "?ban=-1", "?ban=1.5", "?ban=31536001",
+                                   "?ban=1&ban=2", "?bam=1", "?ban="])  # fmt: skip
+async def test_a_bad_ban_is_400_and_removes_nobody(relay: Relay, query: str) -> None:
+    member = await RawClient.open(relay.port, target("a"))
+    with trio.fail_after(10):
+        await relay.wait_members(1, "g")
+    answer = await call(relay.port, "DELETE", f"/api/groups/g/members/a{query}")
+    assert answer.status == 400, query
+    assert relay.group_size("g") == 1
+    await member.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY, token_secret=SECRET)
+async def test_a_token_issued_after_the_removal_lets_the_member_back(relay: Relay) -> None:
+    old = mint_token(SECRET, "a", ["g"], ttl=600)
+    member = await RawClient.open(relay.port, target("a", token=old))
+    await remove(relay, member, "a")
+    assert await comeback(relay, "a", old) == 403
+    # iat is in whole seconds: a token of the next second is issued after the ban.
+    fresh = mint_token(SECRET, "a", ["g"], ttl=600, now=time.time() + 1)
+    assert await comeback(relay, "a", fresh) == 101
+    # ... which lifted the ban: the old token works again too.
+    assert await comeback(relay, "a", old) == 101

@@ -20,8 +20,9 @@ import trio
 from httpapi import KEY, call
 from loglines import LogLines
 from trio_wsproxy import CloseCode, Relay
-from trio_wsproxy.protocol.tokens import mint_token
-from trio_wsproxy.relay.groups import STORM_LIFETIME, STORM_REPLACEMENTS
+from trio_wsproxy.protocol.handshake import same_endpoint
+from trio_wsproxy.protocol.tokens import issued_after, mint_token
+from trio_wsproxy.relay.groups import STORM_LIFETIME, STORM_REPLACEMENTS, Bans, EvictionStorms
 from wsraw import OP_CLOSE, OP_TEXT, RawClient
 
 SECRET = "relay-secret-of-at-least-thirty-two-bytes"
@@ -344,3 +345,80 @@ async def test_a_token_issued_after_the_removal_lets_the_member_back(relay: Rela
     assert await comeback(relay, "a", fresh) == 101
     # ... which lifted the ban: the old token works again too.
     assert await comeback(relay, "a", old) == 101
+
+
+# -- the rules, without a network ---------------------------------------------------------------
+
+
+def test_a_storm_is_five_replacements_at_once_in_a_row_and_ends_by_itself() -> None:
+    storms = EvictionStorms()
+    now = 100.0
+    joined = now
+    for _ in range(STORM_REPLACEMENTS):
+        now += 0.01
+        assert storms.comeback("g", "x", joined, now) is None
+        joined = now
+    storm = storms.comeback("g", "x", joined, now + 0.01)
+    assert storm is not None
+    assert (storm.replacements, storm.refused) == (STORM_REPLACEMENTS, 1)
+    assert storms.comeback("g", "x", joined, now + 0.02) is storm
+    assert storm.refused == 2
+    # Another id, another group: not in it.
+    assert storms.comeback("g", "y", joined, now + 0.01) is None
+    assert storms.comeback("h", "x", joined, now + 0.01) is None
+    # The connection in the group has lived: the comeback replaces it, the storm is over.
+    assert storms.comeback("g", "x", joined, joined + STORM_LIFETIME) is None
+    assert (
+        storms.comeback("g", "x", joined + STORM_LIFETIME, joined + STORM_LIFETIME + 0.01) is None
+    )
+    storms.expire(joined + 10 * STORM_LIFETIME)
+    assert len(storms) == 0
+
+
+def test_replacing_a_connection_that_lived_breaks_the_run() -> None:
+    storms = EvictionStorms()
+    for round_ in range(3):
+        start = 1000.0 * (round_ + 1)
+        for i in range(STORM_REPLACEMENTS - 1):
+            assert storms.comeback("g", "x", start + i * 0.01, start + (i + 1) * 0.01) is None
+        # A join that replaces nobody (the member had left) does not count either way.
+        assert storms.comeback("g", "x", None, start + 1) is None
+        assert storms.comeback("g", "x", start - 10, start + 1) is None  # (lived 10 s)
+
+
+def test_a_ban_ends_is_lifted_or_restored() -> None:
+    bans = Bans()
+    assert bans.ban("g", "a", 60, now=10.0, wall=1e9) is None
+    ban = bans.current("g", "a", 11.0)
+    assert ban is not None
+    assert (ban.until, ban.since) == (70.0, 1e9)
+    assert bans.current("g", "b", 11.0) is None
+    assert bans.current("h", "a", 11.0) is None
+    assert bans.current("g", "a", 70.0) is None  # ended
+    bans.ban("g", "a", 60, now=10.0, wall=1e9)
+    before = bans.ban("g", "a", 0, now=20.0, wall=1e9 + 10)  # ?ban=0 ends it
+    assert bans.current("g", "a", 21.0) is None
+    bans.restore("g", "a", before)
+    assert bans.current("g", "a", 21.0) is before
+    assert bans.lift("g", "a", 21.0)
+    assert not bans.lift("g", "a", 21.0)
+    bans.ban("g", "a", 1, now=0.0, wall=0.0)
+    bans.expire(5.0)
+    assert len(bans) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint", "same"),
+    [("/ws", "/ws", True), ("/WS", "/ws", True), ("/ws/", "/ws", True), ("/ws", "/ws/", True),
+     ("/Chat/Ws/", "/chat/ws", True), ("/ws//", "/ws", False), ("/wss", "/ws", False),
+     ("/", "/", True), ("/x/", "/", False), ("", "/ws", False)],
+)  # fmt: skip
+def test_the_endpoint_matches_as_aspnet_routing_does(path: str, endpoint: str, same: bool) -> None:
+    assert same_endpoint(path, endpoint) is same
+
+
+def test_a_token_is_issued_after_a_moment_by_its_iat() -> None:
+    token = mint_token(SECRET, "a", ["g"], ttl=60, now=1_000_000_000)
+    assert issued_after(token, SECRET, 999_999_999.5)
+    assert not issued_after(token, SECRET, 1_000_000_000)
+    assert not issued_after(token, "another-secret-of-at-least-thirty-two-b", 0)

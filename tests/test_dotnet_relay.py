@@ -171,10 +171,12 @@ async def test_two_dotnet_clients_with_one_id_stop_evicting_each_other(
             status, body = loser.refused
             assert status == 409
             assert b"keeps replacing itself" in body
-            # The storm stopped within a bounded number of evictions.
+            # The storm stopped within a bounded number of evictions: STORM_REPLACEMENTS,
+            # with room for a run that starts again on a machine slowed to seconds per
+            # reconnect (unbounded, two such clients make hundreds a second).
             evictions = a.closes.count(CloseCode.REPLACED) + b.closes.count(CloseCode.REPLACED)
-            assert evictions <= STORM_REPLACEMENTS + 1, (a.closes, b.closes)
-            assert a.connects + b.connects <= STORM_REPLACEMENTS + 3
+            assert evictions <= 3 * STORM_REPLACEMENTS, (a.closes, b.closes)
+            assert a.connects + b.connects <= 3 * STORM_REPLACEMENTS + 2
             # The other one stays connected, and is a working member of the group.
             assert not survivor.done.is_set()
             await relay.wait_members(1, "g")
@@ -278,9 +280,9 @@ async def comeback(relay: Relay, member_id: str, token: str | None = None) -> in
 @with_api
 async def test_a_ban_lasts_as_long_as_the_call_says(relay: Relay) -> None:
     member = await RawClient.open(relay.port, target("a"))
-    await remove(relay, member, "a", "?ban=1")
+    await remove(relay, member, "a", "?ban=3")
     assert await comeback(relay, "a") == 403
-    await trio.sleep(1.1)
+    await trio.sleep(3.1)
     assert await comeback(relay, "a") == 101
     # ?ban=0: removed, and free to come back at once.
     member = await RawClient.open(relay.port, target("a"))

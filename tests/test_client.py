@@ -335,7 +335,7 @@ async def test_types_go_out_under_their_default_or_registered_names(
             await wsproxy_relay.wait_members(2, GROUP)
             await client.send(SocketMessage("hi"))
             await client.send(Card(Suit.HEARTS, 3))
-            await client.send(2**40)
+            await client.send(2**40, as_type="System.Int64")
             first = json.loads(await peer.get_message())
             assert first["MessageType"] == f"{SocketMessage.__module__}.SocketMessage"
             assert first["Message"] == {"message": "hi", "reply_required": False}
@@ -464,9 +464,10 @@ async def test_a_python_handler_answers_a_dotnet_request_as_dotnet_expects(
                 f'{{"Id":"{request_id.upper()}","MessageType":"System.String",'
                 '"Message":"How do you do?","ReplyId":null}'
             )
+            # .NET reads the Id into a Guid and writes it back as Guid.ToString() does.
             assert await peer.get_message() == (
                 '{"Id":null,"MessageType":"System.Boolean","Message":true,'
-                f'"ReplyId":"{request_id.upper()}"}}'
+                f'"ReplyId":"{request_id}"}}'
             )
 
 
@@ -617,7 +618,7 @@ async def test_an_answer_that_does_not_fit_the_reply_type_raises_reply_error(
         assert asker.stats.bad_payload == 1
 
 
-async def test_replying_to_a_message_that_asked_for_nothing_is_an_error(
+async def test_replying_to_a_message_that_asked_for_nothing_answers_guid_empty(
     wsproxy_relay: Relay, wsproxy_client: ClientFactory
 ) -> None:
     with trio.fail_after(5):
@@ -629,8 +630,11 @@ async def test_replying_to_a_message_that_asked_for_nothing_is_an_error(
         await a.send("no question")
         incoming = await seen.receive()
         assert not incoming.wants_reply
-        with pytest.raises(ValueError, match="nothing to reply to"):
-            await incoming.reply(True)
+        a.on(bool, lambda answer, incoming: received.send_nowait(incoming))
+        await incoming.reply(True)  # as .NET's ReplyToAsync: ReplyId Guid.Empty
+        answer = await seen.receive()
+        assert answer.value is True
+        assert answer.reply_id == "00000000-0000-0000-0000-000000000000"
 
 
 # -- handlers -----------------------------------------------------------------------------

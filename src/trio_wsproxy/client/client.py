@@ -70,7 +70,7 @@ from .sent import SentMessage
 from .stats import ClientStats
 from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of
 from .urls import connection_url, connection_urls
-from .wire import check_member_id, encode_message, type_label
+from .wire import DotnetRuntime, check_member_id, encode_message, type_label
 
 __all__ = [
     "DEFAULT_RECONNECT_CODES",
@@ -159,6 +159,8 @@ class Client:
         #: Counters: messages in and out, bad messages by kind, reconnects, ...
         self.stats: ClientStats = ClientStats()
         self._link = Link(self.config, self.stats)
+        # The .NET version of generic names: pinned by the config, or learned from the group.
+        self._runtime = DotnetRuntime(pinned=self.config.dotnet_version)
         self._requests = PendingRequests()
         self._membership = Membership(self.id)
         self._dispatcher = Dispatcher(
@@ -180,6 +182,7 @@ class Client:
             requests=self._requests,
             membership=self._membership,
             sender=self,
+            runtime=self._runtime,
             reply_via=functools.partial(_DirectReply, self),
             on_connect=None if on_connect is None else functools.partial(on_connect, self),
             on_disconnect=on_disconnect,
@@ -377,7 +380,14 @@ class Client:
         message is being written is retried on the next one. Raises
         :exc:`ClientClosed` once the client is closed. Never drops a message silently.
         """
-        frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
+        frame = encode_message(
+            self.types,
+            value,
+            as_type,
+            request_id=None,
+            reply_to=reply_to,
+            runtime=self._runtime,
+        )
         await self._link.send(frame, value=value, as_type=as_type, reply_to=reply_to)
 
     async def send_stream(
@@ -420,7 +430,12 @@ class Client:
             if isinstance(announce, bytes | bytearray | memoryview):
                 raise TypeError("a stream is announced by a typed message, not bytes")
             encoded = encode_message(
-                self.types, announce, announce_as, request_id=None, reply_to=None
+                self.types,
+                announce,
+                announce_as,
+                request_id=None,
+                reply_to=None,
+                runtime=self._runtime,
             )
             assert isinstance(encoded, str)
             announcement = encoded
@@ -452,7 +467,14 @@ class Client:
         :meth:`send` does.
         """
         self._check_present(check_member_id(member_id))
-        frame = encode_message(self.types, value, as_type, request_id=None, reply_to=reply_to)
+        frame = encode_message(
+            self.types,
+            value,
+            as_type,
+            request_id=None,
+            reply_to=reply_to,
+            runtime=self._runtime,
+        )
         await self._link.send(frame, to=member_id, value=value, as_type=as_type, reply_to=reply_to)
 
     async def request(
@@ -482,7 +504,14 @@ class Client:
             self._check_present(check_member_id(to))
         limit = self.config.request_timeout if timeout is None else timeout
         request_id = new_message_id()
-        frame = encode_message(self.types, value, as_type, request_id=request_id, reply_to=None)
+        frame = encode_message(
+            self.types,
+            value,
+            as_type,
+            request_id=request_id,
+            reply_to=None,
+            runtime=self._runtime,
+        )
         return await self._requests.ask(
             request_id,
             reply_type,
@@ -561,7 +590,14 @@ class _DirectReply:
         self, value: object, *, as_type: Any = None, reply_to: str | None = None
     ) -> None:
         client = self.client
-        frame = encode_message(client.types, value, as_type, request_id=None, reply_to=reply_to)
+        frame = encode_message(
+            client.types,
+            value,
+            as_type,
+            request_id=None,
+            reply_to=reply_to,
+            runtime=client._runtime,
+        )
         # Not checked against Client.members: the requester may have left meanwhile, and
         # the relay's answer to that is an event, never an exception in the handler.
         await client._link.send(

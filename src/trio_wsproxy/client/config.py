@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import attrs
@@ -29,6 +30,11 @@ def _positive_or_none(
 ) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
+def _version_or_none(instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value):
+        raise ValueError(f"{attribute.name} is a .NET version such as '8.0.0.0', got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -86,3 +92,10 @@ class ClientConfig:
     #: anyway. False connects exactly as a plain client, for a server or proxy that refuses
     #: an upgrade offering a subprotocol it does not know.
     offer_v1: bool = True
+    #: The .NET runtime version written into generic type names (``List`1[[System.String,
+    #: System.Private.CoreLib, Version=7.0.0.0, ...]]``), which a .NET member matches
+    #: exactly: ``"7.0.0.0"`` for .NET 7, ``"8.0.0.0"`` for .NET 8. None (the default)
+    #: learns it from the first generic name with a version a member of the group sends,
+    #: and writes the registry's (``TypeRegistry(dotnet_version=...)``, ``"8.0.0.0"``
+    #: unless set) until then.
+    dotnet_version: str | None = attrs.field(default=None, validator=_version_or_none)

@@ -69,7 +69,7 @@ from .sent import SentLog
 from .stats import ClientStats
 from .streams import BinaryStream
 from .urls import with_query
-from .wire import Deliver, Reply, read_frame, split_relay_message
+from .wire import Deliver, DotnetRuntime, Reply, read_frame, split_relay_message
 
 __all__ = ["ConnectionTask"]
 
@@ -132,6 +132,7 @@ class ConnectionTask:
         requests: PendingRequests,
         membership: Membership,
         sender: Sender,
+        runtime: DotnetRuntime,
         reply_via: Callable[[str], Sender],
         on_connect: Callable[[], object] | None,
         on_disconnect: DisconnectHook | None,
@@ -150,6 +151,7 @@ class ConnectionTask:
         self._requests = requests
         self._membership = membership
         self._sender = sender
+        self._runtime = runtime
         self._reply_via = reply_via
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -363,7 +365,11 @@ class ConnectionTask:
             await self._whole_binary(received, None)
             return
         verdict = read_frame(
-            received, types=self._types, awaiting=self._requests, sender=self._sender
+            received,
+            types=self._types,
+            awaiting=self._requests,
+            sender=self._sender,
+            runtime=self._runtime,
         )
         # The plain hot path: what _carry_out does, without one more coroutine per message.
         if isinstance(verdict, Deliver) and not self._dispatcher.announces(verdict.message_type):
@@ -406,6 +412,7 @@ class ConnectionTask:
                 awaiting=self._requests,
                 sender=self._reply_path(header.sender),
                 origin=header,
+                runtime=self._runtime,
             )
             await self._carry_out(verdict, payload)
             if header.offset is not None and not isinstance(verdict, Deliver):
@@ -513,6 +520,7 @@ class ConnectionTask:
                     awaiting=self._requests,
                     sender=self._reply_path(None if origin is None else origin.sender),
                     origin=origin,
+                    runtime=self._runtime,
                 )
                 await self._carry_out(verdict, "")
         if piece.last:

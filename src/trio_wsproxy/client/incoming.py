@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
-from ..protocol.envelope import Envelope
+from ..protocol.envelope import EMPTY_GUID, Envelope
 from .sent import SentMessage
 
 __all__ = [
@@ -136,15 +136,16 @@ class Incoming(Generic[T]):
         The .NET ``ReplyToAsync`` equivalent. Over ``wsproxy.v1`` (:attr:`sender` known)
         the answer goes to the requester only; otherwise, or when the client has since
         reconnected to a relay that does not speak v1, to the group, which is how .NET
-        and plain relays answer. Raises :exc:`ValueError` if the sender did not ask for an
-        answer (check :attr:`wants_reply`).
+        and plain relays answer. A message that asked for no answer (no ``Id``: see
+        :attr:`wants_reply`) is answered as .NET answers it, with ``ReplyId``
+        ``Guid.Empty`` (``00000000-0000-0000-0000-000000000000``), which every receiver
+        takes for an ordinary message. Raises :exc:`ValueError` for a binary message,
+        which has no envelope to answer.
         """
-        if self.id is None:
-            raise ValueError(
-                f"this {self.message_type or 'binary'} message has no Id: its sender did not "
-                "send it with request(), so there is nothing to reply to"
-            )
-        await self._client.send(value, as_type=as_type, reply_to=self.id)
+        if self.message_type is None:
+            raise ValueError("a binary message has no envelope, so there is nothing to reply to")
+        reply_to = self.id if self.id is not None else EMPTY_GUID
+        await self._client.send(value, as_type=as_type, reply_to=reply_to)
 
 
 #: Hook called when a connection is lost other than by closing the client.

@@ -16,19 +16,29 @@ it said (:class:`~trio_wsproxy.protocol.v1.From`) as ``origin``.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Container
 from typing import Any
 
 import attrs
 
 from ..protocol.envelope import (
+    EMPTY_GUID,
     Envelope,
     EnvelopeError,
     decode_envelope,
     encode_envelope,
+    is_dotnet_guid,
+    message_id_to_send,
     normalize_message_id,
 )
-from ..protocol.typenames import PayloadError, TypeRegistry
+from ..protocol.typenames import (
+    PayloadError,
+    TypeRegistry,
+    check_sendable,
+    runtime_version_of,
+    with_runtime_version,
+)
 from ..protocol.v1 import (
     MAX_MEMBER_HEADER,
     Event,
@@ -41,6 +51,7 @@ from .incoming import BadMessage, BadMessageKind, Incoming, Sender
 
 __all__ = [
     "Deliver",
+    "DotnetRuntime",
     "Reply",
     "check_member_id",
     "encode_message",
@@ -51,6 +62,44 @@ __all__ = [
     "type_label",
 ]
 
+logger = logging.getLogger("trio_wsproxy.client")
+
+
+@attrs.define
+class DotnetRuntime:
+    """The .NET runtime version a client writes into generic type names
+    (``List`1[[System.String, System.Private.CoreLib, Version=...]]``).
+
+    A .NET member matches a ``MessageType`` ordinally, runtime version included, so a
+    ``List<string>`` named for .NET 8 never reaches a .NET 7 member. ``pinned`` (from
+    ``ClientConfig.dotnet_version``) is used as given; otherwise the version is learned
+    from the first generic name with a runtime version that comes from the group, and
+    until then the registry's names go as they are (``DOTNET_RUNTIME_VERSION``).
+    """
+
+    #: The version set by configuration; None: learn it.
+    pinned: str | None = None
+    #: The version learned from the group, if any.
+    learned: str | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The version written into generic names now; None leaves them as registered."""
+        return self.pinned if self.pinned is not None else self.learned
+
+    def learn(self, message_type: str) -> None:
+        """Take the runtime version of a received ``MessageType``, if it is the first."""
+        if self.pinned is None and self.learned is None:
+            found = runtime_version_of(message_type)
+            if found:
+                self.learned = found
+                logger.info("the group's .NET members write generic names for runtime %s", found)
+
+    def name(self, message_type: str) -> str:
+        """``message_type`` as this client sends it."""
+        version = self.version
+        return message_type if version is None else with_runtime_version(message_type, version)
+
 
 def encode_message(
     types: TypeRegistry,
@@ -59,13 +108,18 @@ def encode_message(
     *,
     request_id: str | None,
     reply_to: str | None,
+    runtime: DotnetRuntime | None = None,
 ) -> str | bytes:
     """The frame that carries ``value``: ``bytes``-like values as themselves (one binary
-    frame), anything else as a typed envelope named after ``as_type`` or its own type.
+    frame), anything else as a typed envelope named after ``as_type`` (a type, or a wire
+    name as a str) or its own type, generic names for ``runtime``'s .NET version.
 
     Raises :exc:`ValueError` for a binary frame with an ``Id`` or ``ReplyId`` (it has no
-    envelope to carry them) and :exc:`TypeError` for a container without ``as_type``
-    (its element types cannot be told from the value).
+    envelope to carry them), for an ``Id``/``ReplyId`` that is not a GUID, and for what a
+    .NET member of the group could not read without dropping its connection (see
+    :func:`~trio_wsproxy.protocol.typenames.check_sendable`); :exc:`TypeError` for a
+    container without ``as_type`` (its element types cannot be told from the value). Logs
+    a warning for what a .NET member would drop without a word (a null or ``""`` payload).
     """
     if as_type is None and isinstance(value, bytes | bytearray | memoryview):
         if request_id is not None or reply_to is not None:
@@ -76,11 +130,18 @@ def encode_message(
             f"say which type this {type(value).__name__} travels as, e.g. as_type=list[str]"
         )
     tp = as_type if as_type is not None else type(value)
+    name = types.name_for_value(value, tp)
+    if runtime is not None:
+        name = runtime.name(name)
+    payload = types.unstructure(value, tp)
+    warning = check_sendable(name, payload)
+    if warning is not None:
+        logger.warning("sending %s", warning)
     envelope = Envelope(
-        message_type=types.name_for_value(value, tp),
-        message=types.unstructure(value, tp),
-        id=request_id,
-        reply_id=reply_to,
+        message_type=name,
+        message=payload,
+        id=None if request_id is None else message_id_to_send(request_id),
+        reply_id=None if reply_to is None else message_id_to_send(reply_to),
     )
     return encode_envelope(envelope)
 
@@ -140,6 +201,8 @@ def check_member_id(member_id: object) -> str:
 def type_label(value: object, as_type: Any) -> str:
     """The Python name of the type ``value`` travels as, for messages about it."""
     tp = as_type if as_type is not None else type(value)
+    if isinstance(tp, str):
+        return tp
     return getattr(tp, "__qualname__", repr(tp))
 
 
@@ -175,6 +238,7 @@ def read_frame(
     awaiting: Container[str],
     sender: Sender,
     origin: From | None = None,
+    runtime: DotnetRuntime | None = None,
 ) -> Deliver | Reply | BadMessage:
     """What the received ``frame`` is.
 
@@ -182,7 +246,14 @@ def read_frame(
     ``ReplyId`` is one of them (in any GUID spelling) is a :class:`Reply`. Other envelopes
     are structured into the type registered under their ``MessageType``; binary frames
     are ``bytes``. ``sender`` is what :meth:`Incoming.reply` answers through; ``origin``
-    what a v1 relay's header said (the frame is then the payload after it).
+    what a v1 relay's header said (the frame is then the payload after it); ``runtime``
+    learns the group's .NET version from the generic names that come by.
+
+    An ``Id`` or ``ReplyId`` that is not a ``D``-format GUID makes the frame a
+    :class:`BadMessage` (``INVALID_ENVELOPE``): it would drop a .NET member's connection,
+    and an answer echoing it would drop every .NET member's. A ``ReplyId`` of
+    ``Guid.Empty`` (an answer to a message without ``Id``) answers no request: the
+    message goes to the handlers, as on .NET.
     """
     member, direct, offset = (
         (None, False, None) if origin is None else (origin.sender, origin.direct, origin.offset)
@@ -194,7 +265,16 @@ def read_frame(
     except EnvelopeError as error:
         kind = BadMessageKind.INVALID_JSON if error.not_json else BadMessageKind.INVALID_ENVELOPE
         return BadMessage(kind, str(error), frame)
-    if envelope.reply_id is not None:
+    for key, value in (("Id", envelope.id), ("ReplyId", envelope.reply_id)):
+        if value is not None and not is_dotnet_guid(value):
+            reason = (
+                f"{key} {value!r} is not a GUID (8-4-4-4-12 hex digits): a .NET member drops "
+                "its connection on it, so it is neither read nor answered"
+            )
+            return BadMessage(BadMessageKind.INVALID_ENVELOPE, reason, frame, envelope)
+    if runtime is not None:
+        runtime.learn(envelope.message_type)
+    if envelope.reply_id is not None and envelope.reply_id != EMPTY_GUID:
         request_id = normalize_message_id(envelope.reply_id)
         if request_id in awaiting:
             return Reply(request_id, envelope, frame)

@@ -6,24 +6,31 @@ A typed message travels as one text frame holding exactly this object, keys in t
      "Message":{"Message":"Hello from Client 1","ReplyRequired":false},"ReplyId":null}
 
 ``Id`` and ``ReplyId`` are GUID strings or null: a request carries a fresh GUID in ``Id``,
-its answer carries that GUID in ``ReplyId``. The .NET client parses both as ``Guid?``, so
-anything but a GUID there would break a .NET member of the group.
+its answer carries that GUID in ``ReplyId``. The .NET client parses both as ``Guid?``
+and System.Text.Json reads only the ``D`` format (``8-4-4-4-12`` hex digits): anything
+else there throws in a .NET member's receive loop and drops its connection. So every id
+this package sends is a lower-case ``D`` GUID (:func:`message_id_to_send`), and an answer
+to a message without an ``Id`` carries :data:`EMPTY_GUID` as .NET's ``ReplyToAsync`` does.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any, NoReturn
 
 import attrs
 
 __all__ = [
+    "EMPTY_GUID",
     "Envelope",
     "EnvelopeError",
     "decode_envelope",
     "encode_envelope",
     "encode_envelope_around",
+    "is_dotnet_guid",
+    "message_id_to_send",
     "new_message_id",
     "normalize_message_id",
 ]
@@ -31,6 +38,15 @@ __all__ = [
 # System.Text.Json writes compact JSON; matching it keeps our frames byte-identical to a
 # .NET client's for the same message (for ASCII payloads).
 _SEPARATORS = (",", ":")
+
+#: ``Guid.Empty``: the ``ReplyId`` .NET's ``ReplyToAsync`` writes when the message answered
+#: had no ``Id``. Receivers (.NET's and ours) dispatch such a message as an ordinary one.
+EMPTY_GUID = "00000000-0000-0000-0000-000000000000"
+
+# The one GUID spelling System.Text.Json reads ("D"; hex digits of either case).
+_D_FORMAT = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 class EnvelopeError(ValueError):
@@ -65,6 +81,28 @@ class Envelope:
 def new_message_id() -> str:
     """Return a fresh request id: a GUID, lower-case as .NET writes it (``Guid.ToString()``)."""
     return str(uuid.uuid4())
+
+
+def is_dotnet_guid(value: str) -> bool:
+    """Whether a .NET member can read ``value`` as the ``Id`` or ``ReplyId`` of an envelope:
+    a GUID in the ``D`` format, ``8-4-4-4-12`` hex digits (no braces, no ``urn:``)."""
+    return _D_FORMAT.fullmatch(value) is not None
+
+
+def message_id_to_send(value: str) -> str:
+    """``value`` as an ``Id``/``ReplyId`` to send: a GUID in the lower-case ``D`` format
+    (``Guid.ToString()``'s), whatever GUID spelling it came in.
+
+    Raises :exc:`ValueError` for anything but a GUID: a .NET member of the group would
+    drop its connection reading it.
+    """
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        raise ValueError(
+            f"an Id or ReplyId is a GUID, got {value!r}: a .NET member drops its connection "
+            "on anything else"
+        ) from None
 
 
 def normalize_message_id(value: str) -> str:

@@ -29,10 +29,13 @@ __all__ = [
     "DOTNET_RUNTIME_VERSION",
     "PayloadError",
     "TypeRegistry",
+    "check_sendable",
     "dotnet_generic_name",
     "message_type",
     "normalize_type_name",
     "pascal_case",
+    "runtime_version_of",
+    "with_runtime_version",
 ]
 
 logger = logging.getLogger("trio_wsproxy.client")
@@ -41,8 +44,12 @@ T = TypeVar("T")
 C = TypeVar("C", bound=type)
 
 #: The runtime version written into .NET generic type names (``List`1[[System.String,
-#: System.Private.CoreLib, Version=8.0.0.0, ...]]``). .NET 8 is the current LTS; names
-#: *received* match whatever version the sender wrote (see :func:`normalize_type_name`).
+#: System.Private.CoreLib, Version=8.0.0.0, ...]]``) until a client learns its group's:
+#: .NET 8 is the current LTS. A .NET receiver matches the whole name ordinally, so a .NET 7
+#: member drops a ``Version=8.0.0.0`` list without a word: a client takes the version
+#: from the first generic name a member of its group sends (``ClientConfig.dotnet_version``
+#: pins one instead). Names *received* match whatever version the sender wrote (see
+#: :func:`normalize_type_name`).
 DOTNET_RUNTIME_VERSION = "8.0.0.0"
 
 # Where System.String and friends live, as .NET writes it inside generic type names.
@@ -75,8 +82,24 @@ _RECEIVED_ALIASES: dict[str, Any] = {
     "System.DateTimeOffset": dt.datetime,
 }
 
-# An Int32 outside this range would not deserialise on a .NET peer; such values go as Int64.
-_INT32_RANGE = range(-(2**31), 2**31)
+# What each .NET integer type holds: a value outside it makes a .NET receiver throw an
+# OverflowError in its receive loop, which drops its connection (it reconnects).
+_INTEGER_RANGES: dict[str, range] = {
+    "System.Byte": range(0, 2**8),
+    "System.SByte": range(-(2**7), 2**7),
+    "System.Int16": range(-(2**15), 2**15),
+    "System.UInt16": range(0, 2**16),
+    "System.Int32": range(-(2**31), 2**31),
+    "System.UInt32": range(0, 2**32),
+    "System.Int64": range(-(2**63), 2**63),
+    "System.UInt64": range(0, 2**64),
+}
+
+# "System.Private.CoreLib, Version=8.0.0.0": the runtime's version inside a generic name.
+_CORELIB_VERSION = re.compile(r"(System\.Private\.CoreLib, Version=)([^,\]]*)")
+
+# The argument of List<T> for the integer types, as normalize_type_name leaves it.
+_LIST_OF = "System.Collections.Generic.List`1[["
 
 # The attribute the @message_type decorator leaves on a class.
 _SPEC_ATTRIBUTE = "__trio_wsproxy_message__"
@@ -150,6 +173,71 @@ def normalize_type_name(name: str) -> str:
     Other names are returned unchanged.
     """
     return _ASSEMBLY_QUALIFIER.sub("]", name)
+
+
+def runtime_version_of(name: str) -> str | None:
+    """The .NET runtime version a generic type name was written by, or None.
+
+    ``List`1[[System.String, System.Private.CoreLib, Version=7.0.0.0, ...]]`` gives
+    ``"7.0.0.0"``: the version of the core library its arguments live in. Names without a
+    core library argument (``System.String``, ``Game.Move``) give None.
+    """
+    found = _CORELIB_VERSION.search(name)
+    return None if found is None else found.group(2)
+
+
+def with_runtime_version(name: str, version: str) -> str:
+    """``name`` with the core library version of its generic arguments set to ``version``
+    (the version of an application's own assemblies is left alone); names without one are
+    returned unchanged."""
+    return _CORELIB_VERSION.sub(lambda m: m.group(1) + version, name)
+
+
+def check_sendable(name: str, payload: Any) -> str | None:
+    """Check an envelope's ``MessageType`` and unstructured ``Message`` against what a .NET
+    member can receive, before it is sent.
+
+    Raises :exc:`ValueError`, saying why, for what would knock every .NET member of the
+    group offline (its receive loop throws and drops its connection): a top-level
+    ``System.Guid`` (.NET reads top-level primitives through ``Convert``, which has no
+    Guid: a Guid *field* of a class is fine), or an integer outside the range of the
+    integer type it is named as (``System.Int32``, ``System.Int64``, ..., and ``List<>``
+    of them). Returns a warning, for what a .NET member drops without a word (a
+    ``Message`` that is null or ``""``), else None.
+    """
+    if name == "System.Guid":
+        raise ValueError(
+            "a top-level System.Guid cannot be received by a .NET member: it reads primitives "
+            "with Convert, which has no Guid, and the error drops its connection; send the "
+            "GUID as a str (System.String), or as a field of a class (a Guid field is fine)"
+        )
+    allowed = _INTEGER_RANGES.get(name)
+    if allowed is not None:
+        _check_integer(payload, name, allowed)
+    elif name.startswith(_LIST_OF) and isinstance(payload, list):
+        element = normalize_type_name(name)[len(_LIST_OF) : -2]
+        allowed = _INTEGER_RANGES.get(element)
+        if allowed is not None:
+            for item in payload:
+                _check_integer(item, f"List<{element}> element", allowed)
+    if payload is None or payload == "":
+        shown = "null" if payload is None else '""'
+        return (
+            f"a {name} message whose Message is {shown}: a .NET member drops it without a "
+            "word (a reply too: its request times out)"
+        )
+    return None
+
+
+def _check_integer(value: Any, what: str, allowed: range) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in allowed:
+        hint = ""
+        if what == "System.Int32" and value in _INTEGER_RANGES["System.Int64"]:
+            hint = '; send it as a long with as_type="System.Int64"'
+        raise ValueError(
+            f"{value} does not fit a {what} ({allowed.start}..{allowed.stop - 1}): a .NET "
+            f"member would overflow reading it and drop its connection{hint}"
+        )
 
 
 def default_type_name(tp: Any) -> str:
@@ -253,9 +341,11 @@ class TypeRegistry:
     """Wire names and payload conversion for typed messages: one configured cattrs converter.
 
     - ``str``, ``bool``, ``int``, ``float`` (and ``datetime``, ``UUID``) travel under their
-      .NET names (``System.String``, ``System.Boolean``, ``System.Int32`` — ``System.Int64``
-      for ints out of Int32 range —, ``System.Double``, ``System.DateTime``, ``System.Guid``);
-      the other .NET integer and floating-point names are accepted on receipt.
+      .NET names (``System.String``, ``System.Boolean``, ``System.Int32`` — always, whatever
+      the value: send ``as_type="System.Int64"`` for a ``long`` —, ``System.Double``,
+      ``System.DateTime``, ``System.Guid``, which is received but never sent: see
+      :func:`check_sendable`); the other .NET integer and floating-point names are
+      accepted on receipt.
     - ``list[str]``, ``list[int]``, ``list[bool]``, ``list[float]`` travel as .NET's
       ``System.Collections.Generic.List`1[[...]]`` (runtime version ``dotnet_version``).
     - Any other type travels as ``module.QualName`` unless registered with
@@ -343,11 +433,15 @@ class TypeRegistry:
         return self.ensure(tp)
 
     def name_for_value(self, value: object, tp: Any) -> str:
-        """The ``MessageType`` for sending ``value`` as ``tp``: as :meth:`name_of`, except
-        that an ``int`` outside Int32 range goes as ``System.Int64``, which a .NET peer
-        can read."""
-        if tp is int and isinstance(value, int) and value not in _INT32_RANGE:
-            return "System.Int64"
+        """The ``MessageType`` for sending ``value`` as ``tp``: :meth:`name_of` ``tp``, or
+        ``tp`` itself when it is a str (a wire name: ``as_type="System.Int64"``).
+
+        The name never depends on the value: an ``int`` is ``System.Int32`` whether it is
+        3 or 2**40 (:func:`check_sendable` refuses the latter before it is sent)."""
+        if isinstance(tp, str):
+            if not tp:
+                raise ValueError("a type name must not be empty")
+            return tp
         return self.ensure(tp)
 
     def type_named(self, name: str) -> Any | None:
@@ -360,7 +454,11 @@ class TypeRegistry:
         return found
 
     def unstructure(self, value: object, tp: Any) -> Any:
-        """``value`` as JSON-compatible data (dicts, lists, str, numbers, bools, None)."""
+        """``value`` as JSON-compatible data (dicts, lists, str, numbers, bools, None).
+
+        ``tp`` a str (a wire name) unstructures ``value`` as its own type."""
+        if isinstance(tp, str):
+            return self.converter.unstructure(value)
         self.ensure(tp)
         return self.converter.unstructure(value, unstructure_as=tp)
 

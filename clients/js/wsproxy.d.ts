@@ -33,6 +33,26 @@ export function encodeEnvelope(
 ): string;
 export function decodeEnvelope(text: string): Envelope;
 export function normalizeMessageId(id: string): string;
+/** Guid.Empty: the ReplyId of an answer to a message sent without an Id. */
+export const EMPTY_GUID: "00000000-0000-0000-0000-000000000000";
+/** The .NET runtime version of generic type names until the group's is learned. */
+export const DOTNET_RUNTIME_VERSION: string;
+/** Whether a .NET member can read `id` as an Id/ReplyId (a D-format GUID). */
+export function isDotnetGuid(id: unknown): boolean;
+/** A generic type name without its arguments' assembly qualifiers (any runtime version). */
+export function normalizeTypeName(name: string): string;
+/** The runtime version a generic type name was written by, or null. */
+export function runtimeVersionOf(name: string): string | null;
+/** `name` with its core library version set to `version`. */
+export function withRuntimeVersion(name: string, version: string): string;
+/** typeof(Definition<Args...>).FullName for core library arguments. */
+export function dotnetGenericName(
+  definition: string,
+  args: readonly string[],
+  options?: { version?: string },
+): string;
+/** Throws for what would drop a .NET member's connection; a warning for what it drops. */
+export function checkSendable(messageType: string, value: unknown): string | null;
 export function newMessageId(): string;
 
 export type RelayHeader =
@@ -103,6 +123,9 @@ export interface ClientOptions {
   /** How many messages (and resumed, joined, left, deliveryfailed events) are held for
    * the first handler or listener (default 1000); past that they are handed out. */
   holdLimit?: number;
+  /** The .NET runtime version written into generic type names ("7.0.0.0" for .NET 7);
+   * null (default): learned from the first generic name a member of the group sends. */
+  dotnetVersion?: string | null;
   /** The WebSocket class (default globalThis.WebSocket; in Node 20, the ws package's). */
   WebSocket?: unknown;
 }
@@ -165,6 +188,9 @@ export class Client extends EventTarget {
   readonly protocol: "wsproxy.v1" | null;
   readonly members: Set<string>;
   readonly memberCount: number | null;
+  /** The .NET runtime version written into generic type names, pinned or learned; null:
+   * names go as given. */
+  readonly dotnetVersion: string | null;
   /** "EPOCH:OFFSET": where the last message handed to the handlers is in the group's
    * history (the welcome's position before any); null before the welcome or without
    * history. Give it back as connect(url, {since}). */

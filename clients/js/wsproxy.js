@@ -121,6 +121,98 @@ export function decodeEnvelope(text) {
   };
 }
 
+// -- what a .NET member can read --------------------------------------------------------------
+
+/** Guid.Empty: the ReplyId .NET's ReplyToAsync writes when the message answered had no Id;
+ * every receiver takes such a message for an ordinary one. */
+export const EMPTY_GUID = "00000000-0000-0000-0000-000000000000";
+
+/** The .NET runtime version written into generic type names until the client learns its
+ * group's (option dotnetVersion pins one). */
+export const DOTNET_RUNTIME_VERSION = "8.0.0.0";
+
+const D_FORMAT = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const CORELIB_VERSION = /(System\.Private\.CoreLib, Version=)([^,\]]*)/g;
+const LIST_OF = "System.Collections.Generic.List`1[[";
+const INTEGER_RANGES = {
+  "System.Byte": [0n, 2n ** 8n],
+  "System.SByte": [-(2n ** 7n), 2n ** 7n],
+  "System.Int16": [-(2n ** 15n), 2n ** 15n],
+  "System.UInt16": [0n, 2n ** 16n],
+  "System.Int32": [-(2n ** 31n), 2n ** 31n],
+  "System.UInt32": [0n, 2n ** 32n],
+  "System.Int64": [-(2n ** 63n), 2n ** 63n],
+  "System.UInt64": [0n, 2n ** 64n],
+};
+
+/** Whether a .NET member can read `id` as an Id or ReplyId: a GUID in the D format
+ * (8-4-4-4-12 hex digits), the only one System.Text.Json reads. */
+export function isDotnetGuid(id) {
+  return typeof id === "string" && D_FORMAT.test(id);
+}
+
+/** A .NET generic type name without the assembly qualifiers of its arguments, so that a
+ * name written by any .NET runtime version matches: List`1[[System.String, System.Private.
+ * CoreLib, Version=7.0.0.0, ...]] becomes List`1[[System.String]]. */
+export function normalizeTypeName(name) {
+  return name.replace(/,[^[\]]*\]/g, "]");
+}
+
+/** The runtime version a generic type name was written by ("7.0.0.0"), or null. */
+export function runtimeVersionOf(name) {
+  const found = new RegExp(CORELIB_VERSION.source).exec(name);
+  return found ? found[2] : null;
+}
+
+/** `name` with the core library version of its generic arguments set to `version`. */
+export function withRuntimeVersion(name, version) {
+  return name.replace(CORELIB_VERSION, (_, prefix) => prefix + version);
+}
+
+/** The full name .NET gives a generic type of core library types: dotnetGenericName(
+ * "System.Collections.Generic.List`1", ["System.String"]) is typeof(List<string>).FullName
+ * on .NET 8 (the client writes its group's version when it sends it). */
+export function dotnetGenericName(definition, args, { version = DOTNET_RUNTIME_VERSION } = {}) {
+  const corelib = `System.Private.CoreLib, Version=${version}, Culture=neutral, PublicKeyToken=7cec85d7bea7798e`;
+  return `${definition}[${args.map((arg) => `[${arg}, ${corelib}]`).join(",")}]`;
+}
+
+function checkInteger(value, what, [low, high]) {
+  if (typeof value !== "number" && typeof value !== "bigint") return;
+  if (typeof value === "number" && !Number.isInteger(value)) {
+    throw new RangeError(`${value} is not an integer, so not a ${what}: a .NET member would drop its connection reading it`);
+  }
+  const big = BigInt(value);
+  if (big < low || big >= high) {
+    const hint = what === "System.Int32" && big >= INTEGER_RANGES["System.Int64"][0] && big < INTEGER_RANGES["System.Int64"][1] ? '; send it as "System.Int64"' : "";
+    throw new RangeError(`${value} does not fit a ${what} (${low}..${high - 1n}): a .NET member would overflow reading it and drop its connection${hint}`);
+  }
+}
+
+/** Check a typed message against what a .NET member can receive, before it is sent:
+ * throws (TypeError, RangeError) for what would drop every .NET member's connection — a
+ * top-level System.Guid (a Guid field of an object is fine), an integer outside the range
+ * of the integer type it is named as (System.Int32, ..., List<> of them) — and returns a
+ * warning for what a .NET member drops without a word (a null or "" Message), else null. */
+export function checkSendable(messageType, value) {
+  if (messageType === "System.Guid") {
+    throw new TypeError(
+      "a top-level System.Guid cannot be received by a .NET member (it reads primitives with Convert, which has no Guid, and drops its connection): send it as a System.String, or as a field of an object",
+    );
+  }
+  const range = INTEGER_RANGES[messageType];
+  if (range) checkInteger(value, messageType, range);
+  else if (messageType.startsWith(LIST_OF) && Array.isArray(value)) {
+    const element = normalizeTypeName(messageType).slice(LIST_OF.length, -2);
+    const elementRange = INTEGER_RANGES[element];
+    if (elementRange) for (const item of value) checkInteger(item, `List<${element}> element`, elementRange);
+  }
+  if (value === null || value === undefined || value === "") {
+    return `a ${messageType} message whose Message is ${value === "" ? '""' : "null"}: a .NET member drops it without a word (a reply too: its request times out)`;
+  }
+  return null;
+}
+
 /** The canonical spelling of a GUID (lower case, hyphenated); other ids unchanged. .NET
  * may echo an Id back in any GUID spelling. */
 export function normalizeMessageId(id) {
@@ -319,13 +411,16 @@ export class Incoming {
   get wantsReply() {
     return this.id !== null;
   }
-  /** Answer it: to its sender only over wsproxy.v1, else to the group (as .NET does). */
+  /** Answer it: to its sender only over wsproxy.v1, else to the group (as .NET does). A
+   * message sent without an Id is answered as .NET's ReplyToAsync answers it, with ReplyId
+   * Guid.Empty (EMPTY_GUID), which every receiver takes for an ordinary message. */
   reply(messageType, value) {
-    if (this.id === null) {
-      throw new WsproxyError(`this ${this.messageType ?? "binary"} message has no Id: its sender did not send it with request()`);
+    if (this.messageType === null) {
+      throw new WsproxyError("a binary message has no envelope, so there is nothing to reply to");
     }
-    const frame = encodeEnvelope(messageType, value, { replyId: this.id });
-    return this.client._send(frame, this.sender, true, { messageType, value, replyId: this.id });
+    const replyId = this.id === null ? EMPTY_GUID : normalizeMessageId(this.id);
+    const { frame, name } = this.client._typed(messageType, value, { replyId });
+    return this.client._send(frame, this.sender, true, { messageType: name, value, replyId });
   }
 }
 
@@ -377,6 +472,7 @@ export class Client extends EventTarget {
       unconfirmedBytes: 1024 * 1024,
       holdLimit: 1000,
       since: null,
+      dotnetVersion: null,
       WebSocket: globalThis.WebSocket,
       ...options,
     };
@@ -411,6 +507,28 @@ export class Client extends EventTarget {
     this._timer = null;
     // What was handed to the connection in use, reported if it is lost (see _note).
     this._sent = newSentLog();
+    // The .NET runtime version of generic type names, once learned from the group.
+    this._learnedVersion = null;
+  }
+
+  /** The .NET runtime version written into generic type names: the dotnetVersion option,
+   * else the one learned from the first generic name a member sent, else null (names go as
+   * given: dotnetGenericName writes DOTNET_RUNTIME_VERSION). */
+  get dotnetVersion() {
+    return this.options.dotnetVersion ?? this._learnedVersion;
+  }
+
+  /** The frame of a typed message, its name for the group's .NET runtime, after the
+   * checks of checkSendable. */
+  _typed(messageType, value, ids = {}) {
+    if (typeof messageType !== "string" || !messageType) {
+      throw new TypeError("a message type is a non-empty string, e.g. \"System.String\"");
+    }
+    const version = this.dotnetVersion;
+    const name = version === null ? messageType : withRuntimeVersion(messageType, version);
+    const warning = checkSendable(name, value);
+    if (warning !== null) console.warn(`wsproxy: sending ${warning}`);
+    return { frame: encodeEnvelope(name, value, ids), name };
   }
 
   get url() {
@@ -435,9 +553,10 @@ export class Client extends EventTarget {
   /** Call `handler(value, incoming)` with every message of `messageType` (a .NET type
    * name, e.g. "System.String"); returns a function that removes it. */
   on(messageType, handler) {
-    const list = this._handlers.get(messageType) ?? [];
+    const key = handlerKey(messageType);
+    const list = this._handlers.get(key) ?? [];
     list.push(handler);
-    this._handlers.set(messageType, list);
+    this._handlers.set(key, list);
     this._release();
     return () => this.off(messageType, handler);
   }
@@ -448,7 +567,7 @@ export class Client extends EventTarget {
     if (HELD_EVENTS.has(type)) this._release();
   }
   off(messageType, handler) {
-    const list = this._handlers.get(messageType) ?? [];
+    const list = this._handlers.get(handlerKey(messageType)) ?? [];
     const index = list.indexOf(handler);
     if (index < 0) throw new Error("not a handler of that type");
     list.splice(index, 1);
@@ -502,7 +621,8 @@ export class Client extends EventTarget {
 
   /** Send `value` as a typed message of `messageType` to every other member. */
   send(messageType, value) {
-    return this._send(encodeEnvelope(messageType, value), null, false, { messageType, value });
+    const { frame, name } = this._typed(messageType, value);
+    return this._send(frame, null, false, { messageType: name, value });
   }
   /** Send binary data (ArrayBuffer, typed array, Blob) to every other member. */
   async sendBinary(data) {
@@ -512,7 +632,8 @@ export class Client extends EventTarget {
   /** Send a typed message to the member `memberId` only (wsproxy.v1). */
   sendTo(memberId, messageType, value) {
     this._checkPresent(memberId);
-    return this._send(encodeEnvelope(messageType, value), memberId, false, { messageType, value });
+    const { frame, name } = this._typed(messageType, value);
+    return this._send(frame, memberId, false, { messageType: name, value });
   }
   /** Send binary data to the member `memberId` only (wsproxy.v1). */
   async sendBinaryTo(memberId, data) {
@@ -526,7 +647,7 @@ export class Client extends EventTarget {
   request(messageType, value, { timeout = this.options.requestTimeout, to = null } = {}) {
     if (to !== null) this._checkPresent(to);
     const id = newMessageId();
-    const frame = encodeEnvelope(messageType, value, { id });
+    const { frame } = this._typed(messageType, value, { id });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._pending.delete(id);
@@ -913,7 +1034,17 @@ export class Client extends EventTarget {
       this._bad(error.message === "not JSON" ? "invalid_json" : "invalid_envelope", error.message, data);
       return false;
     }
-    if (envelope.replyId !== null) {
+    for (const [key, id] of [["Id", envelope.id], ["ReplyId", envelope.replyId]]) {
+      if (id !== null && !isDotnetGuid(id)) {
+        this._bad("invalid_envelope", `${key} ${JSON.stringify(id)} is not a GUID (8-4-4-4-12 hex digits): a .NET member drops its connection on it, so it is neither read nor answered`, data);
+        return false;
+      }
+    }
+    if (this._learnedVersion === null && this.options.dotnetVersion == null) {
+      this._learnedVersion = runtimeVersionOf(envelope.messageType);
+    }
+    // (ReplyId Guid.Empty answers a message sent without an Id: an ordinary message.)
+    if (envelope.replyId !== null && envelope.replyId !== EMPTY_GUID) {
       // Requests are keyed by their ids' canonical spelling (newMessageId writes it).
       const key = normalizeMessageId(envelope.replyId);
       const pending = this._pending.get(key);
@@ -998,7 +1129,7 @@ export class Client extends EventTarget {
 
   _handTo(key, incoming) {
     this._passedNow(incoming.offset); // (in its handlers, the position is this message's)
-    const handlers = this._handlers.get(key);
+    const handlers = this._handlers.get(handlerKey(key));
     if (!handlers?.length) {
       this.stats.unhandled += 1;
       return;
@@ -1020,6 +1151,12 @@ export class Client extends EventTarget {
     const text = typeof data === "string" ? data : null;
     this._event("badmessage", { kind, reason, text });
   }
+}
+
+/** Handlers of a type name are kept under its name without assembly qualifiers: a
+ * generic name matches whatever .NET runtime version wrote it. */
+function handlerKey(messageType) {
+  return typeof messageType === "string" ? normalizeTypeName(messageType) : messageType;
 }
 
 function newSentLog() {

@@ -6,7 +6,10 @@ import {
   connect,
   decodeEnvelope,
   decodeRelayMessage,
+  checkSendable,
   DEFAULT_RECONNECT_CODES,
+  dotnetGenericName,
+  EMPTY_GUID,
   encodeEnvelope,
   frameFor,
   MemberNotFound,
@@ -34,7 +37,12 @@ export async function example(): Promise<void> {
     unconfirmedBytes: 65536,
     since: sessionStorage.getItem("position"),
     holdLimit: 100,
+    dotnetVersion: "7.0.0.0",
   });
+  const lines = dotnetGenericName("System.Collections.Generic.List`1", ["System.String"]);
+  await client.send(lines, ["a", "b"]);
+  const warning: string | null = checkSendable("System.Int32", 3);
+  console.log(warning, client.dotnetVersion, EMPTY_GUID);
   const saved: string | null = client.position;
   if (saved !== null) sessionStorage.setItem("position", saved);
   const off = client.on<SocketMessage>("SharedData.Models.SocketMessage", (value, incoming: Incoming<SocketMessage>) => {

@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import quote
 
-import attrs
 import pytest
 import trio
 
+from dotnet_peer import STRING, DotNetClient, dotnet_url, open_dotnet_client
 from httpapi import KEY, call
 from loglines import LogLines
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol.handshake import same_endpoint
 from trio_wsproxy.protocol.tokens import issued_after, mint_token
 from trio_wsproxy.relay.groups import STORM_LIFETIME, STORM_REPLACEMENTS, Bans, EvictionStorms
-from wsraw import OP_CLOSE, OP_TEXT, RawClient
+from wsraw import OP_TEXT, RawClient
 
 SECRET = "relay-secret-of-at-least-thirty-two-bytes"
 with_api = pytest.mark.wsproxy_relay(api_key=KEY)
-# A bound on a test's connects: on a relay without storm control two clients with one
-# id connect hundreds of times a second, for ever.
+# A bound on a test's connects: on a relay without storm control two .NET clients with
+# one id connect hundreds of times a second, for ever.
 _MAX_CONNECTS = 300
 
 
@@ -37,85 +38,20 @@ def target(member_id: str, group: str = "g", token: str | None = None) -> str:
     return query + (f"&access_token={token}" if token else "")
 
 
-@attrs.define
-class DotnetLike:
-    """A plain client that does on a close what the .NET WsProxyClient does: connect
-    again at once, and give up for good when that connect is refused. It does not answer
-    the relay's close frame (it drops the connection)."""
-
-    port: int
-    target: str
-    #: Close codes of the connections the relay closed, in order.
-    closes: list[int] = attrs.field(factory=list)
-    connects: int = 0
-    #: The refusal that ended it: (status, body).
-    refused: tuple[int, bytes] | None = None
-    #: Set: on the next close, it stays away (a test's way to end it).
-    stop: bool = False
-    #: Set when it has given up (refused, or _MAX_CONNECTS reached) or was told to stop.
-    done: trio.Event = attrs.field(factory=trio.Event)
-    #: Set at each successful connect (a fresh Event each time).
-    connected: trio.Event = attrs.field(factory=trio.Event)
-    #: The data messages received, on every connection; set at each (a fresh Event).
-    received: list[bytes] = attrs.field(factory=list)
-    arrived: trio.Event = attrs.field(factory=trio.Event)
-
-    async def run(self) -> None:
-        try:
-            while self.connects < _MAX_CONNECTS:
-                client = RawClient(await trio.open_tcp_stream("127.0.0.1", self.port))
-                status, _headers, body = await client.handshake(self.target)
-                self.connects += 1
-                if status != 101:
-                    self.refused = (status, body)
-                    await client.aclose()
-                    return
-                self.connected.set()
-                self.connected = trio.Event()
-                code = await self._serve(client)
-                self.closes.append(code)
-                await client.aclose()  # (no close frame back)
-                if self.stop:
-                    return
-        finally:
-            self.done.set()
-
-    async def _serve(self, client: RawClient) -> int:
-        """Read messages until the relay closes; its close code (1006: none)."""
-        try:
-            while True:
-                opcode, data = await client.recv_message()
-                if opcode == OP_CLOSE:
-                    return int.from_bytes(data[:2], "big")
-                self.received.append(data)
-                self.arrived.set()
-                self.arrived = trio.Event()
-        except EOFError:
-            return 1006
-
-    async def next_message(self) -> bytes:
-        count = len(self.received)
-        while len(self.received) == count:
-            await self.arrived.wait()
-        return self.received[count]
-
-
-async def first_done(*clients: DotnetLike) -> DotnetLike:
-    """The first of ``clients`` to give up."""
-    finished = trio.Event()
-    winner: list[DotnetLike] = []
-
-    async def watch(client: DotnetLike) -> None:
-        await client.done.wait()
-        winner.append(client)
-        finished.set()
-
+async def until(predicate: Callable[[], bool], *clients: DotNetClient) -> None:
+    """Return once ``predicate()`` holds, checked at every change of any of ``clients``."""
     async with trio.open_nursery() as nursery:
+
+        async def watch(client: DotNetClient) -> None:
+            await client.wait_until(predicate)
+            nursery.cancel_scope.cancel()
+
         for client in clients:
             nursery.start_soon(watch, client)
-        await finished.wait()
-        nursery.cancel_scope.cancel()
-    return winner[0]
+
+
+def evictions(*clients: DotNetClient) -> int:
+    return sum(code == CloseCode.REPLACED for c in clients for code, _ in c.closes_received)
 
 
 # -- item 7: the WebSocket path as ASP.NET routes it -------------------------------------------
@@ -157,50 +93,44 @@ async def test_the_probes_keep_their_exact_paths(relay: Relay) -> None:
 async def test_two_dotnet_clients_with_one_id_stop_evicting_each_other(
     relay: Relay, relay_log: LogLines
 ) -> None:
-    member_id = str(uuid.uuid4())
-    a, b = DotnetLike(relay.port, target(member_id)), DotnetLike(relay.port, target(member_id))
+    url = dotnet_url(relay.url, "g", str(uuid.uuid4()))
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(a.run)
-            await a.connected.wait()
-            nursery.start_soon(b.run)
-            loser = await first_done(a, b)
-            survivor = b if loser is a else a
-            # One of the two is refused (409) and, as a .NET client does, gives up.
-            assert loser.refused is not None, (a.connects, b.connects)
-            status, body = loser.refused
-            assert status == 409
-            assert b"keeps replacing itself" in body
+        async with open_dotnet_client(url) as a, open_dotnet_client(url) as b:
+            # b replaced a, a came back at once and replaced b, and so on, until one of
+            # them is refused (409) and, as a .NET client does, gives up for good.
+            await until(
+                lambda: a.gave_up or b.gave_up or a.connects + b.connects > _MAX_CONNECTS, a, b
+            )
+            assert a.gave_up != b.gave_up, (a.connects, b.connects)
+            survivor = b if a.gave_up else a
+            assert relay.counters.refusals["eviction_storm", 409] == 1
             # The storm stopped within a bounded number of evictions: STORM_REPLACEMENTS,
             # with room for a run that starts again on a machine slowed to seconds per
             # reconnect (unbounded, two such clients make hundreds a second).
-            evictions = a.closes.count(CloseCode.REPLACED) + b.closes.count(CloseCode.REPLACED)
-            assert evictions <= 3 * STORM_REPLACEMENTS, (a.closes, b.closes)
-            assert a.connects + b.connects <= 3 * STORM_REPLACEMENTS + 2
+            assert evictions(a, b) <= 3 * STORM_REPLACEMENTS, (a.connects, b.connects)
             # The other one stays connected, and is a working member of the group.
-            assert not survivor.done.is_set()
+            assert survivor.connected
             await relay.wait_members(1, "g")
-            sender = await RawClient.open(relay.port, target("sender"))
-            await relay.wait_members(2, "g")
-            await sender.send_frame(OP_TEXT, b"still here?")
-            assert await survivor.next_message() == b"still here?"
-            assert relay.counters.refusals["eviction_storm", 409] == 1
-            assert relay_log.count("eviction storm") == 1
-            assert not survivor.done.is_set()
+            async with open_dotnet_client(dotnet_url(relay.url, "g")) as sender:
+                heard = survivor.collect(STRING)
+                await sender.send("still here?", STRING)
+                assert await heard.receive() == "still here?"
+                assert survivor.connected
+            assert relay_log.count("eviction storm") == 1  # once per storm, not per refusal
 
             # The storm ends by itself: once the survivor's connection is STORM_LIFETIME
-            # old, a single clean reconnect replaces it as any reconnect does.
-            survivor.stop = True
+            # old, a single clean reconnect with the id replaces it, as any reconnect does.
             await trio.sleep(STORM_LIFETIME)
-            fresh = await RawClient.open(relay.port, target(member_id))
-            await survivor.done.wait()
-            assert survivor.closes[-1] == CloseCode.REPLACED
-            await relay.wait_members(2, "g")
-            await sender.send_frame(OP_TEXT, b"to the newest")
-            assert await fresh.recv_message() == (OP_TEXT, b"to the newest")
-    assert relay_log.count("eviction storm") == 1  # once per storm, not per refusal
-    await fresh.aclose()
-    await sender.aclose()
+            replaced = evictions(survivor)
+            async with open_dotnet_client(url) as fresh:  # (raises unless it got its 101)
+                await until(lambda: evictions(survivor) > replaced, survivor)
+                # ... and the .NET survivor, back at once, starts a new storm, ended the
+                # same way: one of the two is refused, the other stays.
+                await until(lambda: survivor.gave_up or fresh.gave_up, survivor, fresh)
+                assert survivor.connected != fresh.connected
+                assert evictions(survivor, fresh) <= 3 * STORM_REPLACEMENTS + replaced
+    assert relay.counters.refusals["eviction_storm", 409] == 2
+    assert relay_log.count("eviction storm") == 2
 
 
 async def test_a_few_quick_reconnects_are_not_a_storm(relay: Relay) -> None:
@@ -244,21 +174,22 @@ async def test_a_connection_that_lived_is_replaced_even_right_after_a_storm(
 @with_api
 async def test_a_removed_dotnet_client_that_comes_straight_back_is_refused(relay: Relay) -> None:
     member_id = str(uuid.uuid4())
-    client = DotnetLike(relay.port, target(member_id))
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.run)
-            await client.connected.wait()
+        async with open_dotnet_client(dotnet_url(relay.url, "g", member_id)) as client:
             answer = await call(relay.port, "DELETE", f"/api/groups/g/members/{member_id}")
             assert answer.status == 204
-            await client.done.wait()
-    assert client.closes == [CloseCode.REMOVED]
-    assert client.refused is not None
-    status, body = client.refused
+            # It reconnects at once, once, as .NET does; refused, it gives up for good.
+            await client.wait_gave_up()
+            assert [code for code, _ in client.closes_received] == [CloseCode.REMOVED]
+            assert (client.attempts, client.connects) == (2, 1)
+            listed = await call(relay.port, "GET", "/api/groups/g/members")
+            assert listed.json == {"members": []}
+    assert relay.counters.refusals["banned", 403] == 1
+    refused = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _headers, body = await refused.handshake(target(member_id))
     assert status == 403
     assert body == b"removed from this group by the application's back end: kept out for 60s more\n"
-    assert (await call(relay.port, "GET", "/api/groups/g/members")).json == {"members": []}
-    assert relay.counters.refusals["banned", 403] == 1
+    await refused.aclose()
 
 
 async def remove(relay: Relay, member: RawClient, member_id: str, query: str = "") -> None:

@@ -38,9 +38,21 @@ from .client.client import (
     open_client,
 )
 from .protocol.close_codes import CloseCode
-from .protocol.envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope
+from .protocol.envelope import (
+    EMPTY_GUID,
+    Envelope,
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+)
 from .protocol.tokens import check_token, mint_token
-from .protocol.typenames import PayloadError, TypeRegistry, dotnet_generic_name, message_type
+from .protocol.typenames import (
+    PayloadError,
+    TypeRegistry,
+    check_sendable,
+    dotnet_generic_name,
+    message_type,
+)
 from .protocol.version import VERSION
 from .relay.config import DEFAULT_PORT, RelayConfig
 from .relay.groups import Group, GroupRegistry, LocalRegistry
@@ -55,6 +67,7 @@ del VERSION
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RECONNECT_CODES",
+    "EMPTY_GUID",
     "BadMessage",
     "BadMessageKind",
     "BinaryStream",
@@ -94,6 +107,7 @@ __all__ = [
     "TLSConfigError",
     "TypeRegistry",
     "UnsupportedByRelay",
+    "check_sendable",
     "check_token",
     "decode_envelope",
     "dotnet_generic_name",

@@ -372,8 +372,15 @@ class Client:
 
         ``bytes`` (or ``bytearray``, ``memoryview``) go as one binary frame, untouched;
         anything else as a typed envelope named after its type, or after ``as_type``
-        (required for containers: ``send(["a", "b"], as_type=list[str])``). ``reply_to``
-        sets ``ReplyId`` (answering by hand; :meth:`Incoming.reply` does it for you).
+        (required for containers: ``send(["a", "b"], as_type=list[str])``), a type or a
+        wire name (``send(2**40, as_type="System.Int64")``). ``reply_to`` sets ``ReplyId``
+        (answering by hand; :meth:`Incoming.reply` does it for you): a GUID.
+
+        Raises :exc:`ValueError`, sending nothing, for what would drop a .NET member's
+        connection: a top-level ``uuid.UUID``, an ``int`` outside Int32 range (an ``int``
+        is always ``System.Int32``), a ``reply_to`` that is not a GUID (see
+        :func:`~trio_wsproxy.check_sendable`). A ``None`` or ``""`` payload, which .NET
+        members drop without a word, is sent with a logged warning.
 
         While the client is reconnecting, waits up to ``config.send_timeout`` for the
         connection and then raises :exc:`NotConnected`; a connection that drops while the

@@ -143,7 +143,10 @@ class Incoming(Generic[T]):
         which has no envelope to answer.
         """
         if self.message_type is None:
-            raise ValueError("a binary message has no envelope, so there is nothing to reply to")
+            raise ValueError(
+                "a binary message (or the client's own event) has no envelope, so there is "
+                "nothing to reply to"
+            )
         reply_to = self.id if self.id is not None else EMPTY_GUID
         await self._client.send(value, as_type=as_type, reply_to=reply_to)
 

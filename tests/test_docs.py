@@ -646,9 +646,7 @@ def test_the_readme_links_to_files_that_exist() -> None:
 def test_the_readme_introduces_the_api_history_and_the_protocol() -> None:
     # A reader of the README alone learns that they exist, and where to read on.
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    sections = dict(
-        re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)
-    )
+    sections = dict(re.findall(r"^## ([^\n]+)\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL))
     for heading, page in [
         ("An HTTP API for your back end", "docs/api.md"),
         ("History and recovery", "docs/protocol.md#history-and-recovery"),

@@ -1200,6 +1200,27 @@ async def open_dotnet_client(
     ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[DotNetClient]:
     """Run a :class:`DotNetClient` for a block; see the module docstring."""
+    try:
+        async with _client_in_a_nursery(
+            url, connect, runtime, keepalive, culture, ssl_context
+        ) as client:
+            yield client
+    except BaseExceptionGroup as group:
+        # The block's own exception, not a group of one, as open_client raises.
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
+@asynccontextmanager
+async def _client_in_a_nursery(
+    url: str,
+    connect: bool,
+    runtime: str,
+    keepalive: float | None,
+    culture: Culture,
+    ssl_context: ssl.SSLContext | None,
+) -> AsyncIterator[DotNetClient]:
     async with trio.open_nursery() as nursery:
         client = DotNetClient(
             url, nursery, runtime=runtime, keepalive=keepalive, culture=culture,

@@ -310,11 +310,16 @@ def test_a_container_must_say_which_type_it_travels_as() -> None:
 
 def test_a_typed_message_travels_as_the_dotnet_envelope() -> None:
     frame = encode_message(
-        dotnet_types(), SocketMessage("hi"), None, request_id=None, reply_to="r-1"
+        dotnet_types(),
+        SocketMessage("hi"),
+        None,
+        request_id=None,
+        reply_to="0F8FAD5B-D9CB-469F-A165-70867728950E",
     )
-    assert frame == (
+    assert frame == (  # the ReplyId as .NET writes a Guid: lower case
         '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
-        '"Message":{"Message":"hi","ReplyRequired":false},"ReplyId":"r-1"}'
+        '"Message":{"Message":"hi","ReplyRequired":false},'
+        '"ReplyId":"0f8fad5b-d9cb-469f-a165-70867728950e"}'
     )
 
 

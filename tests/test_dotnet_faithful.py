@@ -19,6 +19,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -105,7 +106,7 @@ SAMPLE_ENVELOPES: list[tuple[object, DotNetType, str]] = [
         '"Message":{"Message":"Hello from Client 1","ReplyRequired":false},"ReplyId":null}',
     ),
     (
-        {"Message": None},
+        {"Message": None, "ReplyRequired": False},
         SOCKET_MESSAGE,
         '{"Id":null,"MessageType":"SharedData.Models.SocketMessage",'
         '"Message":{"Message":null,"ReplyRequired":false},"ReplyId":null}',
@@ -1038,3 +1039,102 @@ async def test_a_dotnet_member_removed_by_the_api_stays_out(relay: Relay) -> Non
         assert peer.closes_received[0][0] == 4005
         members = (await call(relay.port, "GET", f"/api/groups/{GROUP}/members")).json
         assert GOOD_ID not in json.dumps(members)
+
+
+async def test_on_the_middleware_a_dotnet_clients_abandoned_socket_takes_half_its_messages() -> (
+    None
+):
+    """After a drop, .NET connects again with the same id and leaves the old socket open:
+    the Middleware keeps both in one session, and its two senders split the queue, so
+    about half of what follows goes to the socket nobody reads."""
+    async with open_middleware() as middleware:
+        async with (
+            open_dotnet_client(dotnet_url(middleware.url, GROUP)) as peer,
+            open_dotnet_client(dotnet_url(middleware.url, GROUP)) as sender,
+        ):
+            await middleware.wait_until(lambda: len(middleware.joined) == 2)
+            texts = peer.collect(STRING)
+            peer.collect(INT32)
+            await sender.send("1.5", STRING)  # as System.Int32 below: Convert throws
+            sent = sender.sent[-1][1].replace(b"System.String", b"System.Int32")
+            await sender._send_frame(OP_TEXT, sent)
+            assert await texts.receive() == "1.5"
+            await peer.wait_connects(2)
+            await middleware.wait_until(lambda: len(middleware.joined) == 3)
+            assert len(middleware.groups[GROUP]) == 2  # the two sockets share one session
+            count = 20
+            for i in range(count):
+                await sender.send(f"m{i}", STRING)
+            live: list[str] = []
+            lost: list[str] = []
+            (abandoned,) = peer.abandoned()
+            all_seen = trio.Event()
+
+            def note(into: list[str], text: str) -> None:
+                into.append(text)
+                if len(live) + len(lost) == count:
+                    all_seen.set()
+
+            async def read_live() -> None:
+                async for text in texts:
+                    note(live, text)
+
+            async def read_abandoned() -> None:
+                while True:
+                    _opcode, payload = await abandoned.receive()
+                    note(lost, json.loads(payload)["Message"])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_live)
+                nursery.start_soon(read_abandoned)
+                await all_seen.wait()
+                nursery.cancel_scope.cancel()
+            assert sorted(live + lost) == sorted(f"m{i}" for i in range(count))
+            assert live and lost
+
+
+# -- recorded frames, for the other clients' tests ----------------------------------------
+
+FRAMES_FILE = Path(__file__).parent / "js" / "dotnet-frames.json"
+REQUEST_ID = uuid.UUID("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+
+
+def frames_document() -> dict[str, Any]:
+    """What tests/js/dotnet-frames.json holds: each sample value with its .NET type and the
+    exact text frame a .NET 7 or 8 WsProxyClient sends for it."""
+    samples = [
+        {"type": kind.full_name, "value": value, "id": None, "replyId": None, "frame": text}
+        for value, kind, text in SAMPLE_ENVELOPES
+    ]
+    for value, kind, message_id, reply_id in [
+        (hello("How do you do?", True), SOCKET_MESSAGE, REQUEST_ID, None),
+        (True, BOOLEAN, None, REQUEST_ID),
+        (True, BOOLEAN, None, EMPTY_GUID),
+    ]:
+        samples.append(
+            {
+                "type": kind.full_name,
+                "value": value,
+                "id": message_id and str(message_id),
+                "replyId": reply_id and str(reply_id),
+                "frame": envelope(value, kind, id=message_id, reply_id=reply_id),
+            }
+        )
+    return {
+        "about": "Text frames exactly as EasyWebSocketProxy's .NET WsProxyClient sends them "
+        "(System.Text.Json, default options), written by tests/test_dotnet_faithful.py",
+        "frames": samples,
+    }
+
+
+def test_the_recorded_frames_are_what_the_stand_in_sends() -> None:
+    written = json.loads(FRAMES_FILE.read_text(encoding="utf-8"))
+    assert written == frames_document(), (
+        'regenerate: python -c \'import sys, json; sys.path[:0] = ["tests"]; '
+        "import test_dotnet_faithful as t; "
+        't.FRAMES_FILE.write_text(json.dumps(t.frames_document(), indent=2) + "\\n")\''
+    )
+    for sample in written["frames"]:
+        parsed = json.loads(sample["frame"])
+        assert (parsed["MessageType"], parsed["Message"]) == (sample["type"], sample["value"])
+        assert (parsed["Id"], parsed["ReplyId"]) == (sample["id"], sample["replyId"])

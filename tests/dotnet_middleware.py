@@ -171,6 +171,8 @@ class ServerSocket:
         payload = (int.from_bytes(masked, "little") ^ stream).to_bytes(n, "little")
         if b0 & 0x70 or b0 & 0x0F not in (0, 1, 2, 8, 9, 10):
             await self._fail(1002, "reserved bits or an unknown opcode")
+        if b0 & 0x08 and (n > 125 or not b0 & 0x80):
+            await self._fail(1002, "a control frame fragmented or over 125 bytes")
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     async def message(self) -> tuple[int, bytes]:

@@ -88,6 +88,7 @@ client relies on.
 | a server's close ends the loop too (read as an empty text), never answered | Client; CWS |
 | then ``TryConnectAsync`` once, at once; if that fails, never again | Client |
 | sends while not open return silently | Client |
+| a broken server frame or close code: a close 1002 (bad UTF-8: 1007), then it throws | CWS |
 | pings answered; keepalive as unsolicited empty pongs (.NET: every 30 s; here if asked) | CWS |
 | a binary frame goes to the ``byte[]`` handler, raw; a text ``System.Byte[]`` throws | Client |
 
@@ -730,6 +731,11 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + key + body
 
 
+def _valid_close_code(code: int) -> bool:
+    """The close codes ManagedWebSocket accepts from its peer (others: a protocol error)."""
+    return 3000 <= code < 5000 or 1000 <= code <= 1003 or 1007 <= code <= 1014
+
+
 class ConnectFailed(Exception):
     """``ConnectAsync`` threw: no TCP connection, or no valid 101."""
 
@@ -839,6 +845,8 @@ class _Socket:
         del self.buffer[: head + n]
         if b1 & 0x80 or b0 & 0x70 or (b0 & 0x0F) not in (0, 1, 2, 8, 9, 10):
             await self._fail(1002, "masked server frame, reserved bits or unknown opcode")
+        if b0 & 0x08 and (n > 125 or not b0 & 0x80):
+            await self._fail(1002, "a control frame fragmented or over 125 bytes")
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     async def _fail(self, code: int, why: str) -> None:
@@ -862,6 +870,10 @@ class _Socket:
             if op == OP_PONG:
                 continue
             if op == OP_CLOSE:
+                if len(payload) == 1 or (
+                    len(payload) >= 2 and not _valid_close_code(int.from_bytes(payload[:2], "big"))
+                ):
+                    await self._fail(1002, f"an invalid close frame {payload!r}")
                 self.open = False  # CloseReceived: sends are skipped from now on
                 return OP_CLOSE, payload
             if (opcode is None) == (op == OP_CONT):

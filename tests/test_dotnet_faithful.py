@@ -635,11 +635,24 @@ async def test_disconnect_sends_close_1000_and_no_reconnect_follows() -> None:
             assert peer.attempts == 1 and targets == ["/ws"]
 
 
-async def test_a_protocol_error_is_answered_with_a_close_and_drops_the_connection() -> None:
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x81\x80\x00\x00\x00\x00",  # a server frame must not be masked
+        b"\xc1\x00",  # RSV1 (compressed) without permessage-deflate
+        b"\x09\x00",  # a fragmented ping
+        b"\x80\x00",  # a continuation with no message begun
+        b"\x88\x01\x00",  # a close frame of one byte
+        b"\x88\x02\x03\xed",  # close code 1005, which may not be sent
+    ],
+)
+async def test_a_protocol_error_is_answered_with_a_close_and_drops_the_connection(
+    frame: bytes,
+) -> None:
     got: list[tuple[int, bytes]] = []
 
     async def masked_frame(sock: ServerSocket) -> None:
-        await sock.write(b"\x81\x80\x00\x00\x00\x00")  # a server frame must not be masked
+        await sock.write(frame)
         _fin, opcode, payload = await sock.frame()
         got.append((opcode, payload[:2]))
         await trio.sleep_forever()

@@ -810,6 +810,8 @@ class _Socket:
             raise ConnectFailed("bad Sec-WebSocket-Accept")
         if headers.get("upgrade", "").lower() != "websocket":
             raise ConnectFailed("no Upgrade: websocket")
+        if "upgrade" not in [t.strip().lower() for t in headers.get("connection", "").split(",")]:
+            raise ConnectFailed("no Connection: Upgrade")
         if "sec-websocket-protocol" in headers or "sec-websocket-extensions" in headers:
             raise ConnectFailed("a subprotocol or extension that was not asked for")
 

@@ -1030,7 +1030,15 @@ async def test_two_dotnet_clients_with_one_id_do_not_storm_for_ever(relay: Relay
     async with open_dotnet_client(url) as one, open_dotnet_client(url, connect=False) as two:
         assert await two.try_connect()
         with trio.fail_after(10):
-            await one.wait_until(lambda: one.gave_up or two.gave_up)
+            # Woken by either client's changes: the one refused may be either.
+            async with trio.open_nursery() as nursery:
+                for client in (one, two):
+
+                    async def watch(client: DotNetClient = client) -> None:
+                        await client.wait_until(lambda: one.gave_up or two.gave_up)
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(watch)
         # One of them is refused and, being .NET, never comes back; the other stays.
         assert one.gave_up != two.gave_up
         survivor = two if one.gave_up else one

@@ -513,11 +513,15 @@ class LocalRegistry(NodeGroups[Group]):
 #: connection that lived far longer (its keepalive had to fail first); two clients that
 #: share one id and reconnect as soon as they are closed (the .NET client does, within
 #: milliseconds) replace connections a few milliseconds old.
-STORM_LIFETIME = 2.0
+STORM_LIFETIME = 1.0
 #: Replacements at once in a row, each within STORM_LIFETIME of the one before, that
 #: make an eviction storm: after these, the next comeback that would replace a connection
-#: still younger than STORM_LIFETIME is refused (409).
-STORM_REPLACEMENTS = 5
+#: still younger than STORM_LIFETIME is refused (409). Two .NET clients fighting over an
+#: id pass it within about 60 ms; a lone .NET client that drops its connection on every
+#: message it cannot read (and comes back, replacing the socket it left open) does not,
+#: unless it is sent such a message every second for twenty seconds on end (with 5 in
+#: 2 s, six plain-text API posts locked one out for good).
+STORM_REPLACEMENTS = 20
 #: Why such a comeback is refused (one line, the body of the 409).
 STORM_REASON = (
     "this id keeps replacing itself in this group (two clients with one id?): "

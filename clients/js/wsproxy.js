@@ -1040,6 +1040,12 @@ export class Client extends EventTarget {
         return false;
       }
     }
+    if (envelope.value === null || envelope.value === "") {
+      // .NET drops such a message (an answer included) without a word, and the Python
+      // client reports it: neither hands it to a handler, nor does this client.
+      this._bad("bad_payload", `Message is ${envelope.value === null ? "null" : '""'}: a .NET member drops it without a word, so it is not handed out`, data);
+      return false;
+    }
     if (this._learnedVersion === null && this.options.dotnetVersion == null) {
       this._learnedVersion = runtimeVersionOf(envelope.messageType);
     }

@@ -297,10 +297,8 @@ test("a null Message, which .NET drops, is read as null and sent as .NET sends i
 
 // .NET drops a frame whose Message is null or "" without a word, and the Python client reads
 // one as a BadMessage (PayloadError: "expected a string, got null"); neither hands it to a
-// handler. The JS client hands the handlers of its type the value null (or ""), and a
-// request it answers resolves to null. docs/dotnet.md says only how the JS client *sends*
-// one; reported on issue 28 instead of changed here.
-test("a null or \"\" Message is not handed to the handlers (as neither .NET nor Python does)", { todo: "issue 28: the JS client hands it out" }, async () => {
+// handler, and neither does the JS client: a badmessage (bad_payload).
+test("a null or \"\" Message is not handed to the handlers (as neither .NET nor Python does)", async () => {
   const sample = frames.find((s) => s.type === "System.String" && s.value === null);
   const { feed, got } = await listening(sample.type);
   feed(sample.frame);

@@ -10,7 +10,8 @@ Client 2 waits and answers; client 1 first waits for client 2 (saying so, and as
 then sends a typed message, a byte array, a request that waits for an answer, a question
 answered with a bool, and a list of strings. The message
 class travels as ``SharedData.Models.SocketMessage`` with PascalCase fields, exactly as
-the .NET demo's, so either half can be the original .NET client.
+the .NET demo's, and the list as a .NET 7 ``List<string>``, the runtime the .NET demo is
+built for, so either half can be the original .NET client.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ import attrs
 import trio
 
 import trio_wsproxy
-from trio_wsproxy import Client, Incoming, message_type
+from trio_wsproxy import Client, ClientConfig, Incoming, message_type
 
 DEFAULT_URL = "ws://127.0.0.1:8765/ws"
 # How long client 1 waits for client 2 to answer "are you there?" before asking again: a
 # message reaches only the members connected when it is sent, so a client 2 that starts
 # later hears the next question, not this one.
 PEER_QUESTION_INTERVAL = 1.0
+# The .NET demo's projects target net7.0, and a .NET member matches a generic type name
+# with its runtime version: a List<string> named for .NET 8 (what a client writes until a
+# .NET member of its group has sent one, and the .NET Client2 never does) would never
+# reach the .NET Client2's On<List<string>>.
+DOTNET_DEMO_RUNTIME = "7.0.0.0"
 
 
 @message_type("SharedData.Models.SocketMessage", pascal_case=True)
@@ -86,7 +92,8 @@ async def wait_for_client2(client: Client, url: str, group: str) -> None:
 
 async def client1(url: str, group: str) -> None:
     """Client1.cs: each step of the .NET demo, in order."""
-    async with trio_wsproxy.open_client(url, group=group) as client:
+    config = ClientConfig(dotnet_version=DOTNET_DEMO_RUNTIME)
+    async with trio_wsproxy.open_client(url, group=group, config=config) as client:
         print(f"[client 1] connected to {url} in group {group!r} as {client.id}")
 
         await wait_for_client2(client, url, group)

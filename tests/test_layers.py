@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CONTRACTS = (
-    "Layers: the top, then backplane/, relay/, protocol/",
+    "Layers: the top, then client/, backplane/, relay/, protocol/",
     "The client is built on protocol/ only",
     "Pure modules import no trio and no sockets",
     "No import cycles among siblings, in any package",

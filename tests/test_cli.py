@@ -319,6 +319,27 @@ def test_minting_with_a_short_secret_is_a_usage_error(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("content", "says"), [(None, "cannot read token secret file"), ("\n", "is empty")]
+)
+def test_minting_reads_the_secret_file_as_the_relay_does(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    secret_file = tmp_path / "secret"
+    if content is not None:
+        secret_file.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsproxy", "token", "--secret-file", str(secret_file),
+         "--id", "alice", "--group", "lobby"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    error = usage_error(result)
+    assert says in error and str(secret_file) in error
+    assert result.stdout == ""
+
+
 async def test_a_port_in_use_is_a_one_line_error() -> None:
     with trio.socket.socket() as taken:
         await taken.bind(("127.0.0.1", 0))

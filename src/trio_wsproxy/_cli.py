@@ -24,7 +24,13 @@ import attrs
 import trio
 
 from . import __version__
-from ._serve import TLSConfigError, read_api_key, read_token_secret, serve_relay
+from ._serve import (
+    TLSConfigError,
+    read_api_key,
+    read_secret_file,
+    read_token_secret,
+    serve_relay,
+)
 from ._workers import (
     STOP_SIGNALS,
     WorkerFailed,
@@ -274,10 +280,9 @@ def parse_duration(text: str) -> float:
 def _mint(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.secret_file:
         try:
-            with open(args.secret_file, encoding="utf-8") as file:
-                secret = file.read().strip()
-        except OSError as exc:
-            parser.error(f"cannot read the secret file: {exc}")
+            secret = read_secret_file(args.secret_file, "token secret")
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
     else:
         secret = os.environ.get("TRIO_WSPROXY_TOKEN_SECRET", "")
     if not secret:

@@ -94,9 +94,9 @@ def read_token_secret(config: RelayConfig) -> str | None:
     Raises OSError when the file cannot be read, and ValueError when it is empty or
     holds a secret shorter than :data:`~trio_wsproxy.relay.config.MIN_TOKEN_SECRET_BYTES`
     (leading and trailing whitespace, such as the final newline, is not part of it)."""
-    secret = _read_secret(config.token_secret_file, "token secret")
-    if secret is None:
+    if config.token_secret_file is None:
         return config.token_secret
+    secret = read_secret_file(config.token_secret_file, "token secret")
     check_token_secret(secret, f"the secret in token secret file {config.token_secret_file!r}")
     return secret
 
@@ -105,17 +105,19 @@ def read_api_key(config: RelayConfig) -> str | None:
     """The HTTP API's key ``config`` gives (directly or in a file); None when the API is
     off. Raises as :func:`read_token_secret` does (a key shorter than
     :data:`~trio_wsproxy.relay.config.MIN_API_KEY_BYTES` is refused)."""
-    key = _read_secret(config.api_key_file, "API key")
-    if key is None:
+    if config.api_key_file is None:
         return config.api_key
+    key = read_secret_file(config.api_key_file, "API key")
     check_api_key(key, f"the key in API key file {config.api_key_file!r}")
     return key
 
 
-def _read_secret(path: str | None, what: str) -> str | None:
-    """The stripped content of the secret file ``path`` (None: no file given)."""
-    if path is None:
-        return None
+def read_secret_file(path: str, what: str) -> str:
+    """The secret in file ``path``, leading and trailing whitespace (such as the final
+    newline) stripped; ``what`` names it in errors ("token secret", "API key").
+
+    Raises OSError, naming the file, when it cannot be read, and ValueError when it is not
+    UTF-8 text or holds nothing but whitespace."""
     try:
         with open(path, encoding="utf-8") as file:
             secret = file.read().strip()

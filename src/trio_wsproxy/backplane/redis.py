@@ -45,6 +45,7 @@ from ..protocol.close_codes import CloseCode
 from ..protocol.exceptions import first_leaf
 from ..protocol.message import Message
 from ..protocol.nodes import (
+    NODE_ID_LENGTH,
     Ack,
     MemberJoined,
     MemberLeft,
@@ -107,7 +108,6 @@ DEREGISTER_TIMEOUT = 1.0
 #: How much longer than 4/3 of the history's ttl its keys stay in Redis after they were
 #: last renewed (the meta hash twice as long: see scripts.py).
 _HISTORY_MARGIN_MS = 10_000
-_NODE_ID_LENGTH = 16
 
 
 class BackplaneDown(Exception):
@@ -133,7 +133,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.prefix = prefix
         self.node_ttl = node_ttl
         #: This node's id in the cluster (16 hex digits, new every start).
-        self.node = uuid.uuid4().hex[:_NODE_ID_LENGTH]
+        self.node = uuid.uuid4().hex[:NODE_ID_LENGTH]
         self._node = self.node.encode()
         self.names = Names(prefix, self._node)
         # Told of members joining and leaving on other nodes (the relay's presence).
@@ -356,7 +356,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         owner = await self._call("HGET", self.names.members_key(group_name), member_id)
         if not isinstance(owner, bytes):
             return False
-        node = owner[:_NODE_ID_LENGTH]
+        node = owner[:NODE_ID_LENGTH]
         removal = Remove(self._node, owner.decode(), reason).encode()
         await self._call("PUBLISH", self.names.node_channel(node), removal)
         return True
@@ -702,20 +702,20 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             member.close(CloseCode.REPLACED, REPLACED_REASON)
             return False
         if isinstance(old, bytes):
-            old_node = old[:_NODE_ID_LENGTH]
+            old_node = old[:NODE_ID_LENGTH]
             if old_node != self._node and old.decode() != owner:
                 message = Replace(self._node, old.decode()).encode()
                 self._send("PUBLISH", names.node_channel(old_node), message)
         unknown = False
         for other_id, other in zip(pairs[::2], pairs[1::2], strict=True):
             if isinstance(other, bytes) and isinstance(other_id, bytes):
-                if other[:_NODE_ID_LENGTH] != self._node:
+                if other[:NODE_ID_LENGTH] != self._node:
                     text = other.decode()
                     if text not in group.remote:
                         unknown = True
                         self._presence_changed(group, other_id.decode(), True)
                     group.remote[text] = other_id.decode()
-                    self._known_nodes.add(other[:_NODE_ID_LENGTH])
+                    self._known_nodes.add(other[:NODE_ID_LENGTH])
         if group.members.get(member.id) is member:
             # (A member that left meanwhile announced its leave already.)
             self.send_to_group(group.name, MemberJoined(self._node, member.id, owner).encode())

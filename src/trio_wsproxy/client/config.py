@@ -7,7 +7,20 @@ from typing import Any
 
 import attrs
 
+from ..protocol.close_codes import CloseCode
+
 __all__ = ["DEFAULT_RECONNECT_CODES", "ClientConfig"]
+
+# Standard close codes (RFC 6455 §7.4.1 and the IANA registry) that a client meets but
+# the relay never sends, so that CloseCode (the codes the relay sends) has none of them.
+#: Never in a close frame: the connection dropped without one (or a ping went unanswered).
+ABNORMAL_CLOSURE = 1006
+#: The server is restarting.
+SERVICE_RESTART = 1012
+#: The server is overloaded for now.
+TRY_AGAIN_LATER = 1013
+#: A gateway or proxy in front of the relay got no valid answer from it.
+BAD_GATEWAY = 1014
 
 #: Close codes after which the client reconnects (when ``ClientConfig.reconnect`` is on):
 #: the relay going away or failing, the connection dropping without a close frame (1006),
@@ -17,7 +30,21 @@ __all__ = ["DEFAULT_RECONNECT_CODES", "ClientConfig"]
 #: purpose), 1002/1007/1008/1009 (this client broke a rule; reconnecting would repeat it)
 #: and 4000 (a newer connection with the same id replaced this one: reconnecting would
 #: fight it).
-DEFAULT_RECONNECT_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004})
+DEFAULT_RECONNECT_CODES = frozenset(
+    int(code)
+    for code in (
+        CloseCode.GOING_AWAY,
+        ABNORMAL_CLOSURE,
+        CloseCode.INTERNAL_ERROR,
+        SERVICE_RESTART,
+        TRY_AGAIN_LATER,
+        BAD_GATEWAY,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.MESSAGE_TRUNCATED,
+        CloseCode.KEEPALIVE_TIMEOUT,
+        CloseCode.BACKPLANE_UNAVAILABLE,
+    )
+)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import attrs
 
 from ..protocol.backoff import backoff_delay
-from .config import ClientConfig
+from ..protocol.close_codes import CloseCode
+from .config import ABNORMAL_CLOSURE, SERVICE_RESTART, TRY_AGAIN_LATER, ClientConfig
 from .urls import round_order
 
 __all__ = [
@@ -30,23 +31,25 @@ __all__ = [
 ]
 
 # What each close code means, for log lines and exception messages.
-_CLOSE_MEANINGS = {
-    1000: "the relay ended the session",
-    1001: "the relay is going away",
-    1002: "protocol error",
-    1006: "the connection dropped without a close frame",
-    1007: "invalid UTF-8 in a text message",
-    1008: "policy violation",
-    1009: "a message was too big for the relay",
-    1011: "internal error in the relay",
-    1012: "the relay is restarting",
-    1013: "try again later",
-    4000: "replaced by a newer connection with the same id in the group",
-    4001: "too slow: this client's mailbox on the relay stayed full",
-    4002: "a message was cut off because its sender left mid-message",
-    4003: "keepalive timeout",
-    4004: "the relay's backplane could not guarantee delivery: messages may be missing",
-    4005: "removed from the group by the application's back end",
+_CLOSE_MEANINGS: dict[int, str] = {
+    CloseCode.NORMAL: "the relay ended the session",
+    CloseCode.GOING_AWAY: "the relay is going away",
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    ABNORMAL_CLOSURE: "the connection dropped without a close frame",
+    CloseCode.INVALID_PAYLOAD: "invalid UTF-8 in a text message",
+    CloseCode.POLICY_VIOLATION: "policy violation",
+    CloseCode.MESSAGE_TOO_BIG: "a message was too big for the relay",
+    CloseCode.INTERNAL_ERROR: "internal error in the relay",
+    SERVICE_RESTART: "the relay is restarting",
+    TRY_AGAIN_LATER: "try again later",
+    CloseCode.REPLACED: "replaced by a newer connection with the same id in the group",
+    CloseCode.SLOW_CONSUMER: "too slow: this client's mailbox on the relay stayed full",
+    CloseCode.MESSAGE_TRUNCATED: "a message was cut off because its sender left mid-message",
+    CloseCode.KEEPALIVE_TIMEOUT: "keepalive timeout",
+    CloseCode.BACKPLANE_UNAVAILABLE: (
+        "the relay's backplane could not guarantee delivery: messages may be missing"
+    ),
+    CloseCode.REMOVED: "removed from the group by the application's back end",
 }
 
 

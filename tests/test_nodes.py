@@ -30,6 +30,8 @@ from trio_wsproxy.protocol.nodes import (
     encode_bodies,
     encode_messages,
     messages_header,
+    owner_node,
+    owner_token,
     stored_message,
 )
 
@@ -188,6 +190,16 @@ def test_every_message_decodes_to_itself(message: NodeMessage) -> None:
 @given(node_ids, st.lists(a_message, max_size=12))
 def test_encode_messages_is_messages_encode(node: bytes, messages: list[Message]) -> None:
     assert encode_messages(node, messages) == Messages(node, tuple(messages)).encode()
+
+
+hex_node_ids = st.text("0123456789abcdef", min_size=NODE_ID_LENGTH, max_size=NODE_ID_LENGTH)
+
+
+@given(hex_node_ids, u64s)
+def test_an_owner_token_names_the_node_that_holds_the_connection(node: str, serial: int) -> None:
+    token = owner_token(node, serial)
+    assert token == f"{node}:{serial}"
+    assert owner_node(token.encode()) == node.encode()
 
 
 def test_a_list_of_messages_is_kept_as_a_tuple() -> None:

@@ -63,6 +63,8 @@ from ..protocol.nodes import (
     encode_bodies,
     encode_messages,
     messages_header,
+    owner_node,
+    owner_token,
     stored_message,
 )
 from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
@@ -224,7 +226,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
     async def join(self, member: Member) -> Group:
-        owner = f"{self.node}:{next(self._serial)}"
+        owner = owner_token(self.node, next(self._serial))
         group = self._add(member)
         self._owners[member] = owner
         self._by_owner[owner] = member
@@ -356,7 +358,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         owner = await self._call("HGET", self.names.members_key(group_name), member_id)
         if not isinstance(owner, bytes):
             return False
-        node = owner[:NODE_ID_LENGTH]
+        node = owner_node(owner)
         removal = Remove(self._node, owner.decode(), reason).encode()
         await self._call("PUBLISH", self.names.node_channel(node), removal)
         return True
@@ -702,20 +704,20 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             member.close(CloseCode.REPLACED, REPLACED_REASON)
             return False
         if isinstance(old, bytes):
-            old_node = old[:NODE_ID_LENGTH]
+            old_node = owner_node(old)
             if old_node != self._node and old.decode() != owner:
                 message = Replace(self._node, old.decode()).encode()
                 self._send("PUBLISH", names.node_channel(old_node), message)
         unknown = False
         for other_id, other in zip(pairs[::2], pairs[1::2], strict=True):
             if isinstance(other, bytes) and isinstance(other_id, bytes):
-                if other[:NODE_ID_LENGTH] != self._node:
+                if owner_node(other) != self._node:
                     text = other.decode()
                     if text not in group.remote:
                         unknown = True
                         self._presence_changed(group, other_id.decode(), True)
                     group.remote[text] = other_id.decode()
-                    self._known_nodes.add(other[:NODE_ID_LENGTH])
+                    self._known_nodes.add(owner_node(other))
         if group.members.get(member.id) is member:
             # (A member that left meanwhile announced its leave already.)
             self.send_to_group(group.name, MemberJoined(self._node, member.id, owner).encode())

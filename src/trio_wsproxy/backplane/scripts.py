@@ -8,13 +8,15 @@ it as it is, so that only the codec ever builds a node-to-node message.
 
 from __future__ import annotations
 
+from ..protocol.nodes import NODE_ID_LENGTH
+
 #: Register the newest connection of an id.
 #: KEYS: members hash, node-members hash. ARGV: id, owner, entry, namespace, snapshot, again.
 #: Returns the replaced owner (or nil) and, if ARGV[5] is 1, the group's members as a
 #: flat list of id, owner pairs (a node asks once per group; join and leave
 #: announcements keep it up to date). With ARGV[6] = 1 (registering again after an
 #: outage) a different owner is newer and stays: the reply is {that owner, {}, 0} and
-#: nothing changes.
+#: nothing changes. (``string.sub(old, 1, NODE_ID_LENGTH)`` is ``nodes.owner_node(old)``.)
 JOIN = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[6] == '1' and old and old ~= ARGV[2] then
@@ -22,14 +24,14 @@ if ARGV[6] == '1' and old and old ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if old and old ~= ARGV[2] then
-  redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, 16), old)
+  redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, NODE_ID_LENGTH), old)
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[5] == '1' then
   return {old or false, redis.call('HGETALL', KEYS[1]), 1}
 end
 return {old or false, {}, 1}
-"""
+""".replace("NODE_ID_LENGTH", str(NODE_ID_LENGTH))
 
 #: Unregister a connection (if it is still the newest of its id).
 #: KEYS: members hash, node-members hash. ARGV: id, owner.

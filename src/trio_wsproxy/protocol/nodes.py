@@ -73,6 +73,8 @@ __all__ = [
     "decode",
     "encode_bodies",
     "encode_messages",
+    "owner_node",
+    "owner_token",
     "stored_message",
 ]
 
@@ -120,6 +122,21 @@ class NodeMessageError(ValueError):
 def _node_id(instance: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     if len(value) != NODE_ID_LENGTH:
         raise ValueError(f"a node id is {NODE_ID_LENGTH} bytes, not {len(value)}: {value!r}")
+
+
+def owner_token(node: str, serial: int) -> str:
+    """The owner token of a member's connection: ``"<node id>:<serial>"``, the id of the
+    node that holds the connection and that node's serial number for it. Unique in the
+    cluster; it names the connection in the members hashes, in J, L, R and K, and in a
+    node's membership entries (``backplane/names.py``)."""
+    return f"{node}:{serial}"
+
+
+def owner_node(token: bytes) -> bytes:
+    """The id of the node that holds the connection whose owner token is ``token``: the
+    token's first :data:`NODE_ID_LENGTH` bytes (the Lua of ``backplane/scripts.py`` takes
+    the same prefix)."""
+    return token[:NODE_ID_LENGTH]
 
 
 def _unsigned(bits: int) -> Callable[[object, attrs.Attribute[int], int], None]:

@@ -21,6 +21,8 @@ from loglines import LogLines
 from redisserver import RedisServer, members_in_redis, subscribers
 from relayproc import Output, peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
+from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.protocol.exceptions import leaves
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient, stream_mib
 
 MiB = 1024 * 1024
@@ -313,6 +315,27 @@ async def test_metrics_report_the_backplane(redis_url: str, prefix: str) -> None
             while chunk := await stream.receive_some():
                 body += chunk
         assert b'trio_wsproxy_backplane_up{kind="RedisBackplane"} 1.0' in body
+
+
+async def test_a_bug_in_the_backplane_ends_the_relay_instead_of_passing_for_an_outage(
+    redis_url: str, prefix: str, backplane_log: LogLines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only losing Redis is an outage to reconnect from: a bug met while connected (here
+    # in the heartbeat) ends the relay with it, as a failure of any relay task does.
+    beats = 0
+
+    async def broken(self: RedisBackplane, pub: RedisConnection, sub: RedisConnection) -> None:
+        nonlocal beats
+        beats += 1
+        raise KeyError("a bug in the backplane")
+
+    monkeypatch.setattr(RedisBackplane, "_heartbeat", broken)
+    with trio.fail_after(10), pytest.raises((KeyError, ExceptionGroup)) as caught:
+        async with cluster(redis_url, prefix, count=1):
+            await trio.sleep_forever()
+    assert [type(error) for error in leaves(caught.value)] == [KeyError]
+    assert beats == 1
+    assert backplane_log.count("reconnecting") == 0
 
 
 # -- faults, on a Redis of the test's own ----------------------------------------------

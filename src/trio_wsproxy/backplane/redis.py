@@ -42,7 +42,7 @@ import trio
 from ..protocol import v1
 from ..protocol.backoff import Backoff
 from ..protocol.close_codes import CloseCode
-from ..protocol.exceptions import first_leaf
+from ..protocol.exceptions import first_leaf, leaves
 from ..protocol.message import Message
 from ..protocol.nodes import (
     NODE_ID_LENGTH,
@@ -67,7 +67,7 @@ from ..protocol.nodes import (
     owner_token,
     stored_message,
 )
-from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
+from ..protocol.resp import ConnectionLost, ProtocolViolation, RedisAddress, RedisError
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.fanout import Courier
@@ -114,6 +114,26 @@ _HISTORY_MARGIN_MS = 10_000
 
 class BackplaneDown(Exception):
     """The backplane lost Redis (or Redis dropped or reaped this node)."""
+
+
+#: What losing Redis raises while a node connects or is connected: the socket's errors, a
+#: timeout (connecting, logging in), the connection closing or falling silent, an error
+#: reply or bytes that are not RESP, the node dropped or reaped. The node reconnects from
+#: these; anything else is a bug, which ends the relay with its traceback instead of
+#: passing for an outage and being retried for ever.
+_OUTAGES = (
+    OSError,
+    trio.TooSlowError,
+    ConnectionLost,
+    RedisError,
+    ProtocolViolation,
+    BackplaneDown,
+)
+
+
+def _is_outage(error: BaseException) -> bool:
+    """Whether ``error`` (a nursery's group, possibly) is Redis lost and nothing else."""
+    return all(isinstance(leaf, _OUTAGES) for leaf in leaves(error))
 
 
 def _no_presence(group: Group, member_id: str, joined: bool) -> None:
@@ -529,7 +549,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
                 failure: BaseException | None = None
                 try:
                     await self._connected()
-                except Exception as exc:  # any failure of the connection means: reconnect
+                except (*_OUTAGES, ExceptionGroup) as exc:
+                    if not _is_outage(exc):
+                        raise
                     failure = first_leaf(exc)
                 was_up = self.up
                 self._lose(failure)

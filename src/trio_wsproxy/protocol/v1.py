@@ -42,13 +42,14 @@ import attrs
 #: The ``Sec-WebSocket-Protocol`` name a client offers to speak v1.
 SUBPROTOCOL = "wsproxy.v1"
 
-#: A member's header line is at most this many bytes (its line feed included): it names
-#: at most one recipient. A longer one is a protocol error (close 1002).
+#: A header line ahead of a payload is at most this many bytes (its line feed included):
+#: it names at most one member. A member's longer one is a protocol error (close 1002); a
+#: client takes the relay's as a bad message. (Only the relay's events, a whole message
+#: of one line, may be longer: see :func:`relay_header_end`.)
 MAX_MEMBER_HEADER = 4096
 #: The most digits a position's offset may have: offsets count messages (2**64 has 20).
 MAX_OFFSET_DIGITS = 20
 
-LF = 0x0A
 _LF = b"\n"
 
 
@@ -77,18 +78,65 @@ TO_GROUP = ToGroup()
 _TO_KEYS = frozenset({"to"})
 
 
-def header_end(data: bytes | bytearray | memoryview) -> int | None:
-    """Where the payload of a member's message starts (just past its header's line
-    feed), given the message's first bytes; None while no line feed has arrived yet.
+def header_end(data: bytes | bytearray, last: bool = False) -> int | None:
+    """Where the payload of a v1 message starts (just past its header line's line feed),
+    given the message's first bytes, ``data``; None while the line has not arrived
+    (``last``: ``data`` is the whole message, and then it must have).
 
-    Raises :class:`V1Error` when the first ``MAX_MEMBER_HEADER`` bytes hold no line feed.
+    The one rule for every header line ahead of a payload, a member's or the relay's:
+    it ends within the first ``MAX_MEMBER_HEADER`` bytes. Raises :class:`V1Error` as
+    soon as that many have arrived without a line feed, or the message ended without
+    one. Pure and allocation-free: a whole message is read in this one step, and
+    :class:`HeaderReader` feeds it a message that arrives in pieces.
     """
-    end = bytes(data[:MAX_MEMBER_HEADER]).find(_LF)
-    if end < 0:
-        if len(data) >= MAX_MEMBER_HEADER:
-            raise V1Error(f"no header line within {MAX_MEMBER_HEADER} bytes")
-        return None
-    return end + 1
+    end = data.find(_LF, 0, MAX_MEMBER_HEADER)
+    if end >= 0:
+        return end + 1
+    if len(data) >= MAX_MEMBER_HEADER:
+        raise V1Error(f"no header line within {MAX_MEMBER_HEADER} bytes")
+    if last:
+        raise V1Error("a message ended inside its header line")
+    return None
+
+
+class HeaderReader:
+    """The header line of one v1 message that arrives in pieces (WebSocket fragments,
+    reads), bounded as :func:`header_end` says: :meth:`feed` it the message's pieces
+    in order, from the first, until it returns the message's bytes so far and where
+    the payload starts in them (the header line, without its line feed, is what comes
+    before that, less one byte).
+
+    It holds at most ``MAX_MEMBER_HEADER`` bytes of a line still arriving, and refuses
+    (:class:`V1Error`) a longer one at the piece that reaches the bound, however the
+    message was cut into pieces. Once it has answered it holds nothing; once it has
+    refused, it holds what it refused (:attr:`held`, for a log line), and the message
+    is read no further.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    @property
+    def held(self) -> bytes:
+        """The message's bytes the reader holds: a header line still arriving, or
+        refused."""
+        return self._held
+
+    def feed(self, piece: bytes, last: bool) -> tuple[bytes, int] | None:
+        """Take the message's next piece (``last``: the message ends with it): None
+        while its header line is still arriving, else ``(data, end)``: the message's
+        bytes so far, and where its payload starts in them. Raises :class:`V1Error`
+        for a header line past the bound, or a message that ended inside it."""
+        held = self._held
+        data = held + piece if held else piece
+        self._held = data
+        end = header_end(data, last)
+        if end is None:
+            return None
+        self._held = b""
+        return data, end
 
 
 def parse_member_header(line: bytes) -> ToGroup | ToMember:
@@ -298,15 +346,29 @@ def encode_event(event: Event) -> bytes:
     return _json(body)
 
 
-def decode_relay_message(data: bytes | bytearray | memoryview) -> tuple[From | Event, int]:
-    """A relay's v1 message (or its first fragment): what its header says, and where its
-    payload starts. Raises :class:`V1Error` for anything else."""
-    end = bytes(data[:MAX_MEMBER_HEADER]).find(_LF)
+def relay_header_end(data: bytes | bytearray) -> int:
+    """Where the payload of a whole message from the relay (or its header line, its
+    line feed included) starts: as :func:`header_end` says, but for the relay's events,
+    one line that is the whole message, which may be longer than the bound (a member
+    list: the message's size bounds it, and it has no payload to stream). Raises
+    :class:`V1Error` for a message with no such line."""
+    end = data.find(_LF, 0, MAX_MEMBER_HEADER)
     if end < 0:
-        end = bytes(data).find(_LF)
-        if end < 0:
+        end = data.find(_LF)
+        if not data or end != len(data) - 1:
             raise V1Error("no header line")
-    return _relay_header(_json_object(bytes(data[:end]))), end + 1
+    return end + 1
+
+
+def decode_relay_message(data: bytes | bytearray) -> tuple[From | Event, int]:
+    """A relay's whole v1 message (or its header line): what its header says, and where
+    its payload starts. Raises :class:`V1Error` for anything else, a header line ahead
+    of a payload (or a line that is not an event) past ``MAX_MEMBER_HEADER`` included."""
+    end = relay_header_end(data)
+    what = _relay_header(_json_object(bytes(data[: end - 1])))
+    if end > MAX_MEMBER_HEADER and type(what) is From:
+        raise V1Error(f"no header line within {MAX_MEMBER_HEADER} bytes")
+    return what, end
 
 
 def _relay_header(header: dict[str, Any]) -> From | Event:

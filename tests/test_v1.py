@@ -212,6 +212,35 @@ async def test_a_header_line_longer_than_the_limit_fails_before_the_message_ends
     assert code == CloseCode.PROTOCOL_ERROR and "no header line within" in reason
 
 
+async def test_the_header_limit_holds_however_the_header_line_is_fragmented(
+    relay: Relay,
+) -> None:
+    with trio.fail_after(10):
+        alice, _ = await v1_member(relay, "alice")
+        piece = b"x" * (v1.MAX_MEMBER_HEADER // 4)
+        await alice.send_frame(OP_BINARY, piece, fin=False)
+        await alice.send_frame(OP_CONT, b"", fin=False)
+        for _ in range(3):
+            await alice.send_frame(OP_CONT, piece, fin=False)
+        code, reason = await alice.expect_close()
+    assert code == CloseCode.PROTOCOL_ERROR and "no header line within" in reason
+
+
+async def test_a_header_line_in_many_small_fragments_reads_as_in_one(relay: Relay) -> None:
+    with trio.fail_after(10):
+        alice, _ = await v1_member(relay, "alice")
+        bob, _ = await v1_member(relay, "bob")
+        message = b'{"to":"bob"}\nhello'
+        await alice.send_frame(OP_TEXT, message[:1], fin=False)
+        await alice.send_frame(OP_CONT, b"", fin=False)
+        for index in range(1, len(message) - 1):
+            await alice.send_frame(OP_CONT, message[index : index + 1], fin=False)
+        await alice.send_frame(OP_CONT, message[-1:])
+        assert await next_message(bob) == (OP_TEXT, v1.From("alice", direct=True), b"hello")
+    for member in (alice, bob):
+        await member.aclose()
+
+
 async def test_a_large_direct_message_streams_to_its_member_with_the_header_ahead(
     relay: Relay,
 ) -> None:

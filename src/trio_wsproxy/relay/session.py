@@ -110,9 +110,9 @@ class Session:
         #: How messages are framed for this member (its subprotocol's, or plain).
         self.encoding = encoding
         # wsproxy.v1: each message the member sends starts with a header line. While
-        # one is being read: its bytes so far (None: no header pending).
+        # one arrives over several frames: its reader (None: no header pending).
         self._v1 = encoding.presence
-        self._header: bytes | None = None
+        self._header: v1.HeaderReader | None = None
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
         self._fd: int | None = None
@@ -164,7 +164,7 @@ class Session:
         self._parser = FrameParser(config.max_message_size)
         self._ahead: collections.deque[Event] = collections.deque()
         self._ahead_bytes = 0
-        self._ahead_end: ProtocolError | bool | None = False
+        self._ahead_end: ProtocolError | bool = False
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
@@ -762,25 +762,28 @@ class Session:
         """A v1 member's data frame without its message's header line, whose target is
         noted for the assembly (``to``); None while the header line is still arriving.
         A malformed header fails the connection (1002)."""
-        if event.first:
-            header = b""
-        elif self._header is None:
-            return event
-        else:
-            header = self._header
-        data = header + event.payload if header else event.payload
         try:
-            end = v1.header_end(data)
-            if end is None:
-                if event.last:
-                    raise v1.V1Error("a message ended inside its header line")
-                self._header = data
-                return None
+            if event.first:
+                # The common case, a whole message (or its header line) in one frame:
+                # the reader's rule in one step, without holding anything.
+                data = event.payload
+                end = v1.header_end(data, event.last)
+                if end is None:
+                    self._header = reader = v1.HeaderReader()
+                    reader.feed(data, False)
+                    return None
+            elif self._header is None:
+                return event
+            else:
+                read = self._header.feed(event.payload, event.last)
+                if read is None:
+                    return None
+                self._header = None
+                data, end = read
             target = v1.parse_member_header(data[: end - 1]) if end > 1 else v1.TO_GROUP
         except v1.V1Error as exc:
             self._fail(ProtocolError(CloseCode.PROTOCOL_ERROR, f"{v1.SUBPROTOCOL}: {exc}"))
             return None
-        self._header = None
         self._assembly.to = target.to if type(target) is v1.ToMember else None
         return Data(data[end:], event.text, True, event.last)
 

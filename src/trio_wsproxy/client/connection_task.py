@@ -29,6 +29,7 @@ from ..protocol.v1 import (
     Error,
     Event,
     From,
+    HeaderReader,
     V1Error,
     Welcome,
 )
@@ -77,9 +78,6 @@ logger = logging.getLogger("trio_wsproxy.client")
 
 # How much of a bad frame goes into its log line.
 _LOG_PREVIEW = 200
-# A v1 relay's header line on a binary message is at most this long (a member id and an
-# offset: far less); a longer one is a bad header.
-_MAX_RELAY_HEADER = 64 * 1024
 
 
 @attrs.define
@@ -95,8 +93,8 @@ class _Arriving:
     """A binary message arriving in pieces: streamed to its :class:`BinaryStream`, or
     assembled (for ``bytes`` handlers) until its last piece."""
 
-    #: The v1 header's bytes while its line is incomplete (None once read, or plain).
-    header: bytearray | None = None
+    #: The v1 header's reader while its line is incomplete (None once read, or plain).
+    header: HeaderReader | None = None
     origin: From | None = None
     stream: BinaryStream | None = None
     parts: list[bytes] | None = None
@@ -479,7 +477,7 @@ class ConnectionTask:
         it for ``bytes`` handlers (up to ``max_message_size``: closed with 1009 beyond)."""
         if piece.first:
             self._stats.messages_received += 1
-            self._arriving = arriving = _Arriving(header=bytearray() if v1 else None)
+            self._arriving = arriving = _Arriving(header=HeaderReader() if v1 else None)
             if not v1:
                 await self._begin(arriving, None)
         elif self._arriving is None:
@@ -487,19 +485,21 @@ class ConnectionTask:
         else:
             arriving = self._arriving
         data = piece.data
-        if arriving.header is not None:
-            arriving.header += data
-            end = arriving.header.find(b"\n", 0, _MAX_RELAY_HEADER)
-            if end < 0 and (piece.last or len(arriving.header) >= _MAX_RELAY_HEADER):
+        reader = arriving.header
+        if reader is not None:
+            try:
+                read = reader.feed(data, piece.last)
+            except V1Error:
+                read = None
                 arriving.skip = True
-                await self._bad_header(
-                    bytes(arriving.header[:_LOG_PREVIEW]), V1Error("no header line")
-                )
-            elif end >= 0:
-                line, data = bytes(arriving.header[: end + 1]), bytes(arriving.header[end + 1 :])
+                arriving.header = None
+                await self._bad_header(reader.held[:_LOG_PREVIEW], V1Error("no header line"))
+            if read is not None:
+                message, end = read
+                line, data = message[:end], message[end:]
                 arriving.header = None
                 await self._begin_v1(arriving, line)
-            else:
+            elif not arriving.skip:
                 return
         if arriving.skip:
             pass

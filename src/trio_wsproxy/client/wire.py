@@ -46,6 +46,7 @@ from ..protocol.v1 import (
     V1Error,
     decode_relay_message,
     member_header,
+    relay_header_end,
 )
 from .incoming import BadMessage, BadMessageKind, Incoming, Sender
 
@@ -158,18 +159,18 @@ def frame_for(payload: str | bytes, to: str | None) -> str | bytes:
 def split_relay_message(frame: str | bytes) -> tuple[From | Event, str | bytes]:
     """A ``wsproxy.v1`` relay's message: what its header says, and the payload after the
     header line — text stays ``str``, binary ``bytes``. Raises
-    :exc:`~trio_wsproxy.protocol.v1.V1Error` when it has no readable header."""
+    :exc:`~trio_wsproxy.protocol.v1.V1Error` when it has no readable header (one past
+    ``MAX_MEMBER_HEADER`` ahead of a payload included: see
+    :func:`~trio_wsproxy.protocol.v1.relay_header_end`)."""
     # The header ends at the first line feed, in the text as in its UTF-8 bytes: read
-    # just the header line, and slice the frame itself after it.
+    # just the header line (the codec bounds it), and slice the frame itself after it.
     if isinstance(frame, str):
         end = frame.find("\n")
         if end < 0:
             raise V1Error("no header line")
         return _read_header(frame[: end + 1].encode()), frame[end + 1 :]
-    end = frame.find(b"\n")
-    if end < 0:
-        raise V1Error("no header line")
-    return _read_header(frame[: end + 1]), frame[end + 1 :]
+    end = relay_header_end(frame)
+    return _read_header(frame[:end]), frame[end:]
 
 
 # Every message of one sender comes with the same header line: decode each distinct

@@ -42,7 +42,6 @@ import functools
 import hashlib
 import math
 import re
-import struct
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -51,7 +50,8 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+from wsraw import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, mask_frame, read_frame
+
 #: The sample's WebSocketOptions.KeepAliveInterval.
 KEEPALIVE = 120.0
 _GUID_FORMATS = (
@@ -75,12 +75,7 @@ def parse_guid(text: str) -> uuid.UUID | None:
 
 def server_frame(opcode: int, payload: bytes) -> bytes:
     """One unmasked final frame (ManagedWebSocket sends each message as one)."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", 0x80 | opcode, n) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+    return mask_frame(opcode, payload, masked=False)
 
 
 @attrs.define(eq=False)
@@ -153,22 +148,10 @@ class ServerSocket:
         """The next client frame, unmasked: ``(fin, opcode, payload)``; raises :class:`Closed`
         at EOF, and for a frame a client must not send."""
         await self._need(2)
-        b0, b1 = self.buffer[0], self.buffer[1]
-        n, head = b1 & 0x7F, 2
-        if n == 126:
-            await self._need(4)
-            n, head = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif n == 127:
-            await self._need(10)
-            n, head = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        if not b1 & 0x80:
+        if not self.buffer[1] & 0x80:  # (judged before its payload is awaited)
             await self._fail(1002, "an unmasked client frame")
-        await self._need(head + 4 + n)
-        key = bytes(self.buffer[head : head + 4])
-        masked = bytes(self.buffer[head + 4 : head + 4 + n])
-        del self.buffer[: head + 4 + n]
-        stream = int.from_bytes((key * (n // 4 + 1))[:n], "little")
-        payload = (int.from_bytes(masked, "little") ^ stream).to_bytes(n, "little")
+        b0, _b1, payload = await read_frame(self.buffer, self._need, masked=True)
+        n = len(payload)
         if b0 & 0x70 or b0 & 0x0F not in (0, 1, 2, 8, 9, 10):
             await self._fail(1002, "reserved bits or an unknown opcode")
         if b0 & 0x08 and (n > 125 or not b0 & 0x80):

@@ -109,7 +109,6 @@ import math
 import os
 import re
 import ssl
-import struct
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -120,7 +119,7 @@ from typing import Any
 import attrs
 import trio
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, mask_frame, read_frame
 
 #: The public key token of System.Private.CoreLib, part of every generic's full name.
 CORELIB_TOKEN = "7cec85d7bea7798e"
@@ -718,17 +717,7 @@ def dotnet_url(base: str, group: str, id: str | None = None) -> str:
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """One masked, final client frame (CWS sends each message as one frame)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    key = os.urandom(4)
-    stream = int.from_bytes((key * (n // 4 + 1))[:n], "little")
-    body = (int.from_bytes(payload, "little") ^ stream).to_bytes(n, "little") if n else b""
-    return head + key + body
+    return mask_frame(opcode, payload)
 
 
 def _valid_close_code(code: int) -> bool:
@@ -833,18 +822,8 @@ class _Socket:
             self.buffer += data
 
     async def _frame(self) -> tuple[bool, int, bytes]:
-        await self._need(2)
-        b0, b1 = self.buffer[0], self.buffer[1]
-        n, head = b1 & 0x7F, 2
-        if n == 126:
-            await self._need(4)
-            n, head = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif n == 127:
-            await self._need(10)
-            n, head = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        await self._need(head + n)
-        payload = bytes(self.buffer[head : head + n])
-        del self.buffer[: head + n]
+        b0, b1, payload = await read_frame(self.buffer, self._need, masked=False)
+        n = len(payload)
         if b1 & 0x80 or b0 & 0x70 or (b0 & 0x0F) not in (0, 1, 2, 8, 9, 10):
             await self._fail(1002, "masked server frame, reserved bits or unknown opcode")
         if b0 & 0x08 and (n > 125 or not b0 & 0x80):

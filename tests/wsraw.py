@@ -11,10 +11,45 @@ import base64
 import hashlib
 import os
 import struct
+from collections.abc import Awaitable, Callable
 
 import trio
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def unmask(key: bytes, data: bytes) -> bytes:
+    """``data`` XORed with the 4-byte masking ``key`` (masking and unmasking alike)."""
+    n = len(data)
+    if not n:
+        return b""
+    stream = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ stream).to_bytes(n, "little")
+
+
+async def read_frame(
+    buffer: bytearray, need: Callable[[int], Awaitable[None]], *, masked: bool
+) -> tuple[int, int, bytes]:
+    """The next frame at the start of ``buffer`` (``need(n)`` reads until it holds ``n``
+    bytes), taken off it: its first two bytes and its payload. ``masked``: read a masking
+    key if the frame has its mask bit (a client's frame), and unmask the payload; else
+    the mask bit is left for the caller to judge and no key is read."""
+    await need(2)
+    b0, b1 = buffer[0], buffer[1]
+    n, head = b1 & 0x7F, 2
+    if n == 126:
+        await need(4)
+        n, head = struct.unpack("!H", buffer[2:4])[0], 4
+    elif n == 127:
+        await need(10)
+        n, head = struct.unpack("!Q", buffer[2:10])[0], 10
+    key_size = 4 if masked and b1 & 0x80 else 0
+    await need(head + key_size + n)
+    payload = bytes(buffer[head + key_size : head + key_size + n])
+    if key_size:
+        payload = unmask(bytes(buffer[head : head + 4]), payload)
+    del buffer[: head + key_size + n]
+    return b0, b1, payload
 
 
 def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
@@ -31,9 +66,7 @@ def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = Tru
     if not masked:
         return head + payload
     key = os.urandom(4)
-    stream = int.from_bytes((key * (n // 4 + 1))[:n], "little")
-    body = (int.from_bytes(payload, "little") ^ stream).to_bytes(n, "little") if n else b""
-    return head + key + body
+    return head + key + unmask(key, payload)
 
 
 class RawClient:
@@ -106,19 +139,8 @@ class RawClient:
 
     async def recv_frame(self) -> tuple[bool, int, bytes]:
         """The next server frame: (fin, opcode, payload)."""
-        await self._need(2)
-        b0, b1 = self.buffer[0], self.buffer[1]
+        b0, b1, payload = await read_frame(self.buffer, self._need, masked=False)
         assert not b1 & 0x80, "server frames must not be masked"
-        n, head = b1 & 0x7F, 2
-        if n == 126:
-            await self._need(4)
-            n, head = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif n == 127:
-            await self._need(10)
-            n, head = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        await self._need(head + n)
-        payload = bytes(self.buffer[head : head + n])
-        del self.buffer[: head + n]
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     async def recv_message(self) -> tuple[int, bytes]:

@@ -37,6 +37,7 @@ import trio
 from ..protocol.envelope import new_message_id
 from ..protocol.exceptions import raise_sole_error
 from ..protocol.typenames import TypeRegistry
+from ..protocol.v1 import Position
 from .config import DEFAULT_RECONNECT_CODES, ClientConfig
 from .connection_task import ConnectionTask
 from .dispatch import Dispatcher
@@ -65,7 +66,7 @@ from .link import Lifecycle, Link
 from .membership import DeliveryFailed, Joined, Left, Membership
 from .policy import reconnect_delay
 from .requests import PendingRequests
-from .resumption import Position, Resumed, position_of
+from .resumption import Resumed, position_of
 from .sent import SentMessage
 from .stats import ClientStats
 from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of

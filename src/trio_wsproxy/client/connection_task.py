@@ -30,6 +30,7 @@ from ..protocol.v1 import (
     Event,
     From,
     HeaderReader,
+    Position,
     V1Error,
     Welcome,
 )
@@ -65,7 +66,7 @@ from .link import Connection, Lifecycle, Link
 from .membership import DeliveryFailed, Left, Membership
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
-from .resumption import Position, Resumption
+from .resumption import Resumption
 from .sent import SentLog
 from .stats import ClientStats
 from .streams import BinaryStream

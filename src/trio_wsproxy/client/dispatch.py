@@ -43,9 +43,9 @@ import attrs
 import trio
 
 from ..protocol.typenames import TypeRegistry
+from ..protocol.v1 import Position
 from .incoming import HandlerErrorHook, Incoming
 from .membership import EVENT_TYPES
-from .resumption import Position
 from .stats import ClientStats
 from .streams import BinaryStream
 

@@ -15,34 +15,7 @@ from __future__ import annotations
 
 import attrs
 
-from ..protocol import v1
-from ..protocol.v1 import Welcome
-
-
-@attrs.frozen
-class Position:
-    """Where a client is in its group's history: the history's ``epoch`` (new whenever
-    the relay lost the history) and the ``offset`` of the last message seen (0: none).
-
-    ``str(position)`` is ``EPOCH:OFFSET``, what a program saves to start where it left
-    off (``open_client(..., since=...)`` takes either), and :meth:`parse` reads it back.
-    It names a position in the group the client joined: a connection holds one group."""
-
-    epoch: str
-    offset: int
-
-    def __str__(self) -> str:
-        return f"{self.epoch}:{self.offset}"
-
-    @classmethod
-    def parse(cls, text: str) -> Position:
-        """The position ``EPOCH:OFFSET`` names (what ``str()`` gives); :exc:`ValueError`
-        if it is not one."""
-        try:
-            parsed = v1.Position.parse(text)
-        except v1.V1Error as error:
-            raise ValueError(f"{text!r} is not a position: {error}") from None
-        return cls(parsed.epoch, parsed.offset)
+from ..protocol.v1 import Position, Welcome
 
 
 def position_of(since: Position | str | None) -> Position | None:

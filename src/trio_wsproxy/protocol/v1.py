@@ -39,6 +39,8 @@ from typing import Any
 
 import attrs
 
+from .printable import printable
+
 #: The ``Sec-WebSocket-Protocol`` name a client offers to speak v1.
 SUBPROTOCOL = "wsproxy.v1"
 
@@ -206,24 +208,38 @@ class From:
 @attrs.frozen
 class Position:
     """Where a member is in its group's history: the history's ``epoch`` (it changes
-    whenever the history was lost) and the offset of the last message seen (0: none)."""
+    whenever the history was lost) and the offset of the last message seen (0: none).
+
+    ``str(position)`` is ``EPOCH:OFFSET``, what a reconnecting client names
+    (``?since=``) and what a program saves to start where it left off
+    (``open_client(..., since=...)`` takes either); :meth:`parse` reads it back. It names
+    a position in one group."""
 
     epoch: str
     offset: int
 
-    def token(self) -> str:
-        """The position as a reconnecting client names it: ``?since=EPOCH:OFFSET``."""
+    def __str__(self) -> str:
         return f"{self.epoch}:{self.offset}"
+
+    def token(self) -> str:
+        """``str(self)``: the position as a reconnecting client names it."""
+        return str(self)
 
     @classmethod
     def parse(cls, token: str) -> Position:
-        """The position ``EPOCH:OFFSET`` names; V1Error if it is not one."""
+        """The position ``EPOCH:OFFSET`` names; :exc:`V1Error` (a ValueError) if it is
+        not one."""
         epoch, sep, offset = token.rpartition(":")
         if not sep or not epoch or not offset.isdigit() or not offset.isascii():
-            raise V1Error("a position is EPOCH:OFFSET (the offset a decimal number)")
+            raise V1Error(
+                f"{printable(token)!r} is not a position: EPOCH:OFFSET, the offset a decimal number"
+            )
         if len(offset) > MAX_OFFSET_DIGITS:
             # (int() refuses more than 4,300 digits with an error of its own)
-            raise V1Error(f"a position's offset has at most {MAX_OFFSET_DIGITS} digits")
+            raise V1Error(
+                f"{printable(token[:40])!r}... is not a position: an offset has at most "
+                f"{MAX_OFFSET_DIGITS} digits"
+            )
         return cls(epoch, int(offset))
 
 

@@ -305,16 +305,21 @@ def test_a_token_secret_of_32_bytes_is_enough() -> None:
     assert RelayConfig(token_secret="é" * 16).token_secret == "é" * 16
 
 
-def test_minting_with_a_short_secret_is_a_usage_error(tmp_path: Path) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(SHORT_SECRET)
-    result = subprocess.run(
+def mint_from(secret_file: Path) -> subprocess.CompletedProcess[str]:
+    """``trio-wsproxy token --secret-file SECRET_FILE`` for alice in lobby."""
+    return subprocess.run(
         [sys.executable, "-m", "trio_wsproxy", "token", "--secret-file", str(secret_file),
          "--id", "alice", "--group", "lobby"],
         capture_output=True,
         text=True,
         timeout=30,
     )  # fmt: skip
+
+
+def test_minting_with_a_short_secret_is_a_usage_error(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SHORT_SECRET)
+    result = mint_from(secret_file)
     assert "needs at least 32" in usage_error(result)
     assert result.stdout == ""
 
@@ -328,13 +333,7 @@ def test_minting_reads_the_secret_file_as_the_relay_does(
     secret_file = tmp_path / "secret"
     if content is not None:
         secret_file.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "-m", "trio_wsproxy", "token", "--secret-file", str(secret_file),
-         "--id", "alice", "--group", "lobby"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )  # fmt: skip
+    result = mint_from(secret_file)
     error = usage_error(result)
     assert says in error and str(secret_file) in error
     assert result.stdout == ""

@@ -388,14 +388,7 @@ class Client:
         message is being written is retried on the next one. Raises
         :exc:`ClientClosed` once the client is closed. Never drops a message silently.
         """
-        frame = encode_message(
-            self.types,
-            value,
-            as_type,
-            request_id=None,
-            reply_to=reply_to,
-            runtime=self._runtime,
-        )
+        frame = self._encode(value, as_type, reply_to=reply_to)
         await self._link.send(frame, value=value, as_type=as_type, reply_to=reply_to)
 
     async def send_stream(
@@ -437,14 +430,7 @@ class Client:
         if announce is not None:
             if isinstance(announce, bytes | bytearray | memoryview):
                 raise TypeError("a stream is announced by a typed message, not bytes")
-            encoded = encode_message(
-                self.types,
-                announce,
-                announce_as,
-                request_id=None,
-                reply_to=None,
-                runtime=self._runtime,
-            )
+            encoded = self._encode(announce, announce_as)
             assert isinstance(encoded, str)
             announcement = encoded
         pieces = pieces_of(source, piece_size)
@@ -475,14 +461,7 @@ class Client:
         :meth:`send` does.
         """
         self._check_present(check_member_id(member_id))
-        frame = encode_message(
-            self.types,
-            value,
-            as_type,
-            request_id=None,
-            reply_to=reply_to,
-            runtime=self._runtime,
-        )
+        frame = self._encode(value, as_type, reply_to=reply_to)
         await self._link.send(frame, to=member_id, value=value, as_type=as_type, reply_to=reply_to)
 
     async def request(
@@ -512,14 +491,7 @@ class Client:
             self._check_present(check_member_id(to))
         limit = self.config.request_timeout if timeout is None else timeout
         request_id = new_message_id()
-        frame = encode_message(
-            self.types,
-            value,
-            as_type,
-            request_id=request_id,
-            reply_to=None,
-            runtime=self._runtime,
-        )
+        frame = self._encode(value, as_type, request_id=request_id)
         return await self._requests.ask(
             request_id,
             reply_type,
@@ -529,6 +501,25 @@ class Client:
             limit=limit,
             label=type_label(value, as_type),
             to=to,
+        )
+
+    def _encode(
+        self,
+        value: object,
+        as_type: Any,
+        *,
+        request_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> str | bytes:
+        """A message's frame payload, named and checked as this client sends it (its
+        type registry, the .NET runtime version of its group)."""
+        return encode_message(
+            self.types,
+            value,
+            as_type,
+            request_id=request_id,
+            reply_to=reply_to,
+            runtime=self._runtime,
         )
 
     def _check_present(self, member_id: str) -> None:
@@ -598,14 +589,7 @@ class _DirectReply:
         self, value: object, *, as_type: Any = None, reply_to: str | None = None
     ) -> None:
         client = self.client
-        frame = encode_message(
-            client.types,
-            value,
-            as_type,
-            request_id=None,
-            reply_to=reply_to,
-            runtime=client._runtime,
-        )
+        frame = client._encode(value, as_type, reply_to=reply_to)
         # Not checked against Client.members: the requester may have left meanwhile, and
         # the relay's answer to that is an event, never an exception in the handler.
         await client._link.send(

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from trio_wsproxy._workers import WorkerLink, WorkerReport, _Place, group_digest
+from trio_wsproxy._workers.endpoint import WorkerLink
+from trio_wsproxy._workers.figures import _Place
+from trio_wsproxy.protocol.workers import WorkerReport, group_digest
 from trio_wsproxy.relay.counters import Counters
 from trio_wsproxy.relay.groups import LocalRegistry
 from trio_wsproxy.relay.metrics import (

@@ -25,14 +25,9 @@ from redisserver import members_in_redis
 from relayproc import Output, first_line
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args
-from trio_wsproxy._workers import (
-    WorkerFailed,
-    WorkerLink,
-    _Worker,
-    http_get,
-    serve_flags,
-    whole_relay_metrics,
-)
+from trio_wsproxy._workers.endpoint import WorkerLink, http_get
+from trio_wsproxy._workers.figures import whole_relay_metrics
+from trio_wsproxy._workers.supervise import WorkerFailed, _Worker, serve_flags
 from trio_wsproxy.relay.metrics import Figures
 from trio_wsproxy.relay.relay import run_relay
 

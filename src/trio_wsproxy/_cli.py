@@ -31,14 +31,10 @@ from ._serve import (
     read_token_secret,
     serve_relay,
 )
-from ._workers import (
-    STOP_SIGNALS,
-    WorkerFailed,
-    WorkerLink,
-    serve_worker,
-    serve_workers,
-    signals_exit_at_once,
-)
+from ._workers.endpoint import WorkerLink
+from ._workers.figures import serve_worker
+from ._workers.signals import STOP_SIGNALS, signals_exit_at_once
+from ._workers.supervise import WorkerFailed, serve_workers
 from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig, check_token_secret

@@ -17,6 +17,7 @@ from test_api import MiB, members
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol.assembly import Piece
 from trio_wsproxy.relay.post import Poster
+from trio_wsproxy.relay.sender import Sender
 from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient
 
 BINARY = {"Content-Type": "application/octet-stream"}
@@ -256,14 +257,14 @@ async def test_a_bug_answering_a_call_is_a_500_logged_once_and_the_relay_goes_on
 async def test_a_bug_mid_post_cuts_the_message_off_and_frees_the_group(
     relay: Relay, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    forward: Callable[[Poster, Piece], Awaitable[None]] = Poster._forward
+    forward: Callable[[Sender, Piece], Awaitable[bool]] = Sender.forward
 
-    async def second_piece_fails(poster: Poster, piece: Piece) -> None:
-        if not piece.first:
+    async def second_piece_fails(sender: Sender, piece: Piece) -> bool:
+        if isinstance(sender.member, Poster) and not piece.first:
             raise RuntimeError("injected")
-        await forward(poster, piece)
+        return await forward(sender, piece)
 
-    monkeypatch.setattr(Poster, "_forward", second_piece_fails)
+    monkeypatch.setattr(Sender, "forward", second_piece_fails)
     (early,) = await members(relay, "g", "early")
     with trio.fail_after(10):
         answer = await call(relay.port, "POST", "/api/groups/g/messages", bytes(3 * MiB), BINARY)

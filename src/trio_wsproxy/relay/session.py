@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ..protocol import v1
-from ..protocol.assembly import Assembly, Piece
+from ..protocol.assembly import Assembly
 from ..protocol.close_codes import CloseCode, client_close_label
 from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
@@ -28,25 +28,23 @@ from ..protocol.frames import (
     close_frame,
     frame,
 )
-from ..protocol.message import Message, StreamHead
+from ..protocol.message import Message
 from ..protocol.printable import printable
 from ..protocol.ratelimit import TokenBucket
 from .budget import TEARDOWN
-from .fanout import Courier, cut_off, send_control
-from .groups import NO_OUTBOUND, Audience, Group, Member, Outbound
+from .fanout import Courier, send_control
+from .groups import Group
 from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
 from .poller import Poller
 from .presence import Presence, event_frame
+from .sender import Sender
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
 T = TypeVar("T")
-
-#: Offers that found mailboxes full: each frame with the members it still waits for.
-Blocked = list[tuple[bytes, list[Member]]]
 
 # Bytes asked of the socket per read: large enough that a burst of small messages is
 # parsed in one go, small enough not to allocate much per read.
@@ -134,16 +132,10 @@ class Session:
         config = relay.config
         # The member's data frames, as the messages and pieces the relay forwards.
         self._assembly = Assembly(member_id)
-        # The message being streamed to the group: who it is going to, by encoding, and
-        # what carries it beyond this node.
-        self._stream_to: tuple[Audience, ...] = ()
-        self._outbound: Outbound = NO_OUTBOUND
-        self._stream_out = True  # (whether its pieces go to other nodes)
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
-        # Offers that found mailboxes full, for the receiver task to finish (see
-        # _finish_offers): the poller's path leaves them to it.
-        self._blocked: Blocked | None = None
+        # What the member sends into its group, once it joined (see sender.py).
+        self._sender: Sender | None = None
         self._budget = relay.budget
         self._reading_ahead = False
         # What this member's unfinished message and read-ahead hold, as counted in the
@@ -233,7 +225,17 @@ class Session:
         self.joined_at = trio.current_time()
         try:
             self._group = group = await relay.registry.join(self)
-            self._courier.serve(group)
+            self._sender = Sender(
+                self,
+                group,
+                self._courier,
+                self._counters,
+                self._budget,
+                in_group=True,
+                unknown=self._no_such_member,
+                cut_off_reason="a message was cut off: its sender left mid-message",
+                pause=self._paused,
+            )
             catch = await group.catch_up(self, self._since)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
@@ -333,8 +335,8 @@ class Session:
                 except ProtocolError as exc:
                     self._fail(exc)
                     return
-            if self._blocked is not None:
-                await self._finish_offers()  # (what the poller left for this task)
+            if self._sender is not None and self._sender.blocked is not None:
+                await self._sender.finish()  # (what the poller left for this task)
             for event in events:
                 if type(event) is Data and self._close is None and not self._limited:
                     await self._on_data(event)  # the hot path, without _handle's frame
@@ -411,9 +413,11 @@ class Session:
         except ProtocolError as exc:
             return exc
         handover: list[Event] | None = None
+        sender = self._sender
+        assert sender is not None
         for index, event in enumerate(events):
             if isinstance(event, Data) and self._close is None and self._on_data_now(event):
-                if self._blocked is not None:
+                if sender.blocked is not None:
                     handover = events[index + 1 :]
                     break
             elif type(event) is not Pong:
@@ -647,6 +651,8 @@ class Session:
         if received is None:
             return
         event = received
+        sender = self._sender
+        assert sender is not None
         if event.first and event.last:
             # A whole message in one frame, the common case, as the assembly would have
             # it (it keeps no state for one): without the call, on the hot path.
@@ -658,53 +664,33 @@ class Session:
             if isinstance(forward, list):
                 for piece in forward:
                     if piece.first:
-                        await self._start_stream(self._assembly.head)
-                    await self._forward(piece)
+                        await sender.start(self._assembly.head)
+                        self.piece_due = trio.current_time() + self._relay.config.stream_timeout
+                    ended = await sender.forward(piece)
+                    now = trio.current_time()
+                    self.piece_due = None if ended else now + self._relay.config.stream_timeout
                 return
             message = forward
-        self._counters.messages += 1
-        # Broadcast, here rather than in a function of its own: one coroutine fewer per
-        # message on the relay's hottest path.
-        group = self._group
-        assert group is not None
-        others = len(group.members) - 1
-        if not self._budget.charge(others):
+        # The hot path: one synchronous call when nothing makes the message wait.
+        if not sender.clear():
             self._flush()
-            await self._paused(self._budget.wait_turn, others, read_ahead=False)
-        if group.congested:
-            self._flush()
-            await self._paused(group.wait_uncongested)
-        # Last, with nothing awaited between it and the offers below: while another
-        # member's message streams to the group, this one must not go between its pieces.
-        # (A loop: ending a pause is a schedule point, and another stream may start.)
-        floor = group.floor
-        while floor.holder is not None and floor.holder is not self:
-            await self._paused(floor.wait, self, self._flush)
-        blocked = self._deliver(message, group)
-        if blocked is not None:
-            self._blocked = blocked
-            await self._finish_offers()
+            await sender.send(message)
+            return
+        sender.offer(message)
+        if sender.blocked is not None:
+            await sender.finish()
 
     def _on_data_now(self, event: Data) -> bool:
         """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
         for what could have to wait before its offers (the member's task does it)."""
-        group = self._group
-        assert group is not None
-        if not (event.first and event.last) or group.congested:
-            return False
-        holder = group.floor.holder
-        if holder is not None and holder is not self:
-            return False
-        others = len(group.members) - 1
-        if not self._budget.charge(others):
+        sender = self._sender
+        assert sender is not None
+        if not (event.first and event.last) or not sender.clear():
             return False
         received = self._received(event)
         if received is None:
             return True
-        event = received
-        self._counters.messages += 1
-        message = Message(self.id, event.text, event.payload, self._assembly.to)
-        self._blocked = self._deliver(message, group)
+        sender.offer(Message(self.id, received.text, received.payload, self._assembly.to))
         return True
 
     def _received(self, event: Data) -> Data | None:
@@ -713,47 +699,6 @@ class Session:
         the connection failed)."""
         self._counters.bytes += len(event.payload)
         return self._strip_header(event) if self._v1 else event
-
-    def _deliver(self, message: Message, group: Group) -> Blocked | None:
-        """Offer a whole message that passed the floor to its recipients, without
-        waiting: what found mailboxes full is returned, with the floor marked as
-        passed by a message still in flight (see :meth:`_finish_offers`)."""
-        if message.to is not None:
-            blocked = self._direct(message, group)
-        elif group.sequenced:
-            # The group delivers it, here too, in its history's order (see Group).
-            self._courier.outbox.append(message)
-            return None
-        else:
-            history = group.history
-            if history is not None:
-                history.record(message)  # (its offset, before the offers: see history.py)
-            self._counters.deliveries += len(group.members) - 1
-            courier = self._courier
-            courier.outbox.append(message)  # for the group's members on other nodes, if any
-            blocked = None
-            for encoding, members in group.audiences:
-                data = encoding.message(message)
-                full = courier.offer(data, members, skip=self)
-                if full is not None:
-                    if blocked is None:
-                        blocked = []
-                    blocked.append((data, full))
-        if blocked is not None:
-            # Waiting for room with the floor passed: a stream starting meanwhile waits
-            # until this message is queued everywhere (Floor.in_flight).
-            group.floor.passing()
-        return blocked
-
-    async def _finish_offers(self) -> None:
-        """Queue the frames :meth:`_deliver` found mailboxes full for, waiting for room."""
-        blocked, self._blocked = self._blocked, None
-        assert blocked is not None and self._group is not None
-        try:
-            for data, members in blocked:
-                await self._paused(self._courier.wait_for_room, data, members)
-        finally:
-            self._group.floor.passed()
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -787,103 +732,21 @@ class Session:
         self._assembly.to = target.to if type(target) is v1.ToMember else None
         return Data(data[end:], event.text, True, event.last)
 
-    def _addressee(self, group: Group, to: str) -> tuple[Audience, ...] | None:
-        """Who a v1 message addressed to ``to`` goes to here: the member, with its
-        encoding; nobody (``()``) when ``to`` is a member of the group on another node
-        (the message travels there with the group's others). None, with an error event
-        for the sender, when the group has no such member (or it is the sender)."""
-        target = group.locate(to)
-        if target is not None and target is not self:
-            return ((target.encoding, (target,)),)
-        if target is None and group.elsewhere(to):
-            return ()
+    def _no_such_member(self, to: str, itself: bool) -> None:
+        """A v1 message addressed to a member the group does not have, or to its sender:
+        dropped, and its sender told why (an error event)."""
         self._counters.direct_failures += 1
         detail = (
             "a member cannot address a message to itself"
-            if target is self
-            else f"no member {to!r} in group {group.name!r}"
+            if itself
+            else f"no member {to!r} in group {self.group_name!r}"
         )
         send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
-        return None
-
-    def _direct(self, message: Message, group: Group) -> Blocked | None:
-        """Offer a message addressed to one member (v1), here or through the group's
-        other nodes, or tell the sender (an error event) that there is no such member;
-        return the offer if its mailbox was full."""
-        assert message.to is not None
-        audiences = self._addressee(group, message.to)
-        if audiences is None:
-            return None
-        if group.history is not None:
-            group.history.record(message)
-        courier = self._courier
-        if group.sequenced:
-            courier.outbox.append(message)  # the group delivers it (see Group.sequenced)
-            return None
-        self._counters.deliveries += 1
-        if not audiences:
-            courier.outbox.append(message)  # in order with the sender's other messages
-            return None
-        ((encoding, target),) = audiences
-        data = encoding.message(message)
-        full = courier.offer(data, target)
-        return None if full is None else [(data, full)]
-
-    async def _start_stream(self, head: StreamHead) -> None:
-        """Take the group's floor for this member's message, and fix who receives it:
-        the members there when its first piece goes out."""
-        group = self._group
-        assert group is not None
-        self._flush()
-        self._outbound = await self._paused(group.open_stream, self, head)
-        self.piece_due = trio.current_time() + self._relay.config.stream_timeout
-        if head.to is not None:
-            audiences = self._addressee(group, head.to)
-            self._stream_to = () if audiences is None else audiences
-            # Beyond this node only for a member there: a message to one member here
-            # only takes its turn on the others, so that streams stay in one order.
-            self._stream_out = audiences == ()
-        else:
-            audiences = self._stream_to = tuple(
-                (encoding, tuple(member for member in members if member is not self))
-                for encoding, members in group.audiences
-            )
-            self._stream_out = True
-        if group.history is not None and audiences is not None:
-            head.offset = group.history.record_unkept()  # (too large to keep)
-        self._counters.deliveries += sum(len(members) for _, members in self._stream_to)
-
-    async def _forward(self, piece: Piece) -> None:
-        """Forward one piece of a streaming message to the members it started with."""
-        head = self._assembly.head
-        courier = self._courier
-        for encoding, members in self._stream_to:
-            data = encoding.piece(head, piece.payload, piece.first, piece.last)
-            if not self._budget.charge(len(members)):
-                self._flush()
-                await self._paused(self._budget.wait_turn, len(members), read_ahead=False)
-            blocked = courier.offer(data, members)
-            if blocked is not None:
-                await self._paused(courier.wait_for_room, data, blocked)
-        self._flush()
-        if self._stream_out:
-            await self._paused(self._outbound.forward, piece)
-        self.piece_due = trio.current_time() + self._relay.config.stream_timeout
-        if piece.last:
-            self._counters.messages += 1
-            self._end_stream(truncated=False)
 
     def _end_stream(self, truncated: bool) -> None:
-        group = self._group
-        if group is None or group.floor.holder is not self:
-            return
-        outbound, self._outbound = self._outbound, NO_OUTBOUND
-        outbound.end(truncated)
-        if truncated:
-            cut_off(self._stream_to, "a message was cut off: its sender left mid-message")
-        self._stream_to = ()
+        if self._sender is not None:
+            self._sender.end(truncated)
         self.piece_due = None
-        group.floor.release(self)
 
     def watch(self, now: float) -> None:
         """Called by the relay's watch task: close a member whose streaming message has

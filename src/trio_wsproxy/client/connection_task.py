@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -73,12 +74,29 @@ from .streams import BinaryStream
 from .urls import with_query
 from .wire import Deliver, DotnetRuntime, Reply, read_frame, split_relay_message
 
-__all__ = ["ConnectionTask"]
+__all__ = ["Connect", "ConnectionTask"]
 
 logger = logging.getLogger("trio_wsproxy.client")
 
 # How much of a bad frame goes into its log line.
 _LOG_PREVIEW = 200
+
+
+class Connect(Protocol):
+    """How the connection task makes one connection to ``url`` and serves it: opens it,
+    hands its :class:`~.connection.WebSocket` to ``serve``, closes it, and returns what
+    ``serve`` returned; a failure to connect is a :exc:`~.errors.ConnectError`.
+    :func:`~.connection.connect_and_serve` does it over the network; a test stands in a
+    relay of its own, to drive the task's decisions without one."""
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        config: ClientConfig,
+        ssl_context: ssl.SSLContext | None,
+        serve: Callable[[WebSocket], Awaitable[Closed]],
+    ) -> Awaitable[Closed]: ...
 
 
 @attrs.define
@@ -113,7 +131,8 @@ class ConnectionTask:
     it keeps. ``sender`` is what received messages reply through, ``reply_via(member)``
     what a v1 message from ``member`` replies through; ``on_connect`` is called (in the
     dispatcher) after each connection. ``since`` is the position the first connection
-    names (a program starting where an earlier one left off).
+    names (a program starting where an earlier one left off). ``connect`` makes each
+    connection (:class:`Connect`: over the network unless a test says otherwise).
     """
 
     def __init__(
@@ -137,6 +156,7 @@ class ConnectionTask:
         on_disconnect: DisconnectHook | None,
         on_bad_message: BadMessageHook | None,
         since: Position | None = None,
+        connect: Connect = connect_and_serve,
     ) -> None:
         self._urls = urls
         self._id = client_id
@@ -155,6 +175,7 @@ class ConnectionTask:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_bad_message = on_bad_message
+        self._connect = connect
         #: Index in the URLs of the relay connected to now, or last.
         self.url_index = 0
         #: The subprotocol of the connection now, or last: ``"wsproxy.v1"``, or None (plain).
@@ -261,7 +282,7 @@ class ConnectionTask:
         since = self.resumption.since()
         if since is not None:
             url = with_query(url, "since", since)  # to get what was missed meanwhile
-        return await connect_and_serve(
+        return await self._connect(
             url, config=self._config, ssl_context=self._ssl_context, serve=serve
         )
 

@@ -2,8 +2,8 @@
 
 A member is registered in Redis, and its node subscribed to its group, before its upgrade
 is answered: once a join returns, messages from every node reach it. What a node knows of
-the other nodes' members (``cluster_group_size``) comes to it over the group's channel
-instead; ``settled`` awaits that.
+the other nodes' members (``known_size``: its group's ``size``) comes to it over the
+group's channel instead; ``settled`` awaits that.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from redisserver import RedisServer, members_in_redis, subscribers
 from relayproc import Output, peak_rss_mib, start_relay
 from trio_wsproxy import CloseCode, RedisBackplane, Relay, RelayConfig, serve_relay
 from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.backplane.lifecycle import NodeLifecycle
 from trio_wsproxy.protocol.exceptions import leaves
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient, stream_mib
 
@@ -44,6 +45,13 @@ async def cluster(
 def backplane(relay: Relay) -> RedisBackplane:
     assert isinstance(relay.registry, RedisBackplane)
     return relay.registry
+
+
+def known_size(relay: Relay, group_name: str) -> int:
+    """Members of the group on every node, as far as node ``relay`` knows (0 when it
+    has none of its own: it only follows groups it has members in)."""
+    group = backplane(relay).group(group_name)
+    return 0 if group is None else group.size
 
 
 _probes = itertools.count()
@@ -74,7 +82,7 @@ async def settled(nodes: list[Relay], group: str, size: int) -> None:
     await caught_up([node.port for node in nodes])
     local = [node.group_size(group) for node in nodes]
     assert sum(local) == size, local
-    views = [backplane(node).cluster_group_size(group) for node in nodes]
+    views = [known_size(node, group) for node in nodes]
     assert all(view == size for view, here in zip(views, local, strict=True) if here), views
 
 
@@ -324,18 +332,34 @@ async def test_a_bug_in_the_backplane_ends_the_relay_instead_of_passing_for_an_o
     # in the heartbeat) ends the relay with it, as a failure of any relay task does.
     beats = 0
 
-    async def broken(self: RedisBackplane, pub: RedisConnection, sub: RedisConnection) -> None:
+    async def broken(self: NodeLifecycle, pub: RedisConnection, sub: RedisConnection) -> None:
         nonlocal beats
         beats += 1
         raise KeyError("a bug in the backplane")
 
-    monkeypatch.setattr(RedisBackplane, "_heartbeat", broken)
+    monkeypatch.setattr(NodeLifecycle, "_heartbeat", broken)
     with trio.fail_after(10), pytest.raises((KeyError, ExceptionGroup)) as caught:
         async with cluster(redis_url, prefix, count=1):
             await trio.sleep_forever()
     assert [type(error) for error in leaves(caught.value)] == [KeyError]
     assert beats == 1
     assert backplane_log.count("reconnecting") == 0
+
+
+async def test_cluster_group_size_is_deprecated_and_still_answers(
+    redis_url: str, prefix: str
+) -> None:
+    async with cluster(redis_url, prefix) as (a, b):
+        a1 = await join(a, "a1")
+        b1 = await join(b, "b1")
+        await settled([a, b], "g", 2)
+        with pytest.warns(DeprecationWarning, match=r"group\(name\)\.size") as warned:
+            assert backplane(a).cluster_group_size("g") == 2
+            assert backplane(a).cluster_group_size("none here") == 0
+        assert len(warned) == 2
+        assert all(warning.filename == __file__ for warning in warned)  # (the caller's line)
+        assert known_size(a, "g") == 2 and known_size(a, "none here") == 0
+        del a1, b1
 
 
 # -- faults, on a Redis of the test's own ----------------------------------------------
@@ -419,7 +443,7 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
                 reader = await RawClient.open(port, "/ws?id=reader&groupName=g")
                 # Node a hears of the reader, and node b has nothing left to send.
                 await caught_up([a.port, port])
-                assert backplane(a).cluster_group_size("g") == 2
+                assert known_size(a, "g") == 2
                 sent = 2000
                 await stall_until_dropped(process, sender, a, url, sent)
                 received: list[int] = []
@@ -440,7 +464,7 @@ async def test_subscriber_dropped_for_falling_behind_closes_with_4004(
                 with trio.fail_after(5):
                     assert await again.recv_message() == (OP_TEXT, b"resubscribed")
                 await caught_up([a.port, port])
-                assert backplane(a).cluster_group_size("g") == 2  # the reader is forgotten
+                assert known_size(a, "g") == 2  # the reader is forgotten
                 assert backplane(a).outages == 0
                 nursery.cancel_scope.cancel()
         finally:
@@ -529,7 +553,7 @@ async def test_killed_node_leaves_no_ghost_members(
             local = await join(a, "here")
             ghosts = [await RawClient.open(port, f"/ws?id=gone{n}&groupName=g") for n in range(3)]
             await caught_up([a.port, port])
-            assert backplane(a).cluster_group_size("g") == 4
+            assert known_size(a, "g") == 4
             await kill(process)
             started = trio.current_time()
             # Within node_ttl plus a reaper round, node a reaps node b...
@@ -537,7 +561,7 @@ async def test_killed_node_leaves_no_ghost_members(
             assert trio.current_time() - started < 3.0
             # ...and counts its members as gone (it hears their leaves from Redis)...
             await caught_up([a.port])
-            assert backplane(a).cluster_group_size("g") == 1
+            assert known_size(a, "g") == 1
             # ...and so does Redis: the group's membership holds only the live member.
             assert await members_in_redis(redis_url, prefix, "g") == {"here"}
         finally:
@@ -554,7 +578,7 @@ async def test_node_killed_mid_transfer_cuts_the_message_off(redis_url: str, pre
             receiver = await join(a, "receiver")
             sender = await RawClient.open(port, "/ws?id=sender&groupName=g")
             await caught_up([a.port, port])
-            assert backplane(a).cluster_group_size("g") == 2
+            assert known_size(a, "g") == 2
             await sender.send_frame(OP_BINARY, b"y" * (3 * MiB), fin=False)
             with trio.fail_after(5):
                 fin, op, _ = await receiver.recv_frame()

@@ -19,7 +19,15 @@ from loglines import LogLines
 from recorder import Recorder, as_text, as_u32, stall_into_4001
 from redisserver import RedisServer, redis_call
 from relayproc import Output, start_relay
-from test_backplane import backplane, caught_up, cluster, join, kill, stall_until_dropped
+from test_backplane import (
+    backplane,
+    caught_up,
+    cluster,
+    join,
+    kill,
+    known_size,
+    stall_until_dropped,
+)
 from test_v1 import next_message, v1_member
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol import v1
@@ -301,7 +309,7 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
                 sender = await join(a, "sender")
                 with trio.fail_after(60):
                     await caught_up([a.port, port])
-                    assert backplane(a).cluster_group_size("g") == 2
+                    assert known_size(a, "g") == 2
                     for n in range(count):
                         await sender.send_frame(OP_BINARY, str(n).encode())
                         if n == count // 2:

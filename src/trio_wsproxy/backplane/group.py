@@ -4,7 +4,7 @@ what goes beyond this node carried by the backplane."""
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Awaitable, Callable, Iterable, MutableSequence
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -14,9 +14,9 @@ from ..protocol.close_codes import CloseCode
 from ..protocol.message import Message, StreamHead
 from ..protocol.nodes import Messages, Sequenced, StreamStart
 from ..protocol.resp import ConnectionLost, RedisError
-from ..relay.groups import NO_OUTBOUND, Group, Member, Outbound
+from ..relay.groups import NO_OUTBOUND, Group, Member, Outbound, PresenceChange
 from ..relay.history import CatchUp, History, HistoryLimits, catch_up
-from .order import ChannelOrder
+from .order import Action, ChannelOrder
 from .streams import OutgoingStream, RemoteStream
 
 if TYPE_CHECKING:
@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 #: How long a joining member may wait for its node to catch up with the group's history
 #: in Redis (behind a message streaming to the group, say) before it is closed (4004).
 CATCH_UP_TIMEOUT = 10.0
+
+
+#: Carries out one action of a group's channel order for the members here (the
+#: backplane's channel handling: see channel.py), for a message from node ``node``.
+CarryOut = Callable[["SharedGroup", bytes, Action], Awaitable[None]]
 
 
 class Recovered:
@@ -114,6 +119,7 @@ class SharedGroup(Group):
         node: bytes,
         limit: int,
         history: HistoryLimits | None = None,
+        history_keys: tuple[str, str, str, bytes] | None = None,
     ) -> None:
         super().__init__(name)
         self.backplane = backplane
@@ -121,9 +127,9 @@ class SharedGroup(Group):
         #: every node's members (the sender's too) from the group's channel, in order.
         self.sequenced = history is not None
         self.history_limits = history
-        #: The leading arguments of the history scripts for this group (set by the
+        #: The leading arguments of the history scripts for this group (given by the
         #: backplane: its keys and channel).
-        self.history_keys: tuple[str, str, str, bytes] | None = None
+        self.history_keys = history_keys
         #: This node's copy of the tail of the group's history in Redis, from what the
         #: channel brought since the node subscribed (None: not known yet), and what
         #: the channel brought before that was known.
@@ -153,6 +159,73 @@ class SharedGroup(Group):
     @property
     def size(self) -> int:
         return len(self.members.keys() | set(self.remote.values()))
+
+    # -- what the backplane hears of the group, and losing Redis ------------------------
+
+    def joined_elsewhere(self, owner: str, member_id: str, changed: PresenceChange) -> bool:
+        """Member ``member_id`` joined on another node (its connection ``owner``); True
+        when this node did not know that connection (the presence is told first)."""
+        unknown = owner not in self.remote
+        if unknown:
+            changed(self, member_id, True)
+        self.remote[owner] = member_id
+        return unknown
+
+    def left_elsewhere(self, owner: str, member_id: str, changed: PresenceChange) -> None:
+        """Member ``member_id`` (its connection ``owner``) left on another node."""
+        if self.remote.pop(owner, None) is not None:
+            changed(self, member_id, False)
+
+    def close_members(self, reason: str) -> None:
+        """Close every member here with 4004: they may have missed messages."""
+        for member in self.sessions:
+            member.close(CloseCode.BACKPLANE_UNAVAILABLE, reason)
+
+    def resubscribe(self) -> None:
+        """The node subscribes to the group's channel again (Redis is back): joins wait
+        for that."""
+        self.subscribed = trio.Event()
+
+    def forget_mirror(self) -> None:
+        """The node (re)subscribes to the group's channel: what it knew of the group's
+        history in Redis is to be read again."""
+        self.mirror, self.early = None, []
+
+    def open_inbox(self) -> None:
+        """A delivery from other nodes waits for a full mailbox: so will the next ones."""
+        self.inbox = collections.deque()
+        self.inbox_drained = trio.Event()
+
+    def close_inbox(self) -> None:
+        """The inbox is worked off (or dropped with Redis): deliveries go straight on."""
+        self.inbox = None
+        self.inbox_bytes = 0
+        self.inbox_drained.set()
+
+    def lose_redis(self, reason: str, changed: PresenceChange) -> bool:
+        """Redis is gone. Members here who may have missed messages are closed (4004,
+        ``reason``) — all of them if the group spans nodes, is held for the HTTP API,
+        has deliveries from other nodes waiting, or takes its order from Redis — and
+        True comes back; the group forgets the rest of the cluster (``changed`` hears
+        each member elsewhere leave), drops what waited from other nodes, and wakes
+        joins and catching-up members waiting on Redis: they see the outage."""
+        self.subscribed.set()
+        exposed = bool(
+            self.spans_nodes or self.holds or self.inbox or self.order.pending or self.sequenced
+        )
+        if exposed:
+            # (Messages from other nodes still waiting here are dropped with Redis.)
+            self.close_members(reason)
+        for member_id in set(self.remote.values()):
+            changed(self, member_id, False)
+        self.remote.clear()
+        self.order.reset()
+        self.close_inbox()
+        if isinstance(self.floor.holder, RemoteStream):
+            self.floor.release(self.floor.holder)
+        self.forget_mirror()
+        self.changed()
+        return exposed
 
     # -- history: the mirror, and members catching up with it ---------------------------
 
@@ -221,6 +294,19 @@ class SharedGroup(Group):
             else:
                 mirror.skip(message.offset)
         return same
+
+    async def carry(self, node: bytes, actions: list[Action], carry_out: CarryOut) -> None:
+        """Carry out what the channel order decided for a message from ``node``; members
+        catching up with the group's history wait meanwhile (see quiet), and look again
+        after."""
+        if actions:
+            self.handing += 1
+            try:
+                for action in actions:
+                    await carry_out(self, node, action)
+            finally:
+                self.handing -= 1
+        self.changed()
 
     @property
     def quiet(self) -> bool:

@@ -10,7 +10,6 @@ other groups.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -128,10 +127,9 @@ class Deliveries:
                 await self._delivered(group, delivery)
             return
         delivery.members = tuple(blocked)
-        group.inbox = collections.deque()
-        group.inbox_drained = trio.Event()
+        group.open_inbox()
         self._enqueue(group, delivery)
-        if self.nursery is None:  # (the backplane is down: _lose empties the inbox)
+        if self.nursery is None:  # (the backplane is down: losing Redis empties the inbox)
             return
         self.nursery.start_soon(self._work_off_inbox, group)
 
@@ -185,8 +183,6 @@ class Deliveries:
                     await self._delivered(group, delivery)
         finally:
             courier.flush()
-            # Cancelled with deliveries left (Redis went away): _lose deals with them.
+            # Cancelled with deliveries left (Redis went away): SharedGroup.lose_redis drops them.
             if group.inbox is inbox and not inbox:
-                group.inbox = None
-                group.inbox_bytes = 0
-                group.inbox_drained.set()
+                group.close_inbox()

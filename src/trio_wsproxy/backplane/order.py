@@ -15,7 +15,7 @@ same things the same way:
   are closed (4004), since they would otherwise miss messages silently.
 
 :class:`ChannelOrder` turns each channel message into :data:`Action` s that the
-backplane carries out (``backplane/redis.py``). It imports no trio and is tested on its
+backplane carries out (``backplane/channel.py``). It imports no trio and is tested on its
 own (``tests/test_order.py``).
 """
 

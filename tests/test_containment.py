@@ -19,7 +19,9 @@ from test_hostile import scrape
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
+from trio_wsproxy.protocol.message import Message
 from trio_wsproxy.relay import listeners as listeners_module
+from trio_wsproxy.relay.sender import Sender
 from trio_wsproxy.relay.session import Session
 from wsraw import OP_TEXT, RawClient
 
@@ -146,14 +148,14 @@ async def test_a_bug_met_relaying_a_message_closes_that_member_1011_and_nothing_
     monkeypatch: pytest.MonkeyPatch,
     caplog_relay: pytest.LogCaptureFixture,
 ) -> None:
-    deliver = Session._deliver
+    offer = Sender.offer
 
-    def buggy(self: Session, message: object, group: object) -> object:
-        if getattr(message, "payload", None) == b"boom":
+    def buggy(self: Sender, message: Message) -> None:
+        if message.payload == b"boom":
             raise RuntimeError("injected")
-        return deliver(self, message, group)  # type: ignore[arg-type]
+        offer(self, message)
 
-    monkeypatch.setattr(Session, "_deliver", buggy)
+    monkeypatch.setattr(Sender, "offer", buggy)
     config = RelayConfig(port=0, shared_poller=shared_poller, close_timeout=2)
     async with open_relay(config) as relay:
         with trio.fail_after(20):

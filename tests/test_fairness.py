@@ -14,7 +14,7 @@ import trio.testing
 from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.relay.memory import SIP, BufferBudget
-from trio_wsproxy.relay.session import READ_SIZE
+from trio_wsproxy.relay.reader import READ_SIZE
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
 
 MiB = 1024 * 1024

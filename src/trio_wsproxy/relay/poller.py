@@ -30,23 +30,21 @@ goes back to reading for itself.
 from __future__ import annotations
 
 import select
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import outcome
 import trio
 
-if TYPE_CHECKING:
-    from ..protocol.frames import Event, ProtocolError
+from .reader import READ_FOR_YOURSELF, Handover
 
 
 class Reader(Protocol):
     """What the poller needs of a session it reads for."""
 
-    def readable(self) -> list[Event] | bytes | ProtocolError | None:
+    def readable(self) -> Handover | None:
         """Read the socket once and act on what it held: None when all was done (the
-        session stays parked); else what its task wakes up with and goes on from:
-        events read for it and not yet acted on (none: read for yourself), bytes to
-        parse (b"": the connection is gone), or the protocol error its data raised."""
+        session stays parked); else what its task wakes up with and goes on from (see
+        :class:`~.reader.Handover`)."""
 
 
 class Poller:
@@ -98,7 +96,7 @@ class Poller:
         finally:
             self.running = False
             for _, task in parked.values():
-                trio.lowlevel.reschedule(task, outcome.Value([]))
+                trio.lowlevel.reschedule(task, outcome.Value(READ_FOR_YOURSELF))
             parked.clear()
             epoll.close()
 
@@ -110,7 +108,7 @@ class Poller:
         self._epoll.unregister(fd)
         trio.lowlevel.reschedule(task, result)
 
-    async def park(self, reader: Reader, fd: int) -> list[Event] | bytes | ProtocolError:
+    async def park(self, reader: Reader, fd: int) -> Handover:
         """Wait, parked, until the poller hands the session back (only while
         :attr:`running`)."""
         parked, epoll = self._parked, self._epoll
@@ -124,7 +122,5 @@ class Poller:
             epoll.unregister(fd)
             return trio.lowlevel.Abort.SUCCEEDED
 
-        handover: list[Event] | bytes | ProtocolError = await trio.lowlevel.wait_task_rescheduled(
-            abort
-        )
+        handover: Handover = await trio.lowlevel.wait_task_rescheduled(abort)
         return handover

@@ -39,7 +39,8 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
 from .poller import Poller
 from .presence import Presence
-from .session import READ_SIZE, Session
+from .reader import READ_SIZE
+from .session import Session
 
 logger = logging.getLogger("trio_wsproxy.relay")
 

@@ -1,11 +1,16 @@
 """One member's session: a receiver task that reads and fans out, a sender task that
-drains the member's mailbox onto its socket."""
+drains the member's mailbox onto its socket.
+
+Reading the socket (and the relay's hold on it: buffer turns, read-ahead, pacing, the
+poller's hand-over) is the :class:`~.reader.MemberReader`'s; what the member sends into
+its group is its :class:`~.sender.Sender`'s, in its :class:`Membership`. The session
+ties them together: the read loop, the v1 header, keepalive and its own lifecycle
+(:class:`State`)."""
 
 from __future__ import annotations
 
-import collections
+import enum
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +26,6 @@ from ..protocol.frames import (
     Close,
     Data,
     Event,
-    FrameParser,
     Ping,
     Pong,
     ProtocolError,
@@ -30,33 +34,56 @@ from ..protocol.frames import (
 )
 from ..protocol.message import Message
 from ..protocol.printable import printable
-from ..protocol.ratelimit import TokenBucket
 from .budget import TEARDOWN
 from .fanout import Courier, send_control
 from .groups import Group
 from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
-from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
+from .memory import BufferBudget
 from .poller import Poller
 from .presence import Presence, event_frame
+from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
 T = TypeVar("T")
 
-# Bytes asked of the socket per read: large enough that a burst of small messages is
-# parsed in one go, small enough not to allocate much per read.
-READ_SIZE = 65536
 # The sender writes at most about this much per send_all, so a member that drains
 # slowly still shows progress (and frees mailbox room) often.
 WRITE_BATCH = 262144
 _PING_FRAME = frame(OP_PING, b"")
-# While the relay pauses a member's reader (its rate limit, a full mailbox, the group's
-# floor, a scheduling turn), it reads ahead at most this much of the member's data, so
-# that it still answers the member's pings and sees its pongs; beyond it TCP pushes back.
-READ_AHEAD = 2 * READ_SIZE
+
+
+class State(enum.Enum):
+    """Where a session is in its life (after wsproto's ``ConnectionState``)."""
+
+    #: Serving the member (from its admission on: the join comes first).
+    OPEN = "open"
+    #: The relay closed it (:meth:`Session.close`): its close frame goes out, and the
+    #: member's is awaited.
+    LOCAL_CLOSING = "local closing"
+    #: The member will send nothing more — its close frame came, or its data failed the
+    #: connection: once the relay's close frame is out, TCP is closed.
+    REMOTE_CLOSING = "remote closing"
+    #: The connection is gone: nothing more is written.
+    CLOSED = "closed"
+
+
+_OPEN = State.OPEN
+
+
+class Membership:
+    """A session's place in one group: the group, what the member sends into it (its
+    :class:`~.sender.Sender`), and the position it named to recover from."""
+
+    __slots__ = ("group", "sender", "since")
+
+    def __init__(self, group: Group, sender: Sender, since: v1.Position | None) -> None:
+        self.group = group
+        self.sender = sender
+        self.since = since
 
 
 class SessionHost(RelayCore, Protocol):
@@ -112,63 +139,45 @@ class Session:
         self._v1 = encoding.presence
         self._header: v1.HeaderReader | None = None
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
-        # Plain TCP on POSIX: read and (directly, see Mailbox) write the socket itself.
-        self._fd: int | None = None
-        if isinstance(stream, trio.SocketStream) and os.name == "posix":
-            self._fd = stream.socket.fileno()
         self._relay = relay
         self._counters = relay.counters
         self._stream = stream
-        self._leftover = leftover
-        self._group: Group | None = None
         # Shielded: the relay's cancellation must not cut a session mid-frame; close()
         # ends it instead, and its deadline bounds how long ending may take.
         self._scope = trio.CancelScope(shield=True)
+        #: Where the session is in its life; the close code and reason, once closed.
+        self.state = State.OPEN
         self._close: tuple[int, str] | None = None
-        # Set when the member's close frame arrived (or its connection is gone): the
-        # sender may then close TCP. _eof: the connection is gone, write nothing more.
+        # Set when the member will send nothing more (REMOTE_CLOSING or CLOSED): the
+        # sender may then close TCP.
         self._peer_closed = trio.Event()
-        self._eof = False
         config = relay.config
         # The member's data frames, as the messages and pieces the relay forwards.
         self._assembly = Assembly(member_id)
+        self._reader = MemberReader(
+            stream, config, relay.buffers, self._assembly, self._pong, leftover
+        )
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
-        # What the member sends into its group, once it joined (see sender.py).
-        self._sender: Sender | None = None
         self._budget = relay.budget
-        self._reading_ahead = False
-        # What this member's unfinished message and read-ahead hold, as counted in the
-        # relay's buffer budget; and whether it holds the budget's turn to be read.
-        self._buffers = relay.buffers
-        self._held = 0
-        self._has_turn = False
-        self._turn_ends = 0.0
-        self._message_rate = (
-            TokenBucket(config.max_message_rate) if config.max_message_rate is not None else None
-        )
-        self._byte_rate = (
-            TokenBucket(config.max_byte_rate) if config.max_byte_rate is not None else None
-        )
-        self._limited = self._message_rate is not None or self._byte_rate is not None
-        # What the reader took in while the relay paused it (see _paused): events in
-        # order, their data bytes, and how the connection ended meanwhile, if it did.
-        self._parser = FrameParser(config.max_message_size)
-        self._ahead: collections.deque[Event] = collections.deque()
-        self._ahead_bytes = 0
-        self._ahead_end: ProtocolError | bool = False
+        # The member's place in its group, once it joined.
+        self._membership: Membership | None = None
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
         #: While the member streams a message: when its next piece is due at the latest.
         self.piece_due: float | None = None
         # Keepalive bookkeeping, read by the relay's keepalive task.
-        self.reads = 0
         self.reads_seen = 0
         self.heard_at = trio.current_time()
         #: When the member joined (trio clock), set by :meth:`join`.
         self.joined_at = self.heard_at
         self.pinged_at: float | None = None
+
+    @property
+    def reads(self) -> int:
+        """How many reads brought the member's bytes (keepalive's proof of life)."""
+        return self._reader.reads
 
     def __repr__(self) -> str:
         return f"<Session id={self.id!r} group={self.group_name!r} remote={self.remote}>"
@@ -183,13 +192,14 @@ class Session:
         if self._close is not None:
             return
         self._close = (code, reason)
+        self.state = State.REMOTE_CLOSING if by_client else State.LOCAL_CLOSING
         if by_client:
             self._counters.client_closes[client_close_label(code)] += 1
         else:
             self._counters.closes[code] += 1
         self._relay.registry.leave(self)
-        if self._group is not None:
-            self._relay.presence.changed(self._group, self.id, joined=False)
+        if self._membership is not None:
+            self._relay.presence.changed(self._membership.group, self.id, joined=False)
         self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
@@ -224,8 +234,8 @@ class Session:
             return full
         self.joined_at = trio.current_time()
         try:
-            self._group = group = await relay.registry.join(self)
-            self._sender = Sender(
+            group = await relay.registry.join(self)
+            sender = Sender(
                 self,
                 group,
                 self._courier,
@@ -236,6 +246,7 @@ class Session:
                 cut_off_reason="a message was cut off: its sender left mid-message",
                 pause=self._paused,
             )
+            self._membership = Membership(group, sender, self._since)
             catch = await group.catch_up(self, self._since)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
@@ -266,9 +277,9 @@ class Session:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
         never raises for a client's fault."""
         relay = self._relay
-        if self._fd is not None:
+        if self._reader.fd is not None:
             # Only now may frames go straight to the socket: the 101 is out.
-            self.mailbox.fd = self._fd
+            self.mailbox.fd = self._reader.fd
         try:
             with self._scope:
                 if relay.closing:
@@ -284,11 +295,7 @@ class Session:
             # Every end has closed already, but one that is not an Exception.
             self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
-            self._buffers.add(-self._held)
-            self._held = 0
-            if self._has_turn:
-                self._has_turn = False
-                self._buffers.give_turn()
+            self._reader.release()
             with trio.CancelScope(shield=True):
                 if isinstance(self._stream, trio.SocketStream):
                     await self._stream.aclose()  # never blocks
@@ -318,46 +325,39 @@ class Session:
         self.close(CloseCode.INTERNAL_ERROR, reason)
 
     async def _read_and_fan_out(self) -> None:
-        parser = self._parser
-        data, self._leftover = self._leftover, b""
+        reader = self._reader
+        parser = reader.parser
+        data, reader.leftover = reader.leftover, b""
         events: list[Event] = []
         event: Event | None = None
         # Plain TCP: this member's receiver parks in the poller while all is usual.
-        fd = self._fd
+        fd = reader.fd
         poller = self._relay.poller if fd is not None else None
-        ahead = self._ahead
         flush = self._courier.flush
         while True:
             if data:
-                self.reads += 1
+                reader.reads += 1
                 try:
                     events = parser.feed(data)
                 except ProtocolError as exc:
                     self._fail(exc)
                     return
-            if self._sender is not None and self._sender.blocked is not None:
-                await self._sender.finish()  # (what the poller left for this task)
+            sender = self._sender
+            if sender is not None and sender.blocked is not None:
+                await sender.finish()  # (what the poller left for this task)
             for event in events:
-                if type(event) is Data and self._close is None and not self._limited:
+                if type(event) is Data and self.state is _OPEN and not reader.limited:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
-            while ahead:
-                event = ahead.popleft()
-                if type(event) is Data:
-                    self._ahead_bytes -= len(event.payload) + EVENT_OVERHEAD
+            while (event := reader.take_ahead()) is not None:
                 if await self._handle(event):
                     return
             flush()
             # Nothing of this read stays alive while the member waits for its next one
             # (a read and its frames, or a whole message of up to 1 MiB, per member).
             data, events, event = b"", [], None
-            if (
-                self._held
-                or self._assembly.held
-                or self._ahead_end is not False
-                or self._buffers.over
-            ):
+            if reader.unusual:
                 unusual = await self._receive_unusually()  # (not on the hot path)
                 if unusual is None:
                     return
@@ -365,63 +365,55 @@ class Session:
             elif poller is not None and poller.running and self._usual():
                 assert fd is not None
                 handover = await poller.park(self, fd)
-                if isinstance(handover, list):
-                    data, events = b"", handover
-                    continue
-                if isinstance(handover, ProtocolError):
-                    self._fail(handover)
+                if handover.error is not None:
+                    self._fail(handover.error)
                     return
-                data = handover
+                if handover.data is None:
+                    events = handover.events
+                    continue
+                data = handover.data
             else:
-                data = await self._receive_some()
+                data = await reader.receive_some()
             if not data:
                 await self._tearing_down()
                 self._peer_gone("connection closed without a close frame")
                 return
 
+    @property
+    def _sender(self) -> Sender | None:
+        membership = self._membership
+        return None if membership is None else membership.sender
+
     def _usual(self) -> bool:
         """Whether nothing unusual is going on, so that the poller may read for this
         member: it only ever forwards whole messages that need no wait."""
         return (
-            self._close is None
-            and not self._limited
-            and not self._held
-            and not self._assembly.held
+            self.state is _OPEN
             and self._header is None
             and self.piece_due is None
-            and self._ahead_end is False
-            and not self._buffers.over
+            and self._reader.usual
         )
 
-    def readable(self) -> list[Event] | bytes | ProtocolError | None:
+    def readable(self) -> Handover | None:
         """The poller's read for this parked member (see poller.py): read once, and
-        forward what needs no wait, here and now; return what does (the events from
-        the first one on), or None when nothing did."""
+        forward what needs no wait, here and now; return what the member's task goes on
+        with, or None when nothing is left for it."""
         if not self._usual():
-            return []
-        try:
-            data = os.read(self._fd, READ_SIZE)  # type: ignore[arg-type]
-        except BlockingIOError:
-            return None
-        except OSError:
-            return b""
-        if not data or len(data) == READ_SIZE:
-            return data  # the end, or a burst: the task reads on for itself
-        self.reads += 1
-        try:
-            events = self._parser.feed(data)
-        except ProtocolError as exc:
-            return exc
-        handover: list[Event] | None = None
+            return READ_FOR_YOURSELF
+        read = self._reader.read_now()
+        if read is None or type(read) is Handover:
+            return read
+        assert type(read) is list
         sender = self._sender
         assert sender is not None
-        for index, event in enumerate(events):
-            if isinstance(event, Data) and self._close is None and self._on_data_now(event):
+        handover: Handover | None = None
+        for index, event in enumerate(read):
+            if type(event) is Data and self.state is _OPEN and self._on_data_now(event):
                 if sender.blocked is not None:
-                    handover = events[index + 1 :]
+                    handover = Handover(read[index + 1 :])
                     break
             elif type(event) is not Pong:
-                handover = events[index:]
+                handover = Handover(read[index:])
                 break
         self._courier.flush()
         return handover
@@ -430,37 +422,19 @@ class Session:
         """The next bytes when the read-ahead ended the connection, this member holds
         part of a message, or the relay is over its buffer bound: b"" when the
         connection is gone, None when it failed (and was closed for it)."""
-        end, self._ahead_end = self._ahead_end, False
+        reader = self._reader
+        end = reader.pop_end()
         if isinstance(end, ProtocolError):
             self._fail(end)
             return None
         if end:
             return b""
-        if self._account() and self._buffers.over and not self._has_turn:
-            # Over the relay's bound, and holding part of a message: read on only in
-            # turn. (Not while streaming: its pieces go out as they come, and others may
-            # be waiting for its message to end.)
-            if self.piece_due is None:
-                await self._paused(self._take_turn)
-        if self._has_turn:
-            return await self._receive_in_turn()
-        return await self._receive_some()
-
-    async def _take_turn(self) -> None:
-        await self._buffers.take_turn()
-        self._has_turn = True  # (set here: nothing can fail between the two)
-        self._turn_ends = trio.current_time() + TURN_SLICE
-
-    async def _receive_in_turn(self) -> bytes:
-        """Read holding the buffer budget's turn, for TURN_SLICE at most: then the
-        turn goes to the next member waiting for it (this one queues again), so that
-        an idle or trickling member never holds up the others."""
-        if self._fd is not None:
-            with trio.move_on_at(self._turn_ends):
-                return await self._receive_some()  # (cancel-safe on plain TCP)
-        self._has_turn = False
-        self._buffers.give_turn()
-        return await self._receive_some()
+        # Over the relay's bound, and holding part of a message: read on only in turn.
+        # (Not while streaming: its pieces go out as they come, and others may be
+        # waiting for its message to end.)
+        if reader.needs_turn() and self.piece_due is None:
+            await self._paused(reader.take_turn)
+        return await reader.receive_next()
 
     async def _tearing_down(self) -> None:
         """A teardown is work like a fan-out: a mass disconnect takes turns (not while
@@ -469,27 +443,11 @@ class Session:
         if not self._relay.closing:
             await self._budget.spend(TEARDOWN)
 
-    def _count(self) -> int:
-        """Bring the relay's count of this member's unfinished bytes up to date."""
-        held = self._assembly.held + self._ahead_bytes
-        self._buffers.add(held - self._held)
-        self._held = held
-        return held
-
-    def _account(self) -> int:
-        """:meth:`_count`, and give up the budget's turn once this member holds nothing
-        or the relay is under its bound again (in the session's own task: it owns it)."""
-        held = self._count()
-        if self._has_turn and (not held or not self._buffers.over):
-            self._has_turn = False
-            self._buffers.give_turn()
-        return held
-
     async def _handle(self, event: Event) -> bool:
         """Act on one event from the member; True when the session's reading ends."""
         if type(event) is Data:
-            if self._close is None:
-                if self._limited:
+            if self.state is _OPEN:
+                if self._reader.limited:
                     await self._pace(event)
                 await self._on_data(event)
         elif type(event) is Ping:
@@ -499,7 +457,7 @@ class Session:
             # Echo the member's code (RFC 6455 §5.5.1) unless we closed first.
             code = event.code if event.code is not None else CloseCode.NORMAL
             self.close(code, event.reason, by_client=True)
-            self._peer_closed.set()
+            self._member_done()
             return True
         # A pong only proves the member is alive, which self.reads records.
         return False
@@ -507,7 +465,16 @@ class Session:
     def _fail(self, error: ProtocolError) -> None:
         # Fail the connection (RFC 6455 §7.1.7): no close reply is awaited.
         self.close(error.code, error.reason)
+        self._member_done()
+
+    def _member_done(self) -> None:
+        """The member will send nothing more: once the close frame is out, TCP closes."""
+        if self.state is not State.CLOSED:
+            self.state = State.REMOTE_CLOSING
         self._peer_closed.set()
+
+    def _pong(self, payload: bytes) -> None:
+        send_control(self, frame(OP_PONG, payload))
 
     async def _paused(
         self, wait: Callable[..., Awaitable[T]], *args: Any, read_ahead: bool = True
@@ -520,21 +487,9 @@ class Session:
         its turn, in order."""
         self.paused += 1
         try:
-            if (
-                not read_ahead
-                or self._fd is None
-                or self._ahead_end is not False
-                or self._reading_ahead
-            ):
-                return await wait(*args)
-            async with trio.open_nursery() as nursery:
-                self._reading_ahead = True
-                nursery.start_soon(self._read_ahead)
-                try:
-                    return await wait(*args)
-                finally:
-                    self._reading_ahead = False
-                    nursery.cancel_scope.cancel()
+            if read_ahead and self._reader.can_read_ahead():
+                return await self._reader.reading_ahead(wait, *args)
+            return await wait(*args)
         finally:
             self.paused -= 1
             # The member had no chance to be heard meanwhile: its timers start now.
@@ -543,97 +498,39 @@ class Session:
             if self.piece_due is not None:
                 self.piece_due = max(self.piece_due, now + self._relay.config.stream_timeout)
 
-    async def _read_ahead(self) -> None:
-        while self._ahead_bytes < READ_AHEAD and not self._buffers.over:
-            data = await self._receive_some()
-            if not data:
-                self._ahead_end = True
-                return
-            self.reads += 1
-            try:
-                events = self._parser.feed(data)
-            except ProtocolError as exc:
-                self._ahead_end = exc
-                return
-            for event in events:
-                if type(event) is Ping:
-                    send_control(self, frame(OP_PONG, event.payload))
-                elif type(event) is not Pong:
-                    self._ahead.append(event)
-                    if type(event) is Data:
-                        self._ahead_bytes += len(event.payload) + EVENT_OVERHEAD
-                    else:
-                        return  # a close: nothing more to read
-            self._count()
-
-    async def _receive_some(self, size: int = READ_SIZE) -> bytes:
-        """The next bytes from the member (``size`` at most; SIP while the relay is over
-        its buffer bound and this member has no turn); b"" when its connection is gone."""
-        fd = self._fd
-        if fd is None:
-            if self._buffers.over and not self._has_turn:
-                size = SIP  # (decided before the wait here: TLS reads cannot be resized)
-            try:
-                received = await self._stream.receive_some(size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return b""
-            return received if isinstance(received, bytes) else bytes(received)
-        # Plain TCP: wait first, then read once. Having just drained the socket, a read
-        # attempt before waiting would almost always fail with EAGAIN — a wasted syscall
-        # per message where messages come one per read (ping-pong, small groups).
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(fd)
-            except trio.ClosedResourceError:
-                return b""
-            if self._buffers.over and not self._has_turn:
-                # Decided now, not when the wait began: the relay went over its bound
-                # meanwhile (many members' data may arrive in one scheduling turn).
-                size = SIP
-            try:
-                return os.read(fd, size)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
-
     async def _pace(self, event: Data) -> None:
         """Forward no faster than the member's rate limits: sleep off any excess first.
 
         While this sleeps nothing more is read from the member, so TCP pushes back on
         the flood at its source."""
-        now = trio.current_time()
-        delay = 0.0
-        if self._message_rate is not None and event.first:
-            delay = self._message_rate.charge(1, now)
-        if self._byte_rate is not None:
-            delay = max(delay, self._byte_rate.charge(len(event.payload), now))
+        delay = self._reader.pace(event)
         if delay > 0:
             self._flush()
             await self._paused(trio.sleep, delay)
 
     def _peer_gone(self, reason: str) -> None:
-        self._eof = True
+        first = self._close is None
+        self.state = State.CLOSED
         self._peer_closed.set()
-        if self._close is None:
+        if first:
             logger.debug("%r: %s", self, reason)
-            # Nobody is left to hear a close frame: the sender sees _eof and just ends
+            # Nobody is left to hear a close frame: the sender sees CLOSED and just ends
             # (without cancellation, which costs more than the rest of a teardown).
             self.close(CloseCode.NORMAL, reason)
 
     async def _send_loop(self, session_scope: trio.CancelScope) -> None:
         mailbox, stream = self.mailbox, self._stream
         try:
-            while self._close is None:
+            while self.state is _OPEN:
                 batch, size = await mailbox.take(WRITE_BATCH)
-                if self._close is not None:
+                if self.state is not _OPEN:
                     break
                 await stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
                 if batch[0] is mailbox.tail:  # (a direct write's rest is first in line)
                     mailbox.tail = None
                 mailbox.written(size, len(batch))
             assert self._close is not None
-            if not self._eof:
+            if self.state is not State.CLOSED:
                 if mailbox.tail is not None:
                     # The rest of a frame a direct write began: the close frame follows it.
                     await stream.send_all(mailbox.tail)
@@ -744,8 +641,9 @@ class Session:
         send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
 
     def _end_stream(self, truncated: bool) -> None:
-        if self._sender is not None:
-            self._sender.end(truncated)
+        sender = self._sender
+        if sender is not None:
+            sender.end(truncated)
         self.piece_due = None
 
     def watch(self, now: float) -> None:

@@ -201,12 +201,15 @@ class RedisBackplane(NodeGroups[SharedGroup]):
     # -- the whole cluster's view, from Redis (the HTTP API's) --------------------------
 
     async def cluster_groups(self) -> dict[str, int]:
+        """Every group with members on any node, with its member count (from Redis)."""
         return await self._roster.cluster_groups()
 
     async def cluster_members(self, group_name: str) -> list[str]:
+        """The ids of ``group_name``'s members on every node (from Redis)."""
         return await self._roster.cluster_members(group_name)
 
     async def cluster_size(self, group_name: str) -> int:
+        """How many members ``group_name`` has on every node (from Redis)."""
         return await self._roster.cluster_size(group_name)
 
     async def has_member(self, group_name: str, member_id: str) -> bool:

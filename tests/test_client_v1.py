@@ -42,7 +42,7 @@ from trio_wsproxy.client.client import (
     UnsupportedByRelay,
     open_client,
 )
-from trio_wsproxy.client.membership import Membership
+from trio_wsproxy.client.membership import MemberList
 from trio_wsproxy.client.wire import (
     check_member_id,
     encode_message,
@@ -386,7 +386,7 @@ def welcome(members: set[str] | None, count: int | None = None, me: str = "me") 
 
 
 def test_the_first_welcome_sets_the_other_members_without_announcing_them() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     assert (membership.members, membership.count, membership.current) == (frozenset(), None, False)
     assert membership.welcome(welcome({"a", "b"})) == []
     assert membership.members == {"a", "b"}
@@ -395,7 +395,7 @@ def test_the_first_welcome_sets_the_other_members_without_announcing_them() -> N
 
 
 def test_a_later_welcome_announces_exactly_the_difference() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     membership.welcome(welcome({"a", "b", "c"}))
     membership.connection_ended()
     assert not membership.current
@@ -410,7 +410,7 @@ def test_a_later_welcome_announces_exactly_the_difference() -> None:
 
 
 def test_a_presence_batch_announces_its_joins_then_its_leaves_each_in_order() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     membership.welcome(welcome({"a", "b"}))
     changes = membership.presence(Presence(("z", "y", "me", "a"), ("b", "ghost"), 4))
     assert changes == [Joined("z"), Joined("y"), Left("b")]  # nothing known twice or unknown
@@ -419,7 +419,7 @@ def test_a_presence_batch_announces_its_joins_then_its_leaves_each_in_order() ->
 
 
 def test_over_the_presence_limit_the_list_stays_as_last_known_and_only_the_count_moves() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     membership.welcome(welcome({"a", "b"}))
     assert membership.members_list(Members(None, 900)) == []
     assert not membership.current
@@ -434,7 +434,7 @@ def test_over_the_presence_limit_the_list_stays_as_last_known_and_only_the_count
 
 
 def test_a_big_group_on_the_first_welcome_is_announced_when_its_list_comes() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     assert membership.welcome(welcome(None, count=5000)) == []
     assert (membership.members, membership.count, membership.current) == (frozenset(), 4999, False)
     assert not membership.known_absent("anyone")  # nothing is known, so nothing is refused
@@ -442,7 +442,7 @@ def test_a_big_group_on_the_first_welcome_is_announced_when_its_list_comes() -> 
 
 
 def test_a_member_heard_from_before_its_join_is_told_is_not_refused() -> None:
-    membership = Membership("me")
+    membership = MemberList("me")
     membership.welcome(welcome({"a"}))
     assert membership.known_absent("late")
     membership.heard_from("late")  # its message overtook the (batched) presence event

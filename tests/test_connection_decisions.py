@@ -39,7 +39,7 @@ from trio_wsproxy.client.errors import (
 )
 from trio_wsproxy.client.incoming import BadMessage, BadMessageKind, Disconnected
 from trio_wsproxy.client.link import Link
-from trio_wsproxy.client.membership import Membership
+from trio_wsproxy.client.membership import MemberList
 from trio_wsproxy.client.requests import PendingRequests
 from trio_wsproxy.client.resumption import Resumed
 from trio_wsproxy.client.stats import ClientStats
@@ -216,7 +216,7 @@ class StandInClient:
         self.relay = relay
         self.stats = ClientStats()
         self.link = Link(config, self.stats)
-        self.membership = Membership("me")
+        self.membership = MemberList("me")
         self.dispatcher = Dispatcher(
             types=TypeRegistry(), stats=self.stats, read_ahead=64, on_handler_error=None
         )

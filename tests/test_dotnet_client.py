@@ -25,7 +25,7 @@ import trio_websocket
 
 from browserdriver import NodeScript, node_path, running
 from trio_wsproxy import ClientConfig, Relay, TypeRegistry
-from trio_wsproxy.client.incoming import BadMessage, BadMessageKind, Sender
+from trio_wsproxy.client.incoming import BadMessage, BadMessageKind, Replier
 from trio_wsproxy.client.wire import Deliver, DotnetRuntime, encode_message, read_frame
 from trio_wsproxy.protocol.envelope import EMPTY_GUID, is_dotnet_guid, message_id_to_send
 from trio_wsproxy.protocol.typenames import (
@@ -77,7 +77,7 @@ class _NoSender:
         raise AssertionError("nothing is answered here")
 
 
-NO_SENDER: Sender = _NoSender()
+NO_SENDER: Replier = _NoSender()
 
 
 # -- 1. the runtime version of generic names ---------------------------------------------

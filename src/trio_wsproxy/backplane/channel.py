@@ -45,10 +45,10 @@ from .names import Names
 from .order import (
     Action,
     Decline,
-    Deliver,
+    DeliverHere,
     DeliverPiece,
     EndRemote,
-    Floor,
+    FloorHolder,
     Grant,
     Overflow,
     StartRemote,
@@ -59,13 +59,13 @@ from .streams import RemoteStream, Turns
 logger = logging.getLogger("trio_wsproxy.backplane")
 
 
-def _floor(group: SharedGroup) -> Floor:
+def _floor(group: SharedGroup) -> FloorHolder:
     holder = group.floor.holder
     if holder is None:
-        return Floor.FREE
+        return FloorHolder.FREE
     if isinstance(holder, RemoteStream):
-        return Floor.REMOTE
-    return Floor.LOCAL
+        return FloorHolder.REMOTE
+    return FloorHolder.LOCAL
 
 
 class Channels:
@@ -207,7 +207,7 @@ class Channels:
     async def _carry_out(self, group: SharedGroup, node: bytes, action: Action) -> None:
         """Do what the group's channel order decided, for the members here."""
         deliveries = self._deliveries_or_fail()
-        if type(action) is Deliver:
+        if type(action) is DeliverHere:
             await deliveries.messages(group, action.messages)
         elif type(action) is DeliverPiece:
             stream = group.floor.holder

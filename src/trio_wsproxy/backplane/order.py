@@ -30,7 +30,7 @@ from ..protocol.message import Message, StreamHead
 from ..protocol.nodes import Messages, NodeMessage, StreamAbort, StreamPiece, StreamStart
 
 
-class Floor(enum.Enum):
+class FloorHolder(enum.Enum):
     """Who holds the group's floor on this node, as the backplane tells the order."""
 
     FREE = "free"
@@ -41,7 +41,7 @@ class Floor(enum.Enum):
 
 
 @attrs.frozen
-class Deliver:
+class DeliverHere:
     """Deliver these whole messages to the group's members here, now."""
 
     messages: tuple[Message, ...]
@@ -101,7 +101,7 @@ class EndOwn:
     """This node's own stream ended in channel order (its pieces went out directly)."""
 
 
-Action = Deliver | Overflow | Grant | Decline | StartRemote | DeliverPiece | EndRemote | EndOwn
+Action = DeliverHere | Overflow | Grant | Decline | StartRemote | DeliverPiece | EndRemote | EndOwn
 
 
 class ChannelOrder:
@@ -119,7 +119,9 @@ class ChannelOrder:
         self.pending: collections.deque[tuple[Message, ...]] = collections.deque()
         self.pending_bytes = 0
 
-    def receive(self, message: NodeMessage, floor: Floor, sequenced: bool = False) -> list[Action]:
+    def receive(
+        self, message: NodeMessage, floor: FloorHolder, sequenced: bool = False
+    ) -> list[Action]:
         """What to do with ``message``, the next one on the group's channel, with the
         floor of the group here as it is now. Messages other than whole messages and
         stream messages (announcements) need no ordering: nothing to do.
@@ -127,16 +129,16 @@ class ChannelOrder:
         ``sequenced``: the message came from Redis's history (inside an ``O``), and is
         delivered here too when this node sent it."""
         actions: list[Action] = []
-        if self.pending and self.owner is None and floor is Floor.FREE:
+        if self.pending and self.owner is None and floor is FloorHolder.FREE:
             self._release(actions)
         mine = message.node == self.node
         if type(message) is Messages:
             if mine and not sequenced:
                 pass  # delivered here when it was sent
-            elif self.owner is not None or floor is not Floor.FREE or self.pending:
+            elif self.owner is not None or floor is not FloorHolder.FREE or self.pending:
                 self._hold(message.messages, actions)
             else:
-                actions.append(Deliver(message.messages))
+                actions.append(DeliverHere(message.messages))
         elif type(message) is StreamStart:
             if self.owner is not None:
                 if mine:
@@ -146,7 +148,7 @@ class ChannelOrder:
                 if mine:
                     actions.append(Grant(message.stream_id))
                 else:
-                    conflict = floor is Floor.LOCAL
+                    conflict = floor is FloorHolder.LOCAL
                     actions.append(
                         StartRemote(message.node, message.stream_id, message.head, conflict)
                     )
@@ -201,4 +203,4 @@ class ChannelOrder:
         while self.pending and self.owner is None:
             messages = self.pending.popleft()
             self.pending_bytes -= sum(len(message.payload) for message in messages)
-            actions.append(Deliver(messages))
+            actions.append(DeliverHere(messages))

@@ -92,7 +92,7 @@ class Claim:
         self.decided = trio.Event()
 
 
-class Link(Protocol):
+class Publishing(Protocol):
     """What the turns need of the backplane: its publishing connection while it is up."""
 
     def publisher(self) -> RedisConnection | None:
@@ -109,7 +109,9 @@ class Link(Protocol):
 class Turns:
     """The streams of one node: its members' claims, and the messages they stream."""
 
-    def __init__(self, link: Link, node: bytes, group_channel: _ChannelOf, patience: float) -> None:
+    def __init__(
+        self, link: Publishing, node: bytes, group_channel: _ChannelOf, patience: float
+    ) -> None:
         self._link = link
         self._node = node
         self._channel = group_channel

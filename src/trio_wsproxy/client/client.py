@@ -63,7 +63,7 @@ from .incoming import (
     Incoming,
 )
 from .link import Lifecycle, Link
-from .membership import DeliveryFailed, Joined, Left, Membership
+from .membership import DeliveryFailed, Joined, Left, MemberList
 from .policy import reconnect_delay
 from .requests import PendingRequests
 from .resumption import Resumed, position_of
@@ -163,7 +163,7 @@ class Client:
         # The .NET version of generic names: pinned by the config, or learned from the group.
         self._runtime = DotnetRuntime(pinned=self.config.dotnet_version)
         self._requests = PendingRequests()
-        self._membership = Membership(self.id)
+        self._membership = MemberList(self.id)
         self._dispatcher = Dispatcher(
             types=self.types,
             stats=self.stats,

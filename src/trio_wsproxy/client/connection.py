@@ -6,7 +6,7 @@ it, with client pings (:func:`keep_alive`) if configured. Failures to connect co
 :exc:`~.errors.ConnectError` (:exc:`~.errors.HandshakeRefused` for an HTTP refusal).
 
 The WebSocket is wsproto's (the sans-I/O engine trio-websocket runs on) driven directly:
-it hands a binary message over as its data arrives (:class:`Piece`), so that the client
+it hands a binary message over as its data arrives (:class:`BinaryPiece`), so that the client
 can stream one of any size with flat memory (:mod:`.streams`), and it costs no task or
 channel per message. A message that arrives in one piece — nearly every message — comes
 whole, as ``str`` or ``bytes``; text is always assembled (up to ``max_message_size``).
@@ -45,9 +45,9 @@ from .errors import ConnectError, HandshakeRefused
 from .urls import RelayAddress, relay_address
 
 __all__ = [
+    "BinaryPiece",
     "Closed",
     "ConnectionEnded",
-    "Piece",
     "WebSocket",
     "connect_and_serve",
     "keep_alive",
@@ -74,7 +74,7 @@ class ConnectionEnded(Exception):
 
 
 @attrs.frozen(slots=True)
-class Piece:
+class BinaryPiece:
     """Part of a binary message that did not arrive whole: its data as it came."""
 
     data: bytes
@@ -85,7 +85,7 @@ class Piece:
 
 
 #: What :meth:`WebSocket.receive` hands over: a whole message, or a piece of a binary one.
-Received = str | bytes | Piece
+Received = str | bytes | BinaryPiece
 
 
 class WebSocket:
@@ -139,7 +139,7 @@ class WebSocket:
                     first, self._in_binary = not self._in_binary, not event.message_finished
                     if first and event.message_finished:
                         return data  # the whole message at once: the usual case
-                    return Piece(data, first, event.message_finished)
+                    return BinaryPiece(data, first, event.message_finished)
                 if isinstance(event, TextMessage):
                     text = await self._take_text(event)
                     if text is not None:

@@ -9,7 +9,7 @@ and, if the policy says so, tries again: one round of the relay URLs at a time.
 A connection whose relay selected ``wsproxy.v1`` starts with the relay's welcome, read
 before the connection is put to use; after it, every frame's header is taken off first —
 a member's message goes on as above, with its sender, and the relay's own events update
-the :class:`~.membership.Membership` and reach the handlers as ``Joined``, ``Left`` and
+the :class:`~.membership.MemberList` and reach the handlers as ``Joined``, ``Left`` and
 ``DeliveryFailed``.
 """
 
@@ -37,9 +37,9 @@ from ..protocol.v1 import (
 )
 from .config import ClientConfig
 from .connection import (
+    BinaryPiece,
     Closed,
     ConnectionEnded,
-    Piece,
     Received,
     WebSocket,
     connect_and_serve,
@@ -61,10 +61,10 @@ from .incoming import (
     Disconnected,
     DisconnectHook,
     Incoming,
-    Sender,
+    Replier,
 )
 from .link import Connection, Lifecycle, Link
-from .membership import DeliveryFailed, Left, Membership
+from .membership import DeliveryFailed, Left, MemberList
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
 from .resumption import Resumption
@@ -127,7 +127,7 @@ class ConnectionTask:
 
     It shares the client's parts: the :class:`~.link.Link` it attaches connections to,
     the :class:`~.dispatch.Dispatcher` it submits messages and hooks to, the
-    :class:`~.requests.PendingRequests` it answers, the :class:`~.membership.Membership`
+    :class:`~.requests.PendingRequests` it answers, the :class:`~.membership.MemberList`
     it keeps. ``sender`` is what received messages reply through, ``reply_via(member)``
     what a v1 message from ``member`` replies through; ``on_connect`` is called (in the
     dispatcher) after each connection. ``since`` is the position the first connection
@@ -148,10 +148,10 @@ class ConnectionTask:
         link: Link,
         dispatcher: Dispatcher,
         requests: PendingRequests,
-        membership: Membership,
-        sender: Sender,
+        membership: MemberList,
+        sender: Replier,
         runtime: DotnetRuntime,
-        reply_via: Callable[[str], Sender],
+        reply_via: Callable[[str], Replier],
         on_connect: Callable[[], object] | None,
         on_disconnect: DisconnectHook | None,
         on_bad_message: BadMessageHook | None,
@@ -377,7 +377,7 @@ class ConnectionTask:
 
     async def _take(self, received: Received) -> None:
         """Turn one message into a dispatcher job, a resolved request, or a bad message."""
-        if isinstance(received, Piece):
+        if isinstance(received, BinaryPiece):
             await self._piece(received, v1=False)
             return
         self._stats.messages_received += 1
@@ -401,7 +401,7 @@ class ConnectionTask:
         """Take a v1 message's header off, then carry out what it says: a member's message
         as :meth:`_take` does, with its sender; one of the relay's events. ``welcome_from``:
         the message is the first from that relay URL, which should be its welcome."""
-        if isinstance(received, Piece):
+        if isinstance(received, BinaryPiece):
             await self._piece(received, v1=True)
             return
         try:
@@ -447,7 +447,7 @@ class ConnectionTask:
         if header.sender is not None:
             self._membership.heard_from(header.sender)
 
-    def _reply_path(self, sender: str | None) -> Sender:
+    def _reply_path(self, sender: str | None) -> Replier:
         # A message the back end posted (no sender) is answered to the group.
         return self._sender if sender is None else self._reply_via(sender)
 
@@ -494,7 +494,7 @@ class ConnectionTask:
         await self._dispatcher.deliver_stream(incoming, announced_as)
         await incoming.value.feed(payload, True)
 
-    async def _piece(self, piece: Piece, *, v1: bool) -> None:
+    async def _piece(self, piece: BinaryPiece, *, v1: bool) -> None:
         """Take in a piece of a binary message arriving in pieces: stream it, or assemble
         it for ``bytes`` handlers (up to ``max_message_size``: closed with 1009 beyond)."""
         if piece.first:

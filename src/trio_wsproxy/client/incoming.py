@@ -21,13 +21,13 @@ __all__ = [
     "Disconnected",
     "HandlerErrorHook",
     "Incoming",
-    "Sender",
+    "Replier",
 ]
 
 T = TypeVar("T")
 
 
-class Sender(Protocol):
+class Replier(Protocol):
     """What :meth:`Incoming.reply` answers through: the client that received the message."""
 
     async def send(
@@ -113,7 +113,7 @@ class Incoming(Generic[T]):
     id: str | None
     #: The id of the request this message answers, else None.
     reply_id: str | None
-    _client: Sender = attrs.field(repr=False, eq=False)
+    _client: Replier = attrs.field(repr=False, eq=False)
     #: The id of the member that sent it, where the relay says (``wsproxy.v1``); None
     #: from a plain relay.
     sender: str | None = None

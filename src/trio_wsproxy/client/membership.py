@@ -1,6 +1,6 @@
 """Who else is in the group, as a ``wsproxy.v1`` relay tells it — decided without I/O.
 
-:class:`Membership` holds a client's view of its group: the other members' ids, how many
+:class:`MemberList` holds a client's view of its group: the other members' ids, how many
 they are, and whether the relay keeps that list current. The connection task feeds it
 the relay's events (:class:`~trio_wsproxy.protocol.v1.Welcome`,
 :class:`~trio_wsproxy.protocol.v1.Presence`, :class:`~trio_wsproxy.protocol.v1.Members`)
@@ -18,7 +18,7 @@ import attrs
 
 from ..protocol.v1 import Members, Presence, Welcome
 
-__all__ = ["EVENT_TYPES", "DeliveryFailed", "Joined", "Left", "Membership", "MembershipChange"]
+__all__ = ["EVENT_TYPES", "DeliveryFailed", "Joined", "Left", "MemberList", "MembershipChange"]
 
 
 @attrs.frozen
@@ -53,7 +53,7 @@ class DeliveryFailed:
     detail: str
 
 
-#: A change :class:`Membership` reports.
+#: A change :class:`MemberList` reports.
 MembershipChange = Joined | Left
 
 #: The types the client delivers as events of its own rather than as members' messages:
@@ -61,7 +61,7 @@ MembershipChange = Joined | Left
 EVENT_TYPES: frozenset[type] = frozenset({Joined, Left, DeliveryFailed})
 
 
-class Membership:
+class MemberList:
     """One client's view of the other members of its group (see the module docstring).
 
     ``own_id`` is the client's id, never counted among the others.

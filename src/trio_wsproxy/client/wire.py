@@ -48,7 +48,7 @@ from ..protocol.v1 import (
     member_header,
     relay_header_end,
 )
-from .incoming import BadMessage, BadMessageKind, Incoming, Sender
+from .incoming import BadMessage, BadMessageKind, Incoming, Replier
 
 __all__ = [
     "Deliver",
@@ -237,7 +237,7 @@ def read_frame(
     *,
     types: TypeRegistry,
     awaiting: Container[str],
-    sender: Sender,
+    sender: Replier,
     origin: From | None = None,
     runtime: DotnetRuntime | None = None,
 ) -> Deliver | Reply | BadMessage:

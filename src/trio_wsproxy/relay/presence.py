@@ -48,7 +48,7 @@ def event_frame(event: v1.Event) -> bytes:
     return frame(OP_TEXT, v1.encode_event(event))
 
 
-class Presence:
+class PresenceTracker:
     """The relay's pending membership changes, per group, and the task announcing them."""
 
     def __init__(self, limit: int, counters: Counters) -> None:

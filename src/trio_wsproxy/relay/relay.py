@@ -38,7 +38,7 @@ from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
 from .poller import Poller
-from .presence import Presence
+from .presence import PresenceTracker
 from .reader import READ_SIZE
 from .session import Session
 
@@ -101,7 +101,7 @@ class Relay:
         #: Where idle members' receivers park, read for by one task (see poller.py).
         self.poller = Poller() if config.shared_poller and Poller.available() else None
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
-        self.presence = Presence(config.presence_limit, self.counters)
+        self.presence = PresenceTracker(config.presence_limit, self.counters)
         registry.watch_presence(self.presence.changed)
         self._secret = secret
         if secret is not None:

@@ -42,7 +42,7 @@ from .host import RelayCore
 from .mailbox import Mailbox
 from .memory import BufferBudget
 from .poller import Poller
-from .presence import Presence, event_frame
+from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
 
@@ -98,7 +98,7 @@ class SessionHost(RelayCore, Protocol):
         """True once the relay's shutdown has begun."""
 
     @property
-    def presence(self) -> Presence:
+    def presence(self) -> PresenceTracker:
         """Who is in each group, as v1 members hear it."""
 
     @property

@@ -93,6 +93,9 @@ async def test_hostile_v1_headers_and_positions_get_their_answer_and_the_relay_s
                 _opcode, header, payload = await next_message(peer)
                 assert (header.sender, payload) == ("witness", b"still here")
                 assert process.poll() is None
+                # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+                await witness.aclose()
+                await peer.aclose()
             process.terminate()
     finally:
         process.kill()
@@ -172,13 +175,15 @@ async def test_a_bug_met_relaying_a_message_closes_that_member_1011_and_nothing_
             assert (header.sender, payload) == ("carol", b"fine")
             assert await healthz(relay.port) == 200
             samples = await scrape(relay.port)
+            # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+            for client in (mallory, bob, other, carol):
+                await client.aclose()
     assert samples[("trio_wsproxy_internal_errors_total", (("where", "session"),))] == 1
     assert samples[("trio_wsproxy_closes_total", (("code", "1011"),))] == 1
     failures = [r for r in caplog_relay.records if r.levelno == logging.ERROR]
     assert len(failures) == 1, [r.getMessage() for r in failures]
     assert failures[0].exc_info is not None
     assert "RuntimeError: injected" in caplog_relay.text
-    del other
 
 
 async def test_a_bug_met_in_the_handshake_ends_that_connection_alone(
@@ -227,4 +232,5 @@ async def test_a_relay_whose_listener_fails_ends_promptly_closing_its_members(
                 # Without the fix the members were served on, shielded, with no
                 # listener: the relay would never end while alice stayed.
                 assert await alice.expect_close() == (1001, "relay shutting down")
+                await alice.aclose()  # (the relay need not wait out close_timeout for it)
                 await trio.sleep_forever()

@@ -138,9 +138,10 @@ async def test_a_member_whose_emptied_groups_history_went_for_room_is_told_epoch
             assert again.position is not None and again.position.epoch != lobby_epoch
             assert again.position.offset == 0
             samples = await scrape(relay)
+            # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+            for client in (alice, bob):
+                await client.aclose()
     assert evicted(samples, "emptied_group") >= 1
-    for client in (alice, bob):
-        await client.aclose()
 
 
 async def test_a_new_group_finding_every_history_taken_by_live_groups_keeps_none() -> None:
@@ -164,9 +165,10 @@ async def test_a_new_group_finding_every_history_taken_by_live_groups_keeps_none
             four, welcome = await v1_member(relay, "d", "four")
             assert welcome.position is not None  # the emptied "one" made room
             samples = await scrape(relay)
+            # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+            for client in (two, three, four):
+                await client.aclose()
     assert evicted(samples, "emptied_group") == 1
-    for client in (two, three, four):
-        await client.aclose()
 
 
 async def test_live_histories_over_the_memory_bound_lose_their_oldest_messages_first() -> None:
@@ -209,9 +211,10 @@ async def test_live_histories_over_the_memory_bound_lose_their_oldest_messages_f
             bob, again = await v1_member(relay, "bob", "b", since=welcome_b.position.token())
             assert again.recovery == v1.Recovery(True, 8)
             samples = await scrape(relay)
+            # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+            for client in (alice, bob, *readers.values(), *senders.values()):
+                await client.aclose()
     assert evicted(samples, "message") == kept_a.first - 1
-    for client in (alice, bob, *readers.values(), *senders.values()):
-        await client.aclose()
 
 
 async def test_without_history_the_history_gauges_read_zero() -> None:

@@ -103,6 +103,7 @@ async def test_error_events_a_member_does_not_read_end_in_4001_not_in_memory() -
                 assert isinstance(welcome, v1.Welcome)
                 code, reason = await mallory.expect_close()
                 nursery.cancel_scope.cancel()
+            await mallory.aclose()  # (the relay's shutdown need not wait out close_timeout)
     assert (code, reason) == (4001, "mailbox full: member does not read what the relay sends it")
 
 
@@ -119,6 +120,7 @@ async def test_pongs_a_paused_member_does_not_read_end_in_4001() -> None:
                 nursery.start_soon(flood_until_closed, mallory, pings, 2000)
                 code, reason = await mallory.expect_close()
                 nursery.cancel_scope.cancel()
+            await mallory.aclose()  # (the relay's shutdown need not wait out close_timeout)
     assert code == 4001, (code, reason)
 
 
@@ -141,6 +143,9 @@ async def test_a_member_that_drains_slowly_but_never_catches_up_is_closed_4001()
                     if op == OP_CLOSE:
                         break
                 nursery.cancel_scope.cancel()
+            # (Closed here, so that the relay's shutdown need not wait out close_timeout.)
+            await slow.aclose()
+            await sender.aclose()
     assert int.from_bytes(payload[:2], "big") == 4001, payload
 
 

@@ -183,8 +183,9 @@ class Member:
 
 
 # Far longer than an answer takes between processes on one machine (milliseconds), even
-# a loaded one: /who's window, so that the list it prints is sure to be whole.
-WHO_WINDOW = "3"
+# a loaded one: /who's window, so that the list it prints is sure to be whole. Each /who
+# waits all of it out, so it is not longer still.
+WHO_WINDOW = "1.5"
 
 
 async def chat_member(nursery: trio.Nursery, url: str, name: str) -> Member:

@@ -564,7 +564,10 @@ async def test_a_receiver_that_leaves_mid_stream_does_not_disturb_the_others(
             async with trio.open_nursery() as nursery:
 
                 async def leaving() -> None:
-                    async with open_client(relay.url, group=GROUP) as client:
+                    # Its handler holds the stream unread, so its close answer never
+                    # comes in: leaving takes its close_timeout (5 s by default).
+                    config = ClientConfig(close_timeout=0.5)
+                    async with open_client(relay.url, group=GROUP, config=config) as client:
                         client.on(BinaryStream, leaver)
                         await halfway.wait()
 

@@ -3,7 +3,8 @@ drains the member's mailbox onto its socket.
 
 Reading the socket (and the relay's hold on it: buffer turns, read-ahead, pacing, the
 poller's hand-over) is the :class:`~.reader.MemberReader`'s; what the member sends into
-its group is its :class:`~.sender.Sender`'s, in its :class:`Membership`. The session
+its group is its :class:`~.sender.Sender`'s, in its :class:`~.membership.Membership`
+(what the group holds as its member). The session
 ties them together: the read loop, the v1 header, keepalive and its own lifecycle
 (:class:`State`)."""
 
@@ -40,6 +41,7 @@ from .groups import Group
 from .history import CatchUp
 from .host import RelayCore
 from .mailbox import Mailbox
+from .membership import Membership
 from .memory import BufferBudget
 from .poller import Poller
 from .presence import PresenceTracker, event_frame
@@ -72,18 +74,6 @@ class State(enum.Enum):
 
 
 _OPEN = State.OPEN
-
-
-class Membership:
-    """A session's place in one group: the group, what the member sends into it (its
-    :class:`~.sender.Sender`), and the position it named to recover from."""
-
-    __slots__ = ("group", "sender", "since")
-
-    def __init__(self, group: Group, sender: Sender, since: v1.Position | None) -> None:
-        self.group = group
-        self.sender = sender
-        self.since = since
 
 
 class SessionHost(RelayCore, Protocol):
@@ -128,8 +118,6 @@ class Session:
         since: v1.Position | None = None,
     ) -> None:
         self.id = member_id
-        # The position a reconnecting v1 member named, to get what it missed.
-        self._since = since
         self.group_name = group_name
         self.remote = remote
         #: How messages are framed for this member (its subprotocol's, or plain).
@@ -160,8 +148,8 @@ class Session:
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._budget = relay.budget
-        # The member's place in its group, once it joined.
-        self._membership: Membership | None = None
+        # The member's place in its group: what the group holds as its member.
+        self._membership = Membership(self, group_name, since, trio.current_time())
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
@@ -197,9 +185,10 @@ class Session:
             self._counters.client_closes[client_close_label(code)] += 1
         else:
             self._counters.closes[code] += 1
-        self._relay.registry.leave(self)
-        if self._membership is not None:
-            self._relay.presence.changed(self._membership.group, self.id, joined=False)
+        membership = self._membership
+        self._relay.registry.leave(membership)
+        if membership.group is not None:
+            self._relay.presence.changed(membership.group, self.id, joined=False)
         self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
@@ -232,11 +221,12 @@ class Session:
         full = relay.over_limit(self.id, self.group_name)
         if full is not None:
             return full
-        self.joined_at = trio.current_time()
+        membership = self._membership
+        self.joined_at = membership.joined_at = trio.current_time()
         try:
-            group = await relay.registry.join(self)
+            group = await relay.registry.join(membership)
             sender = Sender(
-                self,
+                membership,
                 group,
                 self._courier,
                 self._counters,
@@ -246,8 +236,8 @@ class Session:
                 cut_off_reason="a message was cut off: its sender left mid-message",
                 pause=self._paused,
             )
-            self._membership = Membership(group, sender, self._since)
-            catch = await group.catch_up(self, self._since)
+            membership.joined(group, sender)
+            catch = await group.catch_up(membership, membership.since)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
@@ -268,7 +258,7 @@ class Session:
         """Welcome a v1 member: with history, the group's position, and for a member
         that named its position, every message it missed, queued right after the welcome
         and before anything live (nothing is awaited from its catching up to here)."""
-        self._relay.presence.welcome(self, group, catch.position, catch.recovery)
+        self._relay.presence.welcome(self._membership, group, catch.position, catch.recovery)
         mailbox, encoding = self.mailbox, self.encoding
         for message in catch.missed:  # (bounded by history_bytes: past the mailbox's bound)
             mailbox.offer_catch_up(encoding.message(message))
@@ -342,7 +332,7 @@ class Session:
                 except ProtocolError as exc:
                     self._fail(exc)
                     return
-            sender = self._sender
+            sender = self._membership.sender
             if sender is not None and sender.blocked is not None:
                 await sender.finish()  # (what the poller left for this task)
             for event in events:
@@ -379,11 +369,6 @@ class Session:
                 self._peer_gone("connection closed without a close frame")
                 return
 
-    @property
-    def _sender(self) -> Sender | None:
-        membership = self._membership
-        return None if membership is None else membership.sender
-
     def _usual(self) -> bool:
         """Whether nothing unusual is going on, so that the poller may read for this
         member: it only ever forwards whole messages that need no wait."""
@@ -404,7 +389,7 @@ class Session:
         if read is None or type(read) is Handover:
             return read
         assert type(read) is list
-        sender = self._sender
+        sender = self._membership.sender
         assert sender is not None
         handover: Handover | None = None
         for index, event in enumerate(read):
@@ -548,7 +533,7 @@ class Session:
         if received is None:
             return
         event = received
-        sender = self._sender
+        sender = self._membership.sender
         assert sender is not None
         if event.first and event.last:
             # A whole message in one frame, the common case, as the assembly would have
@@ -580,7 +565,7 @@ class Session:
     def _on_data_now(self, event: Data) -> bool:
         """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
         for what could have to wait before its offers (the member's task does it)."""
-        sender = self._sender
+        sender = self._membership.sender
         assert sender is not None
         if not (event.first and event.last) or not sender.clear():
             return False
@@ -641,7 +626,7 @@ class Session:
         send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
 
     def _end_stream(self, truncated: bool) -> None:
-        sender = self._sender
+        sender = self._membership.sender
         if sender is not None:
             sender.end(truncated)
         self.piece_due = None

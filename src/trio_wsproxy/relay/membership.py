@@ -1,0 +1,83 @@
+"""A connection's membership in one group: what the group holds as its member.
+
+A group's member list, its fan-out and its floor never hold a connection itself: they
+hold one :class:`Membership` per group the connection is in. So a connection in several
+groups is several members, one per group, each with its own :class:`~.sender.Sender`
+(what the connection sends into that group) and its own position in that group's
+history; frames to any of them land in the connection's one mailbox. (The protocol still
+joins one group per connection: the one its URL names.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..protocol import v1
+    from ..protocol.encoding import Encoding
+    from .groups import Group
+    from .mailbox import Mailbox
+    from .sender import Sender
+
+
+class Connection(Protocol):
+    """What a membership needs of the connection it belongs to."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def mailbox(self) -> Mailbox: ...
+
+    @property
+    def encoding(self) -> Encoding: ...
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with ``code`` (every membership of it ends with it)."""
+
+
+class Membership:
+    """``connection``'s membership in the group ``group_name``: the
+    :class:`~.groups.Member` the group holds. Its ``id``, ``mailbox`` and ``encoding`` are
+    the connection's (plain attributes: fan-out reads them per recipient)."""
+
+    __slots__ = (
+        "_connection",
+        "encoding",
+        "group",
+        "group_name",
+        "id",
+        "joined_at",
+        "mailbox",
+        "sender",
+        "since",
+    )
+
+    def __init__(
+        self, connection: Connection, group_name: str, since: v1.Position | None, now: float
+    ) -> None:
+        self._connection = connection
+        self.id = connection.id
+        self.mailbox = connection.mailbox
+        self.encoding = connection.encoding
+        self.group_name = group_name
+        #: The position in the group's history the member named, to get what it missed.
+        self.since = since
+        #: When it joined (Trio's clock).
+        self.joined_at = now
+        #: The group, once joined; and what the connection sends into it.
+        self.group: Group | None = None
+        self.sender: Sender | None = None
+
+    def __repr__(self) -> str:
+        return f"<Membership id={self.id!r} group={self.group_name!r}>"
+
+    def joined(self, group: Group, sender: Sender) -> None:
+        """The registry admitted it to ``group``; ``sender`` delivers into it."""
+        self.group = group
+        self.sender = sender
+
+    def close(self, code: int, reason: str) -> None:
+        """(The Member interface.) What the group ends (a slow mailbox, a replacement,
+        a removal, a lost backplane) ends the connection, as it is in this one group."""
+        self._connection.close(code, reason)

@@ -85,8 +85,9 @@ async def test_every_node_gives_the_same_offsets_and_delivers_its_own_members_to
             # A member that joins now learns where the group is.
             late, welcome = await v1_member(b, "late")
             assert welcome.position == v1.Position(epoch, 10)
-    for client in (alice, near, far, plain, late):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, near, far, plain, late):
+            await client.aclose()
 
 
 async def test_a_member_that_drops_recovers_on_another_node(redis_url: str, prefix: str) -> None:
@@ -122,8 +123,9 @@ async def test_a_member_that_drops_recovers_on_another_node(redis_url: str, pref
                 (OP_TEXT, v1.From("carol", offset=3), b"m3"),
                 (OP_TEXT, v1.From("carol", offset=5), b"live"),
             ]
-    for client in (alice, bob, carol):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, bob, carol):
+            await client.aclose()
 
 
 # The member comes back to the same node, to the other one (its copy of the history
@@ -162,8 +164,9 @@ async def test_a_quiet_member_recovers_and_a_position_the_history_lost_is_report
                 await gone(again_node, quiet)
                 quiet, again = await v1_member(again_node, "quiet", since=since)
                 assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
-    for client in (quiet, plain):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (quiet, plain):
+            await client.aclose()
 
 
 async def test_messages_too_large_to_keep_and_streamed_ones_take_offsets_but_stop_recovery(
@@ -205,8 +208,9 @@ async def test_messages_too_large_to_keep_and_streamed_ones_take_offsets_but_sto
                 assert await next_message(alice) == want
                 await gone(node, alice)
             alice, _ = await v1_member(a, "alice")
-    for client in (alice, bob, carol, dave):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, bob, carol, dave):
+            await client.aclose()
 
 
 async def test_concurrent_senders_on_three_nodes_and_a_member_hopping_nodes_miss_nothing(
@@ -251,12 +255,13 @@ async def test_concurrent_senders_on_three_nodes_and_a_member_hopping_nodes_miss
                     node = next(hops)
                     member, again = await v1_member(node, "member", since=position.token())
                     assert again.recovery is not None and again.recovery.recovered, again
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (*senders, member):
+            await client.aclose()
     first = welcome.position.offset + 1
     assert [offset for offset, _, _ in received] == list(range(first, first + 3 * per_sender))
     for i in range(3):
         assert [n for _, sender, n in received if sender == f"s{i}"] == list(range(per_sender))
-    for client in (*senders, member):
-        await client.aclose()
 
 
 async def test_a_stalled_client_closed_4001_recovers_every_message_through_the_cluster(
@@ -320,8 +325,9 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
         finally:
             if process.returncode is None:
                 await kill(process)
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        await sender.aclose()
     recorder.check(count)
-    await sender.aclose()
 
 
 async def test_a_redis_restart_changes_the_epoch_and_members_are_told(
@@ -349,7 +355,8 @@ async def test_a_redis_restart_changes_the_epoch_and_members_are_told(
             alice, again = await v1_member(b, "alice", since=position.token())
             assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
             assert again.position is not None and again.position.epoch != position.epoch
-    await alice.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        await alice.aclose()
 
 
 async def test_a_flushed_redis_changes_the_epoch_and_members_are_told(
@@ -370,7 +377,8 @@ async def test_a_flushed_redis_changes_the_epoch_and_members_are_told(
             # ...and a member naming its old position is told it cannot recover.
             alice, again = await v1_member(b, "alice", since=welcome.position.token())
             assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
-    await alice.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        await alice.aclose()
 
 
 async def test_a_history_lost_while_the_nodes_stay_connected_closes_its_members(
@@ -392,7 +400,8 @@ async def test_a_history_lost_while_the_nodes_stay_connected_closes_its_members(
             alice, again = await v1_member(b, "alice", since=welcome.position.token())
             assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
             assert again.position is not None and again.position.offset == 1
-    await alice.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        await alice.aclose()
 
 
 async def test_back_ends_read_the_clusters_history_on_any_node(redis_url: str, prefix: str) -> None:
@@ -435,8 +444,9 @@ async def test_back_ends_read_the_clusters_history_on_any_node(redis_url: str, p
             assert answer.status < 300, answer
             _, header, payload = await next_message(alice)
             assert (header.offset, payload) == (4, b"from the back end")
-    for client in (alice, bob):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, bob):
+            await client.aclose()
 
 
 class Cutter:
@@ -497,9 +507,10 @@ async def test_a_tcp_drop_mid_traffic_is_recovered_exactly_once(
                         await recorder.saw(count // 3)
                         cutter.cut()
                 await recorder.saw(count)
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        await sender.aclose()
         nursery.cancel_scope.cancel()
     recorder.check(count)
-    await sender.aclose()
 
 
 async def test_nodes_that_disagree_on_history_close_the_members_they_share(
@@ -526,8 +537,9 @@ async def test_nodes_that_disagree_on_history_close_the_members_they_share(
             # The plain node's members would miss it: they are closed too.
             assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
             assert (await carol.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
-    for client in (alice, bob, carol):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, bob, carol):
+            await client.aclose()
 
 
 @pytest.mark.redis_config("--client-output-buffer-limit", "pubsub 256kb 128kb 1")
@@ -582,8 +594,9 @@ async def test_a_member_closed_4004_when_its_node_fell_behind_recovers_all_it_mi
         finally:
             process.send_signal(signal.SIGCONT)
             process.kill()
-    for client in (sender, reader):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (sender, reader):
+            await client.aclose()
 
 
 async def test_a_history_whose_messages_vanished_in_redis_is_never_replayed_with_a_gap(
@@ -607,5 +620,6 @@ async def test_a_history_whose_messages_vanished_in_redis_is_never_replayed_with
             # Node b has no member of the group: it reads Redis.
             alice, again = await v1_member(b, "alice", since=welcome.position.token())
             assert again.recovery == v1.Recovery(False, 0, v1.POSITION_TOO_OLD)
-    for client in (alice, sender):
-        await client.aclose()
+        # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
+        for client in (alice, sender):
+            await client.aclose()

@@ -12,6 +12,7 @@ import itertools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
@@ -28,6 +29,11 @@ from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient, stream_mib
 
 MiB = 1024 * 1024
 
+# The members join() opened inside the innermost cluster(): once its block is done,
+# cluster() closes them before its nodes shut down, so that shutdown need not wait out
+# close_timeout for raw clients, which never answer a close frame.
+_joined: ContextVar[list[RawClient] | None] = ContextVar("_joined", default=None)
+
 
 @asynccontextmanager
 async def cluster(
@@ -36,10 +42,16 @@ async def cluster(
     """``count`` relay nodes in this process, sharing the Redis at ``url``."""
     fields.setdefault("close_timeout", 0.5)  # raw test clients do not answer close frames
     config = RelayConfig(host="127.0.0.1", port=0, backplane=url, backplane_prefix=prefix, **fields)
-    async with trio.open_nursery() as nursery:
-        nodes = [await nursery.start(serve_relay, config) for _ in range(count)]
-        yield nodes
-        nursery.cancel_scope.cancel()
+    joined = _joined.set([])
+    try:
+        async with trio.open_nursery() as nursery:
+            nodes = [await nursery.start(serve_relay, config) for _ in range(count)]
+            yield nodes
+            for client in _joined.get() or ():
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        _joined.reset(joined)
 
 
 def backplane(relay: Relay) -> RedisBackplane:
@@ -87,7 +99,11 @@ async def settled(nodes: list[Relay], group: str, size: int) -> None:
 
 
 async def join(node: Relay, member: str, group: str = "g") -> RawClient:
-    return await RawClient.open(node.port, f"/ws?id={member}&groupName={group}")
+    client = await RawClient.open(node.port, f"/ws?id={member}&groupName={group}")
+    joined = _joined.get()
+    if joined is not None:
+        joined.append(client)
+    return client
 
 
 async def receive_all(client: RawClient, count: int) -> list[tuple[int, bytes]]:

@@ -397,11 +397,13 @@ async def test_a_history_lost_while_the_nodes_stay_connected_closes_its_members(
             await bob.send_frame(OP_TEXT, b"\nnew epoch")
             assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
             assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            closed = (alice, bob)
             alice, again = await v1_member(b, "alice", since=welcome.position.token())
             assert again.recovery == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
             assert again.position is not None and again.position.offset == 1
         # (Closed here, so that the nodes' shutdown need not wait out close_timeout.)
-        await alice.aclose()
+        for client in (*closed, alice):
+            await client.aclose()
 
 
 async def test_back_ends_read_the_clusters_history_on_any_node(redis_url: str, prefix: str) -> None:

@@ -12,7 +12,7 @@ import trio
 import trio_wsproxy
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
-from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient
+from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawClient
 
 V1_OFFER = "Sec-WebSocket-Protocol: wsproxy.v1\r\n"
 
@@ -44,6 +44,7 @@ async def next_message(client: RawClient) -> tuple[int, v1.From, bytes]:
     """The next message (not an event): its opcode, header and payload."""
     while True:
         opcode, data = await client.recv_message()
+        assert opcode != OP_CLOSE, f"closed {int.from_bytes(data[:2], 'big')}: {data[2:]!r}"
         what, start = v1.decode_relay_message(data)
         if isinstance(what, v1.From):
             return opcode, what, data[start:]

@@ -174,3 +174,28 @@ async def test_the_rest_of_a_partly_written_frame_is_kept_for_the_writer() -> No
     finally:
         ours.close()
         theirs.close()
+
+
+async def test_what_a_joining_member_missed_is_outside_the_bound_and_goes_out_first() -> None:
+    # A recovery larger than twice the bound once made the next event close a member
+    # that was reading it as fast as it could with 4001 ("does not read").
+    mailbox = Mailbox(1024)
+    missed = [bytes([0x81, 100]) + bytes([48 + n % 10]) * 100 for n in range(50)]
+    for frame in missed:
+        mailbox.offer_catch_up(frame)
+    assert mailbox.queued == 0 and mailbox.catch_up == 50 * (102 + 64)
+    assert mailbox.offer_control(b"event")  # (an event for the recovering member)
+    assert mailbox.offer(b"live") != FULL  # (live traffic: within the bound)
+    frames, size = await mailbox.take(1 << 20)
+    assert frames == [*missed, b"event", b"live"]  # in order: what it missed first
+    mailbox.written(size, len(frames))
+    assert (mailbox.queued, mailbox.catch_up) == (0, 0)
+
+
+async def test_a_live_frame_is_never_written_ahead_of_what_a_joining_member_missed() -> None:
+    mailbox = Mailbox(1024)
+    mailbox.fd = 99  # (a direct write would go to this descriptor: it must not happen)
+    mailbox.offer_catch_up(b"welcome")
+    assert mailbox.offer(b"live") != HELD
+    frames, _ = await mailbox.take(1 << 20)
+    assert frames == [b"welcome", b"live"]

@@ -48,6 +48,7 @@ class Mailbox:
         "_room",
         "_send",
         "capacity",
+        "catch_up",
         "closed",
         "fd",
         "full_since",
@@ -61,8 +62,13 @@ class Mailbox:
         self._room: trio.Event | None = None
         self._held: list[bytes] | None = None
         self.capacity = capacity
-        #: Bytes accepted and not yet written.
+        #: Bytes accepted and not yet written, what a joining member missed excepted.
         self.queued = 0
+        #: Bytes of what a joining member missed (its welcome and the messages it
+        #: recovers), queued ahead of everything else and not yet written: outside the
+        #: bound (:meth:`offer_catch_up`), so that a recovering member is never held to be
+        #: slow, nor refused an event, for what it is still reading of its recovery.
+        self.catch_up = 0
         #: When a producer first found the mailbox full since the last write, or None.
         self.full_since: float | None = None
         #: Set by :meth:`close`; a closed mailbox accepts and discards everything.
@@ -91,6 +97,10 @@ class Mailbox:
                 self._send.send_nowait(frame)
             return QUEUED
         self.queued = size
+        if self.catch_up:
+            # Behind what a joining member missed: queued after it, never written ahead.
+            self._send.send_nowait(frame)
+            return QUEUED
         if self.fd is not None:
             self._held = [frame]
             return HELD
@@ -115,10 +125,15 @@ class Mailbox:
         return True
 
     def offer_catch_up(self, frame: bytes) -> None:
-        """Queue a message a joining member missed, regardless of the bound (what it
-        missed is bounded by the group's history)."""
+        """Queue a message a joining member missed (or its welcome), regardless of the
+        bound and counted apart (:attr:`catch_up`): what it missed is bounded by the
+        group's history. Only before anything else is queued for the member."""
         if not self.closed:
-            self._queue(frame, len(frame) + FRAME_OVERHEAD)
+            self.catch_up += len(frame) + FRAME_OVERHEAD
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self._send.send_nowait(frame)
 
     def _queue(self, frame: bytes, size: int) -> None:
         self.queued += size
@@ -189,7 +204,13 @@ class Mailbox:
         The mailbox is no longer full (``full_since``) once it has drained to half its
         bound: a member that reads a little now and then, but never catches up, stays
         full, and is closed as slow once the group has waited for it long enough."""
-        self.queued -= size + count * FRAME_OVERHEAD
+        drained = size + count * FRAME_OVERHEAD
+        catch_up = self.catch_up
+        if catch_up:
+            # (Written first: it was queued ahead of everything else.)
+            self.catch_up = max(0, catch_up - drained)
+            drained -= catch_up - self.catch_up
+        self.queued -= drained
         if self.queued <= self.capacity >> 1:
             self.full_since = None
         if self._room is not None:

@@ -150,6 +150,8 @@ class Session:
         self._budget = relay.budget
         # The member's place in its group: what the group holds as its member.
         self._membership = Membership(self, group_name, since, trio.current_time())
+        # Its Sender, once it joined (the membership's, read on the hot path).
+        self._sender: Sender | None = None
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
@@ -237,6 +239,7 @@ class Session:
                 pause=self._paused,
             )
             membership.joined(group, sender)
+            self._sender = sender
             catch = await group.catch_up(membership, membership.since)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
@@ -332,7 +335,7 @@ class Session:
                 except ProtocolError as exc:
                     self._fail(exc)
                     return
-            sender = self._membership.sender
+            sender = self._sender
             if sender is not None and sender.blocked is not None:
                 await sender.finish()  # (what the poller left for this task)
             for event in events:
@@ -340,8 +343,9 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
-            while (event := reader.take_ahead()) is not None:
-                if await self._handle(event):
+            while reader.ahead:  # (what was read ahead while paused, in order)
+                event = reader.take_ahead()
+                if event is not None and await self._handle(event):
                     return
             flush()
             # Nothing of this read stays alive while the member waits for its next one
@@ -389,7 +393,7 @@ class Session:
         if read is None or type(read) is Handover:
             return read
         assert type(read) is list
-        sender = self._membership.sender
+        sender = self._sender
         assert sender is not None
         handover: Handover | None = None
         for index, event in enumerate(read):
@@ -533,7 +537,7 @@ class Session:
         if received is None:
             return
         event = received
-        sender = self._membership.sender
+        sender = self._sender
         assert sender is not None
         if event.first and event.last:
             # A whole message in one frame, the common case, as the assembly would have
@@ -565,7 +569,7 @@ class Session:
     def _on_data_now(self, event: Data) -> bool:
         """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
         for what could have to wait before its offers (the member's task does it)."""
-        sender = self._membership.sender
+        sender = self._sender
         assert sender is not None
         if not (event.first and event.last) or not sender.clear():
             return False
@@ -626,7 +630,7 @@ class Session:
         send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
 
     def _end_stream(self, truncated: bool) -> None:
-        sender = self._membership.sender
+        sender = self._sender
         if sender is not None:
             sender.end(truncated)
         self.piece_due = None

@@ -130,13 +130,13 @@ class Mailbox:
         group's history. Only before anything else is queued for the member."""
         if not self.closed:
             self.catch_up += len(frame) + FRAME_OVERHEAD
-            if self._held is not None:
-                self._held.append(frame)
-            else:
-                self._send.send_nowait(frame)
+            self._put(frame)
 
     def _queue(self, frame: bytes, size: int) -> None:
         self.queued += size
+        self._put(frame)
+
+    def _put(self, frame: bytes) -> None:
         if self._held is not None:
             self._held.append(frame)
         else:

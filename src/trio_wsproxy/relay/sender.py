@@ -282,9 +282,9 @@ class Sender:
     def end(self, truncated: bool) -> None:
         """End the streaming message, if one streams; ``truncated``: it did not arrive
         whole, and the members that got its start are closed with 4002."""
+        if not self.streaming:
+            return  # (it has the floor from its first piece to its last)
         group = self.group
-        if group.floor.holder is not self.member:
-            return  # (not streaming: it has the floor from its first piece to its last)
         outbound, self._outbound = self._outbound, NO_OUTBOUND
         stream_to, self._stream_to = self._stream_to, ()
         self._head = None

@@ -343,10 +343,10 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
-            while reader.ahead:  # (what was read ahead while paused, in order)
-                event = reader.take_ahead()
-                if event is not None and await self._handle(event):
-                    return
+            if reader.ahead:  # (what was read ahead while paused, in order)
+                while (event := reader.take_ahead()) is not None:
+                    if await self._handle(event):
+                        return
             flush()
             # Nothing of this read stays alive while the member waits for its next one
             # (a read and its frames, or a whole message of up to 1 MiB, per member).

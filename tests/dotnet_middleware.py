@@ -46,11 +46,12 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import attrs
 import trio
 
-from wsraw import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, mask_frame, read_frame
+from wsraw import OP_CLOSE, OP_PING, OP_PONG, Fragments, FrameFault, mask_frame, read_frame
 
 #: The sample's WebSocketOptions.KeepAliveInterval.
 KEEPALIVE = 120.0
@@ -132,7 +133,7 @@ class ServerSocket:
         del self.buffer[:end]
         return head
 
-    async def _fail(self, code: int, why: str) -> None:
+    async def _fail(self, code: int, why: str) -> NoReturn:
         self.open = False
         try:
             await self.write(server_frame(OP_CLOSE, code.to_bytes(2, "big")))
@@ -160,8 +161,7 @@ class ServerSocket:
 
     async def message(self) -> tuple[int, bytes]:
         """The next whole data message; pings answered; raises :class:`Closed` at a close."""
-        parts: list[bytes] = []
-        opcode: int | None = None
+        fragments = Fragments()
         while True:
             fin, op, payload = await self.frame()
             if op == OP_PING:
@@ -172,18 +172,12 @@ class ServerSocket:
             if op == OP_CLOSE:
                 self.open = False  # CloseReceived; nobody answers it
                 raise Closed("close frame")
-            if (opcode is None) == (op == OP_CONT):
-                await self._fail(1002, "a continuation out of place")
-            opcode = op if opcode is None else opcode
-            parts.append(payload)
-            if fin:
-                data = b"".join(parts)
-                if opcode == OP_TEXT:
-                    try:
-                        data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        await self._fail(1007, "invalid UTF-8")
-                return opcode, data
+            try:
+                whole = fragments.add(op, fin, payload)
+            except FrameFault as fault:
+                await self._fail(fault.code, fault.why)
+            if whole is not None:
+                return whole
 
 
 def accept_key(key: str) -> str:

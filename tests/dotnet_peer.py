@@ -114,12 +114,22 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from json.decoder import scanstring  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
 
-from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, mask_frame, read_frame
+from wsraw import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    Fragments,
+    FrameFault,
+    mask_frame,
+    read_frame,
+)
 
 #: The public key token of System.Private.CoreLib, part of every generic's full name.
 CORELIB_TOKEN = "7cec85d7bea7798e"
@@ -830,7 +840,7 @@ class _Socket:
             await self._fail(1002, "a control frame fragmented or over 125 bytes")
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
-    async def _fail(self, code: int, why: str) -> None:
+    async def _fail(self, code: int, why: str) -> NoReturn:
         """What CWS does on a protocol error: a close frame with ``code``, then it throws."""
         self.open = False
         try:
@@ -841,8 +851,7 @@ class _Socket:
 
     async def receive(self) -> tuple[int, bytes]:
         """``ReceiveAsync`` until a whole message: ``(OP_TEXT|OP_BINARY|OP_CLOSE, payload)``."""
-        parts: list[bytes] = []
-        opcode: int | None = None
+        fragments = Fragments()
         while True:
             fin, op, payload = await self._frame()
             if op == OP_PING:
@@ -857,18 +866,12 @@ class _Socket:
                     await self._fail(1002, f"an invalid close frame {payload!r}")
                 self.open = False  # CloseReceived: sends are skipped from now on
                 return OP_CLOSE, payload
-            if (opcode is None) == (op == OP_CONT):
-                await self._fail(1002, "a continuation out of place")
-            opcode = op if opcode is None else opcode
-            parts.append(payload)
-            if fin:
-                data = b"".join(parts)
-                if opcode == OP_TEXT:
-                    try:
-                        data.decode("utf-8")
-                    except UnicodeDecodeError:
-                        await self._fail(1007, "invalid UTF-8 in a text message")
-                return opcode, data
+            try:
+                whole = fragments.add(op, fin, payload)
+            except FrameFault as fault:
+                await self._fail(fault.code, fault.why)
+            if whole is not None:
+                return whole
 
     async def close_output(self) -> None:
         await trio.aclose_forcefully(self.stream)

@@ -69,6 +69,42 @@ def mask_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = Tru
     return head + key + unmask(key, payload)
 
 
+class FrameFault(Exception):
+    """A data frame that breaks the protocol: the close code a peer answers it with."""
+
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+        self.why = why
+
+
+class Fragments:
+    """One data message gathered from its frames (RFC 6455 §5.4), for the stand-ins of
+    .NET peers: :meth:`add` each data frame; a text message's UTF-8 is checked whole."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._opcode: int | None = None
+
+    def add(self, op: int, fin: bool, payload: bytes) -> tuple[int, bytes] | None:
+        """The whole message once ``fin`` ends it, else None; :class:`FrameFault` (1002)
+        for a continuation out of place, (1007) for a text message that is not UTF-8."""
+        if (self._opcode is None) == (op == OP_CONT):
+            raise FrameFault(1002, "a continuation out of place")
+        opcode = self._opcode = op if self._opcode is None else self._opcode
+        self._parts.append(payload)
+        if not fin:
+            return None
+        data = b"".join(self._parts)
+        self._parts, self._opcode = [], None
+        if opcode == OP_TEXT:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FrameFault(1007, "invalid UTF-8 in a text message") from None
+        return opcode, data
+
+
 class RawClient:
     """One TCP connection speaking WebSocket by hand."""
 

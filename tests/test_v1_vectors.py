@@ -43,20 +43,35 @@ def test_what_a_member_sends(vector: dict[str, Any]) -> None:
     end = v1.header_end(data)
     assert end is not None
     target = v1.parse_member_header(data[: end - 1])
+    if "join" in meaning:
+        since = meaning["since"]
+        assert target == v1.Join(
+            meaning["join"], None if since is None else v1.Position.parse(since)
+        )
+        assert data[end:] == b""
+        assert v1.join_header(target.group, target.since) == data
+        return
+    if "leave" in meaning:
+        assert target == v1.Leave(meaning["leave"])
+        assert data[end:] == b"" and v1.leave_header(target.group) == data
+        return
+    assert isinstance(target, v1.ToGroup | v1.ToMember)
     assert (target.to if isinstance(target, v1.ToMember) else None) == meaning["to"]
+    assert target.group == meaning.get("group")
     payload = bytes.fromhex(meaning["payload_hex"])
     assert data[end:] == payload
     if data[: end - 1] != b"{}":
         # And a member's header is written exactly so.
-        assert v1.member_header(meaning["to"]) + payload == data
+        assert v1.member_header(meaning["to"], meaning.get("group")) + payload == data
 
 
 def relay_value(meaning: dict[str, Any]) -> v1.From | v1.Event:
     event = meaning.get("event")
     members = meaning.get("members")
     listed = None if members is None else frozenset(members)
+    group = meaning.get("group")
     if event is None:
-        return v1.From(meaning["from"], meaning["direct"], meaning.get("offset"))
+        return v1.From(meaning["from"], meaning["direct"], meaning.get("offset"), group)
     if event == "welcome":
         position = meaning.get("position")
         recovery = meaning.get("recovery")
@@ -73,11 +88,15 @@ def relay_value(meaning: dict[str, Any]) -> v1.From | v1.Event:
             ),
         )
     if event == "presence":
-        return v1.Presence(tuple(meaning["joined"]), tuple(meaning["left"]), meaning["count"])
+        return v1.Presence(
+            tuple(meaning["joined"]), tuple(meaning["left"]), meaning["count"], group
+        )
     if event == "members":
-        return v1.Members(listed, meaning["count"])
+        return v1.Members(listed, meaning["count"], group)
+    if event == "left":
+        return v1.Left(meaning["group"], meaning.get("reason"))
     assert event == "error"
-    return v1.Error(meaning["error"], meaning["detail"], meaning.get("to"))
+    return v1.Error(meaning["error"], meaning["detail"], meaning.get("to"), group)
 
 
 @pytest.mark.parametrize("vector", by_direction("relay-to-member"))
@@ -89,7 +108,11 @@ def test_what_the_relay_sends(vector: dict[str, Any]) -> None:
     payload = data[start:]
     if isinstance(expected, v1.From):
         assert payload == bytes.fromhex(meaning["payload_hex"])
-        assert v1.from_header(expected.sender, expected.direct, expected.offset) + payload == data
+        assert (
+            v1.from_header(expected.sender, expected.direct, expected.offset, expected.group)
+            + payload
+            == data
+        )
     else:
         assert payload == b"" and vector["opcode"] == "text"
         assert v1.encode_event(expected) == data

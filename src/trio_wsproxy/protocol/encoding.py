@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import attrs
+
 from . import v1
 from .frames import OP_BINARY, OP_CONTINUATION, OP_TEXT, frame, frame_header
 from .message import BACK_END, Message, StreamHead
@@ -41,48 +43,85 @@ class Encoding:
             opcode = OP_CONTINUATION
         return frame(opcode, payload, last)
 
+    def event(self, event: v1.Event) -> bytes:
+        """A v1 event framed for a member of this encoding (only those that hear of
+        joins and leaves get events)."""
+        raise TypeError(f"{self!r} has no events")
+
+    def for_group(self, group: str) -> Encoding:
+        """This encoding for a member in ``group`` that its URL did not name (v1 says
+        which group each message is of); plain has one group only."""
+        return self
+
     def __repr__(self) -> str:
         return f"<Encoding {self.subprotocol or 'plain'}>"
 
 
 class V1Encoding(Encoding):
     """``wsproxy.v1`` (protocol/v1.py): each message's payload behind a header line that
-    names its sender, and whether it was addressed to this member alone."""
+    names its sender, and whether it was addressed to this member alone.
 
-    __slots__ = ()
+    ``group``: the group its messages and events name, for a membership in a group other
+    than the one the member's URL named (None: they name none). Encodings are equal by
+    value, so that fan-out frames a message once for all the members of a group that
+    joined it by name, and once for all those whose URL named it."""
+
+    __slots__ = ("group",)
 
     subprotocol = v1.SUBPROTOCOL
     presence = True
 
+    def __init__(self, group: str | None = None) -> None:
+        self.group = group
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is V1Encoding and other.group == self.group
+
+    def __hash__(self) -> int:
+        return hash((V1Encoding, self.group))
+
     def message(self, message: Message) -> bytes:
-        offset, direct = message.offset, message.to is not None
+        offset, direct, group = message.offset, message.to is not None, self.group
         # (No offset, the hot case: the cached header, without a call more.)
         header = (
-            _cached_header(message.sender, direct)
+            _cached_header(message.sender, direct, group)
             if offset is None
-            else _header(message.sender, direct, offset)
+            else _header(message.sender, direct, offset, group)
         )
         opcode = OP_TEXT if message.text else OP_BINARY
         return frame_header(opcode, len(header) + len(message.payload)) + header + message.payload
 
     def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
         if first:
-            payload = _header(head.sender, head.to is not None, head.offset) + payload
+            payload = _header(head.sender, head.to is not None, head.offset, self.group) + payload
         return super().piece(head, payload, first, last)
 
+    def event(self, event: v1.Event) -> bytes:
+        if self.group is not None and type(event) is not v1.Welcome:
+            event = attrs.evolve(event, group=self.group)
+        return frame(OP_TEXT, v1.encode_event(event))
 
-def _header(sender: str, direct: bool, offset: int | None) -> bytes:
+    def for_group(self, group: str) -> Encoding:
+        return V1Encoding(group)
+
+    def __repr__(self) -> str:
+        if self.group is None:
+            return super().__repr__()
+        return f"<Encoding {self.subprotocol} group={self.group!r}>"
+
+
+def _header(sender: str, direct: bool, offset: int | None, group: str | None) -> bytes:
     """The header line of a message from ``sender`` (BACK_END: the HTTP API's), with its
     ``offset`` in the group's history if it has one (then each header is its own)."""
     if offset is None:
-        return _cached_header(sender, direct)
-    return v1.from_header(sender if sender != BACK_END else None, direct, offset)
+        return _cached_header(sender, direct, group)
+    return v1.from_header(sender if sender != BACK_END else None, direct, offset, group)
 
 
 @lru_cache(maxsize=4096)
-def _cached_header(sender: str, direct: bool) -> bytes:
+def _cached_header(sender: str, direct: bool, group: str | None) -> bytes:
     # Members send many messages each: their headers are made once, not once per message.
-    return v1.from_header(sender if sender != BACK_END else None, direct)
+    return v1.from_header(sender if sender != BACK_END else None, direct, None, group)
 
 
 #: The plain protocol of the wire contract.

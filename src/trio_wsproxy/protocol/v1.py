@@ -15,6 +15,10 @@ From a member to the relay:
 
 - ``LF PAYLOAD`` (an empty header): to every other member of the group.
 - ``{"to":"ID"} LF PAYLOAD``: to one member of the group, on any node.
+- ``{"group":"G"} LF PAYLOAD`` (and with ``"to"``): the same in the group G, one the
+  member joined (DESIGN.md §8); without ``"group"``, the group its URL named.
+- ``{"join":"G"} LF`` (with ``"since":"EPOCH:OFFSET"`` to recover), ``{"leave":"G"} LF``:
+  join or leave a group, a message of its header line alone.
 
 From the relay to a member:
 
@@ -25,7 +29,11 @@ From the relay to a member:
 - With history on (DESIGN.md §7), each header also carries the message's ``"offset"`` in
   its group's history, and the welcome the group's ``"position"``.
 - ``{"event":...} LF``, no payload, a text message: something the relay says itself
-  (:class:`Welcome`, :class:`Presence`, :class:`Members`, :class:`Error`).
+  (:class:`Welcome`, :class:`Presence`, :class:`Members`, :class:`Error`,
+  :class:`Left`).
+- A message or event of a group other than the one the URL named carries that group's
+  name (``"group"``); one of the URL's group carries none, so that a member that never
+  joins another group sees exactly the bytes it always did.
 
 This module is pure (no Trio, no sockets): the relay and every client share it, and the
 test vectors in ``docs/protocol-vectors.json`` check it byte for byte.
@@ -64,20 +72,45 @@ class V1Error(ValueError):
 
 @attrs.frozen
 class ToGroup:
-    """A member's message to every other member of its group."""
+    """A member's message to every other member of a group: ``group`` (None: the group
+    its URL named)."""
+
+    group: str | None = None
 
 
 @attrs.frozen
 class ToMember:
-    """A member's message to one member of its group, by id."""
+    """A member's message to one member of a group, by id (``group`` None: the group
+    its URL named)."""
 
     to: str
+    group: str | None = None
 
 
-#: The one :class:`ToGroup` (it has no fields).
+@attrs.frozen
+class Join:
+    """A member asks to join the group ``group`` too; ``since``: the last position it saw
+    in it, to get what it missed (as ``?since=`` does for the URL's group)."""
+
+    group: str
+    since: Position | None = None
+
+
+@attrs.frozen
+class Leave:
+    """A member asks to leave the group ``group`` (the URL's included)."""
+
+    group: str
+
+
+#: What a member's header line may ask of the relay.
+Request = ToGroup | ToMember | Join | Leave
+
+#: The :class:`ToGroup` of the URL's group.
 TO_GROUP = ToGroup()
 
-_TO_KEYS = frozenset({"to"})
+_TO_KEYS = frozenset({"to", "group"})
+_JOIN_KEYS = frozenset({"join", "since"})
 
 
 def header_end(data: bytes | bytearray, last: bool = False) -> int | None:
@@ -141,24 +174,47 @@ class HeaderReader:
         return data, end
 
 
-def parse_member_header(line: bytes) -> ToGroup | ToMember:
+def parse_member_header(line: bytes) -> Request:
     """What a member's header line (without its line feed) asks of the relay."""
     if not line:
         return TO_GROUP
     header = _json_object(line)
+    if "join" in header:
+        _only(header, _JOIN_KEYS, "a join")
+        since = header.get("since")
+        if since is not None and not isinstance(since, str):
+            raise V1Error('"since" must be a position, EPOCH:OFFSET')
+        return Join(
+            _name(header, "join", "a group name"), None if since is None else Position.parse(since)
+        )
+    if "leave" in header:
+        _only(header, frozenset({"leave"}), "a leave")
+        return Leave(_name(header, "leave", "a group name"))
     unknown = header.keys() - _TO_KEYS
     if unknown:
         raise V1Error(f"unknown header field {sorted(unknown)[0]!r}")
+    group = _name(header, "group", "a group name") if "group" in header else None
     if "to" not in header:
-        return TO_GROUP
-    to = header["to"]
-    if not isinstance(to, str) or not to:
-        raise V1Error('"to" must be a non-empty string (a member id)')
-    if not _is_unicode(to):
-        # JSON's \uXXXX escapes can spell half a surrogate pair, which no member id is
-        # (ids come from UTF-8 URLs) and which nothing can encode to send back.
-        raise V1Error('"to" is not valid Unicode (a lone surrogate)')
-    return ToMember(to)
+        return TO_GROUP if group is None else ToGroup(group)
+    return ToMember(_name(header, "to", "a member id"), group)
+
+
+def _only(header: dict[str, Any], keys: frozenset[str], what: str) -> None:
+    unknown = header.keys() - keys
+    if unknown:
+        raise V1Error(f"{what} takes no field {sorted(unknown)[0]!r}")
+
+
+def _name(header: dict[str, Any], key: str, what: str) -> str:
+    """The non-empty string ``header[key]`` names (a member id, a group name)."""
+    value = header[key]
+    if not isinstance(value, str) or not value:
+        raise V1Error(f"{key!r} must be a non-empty string ({what})")
+    if not _is_unicode(value):
+        # JSON's \uXXXX escapes can spell half a surrogate pair, which no id or name is
+        # (they come from UTF-8 URLs) and which nothing can encode to send back.
+        raise V1Error(f"{key!r} is not valid Unicode (a lone surrogate)")
+    return value
 
 
 def _json_object(line: bytes) -> dict[str, Any]:
@@ -182,12 +238,31 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def member_header(to: str | None = None) -> bytes:
+def member_header(to: str | None = None, group: str | None = None) -> bytes:
     """The header line (with its line feed) a member puts before its payload: to the
-    group, or to the member ``to``."""
-    if to is None:
+    group, or to the member ``to``; in ``group`` (None: the URL's group)."""
+    if to is None and group is None:
         return _LF
-    return _json({"to": to})
+    body: dict[str, Any] = {}
+    if group is not None:
+        body["group"] = group
+    if to is not None:
+        body["to"] = to
+    return _json(body)
+
+
+def join_header(group: str, since: Position | None = None) -> bytes:
+    """The whole message (a header line alone) by which a member joins ``group``,
+    naming the last position it saw in it (``since``) to recover what it missed."""
+    body: dict[str, Any] = {"join": group}
+    if since is not None:
+        body["since"] = str(since)
+    return _json(body)
+
+
+def leave_header(group: str) -> bytes:
+    """The whole message (a header line alone) by which a member leaves ``group``."""
+    return _json({"leave": group})
 
 
 # --- from the relay to a member ------------------------------------------------------
@@ -203,6 +278,8 @@ class From:
     sender: str | None
     direct: bool = False
     offset: int | None = None
+    #: The group it was sent to: None for the group the member's URL named.
+    group: str | None = None
 
 
 @attrs.frozen
@@ -290,6 +367,8 @@ class Presence:
     joined: tuple[str, ...]
     left: tuple[str, ...]
     count: int
+    #: The group (None: the URL's; likewise for every event below).
+    group: str | None = None
 
 
 @attrs.frozen
@@ -300,29 +379,70 @@ class Members:
 
     members: frozenset[str] | None
     count: int
+    group: str | None = None
 
 
 @attrs.frozen
 class Error:
     """Something the relay could not do for this member, as an event: ``error`` is a
-    stable code (``no_such_member``), ``detail`` a human sentence, ``to`` the member id
-    the message was addressed to, where one was."""
+    stable code (the constants below), ``detail`` a human sentence, ``to`` the member
+    id the message was addressed to, where one was, and ``group`` the group it was
+    about (None: the URL's)."""
 
     error: str
     detail: str
     to: str | None = None
+    group: str | None = None
 
 
-Event = Welcome | Presence | Members | Error
+@attrs.frozen
+class Left:
+    """The member is no longer in ``group``: it asked to leave (``reason`` None), or
+    the application's back end removed it (``reason`` says so). Nothing of the group
+    follows it."""
 
-#: Error codes the relay sends.
+    group: str
+    reason: str | None = None
+
+
+Event = Welcome | Presence | Members | Error | Left
+
+#: Error codes the relay sends: a message it dropped...
 NO_SUCH_MEMBER = "no_such_member"
+NOT_IN_GROUP = "not_in_group"
+#: ...and a join it refused (the connection stays, in the groups it was in).
+NOT_ALLOWED = "not_allowed"
+BANNED = "banned"
+ALREADY_JOINED = "already_joined"
+BAD_GROUP_NAME = "bad_group_name"
+GROUP_LIMIT = "group_limit"
+GROUP_FULL = "group_full"
+RELAY_FULL = "relay_full"
+UNAVAILABLE = "unavailable"
+#: Every code that answers a join (with the group it names).
+JOIN_REFUSALS = frozenset(
+    {
+        NOT_ALLOWED,
+        BANNED,
+        ALREADY_JOINED,
+        BAD_GROUP_NAME,
+        GROUP_LIMIT,
+        GROUP_FULL,
+        RELAY_FULL,
+        UNAVAILABLE,
+    }
+)
 
 
-def from_header(sender: str | None, direct: bool = False, offset: int | None = None) -> bytes:
+def from_header(
+    sender: str | None, direct: bool = False, offset: int | None = None, group: str | None = None
+) -> bytes:
     """The header line (with its line feed) of a message the relay forwards (``sender``
-    None: one the back end posted; ``offset``: its place in the group's history)."""
+    None: one the back end posted; ``offset``: its place in the group's history;
+    ``group``: the group, for one other than the member's URL's)."""
     body: dict[str, Any] = {"from": sender}
+    if group is not None:
+        body["group"] = group
     if direct:
         body["direct"] = True
     if offset is not None:
@@ -347,19 +467,34 @@ def encode_event(event: Event) -> bytes:
                 else {"recovered": False, "reason": recovery.reason}
             )
     elif type(event) is Presence:
-        body = {"event": "presence", "joined": list(event.joined), "left": list(event.left)}
+        body = _grouped("presence", event.group)
+        body["joined"] = list(event.joined)
+        body["left"] = list(event.left)
         body["count"] = event.count
     elif type(event) is Members:
-        body = {"event": "members"}
+        body = _grouped("members", event.group)
         body["members"] = None if event.members is None else sorted(event.members)
         body["count"] = event.count
     elif type(event) is Error:
         body = {"event": "error", "error": event.error, "detail": event.detail}
         if event.to is not None:
             body["to"] = event.to
+        if event.group is not None:
+            body["group"] = event.group
+    elif type(event) is Left:
+        body = _grouped("left", event.group)
+        if event.reason is not None:
+            body["reason"] = event.reason
     else:
         raise TypeError(f"not a v1 event: {event!r}")
     return _json(body)
+
+
+def _grouped(kind: str, group: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"event": kind}
+    if group is not None:
+        body["group"] = group
+    return body
 
 
 def relay_header_end(data: bytes | bytearray) -> int:
@@ -393,8 +528,14 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
         if sender is not None and not isinstance(sender, str):
             raise V1Error('"from" must be a string or null')
         offset = header.get("offset")
-        return From(sender, header.get("direct") is True, None if offset is None else _int(offset))
+        return From(
+            sender,
+            header.get("direct") is True,
+            None if offset is None else _int(offset),
+            _opt_str(header.get("group")),
+        )
     kind = header.get("event")
+    group = _opt_str(header.get("group"))
     try:
         if kind == "welcome":
             return Welcome(
@@ -410,14 +551,16 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
                 tuple(_strs(header["joined"])),
                 tuple(_strs(header["left"])),
                 _int(header["count"]),
+                group,
             )
         if kind == "members":
-            return Members(_ids(header["members"]), _int(header["count"]))
+            return Members(_ids(header["members"]), _int(header["count"]), group)
         if kind == "error":
-            to = header.get("to")
             return Error(
-                _str(header["error"]), _str(header["detail"]), None if to is None else _str(to)
+                _str(header["error"]), _str(header["detail"]), _opt_str(header.get("to")), group
             )
+        if kind == "left":
+            return Left(_str(header["group"]), _opt_str(header.get("reason")))
     except KeyError as missing:
         raise V1Error(f"a {kind} event needs {missing}") from None
     raise V1Error(f"unknown event {kind!r}")
@@ -433,6 +576,10 @@ def _str(value: object) -> str:
     if not isinstance(value, str):
         raise V1Error(f"expected a string, got {value!r}")
     return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
 
 
 def _strs(value: object) -> Iterable[str]:

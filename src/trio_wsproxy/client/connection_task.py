@@ -35,6 +35,7 @@ from ..protocol.v1 import (
     V1Error,
     Welcome,
 )
+from ..protocol.v1 import Left as V1Left
 from .config import ClientConfig
 from .connection import (
     BinaryPiece,
@@ -623,6 +624,8 @@ class ConnectionTask:
                 await self._dispatcher.deliver_event(
                     Incoming(resumed, None, None, None, self._sender)
                 )
+        if isinstance(event, V1Left):
+            return  # (the client joins no other group yet)
         for change in self._membership.apply(event):
             if isinstance(change, Left) and change.id in self._announced:
                 await self._stream_missing(change.id, "its sender left")

@@ -1,10 +1,10 @@
 """A connection's membership in a group is the member the group holds: frames for any of
-its groups land in the connection's one mailbox, and what a group ends ends the
-connection (the protocol joins one group per connection)."""
+its groups land in the connection's one mailbox, and what a group ends is the
+connection's to decide (relay sessions: tests/test_v1_groups.py)."""
 
 from __future__ import annotations
 
-from trio_wsproxy.protocol.encoding import PLAIN, Encoding
+from trio_wsproxy.protocol.encoding import PLAIN, V1, Encoding, V1Encoding
 from trio_wsproxy.protocol.message import Message
 from trio_wsproxy.relay.counters import Counters
 from trio_wsproxy.relay.fanout import Courier
@@ -18,10 +18,10 @@ class Connection:
         self.id = member_id
         self.mailbox = Mailbox(1 << 20)
         self.encoding: Encoding = PLAIN
-        self.closed: list[tuple[int, str]] = []
+        self.closed: list[tuple[Membership, int, str]] = []
 
-    def close(self, code: int, reason: str) -> None:
-        self.closed.append((code, reason))
+    def membership_closed(self, membership: Membership, code: int, reason: str) -> None:
+        self.closed.append((membership, code, reason))
 
 
 async def test_a_connection_in_two_groups_is_one_member_of_each_with_one_mailbox() -> None:
@@ -42,11 +42,20 @@ async def test_a_connection_in_two_groups_is_one_member_of_each_with_one_mailbox
     assert [frame[2:] for frame in frames] == [b"to the lobby", b"to the match"]
 
 
-def test_what_a_group_ends_ends_the_connection() -> None:
+def test_what_a_group_ends_is_told_to_the_connection() -> None:
     alice = Connection("alice")
     membership = Membership(alice, "lobby", None, 0.0)
     membership.close(4001, "mailbox full")
-    assert alice.closed == [(4001, "mailbox full")]
+    assert alice.closed == [(membership, 4001, "mailbox full")]
+
+
+def test_a_membership_in_a_group_its_url_did_not_name_frames_for_that_group() -> None:
+    alice = Connection("alice")
+    alice.encoding = V1
+    tagged = Membership(alice, "room-2", None, 0.0, V1.for_group("room-2"))
+    assert tagged.encoding == V1Encoding("room-2") != V1
+    frame = tagged.encoding.message(Message("bob", True, b"hi"))
+    assert frame[2:] == b'{"from":"bob","group":"room-2"}' + b"\nhi"
 
 
 def test_a_membership_keeps_the_position_it_named_and_says_what_it_is() -> None:

@@ -67,6 +67,7 @@ class CountingV1(V1Encoding):
     """wsproxy.v1, counting the whole messages it frames."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.framed = 0
 
     def message(self, message: Message) -> bytes:
@@ -405,7 +406,7 @@ async def test_a_message_to_a_member_on_another_node_goes_to_the_outbox_only() -
     assert sender.clear()
     sender.offer(message)
 
-    assert list(sender.courier.outbox) == [message]
+    assert list(sender.outbox) == [message]
     assert rig.refused == [] and not sender.found_here
     assert await received(b) == []
     sender.courier.flush()
@@ -488,7 +489,7 @@ async def test_in_a_sequenced_group_the_message_is_only_handed_over() -> None:
     assert sender.clear()
     sender.offer(message)
 
-    assert list(sender.courier.outbox) == [message]
+    assert list(sender.outbox) == [message]
     assert sender.blocked is None
     assert await received(b) == []  # the group delivers it, here too
     assert message.offset is None

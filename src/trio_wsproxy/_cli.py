@@ -105,6 +105,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_members": _Optional(int),
     "max_group_members": _Optional(int),
     "max_groups": _Optional(int),
+    "max_groups_per_member": int,
     "ban_seconds": float,
     "max_message_rate": _Optional(float),
     "max_byte_rate": _Optional(parse_size),

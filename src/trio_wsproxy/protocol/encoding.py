@@ -75,10 +75,10 @@ class V1Encoding(Encoding):
         self.group = group
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is V1Encoding and other.group == self.group
+        return other is self or (type(other) is type(self) and other.group == self.group)
 
     def __hash__(self) -> int:
-        return hash((V1Encoding, self.group))
+        return hash((type(self), self.group))
 
     def message(self, message: Message) -> bytes:
         offset, direct, group = message.offset, message.to is not None, self.group

@@ -209,11 +209,11 @@ def _name(header: dict[str, Any], key: str, what: str) -> str:
     """The non-empty string ``header[key]`` names (a member id, a group name)."""
     value = header[key]
     if not isinstance(value, str) or not value:
-        raise V1Error(f"{key!r} must be a non-empty string ({what})")
+        raise V1Error(f'"{key}" must be a non-empty string ({what})')
     if not _is_unicode(value):
         # JSON's \uXXXX escapes can spell half a surrogate pair, which no id or name is
         # (they come from UTF-8 URLs) and which nothing can encode to send back.
-        raise V1Error(f"{key!r} is not valid Unicode (a lone surrogate)")
+        raise V1Error(f'"{key}" is not valid Unicode (a lone surrogate)')
     return value
 
 

@@ -45,6 +45,10 @@ SMALL = 32
 #: and tasks; measured: 19,000 at once, canary gap 0.15 s at 256, 1 s at 64): a mass
 #: disconnect is spread over turns like a burst.
 TEARDOWN = 256
+#: What a v1 member's join of one more group costs (its registration, welcome, presence,
+#: and on a cluster its subscription), taken as a teardown's: a member joining 1,000
+#: groups at once takes turns with everyone else's fan-out.
+MEMBERSHIP = TEARDOWN
 
 
 class TurnBudget:

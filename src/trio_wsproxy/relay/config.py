@@ -353,6 +353,12 @@ class RelayConfig:
         "Most groups at once (503 for a member that would open another); none: no limit.",
         _positive_or_none,
     )
+    max_groups_per_member: int = _setting(
+        1000,
+        "Most groups one connection may be in at once (wsproxy.v1 joins past it are "
+        "refused with the error event group_limit; the connection stays).",
+        _positive,
+    )
     ban_seconds: float = _setting(
         60.0,
         "Seconds a member removed through the HTTP API (DELETE .../members/{id}) stays "

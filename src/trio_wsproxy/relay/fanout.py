@@ -31,26 +31,31 @@ class Courier:
 
     Frames a mailbox holds for a direct write (see Mailbox) are written by
     :meth:`flush`, which the producer calls before anything that may yield; so are the
-    whole messages it has for its group's other nodes (:meth:`publish`).
+    whole messages it has for its groups' other nodes (its outboxes).
     """
 
-    __slots__ = ("_counters", "_held", "_timeout", "group", "outbox")
+    __slots__ = ("_counters", "_held", "_outboxes", "_timeout")
 
     def __init__(self, slow_member_timeout: float, counters: Counters) -> None:
         self._timeout = slow_member_timeout
         self._counters = counters
         self._held: list[Mailbox] = []
-        #: Whole messages for the members of ``group`` on other nodes (a member's
-        #: courier only: its messages all go to its one group), handed over together
-        #: by :meth:`flush` (one publish per read's worth); the producer appends to it.
-        self.outbox: MutableSequence[Message] = []
-        self.group: Group | None = None
+        # Per group it serves: the whole messages for the group's members on other
+        # nodes, handed over together by flush() (one publish per read's worth).
+        self._outboxes: list[tuple[Group, MutableSequence[Message]]] = []
 
-    def serve(self, group: Group) -> None:
-        """Be the courier of a member of ``group``: its outbox is the group's kind (one
-        that keeps nothing, where nothing leaves this node)."""
-        self.group = group
-        self.outbox = group.new_outbox()
+    def serve(self, group: Group) -> MutableSequence[Message]:
+        """Be a courier of a member of ``group`` too: the outbox the producer appends
+        that group's messages to (of the group's kind: one that keeps nothing where
+        nothing leaves this node)."""
+        outbox = group.new_outbox()
+        self._outboxes.append((group, outbox))
+        return outbox
+
+    def unserve(self, group: Group) -> None:
+        """Serve ``group`` no more (its member left), once what it holds is handed over."""
+        self.flush()
+        self._outboxes = [each for each in self._outboxes if each[0] is not group]
 
     async def deliver(self, data: bytes, members: Sequence[Member]) -> None:
         """Queue ``data`` for each of ``members``, waiting for room where a mailbox is full."""
@@ -93,7 +98,7 @@ class Courier:
         for member in members:
             mailbox = member.mailbox
             while (result := mailbox.offer(data)) == FULL:
-                if self._held or self.outbox:
+                if self._held or any(outbox for _, outbox in self._outboxes):
                     # Write out what is held (it may be this very mailbox: offer again)
                     # and publish what other nodes wait for, before waiting here.
                     self.flush()
@@ -110,17 +115,16 @@ class Courier:
                 self._held.append(mailbox)
 
     def flush(self) -> None:
-        """Write out held frames, and hand the outbox to its group."""
+        """Write out held frames, and hand each outbox to its group."""
         held = self._held
         if held:
             for mailbox in held:
                 mailbox.flush()
             held.clear()
-        outbox = self.outbox
-        if outbox:
-            if self.group is not None:
-                self.group.publish(list(outbox))
-            outbox.clear()
+        for group, outbox in self._outboxes:
+            if outbox:
+                group.publish(list(outbox))
+                outbox.clear()
 
 
 def send_control(member: Member, data: bytes) -> None:

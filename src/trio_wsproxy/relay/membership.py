@@ -4,8 +4,10 @@ A group's member list, its fan-out and its floor never hold a connection itself:
 hold one :class:`Membership` per group the connection is in. So a connection in several
 groups is several members, one per group, each with its own :class:`~.sender.Sender`
 (what the connection sends into that group) and its own position in that group's
-history; frames to any of them land in the connection's one mailbox. (The protocol still
-joins one group per connection: the one its URL names.)
+history; frames to any of them land in the connection's one mailbox. A connection's
+first membership is in the group its URL names; a v1 member joins and leaves more
+(DESIGN.md §8), and its memberships in those name their group on the wire (their
+encoding's ``group``).
 """
 
 from __future__ import annotations
@@ -32,34 +34,43 @@ class Connection(Protocol):
     @property
     def encoding(self) -> Encoding: ...
 
-    def close(self, code: int, reason: str) -> None:
-        """End the connection with ``code`` (every membership of it ends with it)."""
+    def membership_closed(self, membership: Membership, code: int, reason: str) -> None:
+        """A group ends ``membership`` with ``code``: the connection decides whether that
+        ends it (every membership of it ends with it) or that membership alone."""
 
 
 class Membership:
     """``connection``'s membership in the group ``group_name``: the
-    :class:`~.groups.Member` the group holds. Its ``id``, ``mailbox`` and ``encoding`` are
-    the connection's (plain attributes: fan-out reads them per recipient)."""
+    :class:`~.groups.Member` the group holds. Its ``id`` and ``mailbox`` are the
+    connection's, its ``encoding`` the connection's for this group (plain attributes:
+    fan-out reads them per recipient)."""
 
     __slots__ = (
         "_connection",
         "encoding",
+        "entering",
         "group",
         "group_name",
         "id",
         "joined_at",
         "mailbox",
+        "refused",
         "sender",
         "since",
     )
 
     def __init__(
-        self, connection: Connection, group_name: str, since: v1.Position | None, now: float
+        self,
+        connection: Connection,
+        group_name: str,
+        since: v1.Position | None,
+        now: float,
+        encoding: Encoding | None = None,
     ) -> None:
         self._connection = connection
         self.id = connection.id
         self.mailbox = connection.mailbox
-        self.encoding = connection.encoding
+        self.encoding = connection.encoding if encoding is None else encoding
         self.group_name = group_name
         #: The position in the group's history the member named, to get what it missed.
         self.since = since
@@ -68,6 +79,10 @@ class Membership:
         #: The group, once joined; and what the connection sends into it.
         self.group: Group | None = None
         self.sender: Sender | None = None
+        #: While a join of a group other than the URL's is under way (a group that ends
+        #: it meanwhile refuses the join), and then what it was refused with.
+        self.entering = False
+        self.refused: tuple[int, str] | None = None
 
     def __repr__(self) -> str:
         return f"<Membership id={self.id!r} group={self.group_name!r}>"
@@ -78,6 +93,7 @@ class Membership:
         self.sender = sender
 
     def close(self, code: int, reason: str) -> None:
-        """(The Member interface.) What the group ends (a slow mailbox, a replacement,
-        a removal, a lost backplane) ends the connection, as it is in this one group."""
-        self._connection.close(code, reason)
+        """(The Member interface.) The group ends this membership (a slow mailbox, a
+        replacement, a removal, a lost backplane): the connection decides what that
+        ends."""
+        self._connection.membership_closed(self, code, reason)

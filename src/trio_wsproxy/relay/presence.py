@@ -30,6 +30,7 @@ from .fanout import send_control
 from .mailbox import FULL, HELD
 
 if TYPE_CHECKING:
+    from ..protocol.encoding import Encoding
     from .counters import Counters
     from .groups import Group, Member
 
@@ -73,7 +74,8 @@ class PresenceTracker:
         size = group.size
         members = None if size > self.limit else frozenset(group.member_ids())
         event = v1.Welcome(member.id, group.name, members, size, position, recovery)
-        member.mailbox.offer_catch_up(event_frame(event))  # (the first frame it gets)
+        # (The first frame it gets in the group.)
+        member.mailbox.offer_catch_up(member.encoding.event(event))
         self._counters.presence_events += 1
 
     def changed(self, group: Group, member_id: str, joined: bool) -> None:
@@ -130,9 +132,14 @@ class PresenceTracker:
             joined = tuple(member_id for member_id, j in changes.items() if j)
             left = tuple(member_id for member_id, j in changes.items() if not j)
             event = v1.Presence(joined, left, size)
-        data = event_frame(event)
+        # Framed once per encoding: members whose URL named the group, and those that
+        # joined it by name (their events name it).
+        frames: dict[Encoding, bytes] = {}
         held = []
         for member in listeners:
+            data = frames.get(member.encoding)
+            if data is None:
+                data = frames[member.encoding] = member.encoding.event(event)
             mailbox = member.mailbox
             result = mailbox.offer(data)
             if result == HELD:

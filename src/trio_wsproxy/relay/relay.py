@@ -6,12 +6,14 @@ import functools
 import logging
 import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import attrs
 import trio
 
+from ..protocol import v1
 from ..protocol.close_codes import CloseCode
 from ..protocol.encoding import SUBPROTOCOLS, encoding_for
 from ..protocol.handshake import (
@@ -51,6 +53,15 @@ MetricsView = Callable[[bytes], Awaitable[bytes]]
 
 # How long a refusal's response may take to write before the connection is dropped.
 _REFUSAL_WRITE_TIMEOUT = 2.0
+
+
+#: The error event that answers a join refused for a limit (over_limit's kinds).
+_JOIN_LIMITS = {
+    "relay_full": v1.RELAY_FULL,
+    "too_many_groups": v1.RELAY_FULL,
+    "group_full": v1.GROUP_FULL,
+    "backplane_down": v1.UNAVAILABLE,
+}
 
 
 @attrs.frozen
@@ -218,6 +229,8 @@ class Relay:
                     leftover,
                     encoding_for(decision.subprotocol),
                     decision.since,
+                    # (Kept to authorise its joins of more groups, when tokens are on.)
+                    decision.token if self._secret is not None else None,
                 )
                 refused = await session.join()
                 if refused is not None:
@@ -275,29 +288,58 @@ class Relay:
         return self._storm(join, now)
 
     def _banned(self, join: Join, now: float) -> Refusal | None:
-        """A refusal while the back end keeps ``join``'s member out of its group; a
-        token issued after the ban began (already checked) lifts it."""
-        ban = self.bans.current(join.group, join.id, now)
+        """A refusal while the back end keeps ``join``'s member out of its group."""
+        reason = self._kept_out(join.group, join.id, join.token, now)
+        if reason is None:
+            return None
+        return refuse(HTTPStatus.FORBIDDEN, reason, kind="banned")
+
+    def _kept_out(self, group: str, member_id: str, token: str | None, now: float) -> str | None:
+        """Why the back end keeps ``member_id`` out of ``group`` now, or None; a token
+        issued after the ban began (already checked) lifts it."""
+        ban = self.bans.current(group, member_id, now)
         if ban is None:
             return None
         if (
             self._secret is not None
-            and join.token is not None
-            and issued_after(join.token, self._secret, ban.since)
+            and token is not None
+            and issued_after(token, self._secret, ban.since)
         ):
-            self.bans.lift(join.group, join.id, now)
+            self.bans.lift(group, member_id, now)
             logger.info(
                 "a token issued after its removal lets %s back into %s",
-                printable(join.id),
-                printable(join.group),
+                printable(member_id),
+                printable(group),
             )
             return None
         left = max(1, math.ceil(ban.until - now))
-        return refuse(
-            HTTPStatus.FORBIDDEN,
-            f"removed from this group by the application's back end: kept out for {left}s more",
-            kind="banned",
-        )
+        return f"removed from this group by the application's back end: kept out for {left}s more"
+
+    def join_refusal(self, member_id: str, group_name: str, token: str | None) -> v1.Error | None:
+        """Why a connected v1 member ``member_id`` (that presented ``token``) may not join
+        ``group_name`` too, as the error event that answers its join; None: it may. The
+        same checks as a connection's first group gets (its name, its token, a ban, the
+        limits), answered as events (the connection stays)."""
+        config = self.config
+        if len(group_name) > config.max_id_length or not group_name.isprintable():
+            return v1.Error(
+                v1.BAD_GROUP_NAME,
+                f"a group name is printable and at most {config.max_id_length} characters",
+                group=group_name,
+            )
+        if self._secret is not None:
+            verdict = check_token(token, self._secret, member_id, group_name, now=time.time())
+            if verdict is not None:
+                return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
+        kept_out = self._kept_out(group_name, member_id, token, trio.current_time())
+        if kept_out is not None:
+            return v1.Error(v1.BANNED, kept_out, group=group_name)
+        full = self.over_limit(member_id, group_name)
+        if full is not None:
+            kind, reason = full
+            code = _JOIN_LIMITS.get(kind, v1.UNAVAILABLE)
+            return v1.Error(code, reason, group=group_name)
+        return None
 
     def _storm(self, join: Join, now: float) -> Refusal | None:
         """A refusal (409) while ``join``'s id is in an eviction storm in its group."""

@@ -84,6 +84,7 @@ class Sender:
         "found_here",
         "group",
         "member",
+        "outbox",
     )
 
     def __init__(
@@ -101,10 +102,11 @@ class Sender:
     ) -> None:
         self.member = member
         self.group = group
-        #: Queues this sender's frames in their recipients' mailboxes; its outbox is
-        #: the group's (what goes to the group's other nodes).
+        #: Queues this sender's frames in their recipients' mailboxes (a session's one
+        #: courier serves all its memberships); the outbox is what goes to the group's
+        #: other nodes.
         self.courier = courier
-        courier.serve(group)
+        self.outbox = courier.serve(group)
         self._counters = counters
         self._budget = budget
         self._in_group = 1 if in_group else 0
@@ -175,7 +177,7 @@ class Sender:
             audiences, recipients = addressed, 1
         courier = self.courier
         if group.sequenced:
-            courier.outbox.append(message)  # the group delivers it, here too, in order
+            self.outbox.append(message)  # the group delivers it, here too, in order
             return
         history = group.history
         if history is not None:
@@ -184,7 +186,7 @@ class Sender:
         if message.to is None or not audiences:
             # For the group's members on other nodes (a message to one member there
             # travels in order with the sender's other messages).
-            courier.outbox.append(message)
+            self.outbox.append(message)
         blocked: Blocked | None = None
         skip = self.member
         for encoding, members in audiences:

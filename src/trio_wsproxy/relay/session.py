@@ -6,11 +6,14 @@ poller's hand-over) is the :class:`~.reader.MemberReader`'s; what the member sen
 its group is its :class:`~.sender.Sender`'s, in its :class:`~.membership.Membership`
 (what the group holds as its member). The session
 ties them together: the read loop, the v1 header, keepalive and its own lifecycle
-(:class:`State`)."""
+(:class:`State`). Over v1 a session is in the groups it joins and leaves (DESIGN.md §8):
+one membership each, the URL's group the first; each message's header says which group
+it goes to, and the session picks that membership's sender for it."""
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -35,7 +38,7 @@ from ..protocol.frames import (
 )
 from ..protocol.message import Message
 from ..protocol.printable import printable
-from .budget import TEARDOWN
+from .budget import MEMBERSHIP, TEARDOWN
 from .fanout import Courier, send_control
 from .groups import Group
 from .history import CatchUp
@@ -101,6 +104,10 @@ class SessionHost(RelayCore, Protocol):
     def over_limit(self, member_id: str, group_name: str) -> tuple[str, str] | None:
         """(kind, reason) when one more member would break a limit."""
 
+    def join_refusal(self, member_id: str, group_name: str, token: str | None) -> v1.Error | None:
+        """Why a member may not join one more group (its name, its token, a ban, a
+        limit), as the error event that answers it; None: it may."""
+
 
 class Session:
     """A connected member. Created when its upgrade request is admitted; :meth:`join`
@@ -116,8 +123,10 @@ class Session:
         leftover: bytes = b"",
         encoding: Encoding = PLAIN,
         since: v1.Position | None = None,
+        token: str | None = None,
     ) -> None:
         self.id = member_id
+        #: The group the member's URL named: its first (and, in plain, only) group.
         self.group_name = group_name
         self.remote = remote
         #: How messages are framed for this member (its subprotocol's, or plain).
@@ -126,6 +135,9 @@ class Session:
         # one arrives over several frames: its reader (None: no header pending).
         self._v1 = encoding.presence
         self._header: v1.HeaderReader | None = None
+        # The token it presented (tokens on): every join of another group is checked
+        # against it, as the URL's group was.
+        self._token = token
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         self._relay = relay
         self._counters = relay.counters
@@ -148,10 +160,19 @@ class Session:
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._budget = relay.budget
-        # The member's place in its group: what the group holds as its member.
+        # The member's place in its URL's group: what the group holds as its member.
         self._membership = Membership(self, group_name, since, trio.current_time())
-        # Its Sender, once it joined (the membership's, read on the hot path).
+        # The groups it is in now (from the moment a join begins), by name.
+        self._memberships: dict[str, Membership] = {}
+        # The sender of the URL's group while the member is in it (a message whose
+        # header names no group goes there), and the sender of the message in hand
+        # (the hot path reads it).
+        self._home: Sender | None = None
         self._sender: Sender | None = None
+        # v1: a join or leave the member asked for, for its task to carry out; whether
+        # the rest of a message is dropped (it named a group the member is not in).
+        self._request: v1.Join | v1.Leave | None = None
+        self._dropping = False
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
@@ -187,10 +208,11 @@ class Session:
             self._counters.client_closes[client_close_label(code)] += 1
         else:
             self._counters.closes[code] += 1
-        membership = self._membership
-        self._relay.registry.leave(membership)
-        if membership.group is not None:
-            self._relay.presence.changed(membership.group, self.id, joined=False)
+        registry, presence = self._relay.registry, self._relay.presence
+        for membership in self._memberships.values():
+            registry.leave(membership)
+            if membership.group is not None:
+                presence.changed(membership.group, self.id, joined=False)
         self._relay.membership_changed()
         self.mailbox.close()
         self._scope.deadline = min(
@@ -226,28 +248,12 @@ class Session:
         membership = self._membership
         self.joined_at = membership.joined_at = trio.current_time()
         try:
-            group = await relay.registry.join(membership)
-            sender = Sender(
-                membership,
-                group,
-                self._courier,
-                self._counters,
-                self._budget,
-                in_group=True,
-                unknown=self._no_such_member,
-                cut_off_reason="a message was cut off: its sender left mid-message",
-                pause=self._paused,
-            )
-            membership.joined(group, sender)
-            self._sender = sender
-            catch = await group.catch_up(membership, membership.since)
+            group, catch = await self._enter(membership)
         except BaseException:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
-        if self._v1:
-            self._welcome(group, catch)
-        relay.presence.changed(group, self.id, joined=True)
-        relay.membership_changed()
+        self._sender = self._home = membership.sender
+        self._joined(membership, group, catch)
         if self._close is not None:
             return "backplane_down", self._close[1]
         if relay.closing:
@@ -257,14 +263,141 @@ class Session:
             logger.info("%r joined", self, extra=self._log_fields())
         return None
 
-    def _welcome(self, group: Group, catch: CatchUp) -> None:
-        """Welcome a v1 member: with history, the group's position, and for a member
-        that named its position, every message it missed, queued right after the welcome
-        and before anything live (nothing is awaited from its catching up to here)."""
-        self._relay.presence.welcome(self._membership, group, catch.position, catch.recovery)
-        mailbox, encoding = self.mailbox, self.encoding
+    async def _enter(self, membership: Membership) -> tuple[Group, CatchUp]:
+        """Put ``membership`` in its group, with its sender, and catch it up with the
+        group's history (see Group.catch_up)."""
+        self._memberships[membership.group_name] = membership  # (close() leaves it)
+        group = await self._relay.registry.join(membership)
+        sender = Sender(
+            membership,
+            group,
+            self._courier,
+            self._counters,
+            self._budget,
+            in_group=True,
+            unknown=functools.partial(self._no_such_member, membership),
+            cut_off_reason="a message was cut off: its sender left mid-message",
+            pause=self._paused,
+        )
+        membership.joined(group, sender)
+        return group, await group.catch_up(membership, membership.since)
+
+    def _joined(self, membership: Membership, group: Group, catch: CatchUp) -> None:
+        """``membership`` is in ``group``: welcome it (v1), and tell the others."""
+        if self._v1:
+            self._welcome(membership, group, catch)
+        self._relay.presence.changed(group, self.id, joined=True)
+        self._relay.membership_changed()
+
+    def _welcome(self, membership: Membership, group: Group, catch: CatchUp) -> None:
+        """Welcome a v1 member to a group: with history, the group's position, and for a
+        member that named its position, every message it missed, queued right after the
+        welcome and before anything live (nothing is awaited from its catching up to
+        here)."""
+        self._relay.presence.welcome(membership, group, catch.position, catch.recovery)
+        mailbox, encoding = self.mailbox, membership.encoding
         for message in catch.missed:  # (bounded by history_bytes: past the mailbox's bound)
             mailbox.offer_catch_up(encoding.message(message))
+
+    # -- many groups (v1) ----------------------------------------------------------------
+
+    async def _carry_out(self) -> None:
+        """Join or leave a group, as the member asked (its messages wait meanwhile: a
+        message it sends right after a join goes to the group it joined)."""
+        request, self._request = self._request, None
+        self._flush()  # (what it sent before goes out before)
+        if type(request) is v1.Join:
+            await self._join_group(request.group, request.since)
+        elif type(request) is v1.Leave:
+            membership = self._memberships.get(request.group)
+            if membership is None or membership.group is None:
+                self._not_in_group(request.group)
+            else:
+                self._drop(membership, None)
+
+    async def _join_group(self, name: str, since: v1.Position | None) -> None:
+        """Join the group ``name`` too, answered by its welcome, or refused with an error
+        event that says why (the connection stays in the groups it is in)."""
+        refusal: v1.Error | None
+        if name in self._memberships:
+            refusal = v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
+        elif len(self._memberships) >= self._relay.config.max_groups_per_member:
+            limit = self._relay.config.max_groups_per_member
+            refusal = v1.Error(v1.GROUP_LIMIT, f"in {limit} groups already", group=name)
+        else:
+            refusal = self._relay.join_refusal(self.id, name, self._token)
+        if refusal is not None:
+            send_control(self, event_frame(refusal))
+            return
+        # A join is work like a teardown: many at once take turns with the fan-out.
+        await self._paused(self._budget.spend, MEMBERSHIP, read_ahead=False)
+        encoding = self.encoding if name == self.group_name else self.encoding.for_group(name)
+        membership = Membership(self, name, since, trio.current_time(), encoding)
+        membership.entering = True
+        try:
+            group, catch = await self._enter(membership)
+        finally:
+            membership.entering = False
+        if self.state is not _OPEN:
+            return
+        if membership.refused is not None or self._memberships.get(name) is not membership:
+            # The group ended it while it joined (its history could not be caught up,
+            # the backplane went away).
+            self._courier.unserve(group)
+            reason = "could not join" if membership.refused is None else membership.refused[1]
+            send_control(self, event_frame(v1.Error(v1.UNAVAILABLE, reason, group=name)))
+            return
+        if name == self.group_name:
+            self._home = membership.sender
+        self._joined(membership, group, catch)
+
+    def _drop(self, membership: Membership, reason: str | None) -> None:
+        """Leave ``membership``'s group, the connection staying (in the groups it is in
+        still, or in none), and tell the member (a ``left`` event)."""
+        name = membership.group_name
+        if self._memberships.get(name) is not membership:
+            return
+        del self._memberships[name]
+        relay, group, sender = self._relay, membership.group, membership.sender
+        relay.registry.leave(membership)
+        if sender is not None:
+            self._courier.unserve(sender.group)
+            if sender is self._home:
+                self._home = None
+        if group is not None:
+            relay.presence.changed(group, self.id, joined=False)
+        relay.membership_changed()
+        send_control(self, event_frame(v1.Left(name, reason)))
+
+    def membership_closed(self, membership: Membership, code: int, reason: str) -> None:
+        """(The Connection interface.) A group ends ``membership``: a join still under
+        way is refused (the connection stays), and a v1 member in other groups that
+        the back end removes from one leaves that one alone (unless a message of its
+        streams there now); anything else ends the connection, as every group shares
+        its mailbox and its id."""
+        if membership.entering:
+            membership.refused = (code, reason)
+            self._relay.registry.leave(membership)
+            del self._memberships[membership.group_name]
+            return
+        sender = membership.sender
+        if (
+            code == CloseCode.REMOVED
+            and self._v1
+            and len(self._memberships) > 1
+            and not (sender is not None and sender.streaming)
+        ):
+            self._drop(membership, reason)
+            return
+        self.close(code, reason)
+
+    def _not_in_group(self, name: str) -> None:
+        """A message (or a leave) for a group the member is not in: dropped, and the
+        member told so."""
+        detail = f"not a member of group {name!r}"
+        send_control(self, event_frame(v1.Error(v1.NOT_IN_GROUP, detail, group=name)))
+
+    # -- serving -------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
@@ -338,6 +471,8 @@ class Session:
             sender = self._sender
             if sender is not None and sender.blocked is not None:
                 await sender.finish()  # (what the poller left for this task)
+            if self._request is not None:
+                await self._carry_out()  # (a join or leave the poller read)
             for event in events:
                 if type(event) is Data and self.state is _OPEN and not reader.limited:
                     await self._on_data(event)  # the hot path, without _handle's frame
@@ -393,12 +528,11 @@ class Session:
         if read is None or type(read) is Handover:
             return read
         assert type(read) is list
-        sender = self._sender
-        assert sender is not None
         handover: Handover | None = None
         for index, event in enumerate(read):
             if type(event) is Data and self.state is _OPEN and self._on_data_now(event):
-                if sender.blocked is not None:
+                sender = self._sender
+                if self._request is not None or (sender is not None and sender.blocked is not None):
                     handover = Handover(read[index + 1 :])
                     break
             elif type(event) is not Pong:
@@ -535,6 +669,8 @@ class Session:
         the group (framed once per encoding among them), or a streaming one's piece."""
         received = self._received(event)
         if received is None:
+            if self._request is not None:
+                await self._carry_out()
             return
         event = received
         sender = self._sender
@@ -569,9 +705,14 @@ class Session:
     def _on_data_now(self, event: Data) -> bool:
         """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
         for what could have to wait before its offers (the member's task does it)."""
-        sender = self._sender
-        assert sender is not None
-        if not (event.first and event.last) or not sender.clear():
+        if not (event.first and event.last):
+            return False
+        home = self._home
+        # (In its URL's group alone, every message the poller may forward goes there.)
+        sender = (
+            home if home is not None and len(self._memberships) == 1 else self._sender_for(event)
+        )
+        if sender is None or not sender.clear():
             return False
         received = self._received(event)
         if received is None:
@@ -585,6 +726,25 @@ class Session:
         the connection failed)."""
         self._counters.bytes += len(event.payload)
         return self._strip_header(event) if self._v1 else event
+
+    def _sender_for(self, event: Data) -> Sender | None:
+        """The sender of a v1 member in several groups for the whole message ``event``,
+        as its header names the group (None: what only the member's task does: a join,
+        a leave, a malformed header, a group it is not in)."""
+        data = event.payload
+        end = data.find(b"\n", 0, v1.MAX_MEMBER_HEADER)
+        if end <= 0:
+            return self._home if end == 0 else None
+        try:
+            target = v1.parse_member_header(data[:end])
+        except v1.V1Error:
+            return None
+        if type(target) is not v1.ToGroup and type(target) is not v1.ToMember:
+            return None
+        if target.group is None:
+            return self._home
+        membership = self._memberships.get(target.group)
+        return None if membership is None else membership.sender
 
     def _flush(self) -> None:
         self._courier.flush()
@@ -604,6 +764,9 @@ class Session:
                     reader.feed(data, False)
                     return None
             elif self._header is None:
+                if self._dropping:
+                    self._dropping = not event.last
+                    return None
                 return event
             else:
                 read = self._header.feed(event.payload, event.last)
@@ -615,19 +778,41 @@ class Session:
         except v1.V1Error as exc:
             self._fail(ProtocolError(CloseCode.PROTOCOL_ERROR, f"{v1.SUBPROTOCOL}: {exc}"))
             return None
+        if isinstance(target, v1.Join | v1.Leave):
+            if not event.last or end != len(data):
+                self._fail(
+                    ProtocolError(
+                        CloseCode.PROTOCOL_ERROR,
+                        f"{v1.SUBPROTOCOL}: a join or leave is its header line alone",
+                    )
+                )
+            else:
+                self._request = target
+            return None
+        group = target.group
+        if group is None:
+            sender = self._home
+        else:
+            membership = self._memberships.get(group)
+            sender = None if membership is None else membership.sender
+        if sender is None:
+            self._not_in_group(self.group_name if group is None else group)
+            self._dropping = not event.last
+            return None
+        self._sender = sender
         self._assembly.to = target.to if type(target) is v1.ToMember else None
         return Data(data[end:], event.text, True, event.last)
 
-    def _no_such_member(self, to: str, itself: bool) -> None:
+    def _no_such_member(self, membership: Membership, to: str, itself: bool) -> None:
         """A v1 message addressed to a member the group does not have, or to its sender:
         dropped, and its sender told why (an error event)."""
         self._counters.direct_failures += 1
         detail = (
             "a member cannot address a message to itself"
             if itself
-            else f"no member {to!r} in group {self.group_name!r}"
+            else f"no member {to!r} in group {membership.group_name!r}"
         )
-        send_control(self, event_frame(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
+        send_control(self, membership.encoding.event(v1.Error(v1.NO_SUCH_MEMBER, detail, to)))
 
     def _end_stream(self, truncated: bool) -> None:
         sender = self._sender

@@ -19,6 +19,29 @@ export class ClosedByRelay extends WsproxyError {
   readonly code: number;
   readonly reason: string | null;
 }
+/** The relay refused a join; the connection goes on in the groups it was in. */
+export class JoinRefused extends WsproxyError {
+  constructor(code: JoinRefusal, group: string, detail: string);
+  readonly code: JoinRefusal;
+  readonly group: string;
+  readonly detail: string;
+}
+/** A message for a group the client is not in (it left it, or was removed). */
+export class NotInGroup extends WsproxyError {
+  constructor(group: string);
+  readonly group: string;
+}
+export type JoinRefusal =
+  | "not_allowed"
+  | "banned"
+  | "already_joined"
+  | "bad_group_name"
+  | "group_limit"
+  | "group_full"
+  | "relay_full"
+  | "unavailable";
+/** The error codes by which the relay refuses a join. */
+export const JOIN_REFUSALS: readonly JoinRefusal[];
 
 export interface Envelope {
   messageType: string;
@@ -55,8 +78,9 @@ export function dotnetGenericName(
 export function checkSendable(messageType: string, value: unknown): string | null;
 export function newMessageId(): string;
 
+/** `group`: null for the group the connection's URL named. */
 export type RelayHeader =
-  | { kind: "from"; sender: string | null; direct: boolean; offset: number | null }
+  | { kind: "from"; sender: string | null; direct: boolean; offset: number | null; group: string | null }
   | {
       kind: "welcome";
       id: string;
@@ -66,12 +90,17 @@ export type RelayHeader =
       position: { epoch: string; offset: number } | null;
       recovery: Recovery | null;
     }
-  | { kind: "presence"; joined: string[]; left: string[]; count: number }
-  | { kind: "members"; members: string[] | null; count: number }
-  | { kind: "error"; error: string; detail: string; to: string | null };
-export function memberHeader(to?: string | null): string;
-export function frameFor(payload: string, to?: string | null): string;
-export function frameFor(payload: Uint8Array, to?: string | null): Uint8Array;
+  | { kind: "presence"; joined: string[]; left: string[]; count: number; group: string | null }
+  | { kind: "members"; members: string[] | null; count: number; group: string | null }
+  | { kind: "error"; error: string; detail: string; to: string | null; group: string | null }
+  | { kind: "left"; group: string; reason: string | null };
+export function memberHeader(to?: string | null, group?: string | null): string;
+export function frameFor(payload: string, to?: string | null, group?: string | null): string;
+export function frameFor(payload: Uint8Array, to?: string | null, group?: string | null): Uint8Array;
+/** The message that joins `group` (from `since`, "EPOCH:OFFSET"). */
+export function joinFrame(group: string, since?: string | null): string;
+/** The message that leaves `group`. */
+export function leaveFrame(group: string): string;
 export function decodeRelayMessage(data: string | Uint8Array | ArrayBuffer): {
   header: RelayHeader;
   payload: string | Uint8Array;
@@ -160,6 +189,8 @@ export interface SentMessage {
   replyId: string | null;
   /** The member it was addressed to over wsproxy.v1 (sendTo, a reply), else null. */
   to: string | null;
+  /** The group it was sent to: null for the URL's group. */
+  group: string | null;
   /** Its payload's length: characters of the envelope, bytes of a binary message. */
   size: number;
   /** When it was handed to the socket (Date.now()). */
@@ -177,34 +208,30 @@ export interface Disconnected {
   unconfirmedMessages: SentMessage[];
 }
 
-export class Client extends EventTarget {
+/** The detail of a group's "removed" event: the relay took the client out of the group. */
+export interface Removed {
+  group: string;
+  /** Why: the relay's reason (the application's back end), or a refusal's detail. */
+  reason: string;
+  /** The refusal's code when a join again after a reconnect was refused, else null. */
+  error: JoinRefusal | null;
+}
+
+/** One group the client is in, over its one connection (the Client is its URL's group;
+ * client.join(name) gives the others). Events: "joined", "left" ({id}: a member),
+ * "resumed", "deliveryfailed", "removed" ({@link Removed}). */
+export class Group extends EventTarget {
+  readonly client: Client;
+  /** This member's id (the connection's, in every group). */
   readonly id: string;
+  /** The group's name. */
   readonly group: string;
-  readonly urls: string[];
-  readonly url: string;
-  readonly state: ClientState;
-  readonly connected: boolean;
-  readonly closed: boolean;
-  readonly protocol: "wsproxy.v1" | null;
   readonly members: Set<string>;
   readonly memberCount: number | null;
-  /** The .NET runtime version written into generic type names, pinned or learned; null:
-   * names go as given. */
-  readonly dotnetVersion: string | null;
   /** "EPOCH:OFFSET": where the last message handed to the handlers is in the group's
    * history (the welcome's position before any); null before the welcome or without
-   * history. Give it back as connect(url, {since}). */
+   * history. Give it back as join(name, {since}) (connect(url, {since}) for the URL's). */
   readonly position: string | null;
-  readonly bufferedAmount: number;
-  readonly stats: {
-    messagesSent: number;
-    messagesReceived: number;
-    unhandled: number;
-    badMessages: number;
-    connects: number;
-    disconnects: number;
-    unconfirmed: number;
-  };
   on<T = unknown>(messageType: string, handler: (value: T, incoming: Incoming<T>) => unknown): () => void;
   off(messageType: string, handler: (...args: any[]) => unknown): void;
   onBinary(handler: (data: ArrayBuffer, incoming: Incoming<ArrayBuffer>) => unknown): () => void;
@@ -218,6 +245,34 @@ export class Client extends EventTarget {
     value: unknown,
     options?: { timeout?: number; to?: string | null },
   ): Promise<R>;
+  /** Leave the group: resolves once the relay says the client is out of it. */
+  leave(): Promise<void>;
+}
+
+export class Client extends Group {
+  readonly urls: string[];
+  readonly url: string;
+  readonly state: ClientState;
+  readonly connected: boolean;
+  readonly closed: boolean;
+  readonly protocol: "wsproxy.v1" | null;
+  /** The .NET runtime version written into generic type names, pinned or learned; null:
+   * names go as given. */
+  readonly dotnetVersion: string | null;
+  readonly bufferedAmount: number;
+  readonly stats: {
+    messagesSent: number;
+    messagesReceived: number;
+    unhandled: number;
+    badMessages: number;
+    connects: number;
+    disconnects: number;
+    unconfirmed: number;
+  };
+  /** The groups the client is in, by name; the URL's is the Client itself. */
+  readonly groups: ReadonlyMap<string, Group>;
+  /** Join another group on this connection (wsproxy.v1); rejects with JoinRefused. */
+  join(name: string, options?: { since?: string | null }): Promise<Group>;
   close(): Promise<void>;
 }
 

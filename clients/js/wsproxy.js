@@ -2,7 +2,7 @@
 // build step. Join a group on a relay; send typed messages in the .NET envelope (so
 // browser, Python and .NET members understand each other) and binary ones; request and
 // reply; over the wsproxy.v1 subprotocol, who is there, who sent what, messages to one
-// member; reconnect with backoff and jitter, failover over several URLs, recovery of
+// member, many groups on one connection; reconnect with backoff and jitter, failover over several URLs, recovery of
 // what was missed meanwhile, and a report of what was sent on a connection that was lost
 // (the relay confirms nothing to a sender). See docs/javascript.md.
 
@@ -67,6 +67,31 @@ export class ClosedByRelay extends WsproxyError {
     this.reason = reason;
   }
 }
+
+/** The relay refused to join a group (`code`: not_allowed, banned, already_joined,
+ * bad_group_name, group_limit, group_full, relay_full, unavailable); the connection goes
+ * on in the groups it was in. */
+export class JoinRefused extends WsproxyError {
+  constructor(code, group, detail) {
+    super(`could not join group ${JSON.stringify(group)}: ${code}: ${detail}`);
+    this.code = code;
+    this.group = group;
+    this.detail = detail;
+  }
+}
+/** A message for a group this client is not in (it left it, or was removed). */
+export class NotInGroup extends WsproxyError {
+  constructor(group) {
+    super(`not in group ${JSON.stringify(group)}; nothing was sent`);
+    this.group = group;
+  }
+}
+
+/** The error codes by which the relay refuses a join (docs/protocol.md). */
+export const JOIN_REFUSALS = Object.freeze([
+  "not_allowed", "banned", "already_joined", "bad_group_name",
+  "group_limit", "group_full", "relay_full", "unavailable",
+]);
 
 // -- the envelope (the .NET library's JSON shape) -------------------------------------------
 
@@ -239,15 +264,20 @@ export function newMessageId() {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder("utf-8", { fatal: true });
 
-/** The header line (with its line feed) a member puts before its payload. */
-export function memberHeader(to = null) {
-  return to == null ? "\n" : `${JSON.stringify({ to })}\n`;
+/** The header line (with its line feed) a member puts before its payload: to every other
+ * member, or to member `to`; of `group` (null: the group the URL named). */
+export function memberHeader(to = null, group = null) {
+  if (to == null && group == null) return "\n";
+  const body = {};
+  if (group != null) body.group = group;
+  if (to != null) body.to = to;
+  return `${JSON.stringify(body)}\n`;
 }
 
 /** The v1 message carrying `payload` (a string, or bytes as a Uint8Array) to the group or
- * to member `to`: text stays text, binary stays binary. */
-export function frameFor(payload, to = null) {
-  const header = memberHeader(to);
+ * to member `to`, in `group` (null: the URL's): text stays text, binary stays binary. */
+export function frameFor(payload, to = null, group = null) {
+  const header = memberHeader(to, group);
   if (typeof payload === "string") return header + payload;
   const head = encoder.encode(header);
   const out = new Uint8Array(head.length + payload.byteLength);
@@ -256,9 +286,21 @@ export function frameFor(payload, to = null) {
   return out;
 }
 
-/** What a relay's v1 message says — `{kind: "from", sender, direct, offset}` or an event
- * `{kind: "welcome" | "presence" | "members" | "error", ...}` — and its payload: a string
- * for a text message, a Uint8Array for a binary one. V1Error for anything else. */
+/** The whole message (a header line alone) that joins `group`; `since` ("EPOCH:OFFSET"):
+ * the last position seen in it, to get what came after. */
+export function joinFrame(group, since = null) {
+  return `${JSON.stringify(since == null ? { join: group } : { join: group, since })}\n`;
+}
+
+/** The whole message (a header line alone) that leaves `group`. */
+export function leaveFrame(group) {
+  return `${JSON.stringify({ leave: group })}\n`;
+}
+
+/** What a relay's v1 message says — `{kind: "from", sender, direct, offset, group}` or an
+ * event `{kind: "welcome" | "presence" | "members" | "error" | "left", ...}` — and its
+ * payload: a string for a text message, a Uint8Array for a binary one. `group` is null
+ * for the group the URL named. V1Error for anything else. */
 export function decodeRelayMessage(data) {
   let line;
   let payload;
@@ -283,13 +325,14 @@ export function decodeRelayMessage(data) {
 }
 
 function relayHeader(header) {
+  const group = header.group == null ? null : string(header.group);
   if ("from" in header) {
     const sender = header.from;
     if (sender !== null && typeof sender !== "string") {
       throw new V1Error('"from" must be a string or null');
     }
     const offset = header.offset == null ? null : count(header.offset);
-    return { kind: "from", sender, direct: header.direct === true, offset };
+    return { kind: "from", sender, direct: header.direct === true, offset, group };
   }
   const kind = header.event;
   const need = (key) => {
@@ -308,16 +351,19 @@ function relayHeader(header) {
         recovery: recovery(header.recovery),
       };
     case "presence":
-      return { kind, joined: strings(need("joined")), left: strings(need("left")), count: count(need("count")) };
+      return { kind, joined: strings(need("joined")), left: strings(need("left")), count: count(need("count")), group };
     case "members":
-      return { kind, members: ids(need("members")), count: count(need("count")) };
+      return { kind, members: ids(need("members")), count: count(need("count")), group };
     case "error":
       return {
         kind,
         error: string(need("error")),
         detail: string(need("detail")),
         to: header.to == null ? null : string(header.to),
+        group,
       };
+    case "left":
+      return { kind, group: string(need("group")), reason: header.reason == null ? null : string(header.reason) };
     default:
       throw new V1Error(`unknown event ${JSON.stringify(kind)}`);
   }
@@ -383,6 +429,7 @@ export function reconnectDelay(attempt, { min = 500, max = 30000, jitter = 0.5, 
   return base * (1 - jitter * random());
 }
 
+
 // -- the client ------------------------------------------------------------------------------
 
 /** Binary data to send as bytes (a Uint8Array over the same memory where possible). */
@@ -397,7 +444,7 @@ async function toBytes(data) {
 /** One received message: its value, envelope fields, sender, its offset in the group's
  * history (null without one), and the means to answer. */
 export class Incoming {
-  constructor(client, { value, messageType = null, id = null, replyId = null, sender = null, direct = false, offset = null }) {
+  constructor(group, { value, messageType = null, id = null, replyId = null, sender = null, direct = false, offset = null }) {
     this.value = value;
     this.messageType = messageType;
     this.id = id;
@@ -405,7 +452,8 @@ export class Incoming {
     this.sender = sender;
     this.direct = direct;
     this.offset = offset;
-    Object.defineProperty(this, "client", { value: client, enumerable: false });
+    // The Group it came in (the Client, for its URL's group): a reply goes there.
+    Object.defineProperty(this, "_group", { value: group, enumerable: false });
   }
   /** Whether its sender waits for an answer (sent it with request). */
   get wantsReply() {
@@ -419,18 +467,18 @@ export class Incoming {
       throw new WsproxyError("a binary message has no envelope, so there is nothing to reply to");
     }
     const replyId = this.id === null ? EMPTY_GUID : normalizeMessageId(this.id);
-    const { frame, name } = this.client._typed(messageType, value, { replyId });
-    return this.client._send(frame, this.sender, true, { messageType: name, value, replyId });
+    const { frame, name } = this._group.client._typed(messageType, value, { replyId });
+    return this._group._send(frame, this.sender, true, { messageType: name, value, replyId });
   }
 }
 
 const BINARY = Symbol("binary");
 
 // The events that come in order with the messages, held with them until the first
-// handler or listener (see Client._hold).
+// handler or listener (see Group._hold).
 const HELD_EVENTS = new Set(["resumed", "joined", "left", "deliveryfailed"]);
 
-/** `since` as given to connect: "EPOCH:OFFSET" (a client's position, saved), or null. */
+/** `since` as given to connect or join: "EPOCH:OFFSET" (a position, saved), or null. */
 function checkPosition(since) {
   if (since == null) return null;
   if (typeof since !== "string" || !/^.+:[0-9]+$/.test(since)) {
@@ -445,107 +493,57 @@ function splitPosition(position) {
   return { epoch: position.slice(0, at), offset: Number(position.slice(at + 1)) };
 }
 
-/** A client of one group on a relay (see connect). It is an EventTarget: "state",
- * "joined", "left", "resumed", "deliveryfailed", "badmessage", "disconnected". */
-export class Client extends EventTarget {
-  constructor(urls, options = {}) {
+/** One group a client is in, over the client's one connection: who is there, where the
+ * client is in the group's history, the handlers of its messages, and sending to it. The
+ * Client is the Group its URL named; `client.join(name)` gives the others (wsproxy.v1).
+ * An EventTarget: "joined", "left" (a member), "resumed", "deliveryfailed", and "removed"
+ * (the relay took this client out of the group: the application's back end removed it, or
+ * a join again after a reconnect was refused). */
+export class Group extends EventTarget {
+  constructor(client, name, since = null) {
     super();
-    const list = Array.isArray(urls) ? urls : [urls];
-    if (!list.length) throw new TypeError("at least one relay URL");
-    // The URL may name the id, as the .NET-style URL does (?id=ID&groupName=GROUP).
-    this.id = options.id ?? (new URL(list[0]).searchParams.get("id") || newMessageId());
-    this.group = options.group ?? new URL(list[0]).searchParams.get("groupName");
-    this.urls = list.map((url) => connectionUrl(url, { group: this.group, id: this.id }));
-    this.options = {
-      v1: true,
-      reconnect: true,
-      reconnectCodes: DEFAULT_RECONNECT_CODES,
-      reconnectMinDelay: 500,
-      reconnectMaxDelay: 30000,
-      reconnectJitter: 0.5,
-      maxReconnectAttempts: null,
-      connectTimeout: 10000,
-      sendTimeout: 10000,
-      requestTimeout: 30000,
-      accessToken: null,
-      unconfirmedLimit: 256,
-      unconfirmedBytes: 1024 * 1024,
-      holdLimit: 1000,
-      since: null,
-      dotnetVersion: null,
-      WebSocket: globalThis.WebSocket,
-      ...options,
-    };
-    if (typeof this.options.WebSocket !== "function") {
-      throw new TypeError("no WebSocket here: pass {WebSocket} (in Node 20, the ws package's)");
-    }
-    /** "connecting", "connected", "reconnecting" or "closed". */
-    this.state = "connecting";
-    /** The subprotocol of the connection now: "wsproxy.v1", or null (plain). */
-    this.protocol = null;
-    this.urlIndex = 0;
+    // (The Client is a Group itself, its URL's: it passes null.)
+    Object.defineProperty(this, "client", { value: client ?? this, enumerable: false });
+    if (client !== null) this.id = client.id;
+    /** The group's name. */
+    this.group = name;
     /** The other members' ids (wsproxy.v1; empty on a plain relay). */
     this.members = new Set();
     /** How many members the group has, this one included (null: unknown). */
     this.memberCount = null;
-    // Where the connection is in the group's history, as read: named when connecting
-    // (at first, the position the client was made with).
-    this._since = checkPosition(this.options.since);
+    // Whether the relay has this client in the group: "joining", "joined", "leaving" (a
+    // leave asked, not yet answered) or "out".
+    this._status = client === null ? "joined" : "joining";
+    // Where the connection is in the group's history, as read: named when (re)joining.
+    this._since = checkPosition(since);
     // Where the application is: the last message handed out ({epoch, offset} or null).
     this._handed = null;
     // Until the first handler or listener: what came in, in order (see _hold).
     this._holding = true;
     this._releasing = false;
     this._held = [];
-    this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0, unconfirmed: 0 };
     this._handlers = new Map();
-    this._pending = new Map();
-    this._ws = null;
-    this._connected = null;
-    this._closing = false;
-    this._failedRounds = 0;
-    this._timer = null;
-    // What was handed to the connection in use, reported if it is lost (see _note).
-    this._sent = newSentLog();
-    // The .NET runtime version of generic type names, once learned from the group.
-    this._learnedVersion = null;
+    this._welcomes = 0;
+    // What ends this group's message iterators when the client leaves it.
+    this._stops = new Set();
+    // leave()'s promise and its resolve, while a leave is under way.
+    this._leaving = null;
   }
 
-  /** The .NET runtime version written into generic type names: the dotnetVersion option,
-   * else the one learned from the first generic name a member sent, else null (names go as
-   * given: dotnetGenericName writes DOTNET_RUNTIME_VERSION). */
-  get dotnetVersion() {
-    return this.options.dotnetVersion ?? this._learnedVersion;
-  }
-
-  /** The frame of a typed message, its name for the group's .NET runtime, after the
-   * checks of checkSendable. */
-  _typed(messageType, value, ids = {}) {
-    if (typeof messageType !== "string" || !messageType) {
-      throw new TypeError("a message type is a non-empty string, e.g. \"System.String\"");
-    }
-    const version = this.dotnetVersion;
-    const name = version === null ? messageType : withRuntimeVersion(messageType, version);
-    const warning = checkSendable(name, value);
-    if (warning !== null) console.warn(`wsproxy: sending ${warning}`);
-    return { frame: encodeEnvelope(name, value, ids), name };
-  }
-
-  get url() {
-    return this.urls[this.urlIndex];
-  }
-  /** Where this client is in its group's history, "EPOCH:OFFSET": the last message handed
+  /** Where this client is in the group's history, "EPOCH:OFFSET": the last message handed
    * to handlers (in a handler, the one it handles), or the welcome's position before any;
    * null before the welcome, or without history. Save it, and give it back as
-   * connect(url, {since}) to get every message after it. */
+   * connect(url, {since}) (the URL's group) or join(name, {since}) to get every message
+   * after it. */
   get position() {
     return this._handed === null ? null : `${this._handed.epoch}:${this._handed.offset}`;
   }
-  get connected() {
-    return this.state === "connected";
-  }
-  get closed() {
-    return this.state === "closed";
+
+  /** Leave the group (wsproxy.v1): resolves once the relay says this client is out of it;
+   * nothing of the group is handed out after that. The Client leaves its URL's group so
+   * and stays connected, in the groups it joined. */
+  leave() {
+    return this.client._leave(this);
   }
 
   // -- receiving --------------------------------------------------------------------------
@@ -576,9 +574,11 @@ export class Client extends EventTarget {
   onBinary(handler) {
     return this.on(BINARY, handler);
   }
-  /** The messages of `messageType` (or binary ones: `client.messages(null)`), as an async
-   * iterator of Incoming; it ends when the client closes, or on `return()`. */
+  /** The messages of `messageType` (or binary ones: `messages(null)`), as an async iterator
+   * of Incoming; it ends when the client closes, when it leaves the group, or on
+   * `return()`. */
   messages(messageType) {
+    const client = this.client;
     const key = messageType ?? BINARY;
     const queue = [];
     let wake = null;
@@ -591,15 +591,17 @@ export class Client extends EventTarget {
       if (!done) {
         done = true;
         this.off(key, handler);
-        this.removeEventListener("state", onState);
+        client.removeEventListener("state", onState);
+        this._stops.delete(stop);
         wake?.();
       }
     };
     const onState = () => {
-      if (this.closed) stop();
+      if (client.closed) stop();
     };
     this.on(key, handler);
-    this.addEventListener("state", onState);
+    client.addEventListener("state", onState);
+    this._stops.add(stop);
     return {
       [Symbol.asyncIterator]() {
         return this;
@@ -621,7 +623,7 @@ export class Client extends EventTarget {
 
   /** Send `value` as a typed message of `messageType` to every other member. */
   send(messageType, value) {
-    const { frame, name } = this._typed(messageType, value);
+    const { frame, name } = this.client._typed(messageType, value);
     return this._send(frame, null, false, { messageType: name, value });
   }
   /** Send binary data (ArrayBuffer, typed array, Blob) to every other member. */
@@ -632,7 +634,7 @@ export class Client extends EventTarget {
   /** Send a typed message to the member `memberId` only (wsproxy.v1). */
   sendTo(memberId, messageType, value) {
     this._checkPresent(memberId);
-    const { frame, name } = this._typed(messageType, value);
+    const { frame, name } = this.client._typed(messageType, value);
     return this._send(frame, memberId, false, { messageType: name, value });
   }
   /** Send binary data to the member `memberId` only (wsproxy.v1). */
@@ -644,19 +646,20 @@ export class Client extends EventTarget {
   /** Send `value` with a fresh Id and resolve to the value of the first message whose
    * ReplyId is that Id; reject with RequestTimeout after `timeout` ms (default
    * requestTimeout), MemberNotFound if `to` is not there. */
-  request(messageType, value, { timeout = this.options.requestTimeout, to = null } = {}) {
+  request(messageType, value, { timeout = this.client.options.requestTimeout, to = null } = {}) {
     if (to !== null) this._checkPresent(to);
+    const pendingRequests = this.client._pending;
     const id = newMessageId();
-    const { frame } = this._typed(messageType, value, { id });
+    const { frame } = this.client._typed(messageType, value, { id });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this._pending.delete(id);
+        pendingRequests.delete(id);
         reject(new RequestTimeout(`no reply to the ${messageType} request within ${timeout} ms`));
       }, timeout);
-      this._pending.set(id, { resolve, reject, timer, to });
+      pendingRequests.set(id, { resolve, reject, timer, to, group: this });
       this._send(frame, to, false, { messageType, value, id }).catch((error) => {
         clearTimeout(timer);
-        this._pending.delete(id);
+        pendingRequests.delete(id);
         reject(error);
       });
     });
@@ -664,31 +667,424 @@ export class Client extends EventTarget {
 
   _checkPresent(memberId) {
     if (typeof memberId !== "string" || !memberId) throw new TypeError("a member id is a non-empty string");
-    if (this.protocol === SUBPROTOCOL && this.memberCount !== null && !this.members.has(memberId)) {
+    if (this.client.protocol === SUBPROTOCOL && this.memberCount !== null && !this.members.has(memberId)) {
       throw new MemberNotFound(`no member ${JSON.stringify(memberId)} in group ${JSON.stringify(this.group)}; nothing was sent`, memberId);
     }
   }
 
-  /** Write `payload` (string or Uint8Array) on the connection in use, waiting up to
-   * sendTimeout for one; `note` is what the application sent ({messageType, value, id,
-   * replyId}), kept for the report should the connection be lost. */
-  async _send(payload, to, orGroup = false, note = {}) {
+  _send(payload, to, orGroup = false, note = {}) {
+    return this.client._write(this, payload, to, orGroup, note);
+  }
+
+  // -- what comes in ----------------------------------------------------------------------
+
+  /** Take the group's welcome (a connection's first, for the URL's group, or the answer to
+   * a join); returns what announces it to the application, to call once whoever waits for
+   * the group has it. */
+  _welcomed(event) {
+    const first = this._welcomes === 0;
+    this._welcomes += 1;
+    if (this._status === "joining") this._status = "joined"; // (a leave asked meanwhile stands)
+    const recovered = event.recovery?.recovered && event.position !== null && this._since !== null;
+    if (!recovered) this._since = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
+    this._moveTo(this._since);
+    const changes = this._replaceMembers(event);
+    return () => {
+      if (event.recovery) this._emit("resumed", event.recovery);
+      if (!first) changes(); // (the first welcome fills the list, as in Python)
+    };
+  }
+
+  _presence(event) {
+    this.memberCount = event.count;
+    for (const id of event.joined) {
+      if (id !== this.client.id && !this.members.has(id)) {
+        this.members.add(id);
+        this._emit("joined", { id });
+      }
+    }
+    for (const id of event.left) {
+      if (this.members.delete(id)) this._emit("left", { id });
+    }
+  }
+
+  /** Take a member list afresh (a welcome's, or a members event's); returns what
+   * announces the difference to the one held, as joined and left events. */
+  _replaceMembers(event) {
+    const was = this.members;
+    this.members = new Set((event.members ?? []).filter((id) => id !== this.client.id));
+    this.memberCount = event.members === null ? null : event.count;
+    return () => {
+      for (const id of was) if (!this.members.has(id)) this._emit("left", { id });
+      for (const id of this.members) if (!was.has(id)) this._emit("joined", { id });
+    };
+  }
+
+  /** A member's message in this group (wsproxy.v1). */
+  _from(header, payload) {
+    if (header.offset !== null && this._since !== null) {
+      this._since = `${splitPosition(this._since).epoch}:${header.offset}`;
+    }
+    if (header.sender !== null && this.memberCount !== null && !this.members.has(header.sender)) {
+      this.members.add(header.sender);
+    }
+    if (!this._payload(typeof payload === "string" ? payload : copy(payload), header)) {
+      this._passed(header.offset); // an answer to a request, a bad message
+    }
+  }
+
+  /** The client is out of the group; `removed` ({reason, error}) when the relay took it
+   * out rather than answering a leave. */
+  _out(removed) {
+    this._status = "out";
+    this.members = new Set();
+    this.memberCount = null;
+    const leaving = this._leaving;
+    this._leaving = null;
+    leaving?.resolve();
+    for (const stop of [...this._stops]) stop();
+    if (removed) this._event("removed", { group: this.group, ...removed });
+  }
+
+  /** Hand a member's message on: to a waiting request, or to the handlers; returns
+   * whether it went to the handlers. */
+  _payload(data, { sender, direct, offset }) {
+    const client = this.client;
+    if (typeof data !== "string") {
+      this._deliver(BINARY, new Incoming(this, { value: data, sender, direct, offset }));
+      return true;
+    }
+    let envelope;
+    try {
+      envelope = decodeEnvelope(data);
+    } catch (error) {
+      client._bad(error.message === "not JSON" ? "invalid_json" : "invalid_envelope", error.message, data);
+      return false;
+    }
+    for (const [key, id] of [["Id", envelope.id], ["ReplyId", envelope.replyId]]) {
+      if (id !== null && !isDotnetGuid(id)) {
+        client._bad("invalid_envelope", `${key} ${JSON.stringify(id)} is not a GUID (8-4-4-4-12 hex digits): a .NET member drops its connection on it, so it is neither read nor answered`, data);
+        return false;
+      }
+    }
+    if (envelope.value === null || envelope.value === "") {
+      // .NET drops such a message (an answer included) without a word, and the Python
+      // client reports it: neither hands it to a handler, nor does this client.
+      client._bad("bad_payload", `Message is ${envelope.value === null ? "null" : '""'}: a .NET member drops it without a word, so it is not handed out`, data);
+      return false;
+    }
+    if (client._learnedVersion === null && client.options.dotnetVersion == null) {
+      client._learnedVersion = runtimeVersionOf(envelope.messageType);
+    }
+    // (ReplyId Guid.Empty answers a message sent without an Id: an ordinary message.)
+    if (envelope.replyId !== null && envelope.replyId !== EMPTY_GUID) {
+      // Requests are keyed by their ids' canonical spelling (newMessageId writes it).
+      const key = normalizeMessageId(envelope.replyId);
+      const pending = client._pending.get(key);
+      if (pending) {
+        clearTimeout(pending.timer);
+        client._pending.delete(key);
+        pending.resolve(envelope.value);
+        return false;
+      }
+    }
+    this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct, offset }));
+    return true;
+  }
+
+  // -- held until the first handler ---------------------------------------------------------
+  //
+  // connect() resolves once the client is welcomed, and a relay keeping history sends the
+  // messages a client named by `since` missed right after the welcome: in Node, in the
+  // same read as the welcome, before the code after `await connect(...)` runs (so too
+  // after `await client.join(name, {since})`). So until the first handler or listener is
+  // registered on a group (on, onBinary, messages, or a listener of resumed, joined, left,
+  // deliveryfailed), its messages and those events are held, in order, up to holdLimit of
+  // them; then handed out — in a microtask, so that every handler registered in the same
+  // run of code is in place first. Past holdLimit they are handed out as they come (to
+  // nobody: a client that only sends goes on as before).
+
+  /** Hold a message or event, or hand it out now. */
+  _hold(item) {
+    if (!this._holding) return false;
+    this._held.push(item);
+    if (this._held.length >= this.client.options.holdLimit) this._flush();
+    return true;
+  }
+
+  _release() {
+    if (this._holding && !this._releasing) {
+      this._releasing = true;
+      queueMicrotask(() => this._flush());
+    }
+  }
+
+  _flush() {
+    if (!this._holding) return;
+    this._holding = false;
+    const held = this._held;
+    this._held = [];
+    for (const item of held) this._handOut(item);
+  }
+
+  _handOut(item) {
+    if (item.event !== undefined) this._event(item.event, item.detail);
+    else if (item.move !== undefined) this._handed = item.move === null ? null : splitPosition(item.move);
+    else if (item.offset !== undefined) this._passedNow(item.offset);
+    else this._handTo(item.key, item.incoming);
+  }
+
+  _event(name, detail) {
+    this.dispatchEvent(Object.assign(new Event(name), { detail }));
+  }
+
+  /** An event that comes in order with the messages. */
+  _emit(name, detail) {
+    if (!this._hold({ event: name, detail })) this._event(name, detail);
+  }
+
+  /** The connection is at `position` ("EPOCH:OFFSET" or null): so is the application
+   * once what came before is handed out. */
+  _moveTo(position) {
+    if (this._holding && this._held.length) this._held.push({ move: position });
+    else this._handed = position === null ? null : splitPosition(position);
+  }
+
+  /** A message with `offset` that the handlers do not get (a request's answer, a bad
+   * message): the application's position passes it in its turn. */
+  _passed(offset) {
+    if (offset === null) return;
+    if (!this._hold({ offset })) this._passedNow(offset);
+  }
+
+  _passedNow(offset) {
+    if (offset !== null && this._handed !== null) this._handed = { epoch: this._handed.epoch, offset };
+  }
+
+  _deliver(key, incoming) {
+    if (!this._hold({ key, incoming })) this._handTo(key, incoming);
+  }
+
+  _handTo(key, incoming) {
+    this._passedNow(incoming.offset); // (in its handlers, the position is this message's)
+    const handlers = this._handlers.get(handlerKey(key));
+    if (!handlers?.length) {
+      this.client.stats.unhandled += 1;
+      return;
+    }
+    for (const handler of [...handlers]) {
+      try {
+        const result = handler(incoming.value, incoming);
+        if (result && typeof result.catch === "function") {
+          result.catch((error) => this.client._bad("handler", String(error?.message ?? error), null));
+        }
+      } catch (error) {
+        this.client._bad("handler", String(error?.message ?? error), null);
+      }
+    }
+  }
+}
+
+/** A client of a relay, over one connection, and the group its URL named (see connect):
+ * the Client is that Group; join(name) adds others (wsproxy.v1). It is an EventTarget:
+ * its group's events, and the connection's: "state", "badmessage", "disconnected". */
+export class Client extends Group {
+  constructor(urls, options = {}) {
+    const list = Array.isArray(urls) ? urls : [urls];
+    if (!list.length) throw new TypeError("at least one relay URL");
+    super(null, options.group ?? new URL(list[0]).searchParams.get("groupName"), options.since ?? null);
+    // The URL may name the id, as the .NET-style URL does (?id=ID&groupName=GROUP).
+    this.id = options.id ?? (new URL(list[0]).searchParams.get("id") || newMessageId());
+    this.urls = list.map((url) => connectionUrl(url, { group: this.group, id: this.id }));
+    this.options = {
+      v1: true,
+      reconnect: true,
+      reconnectCodes: DEFAULT_RECONNECT_CODES,
+      reconnectMinDelay: 500,
+      reconnectMaxDelay: 30000,
+      reconnectJitter: 0.5,
+      maxReconnectAttempts: null,
+      connectTimeout: 10000,
+      sendTimeout: 10000,
+      requestTimeout: 30000,
+      accessToken: null,
+      unconfirmedLimit: 256,
+      unconfirmedBytes: 1024 * 1024,
+      holdLimit: 1000,
+      since: null,
+      dotnetVersion: null,
+      WebSocket: globalThis.WebSocket,
+      ...options,
+    };
+    if (typeof this.options.WebSocket !== "function") {
+      throw new TypeError("no WebSocket here: pass {WebSocket} (in Node 20, the ws package's)");
+    }
+    /** "connecting", "connected", "reconnecting" or "closed". */
+    this.state = "connecting";
+    /** The subprotocol of the connection now: "wsproxy.v1", or null (plain). */
+    this.protocol = null;
+    this.urlIndex = 0;
+    this.stats = { messagesSent: 0, messagesReceived: 0, unhandled: 0, badMessages: 0, connects: 0, disconnects: 0, unconfirmed: 0 };
+    this._pending = new Map();
+    // The groups this client is in (its URL's included while it is in it), by name...
+    this._groups = new Map([[this.group, this]]);
+    // ...and those it asked to join: name -> {group, resolve, reject} (no promise: a join
+    // again after a reconnect).
+    this._joining = new Map();
+    this._ws = null;
+    this._connected = null;
+    this._closing = false;
+    this._failedRounds = 0;
+    this._timer = null;
+    // What was handed to the connection in use, reported if it is lost (see _note).
+    this._sent = newSentLog();
+    // The .NET runtime version of generic type names, once learned from the group.
+    this._learnedVersion = null;
+  }
+
+  /** The groups this client is in, by name: Group objects, the Client itself for its
+   * URL's group (until it leaves it). */
+  get groups() {
+    return this._groups;
+  }
+
+  /** The .NET runtime version written into generic type names: the dotnetVersion option,
+   * else the one learned from the first generic name a member sent, else null (names go as
+   * given: dotnetGenericName writes DOTNET_RUNTIME_VERSION). */
+  get dotnetVersion() {
+    return this.options.dotnetVersion ?? this._learnedVersion;
+  }
+
+  /** The frame of a typed message, its name for the group's .NET runtime, after the
+   * checks of checkSendable. */
+  _typed(messageType, value, ids = {}) {
+    if (typeof messageType !== "string" || !messageType) {
+      throw new TypeError("a message type is a non-empty string, e.g. \"System.String\"");
+    }
+    const version = this.dotnetVersion;
+    const name = version === null ? messageType : withRuntimeVersion(messageType, version);
+    const warning = checkSendable(name, value);
+    if (warning !== null) console.warn(`wsproxy: sending ${warning}`);
+    return { frame: encodeEnvelope(name, value, ids), name };
+  }
+
+  get url() {
+    return this.urls[this.urlIndex];
+  }
+  get connected() {
+    return this.state === "connected";
+  }
+  get closed() {
+    return this.state === "closed";
+  }
+
+  // -- many groups on one connection ------------------------------------------------------
+
+  /** Join the group `name` too, on this connection (wsproxy.v1): resolves to its Group
+   * once the relay welcomed this client in it — a relay keeping history then sends what
+   * came after `since` (a position saved from group.position) — and rejects with
+   * JoinRefused (`code`, `group`, `detail`) when the relay refuses; the connection goes on
+   * in its other groups either way. After a reconnect, the client joins again every group
+   * it is in, each from its own position. */
+  async join(name, { since = null } = {}) {
+    if (typeof name !== "string" || !name) throw new TypeError("a group name is a non-empty string");
+    checkPosition(since);
+    if (!this._usable()) await this._ready("nobody was joined");
+    if (this.protocol !== SUBPROTOCOL) {
+      throw new WsproxyError(`the relay at ${this.url} does not speak ${SUBPROTOCOL}, so this client is in its URL's group only`);
+    }
+    if (this._groups.has(name) || this._joining.has(name)) {
+      throw new JoinRefused("already_joined", name, "this client is in the group, or joining it, already");
+    }
+    const group = name === this.group ? this : new Group(this, name);
+    group._status = "joining";
+    group._since = since;
+    return new Promise((resolve, reject) => {
+      this._joining.set(name, { group, resolve, reject });
+      this._ws.send(joinFrame(name, since));
+    });
+  }
+
+  _leave(group) {
+    if (group._status === "out") return Promise.resolve();
+    if (this.closed || this._closing) return Promise.reject(new ClientClosed("the client is closed"));
+    if (this.connected && this.protocol !== SUBPROTOCOL) {
+      return Promise.reject(new WsproxyError(`the relay at ${this.url} does not speak ${SUBPROTOCOL}: a plain connection leaves its group by closing`));
+    }
+    if (!group._leaving) {
+      let resolve;
+      const promise = new Promise((done) => (resolve = done));
+      group._leaving = { promise, resolve };
+      group._status = "leaving";
+      // Not connected: the next connection does not join it again (see _rejoin).
+      if (this._usable()) this._ws.send(leaveFrame(group.group));
+    }
+    return group._leaving.promise;
+  }
+
+  /** On a new connection, welcomed in its URL's group: join again every other group this
+   * client is in or was joining, each from its own position; a leave under way is done
+   * (the new connection is not in that group), except the URL's group's, asked again. */
+  _rejoin() {
+    if (this._status === "leaving" || this._status === "out") {
+      this._status = "leaving";
+      this._ws.send(leaveFrame(this.group));
+    }
+    for (const [name, group] of [...this._groups]) {
+      if (group === this) continue;
+      if (group._status === "leaving") {
+        this._groups.delete(name);
+        group._out(null);
+        continue;
+      }
+      group._status = "joining";
+      this._joining.set(name, { group, resolve: null, reject: null });
+    }
+    for (const [name, { group }] of this._joining) {
+      if (group !== this) this._ws.send(joinFrame(name, group._since));
+    }
+  }
+
+  // -- sending ----------------------------------------------------------------------------
+
+  /** Whether there is a connection to write to now. (A socket the relay is closing still
+   * looks connected until its close event; what is sent on it then would be dropped by
+   * the browser without a word.) */
+  _usable() {
+    return this._ws !== null && this.state === "connected" && this._ws.readyState === 1;
+  }
+
+  /** Wait up to sendTimeout for a connection in use. */
+  async _ready(what = "nothing was sent") {
     const deadline = Date.now() + this.options.sendTimeout;
-    // (A socket the relay is closing still looks connected until its close event; what
-    // is sent on it then would be dropped by the browser without a word.)
-    while (!this._ws || this.state !== "connected" || this._ws.readyState !== 1) {
-      if (this.closed || this._closing) throw new ClientClosed("the client is closed; nothing was sent");
+    while (!this._usable()) {
+      if (this.closed || this._closing) throw new ClientClosed(`the client is closed; ${what}`);
       const left = deadline - Date.now();
-      if (left <= 0) throw new NotConnected(`not connected to the relay for ${this.options.sendTimeout} ms; nothing was sent`);
+      if (left <= 0) throw new NotConnected(`not connected to the relay for ${this.options.sendTimeout} ms; ${what}`);
       await this._stateChange(left);
+    }
+  }
+
+  /** Write `payload` (string or Uint8Array) to `group` on the connection in use, waiting
+   * up to sendTimeout for one; `note` is what the application sent ({messageType, value,
+   * id, replyId}), kept for the report should the connection be lost. */
+  async _write(group, payload, to, orGroup = false, note = {}) {
+    const out = () => group._status === "leaving" || group._status === "out";
+    if (out()) throw new NotInGroup(group.group);
+    if (!this._usable()) {
+      // (Written at once when connected: what is sent in one run of code goes in order.)
+      await this._ready();
+      if (out()) throw new NotInGroup(group.group);
     }
     const v1 = this.protocol === SUBPROTOCOL;
     if (to !== null && !v1 && !orGroup) {
       throw new WsproxyError(`the relay at ${this.url} does not speak ${SUBPROTOCOL}, so it cannot send to one member; nothing was sent`);
     }
-    this._ws.send(v1 ? frameFor(payload, to) : payload);
+    // A message without "group" is the URL's group's, always (also after a leave and a join).
+    const name = group === this ? null : group.group;
+    this._ws.send(v1 ? frameFor(payload, to, name) : payload);
     this.stats.messagesSent += 1;
-    this._note(note, v1 ? to : null, typeof payload === "string" ? payload.length : payload.byteLength);
+    this._note({ ...note, group: name }, v1 ? to : null, typeof payload === "string" ? payload.length : payload.byteLength);
   }
 
   /** Keep a message just handed to the socket for the report should the connection be
@@ -706,6 +1102,7 @@ export class Client extends EventTarget {
       id: note.id ?? null,
       replyId: note.replyId ?? null,
       to,
+      group: note.group ?? null,
       size,
       sentAt: Date.now(),
     });
@@ -761,10 +1158,6 @@ export class Client extends EventTarget {
     this.dispatchEvent(Object.assign(new Event("state"), { detail: { state, ...detail } }));
   }
 
-  _event(name, detail) {
-    this.dispatchEvent(Object.assign(new Event(name), { detail }));
-  }
-
   /** Connect (the first time): resolves once connected (and welcomed, over v1). */
   _start() {
     return new Promise((resolve, reject) => {
@@ -818,7 +1211,7 @@ export class Client extends EventTarget {
   async _attempt(index) {
     let token = this.options.accessToken;
     if (typeof token === "function") token = await token();
-    const url = connectionUrl(this.urls[index], { group: this.group, id: this.id, accessToken: token, since: this._since });
+    const url = connectionUrl(this.urls[index], { group: this.group, id: this.id, accessToken: token, since: this._status === "leaving" || this._status === "out" ? null : this._since });
     const WebSocketClass = this.options.WebSocket;
     return new Promise((resolve) => {
       let settled = false;
@@ -929,9 +1322,13 @@ export class Client extends EventTarget {
       pending.reject(new ClientClosed("the client closed before the answer came"));
     }
     this._pending.clear();
+    for (const { reject } of this._joining.values()) reject?.(new ClientClosed("the client closed before the relay answered the join"));
+    this._joining.clear();
+    for (const group of this._groups.values()) group._leaving?.resolve();
     this._ws = null;
     this._setState("closed", { error });
   }
+
 
   // -- what comes in ----------------------------------------------------------------------
 
@@ -949,207 +1346,110 @@ export class Client extends EventTarget {
       return;
     }
     const { header, payload } = decoded;
-    if (header.kind === "from") {
-      this.stats.messagesReceived += 1;
-      if (header.offset !== null && this._since !== null) {
-        this._since = `${splitPosition(this._since).epoch}:${header.offset}`;
-      }
-      if (header.sender !== null && this.memberCount !== null && !this.members.has(header.sender)) {
-        this.members.add(header.sender);
-      }
-      if (!this._payload(typeof payload === "string" ? payload : copy(payload), header)) {
-        this._passed(header.offset); // an answer to a request, a bad message
-      }
+    if (header.kind !== "from") {
+      this._relayEvent(header, ready);
       return;
     }
-    this._relayEvent(header, ready);
+    this.stats.messagesReceived += 1;
+    const group = this._groupOf(header.group);
+    if (group === null) {
+      this._bad("unknown_group", `a message of group ${JSON.stringify(header.group ?? this.group)}, which this client is not in`, typeof payload === "string" ? payload : null);
+      return;
+    }
+    group._from(header, payload);
+  }
+
+  /** The group a message or event names (null: the URL's), if this client is in it. */
+  _groupOf(name) {
+    const group = name === null ? this : this._groups.get(name);
+    return group !== undefined && (group._status === "joined" || group._status === "leaving") ? group : null;
   }
 
   _relayEvent(event, ready) {
     switch (event.kind) {
-      case "welcome": {
-        const first = this.stats.connects === 0;
-        const recovered = event.recovery?.recovered && event.position !== null && this._since !== null;
-        if (!recovered) this._since = event.position ? `${event.position.epoch}:${event.position.offset}` : null;
-        this._moveTo(this._since);
-        const changes = this._replaceMembers(event);
-        ready();
-        if (event.recovery) this._emit("resumed", event.recovery);
-        if (!first) changes(); // (the first welcome fills the list, as in Python)
+      case "welcome":
+        this._welcome(event, ready);
         return;
-      }
       case "presence":
-        this.memberCount = event.count;
-        for (const id of event.joined) {
-          if (id !== this.id && !this.members.has(id)) {
-            this.members.add(id);
-            this._emit("joined", { id });
-          }
-        }
-        for (const id of event.left) {
-          if (this.members.delete(id)) this._emit("left", { id });
-        }
+        this._groupOf(event.group)?._presence(event);
         return;
-      case "members":
-        this._replaceMembers(event)();
+      case "members": {
+        const group = this._groupOf(event.group);
+        if (group !== null) group._replaceMembers(event)();
         return;
+      }
       case "error":
-        if (event.error === "no_such_member" && event.to !== null) {
-          for (const [id, pending] of this._pending) {
-            if (pending.to === event.to) {
-              clearTimeout(pending.timer);
-              this._pending.delete(id);
-              pending.reject(new MemberNotFound(event.detail, event.to));
-            }
-          }
-        }
-        this._emit("deliveryfailed", event);
+        this._error(event);
         return;
-    }
-  }
-
-  /** Take a member list afresh (a welcome's, or a members event's); returns what
-   * announces the difference to the one held, as joined and left events. */
-  _replaceMembers(event) {
-    const was = this.members;
-    this.members = new Set((event.members ?? []).filter((id) => id !== this.id));
-    this.memberCount = event.members === null ? null : event.count;
-    return () => {
-      for (const id of was) if (!this.members.has(id)) this._emit("left", { id });
-      for (const id of this.members) if (!was.has(id)) this._emit("joined", { id });
-    };
-  }
-
-  /** Hand a member's message on: to a waiting request, or to the handlers; returns
-   * whether it went to the handlers. */
-  _payload(data, { sender, direct, offset }) {
-    if (typeof data !== "string") {
-      this._deliver(BINARY, new Incoming(this, { value: data, sender, direct, offset }));
-      return true;
-    }
-    let envelope;
-    try {
-      envelope = decodeEnvelope(data);
-    } catch (error) {
-      this._bad(error.message === "not JSON" ? "invalid_json" : "invalid_envelope", error.message, data);
-      return false;
-    }
-    for (const [key, id] of [["Id", envelope.id], ["ReplyId", envelope.replyId]]) {
-      if (id !== null && !isDotnetGuid(id)) {
-        this._bad("invalid_envelope", `${key} ${JSON.stringify(id)} is not a GUID (8-4-4-4-12 hex digits): a .NET member drops its connection on it, so it is neither read nor answered`, data);
-        return false;
+      case "left": {
+        const group = event.group === this.group ? this : this._groups.get(event.group);
+        if (group === undefined || group._status === "out") return;
+        const asked = group._status === "leaving" && event.reason === null;
+        if (this._groups.get(event.group) === group) this._groups.delete(event.group);
+        group._out(asked ? null : { reason: event.reason ?? "the relay took this client out of the group", error: null });
+        return;
       }
     }
-    if (envelope.value === null || envelope.value === "") {
-      // .NET drops such a message (an answer included) without a word, and the Python
-      // client reports it: neither hands it to a handler, nor does this client.
-      this._bad("bad_payload", `Message is ${envelope.value === null ? "null" : '""'}: a .NET member drops it without a word, so it is not handed out`, data);
-      return false;
-    }
-    if (this._learnedVersion === null && this.options.dotnetVersion == null) {
-      this._learnedVersion = runtimeVersionOf(envelope.messageType);
-    }
-    // (ReplyId Guid.Empty answers a message sent without an Id: an ordinary message.)
-    if (envelope.replyId !== null && envelope.replyId !== EMPTY_GUID) {
-      // Requests are keyed by their ids' canonical spelling (newMessageId writes it).
-      const key = normalizeMessageId(envelope.replyId);
-      const pending = this._pending.get(key);
-      if (pending) {
-        clearTimeout(pending.timer);
-        this._pending.delete(key);
-        pending.resolve(envelope.value);
-        return false;
+  }
+
+  _welcome(event, ready) {
+    if (this.state !== "connected") {
+      // A connection's first message: the welcome to the group its URL named.
+      const pending = this._joining.get(this.group);
+      this._joining.delete(this.group);
+      if (this._status === "leaving" || this._status === "out") {
+        ready();
+        this._rejoin();
+        return;
       }
-    }
-    this._deliver(envelope.messageType, new Incoming(this, { ...envelope, sender, direct, offset }));
-    return true;
-  }
-
-  // -- held until the first handler ---------------------------------------------------------
-  //
-  // connect() resolves once the client is welcomed, and a relay keeping history sends the
-  // messages a client named by `since` missed right after the welcome: in Node, in the
-  // same read as the welcome, before the code after `await connect(...)` runs. So until
-  // the first handler or listener is registered (on, onBinary, messages, or a listener of
-  // resumed, joined, left, deliveryfailed), messages and those events are held, in order,
-  // up to holdLimit of them; then handed out — in a microtask, so that every handler
-  // registered in the same run of code is in place first. Past holdLimit they are handed
-  // out as they come (to nobody: a client that only sends goes on as before).
-
-  /** Hold a message or event, or hand it out now. */
-  _hold(item) {
-    if (!this._holding) return false;
-    this._held.push(item);
-    if (this._held.length >= this.options.holdLimit) this._flush();
-    return true;
-  }
-
-  _release() {
-    if (this._holding && !this._releasing) {
-      this._releasing = true;
-      queueMicrotask(() => this._flush());
-    }
-  }
-
-  _flush() {
-    if (!this._holding) return;
-    this._holding = false;
-    const held = this._held;
-    this._held = [];
-    for (const item of held) this._handOut(item);
-  }
-
-  _handOut(item) {
-    if (item.event !== undefined) this._event(item.event, item.detail);
-    else if (item.move !== undefined) this._handed = item.move === null ? null : splitPosition(item.move);
-    else if (item.offset !== undefined) this._passedNow(item.offset);
-    else this._handTo(item.key, item.incoming);
-  }
-
-  /** An event that comes in order with the messages. */
-  _emit(name, detail) {
-    if (!this._hold({ event: name, detail })) this._event(name, detail);
-  }
-
-  /** The connection is at `position` ("EPOCH:OFFSET" or null): so is the application
-   * once what came before is handed out. */
-  _moveTo(position) {
-    if (this._holding && this._held.length) this._held.push({ move: position });
-    else this._handed = position === null ? null : splitPosition(position);
-  }
-
-  /** A message with `offset` that the handlers do not get (a request's answer, a bad
-   * message): the application's position passes it in its turn. */
-  _passed(offset) {
-    if (offset === null) return;
-    if (!this._hold({ offset })) this._passedNow(offset);
-  }
-
-  _passedNow(offset) {
-    if (offset !== null && this._handed !== null) this._handed = { epoch: this._handed.epoch, offset };
-  }
-
-  _deliver(key, incoming) {
-    if (!this._hold({ key, incoming })) this._handTo(key, incoming);
-  }
-
-  _handTo(key, incoming) {
-    this._passedNow(incoming.offset); // (in its handlers, the position is this message's)
-    const handlers = this._handlers.get(handlerKey(key));
-    if (!handlers?.length) {
-      this.stats.unhandled += 1;
+      const announce = this._welcomed(event);
+      this._groups.set(this.group, this);
+      ready();
+      this._rejoin();
+      pending?.resolve?.(this);
+      announce();
       return;
     }
-    for (const handler of [...handlers]) {
-      try {
-        const result = handler(incoming.value, incoming);
-        if (result && typeof result.catch === "function") {
-          result.catch((error) => this._bad("handler", String(error?.message ?? error), null));
+    const pending = this._joining.get(event.group);
+    if (pending === undefined) {
+      this._bad("invalid_header", `a welcome to group ${JSON.stringify(event.group)}, which this client did not ask to join`, null);
+      return;
+    }
+    this._joining.delete(event.group);
+    const { group } = pending;
+    const announce = group._welcomed(event);
+    this._groups.set(event.group, group);
+    pending.resolve?.(group);
+    announce();
+  }
+
+  _error(event) {
+    const name = event.group ?? this.group;
+    const pending = this._joining.get(name);
+    if (pending !== undefined && JOIN_REFUSALS.includes(event.error)) {
+      this._joining.delete(name);
+      const { group } = pending;
+      if (pending.reject) {
+        group._status = "out";
+        pending.reject(new JoinRefused(event.error, name, event.detail));
+      } else {
+        // A join again after a reconnect: the client is no longer in the group.
+        this._groups.delete(name);
+        group._out({ reason: event.detail, error: event.error });
+      }
+      return;
+    }
+    const group = this._groupOf(event.group) ?? this;
+    if (event.error === "no_such_member" && event.to !== null) {
+      for (const [id, request] of this._pending) {
+        if (request.to === event.to && request.group === group) {
+          clearTimeout(request.timer);
+          this._pending.delete(id);
+          request.reject(new MemberNotFound(event.detail, event.to));
         }
-      } catch (error) {
-        this._bad("handler", String(error?.message ?? error), null);
       }
     }
+    group._emit("deliveryfailed", event);
   }
 
   _bad(kind, reason, data) {
@@ -1176,7 +1476,7 @@ function copy(bytes) {
 
 /** Connect to a relay and join a group: resolves to the connected Client (welcomed, over
  * wsproxy.v1), rejects with NotConnected if no URL answers. `url` may be a list of the
- * nodes of one cluster. */
+ * nodes of one cluster. `client.join(name)` joins more groups on the same connection. */
 export async function connect(url, options = {}) {
   const client = new Client(url, options);
   return client._start();

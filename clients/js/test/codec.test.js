@@ -13,6 +13,8 @@ import {
   encodeEnvelope,
   frameFor,
   connectionUrl,
+  joinFrame,
+  leaveFrame,
   newMessageId,
   normalizeMessageId,
   reconnectDelay,
@@ -34,9 +36,12 @@ for (const vector of vectors.vectors.filter((v) => v.direction === "member-to-re
   if (vector.meaning.error) continue; // the relay's refusals: this client never sends them
   if (vector.hex.startsWith("7b7d0a")) continue; // "{}" for the group: the relay takes it; the client writes "\n"
   test(`a member sends: ${vector.name}`, () => {
-    const { to, payload_hex: payloadHex } = vector.meaning;
-    const frame =
-      vector.opcode === "text" ? frameFor(text(payloadHex), to) : frameFor(hex(payloadHex), to);
+    const { to, group = null, payload_hex: payloadHex } = vector.meaning;
+    let frame;
+    if ("join" in vector.meaning) frame = joinFrame(vector.meaning.join, vector.meaning.since);
+    else if ("leave" in vector.meaning) frame = leaveFrame(vector.meaning.leave);
+    else if (vector.opcode === "text") frame = frameFor(text(payloadHex), to, group);
+    else frame = frameFor(hex(payloadHex), to, group);
     if (vector.opcode === "text") {
       assert.equal(typeof frame, "string");
       assert.equal(frame, text(vector.hex));
@@ -58,6 +63,7 @@ for (const vector of vectors.vectors.filter((v) => v.direction === "relay-to-mem
         sender: meaning.from,
         direct: meaning.direct,
         offset: meaning.offset ?? null,
+        group: meaning.group ?? null,
       });
       const bytes = typeof payload === "string" ? Buffer.from(payload, "utf8") : Buffer.from(payload);
       assert.equal(bytes.toString("hex"), meaning.payload_hex);
@@ -65,6 +71,9 @@ for (const vector of vectors.vectors.filter((v) => v.direction === "relay-to-mem
     }
     assert.equal(payload, "");
     assert.equal(header.kind, meaning.event);
+    if (meaning.event !== "welcome" && meaning.event !== "left" && !("group" in meaning)) {
+      assert.equal(header.group, null, "an event of the URL's group names none");
+    }
     const { event, ...fields } = meaning;
     for (const [key, value] of Object.entries(fields)) {
       const got = header[key];

@@ -39,9 +39,9 @@ test("a lost connection reports every message handed to it, the newest within th
   assert.deepEqual(
     lost.unconfirmedMessages.map(({ sentAt, ...sent }) => sent),
     [
-      { messageType: "System.String", value: "m2", id: null, replyId: null, to: null, size: written[2].length },
-      { messageType: "System.String", value: "m3", id: null, replyId: null, to: null, size: written[3].length },
-      { messageType: null, value: new Uint8Array([1, 2, 3]), id: null, replyId: null, to: null, size: 3 },
+      { messageType: "System.String", value: "m2", id: null, replyId: null, to: null, group: null, size: written[2].length },
+      { messageType: "System.String", value: "m3", id: null, replyId: null, to: null, group: null, size: written[3].length },
+      { messageType: null, value: new Uint8Array([1, 2, 3]), id: null, replyId: null, to: null, group: null, size: 3 },
     ],
   );
   assert.equal(client.stats.unconfirmed, 6);

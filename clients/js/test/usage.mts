@@ -12,11 +12,18 @@ import {
   EMPTY_GUID,
   encodeEnvelope,
   frameFor,
+  JOIN_REFUSALS,
+  JoinRefused,
+  joinFrame,
+  leaveFrame,
   MemberNotFound,
+  NotInGroup,
   RequestTimeout,
   SUBPROTOCOL,
   type Client,
   type Disconnected,
+  type Group,
+  type Removed,
   type Incoming,
   type SentMessage,
 } from "../wsproxy.js";
@@ -73,14 +80,34 @@ export async function example(): Promise<void> {
     const lost: Disconnected = (event as CustomEvent<Disconnected>).detail;
     const maybe: SentMessage[] = lost.unconfirmedMessages;
     console.log(lost.code, lost.unconfirmed - maybe.length, client.stats.unconfirmed);
-    for (const sent of maybe) console.log(sent.messageType, sent.value, sent.id, sent.replyId, sent.to, sent.size, sent.sentAt);
+    for (const sent of maybe) console.log(sent.messageType, sent.value, sent.id, sent.replyId, sent.to, sent.group, sent.size, sent.sentAt);
   });
   const members: Set<string> = client.members;
   console.log(members.size, client.memberCount, client.position, client.protocol === SUBPROTOCOL);
   const frame: string = encodeEnvelope("System.String", "x", { id: null });
   console.log(decodeEnvelope(frame).messageType, frameFor(new Uint8Array(1), "bob").byteLength);
   const { header } = decodeRelayMessage('{"from":"a"}\nx');
-  if (header.kind === "from") console.log(header.sender, header.offset);
+  if (header.kind === "from") console.log(header.sender, header.offset, header.group);
+  if (header.kind === "left") console.log(header.group, header.reason);
+  // Many groups on one connection.
+  try {
+    const room: Group = await client.join("room-2", { since: sessionStorage.getItem("room-2") });
+    room.on<string>("System.String", (text, incoming) => console.log(room.group, incoming.sender, text.length));
+    room.addEventListener("removed", (event) => {
+      const removed: Removed = (event as CustomEvent<Removed>).detail;
+      console.log(removed.group, removed.reason, removed.error);
+    });
+    await room.send("System.String", "hello, room 2");
+    await room.sendTo("bob", "System.String", "hi bob");
+    const inRoom: Set<string> = room.members;
+    console.log(inRoom.size, room.memberCount, room.position, room.client === client, room.id);
+    for (const [name, group] of client.groups) console.log(name, group.position);
+    await room.leave();
+  } catch (error) {
+    if (error instanceof JoinRefused) console.log(error.code, error.group, error.detail, JOIN_REFUSALS.includes(error.code));
+    if (error instanceof NotInGroup) console.log(error.group);
+  }
+  console.log(joinFrame("room-2", "e:1"), leaveFrame("room-2"), frameFor("x", null, "room-2"));
   const failure: ClosedByRelay = new ClosedByRelay(4000, "replaced");
   console.log(failure.code);
   await client.close();

@@ -8,6 +8,11 @@ One client is one nursery (opened by :func:`open_client`) holding two tasks:
 - the *dispatcher* (:mod:`.dispatch`) runs user code — handlers, subscriptions, hooks —
   one message at a time, in arrival order.
 
+Over ``wsproxy.v1`` the client may join more groups on its one connection
+(:meth:`Client.join`, :mod:`.groups`); each has a :class:`~.handle.GroupHandle` with a
+dispatcher of its own, a task in the client's nursery. The client's own API is its URL's
+group's handle.
+
 The client offers the ``wsproxy.v1`` subprotocol and speaks it whenever the relay selects
 it (:attr:`Client.protocol`), the plain protocol otherwise, behind the same API; only v1
 relays tell who sent a message, who is in the group (:mod:`.membership`), and deliver a
@@ -31,14 +36,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
-import attrs
 import trio
 
-from ..protocol.envelope import new_message_id
 from ..protocol.exceptions import raise_sole_error
 from ..protocol.typenames import TypeRegistry
-from ..protocol.v1 import Position
+from ..protocol.v1 import ALREADY_JOINED, MAX_MEMBER_HEADER, SUBPROTOCOL, Position, join_header
 from .config import DEFAULT_RECONNECT_CODES, ClientConfig
+from .connection import ConnectionEnded
 from .connection_task import ConnectionTask
 from .dispatch import Dispatcher
 from .errors import (
@@ -47,12 +51,16 @@ from .errors import (
     ClosedByRelay,
     ConnectError,
     HandshakeRefused,
+    JoinRefused,
     MemberNotFound,
     NotConnected,
+    NotInGroup,
     ReplyError,
     RequestTimeout,
     UnsupportedByRelay,
 )
+from .groups import Membership, Standing
+from .handle import DirectReply, GroupHandle, register
 from .incoming import (
     BadMessage,
     BadMessageHook,
@@ -66,12 +74,12 @@ from .link import Lifecycle, Link
 from .membership import DeliveryFailed, Joined, Left, MemberList
 from .policy import reconnect_delay
 from .requests import PendingRequests
-from .resumption import Resumed, position_of
+from .resumption import Resumed, Resumption, position_of
 from .sent import SentMessage
 from .stats import ClientStats
-from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource, pieces_of
+from .streams import DEFAULT_PIECE_SIZE, BinaryStream, StreamInterrupted, StreamSource
 from .urls import connection_url, connection_urls
-from .wire import DotnetRuntime, check_member_id, encode_message, type_label
+from .wire import DotnetRuntime, encode_message
 
 __all__ = [
     "DEFAULT_RECONNECT_CODES",
@@ -87,12 +95,15 @@ __all__ = [
     "ConnectError",
     "DeliveryFailed",
     "Disconnected",
+    "GroupHandle",
     "HandshakeRefused",
     "Incoming",
+    "JoinRefused",
     "Joined",
     "Left",
     "MemberNotFound",
     "NotConnected",
+    "NotInGroup",
     "Position",
     "ReplyError",
     "RequestTimeout",
@@ -118,12 +129,14 @@ ConnectHook = Callable[["Client"], object]
 
 
 class Client:
-    """A member of one group on a relay (or on any of several, see :attr:`urls`). Get one
+    """A member of a group on a relay (or on any of several, see :attr:`urls`). Get one
     from :func:`open_client`.
 
     Typed messages go through :attr:`types` (a :class:`TypeRegistry`); receive them with
     handlers (:meth:`on`), a subscription (:meth:`subscribe`) or :meth:`receive`; ask
-    and answer with :meth:`request` and :meth:`Incoming.reply`.
+    and answer with :meth:`request` and :meth:`Incoming.reply`. All of these are of the
+    group the URL named; over ``wsproxy.v1``, :meth:`join` joins more groups on the same
+    connection, each with the same API on its :class:`GroupHandle`.
     """
 
     def __init__(
@@ -162,14 +175,8 @@ class Client:
         self._link = Link(self.config, self.stats)
         # The .NET version of generic names: pinned by the config, or learned from the group.
         self._runtime = DotnetRuntime(pinned=self.config.dotnet_version)
-        self._requests = PendingRequests()
-        self._membership = MemberList(self.id)
-        self._dispatcher = Dispatcher(
-            types=self.types,
-            stats=self.stats,
-            read_ahead=self.config.read_ahead,
-            on_handler_error=on_handler_error,
-        )
+        self._on_handler_error = on_handler_error
+        self._dispatcher = self._new_dispatcher()
         self._task = ConnectionTask(
             urls=self.urls,
             client_id=self.id,
@@ -180,17 +187,33 @@ class Client:
             stats=self.stats,
             link=self._link,
             dispatcher=self._dispatcher,
-            requests=self._requests,
-            membership=self._membership,
+            requests=PendingRequests(),
+            membership=MemberList(self.id),
             sender=self,
             runtime=self._runtime,
-            reply_via=functools.partial(_DirectReply, self),
+            reply_via=self._reply_via,
             on_connect=None if on_connect is None else functools.partial(on_connect, self),
             on_disconnect=on_disconnect,
             on_bad_message=on_bad_message,
             since=start,
         )
+        #: The URL's group's handle: the client's own API is its.
+        self._home = GroupHandle(self, self._task.groups.home)
+        # The handles of the groups joined (some perhaps left since), by name.
+        self._joined: dict[str, GroupHandle] = {}
+        self._nursery: trio.Nursery | None = None
         self._run_scope = trio.CancelScope()
+
+    def _new_dispatcher(self) -> Dispatcher:
+        return Dispatcher(
+            types=self.types,
+            stats=self.stats,
+            read_ahead=self.config.read_ahead,
+            on_handler_error=self._on_handler_error,
+        )
+
+    def _reply_via(self, member_id: str) -> DirectReply:
+        return DirectReply(self._home, member_id)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected" if self.connected else "disconnected"
@@ -221,20 +244,20 @@ class Client:
         last known — empty if never known (a plain relay), frozen while the group is over
         the relay's presence limit or the client is reconnecting. Changes reach handlers
         and subscriptions as :class:`Joined` and :class:`Left`."""
-        return self._membership.members
+        return self._home.members
 
     @property
     def member_count(self) -> int | None:
         """How many other members the group has, as the relay last told (kept by a v1
         relay even over its presence limit, when :attr:`members` is not); None if no
         relay ever told (plain)."""
-        return self._membership.count
+        return self._home.member_count
 
     @property
     def members_current(self) -> bool:
         """Whether :attr:`members` is kept current right now: connected over
         ``wsproxy.v1`` to a relay that keeps the group's member list."""
-        return self._membership.current
+        return self._home.members_current
 
     @property
     def position(self) -> Position | None:
@@ -251,12 +274,12 @@ class Client:
         gets them again. A subscriber that stops reading before its channel is empty
         has not handled what it left there: save ``incoming.offset`` of the last one it
         did, with this position's epoch, instead."""
-        return self._dispatcher.position
+        return self._home.position
 
     @property
     def pending_requests(self) -> int:
         """How many :meth:`request` calls are waiting for their answer right now."""
-        return len(self._requests)
+        return self._home.pending_requests
 
     @property
     def closed(self) -> bool:
@@ -289,11 +312,11 @@ class Client:
         goes to ``on_handler_error`` if set, else ends the client and comes out of
         ``async with open_client(...)``.
         """
-        return _register(self._dispatcher.add_handler, message_type, handler)
+        return register(self._dispatcher.add_handler, message_type, handler)
 
     def off(self, message_type: Any, handler: Callable[..., object]) -> None:
         """Stop calling ``handler`` for ``message_type`` (:exc:`ValueError` if it was not on)."""
-        self._dispatcher.remove_handler(message_type, handler)
+        self._home.off(message_type, handler)
 
     @overload
     def on_stream(self, announcement_type: type[T]) -> Callable[[F], F]: ...
@@ -315,11 +338,11 @@ class Client:
         something else, or left, or the connection ended — goes to ``on_bad_message``
         (:attr:`BadMessageKind.MISSING_STREAM`).
         """
-        return _register(self._dispatcher.add_stream_handler, announcement_type, handler)
+        return register(self._dispatcher.add_stream_handler, announcement_type, handler)
 
     def off_stream(self, announcement_type: Any, handler: Callable[..., object]) -> None:
         """Stop calling ``handler`` for streams announced by ``announcement_type``."""
-        self._dispatcher.remove_stream_handler(announcement_type, handler)
+        self._home.off_stream(announcement_type, handler)
 
     @overload
     def subscribe(
@@ -347,7 +370,7 @@ class Client:
         (The client's first handler or subscription also gets what was held for it: the
         messages that came before it, up to ``config.read_ahead``.)
         """
-        return self._dispatcher.subscription(message_type, buffer)
+        return self._home.subscribe(message_type, buffer=buffer)
 
     async def receive(self, message_type: type[T]) -> T:
         """Wait for the next message of ``message_type`` and return its value.
@@ -388,8 +411,7 @@ class Client:
         message is being written is retried on the next one. Raises
         :exc:`ClientClosed` once the client is closed. Never drops a message silently.
         """
-        frame = self._encode(value, as_type, reply_to=reply_to)
-        await self._link.send(frame, value=value, as_type=as_type, reply_to=reply_to)
+        await self._home.send(value, as_type=as_type, reply_to=reply_to)
 
     async def send_stream(
         self,
@@ -422,28 +444,9 @@ class Client:
         connection is dropped — nothing else may go on it before the message's end —
         and the client reconnects; the recipients are told the same way.
         """
-        if to is not None:
-            self._check_present(check_member_id(to))
-        if piece_size < 1:
-            raise ValueError(f"piece_size must be positive, got {piece_size}")
-        announcement = None
-        if announce is not None:
-            if isinstance(announce, bytes | bytearray | memoryview):
-                raise TypeError("a stream is announced by a typed message, not bytes")
-            encoded = self._encode(announce, announce_as)
-            assert isinstance(encoded, str)
-            announcement = encoded
-        pieces = pieces_of(source, piece_size)
-        try:
-            return await self._link.send_stream(
-                pieces,
-                to=to,
-                announcement=announcement,
-                announced=announce,
-                announced_as=announce_as,
-            )
-        finally:
-            await pieces.aclose()
+        return await self._home.send_stream(
+            source, to=to, announce=announce, announce_as=announce_as, piece_size=piece_size
+        )
 
     async def send_to(
         self, member_id: str, value: object, *, as_type: Any = None, reply_to: str | None = None
@@ -460,9 +463,7 @@ class Client:
         and subscriptions of that type, not raised here. Waits for a connection as
         :meth:`send` does.
         """
-        self._check_present(check_member_id(member_id))
-        frame = self._encode(value, as_type, reply_to=reply_to)
-        await self._link.send(frame, to=member_id, value=value, as_type=as_type, reply_to=reply_to)
+        await self._home.send_to(member_id, value, as_type=as_type, reply_to=reply_to)
 
     async def request(
         self,
@@ -485,23 +486,108 @@ class Client:
         as it does); it also raises :exc:`MemberNotFound` when the relay answers that
         there is no such member, instead of waiting out the timeout.
         """
-        if reply_type is bytes:
-            raise ValueError("replies are typed messages; binary frames carry no ReplyId")
-        if to is not None:
-            self._check_present(check_member_id(to))
-        limit = self.config.request_timeout if timeout is None else timeout
-        request_id = new_message_id()
-        frame = self._encode(value, as_type, request_id=request_id)
-        return await self._requests.ask(
-            request_id,
-            reply_type,
-            functools.partial(
-                self._link.send, frame, to=to, value=value, as_type=as_type, request_id=request_id
-            ),
-            limit=limit,
-            label=type_label(value, as_type),
-            to=to,
-        )
+        return await self._home.request(value, reply_type, timeout=timeout, as_type=as_type, to=to)
+
+    # -- many groups on one connection -------------------------------------------------------
+
+    @property
+    def groups(self) -> dict[str, GroupHandle]:
+        """The handle of each group the client is in, by name: the URL's group (while not
+        left) and each one joined (:meth:`join`). A fresh dict each time."""
+        handles = [self._home, *self._joined.values()]
+        return {handle.name: handle for handle in handles if handle.joined}
+
+    async def join(self, group: str, *, since: Position | str | None = None) -> GroupHandle:
+        """Join ``group`` too, on the client's connection (``wsproxy.v1``), and return its
+        :class:`GroupHandle` once the relay welcomed the client in it: its members are
+        known, and its messages are held for its first handler or subscription.
+
+        ``since`` (a position in that group, e.g. a handle's :attr:`~GroupHandle.position`
+        saved earlier) gets every message of the group after it, replayed after a
+        :class:`Resumed` event, or says why not, as ``open_client(..., since=...)`` does for
+        the URL's group. After a reconnect the client joins the group again by itself.
+
+        Raises :exc:`JoinRefused` (its ``code`` the relay's: ``"not_allowed"`` for a
+        token that does not allow the group, ``"group_limit"``, ...) when the relay
+        refuses, the client going on in its other groups; :exc:`UnsupportedByRelay` on a
+        plain relay (the .NET middleware, ``config.offer_v1=False``); :exc:`NotConnected`
+        when no connection comes within ``config.send_timeout``. The URL's group can be
+        joined again after :meth:`GroupHandle.leave`: its handle is the client's own API.
+        """
+        start = position_of(since)
+        _check_group_name(group)
+        if self._link.stopping:
+            raise ClientClosed("the client is closed")
+        if self.protocol != SUBPROTOCOL:
+            raise UnsupportedByRelay(
+                f"the relay at {self.url} does not speak {SUBPROTOCOL} (it did not select "
+                "the subprotocol), so the client cannot join another group on its connection",
+                url=self.url,
+            )
+        held = self._task.groups.held(group)
+        if held is not None and held.standing is not Standing.LEFT:
+            raise JoinRefused(group, ALREADY_JOINED, f"the client is {held.standing.value}")
+        if held is not None:  # the URL's group, left: its handle is the client's API
+            handle, membership = self._home, held
+            membership.resumption = Resumption(start)
+        else:
+            membership = Membership(
+                group,
+                False,
+                MemberList(self.id),
+                Resumption(start),
+                self._new_dispatcher(),
+                PendingRequests(),
+                sender=self,  # (its handle's, just below)
+                reply_via=self._reply_via,
+            )
+            handle = GroupHandle(self, membership)
+            membership.sender = handle
+            membership.reply_via = functools.partial(DirectReply, handle)
+        membership.join()
+        self._task.groups.add(membership)
+        if not membership.home:
+            assert self._nursery is not None  # (the link is not stopping)
+            self._nursery.start_soon(self._serve_group, membership)
+            self._joined[group] = handle
+        try:
+            await self._send_join(membership, start)
+            await membership.answered.wait()
+        except BaseException:
+            if membership.standing is Standing.JOINING:
+                self._task.forget(membership)  # (a welcome that comes yet is left again)
+            raise
+        if membership.standing is not Standing.JOINED:
+            assert membership.error is not None
+            raise membership.error
+        return handle
+
+    async def _send_join(self, membership: Membership, since: Position | None) -> None:
+        """Send the join of ``membership``, unless a reconnect's rejoin did already (a
+        connection that drops before the answer: the next one's rejoin sends it again)."""
+        deadline = trio.current_time() + self.config.send_timeout
+        connection = await self._link.connection(deadline)
+        if not connection.v1:
+            raise UnsupportedByRelay(
+                f"the relay at {connection.url} does not speak {SUBPROTOCOL}: the client "
+                "reconnected to it, and cannot join another group",
+                url=connection.url,
+            )
+        if membership.joined_on is connection or membership.standing is not Standing.JOINING:
+            return
+        membership.joined_on = connection
+        try:
+            await connection.ws.send_message(join_header(membership.name, since).decode())
+        except ConnectionEnded:
+            pass
+
+    async def _serve_group(self, membership: Membership) -> None:
+        """Run a joined group's dispatcher until the client is no longer in the group (or
+        closes) and it has handed out what it holds."""
+        try:
+            await membership.dispatcher.run(self._link.say_goodbye)
+        finally:
+            membership.dispatcher.close()
 
     def _encode(
         self,
@@ -522,14 +608,6 @@ class Client:
             runtime=self._runtime,
         )
 
-    def _check_present(self, member_id: str) -> None:
-        if self._membership.known_absent(member_id):
-            raise MemberNotFound(
-                f"no member {member_id!r} in group {self.group!r}: the relay's member list "
-                "does not have it (see Client.members); nothing was sent",
-                member_id=member_id,
-            )
-
     async def aclose(self) -> None:
         """Close the connection (code 1000) and stop the client; no reconnecting after it.
 
@@ -549,57 +627,29 @@ class Client:
         try:
             with self._run_scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._dispatcher.run, self._link.say_goodbye)
                     try:
                         failure = await self._task.run(task_status)
                     finally:
-                        # Nothing more comes in; the dispatcher finishes what was read.
+                        # Nothing more comes in; the dispatchers finish what was read.
                         self._dispatcher.stop_taking()
+                        self._task.close(joined_only=True)
         finally:
             self._link.finish()
             self._dispatcher.close()
-            self._requests.close()
+            self._task.close()
         if failure is not None:
             raise failure
 
 
-def _register(add: Callable[[Any, Callable[..., Any]], None], key: Any, handler: Any) -> Any:
-    """``add(key, handler)`` and return ``handler``; without one, a decorator that does."""
-    if handler is None:
-
-        def decorator(function: F) -> F:
-            add(key, function)
-            return function
-
-        return decorator
-    add(key, handler)
-    return handler
-
-
-@attrs.frozen
-class _DirectReply:
-    """What :meth:`Incoming.reply` answers a v1 message through: the client, sending to
-    its sender only — or to the group where the connection cannot address one member
-    (reconnected to a plain relay), as a plain relay's members always answer."""
-
-    client: Client
-    member_id: str
-
-    async def send(
-        self, value: object, *, as_type: Any = None, reply_to: str | None = None
-    ) -> None:
-        client = self.client
-        frame = client._encode(value, as_type, reply_to=reply_to)
-        # Not checked against Client.members: the requester may have left meanwhile, and
-        # the relay's answer to that is an event, never an exception in the handler.
-        await client._link.send(
-            frame,
-            to=self.member_id,
-            or_group=True,
-            value=value,
-            as_type=as_type,
-            reply_to=reply_to,
-        )
+def _check_group_name(group: object) -> None:
+    if not isinstance(group, str):
+        raise TypeError(f"a group name is a str, got {type(group).__name__}")
+    if not group:
+        raise ValueError("a group name is not empty")
+    if len(join_header(group)) > MAX_MEMBER_HEADER:
+        raise ValueError(f"group name too long: its join would exceed {MAX_MEMBER_HEADER} bytes")
 
 
 @asynccontextmanager

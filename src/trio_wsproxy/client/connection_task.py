@@ -11,6 +11,11 @@ before the connection is put to use; after it, every frame's header is taken off
 a member's message goes on as above, with its sender, and the relay's own events update
 the :class:`~.membership.MemberList` and reach the handlers as ``Joined``, ``Left`` and
 ``DeliveryFailed``.
+
+Over v1 the client may be in several groups (:mod:`.groups`): each message and event
+goes to the :class:`~.groups.Membership` of the group it names (none: the URL's), and
+each new connection rejoins the groups the client was in before anything is sent to
+them, naming each one's own position.
 """
 
 from __future__ import annotations
@@ -25,15 +30,22 @@ import trio
 
 from ..protocol.typenames import TypeRegistry
 from ..protocol.v1 import (
+    ALREADY_JOINED,
+    JOIN_REFUSALS,
     NO_SUCH_MEMBER,
+    NOT_IN_GROUP,
     SUBPROTOCOL,
     Error,
     Event,
     From,
     HeaderReader,
+    Members,
     Position,
+    Presence,
     V1Error,
     Welcome,
+    join_header,
+    leave_header,
 )
 from ..protocol.v1 import Left as V1Left
 from .config import ClientConfig
@@ -48,13 +60,17 @@ from .connection import (
 )
 from .dispatch import Dispatcher
 from .errors import (
+    ClientClosed,
     ClientError,
     ClosedByRelay,
     ConnectError,
     HandshakeRefused,
+    JoinRefused,
+    NotInGroup,
     could_not_connect,
     gave_up_reconnecting,
 )
+from .groups import Groups, Membership, Standing
 from .incoming import (
     BadMessage,
     BadMessageHook,
@@ -68,7 +84,7 @@ from .link import Connection, Lifecycle, Link
 from .membership import DeliveryFailed, Left, MemberList
 from .policy import ReconnectPolicy, RoundFailed, close_meaning, reconnects_after, refusal_is_final
 from .requests import PendingRequests
-from .resumption import Resumption
+from .resumption import Resumed, Resumption
 from .sent import SentLog
 from .stats import ClientStats
 from .streams import BinaryStream
@@ -115,6 +131,8 @@ class _Arriving:
 
     #: The v1 header's reader while its line is incomplete (None once read, or plain).
     header: HeaderReader | None = None
+    #: The group it is of, once its header is read.
+    group: Membership | None = None
     origin: From | None = None
     stream: BinaryStream | None = None
     parts: list[bytes] | None = None
@@ -134,6 +152,9 @@ class ConnectionTask:
     dispatcher) after each connection. ``since`` is the position the first connection
     names (a program starting where an earlier one left off). ``connect`` makes each
     connection (:class:`Connect`: over the network unless a test says otherwise).
+
+    Those parts are the URL's group's; :attr:`groups` holds them (its
+    :attr:`~.groups.Groups.home`) and the memberships of the groups the client joins.
     """
 
     def __init__(
@@ -169,10 +190,8 @@ class ConnectionTask:
         self._link = link
         self._dispatcher = dispatcher
         self._requests = requests
-        self._membership = membership
         self._sender = sender
         self._runtime = runtime
-        self._reply_via = reply_via
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_bad_message = on_bad_message
@@ -181,11 +200,22 @@ class ConnectionTask:
         self.url_index = 0
         #: The subprotocol of the connection now, or last: ``"wsproxy.v1"``, or None (plain).
         self.protocol: str | None = None
-        #: Where the client is in its group's history (a v1 relay with history on).
-        self.resumption = Resumption(since)
+        self._home = Membership(
+            group,
+            True,
+            membership,
+            Resumption(since),
+            dispatcher,
+            requests,
+            sender,
+            reply_via,
+        )
+        #: The groups the client is in, the URL's first.
+        self.groups = Groups(self._home)
         self._ws: WebSocket | None = None
-        # Announcements waiting for their streams, by sender (None: on a plain relay).
-        self._announced: dict[str | None, _Announced] = {}
+        # Announcements waiting for their streams, by group and sender (None: on a plain
+        # relay).
+        self._announced: dict[tuple[str, str | None], _Announced] = {}
         # The binary message arriving in pieces now, if any.
         self._arriving: _Arriving | None = None
         # What was written on the connections that ended since the last report.
@@ -195,6 +225,11 @@ class ConnectionTask:
     def url(self) -> str:
         """The relay URL connected to now, or last (the first URL before any connection)."""
         return self._urls[self.url_index]
+
+    @property
+    def resumption(self) -> Resumption:
+        """Where the client is in its URL's group's history (a v1 relay with history on)."""
+        return self._home.resumption
 
     async def run(self, task_status: trio.TaskStatus[None]) -> ClientError | None:
         """Connect, serve, reconnect, until the client closes (returns None) or an error
@@ -317,9 +352,11 @@ class ConnectionTask:
             take = self._take
             ended: Closed | None = None
             if connection.v1:
-                ended = await self._welcome(ws, url)
+                ended = await self._welcome(connection)
                 take = self._take_v1
             else:
+                self._in_no_joined_group(f"{url} does not speak {SUBPROTOCOL}")
+                connection.rejoined.set()
                 self.resumption.lost()
                 await self._dispatcher.moved(None, at_once=not self._stats.connects)
             self._stats.connects += 1
@@ -351,16 +388,21 @@ class ConnectionTask:
                 self._sent_on_lost = connection.sent
             else:  # (the last one ended unreported: no welcome came on it)
                 self._sent_on_lost.extend(connection.sent)
-            self._membership.connection_ended()
+            for group in self.groups:
+                group.members.connection_ended()
+                if group.standing is Standing.LEAVING:
+                    self._drop(group, None)  # (a new connection is in none but the URL's)
             arriving, self._arriving = self._arriving, None
             if arriving is not None and arriving.stream is not None:
                 arriving.stream.interrupt(*(ws.closed or (1006, None)))
             self._announced.clear()
 
-    async def _welcome(self, ws: WebSocket, url: str) -> Closed | None:
+    async def _welcome(self, connection: Connection) -> Closed | None:
         """Read a v1 connection's first message, the relay's welcome, within
-        ``connect_timeout`` and take it in; returns how the connection ended if it ended
-        first. Raises :exc:`ConnectError` when nothing came in time."""
+        ``connect_timeout``, rejoin the groups the client was in, and take the welcome
+        in; returns how the connection ended if it ended first. Raises
+        :exc:`ConnectError` when nothing came in time."""
+        ws, url = connection.ws, connection.url
         first: Received | None = None
         with trio.move_on_after(self._config.connect_timeout):
             try:
@@ -373,8 +415,66 @@ class ConnectionTask:
                 f"{self._config.connect_timeout} s",
                 url=url,
             )
+        # Before anything is handed to the dispatchers, which may be full while a
+        # handler waits to send to a group (that waits for these joins).
+        await self._rejoin(connection)
         await self._take_v1(first, welcome_from=url)
         return None
+
+    async def _rejoin(self, connection: Connection) -> None:
+        """Join on ``connection`` each group the client was in (or was joining), naming
+        the last position it saw in each; then messages to them may go."""
+        try:
+            for group in self.groups.to_rejoin(connection):
+                named = group.resumption.named()
+                await connection.ws.send_message(join_header(group.name, named).decode())
+        except ConnectionEnded:
+            pass  # (read next, the end says so)
+        finally:
+            connection.rejoined.set()
+
+    def _in_no_joined_group(self, why: str) -> None:
+        """The connection is in the URL's group only (a plain relay): the other groups
+        are lost."""
+        for group in self.groups:
+            if group.home:
+                if group.standing is not Standing.JOINED:
+                    group.welcome()  # the URL names it
+            else:
+                self._drop(group, why)
+
+    def forget(self, group: Membership) -> None:
+        """The client is out of ``group`` without the relay's answer: it left it while
+        disconnected, or gave up joining it (a welcome that comes yet is left again)."""
+        self._drop(group, None)
+
+    def close(self, *, joined_only: bool = False) -> None:
+        """The client closed: it is in no group any more (``joined_only``: but the URL's,
+        whose dispatcher is the client's own, stopped by the client)."""
+        error = ClientClosed("the client closed")
+        for group in self.groups:
+            if not (joined_only and group.home):
+                self._end(group, "the client closed", error)
+
+    def _drop(self, group: Membership, reason: str | None) -> None:
+        """The client is no longer in ``group`` (``reason``: why, None: it left it)."""
+        if reason is None:
+            error = NotInGroup(f"the client left the group {group.name!r}", group=group.name)
+        else:
+            error = NotInGroup(
+                f"the client is no longer in the group {group.name!r}: {reason}", group=group.name
+            )
+        self._end(group, reason, error)
+
+    def _end(self, group: Membership, reason: str | None, error: ClientError) -> None:
+        if group.routed:
+            logger.info(
+                "no longer in group %r%s", group.name, "" if reason is None else f": {reason}"
+            )
+        for key in [key for key in self._announced if key[0] == group.name]:
+            del self._announced[key]  # (its dispatcher stops: nobody to tell)
+        group.end(reason, error)
+        self.groups.drop(group)
 
     async def _take(self, received: Received) -> None:
         """Turn one message into a dispatcher job, a resolved request, or a bad message."""
@@ -382,8 +482,8 @@ class ConnectionTask:
             await self._piece(received, v1=False)
             return
         self._stats.messages_received += 1
-        if isinstance(received, bytes) and self._not_plain(len(received)):
-            await self._whole_binary(received, None)
+        if isinstance(received, bytes) and self._not_plain(self._home, len(received)):
+            await self._whole_binary(self._home, received, None)
             return
         verdict = read_frame(
             received,
@@ -396,12 +496,13 @@ class ConnectionTask:
         if isinstance(verdict, Deliver) and not self._dispatcher.announces(verdict.message_type):
             await self._dispatcher.deliver(verdict.incoming, verdict.message_type)
         else:
-            await self._carry_out(verdict, received)
+            await self._carry_out(self._home, verdict, received)
 
     async def _take_v1(self, received: Received, *, welcome_from: str | None = None) -> None:
         """Take a v1 message's header off, then carry out what it says: a member's message
-        as :meth:`_take` does, with its sender; one of the relay's events. ``welcome_from``:
-        the message is the first from that relay URL, which should be its welcome."""
+        as :meth:`_take` does, with its sender, for the group it is of; one of the relay's
+        events. ``welcome_from``: the message is the first from that relay URL, which
+        should be its welcome."""
         if isinstance(received, BinaryPiece):
             await self._piece(received, v1=True)
             return
@@ -420,37 +521,43 @@ class ConnectionTask:
             )
         if isinstance(header, From):
             self._stats.messages_received += 1
-            self._heard(header)
+            group = self.groups.get(header.group)
+            if group is None:
+                _not_in(header.group)
+                return
+            self._heard(group, header)
             if isinstance(payload, bytes):
-                if self._not_plain(len(received)):
-                    await self._whole_binary(payload, header)
+                if self._not_plain(group, len(received)):
+                    await self._whole_binary(group, payload, header)
                     return
-            elif header.sender in self._announced:
-                await self._stream_missing(header.sender, "its sender's next message was text")
+            elif (group.name, header.sender) in self._announced:
+                await self._stream_missing(
+                    (group.name, header.sender), "its sender's next message was text"
+                )
             verdict = read_frame(
                 payload,
                 types=self._types,
-                awaiting=self._requests,
-                sender=self._reply_path(header.sender),
+                awaiting=group.requests,
+                sender=self._reply_path(group, header.sender),
                 origin=header,
                 runtime=self._runtime,
             )
-            await self._carry_out(verdict, payload)
+            await self._carry_out(group, verdict, payload)
             if header.offset is not None and not isinstance(verdict, Deliver):
-                await self._dispatcher.passed(header.offset)  # (a reply, a bad message)
+                await group.dispatcher.passed(header.offset)  # (a reply, a bad message)
         else:
             await self._event(header)
 
-    def _heard(self, header: From) -> None:
+    def _heard(self, group: Membership, header: From) -> None:
         """A member's message came with ``header``: where it is in the history, and from whom."""
         if header.offset is not None:
-            self.resumption.heard(header.offset)
+            group.resumption.heard(header.offset)
         if header.sender is not None:
-            self._membership.heard_from(header.sender)
+            group.members.heard_from(header.sender)
 
-    def _reply_path(self, sender: str | None) -> Replier:
+    def _reply_path(self, group: Membership, sender: str | None) -> Replier:
         # A message the back end posted (no sender) is answered to the group.
-        return self._sender if sender is None else self._reply_via(sender)
+        return group.sender if sender is None else group.reply_via(sender)
 
     async def _bad_header(self, frame: str | bytes, error: V1Error) -> None:
         text = frame if isinstance(frame, str) else frame[:_LOG_PREVIEW].decode("utf-8", "replace")
@@ -461,14 +568,14 @@ class ConnectionTask:
     # -- binary messages as streams -------------------------------------------------------
 
     def _new_stream(
-        self, origin: From | None, size: int | None
+        self, group: Membership, origin: From | None, size: int | None
     ) -> tuple[Incoming[BinaryStream], object]:
         """The stream of a binary message from ``origin``'s sender, tied to the
         announcement that sender made, if any; and the announcement's type."""
         sender, direct, offset = (
             (None, False, None) if origin is None else (origin.sender, origin.direct, origin.offset)
         )
-        announced = self._announced.pop(sender, None)
+        announced = self._announced.pop((group.name, sender), None)
         stream = BinaryStream(
             sender=sender,
             direct=direct,
@@ -476,23 +583,23 @@ class ConnectionTask:
             announcement=None if announced is None else announced.deliver.incoming,
         )
         incoming = Incoming(
-            stream, None, None, None, self._reply_path(sender), sender, direct, offset
+            stream, None, None, None, self._reply_path(group, sender), sender, direct, offset
         )
         return incoming, None if announced is None else announced.deliver.message_type
 
-    def _not_plain(self, size: int) -> bool:
+    def _not_plain(self, group: Membership, size: int) -> bool:
         """Whether a binary message that arrived whole (``size`` bytes) is not simply
         delivered to ``bytes`` handlers: it goes to a stream, or is over the limit."""
-        return bool(self._announced) or self._dispatcher.wants_streams or self._too_big(size)
+        return bool(self._announced) or group.dispatcher.wants_streams or self._too_big(size)
 
-    async def _whole_binary(self, payload: bytes, origin: From | None) -> None:
+    async def _whole_binary(self, group: Membership, payload: bytes, origin: From | None) -> None:
         """A binary message that arrived whole and is not simply delivered: to a stream
         (whatever its size), else closed over (1009, over ``max_message_size``)."""
-        if not (self._announced or self._dispatcher.wants_streams):
+        if not (self._announced or group.dispatcher.wants_streams):
             await self._close_too_big()
             return
-        incoming, announced_as = self._new_stream(origin, len(payload))
-        await self._dispatcher.deliver_stream(incoming, announced_as)
+        incoming, announced_as = self._new_stream(group, origin, len(payload))
+        await group.dispatcher.deliver_stream(incoming, announced_as)
         await incoming.value.feed(payload, True)
 
     async def _piece(self, piece: BinaryPiece, *, v1: bool) -> None:
@@ -502,7 +609,7 @@ class ConnectionTask:
             self._stats.messages_received += 1
             self._arriving = arriving = _Arriving(header=HeaderReader() if v1 else None)
             if not v1:
-                await self._begin(arriving, None)
+                await self._begin(arriving, self._home, None)
         elif self._arriving is None:
             return  # the rest of a message the connection was closed over
         else:
@@ -528,7 +635,7 @@ class ConnectionTask:
             pass
         elif arriving.stream is not None:
             await arriving.stream.feed(data, piece.last)
-        elif arriving.parts is not None:
+        elif arriving.parts is not None and arriving.group is not None:
             arriving.size += len(data)
             if self._too_big(arriving.size):
                 arriving.skip = True
@@ -536,16 +643,16 @@ class ConnectionTask:
                 return
             arriving.parts.append(data)
             if piece.last:
-                origin = arriving.origin
+                group, origin = arriving.group, arriving.origin
                 verdict = read_frame(
                     b"".join(arriving.parts),
                     types=self._types,
-                    awaiting=self._requests,
-                    sender=self._reply_path(None if origin is None else origin.sender),
+                    awaiting=group.requests,
+                    sender=self._reply_path(group, None if origin is None else origin.sender),
                     origin=origin,
                     runtime=self._runtime,
                 )
-                await self._carry_out(verdict, "")
+                await self._carry_out(group, verdict, "")
         if piece.last:
             self._arriving = None
 
@@ -567,80 +674,145 @@ class ConnectionTask:
             arriving.skip = True
             await self._bad_header(line, error)
             return
-        self._heard(header)
-        await self._begin(arriving, header)
+        group = self.groups.get(header.group)
+        if group is None:
+            _not_in(header.group)
+            arriving.skip = True
+            return
+        self._heard(group, header)
+        await self._begin(arriving, group, header)
 
-    async def _begin(self, arriving: _Arriving, origin: From | None) -> None:
+    async def _begin(self, arriving: _Arriving, group: Membership, origin: From | None) -> None:
         """A binary message from ``origin`` starts arriving: as a stream if its sender
         announced one, or streams are wanted; else to be assembled."""
-        arriving.origin = origin
+        arriving.group, arriving.origin = group, origin
         sender = None if origin is None else origin.sender
-        if sender in self._announced or self._dispatcher.wants_streams:
-            incoming, announced_as = self._new_stream(origin, None)
+        if (group.name, sender) in self._announced or group.dispatcher.wants_streams:
+            incoming, announced_as = self._new_stream(group, origin, None)
             arriving.stream = incoming.value
-            await self._dispatcher.deliver_stream(incoming, announced_as)
+            await group.dispatcher.deliver_stream(incoming, announced_as)
         else:
             arriving.parts = []
 
-    async def _hold(self, verdict: Deliver, frame: str) -> None:
+    async def _hold(self, group: Membership, verdict: Deliver, frame: str) -> None:
         """Keep an announcement until its sender's stream comes."""
-        key = verdict.incoming.sender
+        key = (group.name, verdict.incoming.sender)
         if key in self._announced:
             await self._stream_missing(key, "another announcement came first")
         self._announced[key] = _Announced(verdict, frame)
 
-    async def _stream_missing(self, key: str | None, why: str) -> None:
+    async def _stream_missing(self, key: tuple[str, str | None], why: str) -> None:
         """The announcement of ``key`` will get no stream: report it as a bad message."""
         announced = self._announced.pop(key)
         kind = announced.deliver.incoming.message_type
         reason = f"a {kind} message announced a stream that did not follow: {why}"
         await self._reject(BadMessage(BadMessageKind.MISSING_STREAM, reason, announced.frame))
 
+    # -- the relay's events ---------------------------------------------------------------
+
     async def _event(self, event: Event) -> None:
-        """Take in one of the relay's own events and hand the handlers what it means."""
+        """Take in one of the relay's own events and hand the handlers of its group what
+        it means."""
         self._stats.events_received += 1
         if isinstance(event, Error):
-            logger.info(
-                "the relay could not deliver a message%s: %s (%s)",
-                "" if event.to is None else f" to {event.to!r}",
-                event.detail,
-                event.error,
-            )
-            if event.error == NO_SUCH_MEMBER and event.to is not None:
-                self._requests.member_not_found(event.to, event.detail)
-            failed = DeliveryFailed(event.to, event.error, event.detail)
-            await self._dispatcher.deliver_event(Incoming(failed, None, None, None, self._sender))
-            return
-        if isinstance(event, Welcome):
-            resumed = self.resumption.welcomed(event)
-            # Where the application is, once what was read before is handed out (at
-            # once on the first connection: nothing was).
-            await self._dispatcher.moved(self.resumption.position, at_once=not self._stats.connects)
-            if resumed is not None:
-                if resumed.recovered:
-                    logger.info("recovering %d missed messages", resumed.missed)
-                else:
-                    logger.warning("could not recover missed messages: %s", resumed.reason)
-                await self._dispatcher.deliver_event(
-                    Incoming(resumed, None, None, None, self._sender)
-                )
-        if isinstance(event, V1Left):
-            return  # (the client joins no other group yet)
-        for change in self._membership.apply(event):
-            if isinstance(change, Left) and change.id in self._announced:
-                await self._stream_missing(change.id, "its sender left")
-            await self._dispatcher.deliver_event(Incoming(change, None, None, None, self._sender))
-
-    async def _carry_out(self, verdict: Deliver | Reply | BadMessage, frame: str | bytes) -> None:
-        """Hand a read message on: to the dispatcher (or held, if it announces a stream),
-        a waiting request, or the rejects."""
-        if isinstance(verdict, Deliver):
-            if isinstance(frame, str) and self._dispatcher.announces(verdict.message_type):
-                await self._hold(verdict, frame)
+            await self._error(event)
+        elif isinstance(event, Welcome):
+            await self._welcomed(event)
+        elif isinstance(event, V1Left):
+            group = self.groups.get(event.group)
+            if group is not None:
+                self._drop(group, event.reason)
+        else:
+            group = self.groups.get(event.group)
+            if group is None:
+                _not_in(event.group)
             else:
-                await self._dispatcher.deliver(verdict.incoming, verdict.message_type)
+                await self._membership_changed(group, event)
+
+    async def _welcomed(self, welcome: Welcome) -> None:
+        """A group's welcome: the URL's on each connection, or the answer to a join."""
+        group = self.groups.held(welcome.group)
+        if group is None or group.standing not in (Standing.JOINING, Standing.JOINED):
+            # A group the client is not in: the URL's, left before this connection, or
+            # one whose join() was given up. Leave it again; drop what comes meanwhile.
+            logger.debug("welcomed into group %r, which the client left: leaving", welcome.group)
+            if self._ws is not None:
+                try:
+                    await self._ws.send_message(leave_header(welcome.group).decode())
+                except ConnectionEnded:
+                    pass
+            return
+        resumed = group.resumption.welcomed(welcome)
+        # Where the application is, once what was read before is handed out (at once on
+        # the group's first welcome: nothing was; for the URL's group, on the client's
+        # first connection).
+        first = not self._stats.connects if group.home else not group.welcomed
+        group.welcome()
+        await group.dispatcher.moved(group.resumption.position, at_once=first)
+        if resumed is not None:
+            await self._resumed(group, resumed)
+        await self._membership_changed(group, welcome)
+
+    async def _resumed(self, group: Membership, resumed: Resumed) -> None:
+        where = "" if group.home else f" in group {group.name!r}"
+        if resumed.recovered:
+            logger.info("recovering %d missed messages%s", resumed.missed, where)
+        else:
+            logger.warning("could not recover missed messages%s: %s", where, resumed.reason)
+        await group.dispatcher.deliver_event(Incoming(resumed, None, None, None, group.sender))
+
+    async def _membership_changed(
+        self, group: Membership, event: Welcome | Presence | Members
+    ) -> None:
+        for change in group.members.apply(event):
+            key = (group.name, change.id)
+            if isinstance(change, Left) and key in self._announced:
+                await self._stream_missing(key, "its sender left")
+            await group.dispatcher.deliver_event(Incoming(change, None, None, None, group.sender))
+
+    async def _error(self, event: Error) -> None:
+        """Something the relay could not do: a join it refused, the answer to a leave of
+        a group the client was not in, or a message it could not deliver."""
+        name = self._home.name if event.group is None else event.group
+        group = self.groups.held(name)
+        if event.error in JOIN_REFUSALS:
+            if group is not None and (
+                group.standing is Standing.JOINING
+                or (group.standing is Standing.JOINED and event.error != ALREADY_JOINED)
+            ):
+                logger.info("the relay refused to let the client join %r: %s", name, event.detail)
+                self._end(group, event.error, JoinRefused(name, event.error, event.detail))
+            return  # (the answer to a join given up on, or one sent twice)
+        if event.error == NOT_IN_GROUP and group is not None:
+            if group.standing is Standing.LEAVING:
+                self._drop(group, None)  # the answer to its leave: out of it already
+                return
+        if group is None or not group.routed:
+            group = self._home
+        logger.info(
+            "the relay could not deliver a message%s%s: %s (%s)",
+            "" if event.to is None else f" to {event.to!r}",
+            "" if group.home else f" in group {group.name!r}",
+            event.detail,
+            event.error,
+        )
+        if event.error == NO_SUCH_MEMBER and event.to is not None:
+            group.requests.member_not_found(event.to, event.detail)
+        failed = DeliveryFailed(event.to, event.error, event.detail)
+        await group.dispatcher.deliver_event(Incoming(failed, None, None, None, group.sender))
+
+    async def _carry_out(
+        self, group: Membership, verdict: Deliver | Reply | BadMessage, frame: str | bytes
+    ) -> None:
+        """Hand a read message of ``group`` on: to its dispatcher (or held, if it
+        announces a stream), a waiting request, or the rejects."""
+        if isinstance(verdict, Deliver):
+            if isinstance(frame, str) and group.dispatcher.announces(verdict.message_type):
+                await self._hold(group, verdict, frame)
+            else:
+                await group.dispatcher.deliver(verdict.incoming, verdict.message_type)
         elif isinstance(verdict, Reply):
-            bad = self._requests.answer(verdict, self._types)
+            bad = group.requests.answer(verdict, self._types)
             if bad is not None:
                 await self._reject(bad)
         else:
@@ -658,3 +830,10 @@ class ConnectionTask:
         )
         if self._on_bad_message is not None:
             await self._dispatcher.call_soon(self._on_bad_message, bad)
+
+
+def _not_in(group: str | None) -> None:
+    logger.debug(
+        "dropped what came of group %r: the client is not in it",
+        "(the URL's)" if group is None else group,
+    )

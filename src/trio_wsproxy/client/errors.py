@@ -14,8 +14,10 @@ __all__ = [
     "ClosedByRelay",
     "ConnectError",
     "HandshakeRefused",
+    "JoinRefused",
     "MemberNotFound",
     "NotConnected",
+    "NotInGroup",
     "ReplyError",
     "RequestTimeout",
     "UnsupportedByRelay",
@@ -120,6 +122,32 @@ class UnsupportedByRelay(ClientError):
         super().__init__(message)
         #: The relay URL of the connection that could not do it.
         self.url = url
+
+
+class JoinRefused(ClientError):
+    """The relay refused to let the client join ``group`` (:meth:`Client.join`):
+    ``code`` is the relay's stable code (``"not_allowed"``, ``"banned"``,
+    ``"group_limit"``, ...: see docs/protocol.md), ``detail`` its sentence. The client
+    goes on in the groups it was in."""
+
+    def __init__(self, group: str, code: str, detail: str) -> None:
+        super().__init__(f"the relay refused to let the client join {group!r}: {code} ({detail})")
+        #: The group the join named.
+        self.group = group
+        #: The relay's code for why, e.g. ``"not_allowed"``.
+        self.code = code
+        #: The relay's explanation, for people.
+        self.detail = detail
+
+
+class NotInGroup(ClientError):
+    """The client is not in the group any more (it left it, or the relay removed it), so
+    nothing can be sent to it, nor asked of it; nothing was sent."""
+
+    def __init__(self, message: str, *, group: str) -> None:
+        super().__init__(message)
+        #: The group the client is not in.
+        self.group = group
 
 
 def could_not_connect(errors: Sequence[ConnectError]) -> ConnectError:

@@ -54,6 +54,9 @@ class Connection:
     ended: trio.Event = attrs.Factory(trio.Event)
     #: The messages written on it in full, reported if it is lost.
     sent: SentLog = attrs.Factory(lambda: SentLog(0, 0))
+    #: Set once the joins of the groups the client was in went out on it (or it ended):
+    #: a message to one of them waits for that, lest it come before the join.
+    rejoined: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def v1(self) -> bool:
@@ -101,6 +104,7 @@ class Link:
         """``connection`` has ended: sends wait for the next one, and those it failed retry."""
         self._set(None)
         connection.ended.set()
+        connection.rejoined.set()
 
     def _set(self, connection: Connection | None) -> None:
         self.current = connection
@@ -113,13 +117,15 @@ class Link:
         *,
         to: str | None = None,
         or_group: bool = False,
+        group: str | None = None,
         value: object = None,
         as_type: Any = None,
         request_id: str | None = None,
         reply_to: str | None = None,
     ) -> None:
         """Write ``payload`` on the connection in use, waiting up to ``send_timeout`` for
-        one: to the group, or to the member ``to`` only.
+        one: to the group, or to the member ``to`` only; in ``group``, one the client
+        joined (None: the group its URL named).
 
         A connection that drops while the frame is written did not deliver it: it is
         written again on the next one. Once written, it is noted in the connection's
@@ -127,13 +133,14 @@ class Link:
         ``reply_to``: what the application sent). Raises :exc:`NotConnected` when none
         comes in time, :exc:`ClientClosed` once the client is closing, and
         :exc:`UnsupportedByRelay` when ``to`` is given and the connection does not speak
-        v1 — unless ``or_group``, which sends to the group instead.
+        v1 — unless ``or_group``, which sends to the group instead (``group`` given: raises
+        all the same).
         """
         deadline = trio.current_time() + self._config.send_timeout
         while True:
-            connection = await self._wait_for_connection(deadline)
-            header = _header(connection, to, or_group)
-            frame = payload if header is None else frame_for(payload, to)
+            connection = await self._wait_for_connection(deadline, group is not None)
+            header = _header(connection, to, or_group, group)
+            frame = payload if header is None else frame_for(payload, to, group)
             try:
                 await connection.ws.send_message(frame)
             except ConnectionEnded:
@@ -156,6 +163,7 @@ class Link:
         pieces: AsyncIterator[bytes],
         *,
         to: str | None = None,
+        group: str | None = None,
         announcement: str | None = None,
         announced: object = None,
         announced_as: Any = None,
@@ -180,14 +188,16 @@ class Link:
         # at once fails before anything is sent.
         first = await anext(pieces, b"")
         while True:
-            connection = await self._wait_for_connection(deadline)
-            header = _header(connection, to, False)
+            connection = await self._wait_for_connection(deadline, group is not None)
+            header = _header(connection, to, False, group)
             ws = connection.ws
             sent = 0
             async with ws.message_lock:
                 try:
                     if announcement is not None:
-                        frame = announcement if header is None else frame_for(announcement, to)
+                        frame = (
+                            announcement if header is None else frame_for(announcement, to, group)
+                        )
                         await ws.write_message(frame)
                     await ws.send_piece(first if header is None else header + first, last=not first)
                     sent = len(first)
@@ -242,13 +252,23 @@ class Link:
         with trio.move_on_at(deadline):
             await connection.ended.wait()
 
-    async def _wait_for_connection(self, deadline: float) -> Connection:
+    async def connection(self, deadline: float, rejoined: bool = True) -> Connection:
+        """The connection in use, once there is one (and, ``rejoined``, once the joins of
+        the client's groups went out on it): raises :exc:`NotConnected` at ``deadline``,
+        :exc:`ClientClosed` once the client is closing."""
+        return await self._wait_for_connection(deadline, rejoined)
+
+    async def _wait_for_connection(self, deadline: float, rejoined: bool = False) -> Connection:
         with trio.move_on_at(deadline):
             while True:
                 if self.stopping:
                     raise ClientClosed("the client is closed")
-                if self.current is not None:
-                    return self.current
+                current = self.current
+                if current is not None:
+                    if not rejoined or current.rejoined.is_set():
+                        return current
+                    await current.rejoined.wait()
+                    continue
                 await self._changed.wait()
         raise NotConnected(
             f"not connected to the relay for {self._config.send_timeout} s; "
@@ -266,16 +286,20 @@ class Link:
             await connection.ws.aclose(1000)
 
 
-def _header(connection: Connection, to: str | None, or_group: bool) -> bytes | None:
-    """The v1 header line a message to ``to`` (None: the group) starts with on
-    ``connection``; None on a plain connection, which can carry it to the group only —
-    else :exc:`UnsupportedByRelay` (unless ``or_group``: to the group instead)."""
-    if connection.protocol is None and (to is None or or_group):
+def _header(
+    connection: Connection, to: str | None, or_group: bool, group: str | None = None
+) -> bytes | None:
+    """The v1 header line a message to ``to`` (None: the group) in ``group`` (None: the
+    URL's) starts with on ``connection``; None on a plain connection, which can carry it
+    to the URL's group only — else :exc:`UnsupportedByRelay` (unless ``or_group``: to the
+    group instead)."""
+    if connection.protocol is None and group is None and (to is None or or_group):
         return None  # plain: the payload is the message
     if connection.v1:
-        return member_header(to)
+        return member_header(to, group)
+    what = "to one member" if group is None else f"to the group {group!r} it joined"
     raise UnsupportedByRelay(
         f"the relay at {connection.url} does not speak {SUBPROTOCOL} (it did not select "
-        "the subprotocol), so it cannot send a message to one member; nothing was sent",
+        f"the subprotocol), so it cannot send a message {what}; nothing was sent",
         url=connection.url,
     )

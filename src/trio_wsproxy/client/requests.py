@@ -117,7 +117,9 @@ class PendingRequests:
                 )
                 pending.resolve(error=error)
 
-    def close(self) -> None:
-        """The client closed: every waiting request raises :exc:`ClientClosed`."""
+    def close(self, error: ClientError | None = None) -> None:
+        """The client closed (or left the group the requests went to): every waiting
+        request raises ``error`` (:exc:`ClientClosed` if None)."""
+        error = error or ClientClosed("the client closed before the reply came")
         for pending in list(self._waiting.values()):
-            pending.resolve(error=ClientClosed("the client closed before the reply came"))
+            pending.resolve(error=error)

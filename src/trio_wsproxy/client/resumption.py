@@ -57,9 +57,13 @@ class Resumption:
         self.position: Position | None = None
         self._given = since
 
+    def named(self) -> Position | None:
+        """The position a connection names (a join, for a group other than the URL's)."""
+        return self.position if self.position is not None else self._given
+
     def since(self) -> str | None:
-        """What a connection names: ``EPOCH:OFFSET``, or None."""
-        named = self.position if self.position is not None else self._given
+        """What a connection names in its URL: ``EPOCH:OFFSET``, or None."""
+        named = self.named()
         return None if named is None else str(named)
 
     def welcomed(self, welcome: Welcome) -> Resumed | None:

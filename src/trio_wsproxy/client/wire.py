@@ -147,10 +147,11 @@ def encode_message(
     return encode_envelope(envelope)
 
 
-def frame_for(payload: str | bytes, to: str | None) -> str | bytes:
+def frame_for(payload: str | bytes, to: str | None, group: str | None = None) -> str | bytes:
     """The ``wsproxy.v1`` message that carries ``payload`` to the group (``to`` None) or
-    to the member ``to``: its header line, then the payload untouched, text as text."""
-    header = member_header(to)
+    to the member ``to``: its header line, then the payload untouched, text as text.
+    ``group``: a group the client joined (None: the one its URL named)."""
+    header = member_header(to, group)
     if isinstance(payload, str):
         return header.decode() + payload
     return header + payload

@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 
+from httpapi import KEY, call
 from trio_wsproxy import (
     Client,
     ClientConfig,
@@ -244,10 +245,63 @@ async def test_a_join_the_token_does_not_allow_raises_join_refused_and_the_clien
         assert twice.value.code == v1.ALREADY_JOINED
 
 
+@pytest.mark.wsproxy_relay(api_key=KEY)
+async def test_a_group_the_back_end_removes_the_client_from_ends_and_the_others_go_on(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
+    alice = await member(wsproxy_client, "lobby", "alice")
+    carol = await member(wsproxy_client, "lobby", "carol")
+    room = await join_group(alice, "room-2")
+    answer = await call(wsproxy_relay.port, "DELETE", "/api/groups/room-2/members/alice")
+    assert answer.status == 204, answer
+    with trio.fail_after(5):
+        why = await room.wait_left()
+    assert why is not None and "back end" in why and room.left_because == why
+    assert not room.joined and set(alice.groups) == {"lobby"}
+    with pytest.raises(NotInGroup, match="back end"):
+        await room.send(Chat("kept out"))
+    # Kept out for a while: joining again is refused.
+    with pytest.raises(JoinRefused) as refused:
+        await alice.join("room-2")
+    assert refused.value.code == v1.BANNED
+    await alice.send(Chat("still in the lobby"))
+    assert await expect_message(carol, Chat) == Chat("still in the lobby")
+
+
 async def test_joining_needs_the_v1_subprotocol(wsproxy_client: ClientFactory) -> None:
     plain = await wsproxy_client(group="lobby", config=attrs.evolve(FAST, offer_v1=False))
     with pytest.raises(UnsupportedByRelay, match="join"):
         await plain.join("room-2")
+
+
+@pytest.mark.wsproxy_relay(history_size=100)
+async def test_a_join_naming_a_saved_position_gets_what_was_missed_after_its_resumed(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
+    alice = await member(wsproxy_client, "lobby", "alice")
+    bob = await member(wsproxy_client, "room-2", "bob")
+    room = await join_group(alice, "room-2")
+    await bob.send(Chat("seen"))
+    assert await expect_message(room, Chat) == Chat("seen")
+    saved = str(room.position)  # what a program saves before it goes
+    await room.leave()
+    await bob.send(Chat("missed one"))
+    await bob.send(Chat("missed two"))
+    again = await alice.join("room-2", since=saved)
+    got: list[object] = []
+    three = trio.Semaphore(0)
+
+    def record(value: object) -> None:
+        got.append(value)
+        three.release()
+
+    # Registered before the next await: what the join replays was held for them.
+    again.on(Resumed, record)
+    again.on(Chat, record)
+    with trio.fail_after(5):
+        for _ in range(3):
+            await three.acquire()
+    assert got == [Resumed(True, 2), Chat("missed one"), Chat("missed two")]
 
 
 def hold_reconnecting(client: Client) -> Callable[[], Awaitable[None]]:

@@ -732,6 +732,10 @@ class ConnectionTask:
     async def _welcomed(self, welcome: Welcome) -> None:
         """A group's welcome: the URL's on each connection, or the answer to a join."""
         group = self.groups.held(welcome.group)
+        if group is not None and group.home and group.reason is not None:
+            # The relay took the client out of the URL's group, which the client did not
+            # leave: the relay let it in again with the URL.
+            group.join()
         if group is None or group.standing not in (Standing.JOINING, Standing.JOINED):
             # A group the client is not in: the URL's, left before this connection, or
             # one whose join() was given up. Leave it again; drop what comes meanwhile.

@@ -337,6 +337,15 @@ class GroupHandle:
                 pass  # (and so the client is out of the group)
         await membership.ended.wait()
 
+    async def wait_left(self) -> str | None:
+        """Wait until the client is no longer in the group — it left it, the back end
+        removed it, a rejoin was refused, the client closed — and return why
+        (:attr:`left_because`)."""
+        membership = self._membership
+        while membership.standing is not Standing.LEFT:
+            await membership.ended.wait()
+        return membership.reason
+
     # -- checks -----------------------------------------------------------------------------
 
     def _check_in(self) -> None:

@@ -528,6 +528,8 @@ export class Group extends EventTarget {
     this._stops = new Set();
     // leave()'s promise and its resolve, while a leave is under way.
     this._leaving = null;
+    // Whether the relay took the client out of the group (rather than it leaving).
+    this._removed = false;
   }
 
   /** Where this client is in the group's history, "EPOCH:OFFSET": the last message handed
@@ -737,6 +739,7 @@ export class Group extends EventTarget {
    * out rather than answering a leave. */
   _out(removed) {
     this._status = "out";
+    this._removed = Boolean(removed);
     this.members = new Set();
     this.memberCount = null;
     const leaving = this._leaving;
@@ -998,6 +1001,7 @@ export class Client extends Group {
     }
     const group = name === this.group ? this : new Group(this, name);
     group._status = "joining";
+    group._removed = false;
     group._since = since;
     return new Promise((resolve, reject) => {
       this._joining.set(name, { group, resolve, reject });
@@ -1027,6 +1031,7 @@ export class Client extends Group {
    * (the new connection is not in that group), except the URL's group's, asked again. */
   _rejoin() {
     if (this._status === "leaving" || this._status === "out") {
+      // (Left: the URL's group, which every connection joins, is left again.)
       this._status = "leaving";
       this._ws.send(leaveFrame(this.group));
     }
@@ -1397,6 +1402,9 @@ export class Client extends Group {
       // A connection's first message: the welcome to the group its URL named.
       const pending = this._joining.get(this.group);
       this._joining.delete(this.group);
+      // The URL's group the relay took the client out of (it did not leave it) is the
+      // client's again when a new connection's URL lets it in, as in the Python client.
+      if (this._status === "out" && this._removed) this._status = "joining";
       if (this._status === "leaving" || this._status === "out") {
         ready();
         this._rejoin();

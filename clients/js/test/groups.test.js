@@ -303,3 +303,33 @@ test("a no_such_member in one group fails the requests to that member there only
   assert.equal(await there, "MemberNotFound");
   await client.close();
 });
+
+test("after a reconnect the URL's group the client left is left again; one it was removed from is its own again", async () => {
+  const { client, socket } = await connected();
+  const leaving = client.leave();
+  socket.feed({ event: "left", group: "lobby" });
+  await leaving;
+  socket.drop(1006);
+  const again = await StandIn.nth(1);
+  assert.equal(again.url.searchParams.get("since"), null);
+  again.open();
+  again.feed(welcome("lobby", ["ann"], 5));
+  assert.deepEqual(again.written, [[{ leave: "lobby" }, ""]]);
+  again.feed({ event: "left", group: "lobby" });
+  assert.deepEqual([...client.groups.keys()], []);
+  await client.close();
+
+  const removedFrom = await connected();
+  const removed = new Promise((resolve) => removedFrom.client.addEventListener("removed", (event) => resolve(event.detail)));
+  removedFrom.socket.feed({ event: "left", group: "lobby", reason: "removed from the group by the application's back end" });
+  assert.equal((await removed).group, "lobby");
+  assert.deepEqual([...removedFrom.client.groups.keys()], []);
+  removedFrom.socket.drop(1006);
+  const back = await StandIn.nth(1);
+  back.open();
+  back.feed(welcome("lobby", ["ann"], 5));
+  assert.deepEqual(back.written, []);
+  assert.equal(removedFrom.client.groups.get("lobby"), removedFrom.client);
+  assert.deepEqual([...removedFrom.client.members], ["ann"]);
+  await removedFrom.client.close();
+});

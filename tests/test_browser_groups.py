@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from typing import Any
 
 import pytest
 import trio
@@ -17,7 +18,8 @@ import trio
 import trio_wsproxy
 from browserdriver import Browser, Page, open_browser
 from demotypes import Chat
-from trio_wsproxy import Relay, RelayConfig, open_client, open_relay
+from relaynode import RestartableRelay
+from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
 from trio_wsproxy.testing import wait_for_member, wait_for_member_to_leave
 
 ROOMS = ("lobby", "room-2", "room-3")
@@ -155,3 +157,61 @@ async def test_a_refused_join_says_why_and_the_page_stays_in_its_rooms(browser: 
             await wait_for_member(py, "web")
             await py.send(Chat("after the refusal"))
             await page.wait(logged("[room-2] py: after the refusal"))
+
+
+async def test_after_a_relay_restart_the_page_recovers_each_room_from_its_own_position(
+    browser: Browser, redis_url: str, prefix: str
+) -> None:
+    """The page's node restarts (history in Redis): the page reconnects, names its URL's
+    room's position, joins the two others again each with its own, and shows every
+    message each room got meanwhile, in order, then live ones."""
+    settings: dict[str, Any] = dict(
+        host="127.0.0.1", demo=True, backplane=redis_url, backplane_prefix=prefix,
+        history_size=1000,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        # Where the Python members stay while the page's node restarts.
+        other = await nursery.start(serve_relay, RelayConfig(port=0, **settings))
+        node = RestartableRelay(nursery)
+        relay = await node.start(**settings)
+        page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
+        await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+        await join_room(page, "room-2")
+        await join_room(page, "room-3")
+        async with AsyncExitStack() as stack:
+            py = {
+                room: await stack.enter_async_context(
+                    open_client(other.url, group=room, id=f"py-{room}")
+                )
+                for room in ROOMS
+            }
+            for room in ROOMS:
+                await wait_for_member(py[room], "web")
+                await py[room].send(Chat(f"{room} before"))
+            for room in ROOMS:
+                await page.wait(logged(f"py-{room}: {room} before"))
+            await node.stop()  # the relay stops: the page gets 1001
+            await page.wait("window.demo.client.state === 'reconnecting'")
+            for n in range(5):
+                for room in ROOMS:
+                    await py[room].send(Chat(f"{room} missed {n}"))
+            await node.start(**settings)
+            for room in ROOMS:
+                await page.wait(logged(f"{room} missed 4"))
+                await py[room].send(Chat(f"{room} after"))
+            for room in ROOMS:
+                await page.wait(logged(f"{room} after"))
+                said = await page.eval(
+                    f"window.demo.log.filter(l => l.includes('py-{room}: '))"
+                    ".map(l => l.split(': ')[1])"
+                )
+                assert said == [
+                    f"{room} before",
+                    *[f"{room} missed {n}" for n in range(5)],
+                    f"{room} after",
+                ], room
+                where = "" if room == "lobby" else f"[{room}] "
+                recovered = f"{where}recovered 5 missed messages"
+                assert await page.eval(f"window.demo.log.includes({recovered!r})"), room
+            assert await page.eval("[...window.demo.client.groups.keys()]") == list(ROOMS)
+        nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ import trio
 
 from httpapi import KEY, call
 from trio_wsproxy import (
+    BinaryStream,
     Client,
     ClientConfig,
     GroupHandle,
@@ -90,6 +91,8 @@ async def test_a_client_joins_a_group_and_sends_to_it_and_to_one_member_of_it(
     await wait_for_member(bob, "alice")
     await room.send(Chat("to room-2"))
     assert await expect_message(bob, Chat) == Chat("to room-2")
+    await room.send(b"\x00binary")
+    assert await expect_message(bob, bytes) == b"\x00binary"
     await room.send_to("bob", Chat("to bob in room-2"))
     direct = await expect_direct_message(bob, Chat)
     assert (direct.value, direct.sender) == (Chat("to bob in room-2"), "alice")
@@ -153,6 +156,32 @@ async def test_each_group_has_its_own_handlers_and_requests(
         await both.acquire()
     assert [i.value.text for i in in_lobby] == ["from the lobby", "heard"]
     assert len(in_room) == 1
+
+
+async def test_a_stream_goes_to_a_joined_group_and_comes_from_it_with_its_announcement(
+    wsproxy_relay: Relay, wsproxy_client: ClientFactory
+) -> None:
+    alice = await member(wsproxy_client, "lobby", "alice")
+    bob = await member(wsproxy_client, "room-2", "bob")
+    room = await alice.join("room-2")
+    await wait_for_member(bob, "alice")
+    streams: trio.MemorySendChannel[tuple[Chat, bytes, str | None]]
+    streams, streamed = trio.open_memory_channel(2)
+
+    async def save(chat: Chat, stream: BinaryStream) -> None:
+        await streams.send((chat, await stream.read_all(1 << 20), stream.sender))
+
+    room.on_stream(Chat, save)  # alice hears streams in room-2...
+    bob.on_stream(Chat, save)  # ...and bob in his URL's group, room-2
+    pieces = [b"a" * 1000, b"b" * 1000]
+    assert await room.send_stream(pieces, announce=Chat("from alice")) == 2000
+    assert await bob.send_stream([b"c" * 10], announce=Chat("from bob")) == 10
+    with trio.fail_after(5):
+        got = {await streamed.receive(), await streamed.receive()}
+    assert got == {
+        (Chat("from alice"), b"a" * 1000 + b"b" * 1000, "alice"),
+        (Chat("from bob"), b"c" * 10, "bob"),
+    }
 
 
 async def test_a_client_that_leaves_a_group_hears_nothing_more_of_it(

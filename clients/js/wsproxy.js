@@ -1050,6 +1050,20 @@ export class Client extends Group {
     }
   }
 
+  /** On a plain connection (a relay that does not speak wsproxy.v1): the client is in its
+   * URL's group only, and out of every other. */
+  _plain() {
+    for (const { reject } of this._joining.values()) {
+      reject?.(new WsproxyError(`the relay at ${this.url} does not speak ${SUBPROTOCOL}, so this client is in its URL's group only`));
+    }
+    this._joining.clear();
+    for (const [name, group] of [...this._groups]) {
+      if (group === this) continue;
+      this._groups.delete(name);
+      group._out({ reason: `the relay does not speak ${SUBPROTOCOL}`, error: null });
+    }
+  }
+
   // -- sending ----------------------------------------------------------------------------
 
   /** Whether there is a connection to write to now. (A socket the relay is closing still
@@ -1235,7 +1249,9 @@ export class Client extends Group {
           resolve({ connected: false, reason: `no connection within ${this.options.connectTimeout} ms` });
         }
       }, this.options.connectTimeout);
-      const ready = () => {
+      // `before`: what is written on the connection before anything the application
+      // sends once it is connected (the joins again of the other groups).
+      const ready = (before = null) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
@@ -1250,6 +1266,7 @@ export class Client extends Group {
         this._sent = newSentLog();
         this._failedRounds = 0;
         this.stats.connects += 1;
+        before?.();
         this._setState("connected", { url: this.urls[index], protocol: this.protocol });
         if (this._connected) {
           const pending = this._connected;
@@ -1265,6 +1282,7 @@ export class Client extends Group {
           this._moveTo(null);
           this.members = new Set();
           this.memberCount = null;
+          this._plain();
           ready();
         }
       });
@@ -1406,14 +1424,12 @@ export class Client extends Group {
       // client's again when a new connection's URL lets it in, as in the Python client.
       if (this._status === "out" && this._removed) this._status = "joining";
       if (this._status === "leaving" || this._status === "out") {
-        ready();
-        this._rejoin();
+        ready(() => this._rejoin());
         return;
       }
       const announce = this._welcomed(event);
       this._groups.set(this.group, this);
-      ready();
-      this._rejoin();
+      ready(() => this._rejoin());
       pending?.resolve?.(this);
       announce();
       return;

@@ -333,3 +333,30 @@ test("after a reconnect the URL's group the client left is left again; one it wa
   assert.deepEqual([...removedFrom.client.members], ["ann"]);
   await removedFrom.client.close();
 });
+
+test("after a reconnect the joins go before anything sent when the client says it is connected", async () => {
+  const { client, socket } = await connected();
+  const room = await joined(client, socket, "room-2", welcome("room-2", [], 0));
+  client.addEventListener("state", (event) => {
+    if (event.detail.state === "connected") room.send("System.String", "at once");
+  });
+  socket.drop(1001);
+  const again = await StandIn.nth(1);
+  again.open();
+  again.feed(welcome("lobby", [], 3));
+  assert.deepEqual(again.written, [[{ join: "room-2", since: `${EPOCH}:0` }, ""], [{ group: "room-2" }, say("at once")]]);
+  await client.close();
+});
+
+test("a relay that does not speak wsproxy.v1 has no other groups to join", async () => {
+  StandIn.made = [];
+  const pending = connect("ws://relay/ws?groupName=lobby", { WebSocket: StandIn, id: "me" });
+  const socket = await StandIn.nth(0);
+  socket.readyState = 1;
+  socket.dispatchEvent(new Event("open")); // (protocol "": plain)
+  const client = await pending;
+  assert.equal(client.protocol, null);
+  await assert.rejects(client.join("room-2"), (error) => error.name === "WsproxyError" && /does not speak/.test(error.message));
+  assert.deepEqual([...client.groups.keys()], ["lobby"]);
+  await client.close();
+});

@@ -49,6 +49,7 @@ from trio_wsproxy.client.wire import (
     frame_for,
     split_relay_message,
 )
+from trio_wsproxy.protocol import v1
 from trio_wsproxy.protocol.envelope import Envelope, encode_envelope
 from trio_wsproxy.protocol.typenames import TypeRegistry
 from trio_wsproxy.protocol.v1 import (
@@ -500,7 +501,9 @@ def test_the_client_reads_every_relay_vector_as_it_says(vector: dict[str, Any]) 
     meaning = vector["meaning"]
     header, payload = split_relay_message(as_received(vector))
     if "from" in meaning:
-        assert header == From(meaning["from"], meaning["direct"], meaning.get("offset"))
+        assert header == From(
+            meaning["from"], meaning["direct"], meaning.get("offset"), meaning.get("group")
+        )
         expected = bytes.fromhex(meaning["payload_hex"])
         assert payload == (expected.decode() if vector["opcode"] == "text" else expected)
     else:
@@ -519,8 +522,20 @@ def test_the_client_reads_every_relay_vector_as_it_says(vector: dict[str, Any]) 
 )  # (an empty header object is read, never written)
 def test_the_client_writes_every_member_vector_byte_for_byte(vector: dict[str, Any]) -> None:
     meaning = vector["meaning"]
-    payload = bytes.fromhex(meaning["payload_hex"])
-    written = frame_for(payload.decode() if vector["opcode"] == "text" else payload, meaning["to"])
+    if "join" in meaning or "leave" in meaning:
+        since = meaning.get("since")
+        written: str | bytes = (
+            v1.join_header(meaning["join"], None if since is None else v1.Position.parse(since))
+            if "join" in meaning
+            else v1.leave_header(meaning["leave"])
+        ).decode()
+    else:
+        payload = bytes.fromhex(meaning["payload_hex"])
+        written = frame_for(
+            payload.decode() if vector["opcode"] == "text" else payload,
+            meaning["to"],
+            meaning.get("group"),
+        )
     assert written == as_received(vector)
 
 

@@ -774,11 +774,18 @@ class Session:
                     return None
                 self._header = None
                 data, end = read
+            if end == 1:
+                # An empty header, the common case: to the URL's group.
+                sender = self._home
+                if sender is not None:
+                    self._sender = sender
+                    self._assembly.to = None
+                    return Data(data[1:], event.text, True, event.last)
             target = v1.parse_member_header(data[: end - 1]) if end > 1 else v1.TO_GROUP
         except v1.V1Error as exc:
             self._fail(ProtocolError(CloseCode.PROTOCOL_ERROR, f"{v1.SUBPROTOCOL}: {exc}"))
             return None
-        if isinstance(target, v1.Join | v1.Leave):
+        if type(target) is v1.Join or type(target) is v1.Leave:
             if not event.last or end != len(data):
                 self._fail(
                     ProtocolError(

@@ -18,6 +18,7 @@ import trio
 import trio_wsproxy
 from browserdriver import Browser, Page, open_browser
 from demotypes import Chat
+from httpapi import KEY, call
 from relaynode import RestartableRelay
 from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
 from trio_wsproxy.testing import wait_for_member, wait_for_member_to_leave
@@ -215,3 +216,24 @@ async def test_after_a_relay_restart_the_page_recovers_each_room_from_its_own_po
                 assert await page.eval(f"window.demo.log.includes({recovered!r})"), room
             assert await page.eval("[...window.demo.client.groups.keys()]") == list(ROOMS)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_room_the_back_end_removes_the_page_from_leaves_the_list_saying_why(
+    browser: Browser,
+) -> None:
+    async with open_relay(RelayConfig(port=0, demo=True, api_key=KEY)) as relay:
+        page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
+        await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+        await join_room(page, "room-2")
+        answer = await call(relay.port, "DELETE", "/api/groups/room-2/members/web")
+        assert answer.status == 204, answer
+        await page.wait("document.querySelector('[data-room=room-2]') === null")
+        assert await page.eval(logged("out of room-2: "))
+        assert await page.eval("[...window.demo.client.groups.keys()]") == ["lobby"]
+        assert await page.eval("document.querySelector('#rooms .current').dataset.room") == "lobby"
+        # Kept out for a while: joining again is refused, and says so.
+        refused = await page.eval(
+            "window.demo.client.join('room-2').then(() => 'joined', e => [e.name, e.code])"
+        )
+        assert refused == ["JoinRefused", "banned"]
+        assert await page.eval("window.demo.client.connected")

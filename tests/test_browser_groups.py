@@ -20,6 +20,7 @@ from browserdriver import Browser, Page, open_browser
 from demotypes import Chat
 from httpapi import KEY, call
 from relaynode import RestartableRelay
+from test_browser import click, join, logged
 from trio_wsproxy import Relay, RelayConfig, open_client, open_relay, serve_relay
 from trio_wsproxy.testing import wait_for_member, wait_for_member_to_leave
 
@@ -36,14 +37,6 @@ async def relay() -> AsyncIterator[Relay]:
 async def browser() -> AsyncIterator[Browser]:
     async with open_browser() as browser:
         yield browser
-
-
-def logged(text: str) -> str:
-    return f"window.demo.log.some(line => line.includes({text!r}))"
-
-
-def click(selector: str) -> str:
-    return f"(() => {{ document.querySelector({selector!r}).click(); return true }})()"
 
 
 def unread(room: str) -> str:
@@ -70,8 +63,7 @@ async def next_chat(
 async def test_one_page_in_three_rooms_talks_with_a_python_member_of_each(
     relay: Relay, browser: Browser
 ) -> None:
-    page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
-    await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+    page = await join(browser, relay, "web")
     async with AsyncExitStack() as stack:
         py = {
             room: await stack.enter_async_context(
@@ -146,8 +138,7 @@ async def test_one_page_in_three_rooms_talks_with_a_python_member_of_each(
 async def test_a_refused_join_says_why_and_the_page_stays_in_its_rooms(browser: Browser) -> None:
     config = RelayConfig(port=0, demo=True, max_groups_per_member=2)
     async with open_relay(config) as relay:
-        page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
-        await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+        page = await join(browser, relay, "web")
         await join_room(page, "room-2")
         refused = await page.eval(
             "window.demo.client.join('room-3').then(() => 'joined', e => [e.name, e.code, e.group])"
@@ -175,8 +166,7 @@ async def test_after_a_relay_restart_the_page_recovers_each_room_from_its_own_po
         other = await nursery.start(serve_relay, RelayConfig(port=0, **settings))
         node = RestartableRelay(nursery)
         relay = await node.start(**settings)
-        page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
-        await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+        page = await join(browser, relay, "web")
         await join_room(page, "room-2")
         await join_room(page, "room-3")
         async with AsyncExitStack() as stack:
@@ -222,8 +212,7 @@ async def test_a_room_the_back_end_removes_the_page_from_leaves_the_list_saying_
     browser: Browser,
 ) -> None:
     async with open_relay(RelayConfig(port=0, demo=True, api_key=KEY)) as relay:
-        page = await browser.open("web", f"http://127.0.0.1:{relay.port}/demo/?name=web&room=lobby")
-        await page.wait("window.demo && window.demo.client && window.demo.client.connected")
+        page = await join(browser, relay, "web")
         await join_room(page, "room-2")
         answer = await call(relay.port, "DELETE", "/api/groups/room-2/members/web")
         assert answer.status == 204, answer

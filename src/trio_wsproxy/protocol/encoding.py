@@ -66,19 +66,20 @@ class V1Encoding(Encoding):
     value, so that fan-out frames a message once for all the members of a group that
     joined it by name, and once for all those whose URL named it."""
 
-    __slots__ = ("group",)
+    __slots__ = ("_hash", "group")
 
     subprotocol = v1.SUBPROTOCOL
     presence = True
 
     def __init__(self, group: str | None = None) -> None:
         self.group = group
+        self._hash = hash((type(self), group))
 
     def __eq__(self, other: object) -> bool:
         return other is self or (type(other) is type(self) and other.group == self.group)
 
     def __hash__(self) -> int:
-        return hash((type(self), self.group))
+        return self._hash
 
     def message(self, message: Message) -> bytes:
         offset, direct, group = message.offset, message.to is not None, self.group

@@ -84,7 +84,6 @@ class Group:
 
     __slots__ = (
         "_audiences",
-        "_listeners",
         "_sessions",
         "floor",
         "history",
@@ -101,7 +100,6 @@ class Group:
         self.members: dict[str, Member] = {}
         self._sessions: tuple[Member, ...] | None = ()
         self._audiences: tuple[Audience, ...] | None = ()
-        self._listeners: tuple[Member, ...] | None = ()
         #: Who streams a message to the group now (see :class:`Floor`).
         self.floor = Floor()
         #: Whether its v1 members were last told its member list (not its size only:
@@ -137,16 +135,6 @@ class Group:
             self._audiences = audiences
         return audiences
 
-    @property
-    def listeners(self) -> tuple[Member, ...]:
-        """The members here that hear of joins and leaves (v1), rebuilt only when
-        membership changes."""
-        listeners = self._listeners
-        if listeners is None:
-            listeners = tuple(m for m in self._reachable() if m.encoding.presence)
-            self._listeners = listeners
-        return listeners
-
     def _reachable(self) -> Iterable[Member]:
         """The members that messages and presence events go to now (all of them here;
         a distributed group leaves out those still catching up with its history)."""
@@ -154,7 +142,7 @@ class Group:
 
     def refresh_views(self) -> None:
         """Membership (or who is reachable) changed: fan-out's views are rebuilt."""
-        self._sessions = self._audiences = self._listeners = None
+        self._sessions = self._audiences = None
 
     @property
     def size(self) -> int:

@@ -30,9 +30,9 @@ from .fanout import send_control
 from .mailbox import FULL, HELD
 
 if TYPE_CHECKING:
-    from ..protocol.encoding import Encoding
     from .counters import Counters
     from .groups import Group, Member
+    from .mailbox import Mailbox
 
 #: How long changes gather before they are announced: a burst of joins within this
 #: window is one event per member. Short enough that a member list trails the group by
@@ -101,6 +101,9 @@ class PresenceTracker:
         """Send every group's pending changes that are due to its v1 members now."""
         pending, self._pending = self._pending, {}
         now = trio.current_time()
+        # Frames written straight to members' sockets, once all groups' events are in:
+        # a member in many groups gets one write per round, not one per group.
+        held: list[Mailbox] = []
         for group, changes in pending.items():
             if group.floor.holder is not None or now < group.next_announcement:
                 # A message is streaming to the group, or its last event was too
@@ -110,13 +113,17 @@ class PresenceTracker:
             group.next_announcement = now + INTERVAL * (
                 group.listener_count / LISTENERS_PER_INTERVAL
             )
-            self._announce(group, changes)
+            self._announce(group, changes, held)
+        for mailbox in held:
+            mailbox.flush()
         if self._pending:
             self._due.set()
 
-    def _announce(self, group: Group, changes: dict[str, bool]) -> None:
-        listeners = group.listeners
-        if not listeners:
+    def _announce(self, group: Group, changes: dict[str, bool], held: list[Mailbox]) -> None:
+        # Framed once per encoding that hears of joins and leaves: members whose URL
+        # named the group, and those that joined it by name (their events name it).
+        audiences = [(enc, members) for enc, members in group.audiences if enc.presence]
+        if not audiences:
             return
         size = group.size
         event: v1.Event
@@ -132,20 +139,13 @@ class PresenceTracker:
             joined = tuple(member_id for member_id, j in changes.items() if j)
             left = tuple(member_id for member_id, j in changes.items() if not j)
             event = v1.Presence(joined, left, size)
-        # Framed once per encoding: members whose URL named the group, and those that
-        # joined it by name (their events name it).
-        frames: dict[Encoding, bytes] = {}
-        held = []
-        for member in listeners:
-            data = frames.get(member.encoding)
-            if data is None:
-                data = frames[member.encoding] = member.encoding.event(event)
-            mailbox = member.mailbox
-            result = mailbox.offer(data)
-            if result == HELD:
-                held.append(mailbox)  # written straight to the socket below
-            elif result == FULL:
-                send_control(member, data)  # never dropped: queued, or the member closed
-        for mailbox in held:
-            mailbox.flush()
-        self._counters.presence_events += len(listeners)
+        for encoding, members in audiences:
+            data = encoding.event(event)
+            for member in members:
+                mailbox = member.mailbox
+                result = mailbox.offer(data)
+                if result == HELD:
+                    held.append(mailbox)  # written straight to the socket below
+                elif result == FULL:
+                    send_control(member, data)  # never dropped: queued, or the member closed
+            self._counters.presence_events += len(members)

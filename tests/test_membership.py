@@ -16,6 +16,7 @@ from trio_wsproxy.relay.membership import Membership
 class Connection:
     def __init__(self, member_id: str) -> None:
         self.id = member_id
+        self.key = member_id
         self.mailbox = Mailbox(1 << 20)
         self.encoding: Encoding = PLAIN
         self.closed: list[tuple[Membership, int, str]] = []
@@ -54,6 +55,8 @@ def test_a_membership_in_a_group_its_url_did_not_name_frames_for_that_group() ->
     alice.encoding = V1
     tagged = Membership(alice, "room-2", None, 0.0, V1.for_group("room-2"))
     assert tagged.encoding == V1Encoding("room-2") != V1
+    # One object per group: fan-out groups its members by encoding, by identity first.
+    assert V1.for_group("room-2") is tagged.encoding
     frame = tagged.encoding.message(Message("bob", True, b"hi"))
     assert frame[2:] == b'{"from":"bob","group":"room-2"}' + b"\nhi"
 

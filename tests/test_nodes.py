@@ -14,6 +14,7 @@ from trio_wsproxy.protocol.message import Message, StreamHead
 from trio_wsproxy.protocol.nodes import (
     NODE_ID_LENGTH,
     Ack,
+    Enter,
     MemberJoined,
     MemberLeft,
     Messages,
@@ -59,6 +60,7 @@ node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(Split, node_ids, st.floats(min_value=0, allow_nan=False, allow_infinity=False)),
     st.builds(Replace, node_ids, texts),
     st.builds(Remove, node_ids, texts, texts),
+    st.builds(Enter, node_ids, texts, texts),
     st.builds(Ack, node_ids, u64s, u32s),
 )
 epochs = st.text("0123456789abcdef", min_size=16, max_size=16)
@@ -131,6 +133,10 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
         b"K" + NODE + b"\x00\x04" + b"gone" + b"fedcba9876543210:3",
     ),
     (
+        Enter(NODE, "fedcba9876543210:3.7", "room"),
+        b"G" + NODE + b"\x00\x04" + b"room" + b"fedcba9876543210:3.7",
+    ),
+    (
         Ack(NODE, 9, 2),
         b"A" + NODE + b"\x00\x00\x00\x00\x00\x00\x00\x09" + b"\x00\x00\x00\x02",
     ),
@@ -158,7 +164,7 @@ def test_each_kind_decodes_from_its_exact_bytes(message: NodeMessage, wire: byte
 def test_every_kind_has_a_vector() -> None:
     assert {type(message) for message, _ in VECTORS} == {
         Messages, StreamStart, StreamPiece, StreamAbort, MemberJoined, MemberLeft, Split,
-        Replace, Remove, Ack, Sequenced,
+        Replace, Remove, Enter, Ack, Sequenced,
     }  # fmt: skip
 
 
@@ -167,7 +173,7 @@ def test_every_kind_has_a_vector() -> None:
 
 KINDS = {
     Messages: b"M", StreamStart: b"S", StreamAbort: b"X", MemberJoined: b"J", MemberLeft: b"L",
-    Split: b"Z", Replace: b"R", Remove: b"K", Ack: b"A", Sequenced: b"O",
+    Split: b"Z", Replace: b"R", Remove: b"K", Enter: b"G", Ack: b"A", Sequenced: b"O",
 }  # fmt: skip
 
 
@@ -266,7 +272,7 @@ def _last_field(message: NodeMessage) -> bytes | None:
             return message.payload
         case MemberJoined() | MemberLeft():
             return message.member_id.encode()
-        case Replace() | Remove():
+        case Replace() | Remove() | Enter():
             return message.owner.encode()
         case _:
             return None
@@ -283,7 +289,7 @@ def _with_last_field(message: NodeMessage, kept: bytes) -> NodeMessage:
             return attrs.evolve(message, payload=kept)
         case MemberJoined() | MemberLeft():
             return attrs.evolve(message, member_id=kept.decode())
-        case Replace() | Remove():
+        case Replace() | Remove() | Enter():
             return attrs.evolve(message, owner=kept.decode())
     raise AssertionError(message)
 

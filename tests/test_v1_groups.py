@@ -477,3 +477,72 @@ async def test_across_nodes_a_joined_group_is_followed_while_a_membership_is_in_
             )
         for client in (alice, bob, elsewhere):
             await client.aclose()
+
+
+@pytest.mark.wsproxy_relay(api_key=KEY, max_groups_per_member=3)
+async def test_the_back_end_lists_a_members_groups_and_adds_it_to_one(relay: Relay) -> None:
+    with trio.fail_after(10):
+        alice, _ = await v1_member(relay, "alice", group="lobby")
+        plain = await RawClient.open(relay.port, "/ws?id=plain&groupName=lobby")
+        await relay.wait_members(2)
+        answer = await call(relay.port, "GET", "/api/groups/lobby/members/alice/groups")
+        assert answer.json == {"id": "alice", "group": "lobby", "groups": ["lobby"]}
+        # The back end puts alice in room-2: she gets its welcome, as if she had joined.
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/alice/groups/room-2")
+        assert (answer.status, answer.json["groups"]) == (200, ["lobby", "room-2"])
+        welcome = await next_event(alice)
+        while not isinstance(welcome, v1.Welcome):
+            welcome = await next_event(alice)
+        assert welcome == v1.Welcome("alice", "room-2", frozenset({"alice"}), 1)
+        # Either of her groups names her connection.
+        answer = await call(relay.port, "GET", "/api/groups/room-2/members/alice/groups")
+        assert answer.json["groups"] == ["lobby", "room-2"]
+        # Refusals are answers with a status, and nothing changes for her.
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/alice/groups/room-2")
+        assert answer.status == 409 and "already in group" in answer.json["error"]
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/alice/groups/room-3")
+        assert answer.status == 200
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/alice/groups/room-4")
+        assert answer.status == 409 and "in 3 groups already" in answer.json["error"]
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/plain/groups/room-2")
+        assert answer.status == 409 and "plain member" in answer.json["error"]
+        answer = await call(relay.port, "PUT", "/api/groups/lobby/members/nobody/groups/x")
+        assert answer.status == 404
+        answer = await call(relay.port, "GET", "/api/groups/lobby/members/nobody/groups")
+        assert answer.status == 404
+    for client in (alice, plain):
+        await client.aclose()
+
+
+async def test_across_nodes_the_back_end_lists_and_adds_a_members_groups_on_any_node(
+    redis_url: str, prefix: str
+) -> None:
+    from test_backplane import caught_up, cluster
+
+    async with cluster(redis_url, prefix, api_key=KEY) as (a, b):
+        with trio.fail_after(30):
+            alice, _ = await v1_member(a, "alice", group="lobby")
+            assert isinstance(await join(alice, "room-2"), v1.Welcome)
+            await caught_up([a.port, b.port])
+            # Node b answers for alice, who is on node a, from Redis.
+            answer = await call(b.port, "GET", "/api/groups/room-2/members/alice/groups")
+            assert answer.json == {"id": "alice", "group": "room-2", "groups": ["lobby", "room-2"]}
+            # ...and asks node a to put her in room-3 too.
+            answer = await call(b.port, "PUT", "/api/groups/lobby/members/alice/groups/room-3")
+            assert answer.status == 202
+            welcome = await next_event(alice)
+            while not isinstance(welcome, v1.Welcome):
+                welcome = await next_event(alice)
+            assert welcome.group == "room-3"
+            answer = await call(b.port, "GET", "/api/groups/lobby/members/alice/groups")
+            assert answer.json["groups"] == ["lobby", "room-2", "room-3"]
+            # Removing her from one of them (on any node) leaves her in the others.
+            answer = await call(b.port, "DELETE", "/api/groups/room-2/members/alice")
+            assert answer.status == 204
+            left = await next_event(alice)
+            while not isinstance(left, v1.Left):
+                left = await next_event(alice)
+            assert left.group == "room-2"
+            answer = await call(b.port, "GET", "/api/groups/lobby/members/alice/groups")
+            assert answer.json["groups"] == ["lobby", "room-3"]
+        await alice.aclose()

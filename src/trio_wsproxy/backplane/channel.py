@@ -19,6 +19,7 @@ import trio
 from ..protocol.close_codes import CloseCode
 from ..protocol.nodes import (
     Ack,
+    Enter,
     MemberJoined,
     MemberLeft,
     Messages,
@@ -129,6 +130,10 @@ class Channels:
             member = self._roster.by_owner.get(message.owner)
             if member is not None:
                 member.close(CloseCode.REMOVED, message.reason)
+        elif type(message) is Enter:
+            member = self._roster.by_owner.get(message.owner)
+            if member is not None:
+                member.join_also(message.group)
         elif type(message) is Ack:
             self._turns.acknowledged(message.node, message.stream_id, message.piece)
 

@@ -175,7 +175,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
     async def join(self, member: Member) -> Group:
-        owner = self._roster.new_owner()
+        owner = self._roster.new_owner(member)
         group = self._add(member)
         await self._roster.joined(group, member, owner)
         return group
@@ -217,6 +217,12 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     async def remove_member(self, group_name: str, member_id: str, reason: str) -> bool:
         return await self._roster.remove_member(group_name, member_id, reason)
+
+    async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
+        return await self._roster.remote_member_groups(group_name, member_id)
+
+    async def enter_elsewhere(self, group_name: str, member_id: str, other: str) -> bool:
+        return await self._roster.enter_elsewhere(group_name, member_id, other)
 
     async def read_history(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
         return await self._history.page(group_name, after, limit)

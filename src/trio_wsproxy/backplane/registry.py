@@ -15,7 +15,16 @@ import json
 from collections.abc import Mapping
 
 from ..protocol.close_codes import CloseCode
-from ..protocol.nodes import MemberJoined, MemberLeft, Remove, Replace, owner_node, owner_token
+from ..protocol.nodes import (
+    Enter,
+    MemberJoined,
+    MemberLeft,
+    Remove,
+    Replace,
+    owner_connection,
+    owner_node,
+    owner_token,
+)
 from ..protocol.resp import ConnectionLost, RedisError
 from ..relay.groups import REPLACED_REASON, Group, Member, PresenceChange, RegistryUnavailable
 from . import scripts
@@ -59,9 +68,9 @@ class Roster:
 
     # -- this node's members -------------------------------------------------------------
 
-    def new_owner(self) -> str:
-        """The owner token of a new connection here."""
-        return owner_token(self._node_id, next(self._serial))
+    def new_owner(self, member: Member) -> str:
+        """The owner token of a new membership here (of ``member``'s connection)."""
+        return owner_token(self._node_id, next(self._serial), member.connection_key)
 
     async def joined(self, group: SharedGroup, member: Member, owner: str) -> None:
         """``member`` (its connection ``owner``) is in ``group`` here: register it in
@@ -293,4 +302,40 @@ class Roster:
         node = owner_node(owner)
         removal = Remove(self._node, owner.decode(), reason).encode()
         await self._link.call("PUBLISH", names.node_channel(node), removal)
+        return True
+
+    async def _remote_owner(self, group_name: str, member_id: str) -> bytes | None:
+        """The owner token of member ``member_id`` of the group when it is on another
+        node (from Redis), else None."""
+        owner = await self._link.call("HGET", self._names.members_key(group_name), member_id)
+        if not isinstance(owner, bytes) or owner_node(owner) == self._node:
+            return None
+        return owner
+
+    async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
+        """The groups of the connection that is member ``member_id`` of the group on
+        another node, from that node's membership entries in Redis (one read of them:
+        a call of the HTTP API's, not of any hot path)."""
+        owner = await self._remote_owner(group_name, member_id)
+        if owner is None:
+            return None
+        connection = owner_connection(owner)
+        entries = await self._link.call("HGETALL", self._names.node_members_key(owner_node(owner)))
+        if not isinstance(entries, list):
+            raise RedisError(f"unexpected reply to HGETALL: {entries!r}")
+        groups = []
+        for key, entry in zip(entries[::2], entries[1::2], strict=True):
+            if isinstance(key, bytes) and owner_connection(key) == connection:
+                if isinstance(entry, bytes):
+                    groups.append(json.loads(entry)[0])
+        return sorted(groups)
+
+    async def enter_elsewhere(self, group_name: str, member_id: str, other: str) -> bool:
+        """Ask the node of member ``member_id`` of the group (on another node) to have
+        its connection join ``other`` too (the G node message)."""
+        owner = await self._remote_owner(group_name, member_id)
+        if owner is None:
+            return False
+        entering = Enter(self._node, owner.decode(), other).encode()
+        await self._link.call("PUBLISH", self._names.node_channel(owner_node(owner)), entering)
         return True

@@ -10,6 +10,7 @@ fragments, nothing else.
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 
 import attrs
@@ -66,7 +67,7 @@ class V1Encoding(Encoding):
     value, so that fan-out frames a message once for all the members of a group that
     joined it by name, and once for all those whose URL named it."""
 
-    __slots__ = ("_hash", "group")
+    __slots__ = ("__weakref__", "_hash", "group")
 
     subprotocol = v1.SUBPROTOCOL
     presence = True
@@ -103,12 +104,20 @@ class V1Encoding(Encoding):
         return frame(OP_TEXT, v1.encode_event(event))
 
     def for_group(self, group: str) -> Encoding:
-        return V1Encoding(group)
+        # One object per group while any membership uses it: fan-out's audiences and
+        # presence group members by encoding, and a dict finds one by identity first.
+        tagged = _TAGGED.get(group)
+        if tagged is None:
+            tagged = _TAGGED[group] = V1Encoding(group)
+        return tagged
 
     def __repr__(self) -> str:
         if self.group is None:
             return super().__repr__()
         return f"<Encoding {self.subprotocol} group={self.group!r}>"
+
+
+_TAGGED: weakref.WeakValueDictionary[str, V1Encoding] = weakref.WeakValueDictionary()
 
 
 def _header(sender: str, direct: bool, offset: int | None, group: str | None) -> bytes:

@@ -36,6 +36,7 @@ On a node's own channel::
 
     R  Replace       owner (rest)
     K  Remove        u16 reason length, reason, owner (rest)
+    G  Enter         u16 group length, group, owner (rest)
     A  Ack           u64 stream id, u32 piece number
 
 Payloads are raw bytes (a text payload is its UTF-8, as its sender wrote it), never
@@ -58,6 +59,7 @@ from .message import Message, StreamHead
 __all__ = [
     "NODE_ID_LENGTH",
     "Ack",
+    "Enter",
     "MemberJoined",
     "MemberLeft",
     "Messages",
@@ -109,6 +111,7 @@ _Z = b"Z"
 _R = b"R"
 _K = b"K"
 _A = b"A"
+_G = b"G"
 _O = b"O"
 #: Bytes of a history's epoch (16 hex digits) and of an offset in ``O`` (20 digits).
 EPOCH_LENGTH = 16
@@ -124,12 +127,21 @@ def _node_id(instance: object, attribute: attrs.Attribute[bytes], value: bytes) 
         raise ValueError(f"a node id is {NODE_ID_LENGTH} bytes, not {len(value)}: {value!r}")
 
 
-def owner_token(node: str, serial: int) -> str:
-    """The owner token of a member's connection: ``"<node id>:<serial>"``, the id of the
-    node that holds the connection and that node's serial number for it. Unique in the
-    cluster; it names the connection in the members hashes, in J, L, R and K, and in a
-    node's membership entries (``backplane/names.py``)."""
-    return f"{node}:{serial}"
+def owner_token(node: str, serial: int, connection: str = "") -> str:
+    """The owner token of a member's connection in one group: ``"<node id>:<serial>"``,
+    the id of the node that holds the connection and that node's serial number for it,
+    or ``"<node id>:<connection>.<serial>"`` naming the connection too (its memberships
+    in several groups share ``"<node id>:<connection>."``: see :func:`owner_connection`).
+    Unique in the cluster; it names the membership in the members hashes, in J, L, R, K
+    and G, and in a node's membership entries (``backplane/names.py``)."""
+    return f"{node}:{connection}.{serial}" if connection else f"{node}:{serial}"
+
+
+def owner_connection(token: bytes) -> bytes:
+    """What the owner tokens of one connection's memberships share (the token itself,
+    for one that names no connection)."""
+    head, dot, _ = token.rpartition(b".")
+    return head + dot if dot else token
 
 
 def owner_node(token: bytes) -> bytes:
@@ -313,6 +325,21 @@ class Remove:
 
 
 @attrs.frozen
+class Enter:
+    """Sent to a node's own channel: the connection ``owner`` (one of its memberships)
+    joins the group ``group`` too, because a back end asked the HTTP API of the sending
+    node (DESIGN.md §8)."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    owner: str
+    group: str
+
+    def encode(self) -> bytes:
+        group = _short_string("group", self.group)
+        return b"".join([_G, self.node, _U16.pack(len(group)), group, self.owner.encode()])
+
+
+@attrs.frozen
 class Ack:
     """Sent to a streaming node's own channel: the sending node has queued that piece of
     that stream for its members, so the streamer may publish further ahead."""
@@ -359,6 +386,7 @@ NodeMessage: TypeAlias = (
     | Split
     | Replace
     | Remove
+    | Enter
     | Ack
     | Sequenced
 )
@@ -596,6 +624,11 @@ def _decode_remove(buffer: _Buffer, node: bytes, size: int) -> Remove:
     return Remove(node, str(buffer[start:], "utf-8"), reason)
 
 
+def _decode_enter(buffer: _Buffer, node: bytes, size: int) -> Enter:
+    group, start = _string(buffer, _HEADER, size, "G: the group")
+    return Enter(node, str(buffer[start:], "utf-8"), group)
+
+
 def _decode_ack(buffer: _Buffer, node: bytes, size: int) -> Ack:
     stream_id, piece = _fixed("A", buffer, size, _PIECE_ID)
     return Ack(node, stream_id, piece)
@@ -634,6 +667,7 @@ _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _Z[0]: _decode_split,
     _R[0]: _decode_replace,
     _K[0]: _decode_remove,
+    _G[0]: _decode_enter,
     _A[0]: _decode_ack,
     _O[0]: _decode_sequenced,
 }

@@ -37,11 +37,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
+from ..protocol import v1
 from ..protocol.assembly import FRAGMENT_SIZE
 from ..protocol.envelope import encode_envelope_around
 from ..protocol.printable import printable
 from .config import API_PREFIX, under_api
 from .groups import Bans, RegistryUnavailable
+from .membership import Connection, Membership
 from .openapi import MAX_BAN_SECONDS, MAX_TYPE_LENGTH, openapi_document
 from .post import Poster
 
@@ -60,6 +62,13 @@ _READ_SIZE = 65536
 # A request body the API has no use for (a GET's) is read past up to this many bytes,
 # so that the connection can serve the next request; a longer one closes it.
 _MAX_IGNORED_BODY = 65536
+#: The answer to a join the back end asked for that the relay refused, by its code.
+_REFUSAL_STATUS = {
+    v1.ALREADY_JOINED: HTTPStatus.CONFLICT,
+    v1.GROUP_LIMIT: HTTPStatus.CONFLICT,
+    v1.BAD_GROUP_NAME: HTTPStatus.BAD_REQUEST,
+}
+
 #: Why DELETE closes a member (with CloseCode.REMOVED).
 REMOVED_REASON = "removed from the group by the application's back end"
 
@@ -136,6 +145,8 @@ class Api:
             ("groups", "{}", "members"): {"GET": self._members},
             ("groups", "{}", "messages"): {"POST": self._post},
             ("groups", "{}", "members", "{}"): {"DELETE": self._remove},
+            ("groups", "{}", "members", "{}", "groups"): {"GET": self._member_groups},
+            ("groups", "{}", "members", "{}", "groups", "{}"): {"PUT": self._add_to_group},
             ("groups", "{}", "bans", "{}"): {"DELETE": self._lift_ban},
             ("groups", "{}", "history"): {"GET": self._history},
         }
@@ -336,6 +347,46 @@ class Api:
             self.bans.restore(group, member, before)
             raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member))
         await _send(call, HTTPStatus.NO_CONTENT, b"", None)
+
+    def _connection(self, group: str, member_id: str) -> Connection | None:
+        """The connection that is member ``member_id`` of ``group`` here, if any."""
+        found = self._host.registry.group(group)
+        member = None if found is None else found.members.get(member_id)
+        return member.connection if isinstance(member, Membership) else None
+
+    async def _member_groups(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        group, member_id = params
+        connection = self._connection(group, member_id)
+        if connection is not None:
+            groups: list[str] | None = connection.group_names
+        else:
+            groups = await self._host.registry.remote_member_groups(group, member_id)
+            if groups is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member_id))
+        await _send_json(call, HTTPStatus.OK, {"id": member_id, "group": group, "groups": groups})
+
+    async def _add_to_group(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        group, member_id, other = params
+        connection = self._connection(group, member_id)
+        if connection is None:
+            if not await self._host.registry.enter_elsewhere(group, member_id, other):
+                raise ApiError(HTTPStatus.NOT_FOUND, _no_member(group, member_id))
+            body = {"id": member_id, "group": group, "groups": [group, other]}
+            await _send_json(call, HTTPStatus.ACCEPTED, body)
+            return
+        if not connection.encoding.presence:
+            raise ApiError(
+                HTTPStatus.CONFLICT, "a plain member (not wsproxy.v1) is in one group only"
+            )
+        refusal = await connection.join_for_back_end(other)
+        if refusal is not None:
+            raise ApiError(
+                _REFUSAL_STATUS.get(refusal.error, HTTPStatus.SERVICE_UNAVAILABLE), refusal.detail
+            )
+        body = {"id": member_id, "group": group, "groups": connection.group_names}
+        await _send_json(call, HTTPStatus.OK, body)
 
     async def _lift_ban(self, call: _Call, params: list[str]) -> None:
         _no_query(call)

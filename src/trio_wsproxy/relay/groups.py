@@ -51,8 +51,17 @@ class Member(Protocol):
     def joined_at(self) -> float:
         """When the member joined, on the trio clock."""
 
+    @property
+    def connection_key(self) -> str:
+        """Its connection's id in this process: a connection's memberships share it (a
+        cluster registers them under one owner prefix, to list a member's groups)."""
+
     def close(self, code: int, reason: str) -> None:
         """Leave the group now and end the session with ``code``."""
+
+    def join_also(self, group_name: str) -> None:
+        """The application's back end asks (through another node) that this member's
+        connection join ``group_name`` too (a plain member's cannot: nothing happens)."""
 
 
 #: Members that share one encoding, with it: fan-out frames a message once per audience.
@@ -301,6 +310,15 @@ class GroupRegistry(Protocol):
         """Close the member ``member_id`` of ``group_name`` with 4005 (removed by the
         back end) and ``reason``, on whichever node it is; False when there is none."""
 
+    async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
+        """The groups of the connection that is member ``member_id`` of ``group_name``
+        on another node (sorted); None when no other node has it."""
+
+    async def enter_elsewhere(self, group_name: str, member_id: str, other: str) -> bool:
+        """Ask the node of the connection that is member ``member_id`` of
+        ``group_name`` on another node to join ``other`` too; False when no other node
+        has it."""
+
 
 class RegistryUnavailable(Exception):
     """The registry cannot answer for the whole cluster now (the backplane is down)."""
@@ -492,6 +510,12 @@ class LocalRegistry(NodeGroups[Group]):
             return False
         member.close(CloseCode.REMOVED, reason)
         return True
+
+    async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
+        return None  # every member is here
+
+    async def enter_elsewhere(self, group_name: str, member_id: str, other: str) -> bool:
+        return False
 
 
 # -- who may not come back (yet) -------------------------------------------------------------

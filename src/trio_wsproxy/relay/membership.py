@@ -34,6 +34,21 @@ class Connection(Protocol):
     @property
     def encoding(self) -> Encoding: ...
 
+    @property
+    def key(self) -> str:
+        """The connection's id in this process: its memberships share it."""
+
+    @property
+    def group_names(self) -> list[str]:
+        """The groups the connection is in now (sorted)."""
+
+    async def join_for_back_end(self, group_name: str) -> v1.Error | None:
+        """Join ``group_name`` too, as the back end asks: the refusal, or None."""
+
+    def join_also(self, group_name: str) -> None:
+        """The application's back end asks (through another node) that the connection
+        join ``group_name`` too."""
+
     def membership_closed(self, membership: Membership, code: int, reason: str) -> None:
         """A group ends ``membership`` with ``code``: the connection decides whether that
         ends it (every membership of it ends with it) or that membership alone."""
@@ -46,7 +61,8 @@ class Membership:
     fan-out reads them per recipient)."""
 
     __slots__ = (
-        "_connection",
+        "connection",
+        "connection_key",
         "encoding",
         "entering",
         "group",
@@ -67,7 +83,9 @@ class Membership:
         now: float,
         encoding: Encoding | None = None,
     ) -> None:
-        self._connection = connection
+        #: The connection it is a membership of.
+        self.connection = connection
+        self.connection_key = connection.key
         self.id = connection.id
         self.mailbox = connection.mailbox
         self.encoding = connection.encoding if encoding is None else encoding
@@ -92,8 +110,13 @@ class Membership:
         self.group = group
         self.sender = sender
 
+    def join_also(self, group_name: str) -> None:
+        """(The Member interface.) The back end asks that this member's connection join
+        ``group_name`` too."""
+        self.connection.join_also(group_name)
+
     def close(self, code: int, reason: str) -> None:
         """(The Member interface.) The group ends this membership (a slow mailbox, a
         replacement, a removal, a lost backplane): the connection decides what that
         ends."""
-        self._connection.membership_closed(self, code, reason)
+        self.connection.membership_closed(self, code, reason)

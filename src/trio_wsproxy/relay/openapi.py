@@ -150,6 +150,54 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/groups/{group}/members/{id}/groups": {
+                "get": {
+                    "operationId": "listMemberGroups",
+                    "summary": "The groups of the connection that is this member of the group "
+                    "(a wsproxy.v1 connection may be in several)",
+                    "parameters": [group, member],
+                    "responses": {
+                        **_COMMON,
+                        "200": _ok("The member's groups, sorted.", "MemberGroups"),
+                        "404": _error("No such member in the group."),
+                    },
+                }
+            },
+            "/api/groups/{group}/members/{id}/groups/{other}": {
+                "put": {
+                    "operationId": "addMemberToGroup",
+                    "summary": "Have the connection that is this member of the group join "
+                    "another group too (it gets that group's welcome); no token or ban is "
+                    "asked, the relay's limits hold",
+                    "parameters": [
+                        group,
+                        member,
+                        _id_parameter("other", "path", "The group to join.", max_id_length),
+                    ],
+                    "responses": {
+                        **_COMMON,
+                        "200": _ok("Joined: the member's groups now.", "MemberGroups"),
+                        "202": _ok(
+                            "The member is on another node, asked to join (its welcome, or "
+                            "the refusal in its log, follows there).",
+                            "MemberGroups",
+                        ),
+                        "400": _error(
+                            "A malformed request, or a group name no member may join (not "
+                            "printable)."
+                        ),
+                        "404": _error("No such member in the group."),
+                        "409": _error(
+                            "The member is in that group already, in as many groups as the "
+                            "relay allows (max_groups_per_member), or a plain member (not "
+                            "wsproxy.v1: one group only)."
+                        ),
+                        "503": _error(
+                            "A limit of the group or the relay, or the backplane is down."
+                        ),
+                    },
+                }
+            },
             "/api/groups/{group}/bans/{id}": {
                 "delete": {
                     "operationId": "liftBan",
@@ -258,6 +306,15 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "type": "object",
                     "required": ["members"],
                     "properties": {"members": {"type": "array", "items": {"type": "string"}}},
+                },
+                "MemberGroups": {
+                    "type": "object",
+                    "required": ["id", "group", "groups"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "group": {"type": "string"},
+                        "groups": {"type": "array", "items": {"type": "string"}},
+                    },
                 },
                 "History": {
                     "type": "object",

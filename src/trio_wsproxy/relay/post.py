@@ -34,6 +34,8 @@ class Poster:
     (its streaming floor); it has the :class:`~.groups.Member` attributes for that."""
 
     encoding = PLAIN
+    #: (The Member interface: a poster is no connection.)
+    connection_key = ""
 
     def __init__(self, relay: RelayCore, group: Group, text: bool, to: str | None) -> None:
         counters = relay.counters
@@ -70,6 +72,9 @@ class Poster:
     def found_here(self) -> bool:
         """Whether the member the message is for (if one) was found on this node."""
         return self._sender.found_here
+
+    def join_also(self, group_name: str) -> None:
+        """(The Member interface; a poster is in no group.)"""
 
     def close(self, code: int, reason: str) -> None:
         """(The Member interface; nothing closes a poster: its request ends it.)"""

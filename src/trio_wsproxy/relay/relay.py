@@ -315,11 +315,14 @@ class Relay:
         left = max(1, math.ceil(ban.until - now))
         return f"removed from this group by the application's back end: kept out for {left}s more"
 
-    def join_refusal(self, member_id: str, group_name: str, token: str | None) -> v1.Error | None:
+    def join_refusal(
+        self, member_id: str, group_name: str, token: str | None, *, by_back_end: bool = False
+    ) -> v1.Error | None:
         """Why a connected v1 member ``member_id`` (that presented ``token``) may not join
         ``group_name`` too, as the error event that answers its join; None: it may. The
         same checks as a connection's first group gets (its name, its token, a ban, the
-        limits), answered as events (the connection stays)."""
+        limits), answered as events (the connection stays). A join the back end asks
+        for (``by_back_end``) is its own decision: no token or ban is asked."""
         config = self.config
         if len(group_name) > config.max_id_length or not group_name.isprintable():
             return v1.Error(
@@ -327,11 +330,15 @@ class Relay:
                 f"a group name is printable and at most {config.max_id_length} characters",
                 group=group_name,
             )
-        if self._secret is not None:
+        if self._secret is not None and not by_back_end:
             verdict = check_token(token, self._secret, member_id, group_name, now=time.time())
             if verdict is not None:
                 return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
-        kept_out = self._kept_out(group_name, member_id, token, trio.current_time())
+        kept_out = (
+            None
+            if by_back_end
+            else self._kept_out(group_name, member_id, token, trio.current_time())
+        )
         if kept_out is not None:
             return v1.Error(v1.BANNED, kept_out, group=group_name)
         full = self.over_limit(member_id, group_name)

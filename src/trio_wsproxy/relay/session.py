@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -78,6 +79,9 @@ class State(enum.Enum):
 
 _OPEN = State.OPEN
 
+# Connections' ids in this process (Session.key).
+_KEYS = itertools.count(1)
+
 
 class SessionHost(RelayCore, Protocol):
     """What a session needs of the relay it runs in."""
@@ -104,7 +108,9 @@ class SessionHost(RelayCore, Protocol):
     def over_limit(self, member_id: str, group_name: str) -> tuple[str, str] | None:
         """(kind, reason) when one more member would break a limit."""
 
-    def join_refusal(self, member_id: str, group_name: str, token: str | None) -> v1.Error | None:
+    def join_refusal(
+        self, member_id: str, group_name: str, token: str | None, *, by_back_end: bool = False
+    ) -> v1.Error | None:
         """Why a member may not join one more group (its name, its token, a ban, a
         limit), as the error event that answers it; None: it may."""
 
@@ -126,6 +132,8 @@ class Session:
         token: str | None = None,
     ) -> None:
         self.id = member_id
+        #: The connection's id in this process (its memberships share it).
+        self.key = str(next(_KEYS))
         #: The group the member's URL named: its first (and, in plain, only) group.
         self.group_name = group_name
         self.remote = remote
@@ -173,6 +181,8 @@ class Session:
         # the rest of a message is dropped (it named a group the member is not in).
         self._request: v1.Join | v1.Leave | None = None
         self._dropping = False
+        # While it runs: its nursery (joins the back end asks for run there).
+        self._nursery: trio.Nursery | None = None
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
         #: is never judged dead (keepalive), nor its streaming stalled.
         self.paused = 0
@@ -184,6 +194,11 @@ class Session:
         #: When the member joined (trio clock), set by :meth:`join`.
         self.joined_at = self.heard_at
         self.pinged_at: float | None = None
+
+    @property
+    def connection_key(self) -> str:
+        """(The Member interface, for the frames the session queues for itself.)"""
+        return self.key
 
     @property
     def reads(self) -> int:
@@ -315,9 +330,50 @@ class Session:
             else:
                 self._drop(membership, None)
 
-    async def _join_group(self, name: str, since: v1.Position | None) -> None:
+    @property
+    def group_names(self) -> list[str]:
+        """The groups the connection is in now, by name (sorted)."""
+        return sorted(name for name, each in self._memberships.items() if each.group is not None)
+
+    async def join_for_back_end(self, name: str) -> v1.Error | None:
+        """Join the group ``name`` too because the application's back end says so (the
+        HTTP API): no token or ban is asked, the limits hold. The member gets the
+        group's welcome; the refusal, if any, is the caller's (None: joined)."""
+        if not self._v1:
+            return v1.Error(
+                v1.UNAVAILABLE, "a plain member (not wsproxy.v1) is in one group only", group=name
+            )
+        return await self._join_group(name, None, by_back_end=True)
+
+    def join_also(self, name: str) -> None:
+        """(The Connection and Member interfaces.) The back end asks, through another node, that the
+        connection join ``name`` too: done in the session's own nursery, a refusal
+        logged (nobody waits for the answer)."""
+        if self._nursery is not None and self.state is _OPEN:
+            self._nursery.start_soon(self._join_asked_elsewhere, name)
+
+    async def _join_asked_elsewhere(self, name: str) -> None:
+        refusal = await self.join_for_back_end(name)
+        if refusal is not None:
+            logger.info(
+                "%r: the back end's join of %s was refused: %s",
+                self,
+                printable(name),
+                refusal.detail,
+                extra=self._log_fields(),
+            )
+
+    async def _join_group(
+        self, name: str, since: v1.Position | None, *, by_back_end: bool = False
+    ) -> v1.Error | None:
         """Join the group ``name`` too, answered by its welcome, or refused with an error
-        event that says why (the connection stays in the groups it is in)."""
+        event that says why (the connection stays in the groups it is in); the back
+        end's join gets the refusal back instead (None: joined)."""
+        # A join is work like a teardown: many at once take turns with the fan-out.
+        # (First: nothing is awaited from the checks to the membership's registration.)
+        await self._paused(self._budget.spend, MEMBERSHIP, read_ahead=False)
+        if self.state is not _OPEN:
+            return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
         refusal: v1.Error | None
         if name in self._memberships:
             refusal = v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
@@ -325,12 +381,12 @@ class Session:
             limit = self._relay.config.max_groups_per_member
             refusal = v1.Error(v1.GROUP_LIMIT, f"in {limit} groups already", group=name)
         else:
-            refusal = self._relay.join_refusal(self.id, name, self._token)
+            token = self._token
+            refusal = self._relay.join_refusal(self.id, name, token, by_back_end=by_back_end)
         if refusal is not None:
-            send_control(self, event_frame(refusal))
-            return
-        # A join is work like a teardown: many at once take turns with the fan-out.
-        await self._paused(self._budget.spend, MEMBERSHIP, read_ahead=False)
+            if not by_back_end:
+                send_control(self, event_frame(refusal))
+            return refusal
         encoding = self.encoding if name == self.group_name else self.encoding.for_group(name)
         membership = Membership(self, name, since, trio.current_time(), encoding)
         membership.entering = True
@@ -339,17 +395,20 @@ class Session:
         finally:
             membership.entering = False
         if self.state is not _OPEN:
-            return
+            return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
         if membership.refused is not None or self._memberships.get(name) is not membership:
             # The group ended it while it joined (its history could not be caught up,
             # the backplane went away).
             self._courier.unserve(group)
             reason = "could not join" if membership.refused is None else membership.refused[1]
-            send_control(self, event_frame(v1.Error(v1.UNAVAILABLE, reason, group=name)))
-            return
+            refusal = v1.Error(v1.UNAVAILABLE, reason, group=name)
+            if not by_back_end:
+                send_control(self, event_frame(refusal))
+            return refusal
         if name == self.group_name:
             self._home = membership.sender
         self._joined(membership, group, catch)
+        return None
 
     def _drop(self, membership: Membership, reason: str | None) -> None:
         """Leave ``membership``'s group, the connection staying (in the groups it is in
@@ -411,6 +470,7 @@ class Session:
                 if relay.closing:
                     self.close(CloseCode.GOING_AWAY, "relay shutting down")
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
                     await self._receive_loop()
         except Exception:

@@ -330,6 +330,81 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
     recorder.check(count)
 
 
+async def test_a_client_in_three_groups_whose_node_is_killed_recovers_each_group(
+    redis_url: str, prefix: str
+) -> None:
+    """kill -9 of the node a client in three groups is on, mid-traffic in all three: one
+    reconnect to the other node recovers every group from its own position (the URL's
+    by ?since=, the others by joins naming theirs), each message once and in order."""
+    count = 300
+    rooms = ("g", "room-2", "room-3")
+    recorders = {room: Recorder(as_text) for room in rooms}
+    async with cluster(redis_url, prefix, count=1, node_ttl=1.0, **HISTORY) as (a,):
+        process, url, port = await start_relay(
+            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
+            "--history-size", "10000",
+        )  # fmt: skip
+        try:
+            async with trio_wsproxy.open_client([url, a.url], group="g", id="member") as client:
+                recorders["g"].attach(client)
+                for room in rooms[1:]:
+                    recorders[room].attach(await client.join(room))  # type: ignore[arg-type]
+                senders = {room: await join(a, f"sender-{room}", room) for room in rooms}
+                with trio.fail_after(60):
+                    await caught_up([a.port, port])
+                    for n in range(count):
+                        for room in rooms:
+                            await senders[room].send_frame(OP_BINARY, str(n).encode())
+                        if n == count // 2:
+                            await recorders["room-3"].saw(count // 3)
+                            process.send_signal(signal.SIGKILL)
+                    for recorder in recorders.values():
+                        await recorder.saw(count)
+                assert client.url.startswith(a.url)
+                assert set(client.groups) == set(rooms)
+        finally:
+            if process.returncode is None:
+                await kill(process)
+        for sender in senders.values():
+            await sender.aclose()
+    for recorder in recorders.values():
+        recorder.check(count)
+
+
+async def test_a_client_in_two_groups_closed_4001_recovers_both(
+    redis_url: str, prefix: str, relay_log: LogLines
+) -> None:
+    """The client's handler of its URL's group stalls until its node closes it with
+    4001 (its one mailbox is every group's): it reconnects by itself, and each group's
+    handler sees every message once, in order."""
+    count = 2000
+    stalled, other = Recorder(as_u32, stall_at=10), Recorder(as_u32)
+    settings = dict(history_size=10_000, history_bytes=64 * 1024 * 1024,
+                    mailbox_bytes=64 * 1024, slow_member_timeout=0.5, close_timeout=30)  # fmt: skip
+    async with cluster(redis_url, prefix, **settings) as (a, b):
+        async with trio_wsproxy.open_client(
+            b.url, group="g", id="slow", on_disconnect=stalled.on_disconnect
+        ) as client:
+            stalled.attach(client)
+            other.attach(await client.join("room-2"))  # type: ignore[arg-type]
+            sender = await join(a, "sender")
+            elsewhere = await join(a, "sender", "room-2")
+            with trio.fail_after(60):
+                await caught_up([a.port, b.port])
+                for n in range(100):
+                    await elsewhere.send_frame(OP_BINARY, n.to_bytes(4, "big"))
+                await stall_into_4001(stalled, sender, count, b, relay_log)
+                await stalled.closed_slow.wait()
+                for n in range(100, 200):
+                    await elsewhere.send_frame(OP_BINARY, n.to_bytes(4, "big"))
+                await stalled.saw(count)
+                await other.saw(200)
+        await sender.aclose()
+        await elsewhere.aclose()
+    stalled.check(count)
+    other.check(200)
+
+
 async def test_a_redis_restart_changes_the_epoch_and_members_are_told(
     private_redis: RedisServer, prefix: str, backplane_log: LogLines
 ) -> None:

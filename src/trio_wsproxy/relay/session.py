@@ -346,9 +346,9 @@ class Session:
         return await self._join_group(name, None, by_back_end=True)
 
     def join_also(self, name: str) -> None:
-        """(The Connection and Member interfaces.) The back end asks, through another node, that the
-        connection join ``name`` too: done in the session's own nursery, a refusal
-        logged (nobody waits for the answer)."""
+        """(The Connection and Member interfaces.) The back end asks, through another
+        node, that the connection join ``name`` too: done in the session's own nursery,
+        a refusal logged (nobody waits for the answer)."""
         if self._nursery is not None and self.state is _OPEN:
             self._nursery.start_soon(self._join_asked_elsewhere, name)
 

@@ -546,3 +546,60 @@ async def test_across_nodes_the_back_end_lists_and_adds_a_members_groups_on_any_
             answer = await call(b.port, "GET", "/api/groups/lobby/members/alice/groups")
             assert answer.json["groups"] == ["lobby", "room-3"]
         await alice.aclose()
+
+
+async def test_joins_and_leaves_racing_traffic_see_a_gapless_run_per_membership(
+    relay: Relay,
+) -> None:
+    """A member joins and leaves a group again and again while another blasts numbered
+    messages into it: within each membership (from its welcome to its left), what it
+    gets is a run of consecutive numbers, and nothing comes after its left."""
+    count = 3000
+    with trio.fail_after(30):
+        blaster, _ = await v1_member(relay, "blaster", group="room")
+        hopper, _ = await v1_member(relay, "hopper", group="lobby")
+        runs: list[list[int]] = []
+        done = trio.Event()
+
+        async def blast() -> None:
+            for n in range(count):
+                await blaster.send_frame(OP_BINARY, b"\n" + n.to_bytes(4, "big"))
+            done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(blast)
+            while not done.is_set() or len(runs) < 3:
+                await hopper.send_frame(OP_TEXT, v1.join_header("room"))
+                run: list[int] | None = None
+                leaving = False
+                while True:
+                    _, data = await hopper.recv_message()
+                    what, start = v1.decode_relay_message(data)
+                    if isinstance(what, v1.Welcome):
+                        assert what.group == "room" and run is None
+                        run = []
+                    elif isinstance(what, v1.From):
+                        assert what.group == "room" and run is not None, what
+                        run.append(int.from_bytes(data[start:], "big"))
+                    elif isinstance(what, v1.Left):
+                        assert run is not None and leaving
+                        runs.append(run)
+                        break
+                    if run is not None and not leaving and (len(run) >= 3 or done.is_set()):
+                        # Leave while messages are still coming.
+                        await hopper.send_frame(OP_TEXT, v1.leave_header("room"))
+                        leaving = True
+            nursery.cancel_scope.cancel()
+        assert sum(1 for run in runs if run) >= 2, "the joins did not race the traffic"
+        end = -1
+        for run in filter(None, runs):
+            assert run == list(range(run[0], run[0] + len(run)))
+            assert run[0] > end  # (and later memberships see later messages)
+            end = run[-1]
+        # Nothing of the room came after the last left: the lobby's next message is next.
+        await blaster.send_frame(OP_TEXT, b"\nlast")  # (to the room: hopper is not in it)
+        other, _ = await v1_member(relay, "other", group="lobby")
+        await other.send_frame(OP_TEXT, b"\nlobby")
+        assert await next_message(hopper) == (OP_TEXT, v1.From("other"), b"lobby")
+    for client in (blaster, hopper, other):
+        await client.aclose()

@@ -603,3 +603,52 @@ async def test_joins_and_leaves_racing_traffic_see_a_gapless_run_per_membership(
         assert await next_message(hopper) == (OP_TEXT, v1.From("other"), b"lobby")
     for client in (blaster, hopper, other):
         await client.aclose()
+
+
+@pytest.mark.wsproxy_relay(
+    history_size=1000, history_bytes=4 << 20, mailbox_bytes=64 << 10, slow_member_timeout=30
+)
+async def test_recoveries_of_many_joins_wait_for_the_member_to_read_the_earlier_ones(
+    relay: Relay,
+) -> None:
+    """What a join recovers is queued outside the mailbox's bound; a member that names
+    positions in many groups and does not read holds at most about one more group's
+    history than its bound, not every group's."""
+    rooms = [f"room-{n}" for n in range(6)]
+    payload = bytes(16 << 10)
+    with trio.fail_after(30):
+        writer, _ = await v1_member(relay, "writer", group="lobby")
+        epochs = {}
+        for room in rooms:
+            welcome = await join(writer, room)
+            assert isinstance(welcome, v1.Welcome) and welcome.position is not None
+            epochs[room] = welcome.position.epoch
+            for _ in range(40):  # 640 KiB of history per room
+                await writer.send_frame(OP_BINARY, b'{"group":"%s"}\n' % room.encode() + payload)
+        reader, _ = await v1_member(relay, "reader", group="lobby")
+        await reader.send(
+            b"".join(
+                mask_frame(OP_TEXT, v1.join_header(room, v1.Position(epochs[room], 0)))
+                for room in rooms
+            )
+        )
+        (session,) = [each for each in relay.sessions if each.id == "reader"]
+        await trio.testing.wait_all_tasks_blocked(0.2)
+        mailbox = session.mailbox
+        # Waiting for the reader: not every room is joined, and what is queued outside
+        # the bound is about one room's history more than the bound, not six.
+        assert len(session.group_names) < 1 + len(rooms)
+        assert mailbox.catch_up <= mailbox.capacity + 41 * (len(payload) + 64)
+        # Once it reads, every room comes, each recovered whole.
+        recovered: dict[str, int] = {}
+        while len(recovered) < len(rooms) or sum(recovered.values()) < 40 * len(rooms):
+            _, data = await reader.recv_message()
+            what, _ = v1.decode_relay_message(data)
+            if isinstance(what, v1.Welcome):
+                assert what.recovery == v1.Recovery(True, 40)
+                recovered[what.group] = 0
+            elif isinstance(what, v1.From) and what.group is not None:
+                recovered[what.group] += 1
+        assert recovered == dict.fromkeys(rooms, 40)
+    for client in (writer, reader):
+        await client.aclose()

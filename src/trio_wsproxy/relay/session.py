@@ -387,6 +387,8 @@ class Session:
             if not by_back_end:
                 send_control(self, event_frame(refusal))
             return refusal
+        if since is not None and not await self._recoveries_read():
+            return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
         encoding = self.encoding if name == self.group_name else self.encoding.for_group(name)
         membership = Membership(self, name, since, trio.current_time(), encoding)
         membership.entering = True
@@ -409,6 +411,25 @@ class Session:
             self._home = membership.sender
         self._joined(membership, group, catch)
         return None
+
+    async def _recoveries_read(self) -> bool:
+        """Before one more recovery: wait while what earlier joins recovered (queued
+        outside the mailbox's bound, Mailbox.catch_up) is more than the bound, unread.
+        So a member that names positions in many groups holds at most one group's
+        history beyond its mailbox; one that does not read it within the slow-member
+        timeout is closed with 4001 (False)."""
+        mailbox = self.mailbox
+        if mailbox.catch_up <= mailbox.capacity:
+            return True
+        timeout = self._relay.config.slow_member_timeout
+        deadline = trio.current_time() + timeout
+        while mailbox.catch_up > mailbox.capacity and self.state is _OPEN:
+            if not await self._paused(mailbox.wait_room, deadline):
+                self.close(
+                    CloseCode.SLOW_CONSUMER,
+                    f"recovered messages unread for {timeout:g}s: member reads too slowly",
+                )
+        return self.state is _OPEN
 
     def _drop(self, membership: Membership, reason: str | None) -> None:
         """Leave ``membership``'s group, the connection staying (in the groups it is in

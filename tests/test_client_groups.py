@@ -15,17 +15,16 @@ import pytest
 import trio
 
 from httpapi import KEY, call
+from test_client_v1 import FAST, Answer, Chat, Question, chat_types
 from trio_wsproxy import (
     BinaryStream,
     Client,
-    ClientConfig,
     GroupHandle,
     Incoming,
     JoinRefused,
     NotInGroup,
     Relay,
     Resumed,
-    TypeRegistry,
     UnsupportedByRelay,
     mint_token,
     open_client,
@@ -42,32 +41,7 @@ from trio_wsproxy.testing import (
     wait_for_members,
 )
 
-FAST = ClientConfig(
-    connect_timeout=2, reconnect_min_delay=0.02, reconnect_max_delay=0.1, send_timeout=3
-)
 SECRET = "a-secret-of-at-least-thirty-two-bytes!"
-
-
-@attrs.frozen
-class Chat:
-    text: str
-
-
-@attrs.frozen
-class Question:
-    text: str
-
-
-@attrs.frozen
-class Answer:
-    text: str
-
-
-def chat_types() -> TypeRegistry:
-    types = TypeRegistry()
-    for tp in (Chat, Question, Answer):
-        types.register(tp)
-    return types
 
 
 async def member(make: ClientFactory, group: str, id: str, **options: Any) -> Client:

@@ -40,6 +40,7 @@ from .client.client import (
     UnsupportedByRelay,
     open_client,
 )
+from .config_file import ConfigFileError, load_config
 from .protocol.close_codes import CloseCode
 from .protocol.envelope import (
     EMPTY_GUID,
@@ -59,6 +60,7 @@ from .protocol.typenames import (
 from .protocol.version import VERSION
 from .relay.config import DEFAULT_PORT, RelayConfig
 from .relay.groups import Group, GroupRegistry, LocalRegistry
+from .relay.namespaces import Namespace
 from .relay.relay import Relay, RelayStats
 
 #: The installed distribution's version (``pyproject.toml``'s), e.g. ``"0.1.0"``.
@@ -81,6 +83,7 @@ __all__ = [
     "ClientStats",
     "CloseCode",
     "ClosedByRelay",
+    "ConfigFileError",
     "ConnectError",
     "DeliveryFailed",
     "Disconnected",
@@ -96,6 +99,7 @@ __all__ = [
     "Left",
     "LocalRegistry",
     "MemberNotFound",
+    "Namespace",
     "NotConnected",
     "NotInGroup",
     "PayloadError",
@@ -118,6 +122,7 @@ __all__ = [
     "decode_envelope",
     "dotnet_generic_name",
     "encode_envelope",
+    "load_config",
     "message_type",
     "mint_token",
     "open_client",

@@ -16,8 +16,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -35,6 +36,16 @@ from ._workers.endpoint import WorkerLink
 from ._workers.figures import serve_worker
 from ._workers.signals import STOP_SIGNALS, signals_exit_at_once
 from ._workers.supervise import WorkerFailed, serve_workers
+from .config_file import (
+    _UNITS,
+    PARSERS,
+    ConfigFileError,
+    Optional,
+    build_config,
+    parse_size,
+    read_config_file,
+    render_config,
+)
 from .protocol.exceptions import first_leaf
 from .protocol.tokens import mint_token
 from .relay.config import RelayConfig, check_token_secret
@@ -42,79 +53,8 @@ from .relay.demo import demo_url
 
 logger = logging.getLogger("trio_wsproxy.cli")
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_NONE_WORDS = frozenset({"none", "off", "0"})
 # How long a token lives when ``trio-wsproxy token`` is not given --ttl.
 _TOKEN_TTL = "1h"
-
-
-def parse_size(text: str) -> int:
-    """``"65536"``, ``"64KiB"``, ``"16M"``, ``"1GiB"``: bytes as an int (binary units)."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 65536, 64KiB, 1GiB)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
-
-class _Optional:
-    """A flag's parser that reads ``none`` (or ``off``, ``0``) as None, anything else
-    with ``parse``."""
-
-    def __init__(self, parse: Callable[[str], Any]) -> None:
-        #: How a value other than none is read.
-        self.parse = parse
-        self.__name__ = getattr(parse, "__name__", "value")  # argparse's error names it
-
-    def __call__(self, text: str) -> Any:
-        return None if text.strip().lower() in _NONE_WORDS else self.parse(text)
-
-
-# How each RelayConfig field's flag parses its value; every field has a flag (a boolean
-# field is a --flag/--no-flag pair and needs no parser).
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "host": str,
-    "port": int,
-    "path": str,
-    "max_message_size": _Optional(parse_size),
-    "certfile": str,
-    "keyfile": str,
-    "log_level": str,
-    "mailbox_bytes": parse_size,
-    "max_buffered_bytes": _Optional(parse_size),
-    "slow_member_timeout": float,
-    "ping_interval": _Optional(float),
-    "ping_timeout": float,
-    "stream_timeout": float,
-    "presence_limit": int,
-    "history_size": _Optional(int),
-    "history_ttl": float,
-    "history_bytes": parse_size,
-    "max_history_bytes": _Optional(parse_size),
-    "max_history_groups": _Optional(int),
-    "handshake_timeout": float,
-    "max_handshake_size": parse_size,
-    "max_id_length": int,
-    "close_timeout": float,
-    "healthz_path": _Optional(str),
-    "livez_path": _Optional(str),
-    "metrics_path": _Optional(str),
-    "token_secret_file": str,
-    "api_key_file": str,
-    "allowed_origins": str,
-    "max_members": _Optional(int),
-    "max_group_members": _Optional(int),
-    "max_groups": _Optional(int),
-    "max_groups_per_member": int,
-    "ban_seconds": float,
-    "max_message_rate": _Optional(float),
-    "max_byte_rate": _Optional(parse_size),
-    "log_format": str,
-    "backplane": _Optional(str),
-    "backplane_prefix": str,
-    "node_ttl": float,
-    "workers": int,
-}
 
 
 class _NeverAFlag(argparse.Action):
@@ -147,8 +87,8 @@ def format_size(size: int) -> str:
 # Fields whose flag takes a size: their defaults are shown in binary units.
 _SIZES = frozenset(
     name
-    for name, parse in _PARSERS.items()
-    if parse is parse_size or (isinstance(parse, _Optional) and parse.parse is parse_size)
+    for name, parse in PARSERS.items()
+    if parse is parse_size or (isinstance(parse, Optional) and parse.parse is parse_size)
 )
 # Defaults whose RelayConfig value is not what the command line does without the flag.
 _CLI_DEFAULTS = {
@@ -170,7 +110,7 @@ def shown_default(name: str, value: Any) -> str:
     if value is None or value == ():
         # A flag whose parser reads "none" (_optional) takes it for "no limit / off";
         # for the others (file names, origins) the setting is simply not given.
-        return "none" if isinstance(_PARSERS.get(name), _Optional) else "not set"
+        return "none" if isinstance(PARSERS.get(name), Optional) else "not set"
     if name in _SIZES:
         return format_size(value)
     if isinstance(value, float):
@@ -183,8 +123,10 @@ def _help(text: str, default: str) -> str:
     return f"{text} (default: {default})".replace("%", "%%")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: ``serve`` takes one flag per :class:`RelayConfig` field."""
+def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
+    """The argument parser: ``serve`` takes one flag per :class:`RelayConfig` field.
+    ``defaults`` False: ``serve``'s flags have none, so that the parsed arguments hold
+    only the flags given (what overrides a config file)."""
     parser = argparse.ArgumentParser(
         prog="trio-wsproxy", description="Trio WebSocket group relay (EasyWebSocketProxy wire)."
     )
@@ -193,9 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run a relay until SIGINT or SIGTERM")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help='a TOML config file: each flag a key (max_message_size = "1MiB"), each '
+        "namespace a [namespaces.NAME] table; the flags given override it (default: none)",
+    )
+    serve.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (the file's and the flags', secrets masked) as "
+        "a config file, and exit",
+    )
     for field in attrs.fields(RelayConfig):
         default = field.default
         flag = "--" + field.name.replace("_", "-")
+        if field.metadata.get("file_only"):
+            continue  # (a table of the config file, not a flag)
         if field.metadata.get("env"):
             # A secret: from the environment, never from the command line. The flag is
             # there to refuse it plainly; without it, argparse would take --token-secret
@@ -212,19 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
         shown = _help(field.metadata["help"], shown_default(field.name, default))
         if isinstance(default, bool):
             serve.add_argument(
-                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
-                help=shown,
+                flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                default=default if defaults else argparse.SUPPRESS, help=shown,
             )  # fmt: skip
             continue
         if isinstance(default, tuple):
             default = ",".join(default)
-        if field.name not in _PARSERS:  # a field added to RelayConfig without its flag
-            raise LookupError(f"RelayConfig.{field.name} has no parser in _cli._PARSERS")
+        if field.name not in PARSERS:  # a field added to RelayConfig without its flag
+            raise LookupError(f"RelayConfig.{field.name} has no parser in config_file.PARSERS")
         serve.add_argument(
             flag,
             dest=field.name,
-            type=_PARSERS[field.name],
-            default=default,
+            type=PARSERS[field.name],
+            default=default if defaults else argparse.SUPPRESS,
             help=shown,
             metavar=field.name.upper(),
         )
@@ -320,15 +276,39 @@ _FLAG_FIELDS = {
 
 
 def config_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    given: set[str] | None = None,
 ) -> RelayConfig:
-    """The RelayConfig the parsed ``serve`` flags (and the environment's secrets) describe."""
+    """The RelayConfig the parsed ``serve`` flags (and the environment's secrets)
+    describe, over the config file of ``--config`` if one is given: then ``given``
+    names the flags given, which override the file (None: all of them)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for field in attrs.fields(RelayConfig):
+        if field.metadata.get("file_only"):
+            continue
         env = field.metadata.get("env")
         values[field.name] = environ.get(env) or None if env else getattr(args, field.name)
-    return RelayConfig(**values)
+    path = getattr(args, "config", None)
+    if path is None:
+        return RelayConfig(**values)
+    from_file = read_config_file(path)
+    overrides = {
+        name: value
+        for name, value in values.items()
+        if given is None or name in given or _FIELDS[name].metadata.get("env")
+    }
+    # (A secret from the environment counts only when it is set.)
+    overrides = {
+        name: value
+        for name, value in overrides.items()
+        if not (_FIELDS[name].metadata.get("env") and value is None)
+    }
+    return build_config(from_file, overrides, Path(path))
+
+
+_FIELDS = {field.name: field for field in attrs.fields(RelayConfig)}
 
 
 # Attributes every LogRecord has; anything else was passed as ``extra`` and is a field.
@@ -445,10 +425,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         _mint(args, command_parser(parser, "token"))
         return
     serve = command_parser(parser, "serve")
+    given = set(vars(build_parser(defaults=False).parse_args(argv)))
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, given=given)
+    except ConfigFileError as exc:
+        serve.error(str(exc))
     except ValueError as exc:
         serve.error(flag_named(str(exc)))
+    if args.print_config:
+        print(render_config(config), end="")
+        return
     # A missing, unreadable or empty secret file, or a short secret: say so before serving.
     for flag, read in (
         ("--token-secret-file", read_token_secret),

@@ -410,6 +410,8 @@ Event = Welcome | Presence | Members | Error | Left
 #: Error codes the relay sends: a message it dropped...
 NO_SUCH_MEMBER = "no_such_member"
 NOT_IN_GROUP = "not_in_group"
+#: (A group whose namespace takes messages from the application's back end only.)
+READ_ONLY = "read_only"
 #: ...and a join it refused (the connection stays, in the groups it was in).
 NOT_ALLOWED = "not_allowed"
 BANNED = "banned"

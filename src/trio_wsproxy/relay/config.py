@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .namespaces import Namespace, check_namespaces, namespace_of
+
 DEFAULT_PORT = 8765  # clear of the usual local services (Postgres, Redis, NATS, RabbitMQ, MQTT)
 # An HS256 key shorter than the hash's 256 bits weakens every token signed with it
 # (RFC 7518 §3.2 requires at least that much), and PyJWT warns at the first token. A
@@ -413,6 +415,16 @@ class RelayConfig:
         "Read the sockets of members with nothing unusual going on in one task, a "
         "wake-up per scheduling turn instead of one per message (Linux; plain TCP).",
     )
+    namespaces: tuple[Namespace, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        metadata={
+            "help": "Group-name prefixes with policies of their own (the config file's "
+            "[namespaces.NAME] tables; see relay/namespaces.py).",
+            "env": None,
+            "file_only": True,
+        },
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.workers > 1 and self.backplane is None:
@@ -441,6 +453,11 @@ class RelayConfig:
             raise ValueError("give the API key once: api_key or api_key_file")
         if self.api_key is not None:
             check_api_key(self.api_key, "api_key (TRIO_WSPROXY_API_KEY)")
+        check_namespaces(self.namespaces)
+
+    def namespace(self, group: str) -> Namespace | None:
+        """The namespace the group ``group`` is in (its longest prefix), or None."""
+        return namespace_of(self.namespaces, group) if self.namespaces else None
 
     @property
     def tls(self) -> bool:

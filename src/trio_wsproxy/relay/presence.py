@@ -28,6 +28,7 @@ from ..protocol import v1
 from ..protocol.frames import OP_TEXT, frame
 from .fanout import send_control
 from .mailbox import FULL, HELD
+from .namespaces import Namespace, namespace_of
 
 if TYPE_CHECKING:
     from .counters import Counters
@@ -52,9 +53,13 @@ def event_frame(event: v1.Event) -> bytes:
 class PresenceTracker:
     """The relay's pending membership changes, per group, and the task announcing them."""
 
-    def __init__(self, limit: int, counters: Counters) -> None:
-        #: Largest group that has a member list (RelayConfig.presence_limit).
+    def __init__(
+        self, limit: int, counters: Counters, namespaces: tuple[Namespace, ...] = ()
+    ) -> None:
+        #: Largest group that has a member list (RelayConfig.presence_limit), but in a
+        #: namespace that sets its own (or has presence off).
         self.limit = limit
+        self._namespaces = namespaces
         self._counters = counters
         # Group -> member id -> joined (True) or left (False), the last change per id,
         # in the order of those last changes.
@@ -72,16 +77,30 @@ class PresenceTracker:
         message to it: this is the first thing its mailbox holds), and, with history,
         the group's position and the answer to the position it named."""
         size = group.size
-        members = None if size > self.limit else frozenset(group.member_ids())
+        members = None if size > self.limit_of(group) else frozenset(group.member_ids())
         event = v1.Welcome(member.id, group.name, members, size, position, recovery)
         # (The first frame it gets in the group.)
         member.mailbox.offer_catch_up(member.encoding.event(event))
         self._counters.presence_events += 1
 
+    def limit_of(self, group: Group) -> int:
+        """The presence limit of ``group``: its namespace's, or the relay's; 0 in a
+        namespace with presence off (its members get counts only, and no events)."""
+        if self._namespaces:
+            namespace = namespace_of(self._namespaces, group.name)
+            if namespace is not None:
+                if not namespace.presence:
+                    return 0
+                if namespace.presence_limit is not None:
+                    return namespace.presence_limit
+        return self.limit
+
     def changed(self, group: Group, member_id: str, joined: bool) -> None:
         """``member_id`` joined (or left) ``group``; announced with the next batch."""
         if not group.listener_count:
             return  # no v1 member to tell; one that joins later gets a welcome
+        if self._namespaces and not self.limit_of(group):
+            return  # presence off: nobody hears of joins and leaves
         pending = self._pending.get(group)
         if pending is None:
             pending = self._pending[group] = {}
@@ -127,7 +146,7 @@ class PresenceTracker:
             return
         size = group.size
         event: v1.Event
-        if size > self.limit:
+        if size > self.limit_of(group):
             if not group.listed:
                 return  # counts only, and they know it
             group.listed = False

@@ -112,7 +112,7 @@ class Relay:
         #: Where idle members' receivers park, read for by one task (see poller.py).
         self.poller = Poller() if config.shared_poller and Poller.available() else None
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
-        self.presence = PresenceTracker(config.presence_limit, self.counters)
+        self.presence = PresenceTracker(config.presence_limit, self.counters, config.namespaces)
         registry.watch_presence(self.presence.changed)
         self._secret = secret
         if secret is not None:
@@ -391,10 +391,13 @@ class Relay:
         if group is None:
             if config.max_groups is not None and self.registry.group_count >= config.max_groups:
                 return "too_many_groups", f"relay full: {config.max_groups} groups"
-        elif (
-            config.max_group_members is not None and len(group.members) >= config.max_group_members
-        ):
-            return "group_full", f"group full: {config.max_group_members} members"
+        else:
+            namespace = config.namespace(group_name)
+            most = config.max_group_members
+            if namespace is not None and namespace.max_group_members is not None:
+                most = namespace.max_group_members
+            if most is not None and len(group.members) >= most:
+                return "group_full", f"group full: {most} members"
         return None
 
     async def _probe_response(self, probe: Probe) -> bytes:

@@ -85,6 +85,7 @@ class Sender:
         "group",
         "member",
         "outbox",
+        "read_only",
     )
 
     def __init__(
@@ -99,8 +100,13 @@ class Sender:
         unknown: Unknown,
         cut_off_reason: str,
         pause: Pause = unpaused,
+        read_only: bool = False,
     ) -> None:
         self.member = member
+        #: Whether its member may not publish into the group (the group's namespace
+        #: takes messages from the back end only): the session refuses them before
+        #: anything is offered.
+        self.read_only = read_only
         self.group = group
         #: Queues this sender's frames in their recipients' mailboxes (a session's one
         #: courier serves all its memberships); the outbox is what goes to the group's

@@ -47,6 +47,7 @@ from .host import RelayCore
 from .mailbox import Mailbox
 from .membership import Membership
 from .memory import BufferBudget
+from .namespaces import PUBLISH_BACKEND
 from .poller import Poller
 from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
@@ -181,6 +182,7 @@ class Session:
         # the rest of a message is dropped (it named a group the member is not in).
         self._request: v1.Join | v1.Leave | None = None
         self._dropping = False
+        self._refuse_plain = False
         # While it runs: its nursery (joins the back end asks for run there).
         self._nursery: trio.Nursery | None = None
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
@@ -268,6 +270,9 @@ class Session:
             self.close(CloseCode.GOING_AWAY, "the relay stopped during the join")
             raise
         self._sender = self._home = membership.sender
+        # A plain member of a group only the back end publishes in: what it sends is
+        # refused (it has no events to be told by).
+        self._refuse_plain = not self._v1 and self._home is not None and self._home.read_only
         self._joined(membership, group, catch)
         if self._close is not None:
             return "backplane_down", self._close[1]
@@ -283,6 +288,7 @@ class Session:
         group's history (see Group.catch_up)."""
         self._memberships[membership.group_name] = membership  # (close() leaves it)
         group = await self._relay.registry.join(membership)
+        namespace = self._relay.config.namespace(membership.group_name)
         sender = Sender(
             membership,
             group,
@@ -293,6 +299,7 @@ class Session:
             unknown=functools.partial(self._no_such_member, membership),
             cut_off_reason="a message was cut off: its sender left mid-message",
             pause=self._paused,
+            read_only=namespace is not None and namespace.publish == PUBLISH_BACKEND,
         )
         membership.joined(group, sender)
         return group, await group.catch_up(membership, membership.since)
@@ -806,7 +813,13 @@ class Session:
         line off it: None while the header line is still arriving (or when it is bad:
         the connection failed)."""
         self._counters.bytes += len(event.payload)
-        return self._strip_header(event) if self._v1 else event
+        if self._v1:
+            return self._strip_header(event)
+        if self._refuse_plain:
+            self.close(CloseCode.POLICY_VIOLATION, _READ_ONLY_REASON)
+            self._member_done()
+            return None
+        return event
 
     def _sender_for(self, event: Data) -> Sender | None:
         """The sender of a v1 member in several groups for the whole message ``event``,
@@ -858,7 +871,7 @@ class Session:
             if end == 1:
                 # An empty header, the common case: to the URL's group.
                 sender = self._home
-                if sender is not None:
+                if sender is not None and not sender.read_only:
                     self._sender = sender
                     self._assembly.to = None
                     return Data(data[1:], event.text, True, event.last)
@@ -883,8 +896,14 @@ class Session:
         else:
             membership = self._memberships.get(group)
             sender = None if membership is None else membership.sender
-        if sender is None:
-            self._not_in_group(self.group_name if group is None else group)
+        if sender is None or sender.read_only:
+            name = self.group_name if group is None else group
+            if sender is None:
+                self._not_in_group(name)
+            else:
+                detail = f"{_READ_ONLY_REASON}: group {name!r}"
+                error = v1.Error(v1.READ_ONLY, detail, group=None if group is None else name)
+                send_control(self, event_frame(error))
             self._dropping = not event.last
             return None
         self._sender = sender
@@ -938,6 +957,9 @@ class Session:
         elif now - self.pinged_at >= timeout:
             self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
 
+
+#: Why a member's message into a group only the back end publishes in is refused.
+_READ_ONLY_REASON = "only the application's back end publishes in this group"
 
 # Closes worth a line at INFO; the rest (normal closes) are DEBUG.
 _NOTEWORTHY = frozenset(CloseCode) - {CloseCode.NORMAL, CloseCode.GOING_AWAY}

@@ -37,11 +37,11 @@ from ._workers.figures import serve_worker
 from ._workers.signals import STOP_SIGNALS, signals_exit_at_once
 from ._workers.supervise import WorkerFailed, serve_workers
 from .config_file import (
-    _UNITS,
     PARSERS,
     ConfigFileError,
-    Optional,
+    NoneOr,
     build_config,
+    format_size,
     parse_size,
     read_config_file,
     render_config,
@@ -75,20 +75,11 @@ class _NeverAFlag(argparse.Action):
         )
 
 
-def format_size(size: int) -> str:
-    """``4194304`` -> ``"4MiB"``: the largest binary unit that divides ``size`` (what
-    :func:`parse_size` reads back)."""
-    for unit in ("t", "g", "m", "k"):
-        if size and size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]}{unit.upper()}iB"
-    return str(size)
-
-
 # Fields whose flag takes a size: their defaults are shown in binary units.
 _SIZES = frozenset(
     name
     for name, parse in PARSERS.items()
-    if parse is parse_size or (isinstance(parse, Optional) and parse.parse is parse_size)
+    if parse is parse_size or (isinstance(parse, NoneOr) and parse.parse is parse_size)
 )
 # Defaults whose RelayConfig value is not what the command line does without the flag.
 _CLI_DEFAULTS = {
@@ -110,7 +101,7 @@ def shown_default(name: str, value: Any) -> str:
     if value is None or value == ():
         # A flag whose parser reads "none" (_optional) takes it for "no limit / off";
         # for the others (file names, origins) the setting is simply not given.
-        return "none" if isinstance(PARSERS.get(name), Optional) else "not set"
+        return "none" if isinstance(PARSERS.get(name), NoneOr) else "not set"
     if name in _SIZES:
         return format_size(value)
     if isinstance(value, float):
@@ -293,19 +284,21 @@ def config_from_args(
     path = getattr(args, "config", None)
     if path is None:
         return RelayConfig(**values)
-    from_file = read_config_file(path)
+    # Over the file: the flags given, and the secrets the environment holds.
     overrides = {
         name: value
         for name, value in values.items()
-        if given is None or name in given or _FIELDS[name].metadata.get("env")
+        if (
+            value is not None
+            if _FIELDS[name].metadata.get("env")
+            else given is None or name in given
+        )
     }
-    # (A secret from the environment counts only when it is set.)
-    overrides = {
-        name: value
-        for name, value in overrides.items()
-        if not (_FIELDS[name].metadata.get("env") and value is None)
-    }
-    return build_config(from_file, overrides, Path(path))
+    return build_config(read_config_file(path), overrides, Path(path))
+
+
+def _is_secret(name: str) -> bool:
+    return bool(_FIELDS[name].metadata.get("env"))
 
 
 _FIELDS = {field.name: field for field in attrs.fields(RelayConfig)}

@@ -42,7 +42,7 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-class Optional:
+class NoneOr:
     """A flag's parser that reads ``none`` (or ``off``, ``0``) as None, anything else
     with ``parse``."""
 
@@ -62,45 +62,54 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": int,
     "path": str,
-    "max_message_size": Optional(parse_size),
+    "max_message_size": NoneOr(parse_size),
     "certfile": str,
     "keyfile": str,
     "log_level": str,
     "mailbox_bytes": parse_size,
-    "max_buffered_bytes": Optional(parse_size),
+    "max_buffered_bytes": NoneOr(parse_size),
     "slow_member_timeout": float,
-    "ping_interval": Optional(float),
+    "ping_interval": NoneOr(float),
     "ping_timeout": float,
     "stream_timeout": float,
     "presence_limit": int,
-    "history_size": Optional(int),
+    "history_size": NoneOr(int),
     "history_ttl": float,
     "history_bytes": parse_size,
-    "max_history_bytes": Optional(parse_size),
-    "max_history_groups": Optional(int),
+    "max_history_bytes": NoneOr(parse_size),
+    "max_history_groups": NoneOr(int),
     "handshake_timeout": float,
     "max_handshake_size": parse_size,
     "max_id_length": int,
     "close_timeout": float,
-    "healthz_path": Optional(str),
-    "livez_path": Optional(str),
-    "metrics_path": Optional(str),
+    "healthz_path": NoneOr(str),
+    "livez_path": NoneOr(str),
+    "metrics_path": NoneOr(str),
     "token_secret_file": str,
     "api_key_file": str,
     "allowed_origins": str,
-    "max_members": Optional(int),
-    "max_group_members": Optional(int),
-    "max_groups": Optional(int),
+    "max_members": NoneOr(int),
+    "max_group_members": NoneOr(int),
+    "max_groups": NoneOr(int),
     "max_groups_per_member": int,
     "ban_seconds": float,
-    "max_message_rate": Optional(float),
-    "max_byte_rate": Optional(parse_size),
+    "max_message_rate": NoneOr(float),
+    "max_byte_rate": NoneOr(parse_size),
     "log_format": str,
-    "backplane": Optional(str),
+    "backplane": NoneOr(str),
     "backplane_prefix": str,
     "node_ttl": float,
     "workers": int,
 }
+
+
+def format_size(size: int) -> str:
+    """``4194304`` -> ``"4MiB"``: the largest binary unit that divides ``size`` (what
+    :func:`parse_size` reads back)."""
+    for unit in ("t", "g", "m", "k"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit.upper()}iB"
+    return str(size)
 
 
 class ConfigFileError(ValueError):
@@ -194,7 +203,7 @@ def _value(key: str, value: Any, where: _Lines, table: str | None = None) -> Any
             where.problem(table, key, f"expected a list of strings, got {value!r}")
         )
     parse = PARSERS[key]
-    base = parse.parse if isinstance(parse, Optional) else parse
+    base = parse.parse if isinstance(parse, NoneOr) else parse
     if isinstance(value, str):
         try:
             return parse(value)
@@ -325,7 +334,7 @@ def render_config(config: RelayConfig) -> str:
             )
             lines.append(f"# {field.name}: {shown}")
             continue
-        if value is None and not isinstance(PARSERS.get(field.name), Optional):
+        if value is None and not isinstance(PARSERS.get(field.name), NoneOr):
             lines.append(f"# {field.name}: not set")
             continue
         lines.append(f"{field.name} = {_toml(value)}")

@@ -30,6 +30,7 @@ from ._serve import (
     read_api_key,
     read_secret_file,
     read_token_secret,
+    read_token_verifier,
     serve_relay,
 )
 from ._workers.endpoint import WorkerLink
@@ -431,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # A missing, unreadable or empty secret file, or a short secret: say so before serving.
     for flag, read in (
         ("--token-secret-file", read_token_secret),
+        ("--token-public-key-file", read_token_verifier),
         ("--api-key-file", read_api_key),
     ):
         try:

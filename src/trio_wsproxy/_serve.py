@@ -14,6 +14,7 @@ import trio
 
 from .backplane.redis import RedisBackplane
 from .protocol.exceptions import raise_sole_error
+from .protocol.tokens import TokenVerifier
 from .relay.config import RelayConfig, check_api_key, check_token_secret
 from .relay.groups import GroupRegistry, LocalRegistry
 from .relay.relay import MetricsView, Relay, run_relay
@@ -54,7 +55,7 @@ async def serve_worker_relay(
     await run_relay(
         config,
         registry,
-        read_token_secret(config),
+        read_token_verifier(config),
         api_key=read_api_key(config),
         metrics_view=metrics_view,
         task_status=task_status,
@@ -99,6 +100,33 @@ def read_token_secret(config: RelayConfig) -> str | None:
     secret = read_secret_file(config.token_secret_file, "token secret")
     check_token_secret(secret, f"the secret in token secret file {config.token_secret_file!r}")
     return secret
+
+
+def read_token_verifier(config: RelayConfig) -> TokenVerifier | None:
+    """What ``config`` checks tokens with (its secret, its identity provider's public
+    key, both); None when tokens are off. Raises OSError for a file that cannot be read
+    and ValueError for a key or secret that cannot be used, naming the file."""
+    secret = read_token_secret(config)
+    pem = None
+    if config.token_public_key_file is not None:
+        with open(config.token_public_key_file, "rb") as file:
+            pem = file.read()
+    if secret is None and pem is None:
+        for name in ("token_issuer", "token_audience"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"{name} checks tokens, but tokens are off (no secret, no key)")
+        return None
+    try:
+        return TokenVerifier.of(
+            secret,
+            pem,
+            issuer=config.token_issuer,
+            audience=config.token_audience,
+            id_claim=config.token_id_claim,
+            groups_claim=config.token_groups_claim,
+        )
+    except ValueError as exc:
+        raise ValueError(f"token public key file {config.token_public_key_file!r}: {exc}") from None
 
 
 def read_api_key(config: RelayConfig) -> str | None:

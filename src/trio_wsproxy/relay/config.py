@@ -321,6 +321,25 @@ class RelayConfig:
     token_secret_file: str | None = _setting(
         None, "File holding the HS256 token secret (turns tokens on)."
     )
+    token_public_key_file: str | None = _setting(
+        None,
+        "File holding an identity provider's public key (PEM: RSA for RS256, P-256 for "
+        "ES256, Ed25519 for EdDSA) that tokens are checked with (turns tokens on).",
+    )
+    token_issuer: str | None = _setting(
+        None, "The iss a token must name (an identity provider's URL); none: not checked."
+    )
+    token_audience: str | None = _setting(
+        None, "The aud a token must name (this relay's client id); none: not checked."
+    )
+    token_id_claim: str = _setting(
+        "sub", "The token claim that names the member id.", attrs.validators.min_len(1)
+    )
+    token_groups_claim: str = _setting(
+        "groups",
+        "The token claim that lists the groups (or prefix*es) the member may join.",
+        attrs.validators.min_len(1),
+    )
     api_key: str | None = _setting(
         None,
         "Key of the HTTP API for back ends (/api/...): every call must then present it as "

@@ -27,7 +27,7 @@ from ..protocol.handshake import (
     refuse,
 )
 from ..protocol.printable import printable
-from ..protocol.tokens import check_token, issued_after
+from ..protocol.tokens import TokenVerifier
 from ..protocol.tokens import preload as preload_tokens
 from .api import Api
 from .budget import TurnBudget
@@ -91,7 +91,7 @@ class Relay:
         config: RelayConfig,
         registry: GroupRegistry,
         ports: list[int],
-        secret: str | None = None,
+        secret: str | TokenVerifier | None = None,
         metrics_view: MetricsView | None = None,
         api_key: str | None = None,
     ) -> None:
@@ -114,8 +114,9 @@ class Relay:
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
         self.presence = PresenceTracker(config.presence_limit, self.counters, config.namespaces)
         registry.watch_presence(self.presence.changed)
-        self._secret = secret
-        if secret is not None:
+        #: What tokens are checked with (None: tokens are off).
+        self._tokens = TokenVerifier.of(secret) if isinstance(secret, str | bytes) else secret
+        if self._tokens is not None:
             preload_tokens()
         #: Members the back end removed and keeps out for a while (see groups.Bans).
         self.bans = Bans()
@@ -230,7 +231,7 @@ class Relay:
                     encoding_for(decision.subprotocol),
                     decision.since,
                     # (Kept to authorise its joins of more groups, when tokens are on.)
-                    decision.token if self._secret is not None else None,
+                    decision.token if self._tokens is not None else None,
                 )
                 refused = await session.join()
                 if refused is not None:
@@ -273,8 +274,8 @@ class Relay:
         if config.allowed_origins and join.origin is not None:
             if join.origin.rstrip("/") not in config.allowed_origins:
                 return refuse(HTTPStatus.FORBIDDEN, "origin not allowed", kind="origin")
-        if self._secret is not None:
-            verdict = check_token(join.token, self._secret, join.id, join.group)
+        if self._tokens is not None:
+            verdict = self._tokens.check(join.token, join.id, join.group)
             if verdict is not None:
                 challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
                 return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
@@ -301,9 +302,9 @@ class Relay:
         if ban is None:
             return None
         if (
-            self._secret is not None
+            self._tokens is not None
             and token is not None
-            and issued_after(token, self._secret, ban.since)
+            and self._tokens.issued_after(token, ban.since)
         ):
             self.bans.lift(group, member_id, now)
             logger.info(
@@ -330,8 +331,8 @@ class Relay:
                 f"a group name is printable and at most {config.max_id_length} characters",
                 group=group_name,
             )
-        if self._secret is not None and not by_back_end:
-            verdict = check_token(token, self._secret, member_id, group_name, now=time.time())
+        if self._tokens is not None and not by_back_end:
+            verdict = self._tokens.check(token, member_id, group_name, now=time.time())
             if verdict is not None:
                 return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
         kept_out = (
@@ -484,13 +485,14 @@ class Relay:
 async def run_relay(
     config: RelayConfig,
     registry: GroupRegistry,
-    secret: str | None = None,
+    secret: str | TokenVerifier | None = None,
     *,
     api_key: str | None = None,
     metrics_view: MetricsView | None = None,
     task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret``
+    """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret`` (an
+    HS256 secret, or a :class:`~trio_wsproxy.protocol.tokens.TokenVerifier`)
     turns access tokens on, ``api_key`` the HTTP API; ``metrics_view`` widens
     ``/metrics`` (see MetricsView).
     :func:`trio_wsproxy.serve_relay` chooses the registry."""

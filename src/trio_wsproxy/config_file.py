@@ -17,9 +17,7 @@ reads the same file, and its flags override the file's values.
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,6 +144,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"{path}: cannot read the config file: {exc}") from None
+    import tomllib  # (here: a relay without a file, or a client, never needs it)
+
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -282,6 +282,8 @@ def _namespaces(value: Any, where: _Lines) -> tuple[Namespace, ...]:
 
 
 def _unknown(key: str, known: Mapping[str, Any]) -> str:
+    import difflib
+
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown key {key!r}{hint}"

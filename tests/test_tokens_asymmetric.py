@@ -189,3 +189,121 @@ async def test_a_relay_with_a_public_key_and_a_secret_admits_both_kinds_per_join
         for each in (client, other, third):
             await each.aclose()
         nursery.cancel_scope.cancel()
+
+
+class JwksServer:
+    """An identity provider's key endpoint over real HTTP (h11): it serves the public
+    keys of :attr:`keys` (kid -> private key) as a JWKS, counts the fetches, and can be
+    made to fail (:attr:`down`)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, Any] = {}
+        self.fetches = 0
+        self.down = False
+        self.port = 0
+
+    def document(self) -> bytes:
+        import json
+
+        listed = []
+        for kid, key in self.keys.items():
+            jwk = json.loads(jwt.algorithms.get_default_algorithms()[_alg(key)].to_jwk(
+                key.public_key()
+            ))  # fmt: skip
+            jwk["kid"] = kid
+            listed.append(jwk)
+        return json.dumps({"keys": listed}).encode()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._answer, listeners)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        import h11
+
+        connection = h11.Connection(h11.SERVER)
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await stream.receive_some(65536))
+                continue
+            if isinstance(event, h11.Request):
+                continue
+            break
+        self.fetches += 1
+        status, body = (503, b"down") if self.down else (200, self.document())
+        headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        data = connection.send(h11.Response(status_code=status, headers=headers))
+        data += connection.send(h11.Data(data=body)) + connection.send(h11.EndOfMessage())
+        await stream.send_all(data)
+        await stream.aclose()
+
+
+def _alg(key: Any) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ES256"
+    return "EdDSA"
+
+
+def signed(key: Any, kid: str, member: str = "alice") -> str:
+    now = int(time.time())
+    claims = {"sub": member, "groups": ["lobby"], "iat": now, "exp": now + 60}
+    return jwt.encode(claims, key, algorithm=_alg(key), headers={"kid": kid})
+
+
+async def handshake(port: int, token: str, member: str = "alice") -> tuple[int, bytes]:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    status, _, body = await client.handshake(
+        f"/ws?id={member}&groupName=lobby&access_token={token}"
+    )
+    await client.aclose()
+    return status, body.strip()
+
+
+async def test_published_keys_are_fetched_rotated_and_served_stale_while_the_provider_is_down(
+    relay_log: Any,
+) -> None:
+    from trio_wsproxy.relay.groups import LocalRegistry
+    from trio_wsproxy.relay.jwks import JwksKeys
+    from trio_wsproxy.relay.relay import run_relay
+
+    refetch = 0.3  # (the relay's is 10 s)
+
+    provider = JwksServer()
+    provider.keys["one"] = KEYS["RS256"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.serve)
+        keys = JwksKeys(f"http://127.0.0.1:{provider.port}/certs", refetch_interval=refetch)
+        config = RelayConfig(host="127.0.0.1", port=0)
+        verifier = TokenVerifier.of(key_set=keys)
+        relay = await nursery.start(run_relay, config, LocalRegistry(), verifier)
+        with trio.fail_after(20):
+            assert provider.fetches == 1  # (before the relay listened)
+            assert (await handshake(relay.port, signed(KEYS["RS256"], "one")))[0] == 101
+            # The provider rotates in a new key: the first token signed with it makes the
+            # relay fetch the set again, and that very handshake succeeds (once the last
+            # fetch is a refetch interval old, as it is long before any rotation).
+            provider.keys["two"] = KEYS["EdDSA"]
+            await trio.sleep(refetch)
+            assert (await handshake(relay.port, signed(KEYS["EdDSA"], "two")))[0] == 101
+            assert provider.fetches == 2
+            # Made-up key ids cannot make it hammer the provider: at most one fetch per
+            # refetch interval, whatever comes.
+            for n in range(20):
+                status, body = await handshake(relay.port, signed(KEYS["ES256"], f"fake{n}"))
+                assert (status, body) == (401, b"invalid access token")
+            assert provider.fetches == 2
+            # A key signed with a published key, but for another algorithm, is refused.
+            assert (await handshake(relay.port, signed(KEYS["ES256"], "one")))[0] == 401
+            # The provider goes down: the relay keeps the keys it has, and says so.
+            provider.down = True
+            await trio.sleep(refetch)  # (what the rate limit is about: time)
+            status, _ = await handshake(relay.port, signed(KEYS["ES256"], "three"))
+            assert status == 401 and provider.fetches == 3
+            await relay_log.wait_for("serving the 2 keys fetched before")
+            assert (await handshake(relay.port, signed(KEYS["RS256"], "one")))[0] == 101
+        nursery.cancel_scope.cancel()

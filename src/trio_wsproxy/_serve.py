@@ -17,6 +17,7 @@ from .protocol.exceptions import raise_sole_error
 from .protocol.tokens import TokenVerifier
 from .relay.config import RelayConfig, check_api_key, check_token_secret
 from .relay.groups import GroupRegistry, LocalRegistry
+from .relay.jwks import JwksKeys
 from .relay.relay import MetricsView, Relay, run_relay
 
 
@@ -111,7 +112,10 @@ def read_token_verifier(config: RelayConfig) -> TokenVerifier | None:
     if config.token_public_key_file is not None:
         with open(config.token_public_key_file, "rb") as file:
             pem = file.read()
-    if secret is None and pem is None:
+    key_set = None
+    if config.jwks_url is not None:
+        key_set = JwksKeys(config.jwks_url, config.jwks_refresh)
+    if secret is None and pem is None and key_set is None:
         for name in ("token_issuer", "token_audience"):
             if getattr(config, name) is not None:
                 raise ValueError(f"{name} checks tokens, but tokens are off (no secret, no key)")
@@ -120,6 +124,7 @@ def read_token_verifier(config: RelayConfig) -> TokenVerifier | None:
         return TokenVerifier.of(
             secret,
             pem,
+            key_set=key_set,
             issuer=config.token_issuer,
             audience=config.token_audience,
             id_claim=config.token_id_claim,

@@ -85,6 +85,8 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_path": NoneOr(str),
     "token_secret_file": str,
     "token_public_key_file": str,
+    "jwks_url": str,
+    "jwks_refresh": float,
     "token_issuer": str,
     "token_audience": str,
     "token_id_claim": str,

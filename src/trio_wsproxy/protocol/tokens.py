@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -66,6 +66,13 @@ def mint_token(
     return jwt.encode(claims, _key(secret), algorithm=ALGORITHM)
 
 
+class KeySet(Protocol):
+    """Keys an identity provider publishes (a JWKS), by key id (``kid``)."""
+
+    def get(self, kid: str) -> tuple[Any, str] | None:
+        """The key ``kid`` names and the one algorithm it is for, or None."""
+
+
 @attrs.frozen
 class TokenVerifier:
     """What a relay checks tokens with: an HS256 ``secret``, a ``public_key`` of an
@@ -81,6 +88,9 @@ class TokenVerifier:
     secret: bytes | None = attrs.field(default=None, repr=False)
     public_key: Any = attrs.field(default=None, repr=False)
     public_algorithm: str | None = None
+    #: An identity provider's published keys (``--jwks-url``), each checking the tokens
+    #: whose ``kid`` names it.
+    key_set: KeySet | None = attrs.field(default=None, repr=False)
     issuer: str | None = None
     audience: str | None = None
     id_claim: str = "sub"
@@ -92,6 +102,7 @@ class TokenVerifier:
         secret: str | bytes | None = None,
         public_key_pem: bytes | None = None,
         *,
+        key_set: KeySet | None = None,
         issuer: str | None = None,
         audience: str | None = None,
         id_claim: str = "sub",
@@ -99,13 +110,14 @@ class TokenVerifier:
     ) -> TokenVerifier:
         """A verifier with the secret and the PEM public key given (at least one);
         ValueError for a key it cannot use (the message says why)."""
-        if secret is None and public_key_pem is None:
-            raise ValueError("a token verifier needs a secret or a public key")
+        if secret is None and public_key_pem is None and key_set is None:
+            raise ValueError("a token verifier needs a secret, a public key or a key set")
         key, algorithm = (None, None) if public_key_pem is None else _public_key(public_key_pem)
         return cls(
             None if secret is None else _key(secret),
             key,
             algorithm,
+            key_set,
             issuer,
             audience,
             id_claim,
@@ -143,6 +155,15 @@ class TokenVerifier:
         issued = claims.get("iat")
         return isinstance(issued, int | float) and not isinstance(issued, bool) and issued > moment
 
+    def _published(self, token: str) -> tuple[Any, str] | None:
+        """The key of the key set that ``token``'s ``kid`` names, with its algorithm."""
+        if self.key_set is None:
+            return None
+        import jwt
+
+        kid = jwt.get_unverified_header(token).get("kid")
+        return self.key_set.get(kid) if isinstance(kid, str) else None
+
     def _claims(self, token: str, *, verify_exp: bool) -> dict[str, Any] | TokenRefusal:
         import jwt
 
@@ -157,7 +178,10 @@ class TokenVerifier:
         elif algorithm is not None and algorithm == self.public_algorithm:
             key, provider = self.public_key, True
         else:
-            return invalid  # (none, or an algorithm no key here is for)
+            published = self._published(token)
+            if published is None or published[1] != algorithm:
+                return invalid  # (none, or an algorithm no key here is for)
+            key, provider = published[0], True
         required = ["exp", self.id_claim] if verify_exp else []
         options: Options = {
             "require": required,
@@ -190,6 +214,22 @@ class TokenVerifier:
             # RecursionError: PyJWT before 2.14 lets a JOSE header nested too deeply for
             # json out (2.14 and later refuse it as invalid); refused the same either way.
             return invalid
+
+
+def unknown_key_id(verifier: TokenVerifier, token: str | None) -> str | None:
+    """The ``kid`` that ``token`` names and ``verifier``'s key set lacks (so that a
+    relay may fetch the provider's keys again before it checks the token), or None."""
+    if not token or verifier.key_set is None:
+        return None
+    import jwt
+
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except (jwt.InvalidTokenError, RecursionError):
+        return None
+    if isinstance(kid, str) and kid and verifier.key_set.get(kid) is None:
+        return kid
+    return None
 
 
 def _public_key(pem: bytes) -> tuple[Any, str]:

@@ -326,6 +326,15 @@ class RelayConfig:
         "File holding an identity provider's public key (PEM: RSA for RS256, P-256 for "
         "ES256, Ed25519 for EdDSA) that tokens are checked with (turns tokens on).",
     )
+    jwks_url: str | None = _setting(
+        None,
+        "URL of an identity provider's published keys (JWKS) that its tokens are checked "
+        "with, fetched at start-up, every jwks_refresh seconds and on an unknown key id "
+        "(turns tokens on).",
+    )
+    jwks_refresh: float = _setting(
+        300.0, "Seconds between two fetches of the JWKS (jwks_url).", _positive
+    )
     token_issuer: str | None = _setting(
         None, "The iss a token must name (an identity provider's URL); none: not checked."
     )

@@ -27,7 +27,7 @@ from ..protocol.handshake import (
     refuse,
 )
 from ..protocol.printable import printable
-from ..protocol.tokens import TokenVerifier
+from ..protocol.tokens import TokenVerifier, unknown_key_id
 from ..protocol.tokens import preload as preload_tokens
 from .api import Api
 from .budget import TurnBudget
@@ -35,6 +35,7 @@ from .config import RelayConfig
 from .counters import Counters
 from .demo import demo_files
 from .groups import STORM_LIFETIME, STORM_REASON, Bans, EvictionStorms, GroupRegistry
+from .jwks import JwksKeys
 from .listeners import open_listeners, paced
 from .memory import BufferBudget
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -219,6 +220,7 @@ class Relay:
                     await stream.send_all(response)
                 return
             if isinstance(decision, Join):
+                await self._know_signing_key(decision.token)
                 decision = self.admit(decision) or decision
             if isinstance(decision, Join):
                 session = Session(
@@ -267,6 +269,15 @@ class Relay:
             await session.run()
         finally:
             self.sessions.discard(session)
+
+    async def _know_signing_key(self, token: str | None) -> None:
+        """A token that names a key the provider's key set lacks (a key rotated in):
+        fetch the set again first (rate-limited: see jwks.py)."""
+        tokens = self._tokens
+        if tokens is not None and isinstance(tokens.key_set, JwksKeys):
+            kid = unknown_key_id(tokens, token)
+            if kid is not None:
+                await tokens.key_set.unknown(kid)
 
     def admit(self, join: Join) -> Refusal | None:
         """Who may join (origin, token) and whether there is room; None admits ``join``."""
@@ -505,6 +516,9 @@ async def run_relay(
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
     relay = Relay(config, registry, ports, secret, metrics_view, api_key)
     async with trio.open_nursery() as nursery:
+        tokens = relay._tokens
+        if tokens is not None and isinstance(tokens.key_set, JwksKeys):
+            await nursery.start(tokens.key_set.run)  # (before anyone presents a token)
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)
         nursery.start_soon(relay.budget.run)

@@ -281,3 +281,42 @@ async def test_simultaneous_joins_never_exceed_the_limit(relay: Relay) -> None:
         await first.aclose()
         await second.aclose()
         await relay.wait_members(0, None)
+
+
+@pytest.mark.wsproxy_relay(max_connections_per_address_rate=0.1)
+async def test_a_connection_flood_from_one_address_is_refused_429_while_others_connect(
+    relay: Relay,
+) -> None:
+    async def upgrade(source: str, n: int) -> tuple[int, dict[str, str], bytes]:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port, local_address=source)
+        client = RawClient(stream)
+        answer = await client.handshake(f"/ws?id=m{source}-{n}&groupName=g")
+        opened.append(client)
+        return answer
+
+    opened: list[RawClient] = []
+    with trio.fail_after(10):
+        # One every 10 s: the first fits, the next is refused, with when to retry.
+        assert (await upgrade("127.0.0.1", 0))[0] == 101
+        status, headers, body = await upgrade("127.0.0.1", 1)
+        assert status == 429 and 1 <= int(headers["retry-after"]) <= 10
+        assert body.strip() == b"too many new connections from this address: retry later"
+        # Another address is not held up by it.
+        assert (await upgrade("127.0.0.2", 0))[0] == 101
+        assert relay.counters.refusals["address_rate", 429] == 1
+    for client in opened:
+        await client.aclose()
+
+
+def test_the_addresses_remembered_are_only_those_that_could_be_refused() -> None:
+    from trio_wsproxy.relay.addresses import AddressLimiter
+
+    limiter = AddressLimiter(rate=10)
+    for n in range(5000):
+        assert limiter.admit(f"a{n}", now=0.0) == 0
+    assert len(limiter) == 5000
+    # A second later their buckets are full again (they would be refused nothing): the
+    # sweep that comes as the table doubles forgets them, and keeps the new ones.
+    for n in range(4000):
+        assert limiter.admit(f"b{n}", now=1.0) == 0
+    assert len(limiter) == 4000

@@ -397,6 +397,12 @@ class RelayConfig:
         "back in.",
         _non_negative,
     )
+    max_connections_per_address_rate: float | None = _setting(
+        None,
+        "New WebSocket connections per second one remote address may open, in bursts of "
+        "as many (429 with Retry-After before the upgrade over it); none: no limit.",
+        _positive_or_none,
+    )
     max_message_rate: float | None = _setting(
         None,
         "Messages per second one member may send; the relay reads no faster.",

@@ -29,6 +29,7 @@ from ..protocol.handshake import (
 from ..protocol.printable import printable
 from ..protocol.tokens import TokenVerifier, unknown_key_id
 from ..protocol.tokens import preload as preload_tokens
+from .addresses import AddressLimiter, address_of
 from .api import Api
 from .budget import TurnBudget
 from .config import RelayConfig
@@ -119,6 +120,9 @@ class Relay:
         self._tokens = TokenVerifier.of(secret) if isinstance(secret, str | bytes) else secret
         if self._tokens is not None:
             preload_tokens()
+        #: New connections per remote address (--max-connections-per-address-rate).
+        rate = config.max_connections_per_address_rate
+        self._arrivals = None if rate is None else AddressLimiter(rate)
         #: Members the back end removed and keeps out for a while (see groups.Bans).
         self.bans = Bans()
         #: Ids replacing themselves again and again in a group (see groups.EvictionStorms).
@@ -219,6 +223,15 @@ class Relay:
                 with trio.move_on_after(_REFUSAL_WRITE_TIMEOUT):
                     await stream.send_all(response)
                 return
+            if isinstance(decision, Join) and self._arrivals is not None:
+                wait = self._arrivals.admit(address_of(remote), trio.current_time())
+                if wait:
+                    decision = refuse(
+                        HTTPStatus.TOO_MANY_REQUESTS,
+                        "too many new connections from this address: retry later",
+                        (("Retry-After", str(wait)),),
+                        kind="address_rate",
+                    )
             if isinstance(decision, Join):
                 await self._know_signing_key(decision.token)
                 decision = self.admit(decision) or decision

@@ -5,19 +5,23 @@ sends may make the relay log a traceback or disturb a member's session."""
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from typing import Any
 
 import pytest
 import schemathesis
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from httpapi import AUTH, KEY, call
 from test_api import members
 from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.relay.openapi import openapi_document
 from wsraw import OP_TEXT
+
+# What no id may hold (openapi.ID_PATTERN's class).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 # Examples per operation and generation mode: a few seconds in all, every run the same.
 EXAMPLES = 15
@@ -31,26 +35,39 @@ def fuzz(base_url: str) -> list[str]:
     for result in schema.get_all_operations():
         operation = result.ok()
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                case.call_and_validate(base_url=base_url, headers=AUTH, timeout=10)
-
             try:
-                run()
+                examples(operation, mode, base_url)()
             except BaseException as exc:  # (checks fail as groups: collect, then report)
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 report = "".join(traceback.format_exception_only(exc))[:3000]
                 failures.append(f"{operation.label} ({mode.value}): {report}")
     return failures
+
+
+def examples(operation: Any, mode: Any, base_url: str) -> Any:
+    """The hypothesis test of ``operation``'s examples of generation ``mode``."""
+    positive = mode is schemathesis.GenerationMode.POSITIVE
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        if positive:
+            # schemathesis's positive examples sometimes break the ids' pattern (a
+            # control character; which ones depends on how the package was imported):
+            # such an id is not schema-valid, and the relay's 400 for it is right. Only
+            # examples that keep the pattern count here.
+            ids = (case.path_parameters or {}).values()
+            assume(not any(_CONTROL.search(str(each)) for each in ids))
+        case.call_and_validate(base_url=base_url, headers=AUTH, timeout=10)
+
+    return run
 
 
 async def test_schemathesis_finds_nothing_and_members_never_notice(

@@ -22,6 +22,7 @@ from trio_wsproxy.protocol.nodes import (
     NodeMessageError,
     Remove,
     Replace,
+    Revoke,
     Sequenced,
     Split,
     StreamAbort,
@@ -61,6 +62,14 @@ node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(Replace, node_ids, texts),
     st.builds(Remove, node_ids, texts, texts),
     st.builds(Enter, node_ids, texts, texts),
+    st.builds(
+        Revoke,
+        node_ids,
+        st.sampled_from(["sub", "jti"]),
+        texts,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
     st.builds(Ack, node_ids, u64s, u32s),
 )
 epochs = st.text("0123456789abcdef", min_size=16, max_size=16)
@@ -137,6 +146,10 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
         b"G" + NODE + b"\x00\x04" + b"room" + b"fedcba9876543210:3.7",
     ),
     (
+        Revoke(NODE, "sub", "alice", 1.5, 2.0),
+        b"V" + NODE + b"s" + b"\x3f\xf8" + bytes(6) + b"\x40\x00" + bytes(6) + b"alice",
+    ),
+    (
         Ack(NODE, 9, 2),
         b"A" + NODE + b"\x00\x00\x00\x00\x00\x00\x00\x09" + b"\x00\x00\x00\x02",
     ),
@@ -164,7 +177,7 @@ def test_each_kind_decodes_from_its_exact_bytes(message: NodeMessage, wire: byte
 def test_every_kind_has_a_vector() -> None:
     assert {type(message) for message, _ in VECTORS} == {
         Messages, StreamStart, StreamPiece, StreamAbort, MemberJoined, MemberLeft, Split,
-        Replace, Remove, Enter, Ack, Sequenced,
+        Replace, Remove, Enter, Revoke, Ack, Sequenced,
     }  # fmt: skip
 
 
@@ -173,7 +186,8 @@ def test_every_kind_has_a_vector() -> None:
 
 KINDS = {
     Messages: b"M", StreamStart: b"S", StreamAbort: b"X", MemberJoined: b"J", MemberLeft: b"L",
-    Split: b"Z", Replace: b"R", Remove: b"K", Enter: b"G", Ack: b"A", Sequenced: b"O",
+    Split: b"Z", Replace: b"R", Remove: b"K", Enter: b"G", Revoke: b"V", Ack: b"A",
+    Sequenced: b"O",
 }  # fmt: skip
 
 
@@ -274,6 +288,8 @@ def _last_field(message: NodeMessage) -> bytes | None:
             return message.member_id.encode()
         case Replace() | Remove() | Enter():
             return message.owner.encode()
+        case Revoke():
+            return message.value.encode()
         case _:
             return None
 
@@ -291,6 +307,8 @@ def _with_last_field(message: NodeMessage, kept: bytes) -> NodeMessage:
             return attrs.evolve(message, member_id=kept.decode())
         case Replace() | Remove() | Enter():
             return attrs.evolve(message, owner=kept.decode())
+        case Revoke():
+            return attrs.evolve(message, value=kept.decode())
     raise AssertionError(message)
 
 

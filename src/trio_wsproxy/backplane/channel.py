@@ -27,6 +27,7 @@ from ..protocol.nodes import (
     NodeMessageError,
     Remove,
     Replace,
+    Revoke,
     Sequenced,
     Split,
     StreamAbort,
@@ -38,6 +39,7 @@ from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.fanout import Courier
 from ..relay.groups import REPLACED_REASON
+from ..relay.revocations import Revocation
 from .group import Delivery, SharedGroup
 from .history import RedisHistory
 from .inbox import Deliveries
@@ -130,6 +132,8 @@ class Channels:
             member = self._roster.by_owner.get(message.owner)
             if member is not None:
                 member.close(CloseCode.REMOVED, message.reason)
+        elif type(message) is Revoke:
+            self._roster.revoked(Revocation(message.kind, message.value, message.at, message.until))
         elif type(message) is Enter:
             member = self._roster.by_owner.get(message.owner)
             if member is not None:

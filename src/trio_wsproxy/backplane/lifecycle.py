@@ -186,6 +186,8 @@ class NodeLifecycle:
         self.registered = True
         await sub.subscribe(self._names.node_channel())
         link.registered()  # from here on, commands are sent (a failure below comes back here)
+        # (After the subscription: a revocation made meanwhile comes on the channel too.)
+        await self._roster.load_revocations(pub)
         # Each is forgotten only once Redis has taken it: if the connection fails again
         # first, it is still due next time.
         for due in list(self._aborts_due):

@@ -64,6 +64,12 @@ class Names:
     def nodes_key(self) -> str:
         return f"{self.namespace}:nodes"
 
+    def revoked_key(self, kind: str, value: str) -> str:
+        return f"{self.namespace}:revoked:{kind}:{value}"
+
+    def revoked_pattern(self) -> str:
+        return f"{self.namespace}:revoked:*"
+
     def history_keys(self, group_name: str) -> tuple[str, str, str]:
         """The group's history: its meta hash, its stream, and its index."""
         namespace = self.namespace

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -60,6 +60,7 @@ from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.groups import Group, Member, NodeGroups, PresenceChange
 from ..relay.history import HistoryPage
+from ..relay.revocations import Revocation
 from . import scripts
 from .channel import Channels
 from .connection import RedisConnection
@@ -161,6 +162,12 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def watch_presence(self, changed: PresenceChange) -> None:
         self._roster.presence_changed = changed
+
+    def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
+        self._roster.revoked = revoked
+
+    async def revoke(self, revocation: Revocation) -> None:
+        await self._roster.revoke(revocation)
 
     @property
     def down_reason(self) -> str | None:

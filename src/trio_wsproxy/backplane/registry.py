@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..protocol.close_codes import CloseCode
 from ..protocol.nodes import (
@@ -21,13 +21,16 @@ from ..protocol.nodes import (
     MemberLeft,
     Remove,
     Replace,
+    Revoke,
     owner_connection,
     owner_node,
     owner_token,
 )
 from ..protocol.resp import ConnectionLost, RedisError
 from ..relay.groups import REPLACED_REASON, Group, Member, PresenceChange, RegistryUnavailable
+from ..relay.revocations import Revocation
 from . import scripts
+from .connection import RedisConnection
 from .group import SharedGroup
 from .history import RedisHistory
 from .link import RedisLink
@@ -36,6 +39,10 @@ from .names import Names
 
 def _no_presence(group: Group, member_id: str, joined: bool) -> None:
     """Until a relay watches presence (a backplane run without one, in tests)."""
+
+
+def _no_revocation(revocation: Revocation) -> object:
+    """Until a relay watches revocations."""
 
 
 class Roster:
@@ -57,6 +64,8 @@ class Roster:
         self._groups = groups
         #: Told of members joining and leaving on other nodes (the relay's presence).
         self.presence_changed: PresenceChange = _no_presence
+        #: Told of the revocations of tokens that the back end made on any node.
+        self.revoked: Callable[[Revocation], object] = _no_revocation
         #: Owner token of each member here (its connection's registration), and back.
         self._owners: dict[Member, str] = {}
         self.by_owner: dict[str, Member] = {}
@@ -303,6 +312,49 @@ class Roster:
         removal = Remove(self._node, owner.decode(), reason).encode()
         await self._link.call("PUBLISH", names.node_channel(node), removal)
         return True
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Keep ``revocation`` in Redis until it ends, and tell every other node now."""
+        names, link = self._names, self._link
+        key = names.revoked_key(revocation.kind, revocation.value)
+        until_ms = max(1, int(revocation.until * 1000))
+        await link.call("SET", key, f"{revocation.at!r} {revocation.until!r}", "PXAT", until_ms)
+        message = Revoke(
+            self._node, revocation.kind, revocation.value, revocation.at, revocation.until
+        ).encode()
+        nodes = await link.call("SMEMBERS", names.nodes_key)
+        for node in nodes if isinstance(nodes, list) else ():
+            if isinstance(node, bytes) and node != self._node:
+                await link.call("PUBLISH", names.node_channel(node), message)
+
+    async def load_revocations(self, pub: RedisConnection) -> None:
+        """The revocations in force in Redis (this node just (re)connected: it may have
+        missed some while it was away), to the relay."""
+        revocation_cursor: bytes = b"0"
+        pattern = self._names.revoked_pattern()
+        while True:
+            reply = await pub.call("SCAN", revocation_cursor, "MATCH", pattern, "COUNT", 1000)
+            if not (
+                isinstance(reply, list)
+                and len(reply) == 2
+                and isinstance(reply[0], bytes)
+                and isinstance(reply[1], list)
+            ):
+                raise RedisError(f"unexpected reply to SCAN: {reply!r}")
+            revocation_cursor, keys = reply[0], reply[1]
+            for key in keys:
+                if not isinstance(key, bytes):
+                    continue
+                value = await pub.call("GET", key)
+                if isinstance(value, bytes):
+                    kind, _, name = key.decode().split(":revoked:", 1)[1].partition(":")
+                    at, _, until = value.decode().partition(" ")
+                    try:
+                        self.revoked(Revocation(kind, name, float(at), float(until)))
+                    except ValueError:
+                        continue  # (not ours)
+            if revocation_cursor == b"0":
+                return
 
     async def _remote_owner(self, group_name: str, member_id: str) -> bytes | None:
         """The owner token of member ``member_id`` of the group when it is on another

@@ -38,6 +38,9 @@ class CloseCode(enum.IntEnum):
     #: A back end removed the member from its group (the HTTP API's DELETE): it should
     #: not reconnect by itself.
     REMOVED = 4005
+    #: The member's access token was revoked (the HTTP API's POST /api/revocations): it
+    #: must not reconnect with that token.
+    REVOKED = 4007
 
 
 # Codes a client may put in its own close frame that are worth a label of their own:

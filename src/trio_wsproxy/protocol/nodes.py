@@ -37,6 +37,7 @@ On a node's own channel::
     R  Replace       owner (rest)
     K  Remove        u16 reason length, reason, owner (rest)
     G  Enter         u16 group length, group, owner (rest)
+    V  Revoke        kind (s: a subject, j: a token id), f64 at, f64 until, value (rest)
     A  Ack           u64 stream id, u32 piece number
 
 Payloads are raw bytes (a text payload is its UTF-8, as its sender wrote it), never
@@ -67,6 +68,7 @@ __all__ = [
     "NodeMessageError",
     "Remove",
     "Replace",
+    "Revoke",
     "Sequenced",
     "Split",
     "StreamAbort",
@@ -112,6 +114,8 @@ _R = b"R"
 _K = b"K"
 _A = b"A"
 _G = b"G"
+_V = b"V"
+_REVOKE = struct.Struct(">cdd")
 _O = b"O"
 #: Bytes of a history's epoch (16 hex digits) and of an offset in ``O`` (20 digits).
 EPOCH_LENGTH = 16
@@ -340,6 +344,24 @@ class Enter:
 
 
 @attrs.frozen
+class Revoke:
+    """Sent to every node's own channel: the back end revoked the tokens of a subject
+    (``kind`` ``"sub"``) or one token (``"jti"``), ``value``, at ``at`` until ``until``
+    (wall-clock seconds): close the connections it covers with 4007."""
+
+    node: bytes = attrs.field(validator=_node_id)
+    kind: str = attrs.field(validator=attrs.validators.in_(("sub", "jti")))
+    value: str
+    at: float
+    until: float
+
+    def encode(self) -> bytes:
+        kind = b"s" if self.kind == "sub" else b"j"
+        head = _REVOKE.pack(kind, self.at, self.until)
+        return b"".join([_V, self.node, head, self.value.encode()])
+
+
+@attrs.frozen
 class Ack:
     """Sent to a streaming node's own channel: the sending node has queued that piece of
     that stream for its members, so the streamer may publish further ahead."""
@@ -387,6 +409,7 @@ NodeMessage: TypeAlias = (
     | Replace
     | Remove
     | Enter
+    | Revoke
     | Ack
     | Sequenced
 )
@@ -624,6 +647,17 @@ def _decode_remove(buffer: _Buffer, node: bytes, size: int) -> Remove:
     return Remove(node, str(buffer[start:], "utf-8"), reason)
 
 
+def _decode_revoke(buffer: _Buffer, node: bytes, size: int) -> Revoke:
+    start = _HEADER + _REVOKE.size
+    if size < start:
+        raise NodeMessageError(f"V: the kind and times are cut off ({size - _HEADER} of 17)")
+    kind, at, until = _REVOKE.unpack_from(buffer, _HEADER)
+    if kind not in (b"s", b"j") or not (math.isfinite(at) and math.isfinite(until)):
+        raise NodeMessageError(f"V: not a revocation: kind {kind!r}, at {at!r}, until {until!r}")
+    value = str(buffer[start:], "utf-8")
+    return Revoke(node, "sub" if kind == b"s" else "jti", value, at, until)
+
+
 def _decode_enter(buffer: _Buffer, node: bytes, size: int) -> Enter:
     group, start = _string(buffer, _HEADER, size, "G: the group")
     return Enter(node, str(buffer[start:], "utf-8"), group)
@@ -668,6 +702,7 @@ _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _R[0]: _decode_replace,
     _K[0]: _decode_remove,
     _G[0]: _decode_enter,
+    _V[0]: _decode_revoke,
     _A[0]: _decode_ack,
     _O[0]: _decode_sequenced,
 }

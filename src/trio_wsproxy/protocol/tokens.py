@@ -129,6 +129,13 @@ class TokenVerifier:
     ) -> TokenRefusal | None:
         """None when ``token`` admits ``member_id`` to ``group``; otherwise why not. The
         reasons say what is wrong with the token, never what it contains."""
+        verdict = self.verify(token, member_id, group, now=now)
+        return verdict if isinstance(verdict, TokenRefusal) else None
+
+    def verify(
+        self, token: str | None, member_id: str, group: str, *, now: float | None = None
+    ) -> TokenRefusal | dict[str, Any]:
+        """:meth:`check`, with the token's claims when it admits."""
         if not token:
             return TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token required", "token_missing")
         claims = self._claims(token, verify_exp=True)
@@ -143,7 +150,7 @@ class TokenVerifier:
             return TokenRefusal(
                 HTTPStatus.FORBIDDEN, "access token does not allow this group", "token_group"
             )
-        return None
+        return claims
 
     def issued_after(self, token: str, moment: float) -> bool:
         """Whether ``token`` — one :meth:`check` admitted — says it was issued (its

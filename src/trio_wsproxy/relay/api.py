@@ -46,6 +46,7 @@ from .groups import Bans, RegistryUnavailable
 from .membership import Connection, Membership
 from .openapi import MAX_BAN_SECONDS, MAX_TYPE_LENGTH, openapi_document
 from .post import Poster
+from .revocations import SUBJECT, TOKEN_ID, Revocation
 
 if TYPE_CHECKING:
     from ..protocol.message import Message
@@ -149,6 +150,7 @@ class Api:
             ("groups", "{}", "members", "{}", "groups", "{}"): {"PUT": self._add_to_group},
             ("groups", "{}", "bans", "{}"): {"DELETE": self._lift_ban},
             ("groups", "{}", "history"): {"GET": self._history},
+            ("revocations",): {"POST": self._revoke},
         }
 
     @staticmethod
@@ -223,7 +225,7 @@ class Api:
                 call = _Call(conn, stream, request, remote)
                 method, path = call.method, call.path
                 handler, params = self._route(call)
-                if handler != self._post:  # (the one call that takes a body)
+                if handler not in (self._post, self._revoke):  # (the calls that take a body)
                     await _ignore_body(call, self._host.config.stream_timeout)
                 await handler(call, params)
                 status = HTTPStatus.NO_CONTENT if method == "DELETE" else HTTPStatus.OK
@@ -387,6 +389,23 @@ class Api:
             )
         body = {"id": member_id, "group": group, "groups": connection.group_names}
         await _send_json(call, HTTPStatus.OK, body)
+
+    async def _revoke(self, call: _Call, params: list[str]) -> None:
+        _no_query(call)
+        host = self._host
+        body = await _small_body(call, host.config.stream_timeout)
+        if not host.checks_tokens:
+            raise ApiError(
+                HTTPStatus.CONFLICT,
+                "this relay checks no access tokens: there is nothing to revoke",
+            )
+        kind, value, seconds = _revocation_request(body, host.config.revocation_seconds)
+        now = time.time()
+        revocation = Revocation(kind, value, now, now + seconds)
+        closed = host.revoke_here(revocation)
+        await host.registry.revoke(revocation)
+        answer = {kind: value, "until": revocation.until, "closed_here": closed}
+        await _send_json(call, HTTPStatus.OK, answer)
 
     async def _lift_ban(self, call: _Call, params: list[str]) -> None:
         _no_query(call)
@@ -758,6 +777,67 @@ async def _linger(stream: trio.abc.Stream) -> None:
             if not data:
                 return
             received += len(data)
+
+
+async def _small_body(call: _Call, within: float) -> bytes:
+    """The whole body of a call that takes a small one (up to _MAX_IGNORED_BODY bytes;
+    413 over it, 408 when it has not all come ``within`` seconds from now)."""
+    body = bytearray()
+    due = trio.current_time() + within
+    while call.conn.their_state is h11.SEND_BODY:
+        event = await _body_event(call, due)
+        if event is None:
+            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not come within {within:g}s")
+        if type(event) is h11.Data:
+            body += event.data
+            if len(body) > _MAX_IGNORED_BODY:
+                raise ApiError(
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                    f"this call takes a body of {_MAX_IGNORED_BODY} bytes at most",
+                )
+    return bytes(body)
+
+
+#: The longest a revocation may last, in seconds: a year; more is a typo.
+MAX_REVOCATION_SECONDS = 365 * 24 * 3600
+
+
+def _revocation_request(body: bytes, default_seconds: float) -> tuple[str, str, float]:
+    """What a POST /api/revocations body asks: ``{"sub": ID}`` or ``{"jti": ID}``, and
+    ``"seconds"`` if given."""
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
+    if not isinstance(request, dict):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, 'the body is an object: {"sub": ...} or {"jti": ...}'
+        )
+    unknown = request.keys() - {"sub", "jti", "seconds"}
+    if unknown:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown field {sorted(unknown)[0]!r}")
+    kinds = [kind for kind in (SUBJECT, TOKEN_ID) if kind in request]
+    if len(kinds) != 1:
+        raise ApiError(HTTPStatus.BAD_REQUEST, 'name one of "sub" or "jti"')
+    (kind,) = kinds
+    value = request[kind]
+    if not isinstance(value, str) or not value or len(value) > 1024 or _CONTROL.search(value):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f'"{kind}" must be a non-empty string of at most 1024 characters, without '
+            "control characters",
+        )
+    seconds = request.get("seconds", default_seconds)
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds <= MAX_REVOCATION_SECONDS
+    ):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f'"seconds" must be a number from 1 to {MAX_REVOCATION_SECONDS} (a year)',
+        )
+    return kind, value, float(seconds)
 
 
 async def _ignore_body(call: _Call, within: float) -> None:

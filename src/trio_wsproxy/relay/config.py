@@ -397,6 +397,13 @@ class RelayConfig:
         "back in.",
         _non_negative,
     )
+    revocation_seconds: float = _setting(
+        3600.0,
+        "Seconds a revocation (POST /api/revocations) lasts unless the call says: a "
+        "subject's tokens issued before it, or a token id, are refused that long (make "
+        "it longer than your tokens live).",
+        _positive,
+    )
     max_connections_per_address_rate: float | None = _setting(
         None,
         "New WebSocket connections per second one remote address may open, in bursts of "

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .counters import Counters
     from .history import History
     from .mailbox import Mailbox
+    from .revocations import Revocation
 
 
 class Member(Protocol):
@@ -310,6 +311,13 @@ class GroupRegistry(Protocol):
         """Close the member ``member_id`` of ``group_name`` with 4005 (removed by the
         back end) and ``reason``, on whichever node it is; False when there is none."""
 
+    def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
+        """Call ``revoked(revocation)`` for each revocation made on another node (or
+        made while this node was away from the cluster); in-process there are none."""
+
+    async def revoke(self, revocation: Revocation) -> None:
+        """Make ``revocation`` known to the other nodes (this node applies it itself)."""
+
     async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
         """The groups of the connection that is member ``member_id`` of ``group_name``
         on another node (sorted); None when no other node has it."""
@@ -510,6 +518,12 @@ class LocalRegistry(NodeGroups[Group]):
             return False
         member.close(CloseCode.REMOVED, reason)
         return True
+
+    def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
+        pass  # every revocation is made here
+
+    async def revoke(self, revocation: Revocation) -> None:
+        pass
 
     async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
         return None  # every member is here

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .config import RelayConfig
     from .counters import Counters
     from .groups import GroupRegistry
+    from .revocations import Revocation
 
 
 class RelayCore(Protocol):
@@ -24,6 +25,14 @@ class RelayCore(Protocol):
 
     @property
     def registry(self) -> GroupRegistry: ...
+
+    def revoke_here(self, revocation: Revocation) -> int:
+        """Hold ``revocation`` and close the connections here that it covers (how many);
+        nothing when the relay checks no tokens."""
+
+    @property
+    def checks_tokens(self) -> bool:
+        """Whether connections present access tokens."""
 
     @property
     def budget(self) -> TurnBudget:

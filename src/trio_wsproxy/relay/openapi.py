@@ -14,7 +14,7 @@ from ..protocol.version import VERSION
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 #: A group or member id: no control characters (C0, DEL, C1).
-ID_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f]*$"
 #: The longest ``?type=`` a post takes, in characters: room for .NET's full names of
 #: generic types, which name each argument's assembly (a List<string>'s takes 150).
 MAX_TYPE_LENGTH = 1024
@@ -198,6 +198,31 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/revocations": {
+                "post": {
+                    "operationId": "revoke",
+                    "summary": "Revoke a subject's tokens issued until now, or one token: "
+                    "every connection of it is closed with 4007 on every node, and its "
+                    "handshakes and joins are refused (401) while the revocation lasts",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RevocationRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        **_COMMON,
+                        "200": _ok("Revoked.", "Revocation"),
+                        "400": _error(
+                            'A body that is not {"sub": ...} or {"jti": ...} (with an '
+                            'optional "seconds" from 1 to a year).'
+                        ),
+                        "409": _error("The relay checks no access tokens."),
+                    },
+                }
+            },
             "/api/groups/{group}/bans/{id}": {
                 "delete": {
                     "operationId": "liftBan",
@@ -306,6 +331,25 @@ def openapi_document(max_id_length: int = 256) -> dict[str, Any]:
                     "type": "object",
                     "required": ["members"],
                     "properties": {"members": {"type": "array", "items": {"type": "string"}}},
+                },
+                "RevocationRequest": {
+                    "type": "object",
+                    "properties": {
+                        "sub": {"type": "string", "minLength": 1, "maxLength": 1024},
+                        "jti": {"type": "string", "minLength": 1, "maxLength": 1024},
+                        "seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 31536000},
+                    },
+                    "additionalProperties": False,
+                },
+                "Revocation": {
+                    "type": "object",
+                    "required": ["until", "closed_here"],
+                    "properties": {
+                        "sub": {"type": "string"},
+                        "jti": {"type": "string"},
+                        "until": {"type": "number"},
+                        "closed_here": {"type": "integer", "minimum": 0},
+                    },
                 },
                 "MemberGroups": {
                     "type": "object",

@@ -7,8 +7,9 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 import attrs
 import trio
@@ -27,7 +28,7 @@ from ..protocol.handshake import (
     refuse,
 )
 from ..protocol.printable import printable
-from ..protocol.tokens import TokenVerifier, unknown_key_id
+from ..protocol.tokens import TokenRefusal, TokenVerifier, unknown_key_id
 from ..protocol.tokens import preload as preload_tokens
 from .addresses import AddressLimiter, address_of
 from .api import Api
@@ -44,6 +45,7 @@ from .metrics import render_metrics
 from .poller import Poller
 from .presence import PresenceTracker
 from .reader import READ_SIZE
+from .revocations import Revocation, Revocations
 from .session import Session
 
 logger = logging.getLogger("trio_wsproxy.relay")
@@ -56,6 +58,9 @@ MetricsView = Callable[[bytes], Awaitable[bytes]]
 # How long a refusal's response may take to write before the connection is dropped.
 _REFUSAL_WRITE_TIMEOUT = 2.0
 
+
+#: A token a revocation covers.
+_REVOKED = TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token revoked", "token_revoked")
 
 #: The error event that answers a join refused for a limit (over_limit's kinds).
 _JOIN_LIMITS = {
@@ -120,6 +125,10 @@ class Relay:
         self._tokens = TokenVerifier.of(secret) if isinstance(secret, str | bytes) else secret
         if self._tokens is not None:
             preload_tokens()
+        #: Revoked tokens, by subject or token id (POST /api/revocations; see
+        #: revocations.py): from this node's API, and from the others' on a cluster.
+        self.revocations = Revocations()
+        registry.watch_revocations(self.revoke_here)
         #: New connections per remote address (--max-connections-per-address-rate).
         rate = config.max_connections_per_address_rate
         self._arrivals = None if rate is None else AddressLimiter(rate)
@@ -232,9 +241,14 @@ class Relay:
                         (("Retry-After", str(wait)),),
                         kind="address_rate",
                     )
+            claims: Mapping[str, Any] | None = None
             if isinstance(decision, Join):
                 await self._know_signing_key(decision.token)
-                decision = self.admit(decision) or decision
+                admitted = self.admit(decision)
+                if isinstance(admitted, Refusal):
+                    decision = admitted
+                else:
+                    claims = admitted
             if isinstance(decision, Join):
                 session = Session(
                     self,
@@ -247,6 +261,7 @@ class Relay:
                     decision.since,
                     # (Kept to authorise its joins of more groups, when tokens are on.)
                     decision.token if self._tokens is not None else None,
+                    claims,
                 )
                 refused = await session.join()
                 if refused is not None:
@@ -292,17 +307,21 @@ class Relay:
             if kid is not None:
                 await tokens.key_set.unknown(kid)
 
-    def admit(self, join: Join) -> Refusal | None:
-        """Who may join (origin, token) and whether there is room; None admits ``join``."""
+    def admit(self, join: Join) -> Refusal | Mapping[str, Any] | None:
+        """Who may join (origin, token) and whether there is room: a refusal, or the
+        admitted ``join``'s token claims (None: tokens are off)."""
         config = self.config
         if config.allowed_origins and join.origin is not None:
             if join.origin.rstrip("/") not in config.allowed_origins:
                 return refuse(HTTPStatus.FORBIDDEN, "origin not allowed", kind="origin")
+        claims: Mapping[str, Any] | None = None
         if self._tokens is not None:
-            verdict = self._tokens.check(join.token, join.id, join.group)
-            if verdict is not None:
-                challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
-                return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
+            verdict = self._tokens.verify(join.token, join.id, join.group)
+            if not isinstance(verdict, dict) or self._revoked(verdict):
+                refusal = verdict if isinstance(verdict, TokenRefusal) else _REVOKED
+                challenge = (("WWW-Authenticate", "Bearer"),) if refusal.status == 401 else ()
+                return refuse(refusal.status, refusal.reason, challenge, kind=refusal.kind)
+            claims = verdict
         now = trio.current_time()
         banned = self._banned(join, now)
         if banned is not None:
@@ -310,7 +329,36 @@ class Relay:
         full = self.over_limit(join.id, join.group)
         if full is not None:
             return refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
-        return self._storm(join, now)
+        return self._storm(join, now) or claims
+
+    @property
+    def checks_tokens(self) -> bool:
+        """Whether connections present access tokens."""
+        return self._tokens is not None
+
+    def _revoked(self, claims: Mapping[str, Any]) -> bool:
+        tokens = self._tokens
+        assert tokens is not None
+        return self.revocations.refuses(claims, time.time(), tokens.id_claim)
+
+    def revoke_here(self, revocation: Revocation) -> int:
+        """Hold ``revocation`` and close (4007) every connection here that it covers;
+        how many it closed."""
+        tokens = self._tokens
+        if tokens is None or not self.revocations.add(revocation, time.time()):
+            return 0
+        closed = 0
+        for session in list(self.sessions):
+            claims = session.claims
+            if claims is not None and revocation.covers(claims, tokens.id_claim):
+                session.close(CloseCode.REVOKED, _REVOKED.reason)
+                closed += 1
+        if closed:
+            logger.info(
+                "revoked %s: closed %d connections here", revocation.kind, closed,
+                extra={"closed": closed},
+            )  # fmt: skip
+        return closed
 
     def _banned(self, join: Join, now: float) -> Refusal | None:
         """A refusal while the back end keeps ``join``'s member out of its group."""
@@ -356,9 +404,10 @@ class Relay:
                 group=group_name,
             )
         if self._tokens is not None and not by_back_end:
-            verdict = self._tokens.check(token, member_id, group_name, now=time.time())
-            if verdict is not None:
-                return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
+            verdict = self._tokens.verify(token, member_id, group_name, now=time.time())
+            if not isinstance(verdict, dict) or self._revoked(verdict):
+                refusal = verdict if isinstance(verdict, TokenRefusal) else _REVOKED
+                return v1.Error(v1.NOT_ALLOWED, refusal.reason, group=group_name)
         kept_out = (
             None
             if by_back_end

@@ -16,7 +16,7 @@ import enum
 import functools
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -131,6 +131,7 @@ class Session:
         encoding: Encoding = PLAIN,
         since: v1.Position | None = None,
         token: str | None = None,
+        claims: Mapping[str, Any] | None = None,
     ) -> None:
         self.id = member_id
         #: The connection's id in this process (its memberships share it).
@@ -145,8 +146,9 @@ class Session:
         self._v1 = encoding.presence
         self._header: v1.HeaderReader | None = None
         # The token it presented (tokens on): every join of another group is checked
-        # against it, as the URL's group was.
+        # against it, as the URL's group was; and its claims (a revocation covers them).
         self._token = token
+        self.claims = claims
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         self._relay = relay
         self._counters = relay.counters

@@ -779,9 +779,10 @@ async def _linger(stream: trio.abc.Stream) -> None:
             received += len(data)
 
 
-async def _small_body(call: _Call, within: float) -> bytes:
-    """The whole body of a call that takes a small one (up to _MAX_IGNORED_BODY bytes;
-    413 over it, 408 when it has not all come ``within`` seconds from now)."""
+async def _small_body(call: _Call, within: float, too_large: str | None = None) -> bytes:
+    """The whole body of a call that takes a small one, or none (up to
+    _MAX_IGNORED_BODY bytes: 413 over it, with ``too_large`` if given; 408 when it has
+    not all come ``within`` seconds from now)."""
     body = bytearray()
     due = trio.current_time() + within
     while call.conn.their_state is h11.SEND_BODY:
@@ -793,7 +794,7 @@ async def _small_body(call: _Call, within: float) -> bytes:
             if len(body) > _MAX_IGNORED_BODY:
                 raise ApiError(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    f"this call takes a body of {_MAX_IGNORED_BODY} bytes at most",
+                    too_large or f"this call takes a body of {_MAX_IGNORED_BODY} bytes at most",
                 )
     return bytes(body)
 
@@ -841,18 +842,8 @@ def _revocation_request(body: bytes, default_seconds: float) -> tuple[str, str, 
 
 
 async def _ignore_body(call: _Call, within: float) -> None:
-    """Read past a body the call does not use (up to _MAX_IGNORED_BODY bytes; 408 when
-    the whole of it has not come ``within`` seconds from now)."""
-    size = 0
-    due = trio.current_time() + within
-    while call.conn.their_state is h11.SEND_BODY:
-        event = await _body_event(call, due)
-        if event is None:
-            raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"the body did not come within {within:g}s")
-        if type(event) is h11.Data:
-            size += len(event.data)
-            if size > _MAX_IGNORED_BODY:
-                raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "this call takes no body")
+    """Read past a body the call does not use (see :func:`_small_body`)."""
+    await _small_body(call, within, "this call takes no body")
 
 
 async def _send_json(call: _Call, status: int, body: object) -> None:

@@ -337,20 +337,17 @@ class Relay:
         return self._tokens is not None
 
     def _revoked(self, claims: Mapping[str, Any]) -> bool:
-        tokens = self._tokens
-        assert tokens is not None
-        return self.revocations.refuses(claims, time.time(), tokens.id_claim)
+        return self.revocations.refuses(claims, time.time())
 
     def revoke_here(self, revocation: Revocation) -> int:
         """Hold ``revocation`` and close (4007) every connection here that it covers;
         how many it closed."""
-        tokens = self._tokens
-        if tokens is None or not self.revocations.add(revocation, time.time()):
+        if self._tokens is None or not self.revocations.add(revocation, time.time()):
             return 0
         closed = 0
         for session in list(self.sessions):
             claims = session.claims
-            if claims is not None and revocation.covers(claims, tokens.id_claim):
+            if claims is not None and revocation.covers(claims):
                 session.close(CloseCode.REVOKED, _REVOKED.reason)
                 closed += 1
         if closed:

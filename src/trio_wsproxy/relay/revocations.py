@@ -30,13 +30,12 @@ class Revocation:
     at: float
     until: float
 
-    def covers(self, claims: Mapping[str, Any], id_claim: str = "sub") -> bool:
-        """Whether a token with ``claims`` is revoked by this (its subject: the claim
-        ``id_claim`` names the member by; a token without a numeric ``iat`` counts as
-        issued before)."""
+    def covers(self, claims: Mapping[str, Any]) -> bool:
+        """Whether a token with ``claims`` is revoked by this (its ``sub`` or ``jti``; a
+        token without a numeric ``iat`` counts as issued before a subject's revocation)."""
         if self.kind == TOKEN_ID:
             return claims.get("jti") == self.value
-        if claims.get(id_claim) != self.value:
+        if claims.get("sub") != self.value:
             return False
         issued = claims.get("iat")
         if not isinstance(issued, int | float) or isinstance(issued, bool):
@@ -65,11 +64,11 @@ class Revocations:
             self._forget_ended(now)
         return True
 
-    def refuses(self, claims: Mapping[str, Any], now: float, id_claim: str = "sub") -> bool:
+    def refuses(self, claims: Mapping[str, Any], now: float) -> bool:
         """Whether a revocation in force covers a token with ``claims``."""
         if not self._by:
             return False
-        for kind, value in ((TOKEN_ID, claims.get("jti")), (SUBJECT, claims.get(id_claim))):
+        for kind, value in ((TOKEN_ID, claims.get("jti")), (SUBJECT, claims.get("sub"))):
             if not isinstance(value, str):
                 continue
             revocation = self._by.get((kind, value))
@@ -77,7 +76,7 @@ class Revocations:
                 continue
             if revocation.until <= now:
                 del self._by[(kind, value)]
-            elif revocation.covers(claims, id_claim):
+            elif revocation.covers(claims):
                 return True
         return False
 

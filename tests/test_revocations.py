@@ -80,6 +80,10 @@ async def test_revoking_a_subject_closes_its_connections_and_refuses_its_older_t
         # A token issued after it (she signed in again) connects.
         fresh = token("alice", issued=time.time() + 1)
         again = await connect(relay.port, "alice", fresh)
+        metrics = (await call(relay.port, "GET", "/metrics", auth=False)).body
+        assert b'trio_wsproxy_revocations_total{kind="sub"} 1.0' in metrics
+        assert b'trio_wsproxy_closes_total{code="4007"} 2.0' in metrics
+        assert b'reason="token_revoked",status="401"} 1.0' in metrics
     for client in (phone, laptop, bob, again):
         await client.aclose()
 

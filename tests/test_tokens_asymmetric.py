@@ -306,4 +306,5 @@ async def test_published_keys_are_fetched_rotated_and_served_stale_while_the_pro
             assert status == 401 and provider.fetches == 3
             await relay_log.wait_for("serving the 2 keys fetched before")
             assert (await handshake(relay.port, signed(KEYS["RS256"], "one")))[0] == 101
+            assert relay.counters.jwks_fetches == {"ok": 2, "failed": 1}
         nursery.cancel_scope.cancel()

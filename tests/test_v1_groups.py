@@ -166,6 +166,13 @@ async def test_refused_joins_are_error_events_and_the_connection_goes_on(relay: 
         bob, _ = await v1_member(relay, "bob", group="c")
         await alice.send_frame(OP_TEXT, b'{"group":"c"}\nstill connected')
         assert await next_message(bob) == (OP_TEXT, v1.From("alice"), b"still connected")
+        assert relay.counters.join_refusals == {
+            v1.ALREADY_JOINED: 1,
+            v1.BAD_GROUP_NAME: 2,
+            v1.GROUP_LIMIT: 1,
+        }
+        metrics = await call(relay.port, "GET", "/metrics", auth=False)
+        assert b'trio_wsproxy_join_refusals_total{error="group_limit"} 1.0' in metrics.body
     for client in (alice, bob):
         await client.aclose()
 

@@ -18,10 +18,13 @@ class Counters:
         "deliveries",
         "direct_failures",
         "internal_errors",
+        "join_refusals",
+        "jwks_fetches",
         "mailbox_full",
         "messages",
         "presence_events",
         "refusals",
+        "revocations",
     )
 
     def __init__(self) -> None:
@@ -52,3 +55,9 @@ class Counters:
         #: (closed with 1011) or one HTTP request (answered 500), by where they happened:
         #: "session" (the member's task or the poller reading for it) or "api".
         self.internal_errors: collections.Counter[str] = collections.Counter()
+        #: wsproxy.v1 joins of one more group refused, by the error event's code.
+        self.join_refusals: collections.Counter[str] = collections.Counter()
+        #: Revocations of tokens held (made here or on another node), by kind.
+        self.revocations: collections.Counter[str] = collections.Counter()
+        #: Fetches of an identity provider's published keys, by outcome (ok, failed).
+        self.jwks_fetches: collections.Counter[str] = collections.Counter()

@@ -26,6 +26,8 @@ from typing import Any
 
 import trio
 
+from .counters import Counters
+
 logger = logging.getLogger("trio_wsproxy.relay")
 
 #: The least time between two fetches asked for by unknown key ids.
@@ -53,9 +55,11 @@ class JwksKeys:
         self._client: Any = None
         self._lock = trio.Lock()
         self._last_fetch = -math.inf
-        #: Fetches made, and those that failed (for tests and logs).
+        #: Fetches made, and those that failed; and the relay's counters, to count them
+        #: in its metrics (the relay sets them).
         self.fetches = 0
         self.failures = 0
+        self.counters: Counters | None = None
 
     def get(self, kid: str) -> tuple[Any, str] | None:
         return self._keys.get(kid)
@@ -106,9 +110,13 @@ class JwksKeys:
                 raise ValueError("no key with an id for RS256, ES256 or EdDSA")
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
             self.failures += 1
+            if self.counters is not None:
+                self.counters.jwks_fetches["failed"] += 1
             held = f"the {len(self._keys)} keys fetched before" if self._keys else "no keys"
             logger.warning("JWKS %s: %s: serving %s", self.url, exc, held)
             return False
+        if self.counters is not None:
+            self.counters.jwks_fetches["ok"] += 1
         if keys.keys() != self._keys.keys():
             logger.info("JWKS %s: keys %s", self.url, ", ".join(sorted(keys)))
         self._keys = keys

@@ -88,6 +88,30 @@ class RelayCollector(Collector):
         for (kind, status), count in sorted(counters.refusals.items()):
             refusals.add_metric([kind, str(status)], count)
         yield refusals
+        for name, documentation, label, figures in (
+            (
+                "trio_wsproxy_join_refusals",
+                "wsproxy.v1 joins of one more group refused, by the error event's code",
+                "error",
+                counters.join_refusals,
+            ),
+            (
+                "trio_wsproxy_revocations",
+                "Revocations of access tokens held, made here or on another node, by kind",
+                "kind",
+                counters.revocations,
+            ),
+            (
+                "trio_wsproxy_jwks_fetches",
+                "Fetches of the identity provider's published keys (--jwks-url), by outcome",
+                "outcome",
+                counters.jwks_fetches,
+            ),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            for key, count in sorted(figures.items()):
+                family.add_metric([key], count)
+            yield family
         api = CounterMetricFamily(
             "trio_wsproxy_api_requests",
             "Calls of the HTTP API for back ends, by the status of the answer",

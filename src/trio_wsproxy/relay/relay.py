@@ -344,6 +344,7 @@ class Relay:
         how many it closed."""
         if self._tokens is None or not self.revocations.add(revocation, time.time()):
             return 0
+        self.counters.revocations[revocation.kind] += 1
         closed = 0
         for session in list(self.sessions):
             claims = session.claims
@@ -577,6 +578,7 @@ async def run_relay(
     async with trio.open_nursery() as nursery:
         tokens = relay._tokens
         if tokens is not None and isinstance(tokens.key_set, JwksKeys):
+            tokens.key_set.counters = relay.counters
             await nursery.start(tokens.key_set.run)  # (before anyone presents a token)
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)

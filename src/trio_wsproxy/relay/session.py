@@ -393,6 +393,7 @@ class Session:
             token = self._token
             refusal = self._relay.join_refusal(self.id, name, token, by_back_end=by_back_end)
         if refusal is not None:
+            self._counters.join_refusals[refusal.error] += 1
             if not by_back_end:
                 send_control(self, event_frame(refusal))
             return refusal

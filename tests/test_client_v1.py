@@ -522,12 +522,14 @@ def test_the_client_reads_every_relay_vector_as_it_says(vector: dict[str, Any]) 
 )  # (an empty header object is read, never written)
 def test_the_client_writes_every_member_vector_byte_for_byte(vector: dict[str, Any]) -> None:
     meaning = vector["meaning"]
-    if "join" in meaning or "leave" in meaning:
+    if "join" in meaning or "leave" in meaning or "token" in meaning:
         since = meaning.get("since")
         written: str | bytes = (
             v1.join_header(meaning["join"], None if since is None else v1.Position.parse(since))
             if "join" in meaning
             else v1.leave_header(meaning["leave"])
+            if "leave" in meaning
+            else v1.refresh_header(meaning["token"])
         ).decode()
     else:
         payload = bytes.fromhex(meaning["payload_hex"])

@@ -16,7 +16,7 @@ from test_v1 import V1_OFFER, next_event
 from test_v1_groups import join
 from trio_wsproxy import CloseCode, Relay
 from trio_wsproxy.protocol import v1
-from wsraw import RawClient
+from wsraw import OP_TEXT, RawClient
 
 SECRET = "a-token-secret-of-at-least-32-bytes!"
 with_tokens = pytest.mark.wsproxy_relay(token_secret=SECRET, api_key=KEY)
@@ -165,3 +165,116 @@ async def test_a_revocation_closes_its_connections_on_every_node(
     async with cluster(redis_url, prefix, count=1, token_secret=SECRET, api_key=KEY) as (c,):
         with trio.fail_after(30):
             assert await refused(c.port, "dave", signed) == (401, b"access token revoked")
+
+
+def short_token(sub: str, seconds: float, **claims: object) -> str:
+    now = time.time()
+    body = {"sub": sub, "groups": ["lobby"], "iat": int(now), "exp": int(now + seconds)}
+    body.update(claims)
+    return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+@with_tokens
+async def test_a_v1_member_told_its_token_expires_refreshes_it_in_place(relay: Relay) -> None:
+    """Less life left than the margin: told at once; a new token for the same member
+    is taken without a reconnect, and the member outlives its first token."""
+    first = short_token("erin", 2)
+    with trio.fail_after(15):
+        erin = await connect(relay.port, "erin", first, v1_offer=True)
+        assert isinstance(await next_event(erin), v1.Welcome)
+        expiring = await next_event(erin)
+        assert isinstance(expiring, v1.TokenExpiring)
+        assert expiring.exp == jwt.decode(first, options={"verify_signature": False})["exp"]
+        # A token that is not valid is refused; the old one goes on meanwhile.
+        await erin.send_frame(OP_TEXT, v1.refresh_header("not-a-token"))
+        error = await next_event(erin)
+        assert isinstance(error, v1.Error) and error.error == v1.TOKEN_INVALID
+        second = short_token("erin", 120)
+        await erin.send_frame(OP_TEXT, v1.refresh_header(second))
+        refreshed = await next_event(erin)
+        assert refreshed == v1.TokenRefreshed(
+            jwt.decode(second, options={"verify_signature": False})["exp"]
+        )
+        # Past the first token's expiry (and its leeway), erin is still connected.
+        await trio.sleep(2 + 1.5)  # (the first token's life, and the relay's leeway)
+        frank = await connect(relay.port, "frank", token("frank"), v1_offer=True)
+        await frank.send_frame(OP_TEXT, b"\nstill there?")
+        assert await next_message_payload(erin) == b"still there?"
+        # A token for another member closes the connection.
+        await erin.send_frame(OP_TEXT, v1.refresh_header(short_token("mallory", 60)))
+        code, reason = await erin.expect_close()
+        assert (code, reason) == (
+            CloseCode.POLICY_VIOLATION,
+            "a new access token must be for the same member",
+        )
+    for client in (erin, frank):
+        await client.aclose()
+
+
+@with_tokens
+async def test_a_member_whose_token_expires_unrefreshed_is_closed_4006(relay: Relay) -> None:
+    with trio.fail_after(10):
+        plain = await connect(relay.port, "gail", short_token("gail", 1))
+        started = time.time()
+        code, reason = await plain.expect_close()
+        assert (code, reason) == (
+            CloseCode.TOKEN_EXPIRED,
+            "access token expired: get a new one, then reconnect",
+        )
+        assert time.time() - started < 3  # (its token lived a second at most, +1 s leeway)
+    await plain.aclose()
+
+
+async def next_message_payload(client: RawClient) -> bytes:
+    from test_v1 import next_message
+
+    return (await next_message(client))[2]
+
+
+@with_tokens
+async def test_the_python_client_renews_its_token_in_place_and_after_4006(
+    relay: Relay,
+) -> None:
+    """A function given as access_token: called before each connection, and when the
+    relay says the token expires soon (the new one goes in place, no reconnect); a plain
+    client (no events) is closed with 4006 and reconnects with a fresh one."""
+    from trio_wsproxy import ClientConfig, open_client
+
+    issued: list[str] = []
+
+    async def fresh(seconds: float) -> str:
+        issued.append(short_token("hal", seconds))
+        return issued[-1]
+
+    lives = iter([2, 120])
+    with trio.fail_after(15):
+        async with open_client(
+            relay.url, group="lobby", id="hal", access_token=lambda: fresh(next(lives))
+        ) as hal:
+            assert hal.protocol == v1.SUBPROTOCOL
+            await trio.sleep(2 + 1.5)  # (its first token's life, and the relay's leeway)
+            assert hal.connected and hal.stats.connects == 1
+            assert len(issued) == 2  # (the second in place, without a reconnect)
+        plain_lives = iter([1, 120])
+        config = ClientConfig(offer_v1=False, reconnect_min_delay=0.01, reconnect_max_delay=0.05)
+        disconnects: list[int | None] = []
+        reconnected = trio.Event()
+
+        def on_disconnect(event: object) -> None:
+            disconnects.append(getattr(event, "code", None))
+
+        def on_connect(client: object) -> None:
+            if len(disconnects) == 1:
+                reconnected.set()
+
+        async with open_client(
+            relay.url,
+            group="lobby",
+            id="ivy",
+            config=config,
+            access_token=lambda: short_token("ivy", next(plain_lives)),
+            on_disconnect=on_disconnect,
+            on_connect=on_connect,
+        ):
+            await reconnected.wait()
+        assert disconnects == [CloseCode.TOKEN_EXPIRED]

@@ -238,8 +238,8 @@ async def test_a_message_to_a_group_not_joined_is_dropped_whole_even_in_fragment
 @pytest.mark.parametrize(
     ("message", "why"),
     [
-        (b'{"join":"g2"}\nbody', "a join or leave is its header line alone"),
-        (b'{"leave":"g"}\nx', "a join or leave is its header line alone"),
+        (b'{"join":"g2"}\nbody', "a join, a leave or a token is its header line alone"),
+        (b'{"leave":"g"}\nx', "a join, a leave or a token is its header line alone"),
         (b'{"join":"g2","to":"bob"}\n', "a join takes no field 'to'"),
         (b'{"join":"g2","since":"nonsense"}\n', "is not a position"),
         (b'{"join":7}\n', '"join" must be a non-empty string'),

@@ -55,6 +55,10 @@ def test_what_a_member_sends(vector: dict[str, Any]) -> None:
         assert target == v1.Leave(meaning["leave"])
         assert data[end:] == b"" and v1.leave_header(target.group) == data
         return
+    if "token" in meaning:
+        assert target == v1.Refresh(meaning["token"])
+        assert data[end:] == b"" and v1.refresh_header(target.token) == data
+        return
     assert isinstance(target, v1.ToGroup | v1.ToMember)
     assert (target.to if isinstance(target, v1.ToMember) else None) == meaning["to"]
     assert target.group == meaning.get("group")
@@ -95,6 +99,10 @@ def relay_value(meaning: dict[str, Any]) -> v1.From | v1.Event:
         return v1.Members(listed, meaning["count"], group)
     if event == "left":
         return v1.Left(meaning["group"], meaning.get("reason"))
+    if event == "token_expiring":
+        return v1.TokenExpiring(meaning["exp"])
+    if event == "token_refreshed":
+        return v1.TokenRefreshed(meaning["exp"])
     assert event == "error"
     return v1.Error(meaning["error"], meaning["detail"], meaning.get("to"), group)
 

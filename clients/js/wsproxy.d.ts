@@ -101,6 +101,7 @@ export function frameFor(payload: Uint8Array, to?: string | null, group?: string
 export function joinFrame(group: string, since?: string | null): string;
 /** The message that leaves `group`. */
 export function leaveFrame(group: string): string;
+export function tokenFrame(token: string): string;
 export function decodeRelayMessage(data: string | Uint8Array | ArrayBuffer): {
   header: RelayHeader;
   payload: string | Uint8Array;

@@ -10,7 +10,7 @@ export const SUBPROTOCOL = "wsproxy.v1";
 
 /** Close codes after which the client reconnects, as the Python client does. */
 export const DEFAULT_RECONNECT_CODES = Object.freeze([
-  1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004,
+  1001, 1006, 1011, 1012, 1013, 1014, 4001, 4002, 4003, 4004, 4006,
 ]);
 
 /** What each close code means (for messages and logs). */
@@ -31,6 +31,8 @@ export const CLOSE_MEANINGS = Object.freeze({
   4003: "keepalive timeout",
   4004: "the relay's backplane could not guarantee delivery: messages may be missing",
   4005: "removed from the group by the application's back end",
+  4006: "the access token expired: the client gets a new one (access_token) and reconnects",
+  4007: "the access token was revoked: do not reconnect with it",
 });
 
 // -- errors --------------------------------------------------------------------------------
@@ -297,6 +299,11 @@ export function leaveFrame(group) {
   return `${JSON.stringify({ leave: group })}\n`;
 }
 
+/** The whole message (a header line alone) that hands the relay a new access token. */
+export function tokenFrame(token) {
+  return `${JSON.stringify({ token })}\n`;
+}
+
 /** What a relay's v1 message says — `{kind: "from", sender, direct, offset, group}` or an
  * event `{kind: "welcome" | "presence" | "members" | "error" | "left", ...}` — and its
  * payload: a string for a text message, a Uint8Array for a binary one. `group` is null
@@ -364,6 +371,9 @@ function relayHeader(header) {
       };
     case "left":
       return { kind, group: string(need("group")), reason: header.reason == null ? null : string(header.reason) };
+    case "token_expiring":
+    case "token_refreshed":
+      return { kind, exp: count(need("exp")) };
     default:
       throw new V1Error(`unknown event ${JSON.stringify(kind)}`);
   }
@@ -1403,6 +1413,24 @@ export class Client extends Group {
       }
       case "error":
         this._error(event);
+        return;
+      case "token_expiring":
+        // The connection's token ends at event.exp: a function `accessToken` gives the
+        // new one, sent in place (a fixed token cannot be renewed: the relay closes
+        // with 4006 at expiry).
+        this._event("tokenexpiring", { exp: event.exp });
+        if (typeof this.options.accessToken === "function") {
+          const ws = this._ws;
+          Promise.resolve()
+            .then(() => this.options.accessToken())
+            .then((token) => {
+              if (this._ws === ws && token) ws.send(tokenFrame(token));
+            })
+            .catch(() => {});
+        }
+        return;
+      case "token_refreshed":
+        this._event("tokenrefreshed", { exp: event.exp });
         return;
       case "left": {
         const group = event.group === this.group ? this : this._groups.get(event.group);

@@ -98,6 +98,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_groups": NoneOr(int),
     "max_groups_per_member": int,
     "ban_seconds": float,
+    "token_refresh_margin": float,
     "revocation_seconds": float,
     "max_connections_per_address_rate": NoneOr(float),
     "max_message_rate": NoneOr(float),

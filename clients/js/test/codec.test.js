@@ -15,6 +15,7 @@ import {
   connectionUrl,
   joinFrame,
   leaveFrame,
+  tokenFrame,
   newMessageId,
   normalizeMessageId,
   reconnectDelay,
@@ -40,6 +41,7 @@ for (const vector of vectors.vectors.filter((v) => v.direction === "member-to-re
     let frame;
     if ("join" in vector.meaning) frame = joinFrame(vector.meaning.join, vector.meaning.since);
     else if ("leave" in vector.meaning) frame = leaveFrame(vector.meaning.leave);
+    else if ("token" in vector.meaning) frame = tokenFrame(vector.meaning.token);
     else if (vector.opcode === "text") frame = frameFor(text(payloadHex), to, group);
     else frame = frameFor(hex(payloadHex), to, group);
     if (vector.opcode === "text") {
@@ -71,7 +73,8 @@ for (const vector of vectors.vectors.filter((v) => v.direction === "relay-to-mem
     }
     assert.equal(payload, "");
     assert.equal(header.kind, meaning.event);
-    if (meaning.event !== "welcome" && meaning.event !== "left" && !("group" in meaning)) {
+    const connectionEvent = meaning.event === "token_expiring" || meaning.event === "token_refreshed";
+    if (meaning.event !== "welcome" && meaning.event !== "left" && !connectionEvent && !("group" in meaning)) {
       assert.equal(header.group, null, "an event of the URL's group names none");
     }
     const { event, ...fields } = meaning;

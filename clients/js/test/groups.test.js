@@ -360,3 +360,26 @@ test("a relay that does not speak wsproxy.v1 has no other groups to join", async
   assert.deepEqual([...client.groups.keys()], ["lobby"]);
   await client.close();
 });
+
+test("a function accessToken renews the token in place when the relay says it expires soon", async () => {
+  StandIn.made = [];
+  const tokens = ["first", "second"];
+  const pending = connect("ws://relay/ws?groupName=lobby", {
+    WebSocket: StandIn, id: "me", accessToken: async () => tokens.shift(),
+  });
+  const socket = await StandIn.nth(0);
+  assert.equal(socket.url.searchParams.get("access_token"), "first");
+  socket.open();
+  socket.feed(welcome("lobby", ["ann"], 3));
+  const client = await pending;
+  const seen = [];
+  client.addEventListener("tokenexpiring", (event) => seen.push(["expiring", event.detail.exp]));
+  client.addEventListener("tokenrefreshed", (event) => seen.push(["refreshed", event.detail.exp]));
+  socket.feed({ event: "token_expiring", exp: 1796650000 });
+  while (socket.written.length === 0) await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(socket.written.at(-1), [{ token: "second" }, ""]);
+  socket.feed({ event: "token_refreshed", exp: 1796653600 });
+  assert.deepEqual(seen, [["expiring", 1796650000], ["refreshed", 1796653600]]);
+  assert.equal(StandIn.made.length, 1); // (no reconnect)
+  await client.close();
+});

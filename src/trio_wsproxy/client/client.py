@@ -43,7 +43,7 @@ from ..protocol.typenames import TypeRegistry
 from ..protocol.v1 import ALREADY_JOINED, MAX_MEMBER_HEADER, SUBPROTOCOL, Position, join_header
 from .config import DEFAULT_RECONNECT_CODES, ClientConfig
 from .connection import ConnectionEnded
-from .connection_task import ConnectionTask
+from .connection_task import AccessToken, ConnectionTask
 from .dispatch import Dispatcher
 from .errors import (
     ClientClosed,
@@ -153,6 +153,7 @@ class Client:
         on_bad_message: BadMessageHook | None = None,
         on_handler_error: HandlerErrorHook | None = None,
         since: Position | str | None = None,
+        access_token: AccessToken | None = None,
     ) -> None:
         full_urls, client_id, group_name = connection_urls(url, group=group, id=id)
         start = position_of(since)
@@ -196,6 +197,7 @@ class Client:
             on_disconnect=on_disconnect,
             on_bad_message=on_bad_message,
             since=start,
+            access_token=access_token,
         )
         #: The URL's group's handle: the client's own API is its.
         self._home = GroupHandle(self, self._task.groups.home)
@@ -666,6 +668,7 @@ async def open_client(
     on_bad_message: BadMessageHook | None = None,
     on_handler_error: HandlerErrorHook | None = None,
     since: Position | str | None = None,
+    access_token: AccessToken | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a relay, join a group, and yield the :class:`Client`; close it on exit.
 
@@ -692,6 +695,12 @@ async def open_client(
     connection: over ``wsproxy.v1``, a relay keeping history replays every message of
     the group after it, after a :class:`Resumed` event, or says why it cannot.
 
+    ``access_token`` (a relay with tokens on): the token, or a function (plain or
+    async) that returns a fresh one. A function is called before each connection, when
+    the relay says the token expires soon (over ``wsproxy.v1``: the new token is sent
+    in place, without a reconnect), and before the reconnect that follows a close with
+    4006 (the token expired).
+
     Messages (and events) that arrive before the block registers its first handler or
     subscription are held for it, up to ``config.read_ahead`` of them: register them
     before the block's first ``await`` and none is missed — a replay included.
@@ -713,6 +722,7 @@ async def open_client(
         on_bad_message=on_bad_message,
         on_handler_error=on_handler_error,
         since=since,
+        access_token=access_token,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -37,6 +37,7 @@ DEFAULT_RECONNECT_CODES = frozenset(
         ABNORMAL_CLOSURE,
         CloseCode.INTERNAL_ERROR,
         SERVICE_RESTART,
+        CloseCode.TOKEN_EXPIRED,
         TRY_AGAIN_LATER,
         BAD_GATEWAY,
         CloseCode.SLOW_CONSUMER,

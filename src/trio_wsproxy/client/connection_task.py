@@ -20,8 +20,10 @@ them, naming each one's own position.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -42,10 +44,13 @@ from ..protocol.v1 import (
     Members,
     Position,
     Presence,
+    TokenExpiring,
+    TokenRefreshed,
     V1Error,
     Welcome,
     join_header,
     leave_header,
+    refresh_header,
 )
 from ..protocol.v1 import Left as V1Left
 from .config import ClientConfig
@@ -90,6 +95,9 @@ from .stats import ClientStats
 from .streams import BinaryStream
 from .urls import with_query
 from .wire import Deliver, DotnetRuntime, Reply, read_frame, split_relay_message
+
+#: An access token, or a function (plain or async) that gives a fresh one.
+AccessToken = str | Callable[[], str | Awaitable[str]]
 
 __all__ = ["Connect", "ConnectionTask"]
 
@@ -179,8 +187,12 @@ class ConnectionTask:
         on_bad_message: BadMessageHook | None,
         since: Position | None = None,
         connect: Connect = connect_and_serve,
+        access_token: AccessToken | None = None,
     ) -> None:
         self._urls = urls
+        # The access token, or what gives a fresh one (called before each connection
+        # and when the relay says the token expires soon).
+        self._access_token = access_token
         self._id = client_id
         self._group = group
         self._config = config
@@ -318,6 +330,8 @@ class ConnectionTask:
         since = self.resumption.since()
         if since is not None:
             url = with_query(url, "since", since)  # to get what was missed meanwhile
+        if self._access_token is not None:
+            url = with_query(url, "access_token", await self._token())
         return await self._connect(
             url, config=self._config, ssl_context=self._ssl_context, serve=serve
         )
@@ -708,6 +722,36 @@ class ConnectionTask:
         reason = f"a {kind} message announced a stream that did not follow: {why}"
         await self._reject(BadMessage(BadMessageKind.MISSING_STREAM, reason, announced.frame))
 
+    # -- the access token ---------------------------------------------------------------
+
+    async def _token(self) -> str:
+        """The access token to present now: the one given, or a fresh one."""
+        given = self._access_token
+        if given is None or isinstance(given, str):
+            return given or ""
+        token = given()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str) or not token:
+            raise TypeError(f"access_token() must return a non-empty str, not {token!r}")
+        return token
+
+    async def _refresh_token(self, event: TokenExpiring) -> None:
+        """The relay says the connection's token expires at ``event.exp``: send a fresh
+        one in place (only a function can give one; a fixed token runs out, and the
+        relay closes with 4006)."""
+        if self._access_token is None or isinstance(self._access_token, str):
+            logger.warning(
+                "the access token expires in %.0fs and the client has no function to "
+                "renew it (access_token=): the relay will close the connection (4006)",
+                event.exp - time.time(),
+            )
+            return
+        token = await self._token()
+        ws = self._ws
+        if ws is not None:
+            await ws.send_message(refresh_header(token).decode())
+
     # -- the relay's events ---------------------------------------------------------------
 
     async def _event(self, event: Event) -> None:
@@ -722,6 +766,10 @@ class ConnectionTask:
             group = self.groups.get(event.group)
             if group is not None:
                 self._drop(group, event.reason)
+        elif isinstance(event, TokenExpiring):
+            await self._refresh_token(event)
+        elif isinstance(event, TokenRefreshed):
+            logger.debug("the relay took the new access token (until %d)", event.exp)
         else:
             group = self.groups.get(event.group)
             if group is None:

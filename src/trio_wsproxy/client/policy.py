@@ -50,6 +50,9 @@ _CLOSE_MEANINGS: dict[int, str] = {
         "the relay's backplane could not guarantee delivery: messages may be missing"
     ),
     CloseCode.REMOVED: "removed from the group by the application's back end",
+    CloseCode.TOKEN_EXPIRED: "the access token expired: the client gets a new one "
+    "(access_token) and reconnects",
+    CloseCode.REVOKED: "the access token was revoked: do not reconnect with it",
 }
 
 

@@ -38,6 +38,9 @@ class CloseCode(enum.IntEnum):
     #: A back end removed the member from its group (the HTTP API's DELETE): it should
     #: not reconnect by itself.
     REMOVED = 4005
+    #: The member's access token expired and no new one came (wsproxy.v1 members may
+    #: send one): it must get a new token before it reconnects.
+    TOKEN_EXPIRED = 4006
     #: The member's access token was revoked (the HTTP API's POST /api/revocations): it
     #: must not reconnect with that token.
     REVOKED = 4007

@@ -99,7 +99,7 @@ class V1Encoding(Encoding):
         return super().piece(head, payload, first, last)
 
     def event(self, event: v1.Event) -> bytes:
-        if self.group is not None and type(event) is not v1.Welcome:
+        if self.group is not None and isinstance(event, v1.Presence | v1.Members | v1.Error):
             event = attrs.evolve(event, group=self.group)
         return frame(OP_TEXT, v1.encode_event(event))
 

@@ -136,6 +136,21 @@ class TokenVerifier:
         self, token: str | None, member_id: str, group: str, *, now: float | None = None
     ) -> TokenRefusal | dict[str, Any]:
         """:meth:`check`, with the token's claims when it admits."""
+        claims = self.identify(token, member_id, now=now)
+        if isinstance(claims, TokenRefusal):
+            return claims
+        groups = claims.get(self.groups_claim)
+        if not isinstance(groups, list) or not allows(groups, group):
+            return TokenRefusal(
+                HTTPStatus.FORBIDDEN, "access token does not allow this group", "token_group"
+            )
+        return claims
+
+    def identify(
+        self, token: str | None, member_id: str, *, now: float | None = None
+    ) -> TokenRefusal | dict[str, Any]:
+        """The claims of ``token`` when it is valid and for ``member_id`` (whatever
+        groups it allows); otherwise why not."""
         if not token:
             return TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token required", "token_missing")
         claims = self._claims(token, verify_exp=True)
@@ -145,11 +160,6 @@ class TokenVerifier:
             return TokenRefusal(HTTPStatus.UNAUTHORIZED, "access token expired", "token_expired")
         if claims.get(self.id_claim) != member_id:
             return TokenRefusal(HTTPStatus.FORBIDDEN, "access token is for another id", "token_id")
-        groups = claims.get(self.groups_claim)
-        if not isinstance(groups, list) or not allows(groups, group):
-            return TokenRefusal(
-                HTTPStatus.FORBIDDEN, "access token does not allow this group", "token_group"
-            )
         return claims
 
     def issued_after(self, token: str, moment: float) -> bool:

@@ -103,8 +103,16 @@ class Leave:
     group: str
 
 
+@attrs.frozen
+class Refresh:
+    """A member hands the relay a new access token for its connection, before the one
+    it connected with expires (tokens on)."""
+
+    token: str
+
+
 #: What a member's header line may ask of the relay.
-Request = ToGroup | ToMember | Join | Leave
+Request = ToGroup | ToMember | Join | Leave | Refresh
 
 #: The :class:`ToGroup` of the URL's group.
 TO_GROUP = ToGroup()
@@ -190,6 +198,9 @@ def parse_member_header(line: bytes) -> Request:
     if "leave" in header:
         _only(header, frozenset({"leave"}), "a leave")
         return Leave(_name(header, "leave", "a group name"))
+    if "token" in header:
+        _only(header, frozenset({"token"}), "a token refresh")
+        return Refresh(_name(header, "token", "an access token"))
     unknown = header.keys() - _TO_KEYS
     if unknown:
         raise V1Error(f"unknown header field {sorted(unknown)[0]!r}")
@@ -263,6 +274,11 @@ def join_header(group: str, since: Position | None = None) -> bytes:
 def leave_header(group: str) -> bytes:
     """The whole message (a header line alone) by which a member leaves ``group``."""
     return _json({"leave": group})
+
+
+def refresh_header(token: str) -> bytes:
+    """The whole message (a header line alone) that hands the relay a new token."""
+    return _json({"token": token})
 
 
 # --- from the relay to a member ------------------------------------------------------
@@ -396,6 +412,21 @@ class Error:
 
 
 @attrs.frozen
+class TokenExpiring:
+    """The connection's access token expires at ``exp`` (seconds since the epoch): send
+    a new one (:class:`Refresh`) before then, or the relay closes with 4006."""
+
+    exp: int
+
+
+@attrs.frozen
+class TokenRefreshed:
+    """The relay took the new token: the connection is authorised until ``exp``."""
+
+    exp: int
+
+
+@attrs.frozen
 class Left:
     """The member is no longer in ``group``: it asked to leave (``reason`` None), or
     the application's back end removed it (``reason`` says so). Nothing of the group
@@ -405,11 +436,13 @@ class Left:
     reason: str | None = None
 
 
-Event = Welcome | Presence | Members | Error | Left
+Event = Welcome | Presence | Members | Error | Left | TokenExpiring | TokenRefreshed
 
 #: Error codes the relay sends: a message it dropped...
 NO_SUCH_MEMBER = "no_such_member"
 NOT_IN_GROUP = "not_in_group"
+#: (A token refresh the relay could not take: the old token goes on until it expires.)
+TOKEN_INVALID = "token_invalid"
 #: (A group whose namespace takes messages from the application's back end only.)
 READ_ONLY = "read_only"
 #: ...and a join it refused (the connection stays, in the groups it was in).
@@ -487,6 +520,10 @@ def encode_event(event: Event) -> bytes:
         body = _grouped("left", event.group)
         if event.reason is not None:
             body["reason"] = event.reason
+    elif type(event) is TokenExpiring:
+        body = {"event": "token_expiring", "exp": event.exp}
+    elif type(event) is TokenRefreshed:
+        body = {"event": "token_refreshed", "exp": event.exp}
     else:
         raise TypeError(f"not a v1 event: {event!r}")
     return _json(body)
@@ -563,6 +600,10 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
             )
         if kind == "left":
             return Left(_str(header["group"]), _opt_str(header.get("reason")))
+        if kind == "token_expiring":
+            return TokenExpiring(_int(header["exp"]))
+        if kind == "token_refreshed":
+            return TokenRefreshed(_int(header["exp"]))
     except KeyError as missing:
         raise V1Error(f"a {kind} event needs {missing}") from None
     raise V1Error(f"unknown event {kind!r}")

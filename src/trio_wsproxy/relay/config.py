@@ -397,6 +397,12 @@ class RelayConfig:
         "back in.",
         _non_negative,
     )
+    token_refresh_margin: float = _setting(
+        30.0,
+        "Seconds before its token expires that a wsproxy.v1 member is told so "
+        "(token_expiring), to send a new one; without one it is closed with 4006.",
+        _positive,
+    )
     revocation_seconds: float = _setting(
         3600.0,
         "Seconds a revocation (POST /api/revocations) lasts unless the call says: a "

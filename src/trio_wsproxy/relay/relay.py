@@ -336,6 +336,18 @@ class Relay:
         """Whether connections present access tokens."""
         return self._tokens is not None
 
+    def refresh_verdict(self, member_id: str, token: str) -> Mapping[str, Any] | str | None:
+        """A new token's claims when it may replace ``member_id``'s, why not (it is not
+        valid, or revoked), or None when it is for another member."""
+        if self._tokens is None:
+            return "this relay checks no access tokens"
+        verdict = self._tokens.identify(token, member_id, now=time.time())
+        if isinstance(verdict, TokenRefusal):
+            return None if verdict.kind == "token_id" else verdict.reason
+        if self._revoked(verdict):
+            return _REVOKED.reason
+        return verdict
+
     def _revoked(self, claims: Mapping[str, Any]) -> bool:
         return self.revocations.refuses(claims, time.time())
 

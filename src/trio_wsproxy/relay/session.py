@@ -16,6 +16,7 @@ import enum
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -115,6 +116,10 @@ class SessionHost(RelayCore, Protocol):
         """Why a member may not join one more group (its name, its token, a ban, a
         limit), as the error event that answers it; None: it may."""
 
+    def refresh_verdict(self, member_id: str, token: str) -> Mapping[str, Any] | str | None:
+        """A new token's claims when it may replace ``member_id``'s, why not (it is not
+        valid, or revoked), or None when it is for another member."""
+
 
 class Session:
     """A connected member. Created when its upgrade request is admitted; :meth:`join`
@@ -149,6 +154,11 @@ class Session:
         # against it, as the URL's group was; and its claims (a revocation covers them).
         self._token = token
         self.claims = claims
+        # When the token expires (seconds since the epoch), and the clock that closes
+        # the member then (4006) unless a new token came (v1): cancelled by a refresh.
+        exp = None if claims is None else claims.get("exp")
+        self._token_exp: float | None = exp if isinstance(exp, int | float) else None
+        self._token_clock = trio.CancelScope()
         self.mailbox = Mailbox(relay.config.mailbox_bytes)
         self._relay = relay
         self._counters = relay.counters
@@ -182,7 +192,7 @@ class Session:
         self._sender: Sender | None = None
         # v1: a join or leave the member asked for, for its task to carry out; whether
         # the rest of a message is dropped (it named a group the member is not in).
-        self._request: v1.Join | v1.Leave | None = None
+        self._request: v1.Join | v1.Leave | v1.Refresh | None = None
         self._dropping = False
         self._refuse_plain = False
         # While it runs: its nursery (joins the back end asks for run there).
@@ -338,6 +348,44 @@ class Session:
                 self._not_in_group(request.group)
             else:
                 self._drop(membership, None)
+        elif type(request) is v1.Refresh:
+            self._refresh(request.token)
+
+    # -- the token's life (tokens on) ---------------------------------------------------
+
+    async def _watch_token(self) -> None:
+        """Tell a v1 member that its token expires soon (``token_refresh_margin`` ahead,
+        or at once), and close the member with 4006 TOKEN_LEEWAY after it expired,
+        unless a new token came meanwhile (then the clock starts again)."""
+        margin = self._relay.config.token_refresh_margin
+        while self._token_exp is not None:
+            exp = self._token_exp
+            with self._token_clock:
+                if self._v1:
+                    await trio.sleep(max(0.0, exp - margin - time.time()))
+                    send_control(self, event_frame(v1.TokenExpiring(int(exp))))
+                await trio.sleep(max(0.0, exp + TOKEN_LEEWAY - time.time()))
+                self.close(CloseCode.TOKEN_EXPIRED, _TOKEN_EXPIRED_REASON)
+                return
+            self._token_clock = trio.CancelScope()  # (refreshed: the new token's turn)
+
+    def _refresh(self, token: str) -> None:
+        """Take a new token for the connection: answered ``token_refreshed``; a token
+        that is not valid (or revoked) is answered with the error ``token_invalid`` and
+        the old one goes on until it expires; one for another member closes (1008)."""
+        verdict = self._relay.refresh_verdict(self.id, token)
+        if isinstance(verdict, str):
+            detail = verdict
+            send_control(self, event_frame(v1.Error(v1.TOKEN_INVALID, detail)))
+            return
+        if verdict is None:
+            self.close(CloseCode.POLICY_VIOLATION, "a new access token must be for the same member")
+            return
+        exp = verdict.get("exp")
+        self._token, self.claims = token, verdict
+        self._token_exp = float(exp) if isinstance(exp, int | float) else None
+        self._token_clock.cancel()
+        send_control(self, event_frame(v1.TokenRefreshed(int(self._token_exp or 0))))
 
     @property
     def group_names(self) -> list[str]:
@@ -503,6 +551,8 @@ class Session:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
+                    if self._token_exp is not None:
+                        nursery.start_soon(self._watch_token)
                     await self._receive_loop()
         except Exception:
             # A bug beyond the reader's (which contains its own): no close frame can be
@@ -882,12 +932,12 @@ class Session:
         except v1.V1Error as exc:
             self._fail(ProtocolError(CloseCode.PROTOCOL_ERROR, f"{v1.SUBPROTOCOL}: {exc}"))
             return None
-        if type(target) is v1.Join or type(target) is v1.Leave:
+        if isinstance(target, v1.Join | v1.Leave | v1.Refresh):
             if not event.last or end != len(data):
                 self._fail(
                     ProtocolError(
                         CloseCode.PROTOCOL_ERROR,
-                        f"{v1.SUBPROTOCOL}: a join or leave is its header line alone",
+                        f"{v1.SUBPROTOCOL}: a join, a leave or a token is its header line alone",
                     )
                 )
             else:
@@ -960,6 +1010,10 @@ class Session:
         elif now - self.pinged_at >= timeout:
             self.close(CloseCode.KEEPALIVE_TIMEOUT, f"no answer to a ping within {timeout:g}s")
 
+
+#: Seconds past its token's expiry a member is closed (4006) if no new token came.
+TOKEN_LEEWAY = 1.0
+_TOKEN_EXPIRED_REASON = "access token expired: get a new one, then reconnect"
 
 #: Why a member's message into a group only the back end publishes in is refused.
 _READ_ONLY_REASON = "only the application's back end publishes in this group"

@@ -44,6 +44,15 @@ async def gone(node: Relay, client: RawClient, group: str = "g") -> None:
         await node.wait_members(before - 1, group)
 
 
+async def start_node(redis_url: str, prefix: str) -> tuple[trio.Process, str, int]:
+    """A relay node in a process of its own (to be killed), keeping history, reaped by
+    the others within a second."""
+    return await start_relay(
+        "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
+        "--history-size", "10000",
+    )  # fmt: skip
+
+
 def offsets_of(received: list[tuple[int, v1.From, bytes]]) -> list[int | None]:
     return [header.offset for _, header, _ in received]
 
@@ -304,10 +313,7 @@ async def test_a_client_whose_node_dies_fails_over_and_misses_nothing(
     count = 600
     recorder = Recorder(as_text)
     async with cluster(redis_url, prefix, count=1, node_ttl=1.0, **HISTORY) as (a,):
-        process, url, port = await start_relay(
-            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
-            "--history-size", "10000",
-        )  # fmt: skip
+        process, url, port = await start_node(redis_url, prefix)
         try:
             async with trio_wsproxy.open_client([url, a.url], group="g", id="member") as client:
                 recorder.attach(client)
@@ -340,10 +346,7 @@ async def test_a_client_in_three_groups_whose_node_is_killed_recovers_each_group
     rooms = ("g", "room-2", "room-3")
     recorders = {room: Recorder(as_text) for room in rooms}
     async with cluster(redis_url, prefix, count=1, node_ttl=1.0, **HISTORY) as (a,):
-        process, url, port = await start_relay(
-            "--backplane", redis_url, "--backplane-prefix", prefix, "--node-ttl", "1",
-            "--history-size", "10000",
-        )  # fmt: skip
+        process, url, port = await start_node(redis_url, prefix)
         try:
             async with trio_wsproxy.open_client([url, a.url], group="g", id="member") as client:
                 recorders["g"].attach(client)

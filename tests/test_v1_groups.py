@@ -537,6 +537,7 @@ async def test_across_nodes_the_back_end_lists_and_adds_a_members_groups_on_any_
             # ...and asks node a to put her in room-3 too.
             answer = await call(b.port, "PUT", "/api/groups/lobby/members/alice/groups/room-3")
             assert answer.status == 202
+            assert b.counters.api_requests[202] == 1  # (counted as answered)
             welcome = await next_event(alice)
             while not isinstance(welcome, v1.Welcome):
                 welcome = await next_event(alice)

@@ -115,6 +115,8 @@ class _Call:
         self.method = request.method.decode("ascii")
         #: HEAD: answered as GET would be, without the body.
         self.head = request.method == b"HEAD"
+        #: The status of the answer sent (what the call's log line and metric count).
+        self.status: int = HTTPStatus.OK
         self.headers = {name.decode("ascii"): value for name, value in request.headers}
         try:
             url = urlsplit(request.target.decode("ascii"))
@@ -228,7 +230,7 @@ class Api:
                 if handler not in (self._post, self._revoke):  # (the calls that take a body)
                     await _ignore_body(call, self._host.config.stream_timeout)
                 await handler(call, params)
-                status = HTTPStatus.NO_CONTENT if method == "DELETE" else HTTPStatus.OK
+                status = call.status
             except RegistryUnavailable as exc:
                 raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
         except ApiError as error:
@@ -851,6 +853,7 @@ async def _send_json(call: _Call, status: int, body: object) -> None:
 
 
 async def _send(call: _Call, status: int, body: bytes, content_type: str | None) -> None:
+    call.status = status
     await _respond(call.conn, call.stream, status, body, content_type, head=call.head)
 
 

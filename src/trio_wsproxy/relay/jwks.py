@@ -55,19 +55,11 @@ class JwksKeys:
         self._client: Any = None
         self._lock = trio.Lock()
         self._last_fetch = -math.inf
-        #: Fetches made, and those that failed; and the relay's counters, to count them
-        #: in its metrics (the relay sets them).
-        self.fetches = 0
-        self.failures = 0
-        self.counters: Counters | None = None
+        #: Where its fetches are counted, by outcome (the relay gives its own).
+        self.counters = Counters()
 
     def get(self, kid: str) -> tuple[Any, str] | None:
         return self._keys.get(kid)
-
-    @property
-    def key_ids(self) -> frozenset[str]:
-        """The ids of the keys held now."""
-        return frozenset(self._keys)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fetch the set, then keep it fresh until cancelled."""
@@ -97,7 +89,6 @@ class JwksKeys:
         import jwt
 
         self._last_fetch = trio.current_time()
-        self.fetches += 1
         try:
             response = await self._client.get(self.url)
             response.raise_for_status()
@@ -109,14 +100,11 @@ class JwksKeys:
             if not keys:
                 raise ValueError("no key with an id for RS256, ES256 or EdDSA")
         except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self.failures += 1
-            if self.counters is not None:
-                self.counters.jwks_fetches["failed"] += 1
+            self.counters.jwks_fetches["failed"] += 1
             held = f"the {len(self._keys)} keys fetched before" if self._keys else "no keys"
             logger.warning("JWKS %s: %s: serving %s", self.url, exc, held)
             return False
-        if self.counters is not None:
-            self.counters.jwks_fetches["ok"] += 1
+        self.counters.jwks_fetches["ok"] += 1
         if keys.keys() != self._keys.keys():
             logger.info("JWKS %s: keys %s", self.url, ", ".join(sorted(keys)))
         self._keys = keys

@@ -127,7 +127,11 @@ class Mailbox:
     def offer_catch_up(self, frame: bytes) -> None:
         """Queue a message a joining member missed (or its welcome), regardless of the
         bound and counted apart (:attr:`catch_up`): what it missed is bounded by the
-        group's history. Only before anything else is queued for the member."""
+        group's history (and, for the joins of more groups, by the session: see
+        Session._recoveries_read). After what is queued already, and ahead of anything
+        offered later (no direct write passes it). :meth:`written` takes what was written
+        off :attr:`catch_up` first: for a join after the first that errs on the side of
+        counting the mailbox fuller than it is, until both are written."""
         if not self.closed:
             self.catch_up += len(frame) + FRAME_OVERHEAD
             self._put(frame)

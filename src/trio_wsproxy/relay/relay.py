@@ -316,11 +316,10 @@ class Relay:
                 return refuse(HTTPStatus.FORBIDDEN, "origin not allowed", kind="origin")
         claims: Mapping[str, Any] | None = None
         if self._tokens is not None:
-            verdict = self._tokens.verify(join.token, join.id, join.group)
-            if not isinstance(verdict, dict) or self._revoked(verdict):
-                refusal = verdict if isinstance(verdict, TokenRefusal) else _REVOKED
-                challenge = (("WWW-Authenticate", "Bearer"),) if refusal.status == 401 else ()
-                return refuse(refusal.status, refusal.reason, challenge, kind=refusal.kind)
+            verdict = self._token_verdict(join.token, join.id, join.group)
+            if isinstance(verdict, TokenRefusal):
+                challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
+                return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
             claims = verdict
         now = trio.current_time()
         banned = self._banned(join, now)
@@ -347,6 +346,17 @@ class Relay:
         if self._revoked(verdict):
             return _REVOKED.reason
         return verdict
+
+    def _token_verdict(
+        self, token: str | None, member_id: str, group: str, *, now: float | None = None
+    ) -> TokenRefusal | Mapping[str, Any]:
+        """The claims of ``token`` if it admits ``member_id`` to ``group`` and no
+        revocation covers it; otherwise why not (tokens on)."""
+        assert self._tokens is not None
+        verdict = self._tokens.verify(token, member_id, group, now=now)
+        if isinstance(verdict, TokenRefusal):
+            return verdict
+        return _REVOKED if self._revoked(verdict) else verdict
 
     def _revoked(self, claims: Mapping[str, Any]) -> bool:
         return self.revocations.refuses(claims, time.time())
@@ -414,10 +424,9 @@ class Relay:
                 group=group_name,
             )
         if self._tokens is not None and not by_back_end:
-            verdict = self._tokens.verify(token, member_id, group_name, now=time.time())
-            if not isinstance(verdict, dict) or self._revoked(verdict):
-                refusal = verdict if isinstance(verdict, TokenRefusal) else _REVOKED
-                return v1.Error(v1.NOT_ALLOWED, refusal.reason, group=group_name)
+            verdict = self._token_verdict(token, member_id, group_name, now=time.time())
+            if isinstance(verdict, TokenRefusal):
+                return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
         kept_out = (
             None
             if by_back_end

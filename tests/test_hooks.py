@@ -295,3 +295,37 @@ async def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     answer = await client.read_response()
     await client.aclose()
     return answer
+
+
+# -- the typed module for back ends ----------------------------------------------------
+
+
+def test_a_python_back_end_reads_requests_and_writes_answers_typed() -> None:
+    from trio_wsproxy.backend import (
+        BadHookRequest,
+        HookAnswer,
+        HookRequest,
+        answer_body,
+        read_hook_request,
+    )
+    from trio_wsproxy.protocol.hooks import parse_answer, publish_request, request_body
+
+    sent = publish_request("alice", "game-1", "127.0.0.1:5", {"n": 1}, False, b"\x00\xff")
+    request = read_hook_request(request_body(sent))
+    assert request == sent and request.payload() == b"\x00\xff"
+    assert isinstance(request, HookRequest)
+    answer = HookAnswer(allow=False, status=422, reason="illegal move")
+    assert answer_body(answer) == b'{"allow":false,"status":422,"reason":"illegal move"}'
+    assert parse_answer(answer_body(answer), "publish") == answer
+    for bad, why in (
+        (b"[]", "a JSON object"),
+        (b"{", "not JSON"),
+        (b'{"hook":"connect","id":1}', "body.group"),
+        (b'{"hook":"nope","id":"a","group":"g","remote":"r"}', "unknown hook"),
+    ):
+        try:
+            read_hook_request(bad)
+        except BadHookRequest as exc:
+            assert why in str(exc), exc
+        else:
+            raise AssertionError(bad)

@@ -1,10 +1,9 @@
 """Asking the application's back end: the connect, join and publish hooks (DESIGN.md §9).
 
 The relay asks; the back end decides (``docs/backend.md``). Each hook is an HTTP POST of
-a JSON body (:mod:`trio_wsproxy.protocol.hooks`), answered by a JSON object. The client
-is httpx (on Trio through anyio), as for the identity provider's keys: a well-kept client
-with a connection pool (kept-alive connections: a publish hook costs one request per
-message, not one connection), timeouts and TLS verification.
+a JSON body (:mod:`trio_wsproxy.protocol.hooks`), answered by a JSON object, over kept-
+alive connections (:mod:`.hookclient`: h11, whose calls cost a fifth of httpx's; a
+publish hook costs one request per message, not one connection).
 
 - **Time**: the back end has ``hook_timeout`` seconds to answer, a wait for a free call
   included; what waits is the one connection, join or message that asked, never another
@@ -40,6 +39,7 @@ from ..protocol.hooks import (
 )
 from ..protocol.printable import printable
 from ..protocol.tokens import allows
+from .hookclient import HookCallError, HookClient
 
 if TYPE_CHECKING:
     from ..protocol.handshake import Join
@@ -52,8 +52,6 @@ logger = logging.getLogger("trio_wsproxy.relay")
 FAILURE_LOG_INTERVAL = 10.0
 #: The status of a refusal the failure policy made (the back end could not be asked).
 FAILURE_STATUS = 503
-
-_HEADERS = {"content-type": "application/json", "user-agent": "trio-wsproxy"}
 
 
 def _optional_tuple(value: Any) -> tuple[str, ...] | None:
@@ -110,7 +108,7 @@ class Hooks:
         self._limit = config.max_hook_calls
         self._calls = trio.CapacityLimiter(config.max_hook_calls)
         self._counters = counters
-        self._client: Any = None
+        self._client: HookClient | None = None
         self._warned: dict[str, float] = {}
 
     @staticmethod
@@ -122,23 +120,20 @@ class Hooks:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the pooled HTTP client until cancelled."""
-        import httpx
-
-        limits = httpx.Limits(max_connections=self._limit, max_keepalive_connections=self._limit)
-        async with httpx.AsyncClient(timeout=None, limits=limits) as client:
-            self._client = client
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._client = None
+        client = HookClient()
+        self._client = client
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._client = None
+            with trio.CancelScope(shield=True):
+                await client.aclose()
 
     async def ask(self, url: str, request: HookRequest, allow_on_failure: bool) -> HookAnswer:
         """The back end's answer to ``request`` at ``url``; when it cannot be had, what
         the failure policy decides (``allow_on_failure``). Never raises for the back
         end's sake."""
-        import httpx
-
         hook = request.hook
         started = trio.current_time()
         failure: str | None = None
@@ -149,15 +144,12 @@ class Hooks:
                     client = self._client
                     if client is None:
                         raise RuntimeError("the relay is not running its hooks")
-                    response = await client.post(
-                        url, content=request_body(request), headers=_HEADERS
-                    )
-                    body = await response.aread()
-                if not 200 <= response.status_code < 300:
-                    failure = f"answered {response.status_code}"
+                    status, body = await client.post(url, request_body(request))
+                if not 200 <= status < 300:
+                    failure = f"answered {status}"
                 else:
                     answer = parse_answer(body, hook)
-            except (httpx.HTTPError, HookAnswerError, RuntimeError) as exc:
+            except (HookCallError, HookAnswerError, RuntimeError) as exc:
                 failure = str(exc) or type(exc).__name__
         latency = trio.current_time() - started
         self._counters.hook_latency(hook, latency)

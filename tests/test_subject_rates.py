@@ -13,6 +13,7 @@ import trio
 import trio_websocket as tw
 
 from loglines import LogLines
+from test_security import http_get
 from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.relay.groups import RegistryUnavailable
 from trio_wsproxy.relay.subjects import LEASE_SHARE, SubjectRates
@@ -75,6 +76,11 @@ async def test_a_subject_is_held_to_its_rate_across_three_connections_on_one_nod
         assert 1.99 <= elapsed < 4.0, elapsed
         assert relay.counters.limited_messages["subject"] > 0
         assert relay.counters.limited_messages["member"] == 0
+        _, _, body = await http_get(relay.port, "/metrics")
+        limited = relay.counters.limited_messages["subject"]
+        assert f'trio_wsproxy_limited_messages_total{{limit="subject"}} {limited}.0' in (
+            body.decode()
+        )
     # (The relay has stopped: every session ended.) The subject's allowance went with
     # its last session.
     assert relay.subject_rates is not None and len(relay.subject_rates) == 0

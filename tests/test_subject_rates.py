@@ -13,6 +13,7 @@ import trio
 import trio_websocket as tw
 
 from loglines import LogLines
+from redisserver import RedisServer, redis_call
 from test_security import http_get
 from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.relay.groups import RegistryUnavailable
@@ -180,8 +181,6 @@ async def test_a_subject_is_held_to_its_rate_across_three_connections_on_two_nod
         assert elapsed < 4.5, elapsed
         assert a.counters.limited_messages["subject"] + b.counters.limited_messages["subject"]
     # The subject's bucket in Redis expires on its own (once it would be full again).
-    from redisserver import redis_call
-
     key = f"{prefix}:v3:rate:alice"
     ttl = await redis_call(redis_url, "PTTL", key)
     assert isinstance(ttl, int) and 0 < ttl <= 2000, ttl
@@ -212,3 +211,54 @@ async def test_without_redis_a_node_holds_the_limit_itself_and_says_so_once(
     assert relay_log.count("until Redis is back") == 1
     rates.leave(alice)
     assert len(rates) == 0
+
+
+async def test_while_redis_is_away_each_node_holds_the_limit_and_says_so_once(
+    private_redis: RedisServer, prefix: str, relay_log: LogLines, backplane_log: LogLines
+) -> None:
+    from test_backplane import backplane, cluster
+
+    rate = 20
+    async with cluster(private_redis.url, prefix, count=1, max_subject_message_rate=rate) as (a,):
+        url = a.url
+        async with connections([f"{url}?id=alice&groupName=r", f"{url}?id=sink&groupName=r"]) as (
+            alice,
+            sink,
+        ):
+            with trio.fail_after(10):
+                await a.wait_members(2, "r")
+            private_redis.stop()
+
+            async def burst_and_wait(label: str) -> float:
+                """Two seconds' worth of alice's messages: how long until all came."""
+                start = trio.current_time()
+                for n in range(2 * rate):
+                    await alice.send_message(f"{label} {n}")
+                with trio.fail_after(10):
+                    got = [await sink.get_message() for _ in range(2 * rate)]
+                assert got == [f"{label} {n}" for n in range(2 * rate)]
+                return trio.current_time() - start
+
+            # The node's own bucket: a burst of 20, then 20/s (the group lives on this
+            # node alone, so it goes on through the outage).
+            assert await burst_and_wait("away") >= 0.99
+            assert await burst_and_wait("still away") >= 0.99
+            assert relay_log.count("until Redis is back") == 1
+            # Redis comes back: the next lease goes there again, and the node says so.
+            private_redis.start()
+            await backplane_log.wait_for("backplane reconnected")
+            assert backplane(a).up
+            # (Its own bucket refilled meanwhile, and so is a new Redis's: this round
+            # goes at once, and the first lease from Redis succeeds.)
+            await burst_and_wait("back")
+            await relay_log.wait_for("hold across nodes again")
+            # Paced by the bucket in Redis from now on.
+            assert await burst_and_wait("in Redis") >= 0.99
+            assert await redis_call(private_redis.url, "EXISTS", f"{prefix}:v3:rate:alice") == 1
+
+
+async def test_a_rate_below_one_a_second_still_lets_one_message_through() -> None:
+    rates = SubjectRates(0.5)  # one message every two seconds
+    slow = rates.enter("slow")
+    assert slow.take()
+    assert not slow.take()

@@ -24,12 +24,12 @@ class SubjectBuckets:
 
     async def lease(self, subject: str, rate: float, want: int) -> tuple[int, float]:
         """Up to ``want`` tokens of ``subject``'s bucket (``rate`` a second, bursts of as
-        many): (tokens granted, seconds until one is there when none were). Raises
+        many, one at least): (tokens granted, seconds until one is there when none were). Raises
         RegistryUnavailable while Redis is away or answers what it should not."""
         key = self._names.subject_rate_key(subject)
         try:
             reply = await self._link.call(
-                "EVAL", scripts.SUBJECT_LEASE, 1, key, repr(rate), repr(rate), want
+                "EVAL", scripts.SUBJECT_LEASE, 1, key, repr(rate), repr(max(1.0, rate)), want
             )
         except (ConnectionLost, RedisError) as exc:  # (call() wraps most of these)
             raise RegistryUnavailable(f"backplane unavailable: {exc}") from exc

@@ -8,7 +8,7 @@ and the limit holds per id (a client can spread itself over made-up ids: turn to
 on for a limit that means "per user").
 
 - **One node**: a token bucket per subject (``rate`` messages a second, bursts of as
-  many), shared by its sessions here and dropped when the last one ends.
+  many, one at least), shared by its sessions here and dropped when the last one ends.
 - **A cluster**: the bucket lives in Redis (the registry's :meth:`lease`, a Lua script
   with the clock of Redis, so nodes' clocks do not matter), and a node **leases** tokens
   a batch at a time (:data:`LEASE_SHARE` of the rate): the sessions of a subject on the
@@ -77,7 +77,7 @@ class SubjectRate:
         self.sessions = 0
         # The node's own bucket: the limit on one node, and on a cluster while Redis
         # is away.
-        self._bucket = TokenBucket(rates.rate)
+        self._bucket = TokenBucket(rates.rate, rates.burst)
         #: Tokens leased from the cluster's bucket, left to spend until _lease_ends.
         self.allowance = 0
         self._lease_ends = 0.0
@@ -86,7 +86,11 @@ class SubjectRate:
         self._lock = trio.Lock()
 
     def take(self) -> bool:
-        """Spend one token now if there is one at hand (no waiting, no Redis)."""
+        """Spend one token now if there is one at hand (no waiting, no Redis) and no
+        other session of the subject is waiting for one (first come, first served)."""
+        return not self._lock.locked() and self._spend()
+
+    def _spend(self) -> bool:
         now = trio.current_time()
         if self._rates.lease is None or self._rates.away:
             return self._bucket.take(1, now) == 0.0
@@ -99,7 +103,7 @@ class SubjectRate:
         """Wait until one token is the subject's, and spend it."""
         rates = self._rates
         async with self._lock:
-            while not self.take():
+            while not self._spend():
                 lease = rates.lease
                 now = trio.current_time()
                 if lease is not None and (not rates.away or now >= rates.retry_at):
@@ -137,6 +141,9 @@ class SubjectRates:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate!r}")
         self.rate = rate
+        #: The most a subject may send at once (one at least: a rate of 0.5 is one
+        #: message every 2 s, not none).
+        self.burst = max(1.0, rate)
         #: Asks the cluster for tokens (None: this node is the whole relay).
         self.lease = lease
         #: Tokens asked for at a time from the cluster.

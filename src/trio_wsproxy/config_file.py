@@ -93,6 +93,14 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "token_groups_claim": str,
     "api_key_file": str,
     "allowed_origins": str,
+    "connect_hook": NoneOr(str),
+    "join_hook": NoneOr(str),
+    "publish_hook": NoneOr(str),
+    "hook_timeout": float,
+    "hook_failure": str,
+    "max_hook_calls": int,
+    "hook_headers": str,
+    "hook_cookies": str,
     "max_members": NoneOr(int),
     "max_group_members": NoneOr(int),
     "max_groups": NoneOr(int),
@@ -131,14 +139,12 @@ _FILE_FIELDS = {
     field.name: field for field in attrs.fields(RelayConfig) if field.metadata.get("env") is None
 }
 # The fields that hold lists (a TOML array, or a comma-separated string as the flag).
-_LISTS = frozenset({"allowed_origins"})
+_LISTS = frozenset({"allowed_origins", "hook_headers", "hook_cookies"})
 _NAMESPACE_KEYS = ("prefix", *POLICY_KEYS)
 # Namespace keys to come (DESIGN.md §9), refused until they are there.
 _NOT_YET = {
     "history_size": "unknown key: a namespace has no history settings of its own yet "
     "(the relay-wide history_size applies to every group)",
-    "join_hook": "unknown key: the back end's hooks are not there yet",
-    "publish_hook": "unknown key: the back end's hooks are not there yet",
 }
 
 
@@ -263,7 +269,7 @@ def _namespaces(value: Any, where: _Lines) -> tuple[Namespace, ...]:
             raise ConfigFileError(where.problem(section, None, "a namespace needs a prefix"))
         fields: dict[str, Any] = {}
         for key, item in table.items():
-            if key in ("prefix", "publish"):
+            if key in ("prefix", "publish", "join_hook", "publish_hook", "hook_failure"):
                 if not isinstance(item, str):
                     raise ConfigFileError(
                         where.problem(section, key, f"expected a string, got {item!r}")

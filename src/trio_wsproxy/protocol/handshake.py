@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Mapping
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,6 +48,9 @@ class Join:
     #: The position a reconnecting v1 member names (``?since=EPOCH:OFFSET``), to get
     #: what it missed; None: it names none (ignored for a plain member).
     since: v1.Position | None = None
+    #: The request's headers, by lower-cased name (repeated ones joined with commas):
+    #: what the back end's connect hook may be shown of them (its allow-list).
+    headers: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -285,6 +289,7 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         origin=headers.get("origin"),
         subprotocol=subprotocol,
         since=since if subprotocol == v1.SUBPROTOCOL else None,
+        headers=headers,
     )
 
 

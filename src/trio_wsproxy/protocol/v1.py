@@ -409,6 +409,8 @@ class Error:
     detail: str
     to: str | None = None
     group: str | None = None
+    #: ``refused``: the status the application's back end refused with (its hook's).
+    status: int | None = None
 
 
 @attrs.frozen
@@ -445,6 +447,9 @@ NOT_IN_GROUP = "not_in_group"
 TOKEN_INVALID = "token_invalid"
 #: (A group whose namespace takes messages from the application's back end only.)
 READ_ONLY = "read_only"
+#: (A join or a message the application's back end refused: its hook's status and
+#: reason are the event's ``status`` and ``detail``.)
+REFUSED = "refused"
 #: ...and a join it refused (the connection stays, in the groups it was in).
 NOT_ALLOWED = "not_allowed"
 BANNED = "banned"
@@ -457,6 +462,7 @@ UNAVAILABLE = "unavailable"
 #: Every code that answers a join (with the group it names).
 JOIN_REFUSALS = frozenset(
     {
+        REFUSED,
         NOT_ALLOWED,
         BANNED,
         ALREADY_JOINED,
@@ -516,6 +522,8 @@ def encode_event(event: Event) -> bytes:
             body["to"] = event.to
         if event.group is not None:
             body["group"] = event.group
+        if event.status is not None:
+            body["status"] = event.status
     elif type(event) is Left:
         body = _grouped("left", event.group)
         if event.reason is not None:
@@ -595,8 +603,13 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
         if kind == "members":
             return Members(_ids(header["members"]), _int(header["count"]), group)
         if kind == "error":
+            status = header.get("status")
             return Error(
-                _str(header["error"]), _str(header["detail"]), _opt_str(header.get("to")), group
+                _str(header["error"]),
+                _str(header["detail"]),
+                _opt_str(header.get("to")),
+                group,
+                None if status is None else _int(status),
             )
         if kind == "left":
             return Left(_str(header["group"]), _opt_str(header.get("reason")))

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .namespaces import Namespace, check_namespaces, namespace_of
+from .namespaces import Namespace, check_namespaces, hook_url, namespace_of
 
 DEFAULT_PORT = 8765  # clear of the usual local services (Postgres, Redis, NATS, RabbitMQ, MQTT)
 # An HS256 key shorter than the hash's 256 bits weakens every token signed with it
@@ -149,6 +149,22 @@ def _origins(value: Any) -> tuple[str, ...]:
         value = value.split(",")
     # Browsers send the scheme and host in lower case, and no trailing slash.
     return tuple(origin.strip().removesuffix("/").lower() for origin in value if origin.strip())
+
+
+def _cookie_names(value: Any) -> tuple[str, ...]:
+    """A comma-separated list (or a list) of names, blanks dropped."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(name.strip() for name in value if name.strip())
+
+
+def _header_names(value: Any) -> tuple[str, ...]:
+    """Header names (any case: HTTP's are not case-sensitive), lower-cased."""
+    return tuple(name.lower() for name in _cookie_names(value))
+
+
+#: What a hook that cannot be asked decides (RelayConfig.hook_failure).
+HOOK_FAILURES = ("refuse", "allow")
 
 
 # What a browser's Origin header holds (RFC 6454): a scheme, "://", a host and perhaps
@@ -360,6 +376,49 @@ class RelayConfig:
     api_key_file: str | None = _setting(
         None, "File holding the HTTP API's key (turns the API on at /api/)."
     )
+    connect_hook: str | None = _setting(
+        None,
+        "URL the relay POSTs each connection to before its upgrade, for the back end to "
+        "allow it (and set its id, groups and info) or refuse it (docs/backend.md).",
+        hook_url,
+    )
+    join_hook: str | None = _setting(
+        None,
+        "URL the relay POSTs each join of a group to (the URL's and every later one), for "
+        "the back end to allow or refuse; the default of namespaces that set none.",
+        hook_url,
+    )
+    publish_hook: str | None = _setting(
+        None,
+        "URL the relay POSTs each member's message to before it reaches the group, for the "
+        "back end to allow, refuse or replace; the default of namespaces that set none.",
+        hook_url,
+    )
+    hook_timeout: float = _setting(
+        2.0,
+        "Seconds the back end has to answer a hook (a wait for a free call counts); then "
+        "hook_failure decides.",
+        _positive,
+    )
+    hook_failure: str = _setting(
+        "refuse",
+        "What a hook that times out, fails or answers nonsense decides: refuse (503 for a "
+        "connection, an error event for a join or a message) or allow.",
+        attrs.validators.in_(HOOK_FAILURES),
+    )
+    max_hook_calls: int = _setting(
+        100,
+        "Hook calls in flight at once on this node; more wait (within hook_timeout).",
+        _positive,
+    )
+    hook_headers: tuple[str, ...] = _setting(
+        (),
+        "Comma-separated request headers the connect hook is given (lower-cased names).",
+        converter=_header_names,
+    )
+    hook_cookies: tuple[str, ...] = _setting(
+        (), "Comma-separated cookies the connect hook is given.", converter=_cookie_names
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (),
         "Comma-separated browser origins allowed to connect (403 for others); "
@@ -512,6 +571,19 @@ class RelayConfig:
     def namespace(self, group: str) -> Namespace | None:
         """The namespace the group ``group`` is in (its longest prefix), or None."""
         return namespace_of(self.namespaces, group) if self.namespaces else None
+
+    def hook_for(self, hook: str, group: str) -> tuple[str, bool] | None:
+        """The ``hook`` (``"join"``, ``"publish"``) asked for ``group``: its URL, and
+        whether a failure to ask it allows (its namespace's, else the relay's); None:
+        none is asked."""
+        namespace = self.namespace(group)
+        url = None if namespace is None else getattr(namespace, f"{hook}_hook")
+        if url is None:
+            url = getattr(self, f"{hook}_hook")
+            if url is None:
+                return None
+        failure = None if namespace is None else namespace.hook_failure
+        return url, (failure or self.hook_failure) == "allow"
 
     @property
     def tls(self) -> bool:

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
+
+#: The upper bounds (seconds) of the hooks' latency histogram's buckets.
+HOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Counters:
@@ -17,6 +21,8 @@ class Counters:
         "closes",
         "deliveries",
         "direct_failures",
+        "hook_calls",
+        "hook_seconds",
         "internal_errors",
         "join_refusals",
         "jwks_fetches",
@@ -24,6 +30,7 @@ class Counters:
         "mailbox_full",
         "messages",
         "presence_events",
+        "publish_refusals",
         "refusals",
         "revocations",
         "token_expiries",
@@ -73,3 +80,20 @@ class Counters:
         #: limit: "member" (--max-message-rate, --max-byte-rate) or "subject"
         #: (--max-subject-message-rate).
         self.limited_messages: collections.Counter[str] = collections.Counter()
+        #: Calls of the back end's hooks, by (hook, outcome): allowed, refused, replaced,
+        #: timeout, failed; and their latencies, by hook: a count per bucket of
+        #: HOOK_BUCKETS (the last: above them all) and their sum.
+        #: Members' messages refused (by the publish hook, its failure policy, or its
+        #: bound on a message's size): they went nowhere, their sender told (v1).
+        self.publish_refusals = 0
+        self.hook_calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.hook_seconds: dict[str, tuple[list[int], list[float]]] = {}
+
+    def hook_latency(self, hook: str, seconds: float) -> None:
+        """Count one call of ``hook`` that took ``seconds``."""
+        figures = self.hook_seconds.get(hook)
+        if figures is None:
+            figures = self.hook_seconds[hook] = ([0] * (len(HOOK_BUCKETS) + 1), [0.0])
+        counts, total = figures
+        counts[bisect.bisect_left(HOOK_BUCKETS, seconds)] += 1
+        total[0] += seconds

@@ -7,15 +7,22 @@ figures of several relay processes into the whole relay's (``--workers``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from .counters import HOOK_BUCKETS
 from .history import EVICTIONS
 
 if TYPE_CHECKING:
@@ -132,6 +139,33 @@ class RelayCollector(Collector):
             "Members closed with 4006 because their access token expired unrenewed",
             counters.token_expiries,
         )
+        yield CounterMetricFamily(
+            "trio_wsproxy_publish_refusals",
+            "Members' messages refused by the back end's publish hook (or its failure "
+            "policy, or its size bound): they went nowhere",
+            counters.publish_refusals,
+        )
+        hook_calls = CounterMetricFamily(
+            "trio_wsproxy_hook_calls",
+            "Calls of the back end's hooks, by hook and outcome (allowed, refused, replaced, "
+            "timeout, failed)",
+            labels=["hook", "outcome"],
+        )
+        for (hook, outcome), count in sorted(counters.hook_calls.items()):
+            hook_calls.add_metric([hook, outcome], count)
+        yield hook_calls
+        latency = HistogramMetricFamily(
+            "trio_wsproxy_hook_seconds",
+            "How long the back end took to answer a hook (or the call to fail), by hook",
+            labels=["hook"],
+        )
+        for hook, (counts, total) in sorted(counters.hook_seconds.items()):
+            buckets, running = [], 0
+            for bound, count in zip((*HOOK_BUCKETS, math.inf), counts, strict=True):
+                running += count
+                buckets.append((str(bound) if bound != math.inf else "+Inf", running))
+            latency.add_metric([hook], buckets, total[0])
+        yield latency
         api = CounterMetricFamily(
             "trio_wsproxy_api_requests",
             "Calls of the HTTP API for back ends, by the status of the answer",

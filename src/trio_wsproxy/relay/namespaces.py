@@ -6,12 +6,15 @@ namespace gets the relay's settings. A policy overrides, for its groups only: th
 members (``max_group_members``), whether v1 members hear of joins and leaves
 (``presence``) and above what size they get counts only (``presence_limit``), and who
 may publish (``publish``: members, or the application's back end only, through the
-HTTP API). A setting a namespace leaves out is the relay's.
+HTTP API), the back end's hooks asked for its joins and messages (``join_hook``,
+``publish_hook``) and what a hook that cannot be asked decides (``hook_failure``). A
+setting a namespace leaves out is the relay's.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -34,6 +37,19 @@ def _publish(instance: object, attribute: attrs.Attribute[Any], value: Any) -> N
         )
 
 
+def hook_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+
+
+def _hook_failure(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and value not in ("refuse", "allow"):
+        raise ValueError(f'hook_failure must be "refuse" or "allow", got {value!r}')
+
+
 def _prefix(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value or not value.isprintable():
         raise ValueError(f"prefix must be a non-empty printable string, got {value!r}")
@@ -53,6 +69,12 @@ class Namespace:
     presence_limit: int | None = attrs.field(default=None, validator=_positive_or_none)
     #: ``"members"``: every member may send; ``"backend"``: only the HTTP API may post.
     publish: str = attrs.field(default=PUBLISH_MEMBERS, validator=_publish)
+    #: The back end's URLs asked before each join of its groups and each member's
+    #: message into them (None: the relay's ``join_hook``/``publish_hook``).
+    join_hook: str | None = attrs.field(default=None, validator=hook_url)
+    publish_hook: str | None = attrs.field(default=None, validator=hook_url)
+    #: What a hook that times out or fails decides here (None: the relay's).
+    hook_failure: str | None = attrs.field(default=None, validator=_hook_failure)
 
     def covers(self, group: str) -> bool:
         """Whether the group ``group`` is in this namespace."""
@@ -60,7 +82,15 @@ class Namespace:
 
 
 #: The policy keys a namespace takes besides ``prefix`` (the config file's, one to one).
-POLICY_KEYS = ("max_group_members", "presence", "presence_limit", "publish")
+POLICY_KEYS = (
+    "max_group_members",
+    "presence",
+    "presence_limit",
+    "publish",
+    "join_hook",
+    "publish_hook",
+    "hook_failure",
+)
 
 
 def namespace_of(namespaces: tuple[Namespace, ...], group: str) -> Namespace | None:

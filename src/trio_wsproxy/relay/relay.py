@@ -27,6 +27,8 @@ from ..protocol.handshake import (
     probe_response,
     refuse,
 )
+from ..protocol.hooks import JOIN as JOIN_HOOK
+from ..protocol.hooks import HookRequest
 from ..protocol.printable import printable
 from ..protocol.tokens import TokenRefusal, TokenVerifier, unknown_key_id
 from ..protocol.tokens import preload as preload_tokens
@@ -37,6 +39,7 @@ from .config import RelayConfig
 from .counters import Counters
 from .demo import demo_files
 from .groups import STORM_LIFETIME, STORM_REASON, Bans, EvictionStorms, GroupRegistry
+from .hooks import NO_GRANT, Grant, Hooks, connect_request
 from .jwks import JwksKeys
 from .listeners import open_listeners, paced
 from .memory import BufferBudget
@@ -120,6 +123,8 @@ class Relay:
         #: Where idle members' receivers park, read for by one task (see poller.py).
         self.poller = Poller() if config.shared_poller and Poller.available() else None
         #: Who is in each group, as wsproxy.v1 members hear it (see presence.py).
+        #: The back end's hooks (None: none is set).
+        self.hooks = Hooks(config, self.counters) if Hooks.wanted(config) else None
         self.presence = PresenceTracker(config.presence_limit, self.counters, config.namespaces)
         registry.watch_presence(self.presence.changed)
         #: What tokens are checked with (None: tokens are off).
@@ -246,6 +251,7 @@ class Relay:
                         kind="address_rate",
                     )
             claims: Mapping[str, Any] | None = None
+            grant = NO_GRANT
             if isinstance(decision, Join):
                 await self._know_signing_key(decision.token)
                 admitted = self.admit(decision)
@@ -253,6 +259,8 @@ class Relay:
                     decision = admitted
                 else:
                     claims = admitted
+            if isinstance(decision, Join) and self.hooks is not None:
+                decision, grant = await self._ask_back_end(decision, remote)
             if isinstance(decision, Join):
                 session = Session(
                     self,
@@ -266,6 +274,7 @@ class Relay:
                     # (Kept to authorise its joins of more groups, when tokens are on.)
                     decision.token if self._tokens is not None else None,
                     claims,
+                    grant,
                 )
                 refused = await session.join()
                 if refused is not None:
@@ -301,6 +310,60 @@ class Relay:
             await session.run()
         finally:
             self.sessions.discard(session)
+
+    async def _ask_back_end(self, join: Join, remote: str) -> tuple[Join | Refusal, Grant]:
+        """The back end's hooks for a connection: connect (which may rename the member,
+        name the groups it may join and give it an info), then join for the URL's
+        group; a refusal carries the back end's status and reason."""
+        hooks, config = self.hooks, self.config
+        assert hooks is not None
+        grant = NO_GRANT
+        if config.connect_hook is not None:
+            request = connect_request(join, remote, config.hook_headers, config.hook_cookies)
+            answer = await hooks.ask(
+                config.connect_hook, request, allow_on_failure=config.hook_failure == "allow"
+            )
+            if not answer.allow:
+                assert answer.status is not None and answer.reason is not None
+                return refuse(answer.status, answer.reason, kind="connect_hook"), grant
+            grant = Grant(answer.groups, answer.info)
+            if answer.id is not None and answer.id != join.id:
+                if len(answer.id) > config.max_id_length:
+                    reason = f"the connect hook's id is over {config.max_id_length} characters"
+                    return refuse(HTTPStatus.BAD_GATEWAY, reason, kind="connect_hook"), grant
+                join = attrs.evolve(join, id=answer.id)
+                now = trio.current_time()
+                room = self._banned(join, now) or self._storm(join, now)
+                full = self.over_limit(join.id, join.group)
+                if room is None and full is not None:
+                    room = refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
+                if room is not None:
+                    return room, grant
+            if not grant.allows(join.group):
+                reason = f"the back end does not allow group {join.group!r}"
+                return refuse(HTTPStatus.FORBIDDEN, reason, kind="connect_hook"), grant
+        refusal = await self.ask_join_hook(join.id, join.group, remote, grant.info)
+        if refusal is not None:
+            status, reason = refusal
+            return refuse(status, reason, kind="join_hook"), grant
+        return join, grant
+
+    async def ask_join_hook(
+        self, member_id: str, group: str, remote: str, info: Any
+    ) -> tuple[int, str] | None:
+        """The back end's join hook for ``group``, if its namespace (or the relay) has
+        one: None when it allows, else its refusal's (status, reason)."""
+        hooks = self.hooks
+        site = self.config.hook_for(JOIN_HOOK, group)
+        if hooks is None or site is None:
+            return None
+        url, allow_on_failure = site
+        request = HookRequest(hook=JOIN_HOOK, id=member_id, group=group, remote=remote, info=info)
+        answer = await hooks.ask(url, request, allow_on_failure)
+        if answer.allow:
+            return None
+        assert answer.status is not None and answer.reason is not None
+        return answer.status, answer.reason
 
     async def _know_signing_key(self, token: str | None) -> None:
         """A token that names a key the provider's key set lacks (a key rotated in):
@@ -605,6 +668,8 @@ async def run_relay(
         if tokens is not None and isinstance(tokens.key_set, JwksKeys):
             tokens.key_set.counters = relay.counters
             await nursery.start(tokens.key_set.run)  # (before anyone presents a token)
+        if relay.hooks is not None:
+            await nursery.start(relay.hooks.run)
         await nursery.start(registry.run, config, relay.counters)
         nursery.start_soon(relay._watch)
         nursery.start_soon(relay.budget.run)

@@ -85,6 +85,7 @@ class Sender:
         "group",
         "member",
         "outbox",
+        "publish_hook",
         "read_only",
     )
 
@@ -101,12 +102,16 @@ class Sender:
         cut_off_reason: str,
         pause: Pause = unpaused,
         read_only: bool = False,
+        publish_hook: tuple[str, bool] | None = None,
     ) -> None:
         self.member = member
         #: Whether its member may not publish into the group (the group's namespace
         #: takes messages from the back end only): the session refuses them before
         #: anything is offered.
         self.read_only = read_only
+        #: The back end's publish hook asked before each of its member's messages goes
+        #: out: its URL, and whether a failure to ask it allows (None: none).
+        self.publish_hook = publish_hook
         self.group = group
         #: Queues this sender's frames in their recipients' mailboxes (a session's one
         #: courier serves all its memberships); the outbox is what goes to the group's

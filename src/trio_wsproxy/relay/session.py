@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ..protocol import v1
-from ..protocol.assembly import Assembly
+from ..protocol.assembly import FRAGMENT_SIZE, Assembly, Piece
 from ..protocol.close_codes import CloseCode, client_close_label
 from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
@@ -38,12 +38,15 @@ from ..protocol.frames import (
     close_frame,
     frame,
 )
+from ..protocol.hooks import PUBLISH as PUBLISH_HOOK
+from ..protocol.hooks import publish_request
 from ..protocol.message import Message
 from ..protocol.printable import printable
 from .budget import MEMBERSHIP, TEARDOWN
 from .fanout import Courier, send_control
 from .groups import Group
 from .history import CatchUp
+from .hooks import NO_GRANT, Grant, Hooks
 from .host import RelayCore
 from .mailbox import Mailbox
 from .membership import Membership
@@ -125,6 +128,16 @@ class SessionHost(RelayCore, Protocol):
         """A new token's claims when it may replace ``member_id``'s, why not (it is not
         valid, or revoked), or None when it is for another member."""
 
+    @property
+    def hooks(self) -> Hooks | None:
+        """The back end's hooks (None: none is set)."""
+
+    async def ask_join_hook(
+        self, member_id: str, group: str, remote: str, info: Any
+    ) -> tuple[int, str] | None:
+        """The join hook's refusal (status, reason) of ``member_id`` in ``group``, if its
+        namespace (or the relay) has one and it refuses; None: it may join."""
+
 
 class Session:
     """A connected member. Created when its upgrade request is admitted; :meth:`join`
@@ -142,6 +155,7 @@ class Session:
         since: v1.Position | None = None,
         token: str | None = None,
         claims: Mapping[str, Any] | None = None,
+        grant: Grant = NO_GRANT,
     ) -> None:
         self.id = member_id
         #: The connection's id in this process (its memberships share it).
@@ -159,6 +173,10 @@ class Session:
         # against it, as the URL's group was; and its claims (a revocation covers them).
         self._token = token
         self.claims = claims
+        # What the back end's connect hook gave it: the groups it may join, and its
+        # info (shown to the back end's hooks).
+        self._grant = grant
+        self.info = grant.info
         # When the token expires (seconds since the epoch), and the clock that closes
         # the member then (4006) unless a new token came (v1): cancelled by a refresh.
         exp = None if claims is None else claims.get("exp")
@@ -319,6 +337,7 @@ class Session:
             cut_off_reason="a message was cut off: its sender left mid-message",
             pause=self._paused,
             read_only=namespace is not None and namespace.publish == PUBLISH_BACKEND,
+            publish_hook=self._relay.config.hook_for(PUBLISH_HOOK, membership.group_name),
         )
         membership.joined(group, sender)
         return group, await group.catch_up(membership, membership.since)
@@ -454,6 +473,8 @@ class Session:
         else:
             token = self._token
             refusal = self._relay.join_refusal(self.id, name, token, by_back_end=by_back_end)
+            if refusal is None and not by_back_end:
+                refusal = await self._asked_back_end(name)
         if refusal is not None:
             self._counters.join_refusals[refusal.error] += 1
             if not by_back_end:
@@ -482,6 +503,23 @@ class Session:
         if name == self.group_name:
             self._home = membership.sender
         self._joined(membership, group, catch)
+        return None
+
+    async def _asked_back_end(self, name: str) -> v1.Error | None:
+        """Whether the back end lets the member join ``name`` too: the groups its
+        connect hook gave it, then the group's join hook (awaited in the member's own
+        task: its other groups go on meanwhile). The refusal, if any."""
+        if not self._grant.allows(name):
+            detail = f"the application's back end does not allow group {name!r}"
+            return v1.Error(v1.NOT_ALLOWED, detail, group=name)
+        refused = await self._paused(
+            self._relay.ask_join_hook, self.id, name, self.remote, self.info
+        )
+        if refused is not None:
+            status, reason = refused
+            return v1.Error(v1.REFUSED, reason, group=name, status=status)
+        if name in self._memberships:  # (the back end joined it meanwhile, by the API)
+            return v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
         return None
 
     async def _recoveries_read(self) -> bool:
@@ -851,6 +889,9 @@ class Session:
             if forward is None:
                 return
             if isinstance(forward, list):
+                if sender.publish_hook is not None:
+                    self._unhooked(sender, forward)
+                    return
                 for piece in forward:
                     if piece.first:
                         await sender.start(self._assembly.head)
@@ -860,6 +901,11 @@ class Session:
                     self.piece_due = None if ended else now + self._relay.config.stream_timeout
                 return
             message = forward
+        if sender.publish_hook is not None:
+            published = await self._published(sender, message)
+            if published is None:
+                return
+            message = published
         # The hot path: one synchronous call when nothing makes the message wait.
         if not sender.clear():
             self._flush()
@@ -879,13 +925,61 @@ class Session:
         sender = (
             home if home is not None and len(self._memberships) == 1 else self._sender_for(event)
         )
-        if sender is None or not sender.clear():
+        if sender is None or sender.publish_hook is not None or not sender.clear():
             return False
         received = self._received(event)
         if received is None:
             return True
         sender.offer(Message(self.id, received.text, received.payload, self._assembly.to))
         return True
+
+    async def _published(self, sender: Sender, message: Message) -> Message | None:
+        """What the back end's publish hook makes of ``message``: the message, or the
+        one with the payload it replaced, or None when it refused (the sender told).
+        Awaited in the member's own task, one message after another: its messages stay
+        in order, and other members' go on meanwhile."""
+        assert sender.publish_hook is not None
+        url, allow_on_failure = sender.publish_hook
+        name = sender.group.name
+        try:
+            request = publish_request(
+                self.id, name, self.remote, self.info, message.text, message.payload, message.to
+            )
+        except UnicodeDecodeError:
+            self._publish_refused(sender, 400, "a text message must be UTF-8", message.to)
+            return None
+        self._flush()  # (what it sent before goes out first)
+        hooks = self._relay.hooks
+        assert hooks is not None
+        answer = await self._paused(hooks.ask, url, request, allow_on_failure)
+        if not answer.allow:
+            assert answer.status is not None and answer.reason is not None
+            self._publish_refused(sender, answer.status, answer.reason, message.to)
+            return None
+        if self.state is not _OPEN:
+            return None
+        replacement = answer.replacement()
+        if replacement is None:
+            return message
+        text, payload = replacement
+        return Message(message.sender, text, payload, message.to)
+
+    def _unhooked(self, sender: Sender, pieces: list[Piece]) -> None:
+        """A message too large to go to the back end's publish hook whole (it would
+        stream): refused, its first piece telling the sender, the rest dropped."""
+        if pieces[0].first:
+            limit = FRAGMENT_SIZE // 1024
+            reason = f"a message into a group with a publish hook is at most {limit} KiB"
+            self._publish_refused(sender, 413, reason, self._assembly.to)
+
+    def _publish_refused(self, sender: Sender, status: int, reason: str, to: str | None) -> None:
+        """The member's message goes nowhere: a v1 member is told (an error event); a
+        plain one has no events to be told by, so the refusal is logged and counted
+        (and the back end, which refused it, knows)."""
+        self._counters.publish_refusals += 1
+        if self._v1:
+            group = None if sender is self._home else sender.group.name
+            send_control(self, event_frame(v1.Error(v1.REFUSED, reason, to, group, status)))
 
     def _received(self, event: Data) -> Data | None:
         """Count a data frame from the member and, over v1, take its message's header

@@ -1,0 +1,331 @@
+"""The back end's hooks (DESIGN.md §9, docs/backend.md), against a real HTTP back end
+started by each test: connect, join and publish — allow, refuse, replace, time out —
+what a client sees of each, and a hook that never answers slowing only what waits on it."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import trio
+
+from hookserver import Reply, allow, back_end
+from test_v1 import V1_OFFER, next_event, next_message
+from test_v1_groups import join, recv
+from trio_wsproxy import Relay, RelayConfig, open_relay
+from trio_wsproxy.protocol import v1
+from trio_wsproxy.relay.namespaces import Namespace
+from wsraw import OP_BINARY, OP_TEXT, RawClient
+
+
+def config(**settings: Any) -> RelayConfig:
+    return RelayConfig(port=0, ping_interval=None, close_timeout=0.2, **settings)
+
+
+async def v1_client(
+    relay: Relay, ident: str, group: str, extra: str = ""
+) -> tuple[RawClient, v1.Welcome]:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _, body = await client.handshake(f"/ws?id={ident}&groupName={group}", V1_OFFER + extra)
+    assert status == 101, (status, body)
+    welcome = await next_event(client)
+    assert isinstance(welcome, v1.Welcome)
+    return client, welcome
+
+
+async def refused(relay: Relay, ident: str, group: str, extra: str = "") -> tuple[int, bytes]:
+    """The status and body of a handshake the relay refuses."""
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", relay.port))
+    status, _, body = await client.handshake(f"/ws?id={ident}&groupName={group}", extra)
+    assert status != 101
+    await client.aclose()
+    return status, body
+
+
+# -- connect -------------------------------------------------------------------------
+
+
+async def test_the_connect_hook_sees_the_connection_and_may_rename_it_and_give_it_info() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": True, "id": "user-42", "groups": ["lobby", "game-*"], "info": {"n": 1}}
+
+    async with back_end(answer) as server:
+        settings = config(
+            connect_hook=server.url,
+            hook_headers="X-Session, User-Agent",
+            hook_cookies="sid",
+        )
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                extra = "X-Session: abc\r\nX-Secret: no\r\nCookie: sid=s1; other=o\r\n"
+                client, welcome = await v1_client(relay, "guest", "lobby", extra)
+                assert welcome.id == "user-42"  # the back end's id, not the URL's
+                (body,) = server.bodies("connect")
+                assert body["id"] == "guest" and body["group"] == "lobby"
+                assert body["subprotocol"] == "wsproxy.v1"
+                assert body["remote"].startswith("127.0.0.1:")
+                # Only what the allow-lists name.
+                assert body["headers"] == {"x-session": "abc"}
+                assert body["cookies"] == {"sid": "s1"}
+                # The groups it gave hold for later joins.
+                assert isinstance(await join(client, "game-7"), v1.Welcome)
+                refusal = await join(client, "admin")
+                assert isinstance(refusal, v1.Error) and refusal.error == v1.NOT_ALLOWED
+                # ...and for the URL's group.
+                status, reason = await refused(relay, "x", "admin")
+                assert status == 403 and b"does not allow group" in reason
+
+
+async def test_a_connect_hooks_refusal_reaches_the_client_as_it_is() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": False, "status": 401, "reason": "log in first"}
+
+    async with back_end(answer) as server, open_relay(config(connect_hook=server.url)) as relay:
+        with trio.fail_after(10):
+            assert await refused(relay, "a", "g") == (401, b"log in first\n")
+            assert relay.counters.refusals["connect_hook", 401] == 1
+            assert relay.counters.hook_calls["connect", "refused"] == 1
+
+
+async def test_a_hook_that_never_answers_refuses_by_default_and_allows_where_configured() -> None:
+    async def never(body: dict[str, Any]) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async with back_end(never) as server:
+        async with open_relay(config(connect_hook=server.url, hook_timeout=0.2)) as relay:
+            with trio.fail_after(10):
+                status, reason = await refused(relay, "a", "g")
+                assert status == 503 and b"did not answer" in reason
+                assert relay.counters.hook_calls["connect", "timeout"] == 1
+        settings = config(connect_hook=server.url, hook_timeout=0.2, hook_failure="allow")
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                _, welcome = await v1_client(relay, "a", "g")
+                assert welcome.id == "a"
+
+
+async def test_an_answer_the_relay_cannot_read_is_a_failure_of_the_hook() -> None:
+    async def nonsense(body: dict[str, Any]) -> Reply:
+        return Reply(200, b"<html>oops</html>")
+
+    async def error(body: dict[str, Any]) -> Reply:
+        return Reply(500, b"{}")
+
+    for answer in (nonsense, error):
+        async with back_end(answer) as server:
+            async with open_relay(config(connect_hook=server.url)) as relay:
+                with trio.fail_after(10):
+                    status, reason = await refused(relay, "a", "g")
+                    assert status == 503 and b"failed" in reason
+                    assert relay.counters.hook_calls["connect", "failed"] == 1
+
+
+# -- join ----------------------------------------------------------------------------
+
+
+async def test_the_join_hook_is_asked_for_the_urls_group_and_every_later_join() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["group"] == "game-full":
+            return {"allow": False, "status": 409, "reason": "the table is full"}
+        return {"allow": True}
+
+    async with back_end(answer) as server:
+        namespace = Namespace(name="games", prefix="game-", join_hook=server.url)
+        async with open_relay(config(namespaces=(namespace,))) as relay:
+            with trio.fail_after(10):
+                # The URL's group: the back end's status and reason, as they are.
+                assert await refused(relay, "a", "game-full") == (409, b"the table is full\n")
+                client, _ = await v1_client(relay, "a", "game-1")
+                # A later join: an error event with the back end's reason and status.
+                refusal = await join(client, "game-full")
+                assert refusal == v1.Error(
+                    v1.REFUSED, "the table is full", group="game-full", status=409
+                )
+                assert isinstance(await join(client, "game-2"), v1.Welcome)
+                # Outside the namespace: not asked.
+                assert isinstance(await join(client, "lobby"), v1.Welcome)
+                asked = [body["group"] for body in server.bodies("join")]
+                assert asked == ["game-full", "game-1", "game-full", "game-2"]
+
+
+async def test_the_join_hook_sees_the_info_the_connect_hook_gave() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["hook"] == "connect":
+            return {"allow": True, "info": {"name": "Alice"}}
+        return {"allow": body["info"] == {"name": "Alice"}}
+
+    async with back_end(answer) as server:
+        settings = config(connect_hook=server.url, join_hook=server.url)
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                await v1_client(relay, "a", "g")
+                assert [body["hook"] for body in server.bodies()] == ["connect", "join"]
+
+
+# -- publish -------------------------------------------------------------------------
+
+
+async def moderate(body: dict[str, Any]) -> dict[str, Any]:
+    """Refuses "cheat", shouts "shout", turns binary into its length, delays "slow"."""
+    if body.get("binary") is not None:
+        size = len(base64.b64decode(body["binary"]))
+        return {"allow": True, "binary": base64.b64encode(bytes([size % 256])).decode()}
+    text = body["text"]
+    if text == "cheat":
+        return {"allow": False, "status": 422, "reason": "illegal move"}
+    if text.startswith("slow"):
+        await trio.sleep(0.05)
+    if text == "shout":
+        return {"allow": True, "text": "SHOUT"}
+    return {"allow": True}
+
+
+async def test_the_publish_hook_allows_refuses_and_replaces_in_the_senders_order() -> None:
+    async with back_end(moderate) as server:
+        namespace = Namespace(name="games", prefix="game-", publish_hook=server.url)
+        async with open_relay(config(namespaces=(namespace,))) as relay:
+            with trio.fail_after(10):
+                alice, _ = await v1_client(relay, "alice", "game-1")
+                bob, _ = await v1_client(relay, "bob", "game-1")
+                plain = await RawClient.open(relay.port, "/ws?id=plain&groupName=game-1")
+                await relay.wait_members(3)
+                for text in (b"slow 1", b"cheat", b"2", b"slow 3", b"shout"):
+                    await alice.send_frame(OP_TEXT, b"\n" + text)
+                await alice.send_frame(OP_BINARY, b"\n" + bytes(300))
+                # The refusal reaches alice; the rest reach the others, in order.
+                assert await next_event(alice) == v1.Error(v1.REFUSED, "illegal move", status=422)
+                got = [(await next_message(bob))[::2] for _ in range(5)]
+                assert got == [
+                    (OP_TEXT, b"slow 1"),
+                    (OP_TEXT, b"2"),
+                    (OP_TEXT, b"slow 3"),
+                    (OP_TEXT, b"SHOUT"),
+                    (OP_BINARY, bytes([44])),
+                ]
+                assert [await plain.recv_message() for _ in range(5)] == [
+                    (OP_TEXT, text) for text in (b"slow 1", b"2", b"slow 3", b"SHOUT")
+                ] + [(OP_BINARY, bytes([44]))]
+                sent = server.bodies("publish")
+                assert sent[0] == {
+                    "hook": "publish",
+                    "id": "alice",
+                    "group": "game-1",
+                    "remote": sent[0]["remote"],
+                    "info": None,
+                    "text": "slow 1",
+                    "to": None,
+                }
+                assert relay.counters.publish_refusals == 1
+                assert relay.counters.hook_calls["publish", "replaced"] == 2
+
+
+async def test_a_plain_members_refused_message_goes_nowhere_and_it_stays_connected() -> None:
+    async with back_end(moderate) as server, open_relay(config(publish_hook=server.url)) as relay:
+        with trio.fail_after(10):
+            cheat = await RawClient.open(relay.port, "/ws?id=cheat&groupName=g")
+            other = await RawClient.open(relay.port, "/ws?id=other&groupName=g")
+            await relay.wait_members(2)
+            await cheat.send_frame(OP_TEXT, b"cheat")
+            await cheat.send_frame(OP_TEXT, b"fair")
+            assert await other.recv_message() == (OP_TEXT, b"fair")
+            assert relay.counters.publish_refusals == 1
+
+
+async def test_a_message_too_large_for_the_publish_hook_is_refused_whole() -> None:
+    async with back_end(moderate) as server, open_relay(config(publish_hook=server.url)) as relay:
+        with trio.fail_after(20):
+            alice, _ = await v1_client(relay, "alice", "g")
+            bob, _ = await v1_client(relay, "bob", "g")
+            await alice.send_frame(OP_TEXT, b"\n" + b"x" * (2 * 1024 * 1024))
+            await alice.send_frame(OP_TEXT, b"\nafter")
+            error = await next_event(alice)
+            assert isinstance(error, v1.Error) and error.error == v1.REFUSED
+            assert error.status == 413
+            assert (await next_message(bob))[::2] == (OP_TEXT, b"after")
+
+
+async def test_a_publish_hook_that_never_answers_slows_only_its_own_namespace() -> None:
+    async def hang(body: dict[str, Any]) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async with back_end(hang) as slow, back_end(allow) as fast:
+        namespaces = (
+            Namespace(name="slow", prefix="slow-", publish_hook=slow.url),
+            Namespace(name="fast", prefix="fast-", publish_hook=fast.url),
+        )
+        settings = config(namespaces=namespaces, hook_timeout=30)
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                stuck, _ = await v1_client(relay, "stuck", "slow-1")
+                await v1_client(relay, "waiting", "slow-1")
+                a, _ = await v1_client(relay, "a", "fast-1")
+                b, _ = await v1_client(relay, "b", "fast-1")
+                await stuck.send_frame(OP_TEXT, b"\nheld")
+                await slow.wait_requests(1)  # the slow namespace's hook holds it
+                # Meanwhile the other namespace's traffic flows, hook and all; so do the
+                # stuck member's messages into a group of another namespace.
+                for n in range(20):
+                    await a.send_frame(OP_TEXT, b"\n%d" % n)
+                    assert (await next_message(b))[::2] == (OP_TEXT, b"%d" % n)
+                assert len(slow.requests) == 1
+
+
+async def test_the_hooks_are_counted_and_timed_in_the_metrics() -> None:
+    async with back_end(moderate) as server, open_relay(config(publish_hook=server.url)) as relay:
+        with trio.fail_after(10):
+            a, _ = await v1_client(relay, "a", "g")
+            b, _ = await v1_client(relay, "b", "g")
+            await a.send_frame(OP_TEXT, b"\ncheat")
+            await a.send_frame(OP_TEXT, b"\nok")
+            await recv(b)
+            status, _, body = await _get(relay.port, "/metrics")
+            assert status == 200
+            text = body.decode()
+            assert 'trio_wsproxy_hook_calls_total{hook="publish",outcome="refused"} 1.0' in text
+            assert 'trio_wsproxy_hook_calls_total{hook="publish",outcome="allowed"} 1.0' in text
+            assert 'trio_wsproxy_hook_seconds_count{hook="publish"} 2.0' in text
+            assert "trio_wsproxy_publish_refusals_total 1.0" in text
+
+
+async def _get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    await client.send(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await client.read_response()
+    await client.aclose()
+    return answer
+
+
+# -- the typed module for back ends ----------------------------------------------------
+
+
+def test_a_python_back_end_reads_requests_and_writes_answers_typed() -> None:
+    from trio_wsproxy.backend import (
+        BadHookRequest,
+        HookAnswer,
+        HookRequest,
+        answer_body,
+        read_hook_request,
+    )
+    from trio_wsproxy.protocol.hooks import parse_answer, publish_request, request_body
+
+    sent = publish_request("alice", "game-1", "127.0.0.1:5", {"n": 1}, False, b"\x00\xff")
+    request = read_hook_request(request_body(sent))
+    assert request == sent and request.payload() == b"\x00\xff"
+    assert isinstance(request, HookRequest)
+    answer = HookAnswer(allow=False, status=422, reason="illegal move")
+    assert answer_body(answer) == b'{"allow":false,"status":422,"reason":"illegal move"}'
+    assert parse_answer(answer_body(answer), "publish") == answer
+    for bad, why in (
+        (b"[]", "a JSON object"),
+        (b"{", "not JSON"),
+        (b'{"hook":"connect","id":1}', "body.group"),
+        (b'{"hook":"nope","id":"a","group":"g","remote":"r"}', "unknown hook"),
+    ):
+        try:
+            read_hook_request(bad)
+        except BadHookRequest as exc:
+            assert why in str(exc), exc
+        else:
+            raise AssertionError(bad)

@@ -121,6 +121,56 @@ async def test_an_answer_the_relay_cannot_read_is_a_failure_of_the_hook() -> Non
                     assert relay.counters.hook_calls["connect", "failed"] == 1
 
 
+async def joined_info(client: RawClient, member: str) -> Any:
+    """The info a presence event gives ``member`` when it tells ``client`` it joined
+    (events of joins in the same batch, its own included, may come first)."""
+    while True:
+        event = await next_event(client)
+        assert isinstance(event, v1.Presence), event
+        if member in event.joined:
+            return (event.info or {}).get(member)
+
+
+async def test_v1_members_see_the_info_the_connect_hook_gave_in_presence() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["id"] == "anon":
+            return {"allow": True}
+        return {"allow": True, "info": {"name": body["id"].title()}}
+
+    async with back_end(answer) as server:
+        async with open_relay(config(connect_hook=server.url)) as relay:
+            with trio.fail_after(10):
+                alice, welcome = await v1_client(relay, "alice", "g")
+                assert welcome.info == {"alice": {"name": "Alice"}}
+                bob, welcome = await v1_client(relay, "bob", "g")
+                assert welcome.info == {"alice": {"name": "Alice"}, "bob": {"name": "Bob"}}
+                assert await joined_info(alice, "bob") == {"name": "Bob"}
+                anon, _ = await v1_client(relay, "anon", "g")
+                assert await joined_info(alice, "anon") is None  # (none given)
+                # A later join's welcome carries it too.
+                welcome = await join(bob, "other")
+                assert isinstance(welcome, v1.Welcome)
+                assert welcome.info == {"bob": {"name": "Bob"}}
+                await anon.aclose()
+
+
+async def test_the_python_client_keeps_the_members_info() -> None:
+    from trio_wsproxy import Joined, open_client
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": True, "info": {"name": body["id"].title()}}
+
+    async with back_end(answer) as server:
+        async with open_relay(config(connect_hook=server.url)) as relay:
+            with trio.fail_after(10):
+                async with open_client(relay.url, group="g", id="alice") as alice:
+                    async with alice.subscribe(Joined) as joins:
+                        async with open_client(relay.url, group="g", id="bob") as bob:
+                            assert (await joins.receive()).value == Joined("bob", {"name": "Bob"})
+                            assert alice.member_info == {"bob": {"name": "Bob"}}
+                            assert bob.member_info == {"alice": {"name": "Alice"}}
+
+
 # -- join ----------------------------------------------------------------------------
 
 

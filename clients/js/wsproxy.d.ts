@@ -31,7 +31,12 @@ export class NotInGroup extends WsproxyError {
   constructor(group: string);
   readonly group: string;
 }
+/** What the application's back end gave a member (its connect hook's `info`). */
+export type MemberInfo = { [key: string]: unknown };
+/** Members' info by id. */
+export type MemberInfos = { [id: string]: MemberInfo };
 export type JoinRefusal =
+  | "refused"
   | "not_allowed"
   | "banned"
   | "already_joined"
@@ -89,10 +94,32 @@ export type RelayHeader =
       count: number;
       position: { epoch: string; offset: number } | null;
       recovery: Recovery | null;
+      info: MemberInfos | null;
     }
-  | { kind: "presence"; joined: string[]; left: string[]; count: number; group: string | null }
-  | { kind: "members"; members: string[] | null; count: number; group: string | null }
-  | { kind: "error"; error: string; detail: string; to: string | null; group: string | null }
+  | {
+      kind: "presence";
+      joined: string[];
+      left: string[];
+      count: number;
+      group: string | null;
+      info: MemberInfos | null;
+    }
+  | {
+      kind: "members";
+      members: string[] | null;
+      count: number;
+      group: string | null;
+      info: MemberInfos | null;
+    }
+  | {
+      kind: "error";
+      error: string;
+      detail: string;
+      to: string | null;
+      group: string | null;
+      /** "refused": the status the application's back end refused with. */
+      status: number | null;
+    }
   | { kind: "left"; group: string; reason: string | null };
 export function memberHeader(to?: string | null, group?: string | null): string;
 export function frameFor(payload: string, to?: string | null, group?: string | null): string;
@@ -229,6 +256,9 @@ export class Group extends EventTarget {
   readonly group: string;
   readonly members: Set<string>;
   readonly memberCount: number | null;
+  /** What the application's back end gave the other members (its connect hook's
+   * `info`), by id: those it gave one. A "joined" event carries it too ({id, info}). */
+  readonly memberInfo: Map<string, MemberInfo>;
   /** "EPOCH:OFFSET": where the last message handed to the handlers is in the group's
    * history (the welcome's position before any); null before the welcome or without
    * history. Give it back as join(name, {since}) (connect(url, {since}) for the URL's). */

@@ -91,7 +91,7 @@ export class NotInGroup extends WsproxyError {
 
 /** The error codes by which the relay refuses a join (docs/protocol.md). */
 export const JOIN_REFUSALS = Object.freeze([
-  "not_allowed", "banned", "already_joined", "bad_group_name",
+  "refused", "not_allowed", "banned", "already_joined", "bad_group_name",
   "group_limit", "group_full", "relay_full", "unavailable",
 ]);
 
@@ -356,11 +356,19 @@ function relayHeader(header) {
         count: count(need("count")),
         position: position(header.position),
         recovery: recovery(header.recovery),
+        info: infos(header.info),
       };
     case "presence":
-      return { kind, joined: strings(need("joined")), left: strings(need("left")), count: count(need("count")), group };
+      return {
+        kind,
+        joined: strings(need("joined")),
+        left: strings(need("left")),
+        count: count(need("count")),
+        group,
+        info: infos(header.info),
+      };
     case "members":
-      return { kind, members: ids(need("members")), count: count(need("count")), group };
+      return { kind, members: ids(need("members")), count: count(need("count")), group, info: infos(header.info) };
     case "error":
       return {
         kind,
@@ -368,6 +376,7 @@ function relayHeader(header) {
         detail: string(need("detail")),
         to: header.to == null ? null : string(header.to),
         group,
+        status: header.status == null ? null : count(header.status),
       };
     case "left":
       return { kind, group: string(need("group")), reason: header.reason == null ? null : string(header.reason) };
@@ -389,6 +398,13 @@ function strings(value) {
 }
 function ids(value) {
   return value === null ? null : strings(value);
+}
+function infos(value) {
+  if (value == null) return null;
+  if (typeof value !== "object" || Array.isArray(value)) {
+    throw new V1Error(`expected members' info by id, got ${JSON.stringify(value)}`);
+  }
+  return value;
 }
 function count(value) {
   if (!Number.isInteger(value) || value < 0) throw new V1Error(`expected a count, got ${JSON.stringify(value)}`);
@@ -521,6 +537,9 @@ export class Group extends EventTarget {
     this.members = new Set();
     /** How many members the group has, this one included (null: unknown). */
     this.memberCount = null;
+    /** What the application's back end gave the other members (its connect hook's
+     * `info`), by id: those it gave one (wsproxy.v1). */
+    this.memberInfo = new Map();
     // Whether the relay has this client in the group: "joining", "joined", "leaving" (a
     // leave asked, not yet answered) or "out".
     this._status = client === null ? "joined" : "joining";
@@ -712,11 +731,16 @@ export class Group extends EventTarget {
     for (const id of event.joined) {
       if (id !== this.client.id && !this.members.has(id)) {
         this.members.add(id);
-        this._emit("joined", { id });
+        const info = event.info?.[id] ?? null;
+        if (info !== null) this.memberInfo.set(id, info);
+        this._emit("joined", { id, info });
       }
     }
     for (const id of event.left) {
-      if (this.members.delete(id)) this._emit("left", { id });
+      if (this.members.delete(id)) {
+        this.memberInfo.delete(id);
+        this._emit("left", { id });
+      }
     }
   }
 
@@ -726,9 +750,12 @@ export class Group extends EventTarget {
     const was = this.members;
     this.members = new Set((event.members ?? []).filter((id) => id !== this.client.id));
     this.memberCount = event.members === null ? null : event.count;
+    this.memberInfo = new Map(Object.entries(event.info ?? {}).filter(([id]) => this.members.has(id)));
     return () => {
       for (const id of was) if (!this.members.has(id)) this._emit("left", { id });
-      for (const id of this.members) if (!was.has(id)) this._emit("joined", { id });
+      for (const id of this.members) {
+        if (!was.has(id)) this._emit("joined", { id, info: this.memberInfo.get(id) ?? null });
+      }
     };
   }
 

@@ -25,6 +25,7 @@ import {
   type Group,
   type Removed,
   type Incoming,
+  type MemberInfo,
   type SentMessage,
 } from "../wsproxy.js";
 
@@ -84,6 +85,8 @@ export async function example(): Promise<void> {
   });
   const members: Set<string> = client.members;
   console.log(members.size, client.memberCount, client.position, client.protocol === SUBPROTOCOL);
+  const info: Map<string, MemberInfo> = client.memberInfo;
+  console.log(info.get("alice")?.name);
   const frame: string = encodeEnvelope("System.String", "x", { id: null });
   console.log(decodeEnvelope(frame).messageType, frameFor(new Uint8Array(1), "bob").byteLength);
   const { header } = decodeRelayMessage('{"from":"a"}\nx');

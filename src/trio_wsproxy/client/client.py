@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
@@ -247,6 +247,13 @@ class Client:
         the relay's presence limit or the client is reconnecting. Changes reach handlers
         and subscriptions as :class:`Joined` and :class:`Left`."""
         return self._home.members
+
+    @property
+    def member_info(self) -> Mapping[str, Mapping[str, Any]]:
+        """What the application's back end gave the other members of the group (its
+        connect hook's ``info``: a display name, a role...), by id: those it gave one, as
+        the relay last told (``wsproxy.v1`` only). :class:`Joined` carries it too."""
+        return self._home.member_info
 
     @property
     def member_count(self) -> int | None:

@@ -10,7 +10,7 @@ subscriptions, its requests; all handles share the client's one connection.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar, overload
 
@@ -113,6 +113,12 @@ class GroupHandle:
         """The ids of the other members of the group, as the relay last told (see
         :attr:`Client.members <trio_wsproxy.Client.members>`)."""
         return self._membership.members.members
+
+    @property
+    def member_info(self) -> Mapping[str, Mapping[str, Any]]:
+        """What the application's back end gave the other members, by id (see
+        :attr:`Client.member_info <trio_wsproxy.Client.member_info>`)."""
+        return self._membership.members.info
 
     @property
     def member_count(self) -> int | None:

@@ -12,7 +12,8 @@ them always ends up with the same one — across reconnects and relays too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -28,6 +29,9 @@ class Joined:
 
     #: The member's id.
     id: str
+    #: What the application's back end gave the member (its connect hook's ``info``),
+    #: if anything.
+    info: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -71,6 +75,8 @@ class MemberList:
         self._own_id = own_id
         self._members: frozenset[str] = frozenset()
         self._count: int | None = None
+        # The info the back end gave members (those it gave one), by id.
+        self._info: dict[str, Mapping[str, Any]] = {}
         self._current = False
         self._welcomed = False
         # Senders heard from since the last membership event: members, even if the
@@ -81,6 +87,12 @@ class MemberList:
     def members(self) -> frozenset[str]:
         """The other members' ids, as last known (empty if never known)."""
         return self._members
+
+    @property
+    def info(self) -> Mapping[str, Mapping[str, Any]]:
+        """What the application's back end gave the other members (its connect hook's
+        ``info``), by id: those it gave one, as last told."""
+        return self._info
 
     @property
     def count(self) -> int | None:
@@ -122,7 +134,7 @@ class MemberList:
         self._own_id = welcome.id
         first = not self._welcomed
         self._welcomed = True
-        changes = self._replace(welcome.members, welcome.count)
+        changes = self._replace(welcome.members, welcome.count, welcome.info)
         return [] if first else changes
 
     def presence(self, presence: Presence) -> list[MembershipChange]:
@@ -135,22 +147,32 @@ class MemberList:
             return []  # no list to apply them to; a Members event brings one
         members = set(self._members)
         changes: list[MembershipChange] = []
+        info = presence.info or {}
         for member in presence.joined:
             if member != self._own_id and member not in members:
                 members.add(member)
-                changes.append(Joined(member))
+                given = info.get(member)
+                if given is not None:
+                    self._info[member] = given
+                changes.append(Joined(member, given))
         for member in presence.left:
             if member in members:
                 members.discard(member)
+                self._info.pop(member, None)
                 changes.append(Left(member))
         self._members = frozenset(members)
         return changes
 
     def members_list(self, event: Members) -> list[MembershipChange]:
         """The whole list afresh (or None: no longer kept): returns the difference."""
-        return self._replace(event.members, event.count)
+        return self._replace(event.members, event.count, event.info)
 
-    def _replace(self, members: frozenset[str] | None, count: int) -> list[MembershipChange]:
+    def _replace(
+        self,
+        members: frozenset[str] | None,
+        count: int,
+        info: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[MembershipChange]:
         self._set_count(count)
         self._heard.clear()
         if members is None:
@@ -158,7 +180,8 @@ class MemberList:
             self._current = False
             return []
         others = members - {self._own_id}
-        changes = _difference(self._members, others)
+        self._info = {member: given for member, given in (info or {}).items() if member in others}
+        changes = _difference(self._members, others, self._info)
         self._members = others
         self._current = True
         return changes
@@ -168,9 +191,13 @@ class MemberList:
         self._count = max(count - 1, 0)
 
 
-def _difference(old: frozenset[str], new: frozenset[str]) -> list[MembershipChange]:
+def _difference(
+    old: frozenset[str], new: frozenset[str], info: Mapping[str, Mapping[str, Any]]
+) -> list[MembershipChange]:
     """The events that turn ``old`` into ``new``: joins, then leaves, each sorted by id
     (a whole list has no order of its own)."""
-    joined: Iterable[MembershipChange] = (Joined(member) for member in sorted(new - old))
+    joined: Iterable[MembershipChange] = (
+        Joined(member, info.get(member)) for member in sorted(new - old)
+    )
     left: Iterable[MembershipChange] = (Left(member) for member in sorted(old - new))
     return [*joined, *left]

@@ -42,7 +42,7 @@ test vectors in ``docs/protocol-vectors.json`` check it byte for byte.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -370,6 +370,9 @@ class Welcome:
     position: Position | None = None
     #: The answer to a member that named its position when it joined.
     recovery: Recovery | None = None
+    #: What the application's back end (its connect hook) gave members, by id: only
+    #: those it gave something (None: none).
+    info: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -385,6 +388,8 @@ class Presence:
     count: int
     #: The group (None: the URL's; likewise for every event below).
     group: str | None = None
+    #: The info of members that joined, by id (see :attr:`Welcome.info`).
+    info: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -396,6 +401,8 @@ class Members:
     members: frozenset[str] | None
     count: int
     group: str | None = None
+    #: The info of members, by id (see :attr:`Welcome.info`).
+    info: Mapping[str, Any] | None = None
 
 
 @attrs.frozen
@@ -507,15 +514,21 @@ def encode_event(event: Event) -> bytes:
                 if recovery.recovered
                 else {"recovered": False, "reason": recovery.reason}
             )
+        if event.info:
+            body["info"] = dict(event.info)
     elif type(event) is Presence:
         body = _grouped("presence", event.group)
         body["joined"] = list(event.joined)
         body["left"] = list(event.left)
         body["count"] = event.count
+        if event.info:
+            body["info"] = dict(event.info)
     elif type(event) is Members:
         body = _grouped("members", event.group)
         body["members"] = None if event.members is None else sorted(event.members)
         body["count"] = event.count
+        if event.info:
+            body["info"] = dict(event.info)
     elif type(event) is Error:
         body = {"event": "error", "error": event.error, "detail": event.detail}
         if event.to is not None:
@@ -592,6 +605,7 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
                 _int(header["count"]),
                 _position(header.get("position")),
                 _recovery(header.get("recovery")),
+                _info(header.get("info")),
             )
         if kind == "presence":
             return Presence(
@@ -599,9 +613,12 @@ def _relay_header(header: dict[str, Any]) -> From | Event:
                 tuple(_strs(header["left"])),
                 _int(header["count"]),
                 group,
+                _info(header.get("info")),
             )
         if kind == "members":
-            return Members(_ids(header["members"]), _int(header["count"]), group)
+            return Members(
+                _ids(header["members"]), _int(header["count"]), group, _info(header.get("info"))
+            )
         if kind == "error":
             status = header.get("status")
             return Error(
@@ -626,6 +643,14 @@ def _json(body: dict[str, Any]) -> bytes:
     # Compact, UTF-8: ids are any Unicode; JSON escapes control characters, so the one
     # line feed is the header's end.
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode() + _LF
+
+
+def _info(value: object) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise V1Error(f"expected members' info by id, got {value!r}")
+    return value
 
 
 def _str(value: object) -> str:

@@ -12,7 +12,8 @@ encoding's ``group``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..protocol import v1
@@ -68,6 +69,7 @@ class Membership:
         "group",
         "group_name",
         "id",
+        "info",
         "joined_at",
         "mailbox",
         "refused",
@@ -87,6 +89,8 @@ class Membership:
         self.connection = connection
         self.connection_key = connection.key
         self.id = connection.id
+        #: What the back end's connect hook gave the member (shown in presence).
+        self.info: Mapping[str, Any] | None = getattr(connection, "info", None)
         self.mailbox = connection.mailbox
         self.encoding = connection.encoding if encoding is None else encoding
         self.group_name = group_name

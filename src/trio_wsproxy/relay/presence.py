@@ -20,7 +20,8 @@ the group's floor is held, its changes wait for the next round.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -48,6 +49,18 @@ LISTENERS_PER_INTERVAL = 500
 def event_frame(event: v1.Event) -> bytes:
     """A v1 event, framed as the text message that carries it."""
     return frame(OP_TEXT, v1.encode_event(event))
+
+
+def infos(group: Group, ids: Iterable[str]) -> dict[str, Any] | None:
+    """The info the back end gave the members ``ids`` of ``group`` (on this node), by
+    id: those it gave one (None: none)."""
+    found: dict[str, Any] = {}
+    locate = group.locate
+    for member_id in ids:
+        info = getattr(locate(member_id), "info", None)
+        if info is not None:
+            found[member_id] = info
+    return found or None
 
 
 class PresenceTracker:
@@ -78,7 +91,8 @@ class PresenceTracker:
         the group's position and the answer to the position it named."""
         size = group.size
         members = None if size > self.limit_of(group) else frozenset(group.member_ids())
-        event = v1.Welcome(member.id, group.name, members, size, position, recovery)
+        info = None if members is None else infos(group, members)
+        event = v1.Welcome(member.id, group.name, members, size, position, recovery, info)
         # (The first frame it gets in the group.)
         member.mailbox.offer_catch_up(member.encoding.event(event))
         self._counters.presence_events += 1
@@ -153,11 +167,12 @@ class PresenceTracker:
             event = v1.Members(None, size)
         elif not group.listed:
             group.listed = True
-            event = v1.Members(frozenset(group.member_ids()), size)
+            listed = frozenset(group.member_ids())
+            event = v1.Members(listed, size, None, infos(group, listed))
         else:
             joined = tuple(member_id for member_id, j in changes.items() if j)
             left = tuple(member_id for member_id, j in changes.items() if not j)
-            event = v1.Presence(joined, left, size)
+            event = v1.Presence(joined, left, size, None, infos(group, joined))
         for encoding, members in audiences:
             data = encoding.event(event)
             for member in members:

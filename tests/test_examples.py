@@ -303,3 +303,112 @@ async def test_demo_client1_says_whom_it_waits_for_and_goes_on_when_it_comes() -
             await member.stop()
         relay.terminate()
         await relay.wait()
+
+
+# -- examples/local_idp.py: an identity provider's tokens, end to end -----------------------
+
+
+async def start_idp(*flags: str) -> tuple[trio.Process, str]:
+    """Start ``examples/local_idp.py --port 0``; return the process and its issuer URL."""
+    process = await trio.lowlevel.open_process(
+        example("local_idp.py", "--port", "0", *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=UNBUFFERED,
+    )
+    assert process.stdout is not None
+    line = (await first_line(process.stdout)).decode()
+    found = re.search(r" on (http://[\d.]+:\d+): ", line)
+    assert found is not None, line
+    return process, found[1]
+
+
+async def idp_token(issuer: str, sub: str, *groups: str, ttl: int = 3600) -> str:
+    import httpx
+
+    params = [("sub", sub), ("ttl", str(ttl)), *(("group", group) for group in groups)]
+    async with httpx.AsyncClient() as http:
+        answer = await http.get(f"{issuer}/token", params=params)
+    answer.raise_for_status()
+    token: str = answer.json()["access_token"]
+    return token
+
+
+async def test_a_relay_started_with_the_local_idps_keys_admits_its_tokens_only() -> None:
+    from trio_wsproxy import open_client
+    from wsraw import RawClient
+
+    idp, issuer = await start_idp()
+    relay = None
+    try:
+        relay, url, port = await start_relay(
+            "--jwks-url", f"{issuer}/certs", "--token-issuer", issuer, "--token-audience", "relay"
+        )
+        minted: list[str] = []
+
+        async def alice_token() -> str:  # called before each connection (and before expiry)
+            minted.append(await idp_token(issuer, "alice", "lobby"))
+            return minted[-1]
+
+        with trio.fail_after(30):
+            bob_token = await idp_token(issuer, "bob", "lobby", "game-*")
+            async with (
+                open_client(url, group="lobby", id="alice", access_token=alice_token) as alice,
+                open_client(url, group="lobby", id="bob", access_token=bob_token) as bob,
+                bob.subscribe(str) as messages,
+            ):
+                await alice.send("hello from an IdP's user")
+                assert (await messages.receive()).value == "hello from an IdP's user"
+            assert len(minted) == 1
+            # A token of the IdP for another group: 403; no token, or a forged one: 401.
+            for target, status in (
+                (f"/ws?id=bob&groupName=secret&access_token={bob_token}", 403),
+                ("/ws?id=bob&groupName=lobby", 401),
+                (f"/ws?id=bob&groupName=lobby&access_token={bob_token[:-4]}AAAA", 401),
+            ):
+                client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+                assert (await client.handshake(target))[0] == status, target
+                await client.aclose()
+    finally:
+        for process in (idp, relay):
+            if process is not None:
+                process.terminate()
+                await process.wait()
+
+
+async def test_the_local_idp_rotates_to_an_es256_key_and_the_relay_follows() -> None:
+    import httpx
+
+    from trio_wsproxy import RelayConfig
+    from trio_wsproxy.protocol.tokens import TokenVerifier
+    from trio_wsproxy.relay.groups import LocalRegistry
+    from trio_wsproxy.relay.jwks import JwksKeys
+    from trio_wsproxy.relay.relay import run_relay
+    from wsraw import RawClient
+
+    async def handshake(port: int, token: str) -> int:
+        client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        status = (await client.handshake(f"/ws?id=carol&groupName=lobby&access_token={token}"))[0]
+        await client.aclose()
+        return status
+
+    idp, issuer = await start_idp()
+    try:
+        async with trio.open_nursery() as nursery:
+            # (The relay refetches on an unknown kid at most every 10 s; 0.2 here.)
+            keys = JwksKeys(f"{issuer}/certs", refetch_interval=0.2)
+            verifier = TokenVerifier.of(key_set=keys, issuer=issuer, audience="relay")
+            config = RelayConfig(host="127.0.0.1", port=0)
+            relay = await nursery.start(run_relay, config, LocalRegistry(), verifier)
+            with trio.fail_after(30):
+                assert await handshake(relay.port, await idp_token(issuer, "carol", "lobby")) == 101
+                async with httpx.AsyncClient() as http:
+                    rotated = await http.post(f"{issuer}/rotate", params={"alg": "ES256"})
+                assert rotated.json()["kid"].startswith("es256-")
+                await trio.sleep(0.2)  # (the refetch interval: time is what it is about)
+                assert await handshake(relay.port, await idp_token(issuer, "carol", "lobby")) == 101
+                assert relay.counters.jwks_fetches["ok"] == 2
+            nursery.cancel_scope.cancel()
+    finally:
+        idp.terminate()
+        await idp.wait()

@@ -207,6 +207,8 @@ async def test_a_v1_member_told_its_token_expires_refreshes_it_in_place(relay: R
             CloseCode.POLICY_VIOLATION,
             "a new access token must be for the same member",
         )
+    # Counted (/metrics: trio_wsproxy_token_refreshes_total{outcome}).
+    assert relay.counters.token_refreshes == {"ok": 1, "invalid": 1, "other_member": 1}
     for client in (erin, frank):
         await client.aclose()
 
@@ -222,6 +224,7 @@ async def test_a_member_whose_token_expires_unrefreshed_is_closed_4006(relay: Re
             "access token expired: get a new one, then reconnect",
         )
         assert time.time() - started < 3  # (its token lived a second at most, +1 s leeway)
+    assert relay.counters.token_expiries == 1  # (/metrics: trio_wsproxy_token_expiries_total)
     await plain.aclose()
 
 

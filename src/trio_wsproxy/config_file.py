@@ -111,6 +111,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "max_connections_per_address_rate": NoneOr(float),
     "max_message_rate": NoneOr(float),
     "max_byte_rate": NoneOr(parse_size),
+    "max_subject_message_rate": NoneOr(float),
     "log_format": str,
     "backplane": NoneOr(str),
     "backplane_prefix": str,

@@ -10,6 +10,9 @@ misreading each other.
 - ``P:node-members:<node>``: hash, owner token -> entry (what reaping the node needs).
 - ``P:node:<node>``: the node's liveness key, refreshed every ``node_ttl`` / 3.
 - ``P:nodes``: set of the nodes that registered.
+- ``P:revoked:<kind>:<value>``: a revocation in force, expiring with it.
+- ``P:rate:<subject>``: hash, a subject's message-rate bucket (level, stamp), expiring
+  once the bucket would be full again (``--max-subject-message-rate``).
 - With history on (DESIGN.md §7; ``backplane/scripts.py``): ``P:history-meta:<group>``,
   hash of the group's history (epoch, the Redis run it belongs to, last offset given
   out, last offset trimmed, bytes kept, declined stream claims);
@@ -69,6 +72,10 @@ class Names:
 
     def revoked_pattern(self) -> str:
         return f"{self.namespace}:revoked:*"
+
+    def subject_rate_key(self, subject: str) -> str:
+        """A subject's message-rate bucket (backplane/rates.py)."""
+        return f"{self.namespace}:rate:{subject}"
 
     def history_keys(self, group_name: str) -> tuple[str, str, str]:
         """The group's history: its meta hash, its stream, and its index."""

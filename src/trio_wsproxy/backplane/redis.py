@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -73,6 +73,7 @@ from .lifecycle import BackplaneDown as BackplaneDown
 from .lifecycle import NodeLifecycle
 from .link import RedisLink
 from .names import Names
+from .rates import SubjectBuckets
 from .registry import Roster
 from .streams import Turns
 
@@ -111,6 +112,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._channels = Channels(
             self._link, self._roster, self._history, self.turns, self.names, self._node, groups
         )
+        self._buckets = SubjectBuckets(self._link, self.names)
         self._lifecycle = NodeLifecycle(
             self._link, self._roster, self._channels, self._history, self.turns, self.names,
             self.node, node_ttl, groups,
@@ -168,6 +170,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     async def revoke(self, revocation: Revocation) -> None:
         await self._roster.revoke(revocation)
+
+    def subject_lease(self) -> Callable[[str, float, int], Awaitable[tuple[int, float]]] | None:
+        return self._buckets.lease
 
     @property
     def down_reason(self) -> str | None:

@@ -252,3 +252,34 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 1
 """
+
+# -- per-subject rates (relay/subjects.py) -------------------------------------------------
+
+#: Lease up to ARGV[3] tokens of a subject's bucket: ARGV[1] tokens a second, bursts of
+#: up to ARGV[2], on the clock of Redis (nodes' clocks do not matter). KEYS: the bucket's
+#: hash (level, stamp in ms). Returns {tokens granted, ms until one is there} (the second
+#: 0 when some were granted). The key expires once the bucket would be full again (its
+#: absence means a full bucket): idle subjects leave nothing behind.
+SUBJECT_LEASE = """
+local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local got = redis.call('HMGET', KEYS[1], 'level', 'stamp')
+local level, stamp = tonumber(got[1]), tonumber(got[2])
+if level == nil or stamp == nil then
+  level = burst
+else
+  level = math.min(burst, level + math.max(0, now - stamp) * rate / 1000)
+end
+local granted = math.min(want, math.floor(level))
+local wait = 0
+if granted >= 1 then
+  level = level - granted
+else
+  granted = 0
+  wait = math.ceil((1 - level) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level), 'stamp', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - level) * 1000 / rate) + 1000)
+return {granted, wait}
+"""

@@ -485,6 +485,13 @@ class RelayConfig:
         "Bytes per second one member may send; the relay reads no faster.",
         _positive_or_none,
     )
+    max_subject_message_rate: float | None = _setting(
+        None,
+        "Messages per second one subject (the member id: with tokens, the token's id "
+        "claim) may send over all its connections, on every node, in bursts of as many; "
+        "the relay reads no faster. None: no limit.",
+        _positive_or_none,
+    )
     log_format: str = _setting(
         "text",
         "Log line format of the command line: text, or json for log shippers.",

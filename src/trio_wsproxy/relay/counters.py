@@ -26,12 +26,15 @@ class Counters:
         "internal_errors",
         "join_refusals",
         "jwks_fetches",
+        "limited_messages",
         "mailbox_full",
         "messages",
         "presence_events",
         "publish_refusals",
         "refusals",
         "revocations",
+        "token_expiries",
+        "token_refreshes",
     )
 
     def __init__(self) -> None:
@@ -68,6 +71,15 @@ class Counters:
         self.revocations: collections.Counter[str] = collections.Counter()
         #: Fetches of an identity provider's published keys, by outcome (ok, failed).
         self.jwks_fetches: collections.Counter[str] = collections.Counter()
+        #: wsproxy.v1 tokens renewed in place, by outcome (ok; invalid: answered
+        #: token_invalid; other_member: closed 1008); members closed (4006) because
+        #: their token expired unrenewed.
+        self.token_refreshes: collections.Counter[str] = collections.Counter()
+        self.token_expiries = 0
+        #: Messages (data frames) a rate limit held back before forwarding them, by the
+        #: limit: "member" (--max-message-rate, --max-byte-rate) or "subject"
+        #: (--max-subject-message-rate).
+        self.limited_messages: collections.Counter[str] = collections.Counter()
         #: Calls of the back end's hooks, by (hook, outcome): allowed, refused, replaced,
         #: timeout, failed; and their latencies, by hook: a count per bucket of
         #: HOOK_BUCKETS (the last: above them all) and their sum.

@@ -11,7 +11,7 @@ nothing here.
 from __future__ import annotations
 
 import collections
-from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableSequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -318,6 +318,10 @@ class GroupRegistry(Protocol):
     async def revoke(self, revocation: Revocation) -> None:
         """Make ``revocation`` known to the other nodes (this node applies it itself)."""
 
+    def subject_lease(self) -> Callable[[str, float, int], Awaitable[tuple[int, float]]] | None:
+        """What leases a subject's message tokens from the bucket every node shares
+        (``subjects.py``); None: this node is the whole relay (its own buckets hold)."""
+
     async def remote_member_groups(self, group_name: str, member_id: str) -> list[str] | None:
         """The groups of the connection that is member ``member_id`` of ``group_name``
         on another node (sorted); None when no other node has it."""
@@ -521,6 +525,9 @@ class LocalRegistry(NodeGroups[Group]):
 
     def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
         pass  # every revocation is made here
+
+    def subject_lease(self) -> Callable[[str, float, int], Awaitable[tuple[int, float]]] | None:
+        return None  # this node is the whole relay
 
     async def revoke(self, revocation: Revocation) -> None:
         pass

@@ -114,11 +114,31 @@ class RelayCollector(Collector):
                 "outcome",
                 counters.jwks_fetches,
             ),
+            (
+                "trio_wsproxy_token_refreshes",
+                "wsproxy.v1 access tokens renewed in place, by outcome (ok; invalid: "
+                "refused, the old one goes on; other_member: closed 1008)",
+                "outcome",
+                counters.token_refreshes,
+            ),
+            (
+                "trio_wsproxy_limited_messages",
+                "Messages a rate limit held back (paced, never dropped), by the limit: "
+                "member (--max-message-rate, --max-byte-rate) or subject "
+                "(--max-subject-message-rate)",
+                "limit",
+                counters.limited_messages,
+            ),
         ):
             family = CounterMetricFamily(name, documentation, labels=[label])
             for key, count in sorted(figures.items()):
                 family.add_metric([key], count)
             yield family
+        yield CounterMetricFamily(
+            "trio_wsproxy_token_expiries",
+            "Members closed with 4006 because their access token expired unrenewed",
+            counters.token_expiries,
+        )
         yield CounterMetricFamily(
             "trio_wsproxy_publish_refusals",
             "Members' messages refused by the back end's publish hook (or its failure "

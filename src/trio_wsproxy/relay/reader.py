@@ -120,7 +120,11 @@ class MemberReader:
             TokenBucket(config.max_byte_rate) if config.max_byte_rate is not None else None
         )
         #: Whether the member has rate limits (its data frames are paced).
-        self.limited = self._message_rate is not None or self._byte_rate is not None
+        self.limited = (
+            self._message_rate is not None
+            or self._byte_rate is not None
+            or config.max_subject_message_rate is not None
+        )
         #: What was read ahead while the reader was paused: frames in order, their data
         #: bytes, and how the connection ended meanwhile (False: it did not; True: it
         #: is gone; or the protocol error its data raised).

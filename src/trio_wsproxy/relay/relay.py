@@ -50,6 +50,7 @@ from .presence import PresenceTracker
 from .reader import READ_SIZE
 from .revocations import Revocation, Revocations
 from .session import Session
+from .subjects import SubjectRates
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -137,6 +138,9 @@ class Relay:
         #: New connections per remote address (--max-connections-per-address-rate).
         rate = config.max_connections_per_address_rate
         self._arrivals = None if rate is None else AddressLimiter(rate)
+        #: Subjects' message allowances (--max-subject-message-rate; see subjects.py).
+        rate = config.max_subject_message_rate
+        self.subject_rates = None if rate is None else SubjectRates(rate, registry.subject_lease())
         #: Members the back end removed and keeps out for a while (see groups.Bans).
         self.bans = Bans()
         #: Ids replacing themselves again and again in a group (see groups.EvictionStorms).

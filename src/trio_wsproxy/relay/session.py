@@ -56,6 +56,7 @@ from .poller import Poller
 from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
+from .subjects import SubjectRate, SubjectRates
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -106,6 +107,10 @@ class SessionHost(RelayCore, Protocol):
     @property
     def poller(self) -> Poller | None:
         """Where idle members' receivers park (None: each reads for itself)."""
+
+    @property
+    def subject_rates(self) -> SubjectRates | None:
+        """Subjects' allowances (``--max-subject-message-rate``; None: no limit)."""
 
     def membership_changed(self) -> None:
         """A member joined or left (wakes those waiting for membership)."""
@@ -213,6 +218,8 @@ class Session:
         self._request: v1.Join | v1.Leave | v1.Refresh | None = None
         self._dropping = False
         self._refuse_plain = False
+        # Its subject's allowance while it runs (--max-subject-message-rate).
+        self._subject: SubjectRate | None = None
         # While it runs: its nursery (joins the back end asks for run there).
         self._nursery: trio.Nursery | None = None
         #: How many pauses the relay imposes on the member's reader now: meanwhile it
@@ -384,6 +391,8 @@ class Session:
                     await trio.sleep(max(0.0, exp - margin - time.time()))
                     send_control(self, event_frame(v1.TokenExpiring(int(exp))))
                 await trio.sleep(max(0.0, exp + TOKEN_LEEWAY - time.time()))
+                if self._close is None:
+                    self._counters.token_expiries += 1
                 self.close(CloseCode.TOKEN_EXPIRED, _TOKEN_EXPIRED_REASON)
                 return
             self._token_clock = trio.CancelScope()  # (refreshed: the new token's turn)
@@ -394,16 +403,21 @@ class Session:
         the old one goes on until it expires; one for another member closes (1008)."""
         verdict = self._relay.refresh_verdict(self.id, token)
         if isinstance(verdict, str):
+            self._counters.token_refreshes["invalid"] += 1
+            logger.info("%r: a new access token refused: %s", self, verdict)
             detail = verdict
             send_control(self, event_frame(v1.Error(v1.TOKEN_INVALID, detail)))
             return
         if verdict is None:
+            self._counters.token_refreshes["other_member"] += 1
             self.close(CloseCode.POLICY_VIOLATION, "a new access token must be for the same member")
             return
         exp = verdict.get("exp")
         self._token, self.claims = token, verdict
         self._token_exp = float(exp) if isinstance(exp, int | float) else None
         self._token_clock.cancel()
+        self._counters.token_refreshes["ok"] += 1
+        logger.info("%r renewed its access token (expires %s)", self, exp, extra=self._log_fields())
         send_control(self, event_frame(v1.TokenRefreshed(int(self._token_exp or 0))))
 
     @property
@@ -586,6 +600,8 @@ class Session:
             with self._scope:
                 if relay.closing:
                     self.close(CloseCode.GOING_AWAY, "relay shutting down")
+                if relay.subject_rates is not None:
+                    self._subject = relay.subject_rates.enter(self.id)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._send_loop, nursery.cancel_scope)
@@ -601,6 +617,8 @@ class Session:
             self.close(CloseCode.INTERNAL_ERROR, "the relay failed serving this member")
             self._end_stream(truncated=True)
             self._reader.release()
+            if self._subject is not None and relay.subject_rates is not None:
+                relay.subject_rates.leave(self._subject)
             with trio.CancelScope(shield=True):
                 if isinstance(self._stream, trio.SocketStream):
                     await self._stream.aclose()  # never blocks
@@ -807,8 +825,16 @@ class Session:
         the flood at its source."""
         delay = self._reader.pace(event)
         if delay > 0:
+            self._counters.limited_messages["member"] += 1
             self._flush()
             await self._paused(trio.sleep, delay)
+        subject = self._subject
+        if subject is not None and event.first and not subject.take():
+            # Over the subject's rate (all its connections, every node): wait for its
+            # next token (on a cluster, maybe a lease from Redis), reading ahead.
+            self._counters.limited_messages["subject"] += 1
+            self._flush()
+            await self._paused(subject.wait)
 
     def _peer_gone(self, reason: str) -> None:
         first = self._close is None

@@ -171,6 +171,34 @@ async def test_the_python_client_keeps_the_members_info() -> None:
                             assert bob.member_info == {"alice": {"name": "Alice"}}
 
 
+async def test_the_python_client_is_told_of_a_refused_join_and_a_refused_message() -> None:
+    from trio_wsproxy import DeliveryFailed, JoinRefused, open_client
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["hook"] == "join" and body["group"] == "vip":
+            return {"allow": False, "status": 403, "reason": "members only"}
+        if body["hook"] == "publish":
+            return {"allow": False, "status": 429, "reason": "slow down"}
+        return {"allow": True}
+
+    async with back_end(answer) as server:
+        settings = config(join_hook=server.url, publish_hook=server.url)
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                async with open_client(relay.url, group="g", id="alice") as alice:
+                    try:
+                        await alice.join("vip")
+                    except JoinRefused as exc:
+                        assert (exc.code, exc.detail) == ("refused", "members only")
+                    else:
+                        raise AssertionError("joined")
+                    async with alice.subscribe(DeliveryFailed) as failures:
+                        await alice.send("hello")
+                        failed = (await failures.receive()).value
+                    assert failed == DeliveryFailed(None, "message_refused", "slow down")
+                    assert alice.group == "g"  # still in its group
+
+
 # -- join ----------------------------------------------------------------------------
 
 
@@ -244,7 +272,8 @@ async def test_the_publish_hook_allows_refuses_and_replaces_in_the_senders_order
                     await alice.send_frame(OP_TEXT, b"\n" + text)
                 await alice.send_frame(OP_BINARY, b"\n" + bytes(300))
                 # The refusal reaches alice; the rest reach the others, in order.
-                assert await next_event(alice) == v1.Error(v1.REFUSED, "illegal move", status=422)
+                refusal = v1.Error(v1.MESSAGE_REFUSED, "illegal move", status=422)
+                assert await next_event(alice) == refusal
                 got = [(await next_message(bob))[::2] for _ in range(5)]
                 assert got == [
                     (OP_TEXT, b"slow 1"),
@@ -290,7 +319,7 @@ async def test_a_message_too_large_for_the_publish_hook_is_refused_whole() -> No
             await alice.send_frame(OP_TEXT, b"\n" + b"x" * (2 * 1024 * 1024))
             await alice.send_frame(OP_TEXT, b"\nafter")
             error = await next_event(alice)
-            assert isinstance(error, v1.Error) and error.error == v1.REFUSED
+            assert isinstance(error, v1.Error) and error.error == v1.MESSAGE_REFUSED
             assert error.status == 413
             assert (await next_message(bob))[::2] == (OP_TEXT, b"after")
 

@@ -454,8 +454,10 @@ NOT_IN_GROUP = "not_in_group"
 TOKEN_INVALID = "token_invalid"
 #: (A group whose namespace takes messages from the application's back end only.)
 READ_ONLY = "read_only"
-#: (A join or a message the application's back end refused: its hook's status and
-#: reason are the event's ``status`` and ``detail``.)
+#: (A message the application's back end refused — its publish hook — or could not be
+#: asked about: the hook's status and reason are the event's ``status`` and ``detail``.)
+MESSAGE_REFUSED = "message_refused"
+#: (A join the application's back end refused — its join hook —, with its status.)
 REFUSED = "refused"
 #: ...and a join it refused (the connection stays, in the groups it was in).
 NOT_ALLOWED = "not_allowed"

@@ -979,7 +979,8 @@ class Session:
         self._counters.publish_refusals += 1
         if self._v1:
             group = None if sender is self._home else sender.group.name
-            send_control(self, event_frame(v1.Error(v1.REFUSED, reason, to, group, status)))
+            error = v1.Error(v1.MESSAGE_REFUSED, reason, to, group, status)
+            send_control(self, event_frame(error))
 
     def _received(self, event: Data) -> Data | None:
         """Count a data frame from the member and, over v1, take its message's header

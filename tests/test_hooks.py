@@ -241,6 +241,31 @@ async def test_the_join_hook_sees_the_info_the_connect_hook_gave() -> None:
                 assert [body["hook"] for body in server.bodies()] == ["connect", "join"]
 
 
+async def test_a_token_without_the_groups_claim_is_left_to_the_join_hook() -> None:
+    import time
+
+    import jwt
+
+    secret = "s" * 32
+    bare = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    header = f"Authorization: Bearer {bare}\r\n"
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": body["group"] == "game-1", "reason": "not your table"}
+
+    async with back_end(answer) as server:
+        namespace = Namespace(name="games", prefix="game-", join_hook=server.url)
+        async with open_relay(config(token_secret=secret, namespaces=(namespace,))) as relay:
+            with trio.fail_after(10):
+                # Where a join hook decides, the claim's absence is its to judge...
+                client, _ = await v1_client(relay, "a", "game-1", header)
+                assert await refused(relay, "a", "game-2", header) == (403, b"not your table\n")
+                # ...and where none does, such a token admits to no group.
+                status, reason = await refused(relay, "a", "lobby", header)
+                assert status == 403 and b"does not allow this group" in reason
+                await client.aclose()
+
+
 # -- publish -------------------------------------------------------------------------
 
 

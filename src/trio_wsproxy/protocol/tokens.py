@@ -133,11 +133,21 @@ class TokenVerifier:
         return verdict if isinstance(verdict, TokenRefusal) else None
 
     def verify(
-        self, token: str | None, member_id: str, group: str, *, now: float | None = None
+        self,
+        token: str | None,
+        member_id: str,
+        group: str,
+        *,
+        now: float | None = None,
+        groups_optional: bool = False,
     ) -> TokenRefusal | dict[str, Any]:
-        """:meth:`check`, with the token's claims when it admits."""
+        """:meth:`check`, with the token's claims when it admits. A token without the
+        groups claim (an identity provider's) admits to no group, unless
+        ``groups_optional``: then something else decides (the back end's hooks)."""
         claims = self.identify(token, member_id, now=now)
         if isinstance(claims, TokenRefusal):
+            return claims
+        if groups_optional and self.groups_claim not in claims:
             return claims
         groups = claims.get(self.groups_claim)
         if not isinstance(groups, list) or not allows(groups, group):

@@ -420,7 +420,10 @@ class Relay:
         """The claims of ``token`` if it admits ``member_id`` to ``group`` and no
         revocation covers it; otherwise why not (tokens on)."""
         assert self._tokens is not None
-        verdict = self._tokens.verify(token, member_id, group, now=now)
+        config = self.config
+        # A token without the groups claim: the back end's hooks decide, where it has any.
+        decided = config.connect_hook is not None or config.hook_for(JOIN_HOOK, group) is not None
+        verdict = self._tokens.verify(token, member_id, group, now=now, groups_optional=decided)
         if isinstance(verdict, TokenRefusal):
             return verdict
         return _REVOKED if self._revoked(verdict) else verdict

@@ -89,15 +89,22 @@ class RedisHistory:
         ]  # fmt: skip
 
     async def load_scripts(self, pub: RedisConnection) -> None:
-        """Load the history scripts (run by SHA1 from then on) and learn Redis's run id."""
-        info = await pub.call("INFO", "server")
-        if not isinstance(info, bytes):
-            raise RedisError(f"unexpected reply to INFO: {info!r}")
-        for line in info.decode(errors="replace").splitlines():
-            if line.startswith("run_id:"):
-                self._run_id = line[len("run_id:") :].strip()
-        if not self._run_id:
-            raise RedisError("INFO server gave no run_id")
+        """Load the history scripts (run by SHA1 from then on) and learn which lineage of
+        the data this Redis holds: its run id (new at every start) and replication id (new
+        whenever a replica is promoted, Sentinel's failover). A history belongs to one
+        lineage (see scripts.py): a restart or a failover may have lost the last writes,
+        and the offsets given out after them, so the history starts a new epoch there."""
+        lineage = []
+        for section, field in (("server", "run_id:"), ("replication", "master_replid:")):
+            info = await pub.call("INFO", section)
+            if not isinstance(info, bytes):
+                raise RedisError(f"unexpected reply to INFO: {info!r}")
+            for line in info.decode(errors="replace").splitlines():
+                if line.startswith(field):
+                    lineage.append(line[len(field) :].strip())
+            if len(lineage) < (1 if section == "server" else 2) or not lineage[-1]:
+                raise RedisError(f"INFO {section} gave no {field[:-1]}")
+        self._run_id = ":".join(lineage)
         for script in (scripts.SEQUENCE, scripts.HISTORY, scripts.DECLINED):
             sha = await pub.call("SCRIPT", "LOAD", script)
             if not isinstance(sha, bytes):

@@ -22,7 +22,7 @@ import trio
 from ..protocol.backoff import Backoff
 from ..protocol.exceptions import first_leaf, leaves
 from ..protocol.nodes import Split, StreamAbort
-from ..protocol.resp import ConnectionLost, ProtocolViolation, RedisError
+from ..protocol.resp import ConnectionLost, ProtocolViolation, RedisAddress, RedisError
 from . import scripts
 from .channel import Channels
 from .connection import RedisConnection
@@ -31,6 +31,7 @@ from .history import RedisHistory
 from .link import RedisLink
 from .names import Names
 from .registry import Roster
+from .sentinel import SentinelWatch, verify_master
 from .streams import Turns
 
 logger = logging.getLogger("trio_wsproxy.backplane")
@@ -80,8 +81,11 @@ class NodeLifecycle:
         node: str,
         node_ttl: float,
         groups: Mapping[str, SharedGroup],
+        sentinels: SentinelWatch | None = None,
     ) -> None:
         self._link = link
+        #: The sentinels that say where the master is (None: a plain redis:// URL).
+        self._sentinels = sentinels
         self._roster = roster
         self._channels = channels
         self._history = history
@@ -107,36 +111,46 @@ class NodeLifecycle:
         to connect has succeeded or failed. Each outage is logged once, and so is the
         reconnection."""
         self._task_status = task_status
-        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, jitter=0.5)
-        logged = False
         try:
-            while True:
-                failure: BaseException | None = None
-                try:
-                    await self._connected()
-                except (*_OUTAGES, ExceptionGroup) as exc:
-                    if not _is_outage(exc):
-                        raise
-                    failure = first_leaf(exc)
-                was_up = self._link.up
-                self.lose(failure)
-                if self._task_status is not None:
-                    self._task_status.started()
-                    self._task_status = None
-                if was_up:
-                    backoff.reset()
-                    logged = False
-                if not logged:
-                    logger.warning(
-                        "backplane %s: %s; reconnecting with backoff",
-                        "lost" if was_up else "unavailable", failure,
-                        exc_info=not isinstance(failure, ConnectionLost | OSError | BackplaneDown),
-                    )  # fmt: skip
-                    logged = True
-                await trio.sleep(backoff.next_delay())
+            async with trio.open_nursery() as nursery:
+                if self._sentinels is not None:
+                    nursery.start_soon(self._sentinels.run)
+                await self._stay_connected()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(DEREGISTER_TIMEOUT):
                 await self._deregister()
+
+    async def _stay_connected(self) -> None:
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, jitter=0.5)
+        logged = False
+        while True:
+            failure: BaseException | None = None
+            try:
+                await self._connected()
+            except (*_OUTAGES, ExceptionGroup) as exc:
+                if not _is_outage(exc):
+                    raise
+                failure = first_leaf(exc)
+            was_up = self._link.up
+            self.lose(failure)
+            if self._task_status is not None:
+                self._task_status.started()
+                self._task_status = None
+            if was_up:
+                backoff.reset()
+                logged = False
+            if not logged:
+                logger.warning(
+                    "backplane %s: %s; reconnecting with backoff",
+                    "lost" if was_up else "unavailable", failure,
+                    exc_info=not isinstance(failure, ConnectionLost | OSError | BackplaneDown),
+                )  # fmt: skip
+                logged = True
+            with trio.move_on_after(backoff.next_delay()):
+                if self._sentinels is None:
+                    await trio.sleep_forever()
+                # (A failover that names another master ends the wait.)
+                await self._sentinels.wait_moved()
 
     async def _connected(self) -> None:
         """One connection's lifetime: connect, register, serve until it fails."""
@@ -146,6 +160,9 @@ class NodeLifecycle:
         courier, deliveries = self._channels.courier, self._channels.deliveries
         if courier is None or deliveries is None:
             raise RuntimeError("the backplane runs through run()")
+        sentinels = self._sentinels
+        if sentinels is not None:
+            address = link.address = await sentinels.locate()
         pub = await RedisConnection.connect(address, timeout)
         sub = await RedisConnection.connect(
             address, timeout, self._channels.on_message, courier.flush
@@ -154,6 +171,9 @@ class NodeLifecycle:
             await nursery.start(pub.run, address, timeout)
             await nursery.start(sub.run, address, timeout)
             link.attach(pub, sub)
+            if sentinels is not None:
+                await verify_master(pub, address)
+                nursery.start_soon(self._follow, sentinels, address)
             deliveries.nursery = nursery
             history = self._history.limits
             if history is not None:
@@ -173,6 +193,17 @@ class NodeLifecycle:
             nursery.start_soon(self._reaper, pub)
             if history is not None:
                 nursery.start_soon(self._history.renew, history.ttl / 3)
+
+    async def _follow(self, sentinels: SentinelWatch, address: RedisAddress) -> None:
+        """Drop the master at ``address`` as soon as the sentinels name another: what
+        it says from here on may be lost (it is about to be made a replica)."""
+        await sentinels.moved_from(address)
+        assert sentinels.master is not None
+        host, port = sentinels.master
+        raise BackplaneDown(
+            f"failover: the sentinels moved the master from {address.host}:{address.port} "
+            f"to {host}:{port}"
+        )
 
     async def _register_node(self, sub: RedisConnection) -> None:
         """Announce this node, subscribe, and (after an outage) settle what happened

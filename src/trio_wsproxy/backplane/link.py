@@ -12,8 +12,11 @@ from .connection import RedisConnection
 class RedisLink:
     """The publishing and subscribing connections of one node, and whether it is up."""
 
-    def __init__(self, address: RedisAddress) -> None:
+    def __init__(self, address: RedisAddress, located_by: str | None = None) -> None:
+        #: The Redis the node connects to (with Sentinel: the master it found last).
         self.address = address
+        #: Who says where the master is (Sentinel's description), None: the URL does.
+        self.located_by = located_by
         #: True while Redis is reachable and this node is registered.
         self.up = False
         #: Why the last connection to Redis ended (None: there was none yet).
@@ -51,6 +54,8 @@ class RedisLink:
         if self.up:
             return None
         where = f"Redis at {self.address.host}:{self.address.port}"
+        if self.located_by is not None:
+            where = self.located_by
         if self.failure is None:
             return f"backplane unavailable: not connected to {where}"
         # One line, whatever the failure's text holds.

@@ -56,6 +56,7 @@ from ..protocol.nodes import (
     messages_header,
 )
 from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
+from ..protocol.sentinel_url import SentinelAddress, is_sentinel_url
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
 from ..relay.groups import Group, Member, NodeGroups, PresenceChange
@@ -75,6 +76,7 @@ from .link import RedisLink
 from .names import Names
 from .rates import SubjectBuckets
 from .registry import Roster
+from .sentinel import SentinelWatch
 from .streams import Turns
 
 #: Bytes a node may have queued for Redis before its members' senders wait.
@@ -92,7 +94,14 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def __init__(self, url: str, prefix: str, node_ttl: float) -> None:
         super().__init__()
-        self.address = RedisAddress.from_url(url)
+        sentinels = None
+        if is_sentinel_url(url):
+            sentinels = SentinelWatch(SentinelAddress.from_url(url))
+            first = sentinels.address.sentinels[0]
+            # (Where the master is comes from the sentinels: see sentinel.py.)
+            self.address = sentinels.address.master(*first)
+        else:
+            self.address = RedisAddress.from_url(url)
         self.prefix = prefix
         self.node_ttl = node_ttl
         #: This node's id in the cluster (16 hex digits, new every start).
@@ -106,7 +115,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.turns = Turns(self, self._node, self.names.group_channel, node_ttl)
         self._config = RelayConfig()
         groups = self._groups
-        self._link = RedisLink(self.address)
+        self._link = RedisLink(
+            self.address, None if sentinels is None else sentinels.description
+        )
         self._history = RedisHistory(self._link, self.names, self._node, groups)
         self._roster = Roster(self._link, self._history, self.names, self.node, groups)
         self._channels = Channels(
@@ -115,7 +126,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self._buckets = SubjectBuckets(self._link, self.names)
         self._lifecycle = NodeLifecycle(
             self._link, self._roster, self._channels, self._history, self.turns, self.names,
-            self.node, node_ttl, groups,
+            self.node, node_ttl, groups, sentinels,
         )  # fmt: skip
 
     @property

@@ -71,13 +71,15 @@ return #entries / 2
 # -- history (DESIGN.md §7) ---------------------------------------------------------------
 #
 # Both history scripts take KEYS: the group's history meta hash, stream and index (see
-# names.py), and its channel; ARGV 1-7: the Redis run id (INFO server's run_id, as the
-# node read it on connecting), a new epoch in case the history has none, the node's id,
-# the bounds (count, ttl ms, bytes) and how long the keys outlive their last renewal (ms;
-# the meta hash twice that). Nodes renew the keys of the groups they have members in.
+# names.py), and its channel; ARGV 1-7: the lineage of the data (INFO server's run_id
+# and INFO replication's master_replid, as the node read them on connecting), a new
+# epoch in case the history has none, the node's id, the bounds (count, ttl ms, bytes)
+# and how long the keys outlive their last renewal (ms; the meta hash twice that). Nodes
+# renew the keys of the groups they have members in.
 #
 # A history belongs to one run of Redis: after a restart (even one that reloaded a
-# snapshot), a flush or an expiry, the next script finds no history of this run and
+# snapshot), a failover (the promoted replica has a new replication id, and may lack the
+# old master's last writes), a flush or an expiry, the next script finds no history of this run and
 # starts one with a new epoch, from offset 0. One stream entry holds one batch (what one
 # node published at once): its id is ``<first offset>-0``, and its fields are, per
 # message in order, 'b' and the message's body, or 'g' and nothing (a gap: a message

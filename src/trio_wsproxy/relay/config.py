@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ..protocol.sentinel_url import SentinelAddress, is_sentinel_url
 from .namespaces import Namespace, check_namespaces, hook_url, namespace_of
 
 DEFAULT_PORT = 8765  # clear of the usual local services (Postgres, Redis, NATS, RabbitMQ, MQTT)
@@ -135,8 +136,14 @@ def _setting(
 
 
 def _backplane_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, str) and is_sentinel_url(value):
+        SentinelAddress.from_url(value)  # (ValueError saying what is wrong)
+        return
     if value is not None and not (isinstance(value, str) and value.startswith("redis://")):
-        raise ValueError(f"backplane must be a redis://HOST:PORT/DB URL, got {value!r}")
+        raise ValueError(
+            "backplane must be a redis://HOST:PORT/DB or "
+            f"redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE URL, got {value!r}"
+        )
 
 
 def _valid_prefix(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -500,7 +507,9 @@ class RelayConfig:
 
     backplane: str | None = _setting(
         None,
-        "redis://HOST:PORT/DB of the Redis that joins relay nodes into one relay; "
+        "redis://HOST:PORT/DB of the Redis that joins relay nodes into one relay, or "
+        "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB] to find its master through "
+        "Redis Sentinel and follow its failovers; "
         "none: this process is the whole relay.",
         _backplane_url,
     )

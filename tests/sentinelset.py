@@ -1,0 +1,174 @@
+"""Three Redis servers (a master and two replicas) and three sentinels of a test's own,
+on free loopback ports, with Sentinel's timings cut short so that a failover takes about
+a second: the ground for the Sentinel tests and ``benchmarks/sentinel_failover.py``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import trio
+
+from redisserver import RedisServer, free_port, ping, redis_call, unavailable
+
+SERVICE = "relaymaster"
+#: Sentinel's timings here: a master silent this long is down (ms), and a failover that
+#: has not finished in this long is retried by another sentinel (ms).
+DOWN_AFTER_MS = 400
+FAILOVER_TIMEOUT_MS = 2000
+
+
+class Sentinel:
+    """One ``redis-server --sentinel`` on a free port (its config file rewritten by it)."""
+
+    def __init__(self, binary: str, directory: Path, master_port: int) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.conf = directory / f"sentinel-{self.port}.conf"
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {SERVICE} 2\n"
+        )
+        self.binary = binary
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.process is None
+        self.process = subprocess.Popen(
+            [self.binary, str(self.conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not ping("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the sentinel did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """kill -9."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class SentinelSet:
+    """A master, two replicas and three sentinels watching them as ``SERVICE``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.redis = [RedisServer(directory)]
+        master = self.redis[0]
+        for _ in range(2):
+            replica = RedisServer(directory, "--replicaof", "127.0.0.1", str(master.port))
+            self.redis.append(replica)
+        for server in self.redis:
+            server.config += ["--dbfilename", f"dump-{server.port}.rdb"]
+        self.sentinels = [Sentinel(master.binary, directory, master.port) for _ in range(3)]
+        self.paused: list[RedisServer] = []
+
+    def start(self) -> None:
+        for server in self.redis:
+            server.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+
+    def stop(self) -> None:
+        for server in self.paused:
+            assert server.process is not None
+            server.process.send_signal(signal.SIGCONT)
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for server in self.redis:
+            server.stop()
+
+    def url(self, *, dead_first: bool = False, db: int = 0) -> str:
+        """The relay's ``--backplane`` URL (``dead_first``: a sentinel address where
+        nothing listens comes first, to be skipped)."""
+        hosts = [f"127.0.0.1:{s.port}" for s in self.sentinels]
+        if dead_first:
+            hosts.insert(0, f"127.0.0.1:{free_port()}")
+        return f"redis+sentinel://{','.join(hosts)}/{SERVICE}/{db}"
+
+    async def master_port(self, sentinel: Sentinel | None = None) -> int:
+        """The master's port, as a (live) sentinel says."""
+        for each in [sentinel] if sentinel else self.sentinels:
+            if each.process is None:
+                continue
+            reply = await redis_call(each.url, "SENTINEL", "get-master-addr-by-name", SERVICE)
+            assert isinstance(reply, list) and isinstance(reply[1], bytes), reply
+            return int(reply[1])
+        raise AssertionError("no sentinel is running")
+
+    def server(self, port: int) -> RedisServer:
+        return next(server for server in self.redis if server.port == port)
+
+    async def ready(self) -> None:
+        """Wait until every sentinel knows the two replicas and the other sentinels (a
+        failover needs a quorum that knows where to go)."""
+        with trio.fail_after(20):
+            for sentinel in self.sentinels:
+                while True:
+                    reply = await redis_call(sentinel.url, "SENTINEL", "master", SERVICE)
+                    assert isinstance(reply, list), reply
+                    fields = dict(zip(reply[::2], reply[1::2], strict=True))
+                    if (
+                        fields.get(b"num-slaves") == b"2"
+                        and fields.get(b"num-other-sentinels") == b"2"
+                    ):
+                        break
+                    await trio.sleep(0.05)
+            # The replicas are in sync (a replica still loading cannot be promoted).
+            for server in self.redis[1:]:
+                while b"master_link_status:up" not in server.command("INFO", "replication"):
+                    await trio.sleep(0.05)
+
+    async def wait_master_not(self, port: int) -> int:
+        """Wait until the live sentinels name a master other than ``port``; the new one's."""
+        with trio.fail_after(30):
+            while True:
+                now = await self.master_port()
+                if now != port:
+                    return now
+                await trio.sleep(0.05)
+
+    def kill_master(self, port: int) -> None:
+        self.server(port).stop()
+
+    def pause(self, port: int) -> None:
+        server = self.server(port)
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        self.paused.append(server)
+
+    def resume(self, port: int) -> None:
+        server = self.server(port)
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGCONT)
+        self.paused.remove(server)
+
+    async def role(self, port: int) -> bytes:
+        reply = await redis_call(f"redis://127.0.0.1:{port}/0", "ROLE")
+        assert isinstance(reply, list) and isinstance(reply[0], bytes), reply
+        return reply[0]
+
+
+def sentinel_set(directory: Path) -> SentinelSet:
+    """A started set (skipped, saying why, without redis-server)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    servers = SentinelSet(directory)
+    servers.start()
+    return servers

@@ -130,7 +130,9 @@ class SentinelSet:
                     await trio.sleep(0.05)
             # The replicas are in sync (a replica still loading cannot be promoted).
             for server in self.redis[1:]:
-                while b"master_link_status:up" not in server.command("INFO", "replication"):
+                while True:  # (no event to wait for: another process's state)
+                    if b"master_link_status:up" in server.command("INFO", "replication"):
+                        break
                     await trio.sleep(0.05)
 
     async def wait_master_not(self, port: int) -> int:

@@ -17,11 +17,14 @@ import trio
 from loglines import LogLines
 from sentinelset import SentinelSet, sentinel_set
 from test_backplane import backplane, caught_up, cluster, join
-from test_v1 import next_message, v1_member
+from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, RelayConfig
+from trio_wsproxy.backplane.connection import RedisConnection
+from trio_wsproxy.backplane.sentinel import NoMaster, verify_master
 from trio_wsproxy.protocol import v1
+from trio_wsproxy.protocol.resp import RedisAddress
 from trio_wsproxy.protocol.sentinel_url import SentinelAddress
-from wsraw import OP_TEXT, RawClient
+from wsraw import OP_CLOSE, OP_TEXT, RawClient
 
 HISTORY: dict[str, Any] = {"history_size": 10_000, "node_ttl": 2.0}
 
@@ -89,3 +92,232 @@ async def test_the_master_is_found_through_the_sentinels_skipping_one_that_is_do
             assert (header.sender, header.offset, payload) == ("alice", 1, b"hello")
         await alice.aclose()
         await bob.aclose()
+
+
+# -- failovers ------------------------------------------------------------------------------
+
+
+async def rejoin(port: int, ident: str, since: v1.Position | None) -> tuple[RawClient, v1.Welcome]:
+    """Join as a v1 member (naming ``since``), as a client with a short backoff would:
+    again while the relay answers 503 (its backplane is finding the new master)."""
+    target = f"/ws?id={ident}&groupName=g" + (f"&since={since.token()}" if since else "")
+    while True:
+        client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+        status, _, body = await client.handshake(target, V1_OFFER)
+        if status == 101:
+            welcome = await next_event(client)
+            assert isinstance(welcome, v1.Welcome)
+            return client, welcome
+        assert status == 503 and b"backplane" in body, (status, body)
+        await client.aclose()
+        await trio.sleep(0.02)
+
+
+class Receiver:
+    """A v1 member that records every message it gets (its payload and offset) and how
+    each connection ended, and joins again naming its position when closed."""
+
+    def __init__(self, ident: str) -> None:
+        self.ident = ident
+        self.got: list[bytes] = []
+        self.position: v1.Position | None = None
+        self.closes: list[int] = []
+        self.recoveries: list[v1.Recovery | None] = []
+        self.arrived = trio.Event()
+
+    def welcomed(self, welcome: v1.Welcome) -> None:
+        self.recoveries.append(welcome.recovery)
+        self.position = welcome.position
+
+    async def read(self, client: RawClient) -> None:
+        """Until the relay closes the connection."""
+        while True:
+            opcode, data = await client.recv_message()
+            if opcode == OP_CLOSE:
+                self.closes.append(int.from_bytes(data[:2], "big"))
+                await client.aclose()
+                self.arrived.set()
+                self.arrived = trio.Event()
+                return
+            what, start = v1.decode_relay_message(data)
+            if isinstance(what, v1.From):
+                assert self.position is not None and what.offset is not None
+                self.position = v1.Position(self.position.epoch, what.offset)
+                self.got.append(data[start:])
+                self.arrived.set()
+                self.arrived = trio.Event()
+
+    async def wait_closed(self, times: int) -> None:
+        while len(self.closes) < times:
+            await self.arrived.wait()
+
+    async def wait_for(self, payload: bytes) -> None:
+        while payload not in self.got:
+            await self.arrived.wait()
+
+
+async def send_until_closed(client: RawClient, sent: list[bytes], prefix: str) -> None:
+    """Send numbered messages (one every few ms) until the relay closes ``client``."""
+    async with trio.open_nursery() as nursery:
+
+        async def closed() -> None:
+            await client.expect_close()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(closed)
+        for n in range(100_000):
+            payload = f"{prefix}{n}".encode()
+            try:
+                await client.send_frame(OP_TEXT, b"\n" + payload)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            sent.append(payload)
+            await trio.sleep(0.005)
+    await client.aclose()
+
+
+def check_no_silent_gap(receiver: Receiver, sent: list[bytes]) -> None:
+    """What ``receiver`` got is what was sent, in order, without a hole — except where it
+    was closed and told on reconnect that it could not recover (a signalled gap)."""
+    assert receiver.got, receiver.ident
+    told = [r for r in receiver.recoveries if r is not None and not r.recovered]
+    assert len(told) + sum(1 for r in receiver.recoveries if r and r.recovered) == len(
+        receiver.closes
+    ), (receiver.recoveries, receiver.closes)
+    # Before the failover: a prefix of what was sent.
+    before = [p for p in receiver.got if not p.startswith(b"after")]
+    assert before == sent[: len(before)], receiver.ident
+    # After it: what was sent after, once.
+    assert receiver.got[len(before) :] == [b"after"], receiver.ident
+
+
+async def test_a_master_killed_under_traffic_fails_over_and_nothing_is_lost_unsaid(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    await sentinels.ready()
+    old = sentinels.redis[0].port
+    async with cluster(sentinels.url(), prefix, **HISTORY) as (a, b):
+        receivers = {"near": (Receiver("near"), a), "far": (Receiver("far"), b)}
+        sent: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(30):
+                for receiver, node in receivers.values():
+                    client, welcome = await rejoin(node.port, receiver.ident, None)
+                    receiver.welcomed(welcome)
+                    nursery.start_soon(receiver.read, client)
+                sender, _ = await rejoin(a.port, "sender", None)
+                await caught_up([a.port, b.port])
+                # A sentinel killed (the one each node watches) costs nothing.
+                sentinels.sentinels[0].stop()
+                nursery.start_soon(send_until_closed, sender, sent, "m")
+                for receiver, _ in receivers.values():
+                    await receiver.wait_for(b"m20")
+                killed = trio.current_time()
+                sentinels.kill_master(old)
+                new = await sentinels.wait_master_not(old)
+                # Every member of the group was closed (4004): they may have missed
+                # messages. Each joins again, on the other node, naming its position.
+                for receiver, node in receivers.values():
+                    await receiver.wait_closed(1)
+                    assert receiver.closes == [CloseCode.BACKPLANE_UNAVAILABLE]
+                    other = b if node is a else a
+                    client, welcome = await rejoin(other.port, receiver.ident, receiver.position)
+                    receiver.welcomed(welcome)
+                    nursery.start_soon(receiver.read, client)
+                sender, _ = await rejoin(a.port, "sender", None)
+                await sender.send_frame(OP_TEXT, b"\nafter")
+                for receiver, _ in receivers.values():
+                    await receiver.wait_for(b"after")
+                flowing = trio.current_time() - killed
+            nursery.cancel_scope.cancel()
+        assert backplane(a)._link.address.port == new and backplane(b)._link.address.port == new
+        for receiver, _ in receivers.values():
+            check_no_silent_gap(receiver, sent)
+            # The new master is another lineage of the data: the history starts a new
+            # epoch there, and a member that was there is told so.
+            assert receiver.recoveries[-1] == v1.Recovery(False, 0, v1.EPOCH_CHANGED)
+        print(f"messages flowing again {flowing:.2f}s after the master was killed")
+        await sender.aclose()
+
+
+async def test_a_master_paused_past_the_failover_comes_back_a_replica_and_is_not_followed(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    await sentinels.ready()
+    old = sentinels.redis[0].port
+    async with cluster(sentinels.url(), prefix, **HISTORY) as (a, b):
+        with trio.fail_after(40):
+            alice, _ = await v1_member(a, "alice")
+            bob, _ = await v1_member(b, "bob")
+            await caught_up([a.port, b.port])
+            sentinels.pause(old)
+            new = await sentinels.wait_master_not(old)
+            # The nodes drop the silent master when the sentinels announce the new one
+            # (+switch-master), not a node_ttl later, and its members are closed (4004).
+            assert (await alice.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await bob.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            await backplane_log.wait_for("moved from", count=2)
+            alice, _ = await rejoin(a.port, "alice", None)
+            bob, _ = await rejoin(b.port, "bob", None)
+            outages = backplane(a).outages, backplane(b).outages
+            # The old master wakes up still believing it is the master (for seconds,
+            # until the sentinels make it a replica of the new one): the nodes ask the
+            # sentinels, not it.
+            sentinels.resume(old)
+            await sentinels.role(old)
+            await caught_up([a.port, b.port])
+            await alice.send_frame(OP_TEXT, b"\nstill here")
+            _, header, payload = await next_message(bob)
+            assert (header.sender, payload) == ("alice", b"still here")
+            # The nodes stayed on the new master all along.
+            assert (backplane(a).outages, backplane(b).outages) == outages
+            assert backplane(a)._link.address.port == backplane(b)._link.address.port == new
+        await alice.aclose()
+        await bob.aclose()
+
+
+async def test_a_replica_is_not_taken_for_the_master(sentinels: SentinelSet) -> None:
+    replica = sentinels.redis[1]
+    address = RedisAddress("127.0.0.1", replica.port, 0)
+    connection = await RedisConnection.connect(address, 5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run, address, 5)
+        with pytest.raises(NoMaster, match="is a slave, not a master"):
+            await verify_master(connection, address)
+        await verify_master_of(sentinels.redis[0].port)
+        nursery.cancel_scope.cancel()
+
+
+async def verify_master_of(port: int) -> None:
+    address = RedisAddress("127.0.0.1", port, 0)
+    connection = await RedisConnection.connect(address, 5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(connection.run, address, 5)
+        await verify_master(connection, address)
+        nursery.cancel_scope.cancel()
+
+
+async def test_with_every_sentinel_down_joins_are_refused_saying_why_until_one_is_back(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    for sentinel in sentinels.sentinels:
+        sentinel.stop()
+    async with cluster(sentinels.url(), prefix, **HISTORY) as (a, b):
+        with trio.fail_after(30):
+            late = RawClient(await trio.open_tcp_stream("127.0.0.1", a.port))
+            status, _, body = await late.handshake("/ws?id=late&groupName=g")
+            assert status == 503, (status, body)
+            assert b"cannot reach the Redis master (Sentinel)" in body, body
+            assert backplane(a).down_reason is not None
+            assert "no sentinel says where the master is" in backplane(a).down_reason
+            await late.aclose()
+            sentinels.sentinels[1].start()
+            await backplane_log.wait_for("backplane connected", count=2)
+            alice = await join(a, "alice")
+            bob = await join(b, "bob")
+            await caught_up([a.port, b.port])
+            # Once connected, a node needs no sentinel while its master stays up.
+            sentinels.sentinels[1].stop()
+            await alice.send_frame(OP_TEXT, b"hello")
+            assert await bob.recv_message() == (OP_TEXT, b"hello")
+            assert backplane(a).up and backplane(b).up

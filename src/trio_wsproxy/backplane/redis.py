@@ -115,9 +115,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.turns = Turns(self, self._node, self.names.group_channel, node_ttl)
         self._config = RelayConfig()
         groups = self._groups
-        self._link = RedisLink(
-            self.address, None if sentinels is None else sentinels.description
-        )
+        self._link = RedisLink(self.address, None if sentinels is None else sentinels.description)
         self._history = RedisHistory(self._link, self.names, self._node, groups)
         self._roster = Roster(self._link, self._history, self.names, self.node, groups)
         self._channels = Channels(
@@ -195,6 +193,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         group = self._groups.get(group_name)
         if self._history.limits is None and group is not None and not group.spans_nodes:
             return None  # it lives on this node only: it goes on through the outage
+        if self._link.located_by is not None:
+            return (
+                "backplane unavailable: the relay cannot reach the Redis master (Sentinel); "
+                "try again"
+            )
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
     async def join(self, member: Member) -> Group:

@@ -17,8 +17,8 @@ from redisserver import RedisServer, free_port, ping, redis_call, unavailable
 SERVICE = "relaymaster"
 #: Sentinel's timings here: a master silent this long is down (ms), and a failover that
 #: has not finished in this long is retried by another sentinel (ms).
-DOWN_AFTER_MS = 400
-FAILOVER_TIMEOUT_MS = 2000
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
 
 
 class Sentinel:
@@ -33,7 +33,7 @@ class Sentinel:
             f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {SERVICE} 2\n"
+            f"sentinel parallel-syncs {SERVICE} 2\nlogfile {directory}/sentinel-{self.port}.log\n"
         )
         self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None

@@ -18,7 +18,8 @@ every client has the first ones, the scenario's event happens:
   make it a replica; the nodes must not follow it.
 
 The sender goes on for ``--after`` seconds after the cluster flows again. Figures: the
-time from the event to a client's first new message (median and slowest), messages
+time from the event until the sentinels name the new master (``failover_s``, polled every
+50 ms), the time from the event to a client's first new message (median and slowest), messages
 delivered, members that recovered (and messages replayed), members told they could not
 (``epoch_changed``...), and ``silent``: messages some member got that another skipped
 without being told — it must be 0.
@@ -38,8 +39,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay_process import report_rounds, start_relay
-from sentinelset import SentinelSet
 
+from sentinelset import SentinelSet
 from trio_wsproxy import ClientConfig, Incoming, Resumed, open_client
 
 SCENARIOS = ("kill-master", "kill-sentinel", "pause-master")
@@ -93,9 +94,11 @@ async def _measure(
     node_b, url_b, _ = await start_relay(*flags)
     seen = {f"c{n}": Seen() for n in range(clients)}
     warm = trio.Event()
+    progress = [trio.Event()]  # set (and replaced) whenever a client gets a message
     event_at = 0.0
     sent = 0
     master = servers.redis[0].port
+    switched = 0.0
     config = ClientConfig(reconnect_min_delay=0.1, reconnect_max_delay=1.0)
     try:
         async with trio.open_nursery() as nursery:
@@ -107,6 +110,8 @@ async def _measure(
                     async def on_bytes(value: bytes, _: Incoming[bytes]) -> None:
                         record.numbers.append(int.from_bytes(value[:4], "big"))
                         record.times.append(trio.current_time())
+                        progress[0].set()
+                        progress[0] = trio.Event()
                         if all(len(s.numbers) >= WARMUP for s in seen.values()):
                             warm.set()
 
@@ -144,25 +149,29 @@ async def _measure(
             if scenario == "kill-master":
                 servers.kill_master(master)
                 await servers.wait_master_not(master)
+                switched = trio.current_time() - event_at
             elif scenario == "kill-sentinel":
                 servers.sentinels[0].stop()
             else:
                 servers.pause(master)
                 await servers.wait_master_not(master)
+                switched = trio.current_time() - event_at
             # Flowing again: every client got a message sent after the event.
             with trio.fail_after(60):
                 while not all(any(n > before for n in s.numbers) for s in seen.values()):
-                    await trio.sleep(0.01)
+                    await progress[0].wait()
             if scenario == "pause-master":
                 servers.resume(master)
                 with trio.fail_after(60):
-                    while await servers.role(master) != b"slave":
+                    while True:  # (another process's state: no event to wait for)
+                        if await servers.role(master) == b"slave":
+                            break
                         await trio.sleep(0.1)
             await trio.sleep(after)
             last = sent - 1
             with trio.fail_after(30):
                 while not all(s.numbers and s.numbers[-1] >= last for s in seen.values()):
-                    await trio.sleep(0.01)
+                    await progress[0].wait()
             nursery.cancel_scope.cancel()
     finally:
         for node in (node_a, node_b):
@@ -176,6 +185,7 @@ async def _measure(
     for name, s in seen.items():
         assert s.numbers == sorted(set(s.numbers)), f"{name}: a message twice or out of order"
     return {
+        "failover_s": round(switched, 3),
         "flowing_median_s": round(statistics.median(flowing), 3),
         "flowing_max_s": round(flowing[-1], 3),
         "sent": sent,
@@ -199,7 +209,7 @@ async def main() -> None:
         await report_rounds(
             f"sentinel {scenario}", args.rounds,
             lambda s=scenario: one_round(s, args.clients, args.rate, args.after),
-            ("flowing_median_s", "flowing_max_s", "delivered", "recovered",
+            ("failover_s", "flowing_median_s", "flowing_max_s", "delivered", "recovered",
              "told_not_recovered", "silent"),
             clients=args.clients, rate=args.rate,
         )  # fmt: skip

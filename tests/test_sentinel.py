@@ -19,6 +19,7 @@ from sentinelset import SentinelSet, sentinel_set
 from test_backplane import backplane, caught_up, cluster, join
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, RelayConfig
+from trio_wsproxy._cli import build_parser, config_from_args
 from trio_wsproxy.backplane.connection import RedisConnection
 from trio_wsproxy.backplane.sentinel import NoMaster, verify_master
 from trio_wsproxy.protocol import v1
@@ -321,3 +322,22 @@ async def test_with_every_sentinel_down_joins_are_refused_saying_why_until_one_i
             await alice.send_frame(OP_TEXT, b"hello")
             assert await bob.recv_message() == (OP_TEXT, b"hello")
             assert backplane(a).up and backplane(b).up
+
+
+def test_the_sentinel_compose_file_runs_relays_that_ask_its_sentinels() -> None:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "compose.sentinel.yaml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    relays = [s for s in services.values() if s.get("build") is not None]
+    assert len(relays) == 2
+    for relay in relays:
+        config = config_from_args(build_parser().parse_args(relay["command"]), environ={})
+        assert config.backplane is not None and config.history_size
+        address = SentinelAddress.from_url(config.backplane)
+        assert len(address.sentinels) == 3
+        for host, port in address.sentinels:
+            script = services[host]["command"][-1]
+            assert f"port {port}" in script
+            assert f"sentinel monitor {address.service} redis-1 6379 2" in script
+            assert set(relay["depends_on"]) >= {host}

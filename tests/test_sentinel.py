@@ -15,13 +15,13 @@ import pytest
 import trio
 
 from loglines import LogLines
-from sentinelset import SentinelSet, sentinel_set
+from sentinelset import SERVICE, Sentinel, SentinelSet, sentinel_set
 from test_backplane import backplane, caught_up, cluster, join
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args
 from trio_wsproxy.backplane.connection import RedisConnection
-from trio_wsproxy.backplane.sentinel import NoMaster, verify_master
+from trio_wsproxy.backplane.sentinel import NoMaster, SentinelWatch, verify_master
 from trio_wsproxy.protocol import v1
 from trio_wsproxy.protocol.resp import RedisAddress
 from trio_wsproxy.protocol.sentinel_url import SentinelAddress
@@ -275,6 +275,34 @@ async def test_a_master_paused_past_the_failover_comes_back_a_replica_and_is_not
             assert backplane(a)._link.address.port == backplane(b)._link.address.port == new
         await alice.aclose()
         await bob.aclose()
+
+
+async def test_a_sentinel_that_says_nothing_and_one_that_knows_no_such_service_are_skipped(
+    sentinels: SentinelSet, prefix: str, tmp_path: Path
+) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    mute = listeners[0].socket.getsockname()[1]
+
+    async def hold(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()  # (read nothing, answer nothing)
+
+    stranger = Sentinel(sentinels.redis[0].binary, tmp_path, sentinels.redis[0].port)
+    stranger.conf.write_text(f"port {stranger.port}\nbind 127.0.0.1\ndir {tmp_path}\n")
+    stranger.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, hold, listeners)
+            hosts = [f"127.0.0.1:{mute}", f"127.0.0.1:{stranger.port}"]
+            hosts += [f"127.0.0.1:{s.port}" for s in sentinels.sentinels]
+            watch = SentinelWatch(
+                SentinelAddress.from_url(f"redis+sentinel://{','.join(hosts)}/{SERVICE}")
+            )
+            with trio.fail_after(10):
+                master = await watch.locate()
+            assert master.port == sentinels.redis[0].port
+            nursery.cancel_scope.cancel()
+    finally:
+        stranger.stop()
 
 
 async def test_a_replica_is_not_taken_for_the_master(sentinels: SentinelSet) -> None:

@@ -123,8 +123,11 @@ class SentinelWatch:
                     sentinel, "SENTINEL", "get-master-addr-by-name", self.address.service
                 )
                 host, port = _master_reply(reply, self.address.service)
-            except _SENTINEL_FAILURES as exc:
-                failures.append(f"{sentinel[0]}:{sentinel[1]}: {exc or type(exc).__name__}")
+            except (*_SENTINEL_FAILURES, ExceptionGroup) as exc:
+                if not all(isinstance(leaf, _SENTINEL_FAILURES) for leaf in leaves(exc)):
+                    raise
+                failure = first_leaf(exc)
+                failures.append(f"{sentinel[0]}:{sentinel[1]}: {failure or type(failure).__name__}")
                 continue
             self._first = self.address.sentinels.index(sentinel)
             self._note((host, port))

@@ -208,8 +208,11 @@ async def test_a_master_killed_under_traffic_fails_over_and_nothing_is_lost_unsa
                     nursery.start_soon(receiver.read, client)
                 sender, _ = await rejoin(a.port, "sender", None)
                 await caught_up([a.port, b.port])
-                # A sentinel killed (the one each node watches) costs nothing.
+                # A sentinel killed (the one each node watches) costs nothing: the
+                # nodes watch another.
+                await backplane_log.wait_for("sentinel: watching", count=2)
                 sentinels.sentinels[0].stop()
+                await backplane_log.wait_for("sentinel: watching", count=4)
                 nursery.start_soon(send_until_closed, sender, sent, "m")
                 for receiver, _ in receivers.values():
                     await receiver.wait_for(b"m20")

@@ -103,6 +103,8 @@ class SentinelWatch:
         self._moved = trio.Event()
         #: The sentinel asked first next time: the last one that answered.
         self._first = 0
+        #: The sentinel whose +switch-master this node follows now (None: none).
+        self.watching: tuple[str, int] | None = None
 
     @property
     def description(self) -> str:
@@ -161,7 +163,10 @@ class SentinelWatch:
                 except (*_SENTINEL_FAILURES, ExceptionGroup) as exc:
                     if not all(isinstance(leaf, _SENTINEL_FAILURES) for leaf in leaves(exc)):
                         raise
-                    logger.debug("sentinel %s:%d: %s", *sentinel, first_leaf(exc))
+                    if self.watching is not None:
+                        logged = False  # (it worked since the last warning)
+                        logger.info("sentinel %s:%d lost: %s", *sentinel, first_leaf(exc))
+                    self.watching = None
             if not logged:
                 logger.warning(
                     "no sentinel of %s can be watched for failovers; retrying with backoff "
@@ -184,6 +189,8 @@ class SentinelWatch:
             reply = await _ask(sentinel, "SENTINEL", "get-master-addr-by-name", service)
             self._note(_master_reply(reply, service))
             backoff.reset()
+            self.watching = sentinel
+            logger.info("sentinel: watching %s:%d for failovers", *sentinel)
             while True:
                 await trio.sleep(WATCH_PING)
                 sub.send_nowait("PING", wait=False)

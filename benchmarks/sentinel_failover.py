@@ -14,15 +14,16 @@ every client has the first ones, the scenario's event happens:
 - ``kill-master``: the master is killed with SIGKILL;
 - ``kill-sentinel``: one sentinel is killed with SIGKILL (the nodes watch another);
 - ``pause-master``: the master is stopped (SIGSTOP) until the sentinels have promoted a
-  replica, then resumed: it comes back believing it is the master until the sentinels
-  make it a replica; the nodes must not follow it.
+  replica and the failover timeout has passed, then resumed: it comes back believing it
+  is the master until the sentinels make it a replica; the nodes must not follow it.
 
 The sender goes on for ``--after`` seconds after the cluster flows again. Figures: the
 time from the event until the sentinels name the new master (``failover_s``, polled every
 50 ms), the time from the event to a client's first new message (median and slowest), messages
 delivered, members that recovered (and messages replayed), members told they could not
 (``epoch_changed``...), and ``silent``: messages some member got that another skipped
-without being told — it must be 0.
+without being told — it must be 0; and (``pause-master``) how long the old master
+believed it was the master after it resumed (``demoted_s``: until ``ROLE`` says slave).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay_process import report_rounds, start_relay
 
-from sentinelset import SentinelSet
+from sentinelset import FAILOVER_TIMEOUT_MS, SentinelSet
 from trio_wsproxy import ClientConfig, Incoming, Resumed, open_client
 
 SCENARIOS = ("kill-master", "kill-sentinel", "pause-master")
@@ -98,7 +99,7 @@ async def _measure(
     event_at = 0.0
     sent = 0
     master = servers.redis[0].port
-    switched = 0.0
+    switched = demoted = 0.0
     config = ClientConfig(reconnect_min_delay=0.1, reconnect_max_delay=1.0)
     try:
         async with trio.open_nursery() as nursery:
@@ -156,15 +157,19 @@ async def _measure(
                 servers.pause(master)
                 await servers.wait_master_not(master)
                 switched = trio.current_time() - event_at
+                # (Paused past the failover timeout too, whichever is later.)
+                await trio.sleep_until(event_at + FAILOVER_TIMEOUT_MS / 1000)
             # Flowing again: every client got a message sent after the event.
             with trio.fail_after(60):
                 while not all(any(n > before for n in s.numbers) for s in seen.values()):
                     await progress[0].wait()
             if scenario == "pause-master":
                 servers.resume(master)
+                resumed = trio.current_time()
                 with trio.fail_after(60):
                     while True:  # (another process's state: no event to wait for)
                         if await servers.role(master) == b"slave":
+                            demoted = trio.current_time() - resumed
                             break
                         await trio.sleep(0.1)
             await trio.sleep(after)
@@ -194,6 +199,7 @@ async def _measure(
         "replayed": sum(a[2] for a in answers if a[1]),
         "told_not_recovered": sum(1 for a in answers if not a[1]),
         "silent": sum(s.silent_gaps(everything) for s in seen.values()),
+        "demoted_s": round(demoted, 3),
     }
 
 
@@ -210,7 +216,7 @@ async def main() -> None:
             f"sentinel {scenario}", args.rounds,
             lambda s=scenario: one_round(s, args.clients, args.rate, args.after),
             ("failover_s", "flowing_median_s", "flowing_max_s", "delivered", "recovered",
-             "told_not_recovered", "silent"),
+             "told_not_recovered", "silent", "demoted_s"),
             clients=args.clients, rate=args.rate,
         )  # fmt: skip
 

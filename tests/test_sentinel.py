@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from loglines import LogLines
-from sentinelset import SERVICE, Sentinel, SentinelSet, sentinel_set
+from sentinelset import FAILOVER_TIMEOUT_MS, SERVICE, Sentinel, SentinelSet, sentinel_set
 from test_backplane import backplane, caught_up, cluster, join
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
 from trio_wsproxy import CloseCode, RelayConfig
@@ -254,6 +254,7 @@ async def test_a_master_paused_past_the_failover_comes_back_a_replica_and_is_not
             alice, _ = await v1_member(a, "alice")
             bob, _ = await v1_member(b, "bob")
             await caught_up([a.port, b.port])
+            paused = trio.current_time()
             sentinels.pause(old)
             new = await sentinels.wait_master_not(old)
             # The nodes drop the silent master when the sentinels announce the new one
@@ -264,6 +265,7 @@ async def test_a_master_paused_past_the_failover_comes_back_a_replica_and_is_not
             alice, _ = await rejoin(a.port, "alice", None)
             bob, _ = await rejoin(b.port, "bob", None)
             outages = backplane(a).outages, backplane(b).outages
+            await trio.sleep_until(paused + FAILOVER_TIMEOUT_MS / 1000)
             # The old master wakes up still believing it is the master (for seconds,
             # until the sentinels make it a replica of the new one): the nodes ask the
             # sentinels, not it.

@@ -84,7 +84,7 @@ async def test_the_master_is_found_through_the_sentinels_skipping_one_that_is_do
     async with cluster(url, prefix, **HISTORY) as (a, b):
         with trio.fail_after(20):
             master = sentinels.redis[0].port
-            assert backplane(a).up and backplane(a)._link.address.port == master
+            assert backplane(a).up and backplane(a).address.port == master
             alice, _ = await v1_member(a, "alice")
             bob, _ = await v1_member(b, "bob")
             await caught_up([a.port, b.port])
@@ -234,7 +234,7 @@ async def test_a_master_killed_under_traffic_fails_over_and_nothing_is_lost_unsa
                     await receiver.wait_for(b"after")
                 flowing = trio.current_time() - killed
             nursery.cancel_scope.cancel()
-        assert backplane(a)._link.address.port == new and backplane(b)._link.address.port == new
+        assert backplane(a).address.port == new and backplane(b).address.port == new
         for receiver, _ in receivers.values():
             check_no_silent_gap(receiver, sent)
             # The new master is another lineage of the data: the history starts a new
@@ -277,7 +277,7 @@ async def test_a_master_paused_past_the_failover_comes_back_a_replica_and_is_not
             assert (header.sender, payload) == ("alice", b"still here")
             # The nodes stayed on the new master all along.
             assert (backplane(a).outages, backplane(b).outages) == outages
-            assert backplane(a)._link.address.port == backplane(b)._link.address.port == new
+            assert backplane(a).address.port == backplane(b).address.port == new
         await alice.aclose()
         await bob.aclose()
 

@@ -97,11 +97,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         sentinels = None
         if is_sentinel_url(url):
             sentinels = SentinelWatch(SentinelAddress.from_url(url))
-            first = sentinels.address.sentinels[0]
-            # (Where the master is comes from the sentinels: see sentinel.py.)
-            self.address = sentinels.address.master(*first)
+            # (Where the master is comes from the sentinels: see sentinel.py. Until they
+            # said, the first sentinel's address stands in; nothing connects to it.)
+            address = sentinels.address.master(*sentinels.address.sentinels[0])
         else:
-            self.address = RedisAddress.from_url(url)
+            address = RedisAddress.from_url(url)
         self.prefix = prefix
         self.node_ttl = node_ttl
         #: This node's id in the cluster (16 hex digits, new every start).
@@ -115,7 +115,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         self.turns = Turns(self, self._node, self.names.group_channel, node_ttl)
         self._config = RelayConfig()
         groups = self._groups
-        self._link = RedisLink(self.address, None if sentinels is None else sentinels.description)
+        self._link = RedisLink(address, None if sentinels is None else sentinels.description)
         self._history = RedisHistory(self._link, self.names, self._node, groups)
         self._roster = Roster(self._link, self._history, self.names, self.node, groups)
         self._channels = Channels(
@@ -126,6 +126,11 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             self._link, self._roster, self._channels, self._history, self.turns, self.names,
             self.node, node_ttl, groups, sentinels,
         )  # fmt: skip
+
+    @property
+    def address(self) -> RedisAddress:
+        """The Redis this node connects to (with Sentinel: the master found last)."""
+        return self._link.address
 
     @property
     def up(self) -> bool:

@@ -374,3 +374,29 @@ def test_the_sentinel_compose_file_runs_relays_that_ask_its_sentinels() -> None:
             assert f"port {port}" in script
             assert f"sentinel monitor {address.service} redis-1 6379 2" in script
             assert set(relay["depends_on"]) >= {host}
+
+
+async def test_without_history_a_failover_closes_only_the_members_of_groups_across_nodes(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    await sentinels.ready()
+    old = sentinels.redis[0].port
+    async with cluster(sentinels.url(), prefix, node_ttl=2.0) as (a, b):
+        with trio.fail_after(30):
+            near, far = await join(a, "near"), await join(b, "far")
+            here1, here2 = await join(a, "here1", "local"), await join(a, "here2", "local")
+            await caught_up([a.port, b.port])
+            sentinels.kill_master(old)
+            # Members of the group on both nodes may miss messages: closed (4004).
+            assert (await near.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await far.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            # The group that lives on one node goes on through the failover.
+            await here1.send_frame(OP_TEXT, b"through it")
+            assert await here2.recv_message() == (OP_TEXT, b"through it")
+            new = await sentinels.wait_master_not(old)
+            await backplane_log.wait_for("backplane reconnected", count=2)
+            near, far = await join(a, "near"), await join(b, "far")
+            await caught_up([a.port, b.port])
+            await near.send_frame(OP_TEXT, b"after")
+            assert await far.recv_message() == (OP_TEXT, b"after")
+            assert backplane(a).address.port == backplane(b).address.port == new

@@ -310,6 +310,33 @@ async def test_a_sentinel_that_says_nothing_and_one_that_knows_no_such_service_a
         stranger.stop()
 
 
+async def test_a_sentinel_that_names_a_replica_is_not_followed_and_the_next_is_asked(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    replica = sentinels.redis[1].port
+    answer = f"*2\r\n$9\r\n127.0.0.1\r\n${len(str(replica))}\r\n{replica}\r\n".encode()
+
+    async def stale(stream: trio.SocketStream) -> None:
+        """A sentinel that has not heard of the failover: it names the replica (and
+        never confirms a subscription)."""
+        async for data in stream:
+            if b"get-master-addr-by-name" in data:
+                await stream.send_all(answer)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    hosts = [f"127.0.0.1:{port}"] + [f"127.0.0.1:{s.port}" for s in sentinels.sentinels]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, stale, listeners)
+        url = f"redis+sentinel://{','.join(hosts)}/{SERVICE}"
+        async with cluster(url, prefix, count=1) as (a,):
+            with trio.fail_after(10):
+                await backplane_log.wait_for("backplane connected")
+                assert backplane(a).address.port == sentinels.redis[0].port
+                assert backplane_log.count("is a slave, not a master") == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_replica_is_not_taken_for_the_master(sentinels: SentinelSet) -> None:
     replica = sentinels.redis[1]
     address = RedisAddress("127.0.0.1", replica.port, 0)

@@ -31,7 +31,7 @@ from .history import RedisHistory
 from .link import RedisLink
 from .names import Names
 from .registry import Roster
-from .sentinel import SentinelWatch, verify_master
+from .sentinel import NoMaster, SentinelWatch, verify_master
 from .streams import Turns
 
 logger = logging.getLogger("trio_wsproxy.backplane")
@@ -172,7 +172,11 @@ class NodeLifecycle:
             await nursery.start(sub.run, address, timeout)
             link.attach(pub, sub)
             if sentinels is not None:
-                await verify_master(pub, address)
+                try:
+                    await verify_master(pub, address)
+                except NoMaster:
+                    sentinels.distrust()
+                    raise
                 nursery.start_soon(self._follow, sentinels, address)
             deliveries.nursery = nursery
             history = self._history.limits

@@ -136,6 +136,11 @@ class SentinelWatch:
             return self.address.master(host, port)
         raise NoMaster("no sentinel says where the master is (" + "; ".join(failures) + ")")
 
+    def distrust(self) -> None:
+        """The last sentinel that answered named a Redis that is no master (it has not
+        heard of a failover yet): ask the next one first next time."""
+        self._first = (self._first + 1) % len(self.address.sentinels)
+
     def _note(self, master: tuple[str, int]) -> None:
         if master != self.master:
             self.master = master

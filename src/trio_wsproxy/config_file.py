@@ -141,11 +141,8 @@ _FILE_FIELDS = {
 # The fields that hold lists (a TOML array, or a comma-separated string as the flag).
 _LISTS = frozenset({"allowed_origins", "hook_headers", "hook_cookies"})
 _NAMESPACE_KEYS = ("prefix", *POLICY_KEYS)
-# Namespace keys to come (DESIGN.md §9), refused until they are there.
-_NOT_YET = {
-    "history_size": "unknown key: a namespace has no history settings of its own yet "
-    "(the relay-wide history_size applies to every group)",
-}
+# Namespace keys to come, refused until they are there.
+_NOT_YET: dict[str, str] = {}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

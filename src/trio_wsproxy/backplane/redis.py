@@ -140,7 +140,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def _new_group(self, name: str) -> SharedGroup:
         history = self._history
-        limits = history.limits
+        limits = history.limits_of(name)
         keys = None if limits is None else history.keys(name)
         return SharedGroup(name, self, self._node, self._config.mailbox_bytes, limits, keys)
 
@@ -182,7 +182,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         if self._link.up:
             return None
         group = self._groups.get(group_name)
-        if self._history.limits is None and group is not None and not group.spans_nodes:
+        if group is not None and not group.sequenced and not group.spans_nodes:
             return None  # it lives on this node only: it goes on through the outage
         return "backplane unavailable: the relay cannot reach Redis; try again"
 
@@ -260,7 +260,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             )
             return
         history = self._history
-        limits = history.limits
+        limits = history.limits_of(group.name)
         assert limits is not None
         kept = "".join(["1" if len(m.payload) <= limits.max_bytes else "0" for m in messages])
         header = messages_header(self._node, len(messages))

@@ -467,7 +467,7 @@ class LocalRegistry(NodeGroups[Group]):
         histories = self.histories = (
             None
             if limits is None
-            else Histories(limits, config.max_history_bytes, config.max_history_groups)
+            else Histories(limits, config.max_history_bytes, config.max_history_groups, config)
         )
         task_status.started()  # nothing to connect to or keep up
         if histories is None:

@@ -25,6 +25,8 @@ class Counters:
         "presence_events",
         "refusals",
         "revocations",
+        "webhook_events",
+        "webhook_requests",
     )
 
     def __init__(self) -> None:
@@ -61,3 +63,8 @@ class Counters:
         self.revocations: collections.Counter[str] = collections.Counter()
         #: Fetches of an identity provider's published keys, by outcome (ok, failed).
         self.jwks_fetches: collections.Counter[str] = collections.Counter()
+        #: Webhook events by (endpoint, outcome: sent, retried, and why dropped:
+        #: queue_full, refused, unsent_at_exit), and requests by (endpoint, outcome:
+        #: sent, retried, refused). See relay/webhooks.py.
+        self.webhook_events: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.webhook_requests: collections.Counter[tuple[str, str]] = collections.Counter()

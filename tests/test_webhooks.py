@@ -29,7 +29,7 @@ from trio_wsproxy.protocol.webhooks import (
 )
 from trio_wsproxy.relay.webhooks import endpoint_label
 from webhookserver import SECRET, WebhookBackEnd
-from wsraw import OP_CLOSE, RawClient
+from wsraw import OP_CLOSE, OP_TEXT, RawClient
 
 # -- the body and the signature (pure) ----------------------------------------------------
 
@@ -137,16 +137,18 @@ async def back_end_and_relay(
     **fields: Any,
 ) -> AsyncIterator[tuple[WebhookBackEnd, Relay, trio.Nursery]]:
     back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with trio.open_nursery() as outer:
+        await outer.start(back_end.serve)
         fields.setdefault("webhook_interval", 0.05)
         fields.setdefault("close_timeout", 0.5)
-        config = RelayConfig(
-            port=0, webhook_url=back_end.url, webhook_secret=SECRET, **fields
-        )
-        relay = await nursery.start(serve_relay, config)
-        yield back_end, relay, nursery
-        nursery.cancel_scope.cancel()
+        config = RelayConfig(port=0, webhook_url=back_end.url, webhook_secret=SECRET, **fields)
+        # (The relay stops first, the back end after: its last leaves are heard.)
+        async with trio.open_nursery() as nursery:
+            relay = await nursery.start(serve_relay, config)
+            yield back_end, relay, nursery
+            nursery.cancel_scope.cancel()
+        back_end.release()
+        outer.cancel_scope.cancel()
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -209,6 +211,26 @@ async def test_a_v1_member_s_later_groups_are_told_and_its_own_leave_has_no_code
         assert told[6:] == [("leave", "lobby", "carol", 1000), ("vacated", "lobby", None, None)]
 
 
+async def test_the_back_end_s_removal_and_join_are_told_like_any_other() -> None:
+    from httpapi import KEY, call
+
+    async with back_end_and_relay(api_key=KEY) as (back_end, relay, _):
+        async with open_client(relay.url, group="lobby", id="ivy") as ivy:
+            await ivy.join("vip")
+            # The back end removes it from that group (and it stays in the other).
+            answer = await call(relay.port, "DELETE", "/api/groups/vip/members/ivy")
+            assert answer.status == 204, answer
+            await back_end.wait_until(lambda: len(back_end.delivered) == 6)
+            assert kinds(back_end.delivered) == [
+                ("occupied", "lobby", None, None),
+                ("join", "lobby", "ivy", None),
+                ("occupied", "vip", None, None),
+                ("join", "vip", "ivy", None),
+                ("leave", "vip", "ivy", 4005),  # (removed from that group only)
+                ("vacated", "vip", None, None),
+            ]
+
+
 async def test_a_member_replaced_by_its_id_leaves_with_4000_and_the_group_stays_occupied() -> None:
     async with back_end_and_relay() as (back_end, relay, _):
         first = await RawClient.open(relay.port, "/ws?id=dave&groupName=g")
@@ -269,6 +291,36 @@ async def test_a_500_is_retried_with_the_same_event_ids() -> None:
         assert figures.webhook_events[endpoint, "sent"] == 2
         assert figures.webhook_events[endpoint, "retried"] == 4
         await client.aclose()
+
+
+async def test_a_back_end_that_does_not_answer_is_retried_and_never_holds_members_up() -> None:
+    async with back_end_and_relay(webhook_timeout=0.2) as (back_end, relay, _):
+        back_end.hold = True  # (answers nothing until released)
+        alice = await RawClient.open(relay.port, "/ws?id=alice&groupName=g")
+        await back_end.wait_until(lambda: back_end.arrived == 1)
+        bob = await RawClient.open(relay.port, "/ws?id=bob&groupName=g")
+        # The back end hangs; the members do not wait for it.
+        await alice.send_frame(OP_TEXT, b"hello")
+        with trio.fail_after(1):
+            assert await bob.recv_message() == (OP_TEXT, b"hello")
+        # No answer within webhook_timeout: the same batch again.
+        await back_end.wait_until(lambda: back_end.arrived == 2, within=5)
+        back_end.release()
+        await back_end.wait_until(lambda: {e.member for e in back_end.delivered} >= {"bob"})
+        bodies = [decode_body(r.body).events for r in back_end.requests]
+        first_ids = [e.id for e in bodies[0]]
+        assert [e.id for e in bodies[1]] == first_ids
+        # At least once: the back end may hold a batch twice, and de-duplicates by id.
+        unique = {e.id: e for e in back_end.delivered}
+        assert kinds(list(unique.values())) == [
+            ("occupied", "g", None, None),
+            ("join", "g", "alice", None),
+            ("join", "g", "bob", None),
+        ]
+        endpoint = endpoint_label(back_end.url)
+        assert relay.counters.webhook_requests[endpoint, "retried"] >= 1
+        await alice.aclose()
+        await bob.aclose()
 
 
 async def test_a_back_end_that_refuses_with_a_4xx_is_not_retried_and_the_drop_is_counted() -> None:
@@ -344,8 +396,7 @@ async def test_the_metrics_show_the_webhooks_per_endpoint() -> None:
         await api.aclose()
         endpoint = endpoint_label(back_end.url)
         assert (
-            f'trio_wsproxy_webhook_events_total{{endpoint="{endpoint}",outcome="sent"}} 2.0'
-            in text
+            f'trio_wsproxy_webhook_events_total{{endpoint="{endpoint}",outcome="sent"}} 2.0' in text
         )
         assert (
             f'trio_wsproxy_webhook_requests_total{{endpoint="{endpoint}",outcome="sent"}}' in text

@@ -80,8 +80,7 @@ async def test_a_killed_node_s_leaves_are_told_once_by_the_node_that_reaps_it(
             try:
                 here = await join(a, "here", "shared")
                 ghosts = [
-                    await RawClient.open(port, f"/ws?id=gone{n}&groupName=shared")
-                    for n in range(3)
+                    await RawClient.open(port, f"/ws?id=gone{n}&groupName=shared") for n in range(3)
                 ]
                 alone = await RawClient.open(port, "/ws?id=lonely&groupName=only-there")
                 await caught_up([a.port, port])

@@ -129,9 +129,7 @@ class WebhookBackEnd:
             status = 401
         self.requests.append(Received(request.target.decode(), headers, body, status, bad))
         payload = b"ok" if status < 300 else b"no"
-        response = h11.Response(
-            status_code=status, headers=[("Content-Length", str(len(payload)))]
-        )
+        response = h11.Response(status_code=status, headers=[("Content-Length", str(len(payload)))])
         await stream.send_all(conn.send(response) + conn.send(h11.Data(data=payload)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
         self._changed.set()

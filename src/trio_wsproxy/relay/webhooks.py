@@ -131,9 +131,11 @@ class Webhooks:
 
     @classmethod
     def of(cls, config: RelayConfig, secret: str | None, counters: Counters) -> Webhooks | None:
-        """The webhooks ``config`` asks for (None: off)."""
+        """The webhooks ``config`` asks for (None: off); ``secret``: the one read from
+        its ``webhook_secret_file`` (else its ``webhook_secret``)."""
         if config.webhook_url is None:
             return None
+        secret = secret or config.webhook_secret
         if secret is None:
             raise ValueError("webhook_url needs a secret (webhook_secret_file)")
         return cls(

@@ -10,7 +10,7 @@ import trio
 
 from relayproc import start_relay
 from test_backplane import caught_up, cluster, join, kill
-from trio_wsproxy import Relay
+from trio_wsproxy import Relay, serve_relay
 from trio_wsproxy.protocol.webhooks import WebhookEvent
 from webhookserver import SECRET, WebhookBackEnd
 from wsraw import RawClient
@@ -111,4 +111,41 @@ async def test_a_killed_node_s_leaves_are_told_once_by_the_node_that_reaps_it(
             finally:
                 process.kill()
             del here, ghosts, alone
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_stops_tells_its_leaves_and_the_groups_it_empties_once(
+    redis_url: str, prefix: str
+) -> None:
+    back_end = WebhookBackEnd()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(back_end.serve)
+        async with cluster(redis_url, prefix, count=1, webhook_url=back_end.url, **WEBHOOKS) as (
+            a,
+        ):
+            config = a.config
+            async with trio.open_nursery() as node_b:
+                b = await node_b.start(serve_relay, config)
+                here = await join(a, "stays", "shared")
+                leaving = await join(b, "goes", "shared")
+                alone = [await join(b, f"solo{n}", f"solo-{n}") for n in range(3)]
+                await caught_up([a.port, b.port])
+                ours = lambda: [  # noqa: E731
+                    e for e in back_end.delivered if not e.group.startswith("probe")
+                ]
+                await back_end.wait_until(lambda: len(ours()) == 9)
+                node_b.cancel_scope.cancel()  # a graceful stop: its members get 1001
+            # All told by the time the node has stopped (within its close_timeout), and
+            # each once: nothing more comes from the node that stays.
+            assert len(ours()) == 16
+            after = ours()[9:]
+            assert told(after) == {
+                ("leave", "shared", "goes"): 1,
+                **{("leave", f"solo-{n}", f"solo{n}"): 1 for n in range(3)},
+                **{("vacated", f"solo-{n}", None): 1 for n in range(3)},
+            }
+            assert {e.code for e in after if e.type == "leave"} == {1001}
+            # "shared" keeps its member on node a: never vacated.
+            assert ("vacated", "shared", None) not in told(back_end.delivered)
+            del here, leaving, alone
         nursery.cancel_scope.cancel()

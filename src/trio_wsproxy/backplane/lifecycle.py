@@ -284,11 +284,12 @@ class NodeLifecycle:
                 for group_name, stream_id in self._turns.unfinished() + self._aborts_due:
                     message = StreamAbort(self._node, stream_id).encode()
                     pub.send_nowait("PUBLISH", names.group_channel(group_name), message)
-                await pub.call(
+                gone = await pub.call(
                     "EVAL", scripts.REAP, 3, names.node_members_key(), names.nodes_key,
                     names.node_key(), self._node, names.namespace, 1,
                 )  # fmt: skip
                 await pub.call("DEL", names.node_key())
+                self._roster.deregistered(gone if isinstance(gone, list) else [])
                 nursery.cancel_scope.cancel()
         except (OSError, trio.TooSlowError, ConnectionLost, RedisError, ExceptionGroup) as exc:
             logger.info("could not remove this node from Redis: %s", first_leaf(exc))

@@ -259,6 +259,24 @@ class Roster:
                 if vacated == 1:
                     told.vacated(group_name.decode())
 
+    def deregistered(self, gone: Sequence[object]) -> None:
+        """This node took itself out of Redis (shutdown): tell the webhooks of the groups
+        emptied then — by the memberships it removed (their leaves are its sessions' to
+        tell), and by the leaves whose reply came but was not read yet."""
+        told = self.occupancy
+        if told is None:
+            return
+        while True:
+            try:
+                group_name, waiter = self._leave_replies.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if waiter.event.is_set() and waiter.reply == 2:
+                told.vacated(group_name)
+        for name, vacated in zip(gone[::3], gone[2::3], strict=True):
+            if isinstance(name, bytes) and vacated == 1:
+                told.vacated(name.decode())
+
     async def rejoin(self, group: SharedGroup) -> bool:
         """Redis is back: follow the group's channel again and register its members
         that stayed through the outage. True when members joined the group elsewhere

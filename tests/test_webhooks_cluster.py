@@ -149,3 +149,32 @@ async def test_a_node_that_stops_tells_its_leaves_and_the_groups_it_empties_once
             assert ("vacated", "shared", None) not in told(back_end.delivered)
             del here, leaving, alone
         nursery.cancel_scope.cancel()
+
+
+async def test_an_id_that_moves_to_another_node_is_a_leave_4000_there_and_a_join_here(
+    redis_url: str, prefix: str
+) -> None:
+    back_end = WebhookBackEnd()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(back_end.serve)
+        async with cluster(redis_url, prefix, webhook_url=back_end.url, **WEBHOOKS) as (a, b):
+            old = await join(a, "dup", "room")
+            await back_end.wait_until(lambda: len(back_end.delivered) == 2)
+            new = await join(b, "dup", "room")
+            with trio.fail_after(5):
+                code, _ = await old.expect_close()
+            assert code == 4000
+            room = lambda: [e for e in back_end.delivered if e.group == "room"]  # noqa: E731
+            await back_end.wait_until(lambda: len(room()) == 4)
+            assert [(e.type, e.member, e.code) for e in room()[:2]] == [
+                ("occupied", None, None),
+                ("join", "dup", None),
+            ]
+            # (From two nodes: in either order.)
+            assert sorted((e.type, e.code, e.id.split("-")[0]) for e in room()[2:]) == sorted(
+                [("join", None, prefix_of(b)), ("leave", 4000, prefix_of(a))]
+            )
+            await new.aclose()
+            await back_end.wait_until(lambda: len(room()) == 6)
+            assert [(e.type, e.code) for e in room()[4:]] == [("leave", 1006), ("vacated", None)]
+        nursery.cancel_scope.cancel()

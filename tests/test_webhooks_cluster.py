@@ -4,11 +4,15 @@ that reaps it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
+from urllib.parse import urlsplit
 
 import trio
 
-from relayproc import start_relay
+from relayproc import first_line, start_relay
 from test_backplane import caught_up, cluster, join, kill
 from trio_wsproxy import Relay, serve_relay
 from trio_wsproxy.protocol.webhooks import WebhookEvent
@@ -177,4 +181,40 @@ async def test_an_id_that_moves_to_another_node_is_a_leave_4000_there_and_a_join
             await new.aclose()
             await back_end.wait_until(lambda: len(room()) == 6)
             assert [(e.type, e.code) for e in room()[4:]] == [("leave", 1006), ("vacated", None)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_workers_of_one_relay_tell_each_event_once(redis_url: str, prefix: str) -> None:
+    back_end = WebhookBackEnd()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(back_end.serve)
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", "--workers", "2",
+             "--backplane", redis_url, "--backplane-prefix", prefix,
+             "--webhook-url", back_end.url, "--webhook-interval", "0.05"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TRIO_WSPROXY_WEBHOOK_SECRET": SECRET},
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            line = (await first_line(process.stdout)).decode()
+            port = urlsplit(line.split("listening on ")[1].split()[0]).port
+            assert port is not None, line
+            clients = [await RawClient.open(port, f"/ws?id=w{n}&groupName=w") for n in range(20)]
+            for client in clients:
+                await client.aclose()
+            ours = lambda: [e for e in back_end.delivered if e.group == "w"]  # noqa: E731
+            await back_end.wait_until(lambda: len(ours()) == 42, within=20)
+            assert Counter(e.type for e in ours()) == {
+                "occupied": 1, "join": 20, "leave": 20, "vacated": 1,
+            }  # fmt: skip
+            assert len({e.id for e in ours()}) == 42
+            assert len({e.id.split("-")[0] for e in ours()}) <= 2  # (one prefix per worker)
+        finally:
+            process.terminate()
+            with trio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
         nursery.cancel_scope.cancel()

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from loglines import log_lines
 from trio_wsproxy import Relay, RelayConfig, open_client, serve_relay
@@ -75,6 +77,33 @@ def test_a_body_that_is_not_a_webhooks_is_refused_with_what_is_wrong(
     body = document if isinstance(document, bytes) else json.dumps(document).encode()
     with pytest.raises(WebhookBodyError, match=says):
         decode_body(body)
+
+
+_text = st.text(max_size=40)
+_events = st.one_of(
+    st.builds(
+        WebhookEvent, id=st.text(min_size=1, max_size=20), type=st.sampled_from(["join"]),
+        group=_text, member=_text, time=st.floats(0, 2e9),
+    ),
+    st.builds(
+        WebhookEvent, id=st.text(min_size=1, max_size=20), type=st.sampled_from(["leave"]),
+        group=_text, member=_text, code=st.none() | st.integers(1000, 4999),
+        time=st.floats(0, 2e9),
+    ),
+    st.builds(
+        WebhookEvent, id=st.text(min_size=1, max_size=20),
+        type=st.sampled_from(["occupied", "vacated"]), group=_text, time=st.floats(0, 2e9),
+    ),
+)  # fmt: skip
+
+
+@given(st.lists(_events, max_size=5), st.text(min_size=16, max_size=40), st.integers(0, 2**33))
+def test_any_body_reads_back_and_its_signature_verifies(
+    events: list[WebhookEvent], secret: str, t: int
+) -> None:
+    body = encode_body(events)
+    assert decode_body(body).events == tuple(events)
+    assert verify(secret, body, sign(secret, body, t), now=t) == t
 
 
 def test_a_good_signature_verifies_and_gives_its_time() -> None:

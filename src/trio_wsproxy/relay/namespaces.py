@@ -46,6 +46,7 @@ def _publish(instance: object, attribute: attrs.Attribute[Any], value: Any) -> N
 
 
 def hook_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An http:// or https:// URL the relay POSTs to (a hook, a webhook), or None."""
     if value is None:
         return
     parts = urlsplit(value) if isinstance(value, str) else None

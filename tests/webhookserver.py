@@ -10,6 +10,7 @@ import attrs
 import h11
 import trio
 
+from hookserver import serve_http
 from trio_wsproxy.protocol.webhooks import (
     SIGNATURE_HEADER,
     SignatureError,
@@ -80,40 +81,13 @@ class WebhookBackEnd:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                request: h11.Request | None = None
-                body = b""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        conn.receive_data(data)
-                        if not data and conn.their_state is not h11.DONE:
-                            return
-                        continue
-                    if isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += bytes(event.data)
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed):
-                        return
-                assert request is not None
-                await self._answer(stream, conn, request, body)
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            await stream.aclose()
+        await serve_http(stream, self._answer, self._answered)
 
-    async def _answer(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, body: bytes
-    ) -> None:
+    def _answered(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes]:
         self.arrived += 1
         self._changed.set()
         self._changed = trio.Event()
@@ -128,9 +102,4 @@ class WebhookBackEnd:
             bad = str(exc)
             status = 401
         self.requests.append(Received(request.target.decode(), headers, body, status, bad))
-        payload = b"ok" if status < 300 else b"no"
-        response = h11.Response(status_code=status, headers=[("Content-Length", str(len(payload)))])
-        await stream.send_all(conn.send(response) + conn.send(h11.Data(data=payload)))
-        await stream.send_all(conn.send(h11.EndOfMessage()))
-        self._changed.set()
-        self._changed = trio.Event()
+        return status, b'"ok"' if status < 300 else b'"no"'

@@ -305,6 +305,58 @@ async def test_an_idle_member_holding_the_turn_hands_it_on() -> None:
             assert await messages_answering_pings(c, 1) == [b"a" * 200_000 + b"end"]
 
 
+class BudgetGoingUnder(BufferBudget):
+    """The relay's buffer budget, which other members' unfinished messages (``others``
+    bytes) keep over its bound until a member begins to wait for the turn: then they go
+    out, before that member's reader has begun to read ahead."""
+
+    __slots__ = ("others",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.others = 0
+
+    def hold_others(self, size: int) -> None:
+        self.others += size
+        self.add(size)
+
+    async def take_turn(self) -> None:
+        self.add(-self.others)
+        self.others = 0
+        await super().take_turn()
+
+
+@pytest.mark.parametrize("then", ["nothing", "another message"])
+async def test_what_is_read_ahead_while_waiting_for_the_turn_is_acted_on_first(then: str) -> None:
+    # a waits for the turn, over the bound; the relay goes under it at once, so a's reader
+    # reads ahead the rest of a's message, end and all, while another member holds the
+    # turn. Once a's turn comes, that rest is acted on first: not left behind a read that
+    # never ends (a sends nothing more), nor behind what a sends next.
+    limit = 150_000
+    config = RelayConfig(port=0, max_buffered_bytes=limit, ping_interval=None, close_timeout=0.5)
+    async with open_relay(config) as relay:
+        budget = relay.buffers = BudgetGoingUnder(limit)
+        a, c = await join(relay, "a"), await join(relay, "c")
+        body = bytes(range(256)) * 100
+        with trio.fail_after(5):
+            await relay.wait_members(2)
+            await budget.take_turn()  # (another member's turn: the test's here)
+            budget.hold_others(limit + 1)
+            await a.send_frame(OP_BINARY, body, fin=False)
+            await a.send_frame(OP_CONT, b"end", fin=True)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not budget.over  # (and a's reader has read the rest ahead)
+            budget.give_turn()
+            expected = [body + b"end"]
+            if then == "another message":
+                await a.send_frame(OP_TEXT, b"next")
+                expected.append(b"next")
+            assert await messages_answering_pings(c, len(expected)) == expected
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.held == 0
+            assert not budget._turn.locked()
+
+
 async def drain(client: RawClient, size: int) -> None:
     """Read and discard ``size`` bytes the relay sends, unparsed."""
     while size > 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.relay.memory import SIP, BufferBudget
 from trio_wsproxy.relay.reader import READ_SIZE
+from trio_wsproxy.relay.session import Session
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
 
 MiB = 1024 * 1024
@@ -255,6 +257,58 @@ class RecordingBudget(BufferBudget):
         self.peak = max(self.peak, value)
 
 
+def reading_state(relay: Relay) -> str:
+    """What every session holds of the relay's buffer budget and where its task waits:
+    what a test that timed out over the bound reports, so that a rare hang explains
+    itself."""
+    budget = relay.buffers
+    turn = budget._turn.statistics()
+    owner = turn.owner.name if turn.owner is not None else None
+    lines = [
+        f"held {budget.held} bytes, over: {budget.over}; the turn's owner: {owner}, "
+        f"{turn.tasks_waiting} waiting; parked in the poller: "
+        f"{relay.poller.parked if relay.poller is not None else None}"
+    ]
+    where = {}
+    for task in _tasks(trio.lowlevel.current_root_task()):
+        frames = _awaiting(task.coro)
+        for index, (name, session) in enumerate(frames):
+            if name == "run" and isinstance(session, Session):  # (its reading task)
+                where[session] = " > ".join(name for name, _ in frames[index + 1 :])
+    idle = 0
+    for session in sorted(relay.sessions, key=lambda each: (each.group_name, each.id)):
+        reader = session._reader
+        held = reader._held or session._assembly.held
+        if not (reader._has_turn or held or reader.ahead or session.paused):
+            idle += 1  # (holds nothing, waits for nothing but its member)
+            continue
+        lines.append(
+            f"{session.group_name}/{session.id}: {session.state.name}, turn "
+            f"{reader._has_turn}, counted {reader._held}, assembling "
+            f"{session._assembly.held}, ahead {len(reader.ahead)} ({reader.ahead_end!r}), "
+            f"paused {session.paused}, reads {reader.reads}; waits in {where.get(session)}"
+        )
+    lines.append(f"and {idle} sessions holding nothing")
+    return "\n".join(lines)
+
+
+def _tasks(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+    found = [task]
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            found += _tasks(child)
+    return found
+
+
+def _awaiting(coro: Any) -> list[tuple[str, object]]:
+    """The coroutines ``coro`` awaits, outermost first: their names and ``self``."""
+    frames = []
+    while coro is not None and (frame := getattr(coro, "cr_frame", None)) is not None:
+        frames.append((frame.f_code.co_name, frame.f_locals.get("self")))
+        coro = coro.cr_await
+    return frames
+
+
 async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound() -> None:
     # 100 members each send most of a 1000 KiB message (gathered, not yet forwarded)
     # before ending it: unbounded, the relay would hold 100 MB at once. Bounded at 8 MiB,
@@ -276,11 +330,14 @@ async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound()
         async def read(reader: RawClient) -> None:
             assert await messages_answering_pings(reader, 1) == [body + b"end"]
 
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for sender, reader in pairs:
-                    nursery.start_soon(send, sender)
-                    nursery.start_soon(read, reader)
+        try:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for sender, reader in pairs:
+                        nursery.start_soon(send, sender)
+                        nursery.start_soon(read, reader)
+        except trio.TooSlowError:
+            raise AssertionError(f"a message never arrived:\n{reading_state(relay)}") from None
         # Past the bound by at most what each member read before it was counted.
         assert budget.peak <= limit + 100 * (SIP + READ_SIZE), budget.peak / MiB
         assert budget.held == 0

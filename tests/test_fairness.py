@@ -406,6 +406,7 @@ async def test_what_is_read_ahead_while_waiting_for_the_turn_is_acted_on_first(t
             budget.give_turn()
             expected = [body + b"end"]
             if then == "another message":
+                await trio.testing.wait_all_tasks_blocked()  # (a reads for itself again)
                 await a.send_frame(OP_TEXT, b"next")
                 expected.append(b"next")
             assert await messages_answering_pings(c, len(expected)) == expected

@@ -415,6 +415,42 @@ async def test_what_is_read_ahead_while_waiting_for_the_turn_is_acted_on_first(t
             assert not budget._turn.locked()
 
 
+async def test_the_turns_holder_that_ends_up_holding_nothing_in_a_pause_hands_it_on() -> None:
+    # a holds the turn when its message ends, and waits for the floor (s streams to the
+    # group); the relay is under its bound again by then (b left), so a's reader reads
+    # ahead a's ping meanwhile, and its count comes to nothing. Once the floor is free,
+    # a is usual again: it must not keep the turn (parked in the poller, nothing would
+    # give it back), or d, over the bound later, would wait for it for ever.
+    limit = 150_000
+    config = RelayConfig(port=0, max_buffered_bytes=limit, ping_interval=None, close_timeout=0.5)
+    async with open_relay(config) as relay:
+        a, s, c = await join(relay, "a"), await join(relay, "s"), await join(relay, "c")
+        b = await join(relay, "b", "g2")
+        d, e = await join(relay, "d", "h"), await join(relay, "e", "h")
+        with trio.fail_after(5):
+            await relay.wait_members(6)
+            streamed = b"s" * (MiB + 10)
+            await s.send_frame(OP_BINARY, streamed, fin=False)  # (it holds the floor)
+            await b.send_frame(OP_BINARY, b"b" * 100_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.send_frame(OP_BINARY, b"a" * 60_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.buffers.over  # (a holds the turn now)
+            await b.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not relay.buffers.over
+            await a.send_frame(OP_CONT, b"end", fin=True)  # (in turn: it waits for the floor)
+            await a.send_frame(OP_PING, b"still there?")
+            await trio.testing.wait_all_tasks_blocked()
+            await s.send_frame(OP_CONT, b"", fin=True)
+            assert await messages_answering_pings(c, 2) == [streamed, b"a" * 60_000 + b"end"]
+            await d.send_frame(OP_BINARY, b"d" * 160_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.buffers.over  # (d waits for the turn)
+            await d.send_frame(OP_CONT, b"end", fin=True)
+            assert await messages_answering_pings(e, 1) == [b"d" * 160_000 + b"end"]
+
+
 async def drain(client: RawClient, size: int) -> None:
     """Read and discard ``size`` bytes the relay sends, unparsed."""
     while size > 0:

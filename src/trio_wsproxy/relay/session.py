@@ -688,10 +688,8 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
-            if reader.ahead:  # (what was read ahead while paused, in order)
-                while (event := reader.take_ahead()) is not None:
-                    if await self._handle(event):
-                        return
+            if reader.ahead and await self._act_on_ahead():
+                return
             flush()
             # Nothing of this read stays alive while the member waits for its next one
             # (a read and its frames, or a whole message of up to 1 MiB, per member).
@@ -751,23 +749,41 @@ class Session:
         self._courier.flush()
         return handover
 
+    async def _act_on_ahead(self) -> bool:
+        """Act on what was read ahead while the member was paused, in order; True when
+        the session's reading ends."""
+        reader = self._reader
+        while (event := reader.take_ahead()) is not None:
+            if await self._handle(event):
+                return True
+        return False
+
     async def _receive_unusually(self) -> bytes | None:
         """The next bytes when the read-ahead ended the connection, this member holds
         part of a message, or the relay is over its buffer bound: b"" when the
-        connection is gone, None when it failed (and was closed for it)."""
+        connection is gone, None when it failed (and was closed for it) or its reading
+        ended."""
         reader = self._reader
-        end = reader.pop_end()
-        if isinstance(end, ProtocolError):
-            self._fail(end)
-            return None
-        if end:
-            return b""
-        # Over the relay's bound, and holding part of a message: read on only in turn.
-        # (Not while streaming: its pieces go out as they come, and others may be
-        # waiting for its message to end.)
-        if reader.needs_turn() and self.piece_due is None:
+        while True:
+            end = reader.pop_end()
+            if isinstance(end, ProtocolError):
+                self._fail(end)
+                return None
+            if end:
+                return b""
+            # Over the relay's bound, and holding part of a message: read on only in
+            # turn. (Not while streaming: its pieces go out as they come, and others may
+            # be waiting for its message to end.)
+            if not reader.needs_turn() or self.piece_due is not None:
+                return await reader.receive_next()
             await self._paused(reader.take_turn)
-        return await reader.receive_next()
+            # If the relay went under its bound meanwhile, the reader read ahead: that
+            # comes before anything read later (it may be the rest of the message, end
+            # and all, and the member may send nothing more).
+            if reader.ahead:
+                if await self._act_on_ahead():
+                    return None
+                self._flush()
 
     async def _tearing_down(self) -> None:
         """A teardown is work like a fan-out: a mass disconnect takes turns (not while

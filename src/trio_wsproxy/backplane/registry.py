@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import trio
 
@@ -41,7 +42,7 @@ from ..relay.groups import (
 from ..relay.revocations import Revocation
 from . import scripts
 from .connection import RedisConnection, _Waiter
-from .group import SharedGroup
+from .group import SharedGroup, parse_info
 from .history import RedisHistory
 from .link import RedisLink
 from .names import Names
@@ -185,15 +186,19 @@ class Roster:
         names = self._names
         leave = MemberLeft(self._node, member.id, owner).encode()
         entry = json.dumps([group.name, member.id, leave.hex()])
+        given = getattr(member, "info", None)
+        info = json.dumps(given, separators=(",", ":")).encode() if given is not None else b""
         reply = await pub.call(
-            "EVAL", scripts.JOIN, 2, names.members_key(group.name), names.node_members_key(),
-            member.id, owner, entry, names.namespace, int(snapshot), int(again),
+            "EVAL", scripts.JOIN, 3, names.members_key(group.name), names.node_members_key(),
+            names.info_key(group.name),
+            member.id, owner, entry, names.namespace, int(snapshot), int(again), info,
         )  # fmt: skip
-        if not (isinstance(reply, list) and len(reply) == 4):
+        if not (isinstance(reply, list) and len(reply) == 5):
             raise RedisError(f"unexpected reply to the join script: {reply!r}")
-        old, pairs, registered, occupied = reply
-        if not isinstance(pairs, list):
+        old, pairs, registered, occupied, infos = reply
+        if not isinstance(pairs, list) or not isinstance(infos, list):
             raise RedisError(f"unexpected reply to the join script: {reply!r}")
+        group.remote_info.update(_infos(infos))
         if not registered:
             member.close(CloseCode.REPLACED, REPLACED_REASON)
             return False
@@ -213,7 +218,7 @@ class Roster:
                     self.known_nodes.add(owner_node(other))
         if group.members.get(member.id) is member:
             # (A member that left meanwhile announced its leave already.)
-            joined = MemberJoined(self._node, member.id, owner).encode()
+            joined = MemberJoined(self._node, member.id, owner, info).encode()
             link.send("PUBLISH", names.group_channel(group.name), joined)
         return unknown
 
@@ -222,8 +227,8 @@ class Roster:
         names = self._names
         link = self._link
         command = (
-            "EVAL", scripts.LEAVE, 2, names.members_key(group_name), names.node_members_key(),
-            member_id, owner,
+            "EVAL", scripts.LEAVE, 3, names.members_key(group_name), names.node_members_key(),
+            names.info_key(group_name), member_id, owner,
         )  # fmt: skip
         waiter = None
         if self.occupancy is not None and link.up and link.pub is not None:
@@ -457,3 +462,15 @@ class Roster:
         entering = Enter(self._node, owner.decode(), other).encode()
         await self._link.call("PUBLISH", self._names.node_channel(owner_node(owner)), entering)
         return True
+
+
+def _infos(pairs: Sequence[object]) -> dict[str, dict[str, Any]]:
+    """The info hash's flat owner, info pairs as a dict (what is not a JSON object is
+    left out: info only ever shows, never decides)."""
+    found: dict[str, dict[str, Any]] = {}
+    for owner, text in zip(pairs[::2], pairs[1::2], strict=True):
+        if isinstance(owner, bytes) and isinstance(text, bytes):
+            info = parse_info(text)
+            if info is not None:
+                found[owner.decode()] = info
+    return found

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableSequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -162,6 +162,17 @@ class Group:
     def member_ids(self) -> list[str]:
         """The ids of the group's members, on every node."""
         return list(self.members)
+
+    def member_infos(self, member_ids: Iterable[str]) -> dict[str, Any]:
+        """What the back end gave the members ``member_ids`` (its connect hook's info),
+        by id: those it gave something."""
+        found: dict[str, Any] = {}
+        members = self.members
+        for member_id in member_ids:
+            info = getattr(members.get(member_id), "info", None)
+            if info is not None:
+                found[member_id] = info
+        return found
 
     def locate(self, member_id: str) -> Member | None:
         """The member ``member_id`` of this group here, to address one message to; None

@@ -48,47 +48,62 @@ class BackEnd:
             await self._arrived.wait()
 
     async def _serve(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
+        await serve_http(stream, self._handle)
+
+    async def _handle(self, request: h11.Request, body: bytes) -> tuple[int, bytes]:
+        parsed = json.loads(body)
+        self.requests.append((request.target.decode(), parsed))
+        self._arrived.set()
+        self._arrived = trio.Event()
+        answer = await self.answer(parsed)
+        if isinstance(answer, Reply):
+            return answer.status, answer.body
+        return 200, json.dumps(answer).encode()
+
+
+Handler = Callable[[h11.Request, bytes], Awaitable[tuple[int, bytes]]]
+
+
+async def serve_http(
+    stream: trio.SocketStream, handler: Handler, answered: Callable[[], None] = lambda: None
+) -> None:
+    """Serve one keep-alive connection with h11: each request (its head and its whole
+    body) answered with the status and body ``handler`` gives, as JSON; ``answered`` is
+    called once each answer is written."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            request: h11.Request | None = None
+            body = b""
             while True:
-                body = b""
-                target = ""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        conn.receive_data(data)
-                    elif isinstance(event, h11.Request):
-                        target = event.target.decode()
-                    elif isinstance(event, h11.Data):
-                        body += bytes(event.data)
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed):
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.DONE:
                         return
-                request = json.loads(body)
-                self.requests.append((target, request))
-                self._arrived.set()
-                self._arrived = trio.Event()
-                answer = await self.answer(request)
-                if isinstance(answer, Reply):
-                    status, content = answer.status, answer.body
-                else:
-                    status, content = 200, json.dumps(answer).encode()
-                headers = [
-                    ("content-type", "application/json"),
-                    ("content-length", str(len(content))),
-                ]
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
-                await stream.send_all(conn.send(h11.Data(data=content)))
-                await stream.send_all(conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
-            return
-        finally:
-            await trio.aclose_forcefully(stream)
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+            assert request is not None
+            status, content = await handler(request, body)
+            headers = [("content-type", "application/json"), ("content-length", str(len(content)))]
+            response = h11.Response(status_code=status, headers=headers)
+            await stream.send_all(conn.send(response) + conn.send(h11.Data(data=content)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            answered()
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+        return
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager

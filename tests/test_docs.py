@@ -536,8 +536,11 @@ def test_block(block: Block, runner: Runner) -> None:
     if block.not_run is not None:
         assert block.language in EXECUTED, f"{block.where}: only examples that run opt out"
         assert block.not_run, f"{block.where}: say why the example does not run"
-        TALLY["opted out"] += 1
-        pytest.skip(f"not run: {block.not_run}")
+        # Not run, but read: it must at least be valid code of its language.
+        if block.language in ("python", "py"):
+            compile(block.code, block.where, "exec")
+        TALLY["opted out (compiled only)"] += 1
+        return
     if block.language in EXECUTED:
         ran = runner.run(block).result()
         assert ran.returncode == 0, f"{block.where} failed:\n{ran.output[-4000:]}"

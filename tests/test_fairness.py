@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ from relayproc import start_relay
 from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.relay.memory import SIP, BufferBudget
 from trio_wsproxy.relay.reader import READ_SIZE
+from trio_wsproxy.relay.session import Session
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawClient, mask_frame
 
 MiB = 1024 * 1024
@@ -255,6 +257,58 @@ class RecordingBudget(BufferBudget):
         self.peak = max(self.peak, value)
 
 
+def reading_state(relay: Relay) -> str:
+    """What every session holds of the relay's buffer budget and where its task waits:
+    what a test that timed out over the bound reports, so that a rare hang explains
+    itself."""
+    budget = relay.buffers
+    turn = budget._turn.statistics()
+    owner = turn.owner.name if turn.owner is not None else None
+    lines = [
+        f"held {budget.held} bytes, over: {budget.over}; the turn's owner: {owner}, "
+        f"{turn.tasks_waiting} waiting; parked in the poller: "
+        f"{relay.poller.parked if relay.poller is not None else None}"
+    ]
+    where = {}
+    for task in _tasks(trio.lowlevel.current_root_task()):
+        frames = _awaiting(task.coro)
+        for index, (name, session) in enumerate(frames):
+            if name == "run" and isinstance(session, Session):  # (its reading task)
+                where[session] = " > ".join(name for name, _ in frames[index + 1 :])
+    idle = 0
+    for session in sorted(relay.sessions, key=lambda each: (each.group_name, each.id)):
+        reader = session._reader
+        held = reader._held or session._assembly.held
+        if not (reader._has_turn or held or reader.ahead or session.paused):
+            idle += 1  # (holds nothing, waits for nothing but its member)
+            continue
+        lines.append(
+            f"{session.group_name}/{session.id}: {session.state.name}, turn "
+            f"{reader._has_turn}, counted {reader._held}, assembling "
+            f"{session._assembly.held}, ahead {len(reader.ahead)} ({reader.ahead_end!r}), "
+            f"paused {session.paused}, reads {reader.reads}; waits in {where.get(session)}"
+        )
+    lines.append(f"and {idle} sessions holding nothing")
+    return "\n".join(lines)
+
+
+def _tasks(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+    found = [task]
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            found += _tasks(child)
+    return found
+
+
+def _awaiting(coro: Any) -> list[tuple[str, object]]:
+    """The coroutines ``coro`` awaits, outermost first: their names and ``self``."""
+    frames = []
+    while coro is not None and (frame := getattr(coro, "cr_frame", None)) is not None:
+        frames.append((frame.f_code.co_name, frame.f_locals.get("self")))
+        coro = coro.cr_await
+    return frames
+
+
 async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound() -> None:
     # 100 members each send most of a 1000 KiB message (gathered, not yet forwarded)
     # before ending it: unbounded, the relay would hold 100 MB at once. Bounded at 8 MiB,
@@ -276,11 +330,14 @@ async def test_unfinished_messages_of_all_members_stay_within_the_relays_bound()
         async def read(reader: RawClient) -> None:
             assert await messages_answering_pings(reader, 1) == [body + b"end"]
 
-        with trio.fail_after(60):
-            async with trio.open_nursery() as nursery:
-                for sender, reader in pairs:
-                    nursery.start_soon(send, sender)
-                    nursery.start_soon(read, reader)
+        try:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for sender, reader in pairs:
+                        nursery.start_soon(send, sender)
+                        nursery.start_soon(read, reader)
+        except trio.TooSlowError:
+            raise AssertionError(f"a message never arrived:\n{reading_state(relay)}") from None
         # Past the bound by at most what each member read before it was counted.
         assert budget.peak <= limit + 100 * (SIP + READ_SIZE), budget.peak / MiB
         assert budget.held == 0
@@ -303,6 +360,95 @@ async def test_an_idle_member_holding_the_turn_hands_it_on() -> None:
             await a.send_frame(OP_CONT, b"a" * 100_000, fin=False)
             await a.send_frame(OP_CONT, b"end", fin=True)
             assert await messages_answering_pings(c, 1) == [b"a" * 200_000 + b"end"]
+
+
+class BudgetGoingUnder(BufferBudget):
+    """The relay's buffer budget, which other members' unfinished messages (``others``
+    bytes) keep over its bound until a member begins to wait for the turn: then they go
+    out, before that member's reader has begun to read ahead."""
+
+    __slots__ = ("others",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.others = 0
+
+    def hold_others(self, size: int) -> None:
+        self.others += size
+        self.add(size)
+
+    async def take_turn(self) -> None:
+        self.add(-self.others)
+        self.others = 0
+        await super().take_turn()
+
+
+@pytest.mark.parametrize("then", ["nothing", "another message"])
+async def test_what_is_read_ahead_while_waiting_for_the_turn_is_acted_on_first(then: str) -> None:
+    # a waits for the turn, over the bound; the relay goes under it at once, so a's reader
+    # reads ahead the rest of a's message, end and all, while another member holds the
+    # turn. Once a's turn comes, that rest is acted on first: not left behind a read that
+    # never ends (a sends nothing more), nor behind what a sends next.
+    limit = 150_000
+    config = RelayConfig(port=0, max_buffered_bytes=limit, ping_interval=None, close_timeout=0.5)
+    async with open_relay(config) as relay:
+        budget = relay.buffers = BudgetGoingUnder(limit)
+        a, c = await join(relay, "a"), await join(relay, "c")
+        body = bytes(range(256)) * 100
+        with trio.fail_after(5):
+            await relay.wait_members(2)
+            await budget.take_turn()  # (another member's turn: the test's here)
+            budget.hold_others(limit + 1)
+            await a.send_frame(OP_BINARY, body, fin=False)
+            await a.send_frame(OP_CONT, b"end", fin=True)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not budget.over  # (and a's reader has read the rest ahead)
+            budget.give_turn()
+            expected = [body + b"end"]
+            if then == "another message":
+                await trio.testing.wait_all_tasks_blocked()  # (a reads for itself again)
+                await a.send_frame(OP_TEXT, b"next")
+                expected.append(b"next")
+            assert await messages_answering_pings(c, len(expected)) == expected
+            await trio.testing.wait_all_tasks_blocked()
+            assert budget.held == 0
+            assert not budget._turn.locked()
+
+
+async def test_the_turns_holder_that_ends_up_holding_nothing_in_a_pause_hands_it_on() -> None:
+    # a holds the turn when its message ends, and waits for the floor (s streams to the
+    # group); the relay is under its bound again by then (b left), so a's reader reads
+    # ahead a's ping meanwhile, and its count comes to nothing. Once the floor is free,
+    # a is usual again: it must not keep the turn (parked in the poller, nothing would
+    # give it back), or d, over the bound later, would wait for it for ever.
+    limit = 150_000
+    config = RelayConfig(port=0, max_buffered_bytes=limit, ping_interval=None, close_timeout=0.5)
+    async with open_relay(config) as relay:
+        a, s, c = await join(relay, "a"), await join(relay, "s"), await join(relay, "c")
+        b = await join(relay, "b", "g2")
+        d, e = await join(relay, "d", "h"), await join(relay, "e", "h")
+        with trio.fail_after(5):
+            await relay.wait_members(6)
+            streamed = b"s" * (MiB + 10)
+            await s.send_frame(OP_BINARY, streamed, fin=False)  # (it holds the floor)
+            await b.send_frame(OP_BINARY, b"b" * 100_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.send_frame(OP_BINARY, b"a" * 60_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.buffers.over  # (a holds the turn now)
+            await b.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not relay.buffers.over
+            await a.send_frame(OP_CONT, b"end", fin=True)  # (in turn: it waits for the floor)
+            await a.send_frame(OP_PING, b"still there?")
+            await trio.testing.wait_all_tasks_blocked()
+            await s.send_frame(OP_CONT, b"", fin=True)
+            assert await messages_answering_pings(c, 2) == [streamed, b"a" * 60_000 + b"end"]
+            await d.send_frame(OP_BINARY, b"d" * 160_000, fin=False)
+            await trio.testing.wait_all_tasks_blocked()
+            assert relay.buffers.over  # (d waits for the turn)
+            await d.send_frame(OP_CONT, b"end", fin=True)
+            assert await messages_answering_pings(e, 1) == [b"d" * 160_000 + b"end"]
 
 
 async def drain(client: RawClient, size: int) -> None:

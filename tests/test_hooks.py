@@ -433,3 +433,30 @@ def test_a_python_back_end_reads_requests_and_writes_answers_typed() -> None:
             assert why in str(exc), exc
         else:
             raise AssertionError(bad)
+
+
+async def test_members_on_other_nodes_show_their_info_too(redis_url: str, prefix: str) -> None:
+    from test_backplane import cluster
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": True, "info": {"name": body["id"].title()}}
+
+    async with back_end(answer) as server:
+        async with cluster(redis_url, prefix, 2, connect_hook=server.url) as (a, b):
+            with trio.fail_after(10):
+                alice, _ = await v1_client(a, "alice", "g")
+                # bob, on the other node, is welcomed with alice's info...
+                bob, welcome = await v1_client(b, "bob", "g")
+                assert welcome.info == {"alice": {"name": "Alice"}, "bob": {"name": "Bob"}}
+                # ...and alice hears of bob with his.
+                assert await joined_info(alice, "bob") == {"name": "Bob"}
+                await bob.aclose()
+                # Gone, its info is too.
+                while True:
+                    event = await next_event(alice)
+                    if isinstance(event, v1.Presence) and "bob" in event.left:
+                        break
+                carol, welcome = await v1_client(b, "carol", "g")
+                assert welcome.info == {"alice": {"name": "Alice"}, "carol": {"name": "Carol"}}
+                await alice.aclose()
+                await carol.aclose()

@@ -419,6 +419,38 @@ async def test_release_gives_back_everything_held_and_the_turn(tcp: Member) -> N
     assert tcp.budget.held == 0
 
 
+async def test_a_pause_that_leaves_the_turns_holder_holding_nothing_gives_the_turn_back(
+    tcp: Member,
+) -> None:
+    # The member holds the turn when its message goes out, and the relay pauses it (a full
+    # mailbox, say) while under its bound again: what the reader reads ahead meanwhile
+    # (a ping) brings its count to nothing. Its task must give the turn back then: the
+    # member is usual again (the poller may read for it), so nothing else would, and
+    # every member waiting for the turn would wait for ever.
+    hold_part_of_a_message(tcp.assembly, BOUND // 2)
+    tcp.budget.add(BOUND)  # (other members' unfinished messages)
+    resume = trio.Event()
+
+    async def member_task() -> None:
+        assert tcp.reader.needs_turn()
+        await tcp.reader.take_turn()
+        assert tcp.assembly.feed(Data(b"", False, False, True)) is not None
+        tcp.budget.add(-BOUND)  # (the others' messages went out)
+        assert not tcp.budget.over
+        await tcp.reader.reading_ahead(resume.wait)
+        assert tcp.reader.usual
+        assert await turn_is_free(tcp.budget)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(member_task)
+        await trio.testing.wait_all_tasks_blocked()
+        await tcp.peer.send_all(mask_frame(OP_PING, b"still there?"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert tcp.pongs == [b"still there?"]
+        assert tcp.budget.held == 0
+        resume.set()
+
+
 # --- reading in turn ----------------------------------------------------------------
 
 

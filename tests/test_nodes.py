@@ -57,6 +57,7 @@ node_messages: st.SearchStrategy[NodeMessage] = st.one_of(
     st.builds(StreamPiece, node_ids, u64s, u32s, payloads, st.booleans()),
     st.builds(StreamAbort, node_ids, u64s),
     st.builds(MemberJoined, node_ids, texts, texts),
+    st.builds(MemberJoined, node_ids, texts, texts, st.binary(min_size=1, max_size=64)),
     st.builds(MemberLeft, node_ids, texts, texts),
     st.builds(Split, node_ids, st.floats(min_value=0, allow_nan=False, allow_infinity=False)),
     st.builds(Replace, node_ids, texts),
@@ -132,6 +133,11 @@ VECTORS: list[tuple[NodeMessage, bytes]] = [
         b"J" + NODE + b"\x00\x12" + b"0123456789abcdef:3" + b"alice",
     ),
     (
+        MemberJoined(NODE, "alice", "0123456789abcdef:3", b'{"name":"Alice"}'),
+        b"I" + NODE + b"\x00\x00\x00\x10" + b'{"name":"Alice"}'
+        + b"\x00\x12" + b"0123456789abcdef:3" + b"alice",
+    ),
+    (
         MemberLeft(NODE, member_id="zoë", owner="0123456789abcdef:4"),
         b"L" + NODE + b"\x00\x12" + b"0123456789abcdef:4" + b"zo\xc3\xab",
     ),
@@ -194,6 +200,8 @@ KINDS = {
 def _kind(message: NodeMessage) -> bytes:
     if isinstance(message, StreamPiece):
         return b"E" if message.last else b"F"
+    if isinstance(message, MemberJoined) and message.info:
+        return b"I"  # (a join with the info the back end gave the member)
     return KINDS[type(message)]
 
 

@@ -1,4 +1,4 @@
-"""For the application's back end: the bodies of the relay's hooks, typed (docs/backend.md).
+"""For the application's back end: the relay's hooks and webhooks, typed (docs/backend.md).
 
 A Python back end reads a hook's request with :func:`read_hook_request` (validated: a
 body that is not one raises :class:`BadHookRequest`) and answers with
@@ -13,6 +13,19 @@ body that is not one raises :class:`BadHookRequest`) and answers with
         reply = HookAnswer(allow=True)
     return answer_body(reply)                  # the JSON bytes to send back
 
+A webhook's request is checked with :func:`verify` (its ``X-Wsproxy-Signature`` header
+against the raw body) and read with :func:`decode_body` (a :class:`WebhookBody` of
+:class:`WebhookEvent` objects)::
+
+    from trio_wsproxy.backend import SIGNATURE_HEADER, SignatureError, decode_body, verify
+
+    try:
+        verify(secret, raw_body, request.headers.get(SIGNATURE_HEADER))
+    except SignatureError:
+        ...  # answer 401: not the relay's
+    for event in decode_body(raw_body).events:  # de-duplicate by event.id
+        ...
+
 The classes are attrs classes: cattrs structures and unstructures them, so they fit a
 back end that already uses attrs; the JSON is the one ``docs/backend.md`` specifies, so
 a back end in any language answers the same.
@@ -26,17 +39,43 @@ from typing import Any
 import cattrs
 
 from .protocol.hooks import CONNECT, HOOKS, JOIN, PUBLISH, HookAnswer, HookRequest
+from .protocol.webhooks import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    SignatureFormatError,
+    SignatureMismatch,
+    SignatureTooOld,
+    WebhookBody,
+    WebhookBodyError,
+    WebhookEvent,
+    decode_body,
+    encode_body,
+    sign,
+    verify,
+)
 
 __all__ = [
     "CONNECT",
     "HOOKS",
     "JOIN",
     "PUBLISH",
+    "SIGNATURE_HEADER",
     "BadHookRequest",
     "HookAnswer",
     "HookRequest",
+    "SignatureError",
+    "SignatureFormatError",
+    "SignatureMismatch",
+    "SignatureTooOld",
+    "WebhookBody",
+    "WebhookBodyError",
+    "WebhookEvent",
     "answer_body",
+    "decode_body",
+    "encode_body",
     "read_hook_request",
+    "sign",
+    "verify",
 ]
 
 _converter = cattrs.Converter(forbid_extra_keys=False)

@@ -92,6 +92,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "token_id_claim": str,
     "token_groups_claim": str,
     "api_key_file": str,
+    "webhook_url": str,
+    "webhook_secret_file": str,
+    "webhook_interval": float,
+    "webhook_queue": int,
+    "webhook_timeout": float,
     "allowed_origins": str,
     "connect_hook": NoneOr(str),
     "join_hook": NoneOr(str),
@@ -141,11 +146,8 @@ _FILE_FIELDS = {
 # The fields that hold lists (a TOML array, or a comma-separated string as the flag).
 _LISTS = frozenset({"allowed_origins", "hook_headers", "hook_cookies"})
 _NAMESPACE_KEYS = ("prefix", *POLICY_KEYS)
-# Namespace keys to come (DESIGN.md §9), refused until they are there.
-_NOT_YET = {
-    "history_size": "unknown key: a namespace has no history settings of its own yet "
-    "(the relay-wide history_size applies to every group)",
-}
+# Namespace keys to come, refused until they are there.
+_NOT_YET: dict[str, str] = {}
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

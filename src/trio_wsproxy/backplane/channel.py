@@ -40,7 +40,7 @@ from ..relay.counters import Counters
 from ..relay.fanout import Courier
 from ..relay.groups import REPLACED_REASON
 from ..relay.revocations import Revocation
-from .group import Delivery, SharedGroup
+from .group import Delivery, SharedGroup, parse_info
 from .history import RedisHistory
 from .inbox import Deliveries
 from .link import RedisLink
@@ -160,6 +160,10 @@ class Channels:
         if type(message) is MemberJoined:
             if node != self._node:
                 changed = self._roster.presence_changed
+                if message.info:
+                    info = parse_info(message.info)
+                    if info is not None:
+                        group.remote_info[message.owner] = info
                 group.joined_elsewhere(message.owner, message.member_id, changed)
         elif type(message) is MemberLeft:
             group.left_elsewhere(message.owner, message.member_id, self._roster.presence_changed)

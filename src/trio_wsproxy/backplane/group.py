@@ -4,8 +4,9 @@ what goes beyond this node carried by the backplane."""
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Awaitable, Callable, Iterable, MutableSequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -108,6 +109,7 @@ class SharedGroup(Group):
         "mirror",
         "order",
         "remote",
+        "remote_info",
         "sequenced",
         "subscribed",
     )
@@ -144,6 +146,9 @@ class SharedGroup(Group):
         #: The group's members on other nodes, as far as this node knows: owner token
         #: of each connection -> its member id.
         self.remote: dict[str, str] = {}
+        #: What the back end gave those connections (owner token -> info), where it
+        #: gave any (the connect hook's; shown in presence).
+        self.remote_info: dict[str, dict[str, Any]] = {}
         #: What the group's channel says, in order: which stream owns the floor, and the
         #: whole messages from other nodes that wait for its end.
         self.order = ChannelOrder(node, limit)
@@ -173,8 +178,24 @@ class SharedGroup(Group):
 
     def left_elsewhere(self, owner: str, member_id: str, changed: PresenceChange) -> None:
         """Member ``member_id`` (its connection ``owner``) left on another node."""
+        self.remote_info.pop(owner, None)
         if self.remote.pop(owner, None) is not None:
             changed(self, member_id, False)
+
+    def member_infos(self, member_ids: Iterable[str]) -> dict[str, Any]:
+        """What the back end gave the members ``member_ids`` (here, or on other nodes),
+        by id: those it gave something."""
+        found = super().member_infos(member_ids)
+        if self.remote_info:
+            elsewhere = {
+                self.remote[owner]: info
+                for owner, info in self.remote_info.items()
+                if owner in self.remote
+            }
+            for member_id in member_ids:
+                if member_id not in found and member_id in elsewhere:
+                    found[member_id] = elsewhere[member_id]
+        return found
 
     def close_members(self, reason: str) -> None:
         """Close every member here with 4004: they may have missed messages."""
@@ -219,6 +240,7 @@ class SharedGroup(Group):
         for member_id in set(self.remote.values()):
             changed(self, member_id, False)
         self.remote.clear()
+        self.remote_info.clear()
         self.order.reset()
         self.close_inbox()
         if isinstance(self.floor.holder, RemoteStream):
@@ -427,3 +449,12 @@ class _RedisOutbound(Outbound):
 
     def end(self, truncated: bool) -> None:
         self._group.backplane.turns.end(self._group, self._stream, truncated)
+
+
+def parse_info(text: bytes) -> dict[str, Any] | None:
+    """A member's info as another node gave it (None: none, or not a JSON object)."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None

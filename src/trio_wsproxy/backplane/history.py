@@ -60,6 +60,7 @@ class RedisHistory:
         self._run_id = ""
         #: ARGV 3-7 of the history scripts (see scripts.py).
         self._bounds: list[bytes | str | int] = []
+        self._config: RelayConfig | None = None
 
     def configure(self, config: RelayConfig) -> None:
         """Take the bounds of the histories from ``config`` (none: history is off)."""
@@ -70,6 +71,13 @@ class RedisHistory:
             # member by the ttl at least.
             keep_ms = ttl_ms * 4 // 3 + _HISTORY_MARGIN_MS
             self._bounds = [self._node, limits.size, ttl_ms, limits.max_bytes, keep_ms]
+        self._config = config
+
+    def limits_of(self, group_name: str) -> HistoryLimits | None:
+        """The bounds of ``group_name``'s history (its namespace's size; None: the group
+        keeps none)."""
+        limits, config = self.limits, self._config
+        return None if limits is None or config is None else limits.size_of(config, group_name)
 
     def keys(self, group_name: str) -> tuple[str, str, str, bytes]:
         """The leading arguments of the history scripts for a group: its keys, channel."""
@@ -83,9 +91,14 @@ class RedisHistory:
         keys = group.history_keys if isinstance(group, SharedGroup) else None
         if keys is None:
             keys = self.keys(group_name)
+        bounds = self._bounds
+        if self._config is not None and self._config.namespaces:
+            limits = self.limits_of(group_name)
+            if limits is not None and limits.size != bounds[1]:
+                bounds = [bounds[0], limits.size, *bounds[2:]]
         return [
             "EVALSHA", self._shas[script], 4, *keys, self._run_id, os.urandom(8).hex(),
-            *self._bounds,
+            *bounds,
         ]  # fmt: skip
 
     async def load_scripts(self, pub: RedisConnection) -> None:
@@ -164,7 +177,7 @@ class RedisHistory:
 
     async def page(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
         """A page of the group's history for the HTTP API (None: history is off)."""
-        if self.limits is None:
+        if self.limits_of(group_name) is None:
             return None
         pub = self._link.publisher_or_fail()
         try:

@@ -57,6 +57,10 @@ class Names:
     def members_key(self, group_name: str) -> str:
         return f"{self.namespace}:members:{group_name}"
 
+    def info_key(self, group_name: str) -> str:
+        """The group's hash of what the back end gave its members' connections (by owner)."""
+        return f"{self.namespace}:info:{group_name}"
+
     def node_members_key(self, node: bytes | None = None) -> str:
         return f"{self.namespace}:node-members:{(node or self.node).decode()}"
 

@@ -59,7 +59,7 @@ from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
 from ..protocol.sentinel_url import SentinelAddress, is_sentinel_url
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
-from ..relay.groups import Group, Member, NodeGroups, PresenceChange
+from ..relay.groups import Group, GroupEvents, Member, NodeGroups, PresenceChange
 from ..relay.history import HistoryPage
 from ..relay.revocations import Revocation
 from . import scripts
@@ -154,7 +154,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def _new_group(self, name: str) -> SharedGroup:
         history = self._history
-        limits = history.limits
+        limits = history.limits_of(name)
         keys = None if limits is None else history.keys(name)
         return SharedGroup(name, self, self._node, self._config.mailbox_bytes, limits, keys)
 
@@ -182,6 +182,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
     def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
         self._roster.revoked = revoked
 
+    def watch_occupancy(self, told: GroupEvents) -> None:
+        self._roster.occupancy = told
+
     async def revoke(self, revocation: Revocation) -> None:
         await self._roster.revoke(revocation)
 
@@ -196,7 +199,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
         if self._link.up:
             return None
         group = self._groups.get(group_name)
-        if self._history.limits is None and group is not None and not group.spans_nodes:
+        if group is not None and not group.sequenced and not group.spans_nodes:
             return None  # it lives on this node only: it goes on through the outage
         if self._link.located_by is not None:
             return (
@@ -279,7 +282,7 @@ class RedisBackplane(NodeGroups[SharedGroup]):
             )
             return
         history = self._history
-        limits = history.limits
+        limits = history.limits_of(group.name)
         assert limits is not None
         kept = "".join(["1" if len(m.payload) <= limits.max_bytes else "0" for m in messages])
         header = messages_header(self._node, len(messages))

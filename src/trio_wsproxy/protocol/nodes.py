@@ -108,6 +108,7 @@ _F = b"F"
 _E = b"E"
 _X = b"X"
 _J = b"J"
+_I = b"I"
 _L = b"L"
 _Z = b"Z"
 _R = b"R"
@@ -262,17 +263,24 @@ class StreamAbort:
 
 @attrs.frozen
 class MemberJoined:
-    """A member joined the group on the sending node."""
+    """A member joined the group on the sending node (``J``; ``I`` when it carries the
+    ``info`` the back end's connect hook gave it, as JSON)."""
 
     node: bytes = attrs.field(validator=_node_id)
     #: The client's id in the group.
     member_id: str
     #: The token of the member's connection, ``"<node hex>:<serial>"``.
     owner: str
+    #: What the back end gave the member (a JSON object's bytes; b"": nothing).
+    info: bytes = b""
 
     def encode(self) -> bytes:
         owner = _short_string("owner", self.owner)
-        return b"".join([_J, self.node, _U16.pack(len(owner)), owner, self.member_id.encode()])
+        if not self.info:
+            head = [_J, self.node]
+        else:
+            head = [_I, self.node, _U32.pack(len(self.info)), self.info]
+        return b"".join([*head, _U16.pack(len(owner)), owner, self.member_id.encode()])
 
 
 @attrs.frozen
@@ -626,6 +634,20 @@ def _decode_joined(buffer: _Buffer, node: bytes, size: int) -> MemberJoined:
     return MemberJoined(node, member_id, owner)
 
 
+def _decode_joined_with_info(buffer: _Buffer, node: bytes, size: int) -> MemberJoined:
+    if size < _HEADER + _U32.size:
+        raise NodeMessageError("I: the info's length is cut off")
+    (length,) = _U32.unpack_from(buffer, _HEADER)
+    start = _HEADER + _U32.size
+    end = start + length
+    if end > size:
+        raise NodeMessageError(f"I: the info is {length} bytes, only {size - start} are left")
+    info = bytes(buffer[start:end])
+    rest = memoryview(bytes(buffer[:_HEADER]) + bytes(buffer[end:size]))
+    member_id, owner = _member(rest, len(rest))
+    return MemberJoined(node, member_id, owner, info)
+
+
 def _decode_left(buffer: _Buffer, node: bytes, size: int) -> MemberLeft:
     member_id, owner = _member(buffer, size)
     return MemberLeft(node, member_id, owner)
@@ -697,6 +719,7 @@ _DECODERS: dict[int, Callable[[_Buffer, bytes, int], NodeMessage]] = {
     _E[0]: _decode_piece,
     _X[0]: _decode_abort,
     _J[0]: _decode_joined,
+    _I[0]: _decode_joined_with_info,
     _L[0]: _decode_left,
     _Z[0]: _decode_split,
     _R[0]: _decode_replace,

@@ -35,6 +35,8 @@ class Counters:
         "revocations",
         "token_expiries",
         "token_refreshes",
+        "webhook_events",
+        "webhook_requests",
     )
 
     def __init__(self) -> None:
@@ -80,14 +82,19 @@ class Counters:
         #: limit: "member" (--max-message-rate, --max-byte-rate) or "subject"
         #: (--max-subject-message-rate).
         self.limited_messages: collections.Counter[str] = collections.Counter()
-        #: Calls of the back end's hooks, by (hook, outcome): allowed, refused, replaced,
-        #: timeout, failed; and their latencies, by hook: a count per bucket of
-        #: HOOK_BUCKETS (the last: above them all) and their sum.
         #: Members' messages refused (by the publish hook, its failure policy, or its
         #: bound on a message's size): they went nowhere, their sender told (v1).
         self.publish_refusals = 0
+        #: Calls of the back end's hooks, by (hook, outcome): allowed, refused, replaced,
+        #: timeout, failed; and their latencies, by hook: a count per bucket of
+        #: HOOK_BUCKETS (the last: above them all) and their sum.
         self.hook_calls: collections.Counter[tuple[str, str]] = collections.Counter()
         self.hook_seconds: dict[str, tuple[list[int], list[float]]] = {}
+        #: Webhook events by (endpoint, outcome: sent, retried, and why dropped:
+        #: queue_full, refused, unsent_at_exit), and requests by (endpoint, outcome:
+        #: sent, retried, refused). See relay/webhooks.py.
+        self.webhook_events: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.webhook_requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def hook_latency(self, hook: str, seconds: float) -> None:
         """Count one call of ``hook`` that took ``seconds``."""

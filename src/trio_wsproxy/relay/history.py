@@ -325,10 +325,26 @@ class HistoryLimits:
 
     @classmethod
     def of(cls, config: RelayConfig) -> HistoryLimits | None:
-        """The bounds ``config`` sets (None: history is off)."""
-        if config.history_size is None:
+        """The bounds ``config`` sets for groups outside every namespace, or for none
+        of them (size 0) when only namespaces keep history (None: no group keeps any)."""
+        if config.history_size is None and not any(
+            namespace.history_size for namespace in config.namespaces
+        ):
             return None
-        return cls(config.history_size, config.history_ttl, config.history_bytes)
+        return cls(config.history_size or 0, config.history_ttl, config.history_bytes)
+
+    def size_of(self, config: RelayConfig, group_name: str) -> HistoryLimits | None:
+        """The bounds of the group ``group_name``'s history: its namespace's size, if it
+        sets one (0: none), else the relay's (None: the group keeps no history)."""
+        namespace = config.namespace(group_name) if config.namespaces else None
+        size = (
+            self.size
+            if namespace is None or namespace.history_size is None
+            else (namespace.history_size)
+        )
+        if not size:
+            return None
+        return self if size == self.size else HistoryLimits(size, self.ttl, self.max_bytes)
 
     def __init__(self, size: int, ttl: float, max_bytes: int) -> None:
         self.size = size
@@ -385,8 +401,11 @@ class Histories:
         limits: HistoryLimits,
         max_bytes: int | None = None,
         max_groups: int | None = None,
+        config: RelayConfig | None = None,
     ) -> None:
         self.limits = limits
+        # Where a group's own bounds come from (its namespace's history_size).
+        self._config = config
         self.max_bytes = sys.maxsize if max_bytes is None else max_bytes
         self.max_groups = sys.maxsize if max_groups is None else max_groups
         #: The memory the histories hold now, in bytes.
@@ -415,6 +434,8 @@ class Histories:
         history = self._by_group.get(group.name)
         if history is not None:
             self._emptied.pop(group.name, None)
+        elif self._limits_of(group.name) is None:
+            return  # (its namespace keeps no history)
         elif self._room_for(history_cost(group.name)):
             history = self.of(group.name)
         else:
@@ -433,9 +454,16 @@ class Histories:
         """The group's history, made (with a new epoch) if it has none."""
         history = self._by_group.get(group_name)
         if history is None:
-            history = self._by_group[group_name] = History(self.limits, ledger=self)
+            limits = self._limits_of(group_name) or self.limits
+            history = self._by_group[group_name] = History(limits, ledger=self)
             self.bytes += history_cost(group_name)
         return history
+
+    def _limits_of(self, group_name: str) -> HistoryLimits | None:
+        config = self._config
+        if config is None:
+            return self.limits
+        return self.limits.size_of(config, group_name)
 
     def get(self, group_name: str) -> History | None:
         """The group's history, if it has one (none is made)."""

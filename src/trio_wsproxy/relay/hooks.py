@@ -40,6 +40,7 @@ from ..protocol.hooks import (
 from ..protocol.printable import printable
 from ..protocol.tokens import allows
 from .hookclient import HookCallError, HookClient
+from .webhooks import endpoint_label
 
 if TYPE_CHECKING:
     from ..protocol.handshake import Join
@@ -143,13 +144,13 @@ class Hooks:
                 async with self._calls:
                     client = self._client
                     if client is None:
-                        raise RuntimeError("the relay is not running its hooks")
+                        raise HookCallError("the relay is not running its hooks")
                     status, body = await client.post(url, request_body(request))
                 if not 200 <= status < 300:
                     failure = f"answered {status}"
                 else:
                     answer = parse_answer(body, hook)
-            except (HookCallError, HookAnswerError, RuntimeError) as exc:
+            except (HookCallError, HookAnswerError) as exc:
                 failure = str(exc) or type(exc).__name__
         latency = trio.current_time() - started
         self._counters.hook_latency(hook, latency)
@@ -200,7 +201,7 @@ class Hooks:
             "the %s hook %s: %s; its failure policy %s (more failures in the next %gs are "
             "only counted: trio_wsproxy_hook_calls)",
             hook,
-            url,
+            endpoint_label(url),
             what,
             "allows" if allow_on_failure else "refuses",
             FAILURE_LOG_INTERVAL,

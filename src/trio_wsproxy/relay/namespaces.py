@@ -3,7 +3,8 @@
 A group whose name starts with a namespace's ``prefix`` (``game-``, ``chat:``) gets that
 namespace's policy; the longest matching prefix wins, and a group outside every
 namespace gets the relay's settings. A policy overrides, for its groups only: the most
-members (``max_group_members``), whether v1 members hear of joins and leaves
+members (``max_group_members``), how many messages its histories keep
+(``history_size``), whether v1 members hear of joins and leaves
 (``presence``) and above what size they get counts only (``presence_limit``), and who
 may publish (``publish``: members, or the application's back end only, through the
 HTTP API), the back end's hooks asked for its joins and messages (``join_hook``,
@@ -30,6 +31,13 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _count_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ):
+        raise ValueError(f"{attribute.name} must be a whole number (0: none), got {value!r}")
+
+
 def _publish(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value not in (PUBLISH_MEMBERS, PUBLISH_BACKEND):
         raise ValueError(
@@ -38,6 +46,7 @@ def _publish(instance: object, attribute: attrs.Attribute[Any], value: Any) -> N
 
 
 def hook_url(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An http:// or https:// URL the relay POSTs to (a hook, a webhook), or None."""
     if value is None:
         return
     parts = urlsplit(value) if isinstance(value, str) else None
@@ -67,6 +76,9 @@ class Namespace:
     #: events). Off: their welcome gives the count only, as above the presence limit.
     presence: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
     presence_limit: int | None = attrs.field(default=None, validator=_positive_or_none)
+    #: How many messages its groups' histories keep (0: none; None: the relay's
+    #: ``history_size``). Their age and size bounds are the relay's.
+    history_size: int | None = attrs.field(default=None, validator=_count_or_none)
     #: ``"members"``: every member may send; ``"backend"``: only the HTTP API may post.
     publish: str = attrs.field(default=PUBLISH_MEMBERS, validator=_publish)
     #: The back end's URLs asked before each join of its groups and each member's
@@ -83,6 +95,7 @@ class Namespace:
 
 #: The policy keys a namespace takes besides ``prefix`` (the config file's, one to one).
 POLICY_KEYS = (
+    "history_size",
     "max_group_members",
     "presence",
     "presence_limit",

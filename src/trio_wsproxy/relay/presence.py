@@ -52,15 +52,9 @@ def event_frame(event: v1.Event) -> bytes:
 
 
 def infos(group: Group, ids: Iterable[str]) -> dict[str, Any] | None:
-    """The info the back end gave the members ``ids`` of ``group`` (on this node), by
+    """The info the back end gave the members ``ids`` of ``group`` (on any node), by
     id: those it gave one (None: none)."""
-    found: dict[str, Any] = {}
-    locate = group.locate
-    for member_id in ids:
-        info = getattr(locate(member_id), "info", None)
-        if info is not None:
-            found[member_id] = info
-    return found or None
+    return group.member_infos(ids) or None
 
 
 class PresenceTracker:

@@ -248,14 +248,22 @@ class MemberReader:
 
     async def reading_ahead(self, wait: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await ``wait(*args)`` while reading ahead (see :meth:`can_read_ahead`)."""
-        async with trio.open_nursery() as nursery:
-            self._reading_ahead = True
-            nursery.start_soon(self._read_ahead)
-            try:
-                return await wait(*args)
-            finally:
-                self._reading_ahead = False
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._reading_ahead = True
+                nursery.start_soon(self._read_ahead)
+                try:
+                    return await wait(*args)
+                finally:
+                    self._reading_ahead = False
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._has_turn:
+                # The read-ahead counted what it read (count: its task does not own the
+                # turn). Holding nothing now, or under the bound, the member gives the
+                # turn back here, in the session's task: else, usual again, it would
+                # park in the poller with the turn, and nothing would give it back.
+                self.account()
 
     async def _read_ahead(self) -> None:
         while self._ahead_bytes < READ_AHEAD and not self._buffers.over:

@@ -57,6 +57,7 @@ from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
 from .subjects import SubjectRate, SubjectRates
+from .webhooks import ABNORMAL_CLOSURE, Webhooks, tell_leaves
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -111,6 +112,10 @@ class SessionHost(RelayCore, Protocol):
     @property
     def subject_rates(self) -> SubjectRates | None:
         """Subjects' allowances (``--max-subject-message-rate``; None: no limit)."""
+
+    @property
+    def webhooks(self) -> Webhooks | None:
+        """Where joins and leaves are told to the back end (None: webhooks are off)."""
 
     def membership_changed(self) -> None:
         """A member joined or left (wakes those waiting for membership)."""
@@ -256,6 +261,8 @@ class Session:
         """
         if self._close is not None:
             return
+        # (A connection that dropped without a close frame: 1006, as WebSocket says.)
+        told = ABNORMAL_CLOSURE if self.state is State.CLOSED else code
         self._close = (code, reason)
         self.state = State.REMOTE_CLOSING if by_client else State.LOCAL_CLOSING
         if by_client:
@@ -263,6 +270,7 @@ class Session:
         else:
             self._counters.closes[code] += 1
         registry, presence = self._relay.registry, self._relay.presence
+        tell_leaves(self._relay.webhooks, self._memberships.values(), told)
         for membership in self._memberships.values():
             registry.leave(membership)
             if membership.group is not None:
@@ -344,6 +352,9 @@ class Session:
 
     def _joined(self, membership: Membership, group: Group, catch: CatchUp) -> None:
         """``membership`` is in ``group``: welcome it (v1), and tell the others."""
+        webhooks = self._relay.webhooks
+        if webhooks is not None and self._close is None:
+            webhooks.joined(membership)
         if self._v1:
             self._welcome(membership, group, catch)
         self._relay.presence.changed(group, self.id, joined=True)
@@ -549,6 +560,8 @@ class Session:
             return
         del self._memberships[name]
         relay, group, sender = self._relay, membership.group, membership.sender
+        code = None if reason is None else CloseCode.REMOVED  # (None: the member asked)
+        tell_leaves(relay.webhooks, (membership,), code)
         relay.registry.leave(membership)
         if sender is not None:
             self._courier.unserve(sender.group)
@@ -675,10 +688,8 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
-            if reader.ahead:  # (what was read ahead while paused, in order)
-                while (event := reader.take_ahead()) is not None:
-                    if await self._handle(event):
-                        return
+            if reader.ahead and await self._act_on_ahead():
+                return
             flush()
             # Nothing of this read stays alive while the member waits for its next one
             # (a read and its frames, or a whole message of up to 1 MiB, per member).
@@ -738,23 +749,41 @@ class Session:
         self._courier.flush()
         return handover
 
+    async def _act_on_ahead(self) -> bool:
+        """Act on what was read ahead while the member was paused, in order; True when
+        the session's reading ends."""
+        reader = self._reader
+        while (event := reader.take_ahead()) is not None:
+            if await self._handle(event):
+                return True
+        return False
+
     async def _receive_unusually(self) -> bytes | None:
         """The next bytes when the read-ahead ended the connection, this member holds
         part of a message, or the relay is over its buffer bound: b"" when the
-        connection is gone, None when it failed (and was closed for it)."""
+        connection is gone, None when it failed (and was closed for it) or its reading
+        ended."""
         reader = self._reader
-        end = reader.pop_end()
-        if isinstance(end, ProtocolError):
-            self._fail(end)
-            return None
-        if end:
-            return b""
-        # Over the relay's bound, and holding part of a message: read on only in turn.
-        # (Not while streaming: its pieces go out as they come, and others may be
-        # waiting for its message to end.)
-        if reader.needs_turn() and self.piece_due is None:
+        while True:
+            end = reader.pop_end()
+            if isinstance(end, ProtocolError):
+                self._fail(end)
+                return None
+            if end:
+                return b""
+            # Over the relay's bound, and holding part of a message: read on only in
+            # turn. (Not while streaming: its pieces go out as they come, and others may
+            # be waiting for its message to end.)
+            if not reader.needs_turn() or self.piece_due is not None:
+                return await reader.receive_next()
             await self._paused(reader.take_turn)
-        return await reader.receive_next()
+            # If the relay went under its bound meanwhile, the reader read ahead: that
+            # comes before anything read later (it may be the rest of the message, end
+            # and all, and the member may send nothing more).
+            if reader.ahead:
+                if await self._act_on_ahead():
+                    return None
+                self._flush()
 
     async def _tearing_down(self) -> None:
         """A teardown is work like a fan-out: a mass disconnect takes turns (not while

@@ -14,6 +14,8 @@ from .resp import RedisAddress
 SCHEME = "redis+sentinel"
 #: The port of a sentinel given without one (Sentinel's own default).
 SENTINEL_PORT = 26379
+
+
 @attrs.frozen
 class SentinelAddress:
     """The sentinels of a ``redis+sentinel://`` URL, the service they watch, and the

@@ -427,3 +427,34 @@ async def test_without_history_a_failover_closes_only_the_members_of_groups_acro
             await near.send_frame(OP_TEXT, b"after")
             assert await far.recv_message() == (OP_TEXT, b"after")
             assert backplane(a).address.port == backplane(b).address.port == new
+
+
+async def test_the_master_lost_while_every_sentinel_is_down_is_an_outage_until_they_fail_over(
+    sentinels: SentinelSet, prefix: str, backplane_log: LogLines
+) -> None:
+    await sentinels.ready()
+    old = sentinels.redis[0].port
+    async with cluster(sentinels.url(), prefix, node_ttl=2.0) as (a, b):
+        with trio.fail_after(30):
+            near, far = await join(a, "near"), await join(b, "far")
+            await caught_up([a.port, b.port])
+            for sentinel in sentinels.sentinels:
+                sentinel.stop()
+            sentinels.kill_master(old)
+            assert (await near.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            assert (await far.expect_close())[0] == CloseCode.BACKPLANE_UNAVAILABLE
+            late = RawClient(await trio.open_tcp_stream("127.0.0.1", a.port))
+            status, _, body = await late.handshake("/ws?id=late&groupName=g")
+            assert status == 503 and b"(Sentinel)" in body, (status, body)
+            await late.aclose()
+            # The sentinels come back (they kept what they had learned), find the
+            # master gone and promote a replica; the nodes follow.
+            for sentinel in sentinels.sentinels:
+                sentinel.start()
+            new = await sentinels.wait_master_not(old)
+            await backplane_log.wait_for("backplane reconnected", count=2)
+            near, far = await join(a, "near"), await join(b, "far")
+            await caught_up([a.port, b.port])
+            await near.send_frame(OP_TEXT, b"back")
+            assert await far.recv_message() == (OP_TEXT, b"back")
+            assert backplane(a).address.port == backplane(b).address.port == new

@@ -28,15 +28,32 @@ class Sentinel:
         self.port = free_port()
         self.directory = directory
         self.conf = directory / f"sentinel-{self.port}.conf"
-        self.conf.write_text(
-            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
-            f"sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n"
-            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {SERVICE} 2\nlogfile {directory}/sentinel-{self.port}.log\n"
-        )
+        self.id = os.urandom(20).hex()
+        self.master_port = master_port
+        self.configure()
         self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
+
+    def configure(self, replicas: tuple[int, ...] = (), others: tuple[Sentinel, ...] = ()) -> None:
+        """Write its config file: the master, Sentinel's timings, and (so that it need
+        not wait seconds for the hello messages) the replicas and the other sentinels."""
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {self.directory}",
+            f"logfile {self.directory}/sentinel-{self.port}.log",
+            f"sentinel myid {self.id}",
+            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2",
+            f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}",
+            f"sentinel parallel-syncs {SERVICE} 2",
+        ]
+        lines += [f"sentinel known-replica {SERVICE} 127.0.0.1 {port}" for port in replicas]
+        lines += [
+            f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other.port} {other.id}"
+            for other in others
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
         assert self.process is None
@@ -73,8 +90,13 @@ class SentinelSet:
             replica = RedisServer(directory, "--replicaof", "127.0.0.1", str(master.port))
             self.redis.append(replica)
         for server in self.redis:
+            # (A master waits 5 s for more replicas before a diskless sync by default.)
             server.config += ["--dbfilename", f"dump-{server.port}.rdb"]
+            server.config += ["--repl-diskless-sync-delay", "0"]
         self.sentinels = [Sentinel(master.binary, directory, master.port) for _ in range(3)]
+        replicas = tuple(server.port for server in self.redis[1:])
+        for sentinel in self.sentinels:
+            sentinel.configure(replicas, tuple(s for s in self.sentinels if s is not sentinel))
         self.paused: list[RedisServer] = []
 
     def start(self) -> None:
@@ -114,26 +136,37 @@ class SentinelSet:
         return next(server for server in self.redis if server.port == port)
 
     async def ready(self) -> None:
-        """Wait until every sentinel knows the two replicas and the other sentinels (a
-        failover needs a quorum that knows where to go)."""
+        """Wait until every sentinel is connected to the master, the two replicas and the
+        other sentinels, and has heard from each (a failover needs a quorum that knows
+        where to go), and the replicas are in sync (one still loading is no candidate)."""
         with trio.fail_after(20):
             for sentinel in self.sentinels:
-                while True:
-                    reply = await redis_call(sentinel.url, "SENTINEL", "master", SERVICE)
-                    assert isinstance(reply, list), reply
-                    fields = dict(zip(reply[::2], reply[1::2], strict=True))
-                    if (
-                        fields.get(b"num-slaves") == b"2"
-                        and fields.get(b"num-other-sentinels") == b"2"
-                    ):
+                while True:  # (no event to wait for: other processes' state)
+                    if await self._sees_all(sentinel):
                         break
                     await trio.sleep(0.05)
-            # The replicas are in sync (a replica still loading cannot be promoted).
             for server in self.redis[1:]:
-                while True:  # (no event to wait for: another process's state)
+                while True:
                     if b"master_link_status:up" in server.command("INFO", "replication"):
                         break
                     await trio.sleep(0.05)
+
+    async def _sees_all(self, sentinel: Sentinel) -> bool:
+        def flags(reply: object) -> list[bytes]:
+            assert isinstance(reply, list), reply
+            instances = [reply] if reply and isinstance(reply[0], bytes) else reply
+            found = []
+            for instance in instances:
+                fields = dict(zip(instance[::2], instance[1::2], strict=True))
+                # (Heard from within the last second, and nothing amiss.)
+                fresh = int(fields.get(b"last-ok-ping-reply", b"9999")) < 1000
+                found.append(fields.get(b"flags", b"") if fresh else b"stale")
+            return found
+
+        master = flags(await redis_call(sentinel.url, "SENTINEL", "master", SERVICE))
+        replicas = flags(await redis_call(sentinel.url, "SENTINEL", "replicas", SERVICE))
+        others = flags(await redis_call(sentinel.url, "SENTINEL", "sentinels", SERVICE))
+        return master == [b"master"] and replicas == [b"slave"] * 2 and others == [b"sentinel"] * 2
 
     async def wait_master_not(self, port: int) -> int:
         """Wait until the live sentinels name a master other than ``port``; the new one's."""

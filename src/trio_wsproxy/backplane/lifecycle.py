@@ -121,6 +121,8 @@ class NodeLifecycle:
                 await self._deregister()
 
     async def _stay_connected(self) -> None:
+        """Connect, serve, lose Redis, back off, again: for ever. With Sentinel, a
+        failover announced while the node waits ends the wait at once."""
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, jitter=0.5)
         logged = False
         while True:

@@ -22,7 +22,8 @@ time from the event until the sentinels name the new master (``failover_s``, pol
 50 ms), the time from the event to a client's first new message (median and slowest), messages
 delivered, members that recovered (and messages replayed), members told they could not
 (``epoch_changed``...), and ``silent``: messages some member got that another skipped
-without being told — it must be 0; and (``pause-master``) how long the old master
+without being told — it must be 0 (a client slower than 5 s to get a new message has its
+connections and closes printed to stderr); and (``pause-master``) how long the old master
 believed it was the master after it resumed (``demoted_s``: until ``ROLE`` says slave).
 """
 
@@ -42,10 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from relay_process import report_rounds, start_relay
 
 from sentinelset import FAILOVER_TIMEOUT_MS, SentinelSet
-from trio_wsproxy import ClientConfig, Incoming, Resumed, open_client
+from trio_wsproxy import Client, ClientConfig, Disconnected, Incoming, Resumed, open_client
 
 SCENARIOS = ("kill-master", "kill-sentinel", "pause-master")
 WARMUP = 50
+#: A client that takes longer than this to get a new message has its story printed.
+SLOW = 5.0
 
 
 class Seen:
@@ -56,6 +59,8 @@ class Seen:
         self.times: list[float] = []
         #: (index into numbers where it came, recovered, missed, reason)
         self.answers: list[tuple[int, bool, int, str | None]] = []
+        #: (time, what) of each connection made and lost, for the slowest client's story.
+        self.story: list[tuple[float, str]] = []
 
     def silent_gaps(self, everything: set[int]) -> int:
         """Messages of the group (someone got them) in this client's span that it skipped
@@ -106,7 +111,17 @@ async def _measure(
 
             async def member(name: str, urls: list[str], *, task_status: trio.TaskStatus) -> None:
                 record = seen[name]
-                async with open_client(urls, group="g", id=name, config=config) as c:
+
+                def connected(client: Client) -> None:
+                    record.story.append((trio.current_time(), f"connected to {client.url}"))
+
+                def lost(gone: Disconnected) -> None:
+                    record.story.append((trio.current_time(), f"closed {gone.code}: {gone.reason}"))
+
+                async with open_client(
+                    urls, group="g", id=name, config=config, on_connect=connected,
+                    on_disconnect=lost,
+                ) as c:  # fmt: skip
 
                     async def on_bytes(value: bytes, _: Incoming[bytes]) -> None:
                         record.numbers.append(int.from_bytes(value[:4], "big"))
@@ -182,10 +197,18 @@ async def _measure(
         for node in (node_a, node_b):
             node.kill()
     everything = set().union(*(set(s.numbers) for s in seen.values()))
-    flowing = sorted(
-        next(t for n, t in zip(s.numbers, s.times, strict=True) if n > before) - event_at
-        for s in seen.values()
-    )
+    firsts = {
+        name: next(t for n, t in zip(s.numbers, s.times, strict=True) if n > before) - event_at
+        for name, s in seen.items()
+    }
+    flowing = sorted(firsts.values())
+    slowest = max(firsts, key=firsts.__getitem__)
+    if firsts[slowest] > SLOW:
+        # (A client this slow is worth a look: what happened to it, from the event on.)
+        print(f"slowest client {slowest}: first new message at {firsts[slowest]:.2f}s",
+              file=sys.stderr)  # fmt: skip
+        for at, what in seen[slowest].story:
+            print(f"  {at - event_at:+.3f}s {what}", file=sys.stderr)
     answers = [a for s in seen.values() for a in s.answers]
     for name, s in seen.items():
         assert s.numbers == sorted(set(s.numbers)), f"{name}: a message twice or out of order"

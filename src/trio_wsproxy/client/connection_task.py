@@ -36,6 +36,7 @@ from ..protocol.v1 import (
     JOIN_REFUSALS,
     NO_SUCH_MEMBER,
     NOT_IN_GROUP,
+    REFUSED,
     SUBPROTOCOL,
     Error,
     Event,
@@ -827,7 +828,7 @@ class ConnectionTask:
         a group the client was not in, or a message it could not deliver."""
         name = self._home.name if event.group is None else event.group
         group = self.groups.held(name)
-        if event.error in JOIN_REFUSALS:
+        if event.error in JOIN_REFUSALS and not _refuses_a_message(group, event):
             if group is not None and (
                 group.standing is Standing.JOINING
                 or (group.standing is Standing.JOINED and event.error != ALREADY_JOINED)
@@ -882,6 +883,19 @@ class ConnectionTask:
         )
         if self._on_bad_message is not None:
             await self._dispatcher.call_soon(self._on_bad_message, bad)
+
+
+def _refuses_a_message(group: Membership | None, event: Error) -> bool:
+    """Whether ``event``, a ``refused``, answers a message of the client's rather than a
+    join: the application's back end (its publish hook) refused a message to a group
+    the client is in and not rejoining. The client stays in the group; handlers of
+    DeliveryFailed are told."""
+    return (
+        event.error == REFUSED
+        and group is not None
+        and group.standing is Standing.JOINED
+        and not group.rejoining
+    )
 
 
 def _not_in(group: str | None) -> None:

@@ -66,6 +66,10 @@ class Membership:
     joined_on: object = None
     #: Whether a welcome of the group came, ever.
     welcomed: bool = False
+    #: Whether a join of it went out on a new connection and is not answered yet: a
+    #: refusal then ends the membership, while one later refuses a message only (a
+    #: publish hook's ``refused``).
+    rejoining: bool = False
     #: Why the client is no longer in the group, once LEFT (None: it asked to leave).
     reason: str | None = None
     #: What a join, a send or a request of the group raises once LEFT.
@@ -89,6 +93,7 @@ class Membership:
         """The relay's welcome of the group came: the client is in it."""
         self.standing = Standing.JOINED
         self.welcomed = True
+        self.rejoining = False
         self.answered.set()
 
     def end(self, reason: str | None, error: ClientError) -> None:
@@ -99,6 +104,7 @@ class Membership:
         if self.standing is Standing.LEFT:
             return
         self.standing = Standing.LEFT
+        self.rejoining = False
         self.reason = reason
         self.error = error
         self.joined_on = None
@@ -172,4 +178,5 @@ class Groups:
         ]
         for membership in rejoin:
             membership.joined_on = connection
+            membership.rejoining = membership.standing is Standing.JOINED
         return rejoin

@@ -1,4 +1,4 @@
-"""A game's back end in the relay's loop: tic-tac-toe, with the server as the referee.
+r"""A game's back end in the relay's loop: tic-tac-toe, with the server as the referee.
 
 A Starlette app served by hypercorn on Trio. The relay asks it (its hooks) and tells it
 (its webhooks); it never trusts a member's word for the state of a game:
@@ -22,16 +22,15 @@ A Starlette app served by hypercorn on Trio. The relay asks it (its hooks) and t
   (de-duplicated by event id: webhooks come at least once) and listed at ``GET /leaves``.
 - ``GET /`` is a page that plays (with the relay's JavaScript client, ``/wsproxy.js``).
 
-Run it beside a relay (the secret and the API key shared through the environment; see
-``README.md`` in this directory)::
+Run it beside a relay, both from one directory holding the two secrets they share (make
+each with ``openssl rand -hex 32 > webhook-secret``, and the same for ``api-key``)::
 
-    export TRIO_WSPROXY_WEBHOOK_SECRET=$(openssl rand -hex 32)
-    export TRIO_WSPROXY_API_KEY=$(openssl rand -hex 32)
-    python examples/game_backend/game_server.py --port 8000 --relay ws://127.0.0.1:8765/ws &
+    python examples/game_backend/game_server.py --api-key-file api-key \
+        --webhook-secret-file webhook-secret
     trio-wsproxy serve --config examples/game_backend/relay.toml
 
-then open http://127.0.0.1:8000/ in two browser tabs (or windows), log in with two
-names, and play in the same game.
+then open http://127.0.0.1:8000/ in two browser windows, log in with two names, and play
+in the same game (``docs/backend-example.md`` walks through it).
 """
 
 from __future__ import annotations
@@ -359,12 +358,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    webhook_secret = _secret(args.webhook_secret_file, "TRIO_WSPROXY_WEBHOOK_SECRET")
+    if webhook_secret is None:
+        logger.warning("no webhook secret: webhooks are refused (503), no leave is recorded")
     api_key = _secret(args.api_key_file, "TRIO_WSPROXY_API_KEY")
     if api_key is None:
         logger.warning("no API key: a mover learns the state from its opponent's next move")
     back_end = GameBackEnd(
         relay_url=args.relay,
-        webhook_secret=_secret(args.webhook_secret_file, "TRIO_WSPROXY_WEBHOOK_SECRET"),
+        webhook_secret=webhook_secret,
         relay_api=_api_of(args.relay) if api_key is not None else None,
         api_key=api_key,
     )

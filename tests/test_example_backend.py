@@ -176,6 +176,12 @@ async def test_a_page_and_a_python_member_play_refereed_by_the_back_end(
             await bob.send("hello")
             refusal = await next_of(refusals)
             assert refusal.detail == "a game takes TicTacToe.Move messages only, not System.String"
+            await bob.send_to(alice, Move(0))
+            refusal = await next_of(refusals)
+            assert (refusal.detail, refusal.to) == (
+                "a move goes to the whole game, not to one member",
+                alice,
+            )
             await page.eval("window.game.client.send('TicTacToe.Move', {cell: 0})")
             await page.wait("window.game.refusals.includes('it is not your turn')")
             await page.wait("document.getElementById('refusal').textContent.includes('turn')")

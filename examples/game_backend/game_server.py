@@ -228,6 +228,8 @@ class GameBackEnd:
             return _refuse(f"no game {hook.group!r}")
         if hook.text is None:
             return _refuse(f"a game takes {MOVE} messages only, not binary ones")
+        if hook.to is not None:
+            return _refuse("a move goes to the whole game, not to one member")
         try:
             move = decode_envelope(hook.text)
         except EnvelopeError as exc:
@@ -242,7 +244,7 @@ class GameBackEnd:
             return _refuse(str(exc))
         state = encode_envelope(Envelope(STATE, game.state()))
         tell_mover = None
-        if hook.to is None and self.relay_api is not None:
+        if self.relay_api is not None:
             tell_mover = BackgroundTask(self._send_state, hook.group, hook.id, game.state())
         return _answer(HookAnswer(allow=True, text=state), background=tell_mover)
 

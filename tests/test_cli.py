@@ -269,6 +269,8 @@ def usage_error(result: subprocess.CompletedProcess[str]) -> str:
     [
         ("token-secret", "TRIO_WSPROXY_TOKEN_SECRET", "an HS256 secret needs at least 32"),
         ("api-key", "TRIO_WSPROXY_API_KEY", "is 6 bytes; an API key needs at least 16"),
+        ("webhook-secret", "TRIO_WSPROXY_WEBHOOK_SECRET",
+         "is 6 bytes; a webhook secret needs at least 16"),
     ],
 )  # fmt: skip
 def test_a_secret_too_short_is_refused_at_start_up_and_never_a_flag(

@@ -31,6 +31,7 @@ from ._serve import (
     read_secret_file,
     read_token_secret,
     read_token_verifier,
+    read_webhook_secret,
     serve_relay,
 )
 from ._workers.endpoint import WorkerLink
@@ -434,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("--token-secret-file", read_token_secret),
         ("--token-public-key-file", read_token_verifier),
         ("--api-key-file", read_api_key),
+        ("--webhook-secret-file", read_webhook_secret),
     ):
         try:
             read(config)

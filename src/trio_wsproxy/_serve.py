@@ -15,7 +15,7 @@ import trio
 from .backplane.redis import RedisBackplane
 from .protocol.exceptions import raise_sole_error
 from .protocol.tokens import TokenVerifier
-from .relay.config import RelayConfig, check_api_key, check_token_secret
+from .relay.config import RelayConfig, check_api_key, check_token_secret, check_webhook_secret
 from .relay.groups import GroupRegistry, LocalRegistry
 from .relay.jwks import JwksKeys
 from .relay.relay import MetricsView, Relay, run_relay
@@ -59,6 +59,7 @@ async def serve_worker_relay(
         read_token_verifier(config),
         api_key=read_api_key(config),
         metrics_view=metrics_view,
+        webhook_secret=read_webhook_secret(config),
         task_status=task_status,
     )
 
@@ -143,6 +144,20 @@ def read_api_key(config: RelayConfig) -> str | None:
     key = read_secret_file(config.api_key_file, "API key")
     check_api_key(key, f"the key in API key file {config.api_key_file!r}")
     return key
+
+
+def read_webhook_secret(config: RelayConfig) -> str | None:
+    """The secret ``config``'s webhooks are signed with (from the environment, or its
+    file, whitespace around it stripped); None when none is given. Raises as
+    :func:`read_token_secret` does (a secret shorter than
+    :data:`~trio_wsproxy.relay.config.MIN_WEBHOOK_SECRET_BYTES` is refused)."""
+    if config.webhook_secret_file is None:
+        return config.webhook_secret
+    secret = read_secret_file(config.webhook_secret_file, "webhook secret")
+    check_webhook_secret(
+        secret, f"the secret in webhook secret file {config.webhook_secret_file!r}"
+    )
+    return secret
 
 
 def read_secret_file(path: str, what: str) -> str:

@@ -171,6 +171,7 @@ class NodeLifecycle:
                 self._task_status = None
             nursery.start_soon(self._heartbeat, pub, sub)
             nursery.start_soon(self._reaper, pub)
+            nursery.start_soon(self._roster.tell_vacated)
             if history is not None:
                 nursery.start_soon(self._history.renew, history.ttl / 3)
 
@@ -256,6 +257,9 @@ class NodeLifecycle:
         )  # fmt: skip
         if reaped == -1:
             return  # it came back
+        if not isinstance(reaped, list):
+            raise RedisError(f"unexpected reply to the reap script: {reaped!r}")
+        self._roster.reaped(reaped)
         # (Its members' leaves reach every node in channel order: REAP announces them.)
         self._roster.known_nodes.discard(node)
         for group in list(self._groups.values()):
@@ -264,7 +268,7 @@ class NodeLifecycle:
                 # Cut off its message in channel order, on every node, as it would have.
                 abort = StreamAbort(node, owner[1]).encode()
                 self._link.send("PUBLISH", names.group_channel(group.name), abort)
-        logger.info("node %s expired; %s of its members forgotten", node.decode(), reaped)
+        logger.info("node %s expired; %s of its members forgotten", node.decode(), len(reaped) // 3)
 
     async def _deregister(self) -> None:
         """Remove this node and its members from Redis (shutdown), on a connection of
@@ -280,11 +284,12 @@ class NodeLifecycle:
                 for group_name, stream_id in self._turns.unfinished() + self._aborts_due:
                     message = StreamAbort(self._node, stream_id).encode()
                     pub.send_nowait("PUBLISH", names.group_channel(group_name), message)
-                await pub.call(
+                gone = await pub.call(
                     "EVAL", scripts.REAP, 3, names.node_members_key(), names.nodes_key,
                     names.node_key(), self._node, names.namespace, 1,
                 )  # fmt: skip
                 await pub.call("DEL", names.node_key())
+                self._roster.deregistered(gone if isinstance(gone, list) else [])
                 nursery.cancel_scope.cancel()
         except (OSError, trio.TooSlowError, ConnectionLost, RedisError, ExceptionGroup) as exc:
             logger.info("could not remove this node from Redis: %s", first_leaf(exc))

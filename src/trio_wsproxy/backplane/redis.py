@@ -58,7 +58,7 @@ from ..protocol.nodes import (
 from ..protocol.resp import ConnectionLost, RedisAddress, RedisError
 from ..relay.config import RelayConfig
 from ..relay.counters import Counters
-from ..relay.groups import Group, Member, NodeGroups, PresenceChange
+from ..relay.groups import Group, GroupEvents, Member, NodeGroups, PresenceChange
 from ..relay.history import HistoryPage
 from ..relay.revocations import Revocation
 from . import scripts
@@ -165,6 +165,9 @@ class RedisBackplane(NodeGroups[SharedGroup]):
 
     def watch_revocations(self, revoked: Callable[[Revocation], object]) -> None:
         self._roster.revoked = revoked
+
+    def watch_occupancy(self, told: GroupEvents) -> None:
+        self._roster.occupancy = told
 
     async def revoke(self, revocation: Revocation) -> None:
         await self._roster.revoke(revocation)

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import trio
 
 from ..protocol.close_codes import CloseCode
 from ..protocol.nodes import (
@@ -27,10 +30,17 @@ from ..protocol.nodes import (
     owner_token,
 )
 from ..protocol.resp import ConnectionLost, RedisError
-from ..relay.groups import REPLACED_REASON, Group, Member, PresenceChange, RegistryUnavailable
+from ..relay.groups import (
+    REPLACED_REASON,
+    Group,
+    GroupEvents,
+    Member,
+    PresenceChange,
+    RegistryUnavailable,
+)
 from ..relay.revocations import Revocation
 from . import scripts
-from .connection import RedisConnection
+from .connection import RedisConnection, _Waiter
 from .group import SharedGroup
 from .history import RedisHistory
 from .link import RedisLink
@@ -74,6 +84,11 @@ class Roster:
         self._left_while_down: list[tuple[str, str, str]] = []
         #: The other nodes this one heard from (the reaper looks after them too).
         self.known_nodes: set[bytes] = set()
+        #: Told of groups occupied and vacated on the whole cluster, and of the members
+        #: of the nodes this one reaps (the webhooks), if anyone is.
+        self.occupancy: GroupEvents | None = None
+        # The leaves whose Redis reply says whether they vacated their group, in order.
+        self._leaves, self._leave_replies = trio.open_memory_channel[tuple[str, _Waiter]](math.inf)
 
     # -- this node's members -------------------------------------------------------------
 
@@ -174,14 +189,16 @@ class Roster:
             "EVAL", scripts.JOIN, 2, names.members_key(group.name), names.node_members_key(),
             member.id, owner, entry, names.namespace, int(snapshot), int(again),
         )  # fmt: skip
-        if not (isinstance(reply, list) and len(reply) == 3):
+        if not (isinstance(reply, list) and len(reply) == 4):
             raise RedisError(f"unexpected reply to the join script: {reply!r}")
-        old, pairs, registered = reply
+        old, pairs, registered, occupied = reply
         if not isinstance(pairs, list):
             raise RedisError(f"unexpected reply to the join script: {reply!r}")
         if not registered:
             member.close(CloseCode.REPLACED, REPLACED_REASON)
             return False
+        if occupied == 1 and self.occupancy is not None:
+            self.occupancy.occupied(group.name)
         if isinstance(old, bytes):
             old_node = owner_node(old)
             if old_node != self._node and old.decode() != owner:
@@ -204,12 +221,61 @@ class Roster:
         """Take a member's connection out of Redis, and announce its leave."""
         names = self._names
         link = self._link
-        link.send(
+        command = (
             "EVAL", scripts.LEAVE, 2, names.members_key(group_name), names.node_members_key(),
             member_id, owner,
         )  # fmt: skip
+        waiter = None
+        if self.occupancy is not None and link.up and link.pub is not None:
+            try:
+                waiter = link.pub.send_nowait(*command)
+            except ConnectionLost:
+                link.unsent = True
+            if waiter is not None:
+                self._leaves.send_nowait((group_name, waiter))
+        else:
+            link.send(*command)
         left = MemberLeft(self._node, member_id, owner).encode()
         link.send("PUBLISH", names.group_channel(group_name), left)
+
+    async def tell_vacated(self) -> None:
+        """Tell the webhooks of each group that a leave of this node's emptied on the
+        whole cluster, as Redis's replies come (runs while the node is connected; a
+        reply lost with the connection is not told)."""
+        async for group_name, waiter in self._leave_replies:
+            await waiter.event.wait()
+            if waiter.reply == 2 and self.occupancy is not None:
+                self.occupancy.vacated(group_name)
+
+    def reaped(self, gone: Sequence[object]) -> None:
+        """This node reaped a dead one: tell the webhooks of its members' leaves (and of
+        the groups they were the last of), as the reap script listed them."""
+        told = self.occupancy
+        if told is None:
+            return
+        for group_name, member_id, vacated in zip(gone[::3], gone[1::3], gone[2::3], strict=True):
+            if isinstance(group_name, bytes) and isinstance(member_id, bytes):
+                told.reaped(group_name.decode(), member_id.decode())
+                if vacated == 1:
+                    told.vacated(group_name.decode())
+
+    def deregistered(self, gone: Sequence[object]) -> None:
+        """This node took itself out of Redis (shutdown): tell the webhooks of the groups
+        emptied then — by the memberships it removed (their leaves are its sessions' to
+        tell), and by the leaves whose reply came but was not read yet."""
+        told = self.occupancy
+        if told is None:
+            return
+        while True:
+            try:
+                group_name, waiter = self._leave_replies.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if waiter.event.is_set() and waiter.reply == 2:
+                told.vacated(group_name)
+        for name, vacated in zip(gone[::3], gone[2::3], strict=True):
+            if isinstance(name, bytes) and vacated == 1:
+                told.vacated(name.decode())
 
     async def rejoin(self, group: SharedGroup) -> bool:
         """Redis is back: follow the group's channel again and register its members

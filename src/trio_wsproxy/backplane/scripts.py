@@ -17,40 +17,52 @@ from ..protocol.nodes import NODE_ID_LENGTH
 #: announcements keep it up to date). With ARGV[6] = 1 (registering again after an
 #: outage) a different owner is newer and stays: the reply is {that owner, {}, 0} and
 #: nothing changes. (``string.sub(old, 1, NODE_ID_LENGTH)`` is ``nodes.owner_node(old)``.)
+#: The reply's last element is 1 when the group had no member on any node before: it is
+#: occupied now, and this node alone saw it so (the webhooks' ``occupied``).
 JOIN = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if ARGV[6] == '1' and old and old ~= ARGV[2] then
-  return {old, {}, 0}
+  return {old, {}, 0, 0}
 end
+local occupied = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then occupied = 1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if old and old ~= ARGV[2] then
   redis.call('HDEL', ARGV[4] .. ':node-members:' .. string.sub(old, 1, NODE_ID_LENGTH), old)
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if ARGV[5] == '1' then
-  return {old or false, redis.call('HGETALL', KEYS[1]), 1}
+  return {old or false, redis.call('HGETALL', KEYS[1]), 1, occupied}
 end
-return {old or false, {}, 1}
+return {old or false, {}, 1, occupied}
 """.replace("NODE_ID_LENGTH", str(NODE_ID_LENGTH))
 
 #: Unregister a connection (if it is still the newest of its id).
 #: KEYS: members hash, node-members hash. ARGV: id, owner.
+#: Returns 2 when that took the group's last member on any node (this node alone sees it
+#: so: the webhooks' ``vacated``), else 1.
 LEAVE = """
+local vacated = 1
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then vacated = 2 end
 end
 redis.call('HDEL', KEYS[2], ARGV[2])
-return 1
+return vacated
 """
 
 #: Forget a node and every membership it registered that nobody has replaced since, and
 #: announce each as left on its group's channel. Unless ARGV[3] is 1 (the node removing
 #: itself), nothing happens while the node's key exists: it came back meanwhile.
 #: KEYS: node-members hash, nodes set, node key. ARGV: node, namespace, force.
+#: Returns -1 (it came back), or a flat list of group, member id and vacated (1 when that
+#: member was the group's last on any node, else 0) per membership forgotten: the
+#: reaping node alone gets it, and tells the webhooks of those leaves.
 REAP = """
 if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   return -1
 end
+local gone = {}
 local function unhex(text)
   return (text:gsub('..', function(pair) return string.char(tonumber(pair, 16)) end))
 end
@@ -58,14 +70,19 @@ local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local entry = cjson.decode(entries[i + 1])
   local members = ARGV[2] .. ':members:' .. entry[1]
+  local vacated = 0
   if redis.call('HGET', members, entry[2]) == entries[i] then
     redis.call('HDEL', members, entry[2])
+    if redis.call('EXISTS', members) == 0 then vacated = 1 end
   end
   redis.call('PUBLISH', ARGV[2] .. ':g:' .. entry[1], unhex(entry[3]))
+  gone[#gone + 1] = entry[1]
+  gone[#gone + 1] = entry[2]
+  gone[#gone + 1] = vacated
 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-return #entries / 2
+return gone
 """
 
 # -- history (DESIGN.md §7) ---------------------------------------------------------------

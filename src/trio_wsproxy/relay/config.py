@@ -55,6 +55,44 @@ def check_api_key(key: str, source: str) -> None:
         raise ValueError(f"{source} must be printable ASCII without spaces")
 
 
+#: The shortest webhook secret accepted, in bytes: an HMAC key anyone could guess signs
+#: forgeries as well as the relay's webhooks.
+MIN_WEBHOOK_SECRET_BYTES = 16
+
+
+def check_webhook_secret(secret: str, source: str) -> None:
+    """Raise ValueError naming ``source`` if ``secret`` is too short to sign webhooks."""
+    size = len(secret.encode())
+    if size < MIN_WEBHOOK_SECRET_BYTES:
+        raise ValueError(
+            f"{source} is {size} bytes; a webhook secret needs at least "
+            f"{MIN_WEBHOOK_SECRET_BYTES} (try: openssl rand -hex 32)"
+        )
+
+
+def check_webhooks(config: RelayConfig) -> None:
+    """Raise ValueError for webhook settings that do not go together: a URL needs a
+    secret (unsigned webhooks could be forged by anyone who can reach the back end)."""
+    secret, secret_file = config.webhook_secret, config.webhook_secret_file
+    if secret is not None and secret_file is not None:
+        raise ValueError("give the webhook secret once: webhook_secret or webhook_secret_file")
+    if secret is not None:
+        check_webhook_secret(secret, "webhook_secret (TRIO_WSPROXY_WEBHOOK_SECRET)")
+    if config.webhook_url is not None and secret is None and secret_file is None:
+        raise ValueError(
+            "webhook_url needs a secret to sign the webhooks with: give webhook_secret_file "
+            "or set TRIO_WSPROXY_WEBHOOK_SECRET (unsigned webhooks could be forged)"
+        )
+
+
+def _http_url_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value > 0):
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
@@ -419,6 +457,38 @@ class RelayConfig:
     hook_cookies: tuple[str, ...] = _setting(
         (), "Comma-separated cookies the connect hook is given.", converter=_cookie_names
     )
+    webhook_url: str | None = _setting(
+        None,
+        "URL the relay POSTs its webhooks to (members' joins and leaves, groups occupied "
+        "and vacated, batched and signed: see docs/backend.md); needs a webhook secret.",
+        _http_url_or_none,
+    )
+    webhook_secret: str | None = _setting(
+        None,
+        "Secret the webhooks are signed with (HMAC-SHA256). Never a flag: set it from "
+        "the environment or webhook_secret_file.",
+        env="TRIO_WSPROXY_WEBHOOK_SECRET",
+        repr=False,
+    )
+    webhook_secret_file: str | None = _setting(
+        None, "File holding the secret the webhooks are signed with."
+    )
+    webhook_interval: float = _setting(
+        0.5,
+        "Seconds between two webhook requests at most once each (events in between go "
+        "together in one body); also the first retry's wait.",
+        _positive,
+    )
+    webhook_queue: int = _setting(
+        10_000,
+        "Most webhook events held unsent; beyond it new events are dropped, counted and logged.",
+        _positive,
+    )
+    webhook_timeout: float = _setting(
+        5.0,
+        "Seconds a webhook request may take before it counts as failed (and is retried).",
+        _positive,
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (),
         "Comma-separated browser origins allowed to connect (403 for others); "
@@ -559,6 +629,7 @@ class RelayConfig:
             raise ValueError("give the API key once: api_key or api_key_file")
         if self.api_key is not None:
             check_api_key(self.api_key, "api_key (TRIO_WSPROXY_API_KEY)")
+        check_webhooks(self)
         check_namespaces(self.namespaces)
 
     def namespace(self, group: str) -> Namespace | None:

@@ -32,6 +32,8 @@ class Counters:
         "publish_refusals",
         "refusals",
         "revocations",
+        "webhook_events",
+        "webhook_requests",
     )
 
     def __init__(self) -> None:
@@ -76,6 +78,11 @@ class Counters:
         self.publish_refusals = 0
         self.hook_calls: collections.Counter[tuple[str, str]] = collections.Counter()
         self.hook_seconds: dict[str, tuple[list[int], list[float]]] = {}
+        #: Webhook events by (endpoint, outcome: sent, retried, and why dropped:
+        #: queue_full, refused, unsent_at_exit), and requests by (endpoint, outcome:
+        #: sent, retried, refused). See relay/webhooks.py.
+        self.webhook_events: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.webhook_requests: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def hook_latency(self, hook: str, seconds: float) -> None:
         """Count one call of ``hook`` that took ``seconds``."""

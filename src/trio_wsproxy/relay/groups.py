@@ -283,6 +283,11 @@ class GroupRegistry(Protocol):
         """Call ``changed(group, member_id, joined)`` when a member of a group here joins
         or leaves on another node (in-process there are none)."""
 
+    def watch_occupancy(self, told: GroupEvents) -> None:
+        """Tell ``told`` when a group gets its first member or loses its last, on the
+        whole relay (a cluster: on any node, each told by one node only), and of the
+        members of a dead node this one reaped (the webhooks)."""
+
     def hold(self, name: str) -> AbstractAsyncContextManager[Group]:
         """Keep the group ``name`` on this node, members or not, while the context lasts
         (a back end's post through the HTTP API goes through it): on a backplane, this
@@ -326,6 +331,19 @@ class GroupRegistry(Protocol):
         """Ask the node of the connection that is member ``member_id`` of
         ``group_name`` on another node to join ``other`` too; False when no other node
         has it."""
+
+
+class GroupEvents(Protocol):
+    """What a registry tells the webhooks (relay/webhooks.py's Webhooks)."""
+
+    def occupied(self, group_name: str) -> None:
+        """The group got its first member."""
+
+    def vacated(self, group_name: str) -> None:
+        """The group's last member left."""
+
+    def reaped(self, group_name: str, member_id: str) -> None:
+        """A member of a node that died is gone (told by the node that reaped it)."""
 
 
 class RegistryUnavailable(Exception):
@@ -437,6 +455,10 @@ class LocalRegistry(NodeGroups[Group]):
         super().__init__()
         #: The groups' recent messages, for members that reconnect (see history.py).
         self.histories: Histories | None = None
+        #: Told of groups occupied and vacated (the webhooks), if anyone is.
+        self._occupancy: GroupEvents | None = None
+        # The group a join is replacing a member of (see join): not vacated meanwhile.
+        self._joining: str | None = None
 
     def _new_group(self, name: str) -> Group:
         group = Group(name)
@@ -474,13 +496,34 @@ class LocalRegistry(NodeGroups[Group]):
             histories.expire(trio.current_time(), lambda name: name in self._groups)
 
     async def join(self, member: Member) -> Group:
-        return self._add(member)
+        told = self._occupancy
+        if told is None:
+            return self._add(member)
+        before = self._groups.get(member.group_name)
+        occupied = before is not None and bool(before.members)
+        # A member replacing another with its id leaves the group occupied: the older
+        # one's leave (inside _add) does not vacate it.
+        self._joining = member.group_name
+        try:
+            group = self._add(member)
+        finally:
+            self._joining = None
+        if not occupied:
+            told.occupied(group.name)
+        return group
 
     async def read_history(self, group_name: str, after: int, limit: int) -> HistoryPage | None:
         return None if self.histories is None else self.histories.page(group_name, after, limit)
 
     def leave(self, member: Member) -> None:
-        self._remove(member)
+        group = self._remove(member)
+        told = self._occupancy
+        if told is not None and group is not None and not group.members:
+            if group.name != self._joining:
+                told.vacated(group.name)
+
+    def watch_occupancy(self, told: GroupEvents) -> None:
+        self._occupancy = told
 
     def unavailable(self, group_name: str) -> str | None:
         return None

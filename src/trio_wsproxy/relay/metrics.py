@@ -160,6 +160,24 @@ class RelayCollector(Collector):
             "ENOBUFS, ENOMEM) and were retried 0.1 s later",
             counters.accept_failures,
         )
+        for name, documentation, pairs in (
+            (
+                "trio_wsproxy_webhook_events",
+                "Webhook events by endpoint and outcome: sent, retried (in a request sent "
+                "again), dropped (queue_full, refused, unsent_at_exit)",
+                counters.webhook_events,
+            ),
+            (
+                "trio_wsproxy_webhook_requests",
+                "Webhook requests by endpoint and outcome: sent (2xx), retried (5xx, 408, "
+                "429, timeout, connection error), refused (other answers: dropped)",
+                counters.webhook_requests,
+            ),
+        ):
+            by_endpoint = CounterMetricFamily(name, documentation, labels=["endpoint", "outcome"])
+            for (endpoint, outcome), count in sorted(pairs.items()):
+                by_endpoint.add_metric([endpoint, outcome], count)
+            yield by_endpoint
         internal = CounterMetricFamily(
             "trio_wsproxy_internal_errors",
             "Failures of the relay's own code contained to one session (closed 1011) or one "

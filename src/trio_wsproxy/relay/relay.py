@@ -50,6 +50,7 @@ from .presence import PresenceTracker
 from .reader import READ_SIZE
 from .revocations import Revocation, Revocations
 from .session import Session
+from .webhooks import Webhooks
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -104,6 +105,7 @@ class Relay:
         secret: str | TokenVerifier | None = None,
         metrics_view: MetricsView | None = None,
         api_key: str | None = None,
+        webhook_secret: str | None = None,
     ) -> None:
         self.config = config
         self._metrics_view = metrics_view
@@ -134,6 +136,11 @@ class Relay:
         #: revocations.py): from this node's API, and from the others' on a cluster.
         self.revocations = Revocations()
         registry.watch_revocations(self.revoke_here)
+        #: The back end's webhooks (--webhook-url; None: off): joins, leaves, groups
+        #: occupied and vacated (see webhooks.py).
+        self.webhooks = Webhooks.of(config, webhook_secret, self.counters)
+        if self.webhooks is not None:
+            registry.watch_occupancy(self.webhooks)
         #: New connections per remote address (--max-connections-per-address-rate).
         rate = config.max_connections_per_address_rate
         self._arrivals = None if rate is None else AddressLimiter(rate)
@@ -644,12 +651,14 @@ async def run_relay(
     *,
     api_key: str | None = None,
     metrics_view: MetricsView | None = None,
+    webhook_secret: str | None = None,
     task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a relay over ``registry`` until cancelled (``nursery.start``); ``secret`` (an
     HS256 secret, or a :class:`~trio_wsproxy.protocol.tokens.TokenVerifier`)
     turns access tokens on, ``api_key`` the HTTP API; ``metrics_view`` widens
-    ``/metrics`` (see MetricsView).
+    ``/metrics`` (see MetricsView); ``webhook_secret`` signs the webhooks of
+    ``config.webhook_url``.
     :func:`trio_wsproxy.serve_relay` chooses the registry."""
     tcp_listeners = await open_listeners(config)
     ports = [listener.socket.getsockname()[1] for listener in tcp_listeners]
@@ -658,7 +667,29 @@ async def run_relay(
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.certfile, config.keyfile)
         listeners = [trio.SSLListener(listener, context) for listener in tcp_listeners]
-    relay = Relay(config, registry, ports, secret, metrics_view, api_key)
+    relay = Relay(config, registry, ports, secret, metrics_view, api_key, webhook_secret)
+    async with trio.open_nursery() as outer:
+        webhooks = relay.webhooks
+        if webhooks is not None:
+            # Outside the sessions' nursery: it tells their last leaves once they are
+            # closed, within close_timeout (see Webhooks.finish).
+            await outer.start(webhooks.run)
+        try:
+            await _run(relay, registry, listeners, task_status=task_status)
+        finally:
+            if webhooks is not None:
+                webhooks.finish(config.close_timeout)
+
+
+async def _run(
+    relay: Relay,
+    registry: GroupRegistry,
+    listeners: list[trio.abc.Listener[trio.abc.Stream]],
+    *,
+    task_status: trio.TaskStatus[Relay] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The relay's tasks and sessions, until cancelled."""
+    config = relay.config
     async with trio.open_nursery() as nursery:
         tokens = relay._tokens
         if tokens is not None and isinstance(tokens.key_set, JwksKeys):

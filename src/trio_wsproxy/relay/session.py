@@ -56,6 +56,7 @@ from .poller import Poller
 from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
+from .webhooks import ABNORMAL_CLOSURE, Webhooks, tell_leaves
 
 logger = logging.getLogger("trio_wsproxy.relay")
 
@@ -106,6 +107,10 @@ class SessionHost(RelayCore, Protocol):
     @property
     def poller(self) -> Poller | None:
         """Where idle members' receivers park (None: each reads for itself)."""
+
+    @property
+    def webhooks(self) -> Webhooks | None:
+        """Where joins and leaves are told to the back end (None: webhooks are off)."""
 
     def membership_changed(self) -> None:
         """A member joined or left (wakes those waiting for membership)."""
@@ -249,6 +254,8 @@ class Session:
         """
         if self._close is not None:
             return
+        # (A connection that dropped without a close frame: 1006, as WebSocket says.)
+        told = ABNORMAL_CLOSURE if self.state is State.CLOSED else code
         self._close = (code, reason)
         self.state = State.REMOTE_CLOSING if by_client else State.LOCAL_CLOSING
         if by_client:
@@ -256,6 +263,7 @@ class Session:
         else:
             self._counters.closes[code] += 1
         registry, presence = self._relay.registry, self._relay.presence
+        tell_leaves(self._relay.webhooks, self._memberships.values(), told)
         for membership in self._memberships.values():
             registry.leave(membership)
             if membership.group is not None:
@@ -337,6 +345,9 @@ class Session:
 
     def _joined(self, membership: Membership, group: Group, catch: CatchUp) -> None:
         """``membership`` is in ``group``: welcome it (v1), and tell the others."""
+        webhooks = self._relay.webhooks
+        if webhooks is not None and self._close is None:
+            webhooks.joined(membership)
         if self._v1:
             self._welcome(membership, group, catch)
         self._relay.presence.changed(group, self.id, joined=True)
@@ -535,6 +546,8 @@ class Session:
             return
         del self._memberships[name]
         relay, group, sender = self._relay, membership.group, membership.sender
+        code = None if reason is None else CloseCode.REMOVED  # (None: the member asked)
+        tell_leaves(relay.webhooks, (membership,), code)
         relay.registry.leave(membership)
         if sender is not None:
             self._courier.unserve(sender.group)

@@ -26,6 +26,7 @@ import trio_wsproxy
 from browserdriver import Browser, Page, open_browser
 from relayproc import first_line
 from trio_wsproxy import (
+    ClientConfig,
     DeliveryFailed,
     HandshakeRefused,
     Namespace,
@@ -142,6 +143,11 @@ def board_is(board: str) -> str:
     return f"window.game.state !== null && window.game.state.board === {board!r}"
 
 
+def session(login: dict[str, str]) -> ClientConfig:
+    """A Python member's settings that send its session cookie, as a browser does."""
+    return ClientConfig(headers={"Cookie": f"session={login['session']}"})
+
+
 async def test_a_page_and_a_python_member_play_refereed_by_the_back_end(
     stack: Stack, browser: Browser
 ) -> None:
@@ -149,9 +155,10 @@ async def test_a_page_and_a_python_member_play_refereed_by_the_back_end(
     page = await play_in_browser(browser, stack, "Alice", "game-1")
     alice = await page.eval("window.game.me")
     bob_session = await stack.login("Bob")
-    # A program cannot set the cookie: it connects with its session as its requested id,
-    # and the connect hook gives it its own.
-    async with open_client(stack.relay.url, group="game-1", id=bob_session["session"]) as bob:
+    # A program sends the session cookie as the page does; the connect hook gives it its id.
+    async with open_client(
+        stack.relay.url, group="game-1", id="bob", config=session(bob_session)
+    ) as bob:
         async with bob.subscribe(State) as states, bob.subscribe(DeliveryFailed) as refusals:
             assert stack.back_end.games["game-1"].players == [alice, bob_session["id"]]
 
@@ -213,17 +220,17 @@ async def test_a_third_player_is_refused_and_a_leave_is_recorded_from_the_webhoo
     stack: Stack,
 ) -> None:
     sessions = [await stack.login(name) for name in ("Ann", "Ben", "Cid")]
-    ann, ben, cid = (session["session"] for session in sessions)
+    ann, ben, cid = (session(each) for each in sessions)
     with trio.fail_after(10):
-        async with open_client(stack.relay.url, group="game-2", id=ann):
-            async with open_client(stack.relay.url, group="game-2", id=ben):
+        async with open_client(stack.relay.url, group="game-2", id="ann", config=ann):
+            async with open_client(stack.relay.url, group="game-2", id="ben", config=ben):
                 with pytest.raises(HandshakeRefused) as refused:
-                    async with open_client(stack.relay.url, group="game-2", id=cid):
+                    async with open_client(stack.relay.url, group="game-2", id="cid", config=cid):
                         pass
                 assert refused.value.status_code == 409
                 assert "game-2 has two players already" in refused.value.reason
                 # Seated players may come back; the others may play another game.
-                async with open_client(stack.relay.url, group="game-3", id=cid):
+                async with open_client(stack.relay.url, group="game-3", id="cid", config=cid):
                     pass
             # Ben left (closed, 1000): the relay's webhook tells the back end.
             leave = await stack.back_end.wait_for_leave(sessions[1]["id"], "game-2")

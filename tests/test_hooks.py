@@ -460,3 +460,23 @@ async def test_members_on_other_nodes_show_their_info_too(redis_url: str, prefix
                 assert welcome.info == {"alice": {"name": "Alice"}, "carol": {"name": "Carol"}}
                 await alice.aclose()
                 await carol.aclose()
+
+
+async def test_the_python_client_sends_the_headers_a_connect_hook_is_shown() -> None:
+    import pytest
+
+    from trio_wsproxy import ClientConfig, open_client
+
+    async with back_end(allow) as server:
+        settings = config(connect_hook=server.url, hook_cookies="session", hook_headers="x-app")
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                headers = {"Cookie": "session=s3cret; theme=dark", "X-App": "game/1.2"}
+                client_config = ClientConfig(headers=headers)
+                async with open_client(relay.url, group="g", id="a", config=client_config):
+                    (body,) = server.bodies("connect")
+                    assert body["cookies"] == {"session": "s3cret"}
+                    assert body["headers"] == {"x-app": "game/1.2"}
+    for bad in ({"Host": "x"}, {"X-A": "a\r\nb"}, {"no spaces": "x"}, [("one",)]):
+        with pytest.raises(ValueError):
+            ClientConfig(headers=bad)

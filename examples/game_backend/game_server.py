@@ -4,9 +4,9 @@ A Starlette app served by hypercorn on Trio. The relay asks it (its hooks) and t
 (its webhooks); it never trusts a member's word for the state of a game:
 
 - ``POST /login`` (``{"name": "Alice"}``) opens a session: a cookie for a browser, and the
-  same token in the answer for a program that cannot set cookies (it connects with the
-  token as its requested id; the connect hook gives it its real one).
-- ``POST /hooks/connect``: who is it? The session (its cookie, or its token as the id)
+  same token in the answer for a program, which sends it as that cookie
+  (``ClientConfig(headers={"Cookie": "session=TOKEN"})``).
+- ``POST /hooks/connect``: who is it? The session (its cookie)
   names the player: the hook gives the member its id, the groups it may join
   (``game-*``) and ``info`` with its display name (what the others see in presence).
   Without a session: 401, "log in first".
@@ -196,11 +196,9 @@ class GameBackEnd:
     # -- the hooks: the relay asks -----------------------------------------------------
 
     async def connect_hook(self, request: Request) -> Response:
-        """Who is it: the session's player (its cookie, or its token as the requested id)."""
+        """Who is it: the session's player (its cookie)."""
         hook = read_hook_request(await request.body())
-        player = self.sessions.get(hook.cookies.get(SESSION_COOKIE, "")) or self.sessions.get(
-            hook.id
-        )
+        player = self.sessions.get(hook.cookies.get(SESSION_COOKIE, ""))
         if player is None:
             return _answer(HookAnswer(allow=False, status=401, reason="log in first"))
         logger.info("%s connects as %s (%s)", hook.remote, player.id, player.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -65,6 +66,31 @@ def _version_or_none(instance: object, attribute: attrs.Attribute[Any], value: s
         raise ValueError(f"{attribute.name} is a .NET version such as '8.0.0.0', got {value!r}")
 
 
+_OWN_HEADERS = frozenset(
+    {"host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+     "sec-websocket-protocol", "sec-websocket-extensions"}
+)  # fmt: skip
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    """``headers`` as (name, value) pairs, checked: a header the upgrade sets itself, or
+    one that is not a header (a line break, a control character), is a ValueError."""
+    pairs = list(value.items()) if isinstance(value, Mapping) else list(value)
+    checked = []
+    for pair in pairs:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise ValueError(f"headers are (name, value) pairs, got {pair!r}")
+        name, text = pair
+        if not (isinstance(name, str) and re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name)):
+            raise ValueError(f"not a header name: {name!r}")
+        if name.lower() in _OWN_HEADERS:
+            raise ValueError(f"the client sets {name} itself")
+        if not isinstance(text, str) or not all(c == "\t" or " " <= c != "\x7f" for c in text):
+            raise ValueError(f"header {name}: not a header value: {text!r}")
+        checked.append((name, text))
+    return tuple(checked)
+
+
 @attrs.frozen(kw_only=True)
 class ClientConfig:
     """Everything about a client's behaviour except where it connects and its hooks."""
@@ -120,6 +146,11 @@ class ClientConfig:
     #: anyway. False connects exactly as a plain client, for a server or proxy that refuses
     #: an upgrade offering a subprotocol it does not know.
     offer_v1: bool = True
+    #: Headers sent with every upgrade request, as (name, value) pairs or a mapping:
+    #: a session cookie, say, for the application's back end to know the member by (its
+    #: connect hook is shown those the relay's ``--hook-headers``/``--hook-cookies``
+    #: name). The upgrade's own headers (Host, Upgrade, Sec-WebSocket-*) are the client's.
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
     #: The .NET runtime version written into generic type names (``List`1[[System.String,
     #: System.Private.CoreLib, Version=7.0.0.0, ...]]``), which a .NET member matches
     #: exactly: ``"7.0.0.0"`` for .NET 7, ``"8.0.0.0"`` for .NET 8. None (the default)

@@ -355,6 +355,7 @@ async def _upgrade(
         host=address.authority,
         target=address.resource,
         subprotocols=[SUBPROTOCOL] if config.offer_v1 else [],
+        extra_headers=[(name.encode(), value.encode()) for name, value in config.headers],
     )
     try:
         await stream.send_all(ws.send(request))

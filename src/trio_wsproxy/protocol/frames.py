@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+from typing import Protocol
 
 import attrs
 
@@ -80,6 +81,16 @@ class Close:
 Event = Data | Ping | Pong | Close
 
 
+class Inflater(Protocol):
+    """What inflates a compressed message's payload (deflate.Inflater)."""
+
+    def start(self) -> None:
+        """A compressed message begins."""
+
+    def inflate(self, data: bytes, last: bool) -> list[bytes]:
+        """The inflated bytes of the next of its payload (``last``: its end)."""
+
+
 class FrameParser:
     """Parse client-to-server frames; raise :class:`ProtocolError` on any violation.
 
@@ -87,8 +98,14 @@ class FrameParser:
     bytes), never message data. After a close frame, further input is ignored.
     """
 
-    def __init__(self, max_message_size: int | None = None) -> None:
+    def __init__(
+        self, max_message_size: int | None = None, inflater: Inflater | None = None
+    ) -> None:
         self._max_message_size = max_message_size
+        # permessage-deflate (negotiated: deflate.py): a message's first frame may set
+        # RSV1, and its payload is then inflated, the limit counting inflated bytes.
+        self._inflater = inflater
+        self._compressed = False
         # The second header byte of a whole frame the one-step path takes: masked, with
         # a 7-bit length within the message size limit (a frame beyond it takes the
         # step-by-step path, which refuses it).
@@ -145,7 +162,9 @@ class FrameParser:
                         events.append(Data(payload, False, True, True))
                     pos = stop
                     continue
-            if b0 & 0x70:
+            if b0 & 0x70 and not (
+                b0 & 0x70 == 0x40 and self._inflater is not None and b0 & 0x0F in (1, 2)
+            ):
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
             if not b1 & 0x80:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
@@ -186,10 +205,17 @@ class FrameParser:
                     )
                 self._in_message, self._started = True, False
                 self._text, self._size = opcode == OP_TEXT, 0
+                self._compressed = bool(b0 & 0x40)
+                if self._compressed:
+                    self._inflater.start()  # type: ignore[union-attr]  # (RSV1 checked)
             else:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             self._size += length
-            if self._max_message_size is not None and self._size > self._max_message_size:
+            if (
+                self._max_message_size is not None
+                and self._size > self._max_message_size
+                and not self._compressed  # (its limit is on inflated bytes: Inflater)
+            ):
                 raise ProtocolError(
                     CloseCode.MESSAGE_TOO_BIG,
                     f"message larger than {self._max_message_size} bytes",
@@ -220,6 +246,19 @@ class FrameParser:
         return _xor(chunk, mask)
 
     def _data(self, events: list[Event], chunk: bytes, last: bool) -> None:
+        if self._compressed:
+            pieces = self._inflater.inflate(chunk, last)  # type: ignore[union-attr]
+            if not pieces:
+                if last:
+                    self._emit(events, b"", True)
+                return
+            for piece in pieces[:-1]:
+                self._emit(events, piece, False)
+            self._emit(events, pieces[-1], last)
+            return
+        self._emit(events, chunk, last)
+
+    def _emit(self, events: list[Event], chunk: bytes, last: bool) -> None:
         first = not self._started
         self._started = True
         if self._text:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
+from ..protocol.deflate import INFLATER_BYTES, Inflater
 from ..protocol.frames import Close, Data, Event, FrameParser, Ping, Pong, ProtocolError
 from ..protocol.ratelimit import TokenBucket
 from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
@@ -72,6 +73,7 @@ class MemberReader:
         "_byte_rate",
         "_has_turn",
         "_held",
+        "_inflater_bytes",
         "_message_rate",
         "_pong",
         "_reading_ahead",
@@ -94,6 +96,7 @@ class MemberReader:
         assembly: Assembly,
         pong: Callable[[bytes], None],
         leftover: bytes = b"",
+        inflate: bool = False,
     ) -> None:
         self._stream = stream
         #: The socket's descriptor on plain TCP on POSIX, else None (read the stream).
@@ -102,7 +105,12 @@ class MemberReader:
             self.fd = stream.socket.fileno()
         #: Bytes that came with the upgrade request, parsed first.
         self.leftover = leftover
-        self.parser = FrameParser(config.max_message_size)
+        # permessage-deflate: the member's messages may come compressed. Its inflater's
+        # memory is counted in the buffer budget while the session runs (open/release).
+        self.parser = FrameParser(
+            config.max_message_size, Inflater(config.max_message_size) if inflate else None
+        )
+        self._inflater_bytes = INFLATER_BYTES if inflate else 0
         # The member's unfinished message, counted in the buffer budget.
         self._assembly = assembly
         # Answers a ping read ahead (the session queues the pong).
@@ -234,10 +242,14 @@ class MemberReader:
             self._buffers.give_turn()
         return held
 
+    def open(self) -> None:
+        """The session runs: count what the member holds for good (its inflater)."""
+        self._buffers.add(self._inflater_bytes)
+
     def release(self) -> None:
         """The session ended: it holds nothing of the budget any more."""
-        self._buffers.add(-self._held)
-        self._held = 0
+        self._buffers.add(-self._held - self._inflater_bytes)
+        self._held = self._inflater_bytes = 0
         if self._has_turn:
             self._has_turn = False
             self._buffers.give_turn()

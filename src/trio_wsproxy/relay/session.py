@@ -25,6 +25,7 @@ import trio
 from ..protocol import v1
 from ..protocol.assembly import FRAGMENT_SIZE, Assembly, Piece
 from ..protocol.close_codes import CloseCode, client_close_label
+from ..protocol.deflate import Deflated
 from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
     OP_PING,
@@ -199,7 +200,13 @@ class Session:
         # The member's data frames, as the messages and pieces the relay forwards.
         self._assembly = Assembly(member_id)
         self._reader = MemberReader(
-            stream, config, relay.buffers, self._assembly, self._pong, leftover
+            stream,
+            config,
+            relay.buffers,
+            self._assembly,
+            self._pong,
+            leftover,
+            inflate=isinstance(encoding, Deflated),
         )
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
@@ -593,6 +600,7 @@ class Session:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
         never raises for a client's fault."""
         relay = self._relay
+        self._reader.open()
         if self._reader.fd is not None:
             # Only now may frames go straight to the socket: the 101 is out.
             self.mailbox.fd = self._reader.fd

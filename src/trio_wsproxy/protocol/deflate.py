@@ -1,0 +1,372 @@
+"""permessage-deflate (RFC 7692): negotiated per member, compressed once per variant.
+
+The relay compresses *without context takeover* (it always answers
+``server_no_context_takeover``): each message it sends is a DEFLATE stream of its own,
+so one compressed frame is valid for every member that negotiated the extension with
+the same window, and fan-out compresses a message once per audience
+(:class:`Deflated`, an :class:`~.encoding.Encoding` wrapping the member's own), never
+once per recipient. Messages a member sends are inflated by its own
+:class:`Inflater`, bounded by the relay's ``max_message_size`` in *inflated* bytes,
+checked while inflating (a small frame that would inflate to gigabytes costs no more
+than the limit).
+
+Sans-I/O, like the rest of ``protocol``: the parameters, the compressors and the
+counters, nothing that waits.
+"""
+
+from __future__ import annotations
+
+import weakref
+import zlib
+
+import attrs
+
+from .close_codes import CloseCode
+from .encoding import Encoding
+from .frames import OP_CONTINUATION, ProtocolError
+from .message import Message, StreamHead
+from .v1 import Event
+
+#: The extension's token in ``Sec-WebSocket-Extensions``.
+EXTENSION = "permessage-deflate"
+#: What every compressed message ends with before its last 4 bytes are cut (RFC 7692
+#: §7.2.1), and what an inflater is fed after each message (§7.2.2).
+_TAIL = b"\x00\x00\xff\xff"
+#: zlib's level: the default, 6. Measured on one core (per message, compressed once for
+#: all its recipients): a 151-byte chat envelope 4 µs, a 7 KB presence list of 500
+#: members 50 µs (to 1 KB), 1 KiB of random bytes 16 µs (then sent plain: see Deflated).
+LEVEL = 6
+#: What one member's inflater holds at most: its 32 KiB window (15 bits) and zlib's
+#: inflate state (7 KiB), rounded up. Counted in the relay's buffer budget.
+INFLATER_BYTES = 48 * 1024
+# Inflated output per decompress call: bounds what one call makes, whatever the ratio.
+_CHUNK = 64 * 1024
+_WINDOW_BITS = range(9, 16)  # (zlib cannot compress raw DEFLATE with an 8-bit window)
+_PARAMETERS = frozenset(
+    {
+        "server_no_context_takeover",
+        "client_no_context_takeover",
+        "server_max_window_bits",
+        "client_max_window_bits",
+    }
+)
+
+
+@attrs.frozen
+class Agreement:
+    """The parameters a handshake agreed on: the window the relay compresses with,
+    and the ``Sec-WebSocket-Extensions`` value of its 101 response."""
+
+    server_window_bits: int
+    response: str
+
+
+class Stats:
+    """Process-wide counters: how often the relay compressed, and what it saved."""
+
+    __slots__ = ("compressed", "incompressible", "inflated", "input_bytes", "output_bytes")
+
+    def __init__(self) -> None:
+        #: Messages (and streamed messages, once each) compressed: one per message per
+        #: compressed variant among its recipients, whatever their number.
+        self.compressed = 0
+        #: Of those, how many came out no smaller and went out plain.
+        self.incompressible = 0
+        #: Payload bytes given to the compressor, and the compressed bytes sent.
+        self.input_bytes = 0
+        self.output_bytes = 0
+        #: Compressed messages members sent, inflated.
+        self.inflated = 0
+
+
+#: The relay's compression counters (``trio_wsproxy_compressions`` and the rest).
+STATS = Stats()
+
+
+def negotiate(offer: str) -> Agreement | None:
+    """The relay's answer to a ``Sec-WebSocket-Extensions`` offer (repeated headers
+    joined with commas): the first ``permessage-deflate`` offer it can honour, or None
+    (no extension: plain frames). An offer is declined, and the next one tried, when it
+    names a parameter twice or one RFC 7692 does not define, gives a value where none
+    belongs or a window outside 8-15, or asks for an 8-bit server window (zlib
+    compresses raw DEFLATE with 9 bits at least)."""
+    for extension in _split(offer, ","):
+        name, *params = (part.strip() for part in _split(extension, ";"))
+        if name.lower() != EXTENSION:
+            continue
+        agreement = _agree(params)
+        if agreement is not None:
+            return agreement
+    return None
+
+
+def _agree(params: list[str]) -> Agreement | None:
+    seen: dict[str, str | None] = {}
+    for param in params:
+        key, sep, value = param.partition("=")
+        key = key.strip().lower()
+        if key not in _PARAMETERS or key in seen:
+            return None
+        seen[key] = _unquote(value.strip()) if sep else None
+    for flag in ("server_no_context_takeover", "client_no_context_takeover"):
+        if flag in seen and seen[flag] is not None:
+            return None
+    server_bits = 15
+    answer = [EXTENSION, "server_no_context_takeover"]
+    if "client_no_context_takeover" in seen:
+        answer.append("client_no_context_takeover")
+    if "server_max_window_bits" in seen:
+        bits = _bits(seen["server_max_window_bits"])
+        if bits is None or bits not in _WINDOW_BITS:
+            return None
+        server_bits = bits
+        answer.append(f"server_max_window_bits={bits}")
+    if "client_max_window_bits" in seen:
+        given = seen["client_max_window_bits"]
+        # No value: the client can be told a smaller window; the relay's inflater takes
+        # any (15 bits), so it tells it none.
+        if given is not None and _bits(given) is None:
+            return None
+    return Agreement(server_bits, "; ".join(answer))
+
+
+def _bits(value: str | None) -> int | None:
+    if value is None or not value.isdigit() or len(value) > 2:
+        return None
+    bits = int(value)
+    return bits if 8 <= bits <= 15 else None
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside quoted strings."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part for part in (each.strip() for each in parts) if part]
+
+
+def _frame_parts(framed: bytes) -> tuple[int, int]:
+    """The first header byte of an unmasked frame and its header's length."""
+    length = framed[1] & 0x7F
+    return framed[0], 2 if length < 126 else 4 if length == 126 else 10
+
+
+def _header(b0: int, length: int) -> bytes:
+    if length < 126:
+        return bytes((b0, length))
+    if length < 65536:
+        return bytes((b0, 126)) + length.to_bytes(2, "big")
+    return bytes((b0, 127)) + length.to_bytes(8, "big")
+
+
+class Deflated(Encoding):
+    """An encoding (plain or a subprotocol's) for members that negotiated
+    permessage-deflate: each message framed by the inner encoding, then its payload
+    compressed — once per message for all of this audience, since fan-out frames once
+    per encoding and equal encodings are one object (:func:`deflated`).
+
+    A payload under ``threshold`` bytes goes out as the inner encoding framed it (RSV1
+    clear: RFC 7692 lets each message choose), and so does one that did not shrink. A
+    streamed message is compressed piece by piece as it flows, one DEFLATE stream per
+    message for all its compressed recipients, holding only zlib's own state."""
+
+    __slots__ = (
+        "__weakref__",
+        "_hash",
+        "_streams",
+        "inner",
+        "presence",
+        "subprotocol",
+        "threshold",
+        "window_bits",
+    )
+
+    def __init__(self, inner: Encoding, threshold: int, window_bits: int = 15) -> None:
+        self.inner = inner
+        self.threshold = threshold
+        self.window_bits = window_bits
+        self.subprotocol = inner.subprotocol
+        self.presence = inner.presence
+        self._hash = hash((type(self), inner, threshold, window_bits))
+        # The streamed messages being compressed, by their head's id: a weak reference
+        # to the head (a stream cut off unfinished drops its compressor with its head)
+        # and the compressor.
+        self._streams: dict[int, tuple[weakref.ref[StreamHead], zlib._Compress]] = {}
+
+    def __eq__(self, other: object) -> bool:
+        return other is self or (
+            type(other) is type(self)
+            and (other.inner, other.threshold, other.window_bits)
+            == (self.inner, self.threshold, self.window_bits)
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"<Deflated {self.inner!r} from {self.threshold} bytes>"
+
+    def message(self, message: Message) -> bytes:
+        return self._compress(self.inner.message(message))
+
+    def event(self, event: Event) -> bytes:
+        return self._compress(self.inner.event(event))
+
+    def for_group(self, group: str) -> Encoding:
+        return deflated(self.inner.for_group(group), self.threshold, self.window_bits)
+
+    def _compress(self, framed: bytes) -> bytes:
+        b0, start = _frame_parts(framed)
+        size = len(framed) - start
+        if size < self.threshold:
+            return framed
+        compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -self.window_bits)
+        payload = memoryview(framed)[start:]
+        body = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        stats = STATS
+        stats.compressed += 1
+        stats.input_bytes += size
+        if len(body) - 4 >= size:
+            stats.incompressible += 1
+            stats.output_bytes += size
+            return framed
+        stats.output_bytes += len(body) - 4
+        return _header(b0 | 0x40, len(body) - 4) + body[:-4]
+
+    def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
+        framed = self.inner.piece(head, payload, first, last)
+        b0, start = _frame_parts(framed)
+        key = id(head)
+        if first:
+            compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -self.window_bits)
+            STATS.compressed += 1
+            if not last:
+                streams = self._streams
+
+                def drop(_: object, key: int = key) -> None:
+                    streams.pop(key, None)
+
+                ref = weakref.ref(head, drop)
+                streams[key] = (ref, compressor)
+            b0 |= 0x40
+        else:
+            known = self._streams.get(key)
+            if known is None or known[0]() is not head:
+                raise RuntimeError(f"{head!r}: a piece of a stream that never started")
+            compressor = known[1]
+            b0 &= 0x80  # (a continuation: RSV1 clear)
+            b0 |= OP_CONTINUATION
+        body = compressor.compress(memoryview(framed)[start:])
+        if last:
+            self._streams.pop(key, None)
+            body = (body + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        STATS.input_bytes += len(framed) - start
+        STATS.output_bytes += len(body)
+        return _header(b0, len(body)) + body
+
+
+_DEFLATED: weakref.WeakValueDictionary[tuple[Encoding, int, int], Deflated] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def deflated(inner: Encoding, threshold: int, window_bits: int = 15) -> Deflated:
+    """The compressed variant of ``inner``: one object per (encoding, threshold,
+    window) while any member uses it, so that a streamed message's compressor is found
+    whichever member's audience names it."""
+    key = (inner, threshold, window_bits)
+    found = _DEFLATED.get(key)
+    if found is None:
+        found = _DEFLATED[key] = Deflated(inner, threshold, window_bits)
+    return found
+
+
+class Inflater:
+    """Inflates the compressed messages one member sends (its context carried from
+    message to message, as RFC 7692 lets a client that was not told otherwise).
+
+    ``limit``: the most inflated bytes one message may have (``max_message_size``);
+    past it :meth:`inflate` raises 1009 before making more than the limit and one
+    chunk. Malformed data raises 1007 with zlib's reason."""
+
+    __slots__ = ("_ended", "_inflater", "_limit", "_size")
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._inflater = zlib.decompressobj(-15)
+        self._size = 0
+        # The client ended this message's DEFLATE stream (BFINAL) before its last frame.
+        self._ended = False
+
+    def start(self) -> None:
+        """A compressed message begins."""
+        self._size = 0
+
+    def inflate(self, data: bytes, last: bool) -> list[bytes]:
+        """The inflated bytes of ``data``, the next of a compressed message's payload
+        (``last``: its end), in chunks of at most 64 KiB."""
+        if self._ended:
+            if data:
+                raise ProtocolError(
+                    CloseCode.INVALID_PAYLOAD, "compressed data after the end of its stream"
+                )
+            if last:
+                self._reset()
+            return []
+        if last:
+            data += _TAIL
+        out: list[bytes] = []
+        inflater, limit = self._inflater, self._limit
+        try:
+            while True:
+                room = _CHUNK if limit is None else min(_CHUNK, limit - self._size + 1)
+                chunk = inflater.decompress(data, room)
+                if chunk:
+                    self._size += len(chunk)
+                    if limit is not None and self._size > limit:
+                        raise ProtocolError(
+                            CloseCode.MESSAGE_TOO_BIG,
+                            f"message larger than {limit} bytes once inflated",
+                        )
+                    out.append(chunk)
+                data = inflater.unconsumed_tail
+                # (A full chunk may leave output pending in zlib with no input left.)
+                if inflater.eof or (not data and len(chunk) < room):
+                    break
+        except zlib.error as exc:
+            raise ProtocolError(
+                CloseCode.INVALID_PAYLOAD, f"malformed compressed data: {exc}"
+            ) from None
+        if inflater.eof:
+            # The client ended its DEFLATE stream (BFINAL, RFC 7692 §7.2.3.3): nothing
+            # may follow in this message but the tail the relay added.
+            if inflater.unused_data not in (b"", _TAIL):
+                raise ProtocolError(
+                    CloseCode.INVALID_PAYLOAD, "compressed data after the end of its stream"
+                )
+            if last:
+                self._reset()
+            else:
+                self._ended = True
+        if last:
+            STATS.inflated += 1
+        return out
+
+    def _reset(self) -> None:
+        self._inflater = zlib.decompressobj(-15)
+        self._ended = False

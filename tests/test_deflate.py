@@ -1,0 +1,349 @@
+"""permessage-deflate (RFC 7692) over real sockets: negotiation, compressed once per
+variant, inflating what members send within the limit, streams with flat memory.
+
+The clients here are raw (wsraw.py): the test reads each frame's RSV1 bit and inflates
+the relay's compressed frames itself, with zlib, as a browser would."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import trio
+
+from relayproc import peak_rss_mib, start_relay
+from trio_wsproxy import RelayConfig, open_relay
+from trio_wsproxy.protocol.deflate import STATS, negotiate
+from trio_wsproxy.relay.relay import Relay
+from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient, mask_frame, read_frame
+
+OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+TAIL = b"\x00\x00\xff\xff"
+
+
+def compress(data: bytes, bits: int = 15) -> bytes:
+    """``data`` compressed as a client compresses a message (RFC 7692 §7.2.1)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -bits)
+    body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert body.endswith(TAIL)
+    return body[:-4]
+
+
+def compressed_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A masked client frame with RSV1 set: ``payload`` must already be compressed."""
+    framed = bytearray(mask_frame(opcode, payload, fin))
+    framed[0] |= 0x40
+    return bytes(framed)
+
+
+async def connect(
+    port: int, member: str, extra: str = OFFER, group: str = "g"
+) -> tuple[RawClient, dict[str, str]]:
+    client = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+    status, headers, body = await client.handshake(f"/ws?id={member}&groupName={group}", extra)
+    assert status == 101, (status, body)
+    return client, headers
+
+
+async def frame(client: RawClient) -> tuple[int, bytes]:
+    """The next server frame: its first byte (FIN, RSV1, opcode) and payload."""
+    with trio.fail_after(10):
+        b0, b1, payload = await read_frame(client.buffer, client._need, masked=False)
+    assert not b1 & 0x80
+    return b0, payload
+
+
+async def message(client: RawClient, bits: int = 15) -> tuple[int, bytes, bool]:
+    """The next data message, inflated if it came compressed: (opcode, data, compressed)."""
+    parts: list[bytes] = []
+    b0, payload = await frame(client)
+    while b0 & 0x0F in (0x9, 0xA):
+        b0, payload = await frame(client)
+    opcode, compressed = b0 & 0x0F, bool(b0 & 0x40)
+    inflater = zlib.decompressobj(-bits)
+    while True:
+        parts.append(inflater.decompress(payload) if compressed else payload)
+        if b0 & 0x80:
+            break
+        b0, payload = await frame(client)
+        assert b0 & 0x0F == OP_CONT and not b0 & 0x40  # RSV1 is the first frame's only
+    if compressed:
+        parts.append(inflater.decompress(TAIL))
+    return opcode, b"".join(parts), compressed
+
+
+async def members(relay: Relay, count: int, group: str = "g") -> None:
+    with trio.fail_after(5):
+        await relay.wait_members(count, group)
+
+
+# -- negotiation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+        (
+            "permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; client_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10",
+        ),
+        (
+            'permessage-deflate; server_max_window_bits="12"',
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12",
+        ),
+        # Declined: an 8-bit server window (zlib cannot), a value out of range, a value
+        # where none belongs, an unknown or repeated parameter; the next offer is tried.
+        ("permessage-deflate; server_max_window_bits=8", None),
+        ("permessage-deflate; server_max_window_bits", None),
+        ("permessage-deflate; client_max_window_bits=16", None),
+        ("permessage-deflate; server_no_context_takeover=1", None),
+        ("permessage-deflate; mystery", None),
+        ("permessage-deflate; client_max_window_bits; client_max_window_bits", None),
+        ("x-webkit-deflate-frame", None),
+        (
+            "permessage-deflate; server_max_window_bits=8, permessage-deflate",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        (
+            "foo, permessage-deflate; client_max_window_bits",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+    ],
+)
+def test_negotiation_answers_each_offer(offer: str, answer: str | None) -> None:
+    agreement = negotiate(offer)
+    assert (agreement.response if agreement else None) == answer
+
+
+async def test_the_101_names_the_extension_only_when_compression_is_on() -> None:
+    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+        _, headers = await connect(relay.port, "a")
+        assert headers["sec-websocket-extensions"] == (
+            "permessage-deflate; server_no_context_takeover"
+        )
+        _, headers = await connect(relay.port, "b", extra="")
+        assert "sec-websocket-extensions" not in headers
+        _, headers = await connect(
+            relay.port, "c", "Sec-WebSocket-Extensions: permessage-deflate; mystery\r\n"
+        )
+        assert "sec-websocket-extensions" not in headers
+    async with open_relay(RelayConfig(port=0)) as relay:
+        _, headers = await connect(relay.port, "a")
+        assert "sec-websocket-extensions" not in headers
+
+
+# -- compressed once per variant ------------------------------------------------------
+
+
+async def test_mixed_group_gets_the_same_messages_compressed_once_per_variant() -> None:
+    async with open_relay(RelayConfig(port=0, compression=32)) as relay:
+        sender, _ = await connect(relay.port, "sender", extra="")
+        plain, _ = await connect(relay.port, "plain", extra="")
+        squeezed = [(await connect(relay.port, f"z{i}"))[0] for i in range(3)]
+        small, headers = await connect(
+            relay.port, "small", OFFER.replace("client_max_window_bits", "server_max_window_bits=9")
+        )
+        assert "server_max_window_bits=9" in headers["sec-websocket-extensions"]
+        await members(relay, 6)
+        texts = [f'{{"text": "hello hello hello hello number {i}"}}'.encode() for i in range(5)]
+        before = STATS.compressed
+        for text in texts:
+            await sender.send_frame(OP_TEXT, text)
+        await sender.send_frame(OP_TEXT, b"tiny")  # under 32 bytes: never compressed
+        for text in texts:
+            assert await message(plain) == (OP_TEXT, text, False)
+            for client in squeezed:
+                assert await message(client) == (OP_TEXT, text, True)
+            assert await message(small, bits=9) == (OP_TEXT, text, True)
+        for client in [plain, *squeezed, small]:
+            assert await message(client) == (OP_TEXT, b"tiny", False)
+        # Two compressed variants (15-bit and 9-bit windows): two calls per message,
+        # however many members each has.
+        assert STATS.compressed - before == 2 * len(texts)
+
+
+async def test_what_does_not_shrink_goes_out_plain() -> None:
+    async with open_relay(RelayConfig(port=0, compression=32)) as relay:
+        sender, _ = await connect(relay.port, "sender", extra="")
+        receiver, _ = await connect(relay.port, "receiver")
+        await members(relay, 2)
+        noise = os.urandom(1000)
+        before = STATS.incompressible
+        await sender.send_frame(OP_BINARY, noise)
+        assert await message(receiver) == (OP_BINARY, noise, False)
+        assert STATS.incompressible - before == 1
+
+
+async def test_v1_members_get_compressed_headers_and_events() -> None:
+    async with open_relay(RelayConfig(port=0, compression=16)) as relay:
+        v1 = "Sec-WebSocket-Protocol: wsproxy.v1\r\n"
+        watcher, headers = await connect(relay.port, "watcher", OFFER + v1)
+        assert headers["sec-websocket-protocol"] == "wsproxy.v1"
+        opcode, welcome, _ = await message(watcher)
+        assert opcode == OP_TEXT and b"welcome" in welcome
+        sender, _ = await connect(relay.port, "sender-with-a-long-name", extra="")
+        opcode, presence, compressed = await message(watcher)
+        assert b"sender-with-a-long-name" in presence and compressed
+        await sender.send_frame(OP_TEXT, b"x" * 100)
+        opcode, data, compressed = await message(watcher)
+        assert compressed and data.endswith(b"\n" + b"x" * 100)
+        assert b"sender-with-a-long-name" in data
+
+
+async def test_a_streamed_message_is_compressed_piece_by_piece_for_all() -> None:
+    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+        sender, _ = await connect(relay.port, "sender", extra="")
+        receivers = [(await connect(relay.port, f"r{i}"))[0] for i in range(2)]
+        plain, _ = await connect(relay.port, "plain", extra="")
+        await members(relay, 4)
+        piece = (b"the same words again and again " * 40000)[: 1 << 20]
+        count = 3
+        before = STATS.compressed
+
+        async def send() -> None:
+            for i in range(count):
+                await sender.send_frame(OP_BINARY if i == 0 else OP_CONT, piece, i == count - 1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            for client in receivers:
+                opcode, data, compressed = await message(client)
+                assert (opcode, compressed) == (OP_BINARY, True)
+                assert data == piece * count
+            assert await message(plain) == (OP_BINARY, piece * count, False)
+        assert STATS.compressed - before == 1
+
+
+# -- inflating what members send ------------------------------------------------------
+
+
+async def test_compressed_messages_are_inflated_for_every_member() -> None:
+    async with open_relay(RelayConfig(port=0, compression=1 << 20)) as relay:
+        sender, _ = await connect(relay.port, "sender")
+        plain, _ = await connect(relay.port, "plain", extra="")
+        await members(relay, 2)
+        text = "héllo, compressed world ".encode() * 20
+        await sender.send(compressed_frame(OP_TEXT, compress(text)))
+        assert await message(plain) == (OP_TEXT, text, False)
+        # In fragments, the second message using the first's context (context takeover).
+        body = compress(text)
+        await sender.send(compressed_frame(OP_TEXT, body[:5], fin=False))
+        await sender.send(mask_frame(OP_CONT, body[5:]))
+        assert await message(plain) == (OP_TEXT, text, False)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        for _ in range(3):
+            body = compressor.compress(b"again and again") + compressor.flush(zlib.Z_SYNC_FLUSH)
+            await sender.send(compressed_frame(OP_BINARY, body[:-4]))
+            assert await message(plain) == (OP_BINARY, b"again and again", False)
+        # One that ends its DEFLATE stream (BFINAL), as RFC 7692 §7.2.3.3 allows.
+        await sender.send(compressed_frame(OP_BINARY, zlib.compress(b"final", wbits=-15)))
+        assert await message(plain) == (OP_BINARY, b"final", False)
+
+
+@pytest.mark.parametrize(
+    ("frames", "code", "reason"),
+    [
+        ([compressed_frame(OP_BINARY, b"\xff\xff\xff\xff")], 1007, "malformed compressed data"),
+        (
+            [compressed_frame(OP_TEXT, compress(b"\xff\xfe not UTF-8"))],
+            1007,
+            "not valid UTF-8",
+        ),
+        (
+            [compressed_frame(OP_BINARY, zlib.compress(b"end", wbits=-15) + b"\x00")],
+            1007,
+            "after the end",
+        ),
+        (
+            [mask_frame(OP_BINARY, b"a", fin=False), compressed_frame(OP_CONT, b"b")],
+            1002,
+            "reserved bits",
+        ),
+    ],
+)
+async def test_bad_compressed_data_is_refused_with_a_reason(
+    frames: list[bytes], code: int, reason: str
+) -> None:
+    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+        client, _ = await connect(relay.port, "a")
+        for each in frames:
+            await client.send(each)
+        with trio.fail_after(5):
+            got, why = await client.expect_close()
+        assert got == code and reason in why
+
+
+async def test_rsv1_without_the_extension_is_a_protocol_error() -> None:
+    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+        client, _ = await connect(relay.port, "a", extra="")
+        await client.send(compressed_frame(OP_TEXT, compress(b"hello")))
+        with trio.fail_after(5):
+            assert (await client.expect_close())[0] == 1002
+
+
+async def test_the_limit_counts_inflated_bytes() -> None:
+    limit = 100_000
+    async with open_relay(RelayConfig(port=0, compression=64, max_message_size=limit)) as relay:
+        sender, _ = await connect(relay.port, "sender")
+        plain, _ = await connect(relay.port, "plain", extra="")
+        await members(relay, 2)
+        await sender.send(compressed_frame(OP_BINARY, compress(b"a" * limit)))
+        assert await message(plain) == (OP_BINARY, b"a" * limit, False)
+        await sender.send(compressed_frame(OP_BINARY, compress(b"a" * (limit + 1))))
+        with trio.fail_after(5):
+            code, reason = await sender.expect_close()
+        assert code == 1009 and "inflated" in reason
+
+
+def _bomb(gib: int) -> bytes:
+    """A compressed message of ``gib`` GiB of zeros (about 1 MiB of DEFLATE per GiB)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1 << 24)
+    parts = [compressor.compress(zeros) for _ in range(gib * 64)]
+    parts.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return b"".join(parts)[:-4]
+
+
+async def test_a_decompression_bomb_costs_no_more_than_the_limit() -> None:
+    process, _, port = await start_relay("--compression", "64", "--max-message-size", "1MiB")
+    try:
+        baseline = peak_rss_mib(process.pid)
+        client, _ = await connect(port, "bomber")
+        bomb = compressed_frame(OP_BINARY, _bomb(1))  # 1 GiB inflated, 1 MiB sent
+        closed: list[tuple[int, str]] = []
+
+        async def send() -> None:
+            # In pieces, until the relay's close comes: it refuses the message long
+            # before its end, and what follows is never read.
+            for start in range(0, len(bomb), 16384):
+                if closed:
+                    return
+                try:
+                    await client.send(bomb[start : start + 16384])
+                except trio.BrokenResourceError:
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            with trio.fail_after(30):
+                closed.append(await client.expect_close())
+        code, reason = closed[0]
+        assert code == 1009, reason
+        assert peak_rss_mib(process.pid) - baseline < 32
+    finally:
+        process.terminate()
+        await process.wait()

@@ -120,6 +120,11 @@ class ClientConfig:
     #: anyway. False connects exactly as a plain client, for a server or proxy that refuses
     #: an upgrade offering a subprotocol it does not know.
     offer_v1: bool = True
+    #: Whether to offer permessage-deflate (RFC 7692): a relay with ``--compression``
+    #: then sends large messages compressed, and the client compresses every message it
+    #: sends (wsproto's, per connection). Off by default: on a local network it costs
+    #: CPU on both sides for bytes that are cheap (see docs/performance.md).
+    compression: bool = False
     #: The .NET runtime version written into generic type names (``List`1[[System.String,
     #: System.Private.CoreLib, Version=7.0.0.0, ...]]``), which a .NET member matches
     #: exactly: ``"7.0.0.0"`` for .NET 7, ``"8.0.0.0"`` for .NET 8. None (the default)

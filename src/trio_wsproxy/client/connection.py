@@ -35,6 +35,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..protocol.close_codes import CloseCode
@@ -105,11 +106,14 @@ class WebSocket:
         subprotocol: str | None,
         receive_buffer_size: int,
         max_message_size: int | None,
+        compressed: bool = False,
     ) -> None:
         self._stream = stream
         self._ws = ws
         #: The subprotocol the relay selected (``"wsproxy.v1"``), or None: plain.
         self.subprotocol = subprotocol
+        #: Whether the relay agreed to permessage-deflate (``ClientConfig.compression``).
+        self.compressed = compressed
         self._receive_size = receive_buffer_size
         self._max_message_size = max_message_size
         self._write_lock = trio.StrictFIFOLock()
@@ -355,6 +359,7 @@ async def _upgrade(
         host=address.authority,
         target=address.resource,
         subprotocols=[SUBPROTOCOL] if config.offer_v1 else [],
+        extensions=[PerMessageDeflate()] if config.compression else [],
     )
     try:
         await stream.send_all(ws.send(request))
@@ -373,6 +378,7 @@ async def _upgrade(
                         subprotocol=event.subprotocol,
                         receive_buffer_size=config.receive_buffer_size,
                         max_message_size=config.max_message_size,
+                        compressed=bool(event.extensions),
                     )
                 if isinstance(event, RejectConnection):
                     refusal = event

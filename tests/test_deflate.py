@@ -132,7 +132,7 @@ def test_negotiation_answers_each_offer(offer: str, answer: str | None) -> None:
 
 
 async def test_the_101_names_the_extension_only_when_compression_is_on() -> None:
-    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         _, headers = await connect(relay.port, "a")
         assert headers["sec-websocket-extensions"] == (
             "permessage-deflate; server_no_context_takeover"
@@ -143,7 +143,7 @@ async def test_the_101_names_the_extension_only_when_compression_is_on() -> None
             relay.port, "c", "Sec-WebSocket-Extensions: permessage-deflate; mystery\r\n"
         )
         assert "sec-websocket-extensions" not in headers
-    async with open_relay(RelayConfig(port=0)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2)) as relay:
         _, headers = await connect(relay.port, "a")
         assert "sec-websocket-extensions" not in headers
 
@@ -152,7 +152,7 @@ async def test_the_101_names_the_extension_only_when_compression_is_on() -> None
 
 
 async def test_mixed_group_gets_the_same_messages_compressed_once_per_variant() -> None:
-    async with open_relay(RelayConfig(port=0, compression=32)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=32)) as relay:
         sender, _ = await connect(relay.port, "sender", extra="")
         plain, _ = await connect(relay.port, "plain", extra="")
         squeezed = [(await connect(relay.port, f"z{i}"))[0] for i in range(3)]
@@ -179,7 +179,7 @@ async def test_mixed_group_gets_the_same_messages_compressed_once_per_variant() 
 
 
 async def test_what_does_not_shrink_goes_out_plain() -> None:
-    async with open_relay(RelayConfig(port=0, compression=32)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=32)) as relay:
         sender, _ = await connect(relay.port, "sender", extra="")
         receiver, _ = await connect(relay.port, "receiver")
         await members(relay, 2)
@@ -191,7 +191,7 @@ async def test_what_does_not_shrink_goes_out_plain() -> None:
 
 
 async def test_v1_members_get_compressed_headers_and_events() -> None:
-    async with open_relay(RelayConfig(port=0, compression=16)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=16)) as relay:
         v1 = "Sec-WebSocket-Protocol: wsproxy.v1\r\n"
         watcher, headers = await connect(relay.port, "watcher", OFFER + v1)
         assert headers["sec-websocket-protocol"] == "wsproxy.v1"
@@ -207,7 +207,7 @@ async def test_v1_members_get_compressed_headers_and_events() -> None:
 
 
 async def test_a_streamed_message_is_compressed_piece_by_piece_for_all() -> None:
-    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         sender, _ = await connect(relay.port, "sender", extra="")
         receivers = [(await connect(relay.port, f"r{i}"))[0] for i in range(2)]
         plain, _ = await connect(relay.port, "plain", extra="")
@@ -234,7 +234,7 @@ async def test_a_streamed_message_is_compressed_piece_by_piece_for_all() -> None
 
 
 async def test_compressed_messages_are_inflated_for_every_member() -> None:
-    async with open_relay(RelayConfig(port=0, compression=1 << 20)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=1 << 20)) as relay:
         sender, _ = await connect(relay.port, "sender")
         plain, _ = await connect(relay.port, "plain", extra="")
         await members(relay, 2)
@@ -280,7 +280,7 @@ async def test_compressed_messages_are_inflated_for_every_member() -> None:
 async def test_bad_compressed_data_is_refused_with_a_reason(
     frames: list[bytes], code: int, reason: str
 ) -> None:
-    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         client, _ = await connect(relay.port, "a")
         for each in frames:
             await client.send(each)
@@ -290,7 +290,7 @@ async def test_bad_compressed_data_is_refused_with_a_reason(
 
 
 async def test_rsv1_without_the_extension_is_a_protocol_error() -> None:
-    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         client, _ = await connect(relay.port, "a", extra="")
         await client.send(compressed_frame(OP_TEXT, compress(b"hello")))
         with trio.fail_after(5):
@@ -299,7 +299,9 @@ async def test_rsv1_without_the_extension_is_a_protocol_error() -> None:
 
 async def test_the_limit_counts_inflated_bytes() -> None:
     limit = 100_000
-    async with open_relay(RelayConfig(port=0, compression=64, max_message_size=limit)) as relay:
+    async with open_relay(
+        RelayConfig(port=0, close_timeout=0.2, compression=64, max_message_size=limit)
+    ) as relay:
         sender, _ = await connect(relay.port, "sender")
         plain, _ = await connect(relay.port, "plain", extra="")
         await members(relay, 2)
@@ -356,7 +358,7 @@ async def test_a_decompression_bomb_costs_no_more_than_the_limit() -> None:
 
 @pytest.mark.parametrize("compression", [True, False])
 async def test_the_python_client_negotiates_it_when_configured(compression: bool) -> None:
-    async with open_relay(RelayConfig(port=0, compression=64)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         ws = await open_websocket(
             f"{relay.url}?id=py&groupName=g",
             config=ClientConfig(compression=compression, offer_v1=False),

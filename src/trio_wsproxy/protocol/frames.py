@@ -245,20 +245,10 @@ class FrameParser:
             return bytes(data)
         return _xor(chunk, mask)
 
-    def _data(self, events: list[Event], chunk: bytes, last: bool) -> None:
-        if self._compressed:
-            pieces = self._inflater.inflate(chunk, last)  # type: ignore[union-attr]
-            if not pieces:
-                if last:
-                    self._emit(events, b"", True)
-                return
-            for piece in pieces[:-1]:
-                self._emit(events, piece, False)
-            self._emit(events, pieces[-1], last)
+    def _data(self, events: list[Event], chunk: bytes, last: bool, inflated: bool = False) -> None:
+        if self._compressed and not inflated:
+            self._inflate(events, chunk, last)
             return
-        self._emit(events, chunk, last)
-
-    def _emit(self, events: list[Event], chunk: bytes, last: bool) -> None:
         first = not self._started
         self._started = True
         if self._text:
@@ -278,6 +268,17 @@ class FrameParser:
         if last:
             self._in_message = False
             self._utf8 = None
+
+    def _inflate(self, events: list[Event], chunk: bytes, last: bool) -> None:
+        """A compressed message's data: its inflated pieces, as the message's data."""
+        pieces = self._inflater.inflate(chunk, last)  # type: ignore[union-attr]
+        if not pieces:
+            if last:
+                self._data(events, b"", True, True)
+            return
+        for piece in pieces[:-1]:
+            self._data(events, piece, False, True)
+        self._data(events, pieces[-1], last, True)
 
     def _control(self, opcode: int, payload: bytes) -> Event:
         if opcode == OP_PING:

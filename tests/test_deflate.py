@@ -183,11 +183,17 @@ async def test_what_does_not_shrink_goes_out_plain() -> None:
         sender, _ = await connect(relay.port, "sender", extra="")
         receiver, _ = await connect(relay.port, "receiver")
         await members(relay, 2)
-        noise = os.urandom(1000)
         before = STATS.incompressible
-        await sender.send_frame(OP_BINARY, noise)
-        assert await message(receiver) == (OP_BINARY, noise, False)
-        assert STATS.incompressible - before == 1
+        # Compressed and found larger; probed (from 4 KiB) and not compressed at all; a
+        # stream probed on its first piece, then sent plain whole.
+        for size in (1000, 8000, 3 << 20):
+            noise = os.urandom(size)
+            for start in range(0, size, 1 << 20):
+                piece = noise[start : start + (1 << 20)]
+                opcode = OP_BINARY if start == 0 else OP_CONT
+                await sender.send_frame(opcode, piece, start + len(piece) == size)
+            assert await message(receiver) == (OP_BINARY, noise, False)
+        assert STATS.incompressible - before == 3
 
 
 async def test_v1_members_get_compressed_headers_and_events() -> None:

@@ -22,6 +22,8 @@ from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient, mask_frame, read_frame
 
 OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 TAIL = b"\x00\x00\xff\xff"
+#: The relay's answer: no context takeover either way.
+ANSWER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
 
 
 def compress(data: bytes, bits: int = 15) -> bytes:
@@ -86,14 +88,17 @@ async def members(relay: Relay, count: int, group: str = "g") -> None:
 @pytest.mark.parametrize(
     ("offer", "answer"),
     [
-        ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+        (
+            "permessage-deflate",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        ),
         (
             "permessage-deflate; client_max_window_bits",
-            "permessage-deflate; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         ),
         (
             "permessage-deflate; client_max_window_bits=10",
-            "permessage-deflate; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         ),
         (
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
@@ -101,11 +106,11 @@ async def members(relay: Relay, count: int, group: str = "g") -> None:
         ),
         (
             "permessage-deflate; server_max_window_bits=10",
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=10",
+            ANSWER + "; server_max_window_bits=10",
         ),
         (
             'permessage-deflate; server_max_window_bits="12"',
-            "permessage-deflate; server_no_context_takeover; server_max_window_bits=12",
+            ANSWER + "; server_max_window_bits=12",
         ),
         # Declined: an 8-bit server window (zlib cannot), a value out of range, a value
         # where none belongs, an unknown or repeated parameter; the next offer is tried.
@@ -118,11 +123,11 @@ async def members(relay: Relay, count: int, group: str = "g") -> None:
         ("x-webkit-deflate-frame", None),
         (
             "permessage-deflate; server_max_window_bits=8, permessage-deflate",
-            "permessage-deflate; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         ),
         (
             "foo, permessage-deflate; client_max_window_bits",
-            "permessage-deflate; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         ),
     ],
 )
@@ -135,7 +140,7 @@ async def test_the_101_names_the_extension_only_when_compression_is_on() -> None
     async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
         _, headers = await connect(relay.port, "a")
         assert headers["sec-websocket-extensions"] == (
-            "permessage-deflate; server_no_context_takeover"
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
         )
         _, headers = await connect(relay.port, "b", extra="")
         assert "sec-websocket-extensions" not in headers
@@ -180,19 +185,29 @@ async def test_mixed_group_gets_the_same_messages_compressed_once_per_variant() 
 
 async def test_what_does_not_shrink_goes_out_plain() -> None:
     async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=32)) as relay:
-        sender, _ = await connect(relay.port, "sender", extra="")
+        media, _ = await connect(relay.port, "media", extra="")
+        other, _ = await connect(relay.port, "other", extra="")
         receiver, _ = await connect(relay.port, "receiver")
-        await members(relay, 2)
+        await members(relay, 3)
         before = STATS.incompressible
-        # Compressed and found larger; probed (from 4 KiB) and not compressed at all; a
-        # stream probed on its first piece, then sent plain whole.
-        for size in (1000, 8000, 3 << 20):
-            noise = os.urandom(size)
-            for start in range(0, size, 1 << 20):
-                piece = noise[start : start + (1 << 20)]
-                opcode = OP_BINARY if start == 0 else OP_CONT
-                await sender.send_frame(opcode, piece, start + len(piece) == size)
-            assert await message(receiver) == (OP_BINARY, noise, False)
+
+        async def send(sender: RawClient, data: bytes, text: bool = False) -> None:
+            for start in range(0, len(data), 1 << 20):  # (over 1 MiB: a stream)
+                piece = data[start : start + (1 << 20)]
+                opcode = (OP_TEXT if text else OP_BINARY) if start == 0 else OP_CONT
+                await sender.send_frame(opcode, piece, start + len(piece) == len(data))
+            opcode = OP_TEXT if text else OP_BINARY
+            assert await message(receiver) == (opcode, data, False)
+
+        await send(media, os.urandom(1000))  # compressed, found larger: sent plain
+        assert STATS.incompressible - before == 1
+        # The same sender's next messages go out plain untried, even compressible ones.
+        await send(media, os.urandom(8000))
+        await send(media, b"compressible " * 100, text=True)
+        assert STATS.incompressible - before == 1
+        await send(other, os.urandom(8000))  # probed on its first bytes: sent plain
+        assert STATS.incompressible - before == 2
+        await send(other, os.urandom(3 << 20))  # a stream, probed on its first piece
         assert STATS.incompressible - before == 3
 
 
@@ -247,19 +262,29 @@ async def test_compressed_messages_are_inflated_for_every_member() -> None:
         text = "héllo, compressed world ".encode() * 20
         await sender.send(compressed_frame(OP_TEXT, compress(text)))
         assert await message(plain) == (OP_TEXT, text, False)
-        # In fragments, the second message using the first's context (context takeover).
+        # In fragments.
         body = compress(text)
         await sender.send(compressed_frame(OP_TEXT, body[:5], fin=False))
         await sender.send(mask_frame(OP_CONT, body[5:]))
         assert await message(plain) == (OP_TEXT, text, False)
+        # One compressor for all, each message ended with a full flush (no message
+        # refers to another, as the relay asks: client_no_context_takeover).
         compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
         for _ in range(3):
-            body = compressor.compress(b"again and again") + compressor.flush(zlib.Z_SYNC_FLUSH)
+            body = compressor.compress(b"again and again") + compressor.flush(zlib.Z_FULL_FLUSH)
             await sender.send(compressed_frame(OP_BINARY, body[:-4]))
             assert await message(plain) == (OP_BINARY, b"again and again", False)
         # One that ends its DEFLATE stream (BFINAL), as RFC 7692 §7.2.3.3 allows.
         await sender.send(compressed_frame(OP_BINARY, zlib.compress(b"final", wbits=-15)))
         assert await message(plain) == (OP_BINARY, b"final", False)
+
+
+def _with_context(data: bytes, count: int) -> list[bytes]:
+    """``count`` messages of ``data`` compressed with context takeover."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return [
+        (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4] for _ in range(count)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -275,6 +300,12 @@ async def test_compressed_messages_are_inflated_for_every_member() -> None:
             [compressed_frame(OP_BINARY, zlib.compress(b"end", wbits=-15) + b"\x00")],
             1007,
             "after the end",
+        ),
+        (
+            # A message referring to the one before it: the relay asked for none.
+            [compressed_frame(OP_BINARY, each) for each in _with_context(b"said again", 2)],
+            1007,
+            "invalid distance too far back",
         ),
         (
             [mask_frame(OP_BINARY, b"a", fin=False), compressed_frame(OP_CONT, b"b")],

@@ -19,7 +19,9 @@ async def test_a_browser_negotiates_it_and_messages_go_compressed_both_ways() ->
             page = await browser.open("web", url)
             await page.wait("window.demo && window.demo.client && window.demo.client.connected")
             extensions = await page.eval("window.demo.client._ws.extensions")
-            assert extensions == "permessage-deflate; server_no_context_takeover"
+            assert extensions == (
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            )
             async with open_client(relay.url, group="lobby", id="py") as py:
                 await wait_for_member(py, "web")
                 compressed, inflated = STATS.compressed, STATS.inflated

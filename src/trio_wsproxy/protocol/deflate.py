@@ -113,9 +113,11 @@ def _agree(params: list[str]) -> Agreement | None:
         if flag in seen and seen[flag] is not None:
             return None
     server_bits = 15
-    answer = [EXTENSION, "server_no_context_takeover"]
-    if "client_no_context_takeover" in seen:
-        answer.append("client_no_context_takeover")
+    # Always client_no_context_takeover too (RFC 7692 §7.1.1.2 lets the server ask it of
+    # any client): each message a member sends is a DEFLATE stream of its own, so the
+    # relay holds a member's inflater (its 32 KiB window) only while a compressed
+    # message arrives, not for the member's whole connection.
+    answer = [EXTENSION, "server_no_context_takeover", "client_no_context_takeover"]
     if "server_max_window_bits" in seen:
         bits = _bits(seen["server_max_window_bits"])
         if bits is None or bits not in _WINDOW_BITS:
@@ -190,6 +192,7 @@ class Deflated(Encoding):
         "__weakref__",
         "_compressor",
         "_hash",
+        "_skip",
         "_streams",
         "inner",
         "presence",
@@ -206,6 +209,8 @@ class Deflated(Encoding):
         self.presence = inner.presence
         self._hash = hash((type(self), inner, threshold, window_bits))
         self._compressor = _compressor(window_bits)
+        # Senders whose messages do not shrink: how many more to send plain untried.
+        self._skip: dict[str, int] = {}
         # The streamed messages being compressed, by their head's id: a weak reference
         # to the head (a stream cut off unfinished drops its compressor with its head)
         # and the compressor.
@@ -226,7 +231,21 @@ class Deflated(Encoding):
         return f"<Deflated {self.inner!r} from {self.threshold} bytes>"
 
     def message(self, message: Message) -> bytes:
-        return self._compress(self.inner.message(message))
+        framed = self.inner.message(message)
+        skip = self._skip
+        if skip and message.sender in skip:
+            left = skip.pop(message.sender) - 1
+            if left:
+                skip[message.sender] = left
+            return framed
+        before = STATS.incompressible
+        compressed = self._compress(framed)
+        if STATS.incompressible != before:
+            # It did not shrink: this sender's next ones go out plain untried.
+            if len(skip) >= 4096:
+                skip.clear()  # (bounded; forgetting costs one try per sender)
+            skip[message.sender] = SKIP_AFTER_INCOMPRESSIBLE
+        return compressed
 
     def event(self, event: Event) -> bytes:
         return self._compress(self.inner.event(event))
@@ -307,16 +326,23 @@ class Deflated(Encoding):
 
 
 _COMPRESSORS: dict[int, zlib._Compress] = {}
-# From this size, a payload is probed before it is compressed: its first _PROBE bytes at
-# level 1 (about 5 µs), and if they do not shrink by a tenth, it goes out plain.
+# From this size, a payload is probed before it is compressed: its first _PROBE bytes
+# at level 1 with a small window (10-20 µs), and if they do not shrink by a tenth, it
+# goes out plain (random bytes, media: compressing them whole costs 13 µs per KiB for
+# nothing).
 _PROBE_FROM = 4096
-_PROBE = 1024
+_PROBE = 512
+#: A sender whose message did not shrink has its next this many messages sent plain
+#: without trying (a member sending media sends more of it); then it is tried again.
+SKIP_AFTER_INCOMPRESSIBLE = 16
+_PROBER = zlib.compressobj(1, zlib.DEFLATED, -9, 1)
 
 
 def _incompressible(payload: memoryview) -> bool:
     """Whether ``payload`` looks like it would not shrink (random bytes, media)."""
     sample = payload[:_PROBE]
-    return len(zlib.compress(sample, 1, -9)) > len(sample) * 9 // 10
+    size = len(_PROBER.compress(sample)) + len(_PROBER.flush(zlib.Z_FULL_FLUSH))
+    return size > len(sample) * 9 // 10
 
 
 def _compressor(window_bits: int) -> zlib._Compress:
@@ -346,8 +372,9 @@ def deflated(inner: Encoding, threshold: int, window_bits: int = 15) -> Deflated
 
 
 class Inflater:
-    """Inflates the compressed messages one member sends (its context carried from
-    message to message, as RFC 7692 lets a client that was not told otherwise).
+    """Inflates the compressed messages one member sends, each on its own (the relay
+    answers ``client_no_context_takeover``): zlib's inflater exists only from a
+    compressed message's first frame to its last (:attr:`held`).
 
     ``limit``: the most inflated bytes one message may have (``max_message_size``);
     past it :meth:`inflate` raises 1009 before making more than the limit and one
@@ -357,7 +384,7 @@ class Inflater:
 
     def __init__(self, limit: int | None) -> None:
         self._limit = limit
-        self._inflater = zlib.decompressobj(-15)
+        self._inflater: zlib._Decompress | None = None
         self._size = 0
         # The client ended this message's DEFLATE stream (BFINAL) before its last frame.
         self._ended = False
@@ -365,6 +392,13 @@ class Inflater:
     def start(self) -> None:
         """A compressed message begins."""
         self._size = 0
+        self._inflater = zlib.decompressobj(-15)
+        self._ended = False
+
+    @property
+    def held(self) -> int:
+        """What the inflater holds now, as counted in the relay's buffer budget."""
+        return 0 if self._inflater is None else INFLATER_BYTES
 
     def inflate(self, data: bytes, last: bool) -> list[bytes]:
         """The inflated bytes of ``data``, the next of a compressed message's payload
@@ -375,12 +409,13 @@ class Inflater:
                     CloseCode.INVALID_PAYLOAD, "compressed data after the end of its stream"
                 )
             if last:
-                self._reset()
+                self._inflater = None
             return []
         if last:
             data += _TAIL
         out: list[bytes] = []
         inflater, limit = self._inflater, self._limit
+        assert inflater is not None, "inflate() before start()"
         try:
             while True:
                 room = _CHUNK if limit is None else min(_CHUNK, limit - self._size + 1)
@@ -408,14 +443,9 @@ class Inflater:
                 raise ProtocolError(
                     CloseCode.INVALID_PAYLOAD, "compressed data after the end of its stream"
                 )
-            if last:
-                self._reset()
-            else:
+            if not last:
                 self._ended = True
         if last:
             STATS.inflated += 1
+            self._inflater = None
         return out
-
-    def _reset(self) -> None:
-        self._inflater = zlib.decompressobj(-15)
-        self._ended = False

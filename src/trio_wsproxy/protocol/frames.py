@@ -90,6 +90,10 @@ class Inflater(Protocol):
     def inflate(self, data: bytes, last: bool) -> list[bytes]:
         """The inflated bytes of the next of its payload (``last``: its end)."""
 
+    @property
+    def held(self) -> int:
+        """The memory it holds now (while a compressed message arrives)."""
+
 
 class FrameParser:
     """Parse client-to-server frames; raise :class:`ProtocolError` on any violation.
@@ -122,6 +126,11 @@ class FrameParser:
         self._text = False
         self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
+
+    @property
+    def inflating(self) -> int:
+        """What the member's inflater holds now (permessage-deflate; else 0)."""
+        return 0 if self._inflater is None else self._inflater.held
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; return the events it completes, in order."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
-from ..protocol.deflate import INFLATER_BYTES, Inflater
+from ..protocol.deflate import Inflater
 from ..protocol.frames import Close, Data, Event, FrameParser, Ping, Pong, ProtocolError
 from ..protocol.ratelimit import TokenBucket
 from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
@@ -73,7 +73,6 @@ class MemberReader:
         "_byte_rate",
         "_has_turn",
         "_held",
-        "_inflater_bytes",
         "_message_rate",
         "_pong",
         "_reading_ahead",
@@ -106,11 +105,10 @@ class MemberReader:
         #: Bytes that came with the upgrade request, parsed first.
         self.leftover = leftover
         # permessage-deflate: the member's messages may come compressed. Its inflater's
-        # memory is counted in the buffer budget while the session runs (open/release).
+        # memory, while a compressed message arrives, counts with its unfinished bytes.
         self.parser = FrameParser(
             config.max_message_size, Inflater(config.max_message_size) if inflate else None
         )
-        self._inflater_bytes = INFLATER_BYTES if inflate else 0
         # The member's unfinished message, counted in the buffer budget.
         self._assembly = assembly
         # Answers a ping read ahead (the session queues the pong).
@@ -228,7 +226,7 @@ class MemberReader:
 
     def count(self) -> int:
         """Bring the relay's count of this member's unfinished bytes up to date."""
-        held = self._assembly.held + self._ahead_bytes
+        held = self._assembly.held + self._ahead_bytes + self.parser.inflating
         self._buffers.add(held - self._held)
         self._held = held
         return held
@@ -242,14 +240,10 @@ class MemberReader:
             self._buffers.give_turn()
         return held
 
-    def open(self) -> None:
-        """The session runs: count what the member holds for good (its inflater)."""
-        self._buffers.add(self._inflater_bytes)
-
     def release(self) -> None:
         """The session ended: it holds nothing of the budget any more."""
-        self._buffers.add(-self._held - self._inflater_bytes)
-        self._held = self._inflater_bytes = 0
+        self._buffers.add(-self._held)
+        self._held = 0
         if self._has_turn:
             self._has_turn = False
             self._buffers.give_turn()

@@ -600,7 +600,6 @@ class Session:
         """Serve the member, after :meth:`join` and the 101, until the session ends;
         never raises for a client's fault."""
         relay = self._relay
-        self._reader.open()
         if self._reader.fd is not None:
             # Only now may frames go straight to the socket: the 101 is out.
             self.mailbox.fd = self._reader.fd

@@ -148,7 +148,7 @@ async def test_the_101_names_the_extension_only_when_compression_is_on() -> None
             relay.port, "c", "Sec-WebSocket-Extensions: permessage-deflate; mystery\r\n"
         )
         assert "sec-websocket-extensions" not in headers
-    async with open_relay(RelayConfig(port=0, close_timeout=0.2)) as relay:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=None)) as relay:
         _, headers = await connect(relay.port, "a")
         assert "sec-websocket-extensions" not in headers
 

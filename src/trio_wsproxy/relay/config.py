@@ -218,7 +218,7 @@ class RelayConfig:
         _positive_or_none,
     )
     compression: int | None = _setting(
-        None,
+        256,
         "permessage-deflate with members that offer it: messages of at least this many "
         "bytes are compressed, once per message for all such members; none: off.",
         _positive_or_none,

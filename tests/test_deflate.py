@@ -16,6 +16,7 @@ from relayproc import peak_rss_mib, start_relay
 from trio_wsproxy import RelayConfig, open_relay
 from trio_wsproxy.client.config import ClientConfig
 from trio_wsproxy.client.connection import open_websocket
+from trio_wsproxy.protocol import deflate
 from trio_wsproxy.protocol.deflate import STATS, negotiate
 from trio_wsproxy.relay.relay import Relay
 from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient, mask_frame, read_frame
@@ -473,3 +474,22 @@ async def _receive_mib(client: RawClient, compressed: bool, words: bytes, mib: i
             if b0 & 0x80:
                 break
     assert (seen, bytes(pending)) == (mib, b"")
+
+
+async def test_an_inflater_counts_in_the_buffer_budget_while_its_message_arrives() -> None:
+    async with open_relay(RelayConfig(port=0, close_timeout=0.2, compression=64)) as relay:
+        sender, _ = await connect(relay.port, "sender")
+        receiver, _ = await connect(relay.port, "receiver", extra="")
+        await members(relay, 2)
+        body = compress(b"half a message, " * 1000)
+        await sender.send(compressed_frame(OP_BINARY, body, fin=False))
+        with trio.fail_after(5):
+            while relay.buffers.held < deflate.INFLATER_BYTES:  # (counted at its next read)
+                await sender.send(mask_frame(0x9, b"read me"))  # a ping: one more read
+                await frame(sender)  # its pong
+        await sender.send(mask_frame(OP_CONT, b""))
+        assert await message(receiver) == (OP_BINARY, b"half a message, " * 1000, False)
+        with trio.fail_after(5):
+            while relay.buffers.held:
+                await sender.send(mask_frame(0x9, b"read me"))
+                await frame(sender)

@@ -155,6 +155,13 @@ class WebSocket:
                     if waiter is not None:
                         waiter.set()
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # Not the relay's close: wsproto found the relay's frames broken
+                        # (it reports its own parse failure as a close event, 1002 or
+                        # 1007, with the connection still open). Fail it with that code.
+                        logger.warning("the relay broke the WebSocket protocol: %s", event.reason)
+                        await self.close_with(event.code, (event.reason or "")[:120])
+                        break
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         await self._write_control(event.response())
                     self._end(event.code, event.reason)

@@ -493,3 +493,32 @@ async def test_an_inflater_counts_in_the_buffer_budget_while_its_message_arrives
             while relay.buffers.held:
                 await sender.send(mask_frame(0x9, b"read me"))
                 await frame(sender)
+
+
+# -- a valid message, then a broken frame in the same read ----------------------------
+
+
+@pytest.mark.parametrize("poller", [True, False])
+@pytest.mark.parametrize(
+    ("broken", "code"),
+    [(mask_frame(0x3, b""), 1002), (mask_frame(OP_TEXT, b"\xff\xfe"), 1007)],
+    ids=["reserved-opcode", "bad-utf8"],
+)
+async def test_a_valid_message_before_a_broken_frame_is_delivered(
+    poller: bool, broken: bytes, code: int
+) -> None:
+    config = RelayConfig(port=0, close_timeout=0.2, shared_poller=poller)
+    async with open_relay(config) as relay:
+        sender, _ = await connect(relay.port, "sender", extra="")
+        receiver, _ = await connect(relay.port, "receiver", extra="")
+        await members(relay, 2)
+        # Once parked (poller on, its read), and once in its task (its first read).
+        for round in range(2):
+            if round:
+                sender, _ = await connect(relay.port, "sender-2", extra="")
+                await members(relay, 2)
+            await sender.send(mask_frame(OP_TEXT, b"valid") + broken)
+            assert await message(receiver) == (OP_TEXT, b"valid", False)
+            with trio.fail_after(5):
+                assert (await sender.expect_close())[0] == code
+            await members(relay, 1)

@@ -42,6 +42,9 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        #: What the same read held before the violation (FrameParser.feed): frames to
+        #: act on before the connection is failed, so that a valid message is not lost.
+        self.events: list[Event] = []
 
 
 # Not frozen, unlike the other events: one is made per message on the relay's hottest
@@ -133,13 +136,22 @@ class FrameParser:
         return 0 if self._inflater is None else self._inflater.held
 
     def feed(self, data: bytes) -> list[Event]:
-        """Consume ``data``; return the events it completes, in order."""
+        """Consume ``data``; return the events it completes, in order. A violation
+        raises :class:`ProtocolError` with the events before it (``events``)."""
+        events: list[Event] = []
+        try:
+            self._feed(data, events)
+        except ProtocolError as exc:
+            exc.events = events
+            raise
+        return events
+
+    def _feed(self, data: bytes, events: list[Event]) -> list[Event]:
         if self._closed:
-            return []
+            return events
         if self._leftover:
             data = self._leftover + data
             self._leftover = b""
-        events: list[Event] = []
         pos, end = 0, len(data)
         while pos < end:
             if self._remaining:

@@ -52,7 +52,7 @@ class Handover:
     """What a parked member's task goes on with when the poller hands it back: the
     frames read for it and not yet acted on (none: read for yourself); or bytes to
     parse (``data``; ``b""``: the connection is gone); or the protocol error its data
-    raised (``error``)."""
+    raised (``error``), after the frames before it."""
 
     events: list[Event] = attrs.Factory(list)
     data: bytes | None = None
@@ -187,7 +187,7 @@ class MemberReader:
         try:
             return self.parser.feed(data)
         except ProtocolError as exc:
-            return Handover(error=exc)
+            return Handover(exc.events, error=exc)  # (what came before it, first)
 
     def pop_end(self) -> ProtocolError | bool:
         """How the connection ended while the reader read ahead (False: it did not;
@@ -270,11 +270,11 @@ class MemberReader:
                 self.ahead_end = True
                 return
             self.reads += 1
+            failure: ProtocolError | None = None
             try:
                 events = self.parser.feed(data)
             except ProtocolError as exc:
-                self.ahead_end = exc
-                return
+                events, failure = exc.events, exc  # (what came before it, in order)
             for event in events:
                 if type(event) is Ping:
                     self._pong(event.payload)
@@ -284,6 +284,9 @@ class MemberReader:
                         self._ahead_bytes += len(event.payload) + EVENT_OVERHEAD
                     elif type(event) is Close:
                         return  # nothing more to read
+            if failure is not None:
+                self.ahead_end = failure
+                return
             self.count()
 
     async def receive_some(self, size: int = READ_SIZE) -> bytes:

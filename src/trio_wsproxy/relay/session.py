@@ -664,14 +664,15 @@ class Session:
         fd = reader.fd
         poller = self._relay.poller if fd is not None else None
         flush = self._courier.flush
+        # A violation in a read: failed once the frames before it are acted on.
+        failure: ProtocolError | None = None
         while True:
             if data:
                 reader.reads += 1
                 try:
                     events = parser.feed(data)
                 except ProtocolError as exc:
-                    self._fail(exc)
-                    return
+                    events, failure = exc.events, exc
             sender = self._sender
             if sender is not None and sender.blocked is not None:
                 await sender.finish()  # (what the poller left for this task)
@@ -682,6 +683,10 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
+            if failure is not None:
+                flush()
+                self._fail(failure)
+                return
             if reader.ahead:  # (what was read ahead while paused, in order)
                 while (event := reader.take_ahead()) is not None:
                     if await self._handle(event):
@@ -699,8 +704,8 @@ class Session:
                 assert fd is not None
                 handover = await poller.park(self, fd)
                 if handover.error is not None:
-                    self._fail(handover.error)
-                    return
+                    events, failure = handover.events, handover.error
+                    continue
                 if handover.data is None:
                     events = handover.events
                     continue

@@ -1,6 +1,9 @@
 """The same group relay on asyncio ``websockets`` with ``broadcast``: the comparison peer.
 
-python benchmarks/websockets_relay.py PORT
+python benchmarks/websockets_relay.py PORT [deflate]
+
+With ``deflate``, permessage-deflate as ``websockets`` does it (compressed per
+connection, its default settings); without, no compression.
 """
 
 import asyncio
@@ -30,12 +33,12 @@ async def handler(ws):
             groups.pop(group, None)
 
 
-async def main(port: int) -> None:
+async def main(port: int, compression: str | None) -> None:
     async with serve(
-        handler, "127.0.0.1", port, max_size=None, compression=None, max_queue=None
+        handler, "127.0.0.1", port, max_size=None, compression=compression, max_queue=None
     ) as server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

@@ -61,6 +61,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "port": int,
     "path": str,
     "max_message_size": NoneOr(parse_size),
+    "compression": NoneOr(parse_size),
     "certfile": str,
     "keyfile": str,
     "log_level": str,

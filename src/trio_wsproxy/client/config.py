@@ -151,6 +151,11 @@ class ClientConfig:
     #: connect hook is shown those the relay's ``--hook-headers``/``--hook-cookies``
     #: name). The upgrade's own headers (Host, Upgrade, Sec-WebSocket-*) are the client's.
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_headers)
+    #: Whether to offer permessage-deflate (RFC 7692): a relay with ``--compression``
+    #: then sends large messages compressed, and the client compresses every message it
+    #: sends (wsproto's, per connection). Off by default: on a local network it costs
+    #: CPU on both sides for bytes that are cheap (see docs/performance.md).
+    compression: bool = False
     #: The .NET runtime version written into generic type names (``List`1[[System.String,
     #: System.Private.CoreLib, Version=7.0.0.0, ...]]``), which a .NET member matches
     #: exactly: ``"7.0.0.0"`` for .NET 7, ``"8.0.0.0"`` for .NET 8. None (the default)

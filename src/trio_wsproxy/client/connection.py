@@ -35,6 +35,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ..protocol.close_codes import CloseCode
@@ -105,11 +106,14 @@ class WebSocket:
         subprotocol: str | None,
         receive_buffer_size: int,
         max_message_size: int | None,
+        compressed: bool = False,
     ) -> None:
         self._stream = stream
         self._ws = ws
         #: The subprotocol the relay selected (``"wsproxy.v1"``), or None: plain.
         self.subprotocol = subprotocol
+        #: Whether the relay agreed to permessage-deflate (``ClientConfig.compression``).
+        self.compressed = compressed
         self._receive_size = receive_buffer_size
         self._max_message_size = max_message_size
         self._write_lock = trio.StrictFIFOLock()
@@ -151,6 +155,13 @@ class WebSocket:
                     if waiter is not None:
                         waiter.set()
                 elif isinstance(event, CloseConnection):
+                    if self._ws.state is ConnectionState.OPEN:
+                        # Not the relay's close: wsproto found the relay's frames broken
+                        # (it reports its own parse failure as a close event, 1002 or
+                        # 1007, with the connection still open). Fail it with that code.
+                        logger.warning("the relay broke the WebSocket protocol: %s", event.reason)
+                        await self.close_with(event.code, (event.reason or "")[:120])
+                        break
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         await self._write_control(event.response())
                     self._end(event.code, event.reason)
@@ -356,6 +367,7 @@ async def _upgrade(
         target=address.resource,
         subprotocols=[SUBPROTOCOL] if config.offer_v1 else [],
         extra_headers=[(name.encode(), value.encode()) for name, value in config.headers],
+        extensions=[PerMessageDeflate()] if config.compression else [],
     )
     try:
         await stream.send_all(ws.send(request))
@@ -374,6 +386,7 @@ async def _upgrade(
                         subprotocol=event.subprotocol,
                         receive_buffer_size=config.receive_buffer_size,
                         max_message_size=config.max_message_size,
+                        compressed=bool(event.extensions),
                     )
                 if isinstance(event, RejectConnection):
                     refusal = event

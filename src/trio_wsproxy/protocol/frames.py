@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+from typing import Protocol
 
 import attrs
 
@@ -41,6 +42,9 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        #: What the same read held before the violation (FrameParser.feed): frames to
+        #: act on before the connection is failed, so that a valid message is not lost.
+        self.events: list[Event] = []
 
 
 # Not frozen, unlike the other events: one is made per message on the relay's hottest
@@ -80,6 +84,20 @@ class Close:
 Event = Data | Ping | Pong | Close
 
 
+class Inflater(Protocol):
+    """What inflates a compressed message's payload (deflate.Inflater)."""
+
+    def start(self) -> None:
+        """A compressed message begins."""
+
+    def inflate(self, data: bytes, last: bool) -> list[bytes]:
+        """The inflated bytes of the next of its payload (``last``: its end)."""
+
+    @property
+    def held(self) -> int:
+        """The memory it holds now (while a compressed message arrives)."""
+
+
 class FrameParser:
     """Parse client-to-server frames; raise :class:`ProtocolError` on any violation.
 
@@ -87,8 +105,14 @@ class FrameParser:
     bytes), never message data. After a close frame, further input is ignored.
     """
 
-    def __init__(self, max_message_size: int | None = None) -> None:
+    def __init__(
+        self, max_message_size: int | None = None, inflater: Inflater | None = None
+    ) -> None:
         self._max_message_size = max_message_size
+        # permessage-deflate (negotiated: deflate.py): a message's first frame may set
+        # RSV1, and its payload is then inflated, the limit counting inflated bytes.
+        self._inflater = inflater
+        self._compressed = False
         # The second header byte of a whole frame the one-step path takes: masked, with
         # a 7-bit length within the message size limit (a frame beyond it takes the
         # step-by-step path, which refuses it).
@@ -106,14 +130,28 @@ class FrameParser:
         self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
 
+    @property
+    def inflating(self) -> int:
+        """What the member's inflater holds now (permessage-deflate; else 0)."""
+        return 0 if self._inflater is None else self._inflater.held
+
     def feed(self, data: bytes) -> list[Event]:
-        """Consume ``data``; return the events it completes, in order."""
+        """Consume ``data``; return the events it completes, in order. A violation
+        raises :class:`ProtocolError` with the events before it (``events``)."""
+        events: list[Event] = []
+        try:
+            self._feed(data, events)
+        except ProtocolError as exc:
+            exc.events = events
+            raise
+        return events
+
+    def _feed(self, data: bytes, events: list[Event]) -> list[Event]:
         if self._closed:
-            return []
+            return events
         if self._leftover:
             data = self._leftover + data
             self._leftover = b""
-        events: list[Event] = []
         pos, end = 0, len(data)
         while pos < end:
             if self._remaining:
@@ -145,7 +183,9 @@ class FrameParser:
                         events.append(Data(payload, False, True, True))
                     pos = stop
                     continue
-            if b0 & 0x70:
+            if b0 & 0x70 and not (
+                b0 & 0x70 == 0x40 and self._inflater is not None and b0 & 0x0F in (1, 2)
+            ):
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set")
             if not b1 & 0x80:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
@@ -186,10 +226,17 @@ class FrameParser:
                     )
                 self._in_message, self._started = True, False
                 self._text, self._size = opcode == OP_TEXT, 0
+                self._compressed = bool(b0 & 0x40)
+                if self._compressed:
+                    self._inflater.start()  # type: ignore[union-attr]  # (RSV1 checked)
             else:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             self._size += length
-            if self._max_message_size is not None and self._size > self._max_message_size:
+            if (
+                self._max_message_size is not None
+                and self._size > self._max_message_size
+                and not self._compressed  # (its limit is on inflated bytes: Inflater)
+            ):
                 raise ProtocolError(
                     CloseCode.MESSAGE_TOO_BIG,
                     f"message larger than {self._max_message_size} bytes",
@@ -219,7 +266,10 @@ class FrameParser:
             return bytes(data)
         return _xor(chunk, mask)
 
-    def _data(self, events: list[Event], chunk: bytes, last: bool) -> None:
+    def _data(self, events: list[Event], chunk: bytes, last: bool, inflated: bool = False) -> None:
+        if self._compressed and not inflated:
+            self._inflate(events, chunk, last)
+            return
         first = not self._started
         self._started = True
         if self._text:
@@ -239,6 +289,17 @@ class FrameParser:
         if last:
             self._in_message = False
             self._utf8 = None
+
+    def _inflate(self, events: list[Event], chunk: bytes, last: bool) -> None:
+        """A compressed message's data: its inflated pieces, as the message's data."""
+        pieces = self._inflater.inflate(chunk, last)  # type: ignore[union-attr]
+        if not pieces:
+            if last:
+                self._data(events, b"", True, True)
+            return
+        for piece in pieces[:-1]:
+            self._data(events, piece, False, True)
+        self._data(events, pieces[-1], last, True)
 
     def _control(self, opcode: int, payload: bytes) -> Event:
         if opcode == OP_PING:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import attrs
 
-from . import v1
+from . import deflate, v1
 
 # RFC 6455 §1.3: the fixed GUID the server appends to the client's key.
 _WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -51,6 +51,9 @@ class Join:
     #: The request's headers, by lower-cased name (repeated ones joined with commas):
     #: what the back end's connect hook may be shown of them (its allow-list).
     headers: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
+    #: permessage-deflate as agreed (and answered in ``response``), or None: the
+    #: client offered none the relay could honour, or compression is off.
+    deflate: deflate.Agreement | None = None
 
 
 @attrs.frozen
@@ -87,6 +90,8 @@ class Limits:
     #: Subprotocols the relay speaks, by ``Sec-WebSocket-Protocol`` name. A client that
     #: offers none of them gets the plain protocol (RFC 6455 §4.2.2: no header in the 101).
     subprotocols: frozenset[str] = frozenset()
+    #: Whether permessage-deflate is negotiated with clients that offer it.
+    compression: bool = False
 
 
 def head_complete(buffer: bytes | bytearray, limits: Limits) -> bool | Refusal:
@@ -274,6 +279,11 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         token = credentials.strip()
     subprotocol = select_subprotocol(headers.get("sec-websocket-protocol", ""), limits)
     selected = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+    agreement = None
+    if limits.compression and "sec-websocket-extensions" in headers:
+        agreement = deflate.negotiate(headers["sec-websocket-extensions"])
+        if agreement is not None:
+            selected += f"Sec-WebSocket-Extensions: {agreement.response}\r\n"
     response = (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
@@ -290,6 +300,7 @@ def _decide(head: bytes, limits: Limits) -> Join | Refusal | Probe:
         subprotocol=subprotocol,
         since=since if subprotocol == v1.SUBPROTOCOL else None,
         headers=headers,
+        deflate=agreement,
     )
 
 

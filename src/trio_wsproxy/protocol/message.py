@@ -51,7 +51,7 @@ class StreamHead:
     ``offset`` in its group's history (None: no history). Pieces follow in order, the last
     one marked."""
 
-    __slots__ = ("offset", "sender", "text", "to")
+    __slots__ = ("__weakref__", "offset", "sender", "text", "to")
 
     def __init__(self, sender: str, text: bool, to: str | None = None) -> None:
         self.sender = sender

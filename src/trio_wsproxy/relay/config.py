@@ -254,6 +254,12 @@ class RelayConfig:
         "Largest message a member may send, in bytes (close 1009 over it); none: no limit.",
         _positive_or_none,
     )
+    compression: int | None = _setting(
+        256,
+        "permessage-deflate with members that offer it: messages of at least this many "
+        "bytes are compressed, once per message for all such members; none: off.",
+        _positive_or_none,
+    )
     certfile: str | None = _setting(
         None, "TLS certificate chain (PEM); serves wss:// with keyfile."
     )

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from .compression import metric_lines as compression_metrics
 from .counters import HOOK_BUCKETS
 from .history import EVICTIONS
 
@@ -58,6 +59,8 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "trio_wsproxy_deliveries", "Message copies queued for recipients", counters.deliveries
         )
+        for name, documentation, value in compression_metrics():
+            yield CounterMetricFamily(name, documentation, value)
         yield CounterMetricFamily(
             "trio_wsproxy_mailbox_full",
             "Times a sender had to wait because a recipient's mailbox was full",

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 import trio
 
+from ..protocol.deflate import Inflater
 from ..protocol.frames import Close, Data, Event, FrameParser, Ping, Pong, ProtocolError
 from ..protocol.ratelimit import TokenBucket
 from .memory import EVENT_OVERHEAD, SIP, TURN_SLICE, BufferBudget
@@ -51,7 +52,7 @@ class Handover:
     """What a parked member's task goes on with when the poller hands it back: the
     frames read for it and not yet acted on (none: read for yourself); or bytes to
     parse (``data``; ``b""``: the connection is gone); or the protocol error its data
-    raised (``error``)."""
+    raised (``error``), after the frames before it."""
 
     events: list[Event] = attrs.Factory(list)
     data: bytes | None = None
@@ -94,6 +95,7 @@ class MemberReader:
         assembly: Assembly,
         pong: Callable[[bytes], None],
         leftover: bytes = b"",
+        inflate: bool = False,
     ) -> None:
         self._stream = stream
         #: The socket's descriptor on plain TCP on POSIX, else None (read the stream).
@@ -102,7 +104,11 @@ class MemberReader:
             self.fd = stream.socket.fileno()
         #: Bytes that came with the upgrade request, parsed first.
         self.leftover = leftover
-        self.parser = FrameParser(config.max_message_size)
+        # permessage-deflate: the member's messages may come compressed. Its inflater's
+        # memory, while a compressed message arrives, counts with its unfinished bytes.
+        self.parser = FrameParser(
+            config.max_message_size, Inflater(config.max_message_size) if inflate else None
+        )
         # The member's unfinished message, counted in the buffer budget.
         self._assembly = assembly
         # Answers a ping read ahead (the session queues the pong).
@@ -181,7 +187,7 @@ class MemberReader:
         try:
             return self.parser.feed(data)
         except ProtocolError as exc:
-            return Handover(error=exc)
+            return Handover(exc.events, error=exc)  # (what came before it, first)
 
     def pop_end(self) -> ProtocolError | bool:
         """How the connection ended while the reader read ahead (False: it did not;
@@ -220,7 +226,7 @@ class MemberReader:
 
     def count(self) -> int:
         """Bring the relay's count of this member's unfinished bytes up to date."""
-        held = self._assembly.held + self._ahead_bytes
+        held = self._assembly.held + self._ahead_bytes + self.parser.inflating
         self._buffers.add(held - self._held)
         self._held = held
         return held
@@ -272,11 +278,11 @@ class MemberReader:
                 self.ahead_end = True
                 return
             self.reads += 1
+            failure: ProtocolError | None = None
             try:
                 events = self.parser.feed(data)
             except ProtocolError as exc:
-                self.ahead_end = exc
-                return
+                events, failure = exc.events, exc  # (what came before it, in order)
             for event in events:
                 if type(event) is Ping:
                     self._pong(event.payload)
@@ -286,6 +292,9 @@ class MemberReader:
                         self._ahead_bytes += len(event.payload) + EVENT_OVERHEAD
                     elif type(event) is Close:
                         return  # nothing more to read
+            if failure is not None:
+                self.ahead_end = failure
+                return
             self.count()
 
     async def receive_some(self, size: int = READ_SIZE) -> bytes:

@@ -16,7 +16,7 @@ import trio
 
 from ..protocol import v1
 from ..protocol.close_codes import CloseCode
-from ..protocol.encoding import SUBPROTOCOLS, encoding_for
+from ..protocol.encoding import SUBPROTOCOLS
 from ..protocol.handshake import (
     Join,
     Limits,
@@ -35,6 +35,7 @@ from ..protocol.tokens import preload as preload_tokens
 from .addresses import AddressLimiter, address_of
 from .api import Api
 from .budget import TurnBudget
+from .compression import member_encoding
 from .config import RelayConfig
 from .counters import Counters
 from .demo import demo_files
@@ -167,6 +168,7 @@ class Relay:
             max_group_length=config.max_id_length,
             max_head_size=config.max_handshake_size,
             subprotocols=frozenset(SUBPROTOCOLS),
+            compression=config.compression is not None,
         )
 
     @property
@@ -276,7 +278,7 @@ class Relay:
                     decision.group,
                     remote,
                     leftover,
-                    encoding_for(decision.subprotocol),
+                    member_encoding(decision, self.config.compression),
                     decision.since,
                     # (Kept to authorise its joins of more groups, when tokens are on.)
                     decision.token if self._tokens is not None else None,

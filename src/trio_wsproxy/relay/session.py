@@ -25,6 +25,7 @@ import trio
 from ..protocol import v1
 from ..protocol.assembly import FRAGMENT_SIZE, Assembly, Piece
 from ..protocol.close_codes import CloseCode, client_close_label
+from ..protocol.deflate import Deflated
 from ..protocol.encoding import PLAIN, Encoding
 from ..protocol.frames import (
     OP_PING,
@@ -204,7 +205,13 @@ class Session:
         # The member's data frames, as the messages and pieces the relay forwards.
         self._assembly = Assembly(member_id)
         self._reader = MemberReader(
-            stream, config, relay.buffers, self._assembly, self._pong, leftover
+            stream,
+            config,
+            relay.buffers,
+            self._assembly,
+            self._pong,
+            leftover,
+            inflate=isinstance(encoding, Deflated),
         )
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
@@ -670,14 +677,15 @@ class Session:
         fd = reader.fd
         poller = self._relay.poller if fd is not None else None
         flush = self._courier.flush
+        # A violation in a read: failed once the frames before it are acted on.
+        failure: ProtocolError | None = None
         while True:
             if data:
                 reader.reads += 1
                 try:
                     events = parser.feed(data)
                 except ProtocolError as exc:
-                    self._fail(exc)
-                    return
+                    events, failure = exc.events, exc
             sender = self._sender
             if sender is not None and sender.blocked is not None:
                 await sender.finish()  # (what the poller left for this task)
@@ -688,6 +696,10 @@ class Session:
                     await self._on_data(event)  # the hot path, without _handle's frame
                 elif await self._handle(event):
                     return
+            if failure is not None:
+                flush()
+                self._fail(failure)
+                return
             if reader.ahead and await self._act_on_ahead():
                 return
             flush()
@@ -703,8 +715,8 @@ class Session:
                 assert fd is not None
                 handover = await poller.park(self, fd)
                 if handover.error is not None:
-                    self._fail(handover.error)
-                    return
+                    events, failure = handover.events, handover.error
+                    continue
                 if handover.data is None:
                     events = handover.events
                     continue

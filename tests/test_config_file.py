@@ -40,11 +40,16 @@ shared_poller = false
 [namespaces.game]
 prefix = "game-"
 max_group_members = 4
+history_size = 50
+join_hook = "http://127.0.0.1:8000/join"
+publish_hook = "http://127.0.0.1:8000/move"
+hook_failure = "allow"
 
 [namespaces.news]
 prefix = "news:"
 publish = "backend"
 presence = false
+compression = "none"
 """
 
 
@@ -65,8 +70,18 @@ def test_a_file_sets_every_kind_of_setting_and_namespaces(tmp_path: Path) -> Non
         allowed_origins=("https://chat.example.com",),
         shared_poller=False,
         namespaces=(
-            Namespace(name="game", prefix="game-", max_group_members=4),
-            Namespace(name="news", prefix="news:", publish="backend", presence=False),
+            Namespace(
+                name="game",
+                prefix="game-",
+                max_group_members=4,
+                history_size=50,
+                join_hook="http://127.0.0.1:8000/join",
+                publish_hook="http://127.0.0.1:8000/move",
+                hook_failure="allow",
+            ),
+            Namespace(
+                name="news", prefix="news:", publish="backend", presence=False, compression=0
+            ),
         ),
     )
     # The Python API's keywords override the file, as flags do.
@@ -74,6 +89,9 @@ def test_a_file_sets_every_kind_of_setting_and_namespaces(tmp_path: Path) -> Non
     assert config.namespace("game-7") == config.namespaces[0]
     assert config.namespace("news:today") == config.namespaces[1]
     assert config.namespace("lobby") is None
+    assert config.compression_for("news:today") is None  # ("none": never there)
+    assert config.compression_for("lobby") == config.compression
+    assert config.hook_for("publish", "game-7") == ("http://127.0.0.1:8000/move", True)
 
 
 def test_flags_given_override_the_file_and_the_others_keep_its_values(tmp_path: Path) -> None:

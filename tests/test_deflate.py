@@ -522,3 +522,37 @@ async def test_a_valid_message_before_a_broken_frame_is_delivered(
             with trio.fail_after(5):
                 assert (await sender.expect_close())[0] == code
             await members(relay, 1)
+
+
+async def test_a_namespace_sets_its_own_compression() -> None:
+    from trio_wsproxy import Namespace
+
+    namespaces = (
+        Namespace(name="media", prefix="media-", compression=0),  # never compressed
+        Namespace(name="chat", prefix="chat:", compression=16),
+    )
+    config = RelayConfig(port=0, close_timeout=0.2, compression=4096, namespaces=namespaces)
+    async with open_relay(config) as relay:
+        text = b"hello hello hello hello hello hello"  # 35 bytes: under the relay's 4096
+        for group, compressed in (("media-1", False), ("chat:1", True), ("lobby", False)):
+            receiver, _ = await connect(relay.port, "receiver", group=group)
+            sender, _ = await connect(relay.port, "sender", extra="", group=group)
+            await members(relay, 2, group)
+            await sender.send_frame(OP_TEXT, text)
+            assert await message(receiver) == (OP_TEXT, text, compressed)
+        # A v1 member's later join follows the joined group's namespace, both ways.
+        v1_offer = OFFER + "Sec-WebSocket-Protocol: wsproxy.v1\r\n"
+        member, _ = await connect(relay.port, "member", v1_offer, group="media-2")
+        await message(member)  # (its welcome)
+        member.buffer.clear()  # (read raw below: compressed frames)
+        await member.send_frame(OP_TEXT, b'{"join":"chat:2"}\n')
+        _, welcome, compressed = await message(member)
+        assert b'"welcome"' in welcome and compressed
+        sender, _ = await connect(relay.port, "sender2", extra="", group="chat:2")
+        await members(relay, 2, "chat:2")
+        await sender.send_frame(OP_TEXT, text)
+        while True:  # (presence events may come first)
+            _, data, compressed = await message(member)
+            if not data.startswith(b'{"event":'):
+                break
+        assert data.endswith(b"\n" + text) and compressed

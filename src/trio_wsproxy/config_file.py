@@ -284,6 +284,9 @@ def _namespaces(value: Any, where: _Lines) -> tuple[Namespace, ...]:
                         where.problem(section, key, f"expected true or false, got {item!r}")
                     )
                 fields[key] = item
+            elif key == "compression":
+                # ("none" or "off" in a namespace: never compressed there, not the relay's.)
+                fields[key] = _value(key, item, where, section) or 0
             else:
                 fields[key] = _value(key, item, where, section)
         try:

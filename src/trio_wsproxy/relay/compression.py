@@ -12,12 +12,19 @@ from ..protocol.handshake import Join
 
 def member_encoding(join: Join, threshold: int | None) -> Encoding:
     """How messages are framed for the member ``join`` admits: its subprotocol's
-    encoding, compressed from ``threshold`` bytes (``--compression``) if its handshake
-    agreed on permessage-deflate."""
-    encoding = encoding_for(join.subprotocol)
-    if join.deflate is None or threshold is None:
-        return encoding
-    return deflated(encoding, threshold, join.deflate.server_window_bits)
+    encoding, compressed from ``threshold`` bytes (``--compression``, or its URL group's
+    namespace's) if its handshake agreed on permessage-deflate."""
+    window_bits = None if join.deflate is None else join.deflate.server_window_bits
+    return group_encoding(encoding_for(join.subprotocol), window_bits, threshold)
+
+
+def group_encoding(base: Encoding, window_bits: int | None, threshold: int | None) -> Encoding:
+    """``base`` (a member's encoding in one group), compressed from ``threshold`` bytes
+    when the member agreed on permessage-deflate (``window_bits``) and the group's
+    namespace (or the relay) compresses (``threshold`` not None)."""
+    if window_bits is None or threshold is None:
+        return base
+    return deflated(base, threshold, window_bits)
 
 
 def metric_lines() -> Iterator[tuple[str, str, int]]:

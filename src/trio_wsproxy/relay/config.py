@@ -650,6 +650,14 @@ class RelayConfig:
         """The namespace the group ``group`` is in (its longest prefix), or None."""
         return namespace_of(self.namespaces, group) if self.namespaces else None
 
+    def compression_for(self, group: str) -> int | None:
+        """From how many bytes messages of ``group`` go compressed to members that agreed
+        to permessage-deflate: its namespace's setting, else the relay's (None: never)."""
+        namespace = self.namespace(group)
+        if namespace is None or namespace.compression is None:
+            return self.compression
+        return namespace.compression or None
+
     def hook_for(self, hook: str, group: str) -> tuple[str, bool] | None:
         """The ``hook`` (``"join"``, ``"publish"``) asked for ``group``: its URL, and
         whether a failure to ask it allows (its namespace's, else the relay's); None:

@@ -4,7 +4,8 @@ A group whose name starts with a namespace's ``prefix`` (``game-``, ``chat:``) g
 namespace's policy; the longest matching prefix wins, and a group outside every
 namespace gets the relay's settings. A policy overrides, for its groups only: the most
 members (``max_group_members``), how many messages its histories keep
-(``history_size``), whether v1 members hear of joins and leaves
+(``history_size``), from what size its messages go compressed (``compression``),
+whether v1 members hear of joins and leaves
 (``presence``) and above what size they get counts only (``presence_limit``), and who
 may publish (``publish``: members, or the application's back end only, through the
 HTTP API), the back end's hooks asked for its joins and messages (``join_hook``,
@@ -79,6 +80,9 @@ class Namespace:
     #: How many messages its groups' histories keep (0: none; None: the relay's
     #: ``history_size``). Their age and size bounds are the relay's.
     history_size: int | None = attrs.field(default=None, validator=_count_or_none)
+    #: From how many bytes its groups' messages go compressed to members that agreed to
+    #: permessage-deflate (0: never; None: the relay's ``compression``).
+    compression: int | None = attrs.field(default=None, validator=_count_or_none)
     #: ``"members"``: every member may send; ``"backend"``: only the HTTP API may post.
     publish: str = attrs.field(default=PUBLISH_MEMBERS, validator=_publish)
     #: The back end's URLs asked before each join of its groups and each member's
@@ -95,6 +99,7 @@ class Namespace:
 
 #: The policy keys a namespace takes besides ``prefix`` (the config file's, one to one).
 POLICY_KEYS = (
+    "compression",
     "history_size",
     "max_group_members",
     "presence",

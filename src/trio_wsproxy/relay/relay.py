@@ -278,12 +278,13 @@ class Relay:
                     decision.group,
                     remote,
                     leftover,
-                    member_encoding(decision, self.config.compression),
+                    member_encoding(decision, self.config.compression_for(decision.group)),
                     decision.since,
                     # (Kept to authorise its joins of more groups, when tokens are on.)
                     decision.token if self._tokens is not None else None,
                     claims,
                     grant,
+                    None if decision.deflate is None else decision.deflate.server_window_bits,
                 )
                 refused = await session.join()
                 if refused is not None:

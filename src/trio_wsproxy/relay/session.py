@@ -44,6 +44,7 @@ from ..protocol.hooks import publish_request
 from ..protocol.message import Message
 from ..protocol.printable import printable
 from .budget import MEMBERSHIP, TEARDOWN
+from .compression import group_encoding
 from .fanout import Courier, send_control
 from .groups import Group
 from .history import CatchUp
@@ -162,6 +163,7 @@ class Session:
         token: str | None = None,
         claims: Mapping[str, Any] | None = None,
         grant: Grant = NO_GRANT,
+        window_bits: int | None = None,
     ) -> None:
         self.id = member_id
         #: The connection's id in this process (its memberships share it).
@@ -171,6 +173,9 @@ class Session:
         self.remote = remote
         #: How messages are framed for this member (its subprotocol's, or plain).
         self.encoding = encoding
+        # permessage-deflate as agreed (its window; None: not agreed): a group it joins
+        # later is compressed as that group's namespace says.
+        self._window_bits = window_bits
         # wsproxy.v1: each message the member sends starts with a header line. While
         # one arrives over several frames: its reader (None: no header pending).
         self._v1 = encoding.presence
@@ -500,7 +505,12 @@ class Session:
             return refusal
         if since is not None and not await self._recoveries_read():
             return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
-        encoding = self.encoding if name == self.group_name else self.encoding.for_group(name)
+        encoding = self.encoding
+        if name != self.group_name or self._window_bits is not None:
+            base = encoding.inner if isinstance(encoding, Deflated) else encoding
+            base = base if name == self.group_name else base.for_group(name)
+            threshold = self._relay.config.compression_for(name)
+            encoding = group_encoding(base, self._window_bits, threshold)
         membership = Membership(self, name, since, trio.current_time(), encoding)
         membership.entering = True
         try:

@@ -556,3 +556,27 @@ async def test_a_namespace_sets_its_own_compression() -> None:
             if not data.startswith(b'{"event":'):
                 break
         assert data.endswith(b"\n" + text) and compressed
+
+
+async def test_what_a_member_sends_compressed_is_inflated_whatever_its_group_sends() -> None:
+    from trio_wsproxy import Namespace
+
+    # Compression agreed in the handshake goes both ways on its own: a group that sends
+    # nothing compressed (its namespace: never) still takes its members' compressed
+    # messages; and a namespace's threshold is negotiated with the relay's off.
+    for relay_threshold, namespaces in (
+        (16, (Namespace(name="media", prefix="media-", compression=0),)),
+        (None, (Namespace(name="chat", prefix="media-", compression=16),)),
+    ):
+        config = RelayConfig(
+            port=0, close_timeout=0.2, compression=relay_threshold, namespaces=namespaces
+        )
+        async with open_relay(config) as relay:
+            receiver, _ = await connect(relay.port, "receiver", group="media-1")
+            sender, headers = await connect(relay.port, "sender", group="media-1")
+            assert headers["sec-websocket-extensions"].startswith("permessage-deflate")
+            await members(relay, 2, "media-1")
+            text = b"hello hello hello hello hello hello"
+            await sender.send(compressed_frame(OP_TEXT, compress(text)))
+            expected = namespaces[0].compression != 0
+            assert await message(receiver) == (OP_TEXT, text, expected)

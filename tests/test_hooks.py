@@ -480,3 +480,102 @@ async def test_the_python_client_sends_the_headers_a_connect_hook_is_shown() -> 
     for bad in ({"Host": "x"}, {"X-A": "a\r\nb"}, {"no spaces": "x"}, [("one",)]):
         with pytest.raises(ValueError):
             ClientConfig(headers=bad)
+
+
+# -- what happens meanwhile: the back end takes its time -------------------------------
+
+
+async def test_a_connection_closed_while_its_join_hook_is_asked_joins_nothing() -> None:
+    import trio.testing
+
+    from trio_wsproxy import CloseCode
+
+    release = trio.Event()
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["group"] == "game-2":
+            await release.wait()
+        return {"allow": True}
+
+    async with back_end(answer) as server:
+        namespace = Namespace(name="games", prefix="game-", join_hook=server.url)
+        async with open_relay(config(namespaces=(namespace,), hook_timeout=5)) as relay:
+            with trio.fail_after(10):
+                client, _ = await v1_client(relay, "a", "game-1")
+                await client.send_frame(OP_TEXT, v1.join_header("game-2"))
+                await server.wait_requests(2)
+                (session,) = relay.sessions
+                session.close(CloseCode.POLICY_VIOLATION, "removed meanwhile")
+                release.set()
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                assert relay.registry.group("game-2") is None
+                assert relay.registry.member_count == 0
+
+
+async def test_a_member_removed_while_its_message_is_asked_about_publishes_nothing() -> None:
+    import trio.testing
+
+    release = trio.Event()
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        if body["hook"] == "publish" and body["id"] == "a":
+            await release.wait()
+        return {"allow": True}
+
+    async with back_end(answer) as server:
+        namespace = Namespace(name="games", prefix="game-", publish_hook=server.url)
+        async with open_relay(config(namespaces=(namespace,), hook_timeout=5)) as relay:
+            with trio.fail_after(10):
+                a, _ = await v1_client(relay, "a", "lobby")
+                assert isinstance(await join(a, "game-1"), v1.Welcome)
+                b, _ = await v1_client(relay, "b", "game-1")
+                c, _ = await v1_client(relay, "c", "game-1")
+                await a.send_frame(OP_TEXT, b'{"group":"game-1"}\nafter the removal')
+                await server.wait_requests(1)
+                assert await relay.registry.remove_member("game-1", "a", "cheating")
+                release.set()
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                await c.send_frame(OP_TEXT, b"\nmarker")
+                assert (await next_message(b))[1:] == (v1.From("c"), b"marker")
+
+
+async def test_a_renamed_members_token_still_authorises_its_later_joins() -> None:
+    import time
+
+    from trio_wsproxy.protocol.tokens import mint_token
+
+    secret = "s" * 32
+
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": True, "id": "user-1"} if body["hook"] == "connect" else {"allow": True}
+
+    async with back_end(answer) as server:
+        settings = config(connect_hook=server.url, token_secret=secret)
+        async with open_relay(settings) as relay:
+            with trio.fail_after(10):
+                token = mint_token(secret, "guest", ["lobby", "game-*"], 60, now=time.time())
+                header = f"Authorization: Bearer {token}\r\n"
+                client, welcome = await v1_client(relay, "guest", "lobby", header)
+                assert welcome.id == "user-1"
+                # The token names "guest", the id its URL asked for: it still holds.
+                assert isinstance(await join(client, "game-1"), v1.Welcome)
+                refusal = await join(client, "admin")
+                assert isinstance(refusal, v1.Error) and refusal.error == v1.NOT_ALLOWED
+
+
+async def test_an_answer_the_relay_cannot_send_is_the_hooks_failure() -> None:
+    async def odd(body: dict[str, Any]) -> Reply:
+        if "surrogate" in body["text"]:
+            return Reply(200, b'{"allow": true, "text": "\\ud800"}')
+        return Reply(200, b'{"allow": ' * 100_000)
+
+    async with back_end(odd) as server, open_relay(config(publish_hook=server.url)) as relay:
+        with trio.fail_after(10):
+            a, _ = await v1_client(relay, "a", "g")
+            await v1_client(relay, "b", "g")
+            for text in (b"\nsurrogate", b"\ndeep"):
+                await a.send_frame(OP_TEXT, text)
+                refusal = await next_event(a)
+                assert isinstance(refusal, v1.Error), refusal
+                assert (refusal.error, refusal.status) == (v1.MESSAGE_REFUSED, 503)
+            assert relay.counters.hook_calls["publish", "failed"] == 2

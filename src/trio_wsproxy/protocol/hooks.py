@@ -155,6 +155,8 @@ def parse_answer(body: bytes, hook: str) -> HookAnswer:
         answer = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HookAnswerError(f"the answer is not JSON: {exc}") from None
+    except RecursionError:
+        raise HookAnswerError("the answer is nested too deeply") from None
     if not isinstance(answer, dict):
         raise HookAnswerError("the answer is not a JSON object")
     allow = answer.get("allow")
@@ -187,7 +189,10 @@ def parse_answer(body: bytes, hook: str) -> HookAnswer:
         if info is not None:
             if not isinstance(info, dict):
                 raise HookAnswerError('"info" must be a JSON object')
-            size = len(json.dumps(info, separators=(",", ":")).encode())
+            shown = json.dumps(info, separators=(",", ":"), ensure_ascii=False)
+            if not _is_unicode(shown):
+                raise HookAnswerError('"info" must be Unicode text throughout')
+            size = len(shown.encode())
             if size > MAX_INFO_BYTES:
                 raise HookAnswerError(f'"info" takes {size} bytes: at most {MAX_INFO_BYTES}')
             fields["info"] = info
@@ -198,8 +203,8 @@ def parse_answer(body: bytes, hook: str) -> HookAnswer:
                 'an answer replaces the payload with "text" or "binary", not both'
             )
         if text is not None:
-            if not isinstance(text, str):
-                raise HookAnswerError('"text" must be a string')
+            if not isinstance(text, str) or not _is_unicode(text):
+                raise HookAnswerError('"text" must be a string of Unicode text')
             fields["text"] = text
         elif binary is not None:
             if not isinstance(binary, str):
@@ -210,6 +215,15 @@ def parse_answer(body: bytes, hook: str) -> HookAnswer:
                 raise HookAnswerError('"binary" is not valid base64') from None
             fields["binary"] = binary
     return HookAnswer(allow=True, **fields)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be sent as UTF-8 (JSON lets a lone surrogate through)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _printable(text: str) -> str:

@@ -11,8 +11,10 @@ reuse — a pool per back end (scheme, host, port), each connection serving one 
 a time, bounded by the caller (``Hooks`` allows ``max_hook_calls`` at once).
 
 A connection the back end closed while it sat idle is found out when it is reused: that
-call is made once more on a new connection (nothing of it reached the back end). A call
-cancelled midway (its timeout) closes its connection, which is never reused half-read.
+call is made once more on a new connection. (A back end that read the request and then
+closed without answering looks the same from here, so it may get that request twice: a
+hook's answer must not depend on being asked once.) A call cancelled midway (its
+timeout) closes its connection, which is never reused half-read.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class HookClient:
             try:
                 return await self._call(connection, key, target, body)
             except _Stale:
-                continue  # closed by the back end while idle: nothing reached it
+                continue  # closed by the back end while idle: asked again on a new one
         connection = await self._connect(target)
         try:
             return await self._call(connection, key, target, body)

@@ -66,6 +66,9 @@ class Grant:
 
     groups: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_tuple)
     info: dict[str, Any] | None = attrs.field(default=None, eq=False)
+    #: The id the member's URL asked for, when the hook gave it another (its token, if
+    #: any, names that one).
+    renamed_from: str | None = None
 
     def allows(self, group: str) -> bool:
         """Whether the member may join ``group`` as far as the back end said."""

@@ -168,7 +168,9 @@ class Relay:
             max_group_length=config.max_id_length,
             max_head_size=config.max_handshake_size,
             subprotocols=frozenset(SUBPROTOCOLS),
-            compression=config.compression is not None,
+            # (Negotiated where any group compresses: the relay's, or a namespace's.)
+            compression=config.compression is not None
+            or any(namespace.compression for namespace in config.namespaces),
         )
 
     @property
@@ -338,6 +340,7 @@ class Relay:
                 return refuse(answer.status, answer.reason, kind="connect_hook"), grant
             grant = Grant(answer.groups, answer.info)
             if answer.id is not None and answer.id != join.id:
+                grant = Grant(answer.groups, answer.info, join.id)
                 if len(answer.id) > config.max_id_length:
                     reason = f"the connect hook's id is over {config.max_id_length} characters"
                     return refuse(HTTPStatus.BAD_GATEWAY, reason, kind="connect_hook"), grant
@@ -489,7 +492,13 @@ class Relay:
         return f"removed from this group by the application's back end: kept out for {left}s more"
 
     def join_refusal(
-        self, member_id: str, group_name: str, token: str | None, *, by_back_end: bool = False
+        self,
+        member_id: str,
+        group_name: str,
+        token: str | None,
+        *,
+        by_back_end: bool = False,
+        token_id: str | None = None,
     ) -> v1.Error | None:
         """Why a connected v1 member ``member_id`` (that presented ``token``) may not join
         ``group_name`` too, as the error event that answers its join; None: it may. The
@@ -504,7 +513,7 @@ class Relay:
                 group=group_name,
             )
         if self._tokens is not None and not by_back_end:
-            verdict = self._token_verdict(token, member_id, group_name, now=time.time())
+            verdict = self._token_verdict(token, token_id or member_id, group_name, now=time.time())
             if isinstance(verdict, TokenRefusal):
                 return v1.Error(v1.NOT_ALLOWED, verdict.reason, group=group_name)
         kept_out = (

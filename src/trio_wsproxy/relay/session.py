@@ -126,7 +126,13 @@ class SessionHost(RelayCore, Protocol):
         """(kind, reason) when one more member would break a limit."""
 
     def join_refusal(
-        self, member_id: str, group_name: str, token: str | None, *, by_back_end: bool = False
+        self,
+        member_id: str,
+        group_name: str,
+        token: str | None,
+        *,
+        by_back_end: bool = False,
+        token_id: str | None = None,
     ) -> v1.Error | None:
         """Why a member may not join one more group (its name, its token, a ban, a
         limit), as the error event that answers it; None: it may."""
@@ -188,6 +194,9 @@ class Session:
         # info (shown to the back end's hooks).
         self._grant = grant
         self.info = grant.info
+        # The id the token was checked against (the URL's, when the connect hook gave
+        # the member another): later joins and new tokens are checked against it too.
+        self._token_id = grant.renamed_from or member_id
         # When the token expires (seconds since the epoch), and the clock that closes
         # the member then (4006) unless a new token came (v1): cancelled by a refresh.
         exp = None if claims is None else claims.get("exp")
@@ -216,7 +225,7 @@ class Session:
             self._assembly,
             self._pong,
             leftover,
-            inflate=isinstance(encoding, Deflated),
+            inflate=window_bits is not None,
         )
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
@@ -424,7 +433,7 @@ class Session:
         """Take a new token for the connection: answered ``token_refreshed``; a token
         that is not valid (or revoked) is answered with the error ``token_invalid`` and
         the old one goes on until it expires; one for another member closes (1008)."""
-        verdict = self._relay.refresh_verdict(self.id, token)
+        verdict = self._relay.refresh_verdict(self._token_id, token)
         if isinstance(verdict, str):
             self._counters.token_refreshes["invalid"] += 1
             logger.info("%r: a new access token refused: %s", self, verdict)
@@ -483,21 +492,15 @@ class Session:
         event that says why (the connection stays in the groups it is in); the back
         end's join gets the refusal back instead (None: joined)."""
         # A join is work like a teardown: many at once take turns with the fan-out.
-        # (First: nothing is awaited from the checks to the membership's registration.)
         await self._paused(self._budget.spend, MEMBERSHIP, read_ahead=False)
-        if self.state is not _OPEN:
-            return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
-        refusal: v1.Error | None
-        if name in self._memberships:
-            refusal = v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
-        elif len(self._memberships) >= self._relay.config.max_groups_per_member:
-            limit = self._relay.config.max_groups_per_member
-            refusal = v1.Error(v1.GROUP_LIMIT, f"in {limit} groups already", group=name)
-        else:
-            token = self._token
-            refusal = self._relay.join_refusal(self.id, name, token, by_back_end=by_back_end)
-            if refusal is None and not by_back_end:
-                refusal = await self._asked_back_end(name)
+        refusal = self._join_checks(name, by_back_end)
+        if refusal is None and not by_back_end:
+            refusal = await self._asked_back_end(name)
+            if refusal is None:
+                # The back end took its time: what the checks said may have changed (a
+                # close, a join by the API, a limit reached, a ban).
+                refusal = self._join_checks(name, by_back_end)
+        # (From the checks to the membership's registration, nothing is awaited.)
         if refusal is not None:
             self._counters.join_refusals[refusal.error] += 1
             if not by_back_end:
@@ -533,6 +536,20 @@ class Session:
         self._joined(membership, group, catch)
         return None
 
+    def _join_checks(self, name: str, by_back_end: bool) -> v1.Error | None:
+        """Why the member may not join ``name`` too, as far as the relay decides (the
+        connection's state, its groups, its token, a ban, the limits); None: it may."""
+        if self.state is not _OPEN:
+            return v1.Error(v1.UNAVAILABLE, "the connection is closing", group=name)
+        if name in self._memberships:
+            return v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
+        limit = self._relay.config.max_groups_per_member
+        if len(self._memberships) >= limit:
+            return v1.Error(v1.GROUP_LIMIT, f"in {limit} groups already", group=name)
+        return self._relay.join_refusal(
+            self.id, name, self._token, by_back_end=by_back_end, token_id=self._token_id
+        )
+
     async def _asked_back_end(self, name: str) -> v1.Error | None:
         """Whether the back end lets the member join ``name`` too: the groups its
         connect hook gave it, then the group's join hook (awaited in the member's own
@@ -546,8 +563,6 @@ class Session:
         if refused is not None:
             status, reason = refused
             return v1.Error(v1.REFUSED, reason, group=name, status=status)
-        if name in self._memberships:  # (the back end joined it meanwhile, by the API)
-            return v1.Error(v1.ALREADY_JOINED, f"already in group {name!r}", group=name)
         return None
 
     async def _recoveries_read(self) -> bool:
@@ -857,6 +872,9 @@ class Session:
         READ_AHEAD bytes of data: pings are answered and pongs seen while the data waits
         its turn, in order."""
         self.paused += 1
+        # Holding the buffer budget's turn but nothing more (or under the bound again):
+        # the others do not wait out this pause (a hook, a rate limit) for it.
+        self._reader.account()
         try:
             if read_ahead and self._reader.can_read_ahead():
                 return await self._reader.reading_ahead(wait, *args)
@@ -1008,6 +1026,12 @@ class Session:
             self._publish_refused(sender, answer.status, answer.reason, message.to)
             return None
         if self.state is not _OPEN:
+            return None
+        membership = self._memberships.get(name)
+        if membership is None or membership.sender is not sender:
+            # It left the group (or was removed from it) while the back end answered.
+            if self._v1:
+                self._not_in_group(name)
             return None
         replacement = answer.replacement()
         if replacement is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from loglines import LogLines
 from sentinelset import FAILOVER_TIMEOUT_MS, SERVICE, Sentinel, SentinelSet, sentinel_set
@@ -458,3 +459,27 @@ async def test_the_master_lost_while_every_sentinel_is_down_is_an_outage_until_t
             await near.send_frame(OP_TEXT, b"back")
             assert await far.recv_message() == (OP_TEXT, b"back")
             assert backplane(a).address.port == backplane(b).address.port == new
+
+
+async def test_a_connection_lost_as_its_task_is_cancelled_does_not_outlive_the_cancel() -> None:
+    # The relay stopping while a sentinel (or Redis) goes away: a nursery's group holds
+    # the Cancelled of one task and the ConnectionLost of another. Handled as a failure,
+    # the group without its Cancelled escaped the cancelling scope and crashed the relay.
+    from trio_wsproxy.backplane.connection import cancelled_first
+    from trio_wsproxy.protocol.resp import ConnectionLost
+
+    with trio.CancelScope() as scope:
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def lose() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+                    raise ConnectionLost("Redis closed the connection")
+
+                nursery.start_soon(trio.sleep_forever)
+                nursery.start_soon(lose)
+        except BaseExceptionGroup as group:
+            cancelled_first(group)
+            raise AssertionError("handled as a failure") from group
+    assert scope.cancelled_caught

@@ -237,3 +237,15 @@ class RedisConnection:
                 event.set()
         self._subscribing.clear()
         self._room.set()
+
+
+def cancelled_first(error: BaseException) -> None:
+    """Re-raise the cancellations in ``error``, a group from a nursery: a connection
+    that failed while its task was being cancelled (the relay stopping as Redis or a
+    sentinel goes away) is no failure to handle, and must not outlive the cancellation
+    (the scope that cancelled takes its Cancelled out of the group, and a group of the
+    failures alone would escape it)."""
+    if isinstance(error, BaseExceptionGroup):
+        cancelled, _ = error.split(trio.Cancelled)
+        if cancelled is not None:
+            raise cancelled from None

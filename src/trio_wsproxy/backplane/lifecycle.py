@@ -25,7 +25,7 @@ from ..protocol.nodes import Split, StreamAbort
 from ..protocol.resp import ConnectionLost, ProtocolViolation, RedisAddress, RedisError
 from . import scripts
 from .channel import Channels
-from .connection import RedisConnection
+from .connection import RedisConnection, cancelled_first
 from .group import SharedGroup
 from .history import RedisHistory
 from .link import RedisLink
@@ -129,7 +129,8 @@ class NodeLifecycle:
             failure: BaseException | None = None
             try:
                 await self._connected()
-            except (*_OUTAGES, ExceptionGroup) as exc:
+            except (*_OUTAGES, BaseExceptionGroup) as exc:
+                cancelled_first(exc)
                 if not _is_outage(exc):
                     raise
                 failure = first_leaf(exc)

@@ -30,7 +30,7 @@ from ..protocol.backoff import Backoff
 from ..protocol.exceptions import first_leaf, leaves
 from ..protocol.resp import ConnectionLost, ProtocolViolation, RedisAddress, RedisError
 from ..protocol.sentinel_url import SentinelAddress
-from .connection import RedisConnection
+from .connection import RedisConnection, cancelled_first
 
 logger = logging.getLogger("trio_wsproxy.backplane")
 
@@ -125,7 +125,8 @@ class SentinelWatch:
                     sentinel, "SENTINEL", "get-master-addr-by-name", self.address.service
                 )
                 host, port = _master_reply(reply, self.address.service)
-            except (*_SENTINEL_FAILURES, ExceptionGroup) as exc:
+            except (*_SENTINEL_FAILURES, BaseExceptionGroup) as exc:
+                cancelled_first(exc)
                 if not all(isinstance(leaf, _SENTINEL_FAILURES) for leaf in leaves(exc)):
                     raise
                 failure = first_leaf(exc)
@@ -165,7 +166,8 @@ class SentinelWatch:
             for sentinel in self._order():
                 try:
                     await self._watch(sentinel, backoff)
-                except (*_SENTINEL_FAILURES, ExceptionGroup) as exc:
+                except (*_SENTINEL_FAILURES, BaseExceptionGroup) as exc:
+                    cancelled_first(exc)
                     if not all(isinstance(leaf, _SENTINEL_FAILURES) for leaf in leaves(exc)):
                         raise
                     if self.watching is not None:

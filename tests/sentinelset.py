@@ -139,19 +139,29 @@ class SentinelSet:
         """Wait until every sentinel is connected to the master, the two replicas and the
         other sentinels, and has heard from each (a failover needs a quorum that knows
         where to go), and the replicas are in sync (one still loading is no candidate)."""
-        with trio.fail_after(20):
-            for sentinel in self.sentinels:
-                while True:  # (no event to wait for: other processes' state)
-                    if await self._sees_all(sentinel):
-                        break
-                    await trio.sleep(0.05)
-            for server in self.redis[1:]:
-                while True:
-                    if b"master_link_status:up" in server.command("INFO", "replication"):
-                        break
-                    await trio.sleep(0.05)
+        views: dict[int, object] = {}
+        try:
+            with trio.fail_after(30):
+                for sentinel in self.sentinels:
+                    while True:  # (no event to wait for: other processes' state)
+                        seen = await self._sees_all(sentinel)
+                        if seen is True:
+                            break
+                        views[sentinel.port] = seen
+                        await trio.sleep(0.05)
+                for server in self.redis[1:]:
+                    while True:
+                        info = server.command("INFO", "replication")
+                        if b"master_link_status:up" in info:
+                            break
+                        views[server.port] = info
+                        await trio.sleep(0.05)
+        except trio.TooSlowError:
+            raise AssertionError(f"the sentinel set is not ready: {views!r}") from None
 
-    async def _sees_all(self, sentinel: Sentinel) -> bool:
+    async def _sees_all(self, sentinel: Sentinel) -> bool | dict[str, list[bytes]]:
+        """True when ``sentinel`` sees every instance fresh and well; else what it sees."""
+
         def flags(reply: object) -> list[bytes]:
             assert isinstance(reply, list), reply
             instances = [reply] if reply and isinstance(reply[0], bytes) else reply
@@ -166,7 +176,9 @@ class SentinelSet:
         master = flags(await redis_call(sentinel.url, "SENTINEL", "master", SERVICE))
         replicas = flags(await redis_call(sentinel.url, "SENTINEL", "replicas", SERVICE))
         others = flags(await redis_call(sentinel.url, "SENTINEL", "sentinels", SERVICE))
-        return master == [b"master"] and replicas == [b"slave"] * 2 and others == [b"sentinel"] * 2
+        if master == [b"master"] and replicas == [b"slave"] * 2 and others == [b"sentinel"] * 2:
+            return True
+        return {"master": master, "replicas": replicas, "sentinels": others}
 
     async def wait_master_not(self, port: int) -> int:
         """Wait until the live sentinels name a master other than ``port``; the new one's."""

@@ -67,23 +67,12 @@ class RedisServer:
         assert self.process is None
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--appendonly", "no", "--dir", str(self.directory), *self.config]
-        self.process = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not ping("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        self.process = spawn(argv, self.port, "redis-server")
 
     def stop(self) -> None:
         """Kill it (as a crash would: clients see their connections drop)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        kill(self.process)
+        self.process = None
 
     def command(self, *args: str) -> bytes:
         """Run one command on a fresh connection; the raw reply."""
@@ -118,3 +107,23 @@ async def subscribers(url: str, channel: str) -> int:
     reply = await redis_call(url, "PUBSUB", "NUMSUB", channel)
     assert isinstance(reply, list) and len(reply) == 2 and isinstance(reply[1], int), reply
     return reply[1]
+
+
+def spawn(argv: list[str], port: int, what: str) -> subprocess.Popen[bytes]:
+    """Start a Redis (or Sentinel) process that listens on ``port``; return once it
+    answers a PING (RuntimeError naming ``what`` if it exits or is silent for 10 s)."""
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not ping("127.0.0.1", port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{what} did not start on port {port}")
+        time.sleep(0.02)
+    return process
+
+
+def kill(process: subprocess.Popen[bytes] | None) -> None:
+    """kill -9 ``process``, if running, and reap it."""
+    if process is not None:
+        process.kill()
+        process.wait()

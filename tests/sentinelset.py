@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import trio
 
-from redisserver import RedisServer, free_port, ping, redis_call, unavailable
+from redisserver import RedisServer, free_port, kill, redis_call, spawn, unavailable
 
 SERVICE = "relaymaster"
 #: Sentinel's timings here: a master silent this long is down (ms), and a failover that
@@ -57,23 +56,13 @@ class Sentinel:
 
     def start(self) -> None:
         assert self.process is None
-        self.process = subprocess.Popen(
-            [self.binary, str(self.conf), "--sentinel"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not ping("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the sentinel did not start on port {self.port}")
-            time.sleep(0.02)
+        argv = [self.binary, str(self.conf), "--sentinel"]
+        self.process = spawn(argv, self.port, "the sentinel")
 
     def stop(self) -> None:
         """kill -9."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        kill(self.process)
+        self.process = None
 
     @property
     def url(self) -> str:

@@ -579,3 +579,14 @@ async def test_an_answer_the_relay_cannot_send_is_the_hooks_failure() -> None:
                 assert isinstance(refusal, v1.Error), refusal
                 assert (refusal.error, refusal.status) == (v1.MESSAGE_REFUSED, 503)
             assert relay.counters.hook_calls["publish", "failed"] == 2
+
+
+async def test_a_connect_hooks_id_too_long_for_the_relay_is_a_502() -> None:
+    async def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {"allow": True, "id": "x" * 65}
+
+    async with back_end(answer) as server:
+        async with open_relay(config(connect_hook=server.url, max_id_length=64)) as relay:
+            with trio.fail_after(10):
+                status, reason = await refused(relay, "a", "g")
+                assert status == 502 and b"over 64 characters" in reason

@@ -19,7 +19,7 @@ from loglines import LogLines
 from sentinelset import FAILOVER_TIMEOUT_MS, SERVICE, Sentinel, SentinelSet, sentinel_set
 from test_backplane import backplane, caught_up, cluster, join
 from test_v1 import V1_OFFER, next_event, next_message, v1_member
-from trio_wsproxy import CloseCode, RelayConfig
+from trio_wsproxy import CloseCode, Relay, RelayConfig
 from trio_wsproxy._cli import build_parser, config_from_args
 from trio_wsproxy.backplane.connection import RedisConnection
 from trio_wsproxy.backplane.sentinel import NoMaster, SentinelWatch, verify_master
@@ -404,6 +404,21 @@ def test_the_sentinel_compose_file_runs_relays_that_ask_its_sentinels() -> None:
             assert set(relay["depends_on"]) >= {host}
 
 
+async def flowing_on_the_new_master(
+    sentinels: SentinelSet, old: int, nodes: tuple[Relay, Relay], backplane_log: LogLines
+) -> None:
+    """Once the sentinels name a master other than ``old``, both nodes reconnect to it
+    and a message between members on each flows again."""
+    new = await sentinels.wait_master_not(old)
+    await backplane_log.wait_for("backplane reconnected", count=2)
+    a, b = nodes
+    near, far = await join(a, "near"), await join(b, "far")
+    await caught_up([a.port, b.port])
+    await near.send_frame(OP_TEXT, b"after")
+    assert await far.recv_message() == (OP_TEXT, b"after")
+    assert backplane(a).address.port == backplane(b).address.port == new
+
+
 async def test_without_history_a_failover_closes_only_the_members_of_groups_across_nodes(
     sentinels: SentinelSet, prefix: str, backplane_log: LogLines
 ) -> None:
@@ -421,13 +436,7 @@ async def test_without_history_a_failover_closes_only_the_members_of_groups_acro
             # The group that lives on one node goes on through the failover.
             await here1.send_frame(OP_TEXT, b"through it")
             assert await here2.recv_message() == (OP_TEXT, b"through it")
-            new = await sentinels.wait_master_not(old)
-            await backplane_log.wait_for("backplane reconnected", count=2)
-            near, far = await join(a, "near"), await join(b, "far")
-            await caught_up([a.port, b.port])
-            await near.send_frame(OP_TEXT, b"after")
-            assert await far.recv_message() == (OP_TEXT, b"after")
-            assert backplane(a).address.port == backplane(b).address.port == new
+            await flowing_on_the_new_master(sentinels, old, (a, b), backplane_log)
 
 
 async def test_the_master_lost_while_every_sentinel_is_down_is_an_outage_until_they_fail_over(
@@ -452,13 +461,7 @@ async def test_the_master_lost_while_every_sentinel_is_down_is_an_outage_until_t
             # master gone and promote a replica; the nodes follow.
             for sentinel in sentinels.sentinels:
                 sentinel.start()
-            new = await sentinels.wait_master_not(old)
-            await backplane_log.wait_for("backplane reconnected", count=2)
-            near, far = await join(a, "near"), await join(b, "far")
-            await caught_up([a.port, b.port])
-            await near.send_frame(OP_TEXT, b"back")
-            assert await far.recv_message() == (OP_TEXT, b"back")
-            assert backplane(a).address.port == backplane(b).address.port == new
+            await flowing_on_the_new_master(sentinels, old, (a, b), backplane_log)
 
 
 async def test_a_connection_lost_as_its_task_is_cancelled_does_not_outlive_the_cancel() -> None:

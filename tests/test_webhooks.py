@@ -165,9 +165,7 @@ def test_the_metrics_endpoint_label_keeps_no_credentials_or_query() -> None:
 async def back_end_and_relay(
     **fields: Any,
 ) -> AsyncIterator[tuple[WebhookBackEnd, Relay, trio.Nursery]]:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as outer:
-        await outer.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         fields.setdefault("webhook_interval", 0.05)
         fields.setdefault("close_timeout", 0.5)
         config = RelayConfig(port=0, webhook_url=back_end.url, webhook_secret=SECRET, **fields)
@@ -177,7 +175,6 @@ async def back_end_and_relay(
             yield back_end, relay, nursery
             nursery.cancel_scope.cancel()
         back_end.release()
-        outer.cancel_scope.cancel()
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -391,9 +388,7 @@ async def test_beyond_the_bound_events_are_dropped_counted_and_logged() -> None:
 
 
 async def test_a_relay_that_stops_tells_its_members_leaves_first() -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         config = RelayConfig(
             port=0, webhook_url=back_end.url, webhook_secret=SECRET, webhook_interval=0.05,
             close_timeout=0.5,
@@ -409,7 +404,6 @@ async def test_a_relay_that_stops_tells_its_members_leaves_first() -> None:
             ("vacated", "g", None, None),
         ]
         await client.aclose()
-        nursery.cancel_scope.cancel()
 
 
 async def test_the_metrics_show_the_webhooks_per_endpoint() -> None:

@@ -34,9 +34,7 @@ def prefix_of(node: Relay) -> str:
 async def test_two_nodes_tell_each_event_once_and_occupancy_for_the_cluster(
     redis_url: str, prefix: str
 ) -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         async with cluster(redis_url, prefix, webhook_url=back_end.url, **WEBHOOKS) as (a, b):
             first = await join(a, "alice", "room")
             second = await join(b, "bob", "room")
@@ -64,15 +62,12 @@ async def test_two_nodes_tell_each_event_once_and_occupancy_for_the_cluster(
             events = back_end.delivered
             assert len({e.id for e in events}) == len(events)
             assert max(told(events).values()) == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_killed_node_s_leaves_are_told_once_by_the_node_that_reaps_it(
     redis_url: str, prefix: str
 ) -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         async with cluster(
             redis_url, prefix, count=1, node_ttl=1.0, webhook_url=back_end.url, **WEBHOOKS
         ) as (a,):
@@ -115,15 +110,12 @@ async def test_a_killed_node_s_leaves_are_told_once_by_the_node_that_reaps_it(
             finally:
                 process.kill()
             del here, ghosts, alone
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_node_that_stops_tells_its_leaves_and_the_groups_it_empties_once(
     redis_url: str, prefix: str
 ) -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         async with cluster(redis_url, prefix, count=1, webhook_url=back_end.url, **WEBHOOKS) as (
             a,
         ):
@@ -152,15 +144,12 @@ async def test_a_node_that_stops_tells_its_leaves_and_the_groups_it_empties_once
             # "shared" keeps its member on node a: never vacated.
             assert ("vacated", "shared", None) not in told(back_end.delivered)
             del here, leaving, alone
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_id_that_moves_to_another_node_is_a_leave_4000_there_and_a_join_here(
     redis_url: str, prefix: str
 ) -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         async with cluster(redis_url, prefix, webhook_url=back_end.url, **WEBHOOKS) as (a, b):
             old = await join(a, "dup", "room")
             await back_end.wait_until(lambda: len(back_end.delivered) == 2)
@@ -181,13 +170,10 @@ async def test_an_id_that_moves_to_another_node_is_a_leave_4000_there_and_a_join
             await new.aclose()
             await back_end.wait_until(lambda: len(room()) == 6)
             assert [(e.type, e.code) for e in room()[4:]] == [("leave", 1006), ("vacated", None)]
-        nursery.cancel_scope.cancel()
 
 
 async def test_workers_of_one_relay_tell_each_event_once(redis_url: str, prefix: str) -> None:
-    back_end = WebhookBackEnd()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(back_end.serve)
+    async with WebhookBackEnd().running() as back_end:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "trio_wsproxy", "serve", "--port", "0", "--workers", "2",
              "--backplane", redis_url, "--backplane-prefix", prefix,
@@ -217,4 +203,3 @@ async def test_workers_of_one_relay_tell_each_event_once(redis_url: str, prefix:
                 await process.wait()
             if process.returncode is None:
                 process.kill()
-        nursery.cancel_scope.cancel()

@@ -4,7 +4,8 @@ it was sent, answering as the test tells it to."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import attrs
 import h11
@@ -73,6 +74,14 @@ class WebhookBackEnd:
         with trio.fail_after(within):
             while not condition():
                 await self._changed.wait()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[WebhookBackEnd]:
+        """Serve while the block runs."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.serve)
+            yield self
+            nursery.cancel_scope.cancel()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -146,9 +146,9 @@ class FrameParser:
             raise
         return events
 
-    def _feed(self, data: bytes, events: list[Event]) -> list[Event]:
+    def _feed(self, data: bytes, events: list[Event]) -> None:
         if self._closed:
-            return events
+            return
         if self._leftover:
             data = self._leftover + data
             self._leftover = b""
@@ -212,7 +212,7 @@ class FrameParser:
                 pos += header + length
                 events.append(self._control(opcode, payload))
                 if self._closed:
-                    return events
+                    return
                 continue
             if opcode == OP_CONTINUATION:
                 if not self._in_message:
@@ -247,7 +247,6 @@ class FrameParser:
                 self._data(events, b"", fin)
         if pos < end:
             self._leftover = data[pos:]
-        return events
 
     def _unmask(self, chunk: bytes) -> bytes:
         n = len(chunk)

@@ -345,13 +345,9 @@ class Relay:
                     reason = f"the connect hook's id is over {config.max_id_length} characters"
                     return refuse(HTTPStatus.BAD_GATEWAY, reason, kind="connect_hook"), grant
                 join = attrs.evolve(join, id=answer.id)
-                now = trio.current_time()
-                room = self._banned(join, now) or self._storm(join, now)
-                full = self.over_limit(join.id, join.group)
-                if room is None and full is not None:
-                    room = refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
-                if room is not None:
-                    return room, grant
+                no_room = self._no_room(join)  # (checked again under its new id)
+                if no_room is not None:
+                    return no_room, grant
             if not grant.allows(join.group):
                 reason = f"the back end does not allow group {join.group!r}"
                 return refuse(HTTPStatus.FORBIDDEN, reason, kind="connect_hook"), grant
@@ -401,6 +397,11 @@ class Relay:
                 challenge = (("WWW-Authenticate", "Bearer"),) if verdict.status == 401 else ()
                 return refuse(verdict.status, verdict.reason, challenge, kind=verdict.kind)
             claims = verdict
+        return self._no_room(join) or claims
+
+    def _no_room(self, join: Join) -> Refusal | None:
+        """Why ``join``'s member may not join its group now (a ban, a limit, an
+        eviction storm); None: there is room."""
         now = trio.current_time()
         banned = self._banned(join, now)
         if banned is not None:
@@ -408,7 +409,7 @@ class Relay:
         full = self.over_limit(join.id, join.group)
         if full is not None:
             return refuse(HTTPStatus.SERVICE_UNAVAILABLE, full[1], kind=full[0])
-        return self._storm(join, now) or claims
+        return self._storm(join, now)
 
     @property
     def checks_tokens(self) -> bool:

@@ -1015,7 +1015,8 @@ class Session:
                 self.id, name, self.remote, self.info, message.text, message.payload, message.to
             )
         except UnicodeDecodeError:
-            self._publish_refused(sender, 400, "a text message must be UTF-8", message.to)
+            reason = "a text message must be UTF-8"
+            self._publish_refused(sender, 400, reason, message.to, by_relay=True)
             return None
         self._flush()  # (what it sent before goes out first)
         hooks = self._relay.hooks
@@ -1045,13 +1046,25 @@ class Session:
         if pieces[0].first:
             limit = FRAGMENT_SIZE // 1024
             reason = f"a message into a group with a publish hook is at most {limit} KiB"
-            self._publish_refused(sender, 413, reason, self._assembly.to)
+            self._publish_refused(sender, 413, reason, self._assembly.to, by_relay=True)
 
-    def _publish_refused(self, sender: Sender, status: int, reason: str, to: str | None) -> None:
+    def _publish_refused(
+        self, sender: Sender, status: int, reason: str, to: str | None, *, by_relay: bool = False
+    ) -> None:
         """The member's message goes nowhere: a v1 member is told (an error event); a
-        plain one has no events to be told by, so the refusal is logged and counted
-        (and the back end, which refused it, knows)."""
+        plain one has no events to be told by. Either way the refusal is counted and
+        logged at INFO: here when the relay refused (``by_relay``: the message could not
+        go to the hook), by the hook's caller when the back end did."""
         self._counters.publish_refusals += 1
+        if by_relay:
+            logger.info(
+                "%r: a message into %s refused: %d %s",
+                self,
+                printable(sender.group.name),
+                status,
+                reason,
+                extra=self._log_fields(),
+            )
         if self._v1:
             group = None if sender is self._home else sender.group.name
             error = v1.Error(v1.MESSAGE_REFUSED, reason, to, group, status)

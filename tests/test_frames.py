@@ -238,3 +238,45 @@ def test_large_payloads_unmask_alike_on_either_path_whatever_the_reads(
     for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
         events += parser.feed(wire[a:b])
     assert b"".join(e.payload for e in events if isinstance(e, Data)) == payload
+
+
+def _outcome(parser: FrameParser, reads: list[bytes]) -> tuple[object, ...]:
+    """The messages ``reads`` fed in turn make, and the close code of the error that
+    ended them (None: none did)."""
+    events: list[object] = []
+    code: CloseCode | None = None
+    try:
+        for data in reads:
+            events += parser.feed(data)
+    except ProtocolError as exc:
+        events += exc.events
+        code = exc.code
+    return (*messages(events), code)
+
+
+@given(
+    text=st.booleans(),
+    payload=st.binary(max_size=125) | st.text(max_size=40).map(str.encode),
+    limit=st.sampled_from([None, 0, 1, 64, 125]),
+)
+def test_a_read_of_one_whole_short_frame_is_parsed_as_byte_by_byte(
+    text: bool, payload: bytes, limit: int | None
+) -> None:
+    # (A read that is exactly one whole short frame takes feed's one-step path; any
+    # payload, valid UTF-8 or not, and any size limit give what the step path gives.)
+    data = mask_frame(OP_TEXT if text else OP_BINARY, payload)
+    whole = _outcome(FrameParser(max_message_size=limit), [data])
+    assert whole == _outcome(
+        FrameParser(max_message_size=limit), [data[i : i + 1] for i in range(len(data))]
+    )
+
+
+def test_a_whole_frame_in_the_middle_of_a_message_is_a_violation() -> None:
+    parser = FrameParser()
+    parser.feed(mask_frame(OP_TEXT, b"a", fin=False))
+    with pytest.raises(ProtocolError) as info:
+        parser.feed(mask_frame(OP_BINARY, b"b"))
+    assert info.value.code == CloseCode.PROTOCOL_ERROR
+    closed = FrameParser()
+    assert closed.feed(mask_frame(OP_CLOSE, b"")) == [Close(None, "")]
+    assert closed.feed(mask_frame(OP_TEXT, b"after the close")) == []

@@ -16,7 +16,14 @@ from functools import lru_cache
 import attrs
 
 from . import v1
-from .frames import OP_BINARY, OP_CONTINUATION, OP_TEXT, frame, frame_header
+from .frames import (
+    FINAL_SHORT_HEADERS,
+    OP_BINARY,
+    OP_CONTINUATION,
+    OP_TEXT,
+    frame,
+    frame_header,
+)
 from .message import BACK_END, Message, StreamHead
 
 
@@ -32,8 +39,11 @@ class Encoding:
 
     def message(self, message: Message) -> bytes:
         """``message`` framed whole, for a member of this encoding."""
-        opcode = OP_TEXT if message.text else OP_BINARY
-        return frame_header(opcode, len(message.payload)) + message.payload
+        payload = message.payload
+        length = len(payload)
+        if length < 126:  # (frame_header's first case, inline: once per message)
+            return FINAL_SHORT_HEADERS[OP_TEXT if message.text else OP_BINARY][length] + payload
+        return frame_header(OP_TEXT if message.text else OP_BINARY, length) + payload
 
     def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
         """One piece of a streamed message, framed as a fragment of it: what goes ahead

@@ -138,6 +138,18 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Event]:
         """Consume ``data``; return the events it completes, in order. A violation
         raises :class:`ProtocolError` with the events before it (``events``)."""
+        # One message in flight: what a read brings is one whole short frame and
+        # nothing is pending. Taken in one step (the checks of _feed's own one-step
+        # path), without its loop and calls.
+        end = len(data)
+        if end > 5 and not self._in_message and not self._leftover and not self._closed:
+            b0, b1 = data[0], data[1]
+            if (
+                (b0 == 0x81 or b0 == 0x82)
+                and 0x80 <= b1 <= self._short_b1
+                and end == 6 + (b1 & 0x7F)
+            ):
+                return [_whole(b0, _xor(data[6:], data[2:6]))]
         events: list[Event] = []
         try:
             self._feed(data, events)
@@ -169,18 +181,7 @@ class FrameParser:
                 # it here (what follows does the same, one step at a time).
                 stop = pos + 6 + (b1 & 0x7F)
                 if stop <= end:
-                    payload = _xor(data[pos + 6 : stop], data[pos + 2 : pos + 6])
-                    if b0 == 0x81:
-                        try:
-                            if not payload.isascii():  # (ASCII is UTF-8: checked for free)
-                                payload.decode("utf-8")
-                        except UnicodeDecodeError:
-                            raise ProtocolError(
-                                CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
-                            ) from None
-                        events.append(Data(payload, True, True, True))
-                    else:
-                        events.append(Data(payload, False, True, True))
+                    events.append(_whole(b0, _xor(data[pos + 6 : stop], data[pos + 2 : pos + 6])))
                     pos = stop
                     continue
             if b0 & 0x70 and not (
@@ -324,6 +325,21 @@ class FrameParser:
         return Close(code, reason)
 
 
+def _whole(b0: int, payload: bytes) -> Data:
+    """The message of a whole short frame (first byte ``b0``: FIN and text or binary)
+    whose payload is unmasked; its text checked."""
+    if b0 == 0x82:
+        return Data(payload, False, True, True)
+    if not payload.isascii():  # (ASCII is UTF-8: checked for free)
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(
+                CloseCode.INVALID_PAYLOAD, "text message is not valid UTF-8"
+            ) from None
+    return Data(payload, True, True, True)
+
+
 def _xor(chunk: bytes, mask: bytes) -> bytes:
     """``chunk`` unmasked by the 4-byte ``mask``, as one big-integer XOR (small chunks)."""
     n = len(chunk)
@@ -336,14 +352,14 @@ _HEADER_MEDIUM = struct.Struct("!BBH")
 _HEADER_LONG = struct.Struct("!BBQ")
 
 
-# The headers of final frames with a 7-bit length, by opcode and length: made once.
-_FINAL_SHORT = tuple(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in range(16))
+#: The headers of final frames with a 7-bit length, by opcode and length: made once.
+FINAL_SHORT_HEADERS = tuple(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in range(16))
 
 
 def frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
     """The header of an unmasked server frame carrying ``length`` payload bytes."""
     if length < 126 and fin:
-        return _FINAL_SHORT[opcode][length]
+        return FINAL_SHORT_HEADERS[opcode][length]
     b0 = opcode | 0x80 if fin else opcode
     if length < 126:
         return _HEADER_SHORT.pack(b0, length)

@@ -75,12 +75,13 @@ class Poller:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         epoll, parked = self._epoll, self._parked
+        wait_readable, fileno, poll = trio.lowlevel.wait_readable, epoll.fileno(), epoll.poll
         self.running = True
         task_status.started()
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0):
+                await wait_readable(fileno)
+                for fd, _ in poll(0):
                     entry = parked.get(fd)
                     if entry is None:  # (handed back meanwhile: a cancellation's abort)
                         continue

@@ -1,6 +1,8 @@
 """Headless Chromium for the suite, through Playwright's core (tests/browser/driver.mjs):
 open pages, run JavaScript in them, wait for a condition, pick files in a page's file
-chooser, reload, read what went wrong in a page, take screenshots.
+chooser, reload, read what went wrong in a page, take screenshots. One Chromium serves the
+whole session; each page is in a browser context of its own, and a test's pages are closed
+when it ends.
 
 Needs Node.js, Debian's ``chromium`` and ``npm install`` in ``tests/browser``
 (``.ci/run`` does both); without them the tests are skipped with what is missing — except
@@ -10,11 +12,13 @@ on CI, where they fail (as the Redis tests do).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -87,34 +91,115 @@ async def running(
         await process.wait()
 
 
-class Browser(NodeScript):
-    def __init__(self, process: trio.Process) -> None:
-        super().__init__(process)
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+class _Driver:
+    """The session's one driver process (tests/browser/driver.mjs and its Chromium),
+    started by the first test that opens a browser and ended with the session
+    (:func:`shutdown`): launching Chromium costs about a second, which each test that
+    used a browser paid. A plain ``Popen``, since it outlives each test's Trio run; each
+    test talks to it through streams of its own (:class:`Browser`)."""
+
+    def __init__(self, node: str) -> None:
+        self.log = tempfile.TemporaryFile()  # its stderr, for failure messages
+        self.process = subprocess.Popen(
+            [node, str(HERE / "driver.mjs")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env={"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"},
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
+        #: Command ids, unique over the session (a late reply is never taken for another's).
+        self.ids = itertools.count(1)
+        #: What it printed after its last whole line.
+        self.buffer = b""
         self.version = ""
-        #: Set once the driver said its version, or exited.
+        #: Set when a command was cut off while being written (the next would be garbled).
+        self.broken = False
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def close(self) -> None:
+        """Let it close Chromium (it ends with its standard input); kill it if it hangs."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+_driver: _Driver | None = None
+
+
+def shutdown() -> None:
+    """End the session's driver, if a test started one (tests/conftest.py, at the end)."""
+    global _driver
+    if _driver is not None:
+        _driver.close()
+        _driver = None
+
+
+class Browser:
+    """A test's own use of the session's Chromium: every page it opens is in a browser
+    context of its own (fresh storage, cache and cookies, as in a new browser), and all of
+    them are closed when the test ends (:func:`open_browser`)."""
+
+    def __init__(self, driver: _Driver, stdin: trio.abc.SendStream) -> None:
+        self.driver = driver
+        self.version = driver.version
+        self._stdin = stdin
+        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._ended = False
+        #: Set once the driver said its version (this test or an earlier one), or exited.
         self.started = trio.Event()
-
-    async def received(self, message: dict[str, Any]) -> None:
-        if message["id"] == 0:
-            self.version = message["value"]
+        if driver.version:
             self.started.set()
-        else:
-            await self._waiting.pop(message["id"]).send(message)
 
-    def ended(self) -> None:
-        self.started.set()  # (it exited: whoever waits for it learns so)
+    async def _pump(self, stdout: trio.abc.ReceiveStream) -> None:
+        """Hand each reply to the command waiting for it; a reply nobody waits for (to a
+        command cancelled, in this test or an earlier one) is dropped."""
+        driver = self.driver
+        while True:
+            chunk = await stdout.receive_some()
+            if not chunk:
+                self._ended = True
+                self.started.set()
+                for send in self._waiting.values():
+                    send.close()  # (each waiting command learns that it exited)
+                return
+            *lines, driver.buffer = (driver.buffer + chunk).split(b"\n")
+            for line in lines:
+                if line:
+                    message = json.loads(line)
+                    if message["id"] == 0:
+                        driver.version = self.version = message["value"]
+                        self.started.set()
+                    elif (waiting := self._waiting.pop(message["id"], None)) is not None:
+                        await waiting.send(message)
 
     async def command(self, cmd: str, **fields: Any) -> Any:
         """Run one driver command and return its value (BrowserError if it failed)."""
-        assert self.process.stdin is not None
-        number = next(self._ids)
+        number = next(self.driver.ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[number] = send
-        line = json.dumps({"id": number, "cmd": cmd, **fields}) + "\n"
-        await self.process.stdin.send_all(line.encode())
-        reply = await receive.receive()
+        try:
+            line = json.dumps({"id": number, "cmd": cmd, **fields}) + "\n"
+            try:
+                await self._stdin.send_all(line.encode())
+            except BaseException:
+                self.driver.broken = True
+                raise
+            try:
+                reply = await receive.receive()
+            except trio.EndOfChannel:
+                raise BrowserError(f"the driver exited: {self.driver.stderr()}") from None
+        finally:
+            self._waiting.pop(number, None)
         if not reply["ok"]:
             raise BrowserError(f"{cmd} failed: {reply['error']}")
         return reply["value"]
@@ -200,13 +285,37 @@ def _check_installed() -> str:
 
 @asynccontextmanager
 async def open_browser() -> AsyncIterator[Browser]:
+    """The session's Chromium (launched on first use) for the block; the pages opened in
+    it are closed after."""
+    global _driver
     node = _check_installed()
-    argv = [node, str(HERE / "driver.mjs")]
-    env = {"CHROMIUM": CHROMIUM, "PATH": "/usr/bin:/bin"}
-    async with running(Browser, argv, stdin=subprocess.PIPE, env=env) as browser:
-        with trio.fail_after(30):
-            await browser.started.wait()
-        if not browser.version:
-            await browser.process.wait()
-            raise BrowserError(f"the driver exited: {browser.stderr.decode()[-3000:]}")
-        yield browser
+    if _driver is not None and (_driver.broken or _driver.process.poll() is not None):
+        shutdown()  # (it exited, or a test left it garbled: this test gets a new one)
+    if _driver is None:
+        _driver = _Driver(node)
+    driver = _driver
+    # Streams of this test's own, on duplicates of the pipes' descriptors.
+    stdin = trio.lowlevel.FdStream(os.dup(driver.stdin))
+    stdout = trio.lowlevel.FdStream(os.dup(driver.stdout))
+    browser = Browser(driver, stdin)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(browser._pump, stdout)
+            with trio.fail_after(30):
+                await browser.started.wait()
+            if not driver.version:
+                raise BrowserError(f"the driver exited: {driver.stderr()}")
+            try:
+                yield browser
+            finally:
+                # Close every page this test opened; a driver that cannot is replaced.
+                driver.broken = True
+                if not browser._ended and driver.process.poll() is None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(30):
+                        with contextlib.suppress(BrowserError):
+                            await browser.command("reset")
+                            driver.broken = False
+            nursery.cancel_scope.cancel()
+    finally:
+        await stdin.aclose()
+        await stdout.aclose()

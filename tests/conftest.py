@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,13 @@ def prefix() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis_config(*args): settings of private_redis")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Close the session's Chromium, if a test opened one (tests/browserdriver.py)."""
+    browserdriver = sys.modules.get("browserdriver")
+    if browserdriver is not None:
+        browserdriver.shutdown()
 
 
 @pytest.fixture

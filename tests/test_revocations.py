@@ -196,7 +196,7 @@ async def test_a_v1_member_told_its_token_expires_refreshes_it_in_place(relay: R
             jwt.decode(second, options={"verify_signature": False})["exp"]
         )
         # Past the first token's expiry (and its leeway), erin is still connected.
-        await trio.sleep(2 + 1.5)  # (the first token's life, and the relay's leeway)
+        await past_expiry(first)
         frank = await connect(relay.port, "frank", token("frank"), v1_offer=True)
         await frank.send_frame(OP_TEXT, b"\nstill there?")
         assert await next_message_payload(erin) == b"still there?"
@@ -228,6 +228,13 @@ async def test_a_member_whose_token_expires_unrefreshed_is_closed_4006(relay: Re
     await plain.aclose()
 
 
+async def past_expiry(token: str) -> None:
+    """Sleep until half a second past ``token``'s expiry and the relay's leeway (1 s)
+    after it: when the relay would have closed its member had it kept that token."""
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    await trio.sleep(max(0.0, exp + 1.5 - time.time()))
+
+
 async def next_message_payload(client: RawClient) -> bytes:
     from test_v1 import next_message
 
@@ -255,7 +262,7 @@ async def test_the_python_client_renews_its_token_in_place_and_after_4006(
             relay.url, group="lobby", id="hal", access_token=lambda: fresh(next(lives))
         ) as hal:
             assert hal.protocol == v1.SUBPROTOCOL
-            await trio.sleep(2 + 1.5)  # (its first token's life, and the relay's leeway)
+            await past_expiry(issued[0])
             assert hal.connected and hal.stats.connects == 1
             assert len(issued) == 2  # (the second in place, without a reconnect)
         plain_lives = iter([1, 120])

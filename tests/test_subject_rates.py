@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
 import trio
 import trio_websocket as tw
 
@@ -16,6 +17,8 @@ from loglines import LogLines
 from redisserver import RedisServer, redis_call
 from test_security import http_get
 from trio_wsproxy import RelayConfig, open_relay
+from trio_wsproxy.backplane import lifecycle
+from trio_wsproxy.relay import subjects
 from trio_wsproxy.relay.groups import RegistryUnavailable
 from trio_wsproxy.relay.subjects import LEASE_SHARE, SubjectRates
 from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
@@ -214,9 +217,19 @@ async def test_without_redis_a_node_holds_the_limit_itself_and_says_so_once(
 
 
 async def test_while_redis_is_away_each_node_holds_the_limit_and_says_so_once(
-    private_redis: RedisServer, prefix: str, relay_log: LogLines, backplane_log: LogLines
+    private_redis: RedisServer,
+    prefix: str,
+    relay_log: LogLines,
+    backplane_log: LogLines,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from test_backplane import backplane, cluster
+
+    # Redis is away for two seconds: the backplane's reconnections need not have backed
+    # off to seconds apart by then, nor the node's leases wait a second to be tried again
+    # once it is back (when each comes is not what this is about; that each does is).
+    monkeypatch.setattr(lifecycle, "BACKOFF_MAX", 0.2)
+    monkeypatch.setattr(subjects, "RETRY_INTERVAL", 0.2)
 
     rate = 20
     async with cluster(private_redis.url, prefix, count=1, max_subject_message_rate=rate) as (a,):
@@ -229,20 +242,23 @@ async def test_while_redis_is_away_each_node_holds_the_limit_and_says_so_once(
                 await a.wait_members(2, "r")
             private_redis.stop()
 
+            count = rate + rate // 2
+
             async def burst_and_wait(label: str) -> float:
-                """Two seconds' worth of alice's messages: how long until all came."""
+                """A second and a half's worth of alice's messages (half a second's more
+                than a full bucket holds): how long until all came."""
                 start = trio.current_time()
-                for n in range(2 * rate):
+                for n in range(count):
                     await alice.send_message(f"{label} {n}")
                 with trio.fail_after(10):
-                    got = [await sink.get_message() for _ in range(2 * rate)]
-                assert got == [f"{label} {n}" for n in range(2 * rate)]
+                    got = [await sink.get_message() for _ in range(count)]
+                assert got == [f"{label} {n}" for n in range(count)]
                 return trio.current_time() - start
 
             # The node's own bucket: a burst of 20, then 20/s (the group lives on this
             # node alone, so it goes on through the outage).
-            assert await burst_and_wait("away") >= 0.99
-            assert await burst_and_wait("still away") >= 0.99
+            assert await burst_and_wait("away") >= 0.49
+            assert await burst_and_wait("still away") >= 0.49
             assert relay_log.count("until Redis is back") == 1
             # Redis comes back: the next lease goes there again, and the node says so.
             private_redis.start()
@@ -253,7 +269,7 @@ async def test_while_redis_is_away_each_node_holds_the_limit_and_says_so_once(
             await burst_and_wait("back")
             await relay_log.wait_for("hold across nodes again")
             # Paced by the bucket in Redis from now on.
-            assert await burst_and_wait("in Redis") >= 0.99
+            assert await burst_and_wait("in Redis") >= 0.49
             assert await redis_call(private_redis.url, "EXISTS", f"{prefix}:v3:rate:alice") == 1
 
 

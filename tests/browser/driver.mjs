@@ -5,7 +5,7 @@
 // choose {page, selector, files: [{name, base64}]} (click what opens a file chooser and
 // pick those files in it), reload {page}, screenshot {page, path}, errors {page} (what
 // the console said as errors, uncaught exceptions, and responses of 400 or more),
-// close {page}. It ends with its standard input.
+// close {page}, reset (close every page). It ends with its standard input.
 import { createInterface } from "node:readline";
 
 import { chromium } from "playwright-core";
@@ -79,6 +79,13 @@ async function run(command) {
       const entry = pages.get(command.page);
       pages.delete(command.page);
       await entry.context.close();
+      return true;
+    }
+    case "reset": {
+      // The end of a test: its pages are closed, as if its browser had been.
+      const entries = [...pages.values()];
+      pages.clear();
+      await Promise.all(entries.map(({ context }) => context.close()));
       return true;
     }
     default:

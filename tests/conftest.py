@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,15 @@ pytest_plugins = ["pytester"]
 # work must not turn a slow example into a failure (hypothesis' default deadline is 200 ms).
 settings.register_profile("suite", deadline=None)
 settings.load_profile("suite")
+
+# The suite's subprocesses are started with fork(), not vfork(). Twice in a day's full
+# runs on a 2-core machine, a child started with vfork() by one of several threads at
+# once (the documentation tests' pool) failed its exec with EFAULT ("Bad address") for
+# the interpreter's own path — which the relay never does and a reader never sees; a
+# fork()ed child has its own copy of what it execs. (CPython 3.11's private switch; the
+# spawns cost a few milliseconds more, for a process of the suite's size.)
+if hasattr(subprocess, "_USE_VFORK"):
+    subprocess._USE_VFORK = False
 
 
 @pytest.fixture

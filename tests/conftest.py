@@ -23,9 +23,9 @@ settings.load_profile("suite")
 # The suite's subprocesses are started with fork(), not vfork(). Twice in a day's full
 # runs on a 2-core machine, a child started with vfork() by one of several threads at
 # once (the documentation tests' pool) failed its exec with EFAULT ("Bad address") for
-# the interpreter's own path — which the relay never does and a reader never sees; a
-# fork()ed child has its own copy of what it execs. (CPython 3.11's private switch; the
-# spawns cost a few milliseconds more, for a process of the suite's size.)
+# the interpreter's own path; a fork()ed child has its own copy of what it execs.
+# (CPython 3.11's private switch; the spawns cost a few milliseconds more, for a
+# process of the suite's size.)
 if hasattr(subprocess, "_USE_VFORK"):
     subprocess._USE_VFORK = False
 

@@ -15,14 +15,18 @@ within one run: read the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,10 +69,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def proc_cpu(pid: int) -> float:
+def proc_times(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds of ``pid``."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def proc_cpu(pid: int) -> float:
+    return sum(proc_times(pid))
 
 
 def proc_mem(pid: int) -> dict[str, float]:
@@ -81,28 +91,48 @@ def proc_mem(pid: int) -> dict[str, float]:
     return out
 
 
-def run_once(command: str, load: str, env: dict[str, str]) -> dict[str, float]:
-    port = free_port()
+@contextmanager
+def started(
+    argv: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 20
+) -> Iterator[int]:
+    """Start a relay in a session of its own and wait until it listens on ``port``;
+    yield its pid; stop it (and what it started) after."""
     relay = subprocess.Popen(
-        shlex.split(command.format(port=port)),
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 20
+        deadline = time.time() + timeout
         while True:
             if relay.poll() is not None:
-                raise RuntimeError(f"relay exited with {relay.returncode}: {command}")
+                raise RuntimeError(f"relay exited with {relay.returncode}: {argv}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise RuntimeError("relay did not listen in time") from None
+                    raise RuntimeError(f"relay did not listen in time: {argv}") from None
                 time.sleep(0.05)
         time.sleep(0.3)
-        cpu0 = proc_cpu(relay.pid)
+        yield relay.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(relay.pid, signal.SIGTERM)
+        try:
+            relay.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(relay.pid, signal.SIGKILL)
+            relay.wait()
+
+
+def run_once(command: str, load: str, env: dict[str, str]) -> dict[str, float]:
+    port = free_port()
+    with started(shlex.split(command.format(port=port)), port) as pid:
+        cpu0 = proc_cpu(pid)
         generator = subprocess.Popen(
             [
                 "node",
@@ -120,19 +150,13 @@ def run_once(command: str, load: str, env: dict[str, str]) -> dict[str, float]:
         for line in generator.stdout:
             data = json.loads(line)
             if data.get("event") == "connected":
-                result["rss_connected_mib"] = proc_mem(relay.pid).get("VmRSS", 0.0)
+                result["rss_connected_mib"] = proc_mem(pid).get("VmRSS", 0.0)
             else:
                 result.update({k: v for k, v in data.items() if isinstance(v, int | float)})
         generator.wait()
-        result["relay_cpu_s"] = proc_cpu(relay.pid) - cpu0
-        result["relay_peak_mib"] = proc_mem(relay.pid).get("VmHWM", 0.0)
+        result["relay_cpu_s"] = proc_cpu(pid) - cpu0
+        result["relay_peak_mib"] = proc_mem(pid).get("VmHWM", 0.0)
         return result
-    finally:
-        os.killpg(relay.pid, 15)
-        try:
-            relay.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(relay.pid, 9)
 
 
 def main() -> None:

@@ -29,18 +29,15 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import trio
-from compare import free_port, node_env
+from compare import free_port, node_env, proc_times, started
 
 HERE = Path(__file__).resolve().parent
 SECONDS = 5
@@ -57,53 +54,6 @@ def leaf(pid: int) -> int:
         if not children:
             return pid
         pid = int(children[0])
-
-
-def cpu(pid: int) -> tuple[float, float]:
-    """User and kernel CPU seconds of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-@contextmanager
-def started(argv: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
-    """Start a relay, wait for its port; yield its pid; stop it."""
-    relay = subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120  # (under valgrind, starting takes a while)
-        while True:
-            if relay.poll() is not None:
-                raise RuntimeError(f"relay exited with {relay.returncode}: {argv}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"relay did not listen in time: {argv}") from None
-                time.sleep(0.05)
-        time.sleep(0.3)
-        yield relay.pid
-    finally:
-        with_signal(relay.pid, signal.SIGTERM)
-        try:
-            relay.wait(10)
-        except subprocess.TimeoutExpired:
-            with_signal(relay.pid, signal.SIGKILL)
-            relay.wait()
-
-
-def with_signal(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def pingpong(port: int, seconds: int = SECONDS) -> dict[str, float]:
@@ -131,9 +81,9 @@ def timed(command: str, env: dict[str, str] | None) -> dict[str, float]:
     port = free_port()
     with started(shlex.split(command.format(port=port)), port, env) as pid:
         pid = leaf(pid)
-        user0, sys0 = cpu(pid)
+        user0, sys0 = proc_times(pid)
         result = pingpong(port)
-        user1, sys1 = cpu(pid)
+        user1, sys1 = proc_times(pid)
     n = result["messages"]
     return {
         "round_trips_per_s": result["round_trips_per_s"],
@@ -178,7 +128,7 @@ def instructions(command: str, env: dict[str, str] | None) -> float:
             f"--callgrind-out-file={out}",
             *shlex.split(command.format(port=port)),
         ]
-        with started(argv, port, env) as pid:
+        with started(argv, port, env, timeout=120) as pid:  # (valgrind starts slowly)
             subprocess.run(
                 ["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True
             )

@@ -8,11 +8,12 @@ import base64
 from typing import Any
 
 import trio
+import trio.testing
 
 from hookserver import Reply, allow, back_end
 from test_v1 import V1_OFFER, next_event, next_message
 from test_v1_groups import join, recv
-from trio_wsproxy import Relay, RelayConfig, open_relay
+from trio_wsproxy import CloseCode, Relay, RelayConfig, open_relay
 from trio_wsproxy.protocol import v1
 from trio_wsproxy.relay.namespaces import Namespace
 from wsraw import OP_BINARY, OP_TEXT, RawClient
@@ -486,10 +487,6 @@ async def test_the_python_client_sends_the_headers_a_connect_hook_is_shown() -> 
 
 
 async def test_a_connection_closed_while_its_join_hook_is_asked_joins_nothing() -> None:
-    import trio.testing
-
-    from trio_wsproxy import CloseCode
-
     release = trio.Event()
 
     async def answer(body: dict[str, Any]) -> dict[str, Any]:
@@ -513,8 +510,6 @@ async def test_a_connection_closed_while_its_join_hook_is_asked_joins_nothing() 
 
 
 async def test_a_member_removed_while_its_message_is_asked_about_publishes_nothing() -> None:
-    import trio.testing
-
     release = trio.Event()
 
     async def answer(body: dict[str, Any]) -> dict[str, Any]:

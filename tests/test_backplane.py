@@ -508,6 +508,7 @@ async def stall_until_dropped(
     process.send_signal(signal.SIGCONT)
 
 
+@pytest.mark.alone
 async def test_a_slow_member_holds_up_only_its_own_group(redis_url: str, prefix: str) -> None:
     # The 4001 close frame waits behind the stuck member's full socket until the test
     # reads it, after the quiet group's check: close_timeout must outlast that wait,
@@ -558,6 +559,7 @@ async def kill(process: trio.Process) -> None:
         await process.wait()
 
 
+@pytest.mark.alone
 async def test_killed_node_leaves_no_ghost_members(
     redis_url: str, prefix: str, backplane_log: LogLines
 ) -> None:

@@ -206,6 +206,7 @@ async def test_an_unreachable_relay_raises_promptly_with_a_clear_message() -> No
                 pytest.fail("connected to a closed port")
 
 
+@pytest.mark.alone
 async def test_a_relay_that_never_answers_the_handshake_times_out_as_configured() -> None:
     async def accept_and_stay_silent(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
@@ -576,6 +577,7 @@ async def test_many_concurrent_requests_each_get_their_own_answer(
         assert asker.pending_requests == 0
 
 
+@pytest.mark.alone
 async def test_an_unanswered_request_raises_and_leaves_nothing_behind(
     wsproxy_relay: Relay, wsproxy_client: ClientFactory
 ) -> None:
@@ -869,6 +871,7 @@ async def test_a_send_while_disconnected_waits_for_the_connection() -> None:
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.alone
 async def test_a_send_raises_not_connected_when_the_relay_stays_away() -> None:
     config = attrs.evolve(FAST, send_timeout=0.3)
     with trio.fail_after(5):

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -123,23 +122,11 @@ def _include_snippets(code: str) -> str:
 
 
 BLOCKS = [block for document in DOCUMENTS for block in _blocks(document)]
-# What the run checked, by kind, for the summary at its end.
-TALLY: Counter[str] = Counter()
 
 
-class _Summary:
-    """Prints the tally at the end of the run, -q or not."""
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if TALLY:
-            counts = ", ".join(f"{count} {kind}" for kind, count in sorted(TALLY.items()))
-            terminalreporter.write_line(f"documentation examples: {counts}")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _report_the_tally(request: pytest.FixtureRequest) -> None:
-    if not request.config.pluginmanager.has_plugin("trio-wsproxy-docs-tally"):
-        request.config.pluginmanager.register(_Summary(), "trio-wsproxy-docs-tally")
+def _tally(request: pytest.FixtureRequest, kind: str, count: int = 1) -> None:
+    """Counts what the run checked, by kind, for the summary at its end (conftest.py)."""
+    request.node.user_properties.append(("documentation examples", (kind, count)))
 
 
 # -- programs, several at once -------------------------------------------------------------
@@ -532,19 +519,19 @@ def _check_prometheus(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.where for block in BLOCKS])
-def test_block(block: Block, runner: Runner) -> None:
+def test_block(block: Block, runner: Runner, request: pytest.FixtureRequest) -> None:
     if block.not_run is not None:
         assert block.language in EXECUTED, f"{block.where}: only examples that run opt out"
         assert block.not_run, f"{block.where}: say why the example does not run"
         # Not run, but read: it must at least be valid code of its language.
         if block.language in ("python", "py"):
             compile(block.code, block.where, "exec")
-        TALLY["opted out (compiled only)"] += 1
+        _tally(request, "opted out (compiled only)")
         return
     if block.language in EXECUTED:
         ran = runner.run(block).result()
         assert ran.returncode == 0, f"{block.where} failed:\n{ran.output[-4000:]}"
-        TALLY[_kind(block)] += 1
+        _tally(request, _kind(block))
     elif block.language in SHELL or block.language == "ini":
         scripts = runner.scripts().result()
         problems = []
@@ -556,21 +543,21 @@ def test_block(block: Block, runner: Runner) -> None:
                 problems.append(f"{block.path}:{line}: {shlex.join(argv)}\n    {problem}")
         assert not problems, "\n".join(problems)
         assert count, f"{block.where}: no command in the block"
-        TALLY["commands checked"] += count
+        _tally(request, "commands checked", count)
     elif block.language == "json":
         _check_json(block)
-        TALLY["json blocks checked"] += 1
+        _tally(request, "json blocks checked")
     elif block.language == "prometheus":
         _check_prometheus(block)
-        TALLY["prometheus blocks checked"] += 1
+        _tally(request, "prometheus blocks checked")
     elif block.language == "toml":
         tomllib.loads(block.code)
-        TALLY["toml blocks checked"] += 1
+        _tally(request, "toml blocks checked")
     elif block.language == "js":
         _check_js(block)
-        TALLY["js blocks checked"] += 1
+        _tally(request, "js blocks checked")
     elif block.language in NOT_EXECUTABLE:
-        TALLY[f"{block.language} blocks not executable"] += 1
+        _tally(request, f"{block.language} blocks not executable")
     else:
         pytest.fail(
             f"{block.where}: no rule for {block.language!r} blocks: add one to "

@@ -54,6 +54,7 @@ async def healthz_seconds(port: int) -> float:
     return trio.current_time() - started
 
 
+@pytest.mark.alone
 async def test_a_bursting_group_never_freezes_the_other_groups() -> None:
     # 700 members each send one message at once and never read: half a million deliveries.
     # Meanwhile a canary pair in another group keeps bouncing a message, and the health
@@ -121,6 +122,7 @@ async def connect(port: int, member: str, group: str) -> RawClient:
     return await RawClient.open(port, f"/ws?id={member}&groupName={group}")
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("rate", [10.0])
 async def test_a_member_paced_by_its_rate_limit_is_never_closed_for_keepalive(
     rate: float,
@@ -163,6 +165,7 @@ async def test_a_member_paced_by_its_rate_limit_is_never_closed_for_keepalive(
         assert relay.group_size("g") == 2
 
 
+@pytest.mark.alone
 async def test_a_stalled_streaming_message_is_cut_off_and_the_group_goes_on() -> None:
     config = RelayConfig(port=0, stream_timeout=1.0, close_timeout=0.5, ping_interval=None)
     async with open_relay(config) as relay:
@@ -198,6 +201,7 @@ async def test_a_stalled_streaming_message_is_cut_off_and_the_group_goes_on() ->
             assert await b.recv_message() == (OP_TEXT, b"after")
 
 
+@pytest.mark.alone
 async def test_several_slow_members_cost_their_group_one_timeout() -> None:
     timeout = 2.0
     config = RelayConfig(
@@ -460,6 +464,7 @@ async def drain(client: RawClient, size: int) -> None:
         size -= len(data)
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("poller", ["--shared-poller", "--no-shared-poller"])
 async def test_small_groups_blasting_tiny_messages_never_stall_the_other_groups(
     poller: str,

@@ -116,6 +116,24 @@ def test_empty_messages_are_messages() -> None:
         (mask_frame(OP_TEXT, b"\xc3\x28"), CloseCode.INVALID_PAYLOAD),
         (mask_frame(OP_TEXT, b"ok\xed\xa0\x80"), CloseCode.INVALID_PAYLOAD),  # surrogate
     ],
+    # Named, not shown: the frames carry random masks, and test ids must be the same in
+    # every collection (pytest-xdist's workers each collect the suite).
+    ids=[
+        "unmasked",
+        "rsv1",
+        "reserved-data-opcode",
+        "reserved-control-opcode",
+        "continuation-of-nothing",
+        "text-inside-text",
+        "fragmented-ping",
+        "ping-over-125",
+        "close-of-1-byte",
+        "close-1005",
+        "close-999",
+        "close-reason-not-utf8",
+        "text-not-utf8",
+        "text-with-surrogate",
+    ],
 )
 def test_protocol_violations_raise_with_their_close_code(data: bytes, code: CloseCode) -> None:
     with pytest.raises(ProtocolError) as info:

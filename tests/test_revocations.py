@@ -136,6 +136,7 @@ async def test_a_relay_without_tokens_has_nothing_to_revoke(relay: Relay) -> Non
     assert answer.status == 409
 
 
+@pytest.mark.alone
 async def test_a_revocation_closes_its_connections_on_every_node(
     redis_url: str, prefix: str
 ) -> None:

@@ -60,6 +60,7 @@ async def connections(
         yield [await stack.enter_async_context(tw.open_websocket_url(url)) for url in urls]
 
 
+@pytest.mark.alone
 async def test_a_subject_is_held_to_its_rate_across_three_connections_on_one_node() -> None:
     config = RelayConfig(port=0, max_subject_message_rate=RATE)
     async with open_relay(config) as relay:
@@ -90,6 +91,7 @@ async def test_a_subject_is_held_to_its_rate_across_three_connections_on_one_nod
     assert relay.subject_rates is not None and len(relay.subject_rates) == 0
 
 
+@pytest.mark.alone
 async def test_another_subject_is_not_held_up_by_a_paced_one() -> None:
     config = RelayConfig(port=0, max_subject_message_rate=RATE)
     async with open_relay(config) as relay:
@@ -138,6 +140,7 @@ async def test_a_paced_member_has_its_pings_answered_and_loses_nothing() -> None
         await sink.aclose()
 
 
+@pytest.mark.alone
 async def test_a_subject_is_held_to_its_rate_across_three_connections_on_two_nodes(
     redis_url: str, prefix: str
 ) -> None:

@@ -56,11 +56,13 @@ async def main():
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
-    # 200 messages, each waited for by the same task on the same fd.
+    # 200 messages, each waited for by the same task on the same fd. One byte a read: on
+    # a busy machine the sender may get two in before the reader wakes, and a read of
+    # both would leave the reader waiting for a 200th that never comes.
     async def reader():
         for _ in range(200):
             await trio.lowlevel.wait_readable(a)
-            a.recv(100)
+            a.recv(1)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
         for _ in range(200):

@@ -136,7 +136,7 @@ def prefix() -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "redis_config(*args): settings of private_redis")
     config.addinivalue_line(
-        "markers", "alone: runs while no other test of the run does (see _turns_to_run)"
+        "markers", "alone: runs while no other test of the run does (_Turns, tests/conftest.py)"
     )
 
 

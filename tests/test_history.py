@@ -162,13 +162,17 @@ async def test_a_streamed_message_takes_an_offset_and_is_never_kept(relay: Relay
         alice, welcome = await v1_member(relay, "alice")
         assert welcome.position is not None
         bob, _ = await v1_member(relay, "bob")
+        # Carol stays: once she has a message, it has taken its offset.
+        carol, _ = await v1_member(relay, "carol")
         await bob.send_frame(OP_BINARY, b"\n" + big)
         assert await next_message(alice) == (OP_BINARY, v1.From("bob", offset=1), big)
+        assert await next_message(carol) == (OP_BINARY, v1.From("bob", offset=1), big)
         await gone(relay, alice)
         await bob.send_frame(OP_BINARY, b"\n" + big)
+        assert await next_message(carol) == (OP_BINARY, v1.From("bob", offset=2), big)
         alice, again = await v1_member(relay, "alice", since=f"{welcome.position.epoch}:1")
         assert again.recovery == v1.Recovery(False, 0, v1.MESSAGE_TOO_LARGE)
-    for client in (alice, bob):
+    for client in (alice, bob, carol):
         await client.aclose()
 
 

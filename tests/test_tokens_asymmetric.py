@@ -289,22 +289,26 @@ async def test_published_keys_are_fetched_rotated_and_served_stale_while_the_pro
             # fetch is a refetch interval old, as it is long before any rotation).
             provider.keys["two"] = KEYS["EdDSA"]
             await trio.sleep(refetch)
+            started = trio.current_time()
             assert (await handshake(relay.port, signed(KEYS["EdDSA"], "two")))[0] == 101
             assert provider.fetches == 2
             # Made-up key ids cannot make it hammer the provider: at most one fetch per
-            # refetch interval, whatever comes.
+            # refetch interval, whatever comes (20 handshakes take less than one interval
+            # on a quiet machine; on a busy one, one more fetch each interval they take).
             for n in range(20):
                 status, body = await handshake(relay.port, signed(KEYS["ES256"], f"fake{n}"))
                 assert (status, body) == (401, b"invalid access token")
-            assert provider.fetches == 2
+            took = trio.current_time() - started
+            assert provider.fetches - 2 <= took / refetch, (provider.fetches, took)
+            fetched = provider.fetches
             # A key signed with a published key, but for another algorithm, is refused.
             assert (await handshake(relay.port, signed(KEYS["ES256"], "one")))[0] == 401
             # The provider goes down: the relay keeps the keys it has, and says so.
             provider.down = True
             await trio.sleep(refetch)  # (what the rate limit is about: time)
             status, _ = await handshake(relay.port, signed(KEYS["ES256"], "three"))
-            assert status == 401 and provider.fetches == 3
+            assert status == 401 and provider.fetches == fetched + 1
             await relay_log.wait_for("serving the 2 keys fetched before")
             assert (await handshake(relay.port, signed(KEYS["RS256"], "one")))[0] == 101
-            assert relay.counters.jwks_fetches == {"ok": 2, "failed": 1}
+            assert relay.counters.jwks_fetches == {"ok": fetched, "failed": 1}
         nursery.cancel_scope.cancel()

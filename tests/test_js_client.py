@@ -209,6 +209,7 @@ async def test_presence_and_direct_messages_reach_the_js_member(relay: Relay) ->
             assert failed["error"] == "MemberNotFound"
 
 
+@pytest.mark.alone
 async def test_the_js_member_fails_over_and_recovers_what_it_missed(
     redis_url: str, prefix: str
 ) -> None:
@@ -223,7 +224,7 @@ async def test_the_js_member_fails_over_and_recovers_what_it_missed(
         node_a = RestartableRelay(nursery)
         a = await node_a.start(**settings)
         async with open_client(b.url, group="h", id="py") as py:
-            async with js_peer([a.url, b.url], group="h", id="js", reconnectMinDelay=100) as js:
+            async with js_peer([a.url, b.url], group="h", id="js", reconnectMinDelay=300) as js:
                 await wait_for_member(py, "js")
                 await py.send(Say("before"))
                 await js.wait_for("said", lambda e: e["value"]["text"] == "before")
@@ -233,7 +234,10 @@ async def test_the_js_member_fails_over_and_recovers_what_it_missed(
                 for n in range(20):  # while the JS member is away
                     await py.send(Say(f"missed {n}"))
                 resumed = await js.wait_for("resumed")
-                assert resumed["recovered"] is True and resumed["missed"] == 20, resumed
+                # All 20 are missed when they are sent before it is back, as they are on a
+                # quiet machine; on a busy one, the last may come live: either way every
+                # message comes once, in order.
+                assert resumed["recovered"] is True and 1 <= resumed["missed"] <= 20, resumed
                 for n in range(20):
                     said = await js.wait_for("said")
                     assert said["value"]["text"] == f"missed {n}"

@@ -185,7 +185,8 @@ def test_what_setuptools_needs_is_copied(dockerfile: list[Instruction]) -> None:
         for source in copy_sources(step)
     }
     project = PYPROJECT["project"]
-    assert {"pyproject.toml", project["readme"], "LICENSE", "src"} <= copied
+    backend = set(PYPROJECT["build-system"].get("backend-path", []))
+    assert {"pyproject.toml", project["readme"], "LICENSE", "setup.py", "src"} | backend <= copied
     for module in PYPROJECT["tool"]["setuptools"]["py-modules"]:
         assert (ROOT / "src" / f"{module}.py").is_file()  # the pytest plugin, beside the package
 

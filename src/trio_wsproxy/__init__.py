@@ -5,6 +5,8 @@ one member sends, every other member receives. Wire-compatible with the .NET lib
 EasyWebSocketProxy.
 """
 
+# First: it chooses the relay's hot path, compiled or pure, before anything imports it.
+from . import _hot_path
 from ._serve import TLSConfigError, open_relay, serve_relay
 from .backplane.redis import RedisBackplane
 from .client.client import (
@@ -67,8 +69,13 @@ from .relay.relay import Relay, RelayStats
 __version__ = VERSION
 del VERSION
 
-# __version__ is module metadata rather than API, so, as in trio, it is not in __all__:
-# a star import does not bring it in, and the loop at the end leaves it alone.
+#: Which relay hot path runs: ``"compiled"`` (a build with ``TRIO_WSPROXY_COMPILE=1``)
+#: or ``"pure"`` (Python); ``TRIO_WSPROXY_HOT_PATH`` chooses at import (_hot_path.py).
+HOT_PATH = _hot_path.in_use(_hot_path.CHOICE)
+
+# __version__ and HOT_PATH are module metadata rather than API, so, as in trio, they are
+# not in __all__: a star import does not bring them in, and the loop at the end leaves
+# them alone.
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RECONNECT_CODES",

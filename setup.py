@@ -1,7 +1,8 @@
 """The build's one step that pyproject.toml cannot say: with TRIO_WSPROXY_COMPILE=1, the
 relay's hot path (src/trio_wsproxy/_hot_path.py's MODULES) is compiled with mypyc,
 beside its pure-Python source. Without it, the package is pure Python and needs no
-compiler. docs/installation.md says how to build it and how to choose at import."""
+compiler. docs/production.md ("A compiled hot path") says how to build it and how to
+choose at import."""
 
 import ast
 import os

@@ -1,6 +1,6 @@
 """The relay's hot path, compiled or pure Python: chosen when trio_wsproxy is imported.
 
-An installation built with ``TRIO_WSPROXY_COMPILE=1`` (see the installation page) holds
+An installation built with ``TRIO_WSPROXY_COMPILE=1`` (docs/production.md) holds
 each module of :data:`MODULES` twice: compiled by mypyc, which Python imports first, and
 its pure-Python source beside it. ``TRIO_WSPROXY_HOT_PATH`` chooses, at import:
 
@@ -79,7 +79,8 @@ def in_use(choice: str) -> str:
     if choice == "compiled":
         raise ImportError(
             f"{VARIABLE}=compiled, but this installation of trio_wsproxy is not compiled: "
-            "build it with TRIO_WSPROXY_COMPILE=1 (see the installation page), "
+            "build it with TRIO_WSPROXY_COMPILE=1 (see 'A compiled hot path' in the "
+            "documentation's Running in production), "
             f"or set {VARIABLE} to auto or pure"
         )
     return "pure"

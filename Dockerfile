@@ -27,11 +27,11 @@ RUN python -m venv /opt/trio-wsproxy
 
 WORKDIR /build
 # What setuptools needs to build the project: pyproject.toml, the readme it names, the
-# license, setup.py and backend/ (the build backend, which builds the pure-Python hot path
-# unless TRIO_WSPROXY_COMPILE=1 asks for the compiled one), and src/ (the package and
-# the pytest plugin module beside it).
+# license, setup.py and build_backend/ (the build backend, which builds the pure-Python
+# hot path unless TRIO_WSPROXY_COMPILE=1 asks for the compiled one), and src/ (the
+# package and the pytest plugin module beside it).
 COPY pyproject.toml README.md LICENSE setup.py ./
-COPY backend/ backend/
+COPY build_backend/ build_backend/
 COPY src/ src/
 # The project and its runtime dependencies only; no extras (test, docs, dev).
 RUN /opt/trio-wsproxy/bin/pip install --no-cache-dir .

@@ -24,7 +24,7 @@ def hot_path_sources() -> list[str]:
 
 if __name__ == "__main__":  # (as setuptools runs it; tests/test_hot_path.py reads it)
     if os.environ.get("TRIO_WSPROXY_COMPILE") == "1":
-        from mypyc.build import mypycify  # (a build requirement then: backend/)
+        from mypyc.build import mypycify  # (a build requirement then: build_backend/)
 
         sources = hot_path_sources()
         setup(

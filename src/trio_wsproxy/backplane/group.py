@@ -263,8 +263,11 @@ class SharedGroup(Group):
         return None if member is None or member in self.catching else member
 
     def add(self, member: Member) -> None:
-        if self.sequenced and member.encoding.presence:
-            # A v1 member (plain ones have no position to keep) catches up first.
+        if member.encoding.presence:
+            # A v1 member (plain ones have no welcome, nor a position to keep) catches up
+            # first: its welcome is the first thing it gets. Its join awaits Redis (the
+            # registration, with history the mirror), and nothing live — a message, a
+            # presence change — may reach it meanwhile.
             self.catching.add(member)
         super().add(member)
 
@@ -338,7 +341,9 @@ class SharedGroup(Group):
 
     async def catch_up(self, member: Member, since: v1.Position | None) -> CatchUp:
         if member not in self.catching:
-            return await super().catch_up(member, since)  # (no history, or a plain member)
+            return await super().catch_up(member, since)  # (plain, or it left meanwhile)
+        if not self.sequenced:  # (no history in Redis: what this node keeps, if any)
+            return self._caught_up(member, await super().catch_up(member, since))
         fetched: Recovered | str | None = None
         with trio.move_on_after(CATCH_UP_TIMEOUT):
             while self.members.get(member.id) is member:

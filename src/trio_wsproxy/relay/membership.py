@@ -75,7 +75,6 @@ class Membership:
         "refused",
         "sender",
         "since",
-        "welcomed",
     )
 
     def __init__(
@@ -106,8 +105,6 @@ class Membership:
         #: it meanwhile refuses the join), and then what it was refused with.
         self.entering = False
         self.refused: tuple[int, str] | None = None
-        #: Whether its welcome (v1) is queued: presence tells it of changes only after.
-        self.welcomed = False
 
     def __repr__(self) -> str:
         return f"<Membership id={self.id!r} group={self.group_name!r}>"

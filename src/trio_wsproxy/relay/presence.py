@@ -87,7 +87,7 @@ class PresenceTracker:
         members = None if size > self.limit_of(group) else frozenset(group.member_ids())
         info = None if members is None else infos(group, members)
         event = v1.Welcome(member.id, group.name, members, size, position, recovery, info)
-        # (The first frame it gets in the group: announcements skip it until now.)
+        # (The first frame it gets in the group.)
         member.mailbox.offer_catch_up(member.encoding.event(event))
         self._counters.presence_events += 1
 
@@ -169,17 +169,11 @@ class PresenceTracker:
             event = v1.Presence(joined, left, size, None, infos(group, joined))
         for encoding, members in audiences:
             data = encoding.event(event)
-            told = 0
             for member in members:
-                if not getattr(member, "welcomed", True):
-                    # A membership still joining (its history being caught up with, in a
-                    # cluster): its welcome, still to come, lists the group as it is then.
-                    continue
-                told += 1
                 mailbox = member.mailbox
                 result = mailbox.offer(data)
                 if result == HELD:
                     held.append(mailbox)  # written straight to the socket below
                 elif result == FULL:
                     send_control(member, data)  # never dropped: queued, or the member closed
-            self._counters.presence_events += told
+            self._counters.presence_events += len(members)

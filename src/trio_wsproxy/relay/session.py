@@ -387,7 +387,6 @@ class Session:
         welcome and before anything live (nothing is awaited from its catching up to
         here)."""
         self._relay.presence.welcome(membership, group, catch.position, catch.recovery)
-        membership.welcomed = True
         mailbox, encoding = self.mailbox, membership.encoding
         for message in catch.missed:  # (bounded by history_bytes: past the mailbox's bound)
             mailbox.offer_catch_up(encoding.message(message))

@@ -4,12 +4,14 @@
     python benchmarks/trio_floor.py PORT --poller    # one task reads for all members
 
 A measuring stick, not a relay: it answers the handshake of the group URL
-(``/ws?id=ID&groupName=GROUP``) and forwards each whole short frame (at most 125 bytes
-of payload, in one read) to the other members of its group, unmasked and reframed, with
-one ``os.write`` each. It checks nothing else, has no mailbox, no limits, no history,
-and ends a member at anything it does not take. What it costs per message is what Trio's
-scheduler and the system calls cost, plus the fewest bytecodes that read, unmask, frame
-and write: no relay on Trio can cost less with the same system calls.
+(``/ws?id=ID&groupName=GROUP``) as the relay does (protocol/handshake.py: a bad request
+gets the relay's 400) and forwards each whole short frame (at most 125 bytes of payload,
+in one read) to the other members of its group, unmasked and reframed, with one
+``os.write`` each. It checks nothing else in what members send, has no mailbox, no
+limits, no history, and ends a member at anything it does not take. What it costs per
+message is what Trio's scheduler and the system calls cost, plus the fewest bytecodes
+that read, unmask, frame and write: no relay on Trio can cost less with the same system
+calls.
 
 ``benchmarks/one_in_flight.py --relay floor='python benchmarks/trio_floor.py {port}'``
 sets it beside trio_wsproxy and ``picows`` (see the performance page).
@@ -28,20 +30,19 @@ Two ways to wait, as trio_wsproxy has:
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
-import hashlib
 import os
 import select
-from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+from trio_wsproxy.protocol.frames import FINAL_SHORT_HEADERS
+from trio_wsproxy.protocol.handshake import Join, Limits, Refusal, decide, head_complete
+
+#: The handshake's checks: the relay's defaults.
+LIMITS = Limits()
 #: Members by group: their sockets' descriptors.
 groups: dict[str, list[int]] = {}
-#: Final short frames' headers by opcode (1: text, 2: binary) and length.
-HEADERS = [[bytes((0x80 | op, n)) for n in range(126)] for op in range(3)]
 
 
 def forward(fd: int, members: list[int]) -> bool:
@@ -56,10 +57,11 @@ def forward(fd: int, members: list[int]) -> bool:
     n = len(data) - 6
     if n < 0 or data[0] not in (0x81, 0x82) or data[1] != 0x80 | n or n > 125:
         return False
+    # (Unmasked as the relay's frames._xor does, inline: the floor makes no call more.)
     mask = data[2:6]
     key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "little")
     payload = (int.from_bytes(data[6:], "little") ^ key).to_bytes(n, "little")
-    out = HEADERS[data[0] & 0x0F][n] + payload
+    out = FINAL_SHORT_HEADERS[data[0] & 0x0F][n] + payload
     for other in members:
         if other != fd:
             os.write(other, out)
@@ -67,30 +69,21 @@ def forward(fd: int, members: list[int]) -> bool:
 
 
 async def handshake(stream: trio.SocketStream) -> tuple[int, str] | None:
-    """Answer the upgrade request; the member's descriptor and group (None: refused)."""
+    """Answer the upgrade request with the relay's own rules (protocol/handshake.py); the
+    member's descriptor and group (None: refused, or gone)."""
     request = b""
-    while b"\r\n\r\n" not in request:
+    while not head_complete(request, LIMITS):
         chunk = await stream.receive_some(4096)
         if not chunk:
             return None
         request += chunk
-    lines = request.split(b"\r\n")
-    target = lines[0].split(b" ")[1].decode()
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(b":") for line in lines[1:] if line)
-    }
-    query = parse_qs(urlsplit(target).query)
-    key = headers.get(b"sec-websocket-key")
-    if key is None or "groupName" not in query:
-        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-        return None
-    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-    await stream.send_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-    )
-    return stream.socket.fileno(), query["groupName"][0]
+    decision = decide(request, LIMITS)
+    if isinstance(decision, Join):
+        await stream.send_all(decision.response)
+        return stream.socket.fileno(), decision.group
+    if isinstance(decision, Refusal):
+        await stream.send_all(decision.response)
+    return None  # (a probe: LIMITS names none)
 
 
 class Poller:

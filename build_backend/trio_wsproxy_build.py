@@ -34,4 +34,12 @@ def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) 
 
 
 def get_requires_for_build_editable(config_settings: dict[str, Any] | None = None) -> list[str]:
-    return _compiling() or build_meta.get_requires_for_build_editable(config_settings)
+    if os.environ.get("TRIO_WSPROXY_COMPILE") == "1":
+        # Its compiled modules would be imported ahead of the sources being edited, and
+        # go stale with every edit: refused, saying what to do instead.
+        raise SystemExit(
+            "TRIO_WSPROXY_COMPILE=1 builds a regular install, not an editable one: "
+            "use 'pip install .' (in a virtualenv of its own), or leave "
+            "TRIO_WSPROXY_COMPILE unset for an editable install"
+        )
+    return build_meta.get_requires_for_build_editable(config_settings)

@@ -11,6 +11,7 @@ import os
 import runpy
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,32 @@ def test_the_build_compiles_the_source_of_every_hot_path_module(
     sources = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["hot_path_sources"]()
     assert sources == [f"src/{name.replace('.', '/')}.py" for name in _hot_path.MODULES]
     assert all((ROOT / source).is_file() for source in sources)
+
+
+def build_backend() -> dict[str, object]:
+    """The in-tree build backend's hooks (pyproject.toml's backend-path)."""
+    return runpy.run_path(str(ROOT / "build_backend" / "trio_wsproxy_build.py"))
+
+
+def test_a_compiled_build_asks_for_mypyc_and_what_the_hot_path_imports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("TRIO_WSPROXY_COMPILE", "1")
+    requires = build_backend()["get_requires_for_build_wheel"]()  # type: ignore[operator]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert requires == ["mypy==2.4.1", *project["dependencies"]]
+
+
+def test_a_compiled_editable_install_is_refused_saying_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("TRIO_WSPROXY_COMPILE", "1")
+    with pytest.raises(SystemExit) as refused:
+        build_backend()["get_requires_for_build_editable"]()  # type: ignore[operator]
+    assert str(refused.value) == (
+        "TRIO_WSPROXY_COMPILE=1 builds a regular install, not an editable one: use "
+        "'pip install .' (in a virtualenv of its own), or leave TRIO_WSPROXY_COMPILE "
+        "unset for an editable install"
+    )

@@ -34,6 +34,11 @@ async def test_it_relays_a_groups_messages_to_the_rest_of_it(flags: list[str]) -
                 await bob.send_frame(OP_BINARY, bytes([n]) * 125)
                 assert await alice.recv_message() == (OP_BINARY, bytes([n]) * 125)
             await carol.send_frame(OP_TEXT, b"alone")  # (nobody else in its group)
+            # A bad request gets the relay's own answer (no groupName: 400).
+            stranger = RawClient(await trio.open_tcp_stream("127.0.0.1", port))
+            status, _, _ = await stranger.handshake("/ws?id=stranger")
+            assert status == 400
+            await stranger.aclose()
             await alice.send_frame(OP_TEXT, b"last")
             assert await bob.recv_message() == (OP_TEXT, b"last")
             for client in (alice, bob, carol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import struct
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
@@ -31,6 +31,11 @@ _WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)}) | fr
 # Unmasking: from this many bytes, by table (see FrameParser._unmask); below, as one int.
 _TRANSLATE_FROM = 4096
 _XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
+# A whole short frame's mask over its n payload bytes, as one int (FrameParser.feed): the
+# 4-byte mask's int times _REPEAT[n] (a 1 per 32-bit word: the mask once in each word),
+# cut to n bytes by _LOW[n]. (Final: a compiled build keeps them in C.)
+_REPEAT: Final = tuple(sum(1 << (32 * word) for word in range((n + 3) >> 2)) for n in range(126))
+_LOW: Final = tuple((1 << (8 * n)) - 1 for n in range(126))
 # Control frame payloads are at most 125 bytes; a close reason at most 123.
 _MAX_CLOSE_REASON = 123
 
@@ -47,16 +52,39 @@ class ProtocolError(Exception):
         self.events: list[Event] = []
 
 
-# Not frozen, unlike the other events: one is made per message on the relay's hottest
-# path, and a frozen attrs class's __init__ costs two and a half times as much.
-@attrs.define(slots=True)
 class Data:
-    """A piece of a message: ``first`` and ``last`` mark the message's ends."""
+    """A piece of a message: ``first`` and ``last`` mark the message's ends.
 
-    payload: bytes
-    text: bool
-    first: bool
-    last: bool
+    Written out, unlike the other events (attrs classes): one is made per message on the
+    relay's hottest path, where a frozen attrs class's ``__init__`` costs two and a half
+    times as much, and a compiled hot path (mypyc) makes this one a native class, with
+    a native constructor and attributes (an attrs class stays an interpreted one)."""
+
+    __slots__ = ("first", "last", "payload", "text")
+
+    def __init__(self, payload: bytes, text: bool, first: bool, last: bool) -> None:
+        self.payload = payload
+        self.text = text
+        self.first = first
+        self.last = last
+
+    def __repr__(self) -> str:
+        return (
+            f"Data(payload={self.payload!r}, text={self.text!r}, first={self.first!r}, "
+            f"last={self.last!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Data:
+            return NotImplemented
+        return (self.payload, self.text, self.first, self.last) == (
+            other.payload,
+            other.text,
+            other.first,
+            other.last,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # (mutable, as attrs made it: never a key)
 
 
 @attrs.frozen(slots=True)
@@ -113,10 +141,11 @@ class FrameParser:
         # RSV1, and its payload is then inflated, the limit counting inflated bytes.
         self._inflater = inflater
         self._compressed = False
-        # The second header byte of a whole frame the one-step path takes: masked, with
-        # a 7-bit length within the message size limit (a frame beyond it takes the
-        # step-by-step path, which refuses it).
-        self._short_b1 = 0x80 | min(125, 125 if max_message_size is None else max_message_size)
+        # The longest whole frame the one-step paths take, and its second header byte
+        # (masked, with a 7-bit length): within the message size limit (a frame beyond
+        # it takes the step-by-step path, which refuses it).
+        self._short_max = min(125, 125 if max_message_size is None else max_message_size)
+        self._short_b1 = 0x80 | self._short_max
         self._leftover = b""
         self._closed = False
         # The data frame whose payload is arriving.
@@ -129,6 +158,9 @@ class FrameParser:
         self._text = False
         self._size = 0
         self._utf8: codecs.IncrementalDecoder | None = None
+        # Nothing pending (no message, no part of a frame, not closed): what feed's
+        # one-step path needs, updated after each read that took _feed's loop.
+        self._at_rest = True
 
     @property
     def inflating(self) -> int:
@@ -140,22 +172,27 @@ class FrameParser:
         raises :class:`ProtocolError` with the events before it (``events``)."""
         # One message in flight: what a read brings is one whole short frame and
         # nothing is pending. Taken in one step (the checks of _feed's own one-step
-        # path), without its loop and calls.
-        end = len(data)
-        if end > 5 and not self._in_message and not self._leftover and not self._closed:
-            b0, b1 = data[0], data[1]
-            if (
-                (b0 == 0x81 or b0 == 0x82)
-                and 0x80 <= b1 <= self._short_b1
-                and end == 6 + (b1 & 0x7F)
-            ):
-                return [_whole(b0, _xor(data[6:], data[2:6]))]
+        # path), without its loop and calls: a text or binary frame, final, masked,
+        # whose 7-bit length (b1 is 0x80 + length) is the rest of the read exactly.
+        n = len(data) - 6
+        if n >= 0 and self._at_rest and data[1] == 0x80 + n and n <= self._short_max:
+            b0 = data[0]
+            if b0 == 0x82 or b0 == 0x81:
+                mask = data[2] | data[3] << 8 | data[4] << 16 | data[5] << 24
+                key = mask * _REPEAT[n] & _LOW[n]
+                payload = (int.from_bytes(data[6:], "little") ^ key).to_bytes(n, "little")
+                if b0 == 0x82 or payload.isascii():  # (ASCII is UTF-8: checked for free)
+                    return [Data(payload, b0 == 0x81, True, True)]
+                return [_whole(b0, payload)]
         events: list[Event] = []
         try:
             self._feed(data, events)
         except ProtocolError as exc:
             exc.events = events
             raise
+        finally:
+            # Whether the next read may take the one-step path: nothing pending.
+            self._at_rest = not (self._in_message or self._leftover or self._closed)
         return events
 
     def _feed(self, data: bytes, events: list[Event]) -> None:

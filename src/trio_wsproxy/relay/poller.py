@@ -30,6 +30,7 @@ goes back to reading for itself.
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 from typing import Protocol
 
 import outcome
@@ -54,8 +55,8 @@ class Poller:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        #: Parked sessions by descriptor, with their tasks.
-        self._parked: dict[int, tuple[Reader, trio.lowlevel.Task]] = {}
+        #: Parked sessions by descriptor: their reads (Reader.readable), and their tasks.
+        self._parked: dict[int, tuple[Callable[[], Handover | None], trio.lowlevel.Task]] = {}
         #: True while :meth:`run` runs: only then may sessions park.
         self.running = False
         #: How often the poller read for a parked session, and how often it handed one
@@ -85,10 +86,10 @@ class Poller:
                     entry = parked.get(fd)
                     if entry is None:  # (handed back meanwhile: a cancellation's abort)
                         continue
-                    reader, task = entry
+                    readable, task = entry
                     self.reads += 1
                     try:
-                        handover = reader.readable()
+                        handover = readable()
                     except Exception as exc:  # (a bug: raised in that session's own task)
                         self._hand_back(fd, task, outcome.Error(exc))
                         continue
@@ -116,7 +117,7 @@ class Poller:
         # Level-triggered, and only while parked: what is already waiting is reported at
         # once, and a socket its own task reads (handed back) never wakes the poller.
         epoll.register(fd, select.EPOLLIN)
-        parked[fd] = (reader, trio.lowlevel.current_task())
+        parked[fd] = (reader.readable, trio.lowlevel.current_task())
 
         def abort(_: object) -> trio.lowlevel.Abort:
             del parked[fd]

@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
@@ -86,7 +86,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-_OPEN = State.OPEN
+_OPEN: Final = State.OPEN
 
 # Connections' ids in this process (Session.key).
 _KEYS = itertools.count(1)
@@ -230,6 +230,7 @@ class Session:
         # Queues this receiver's fan-out; flushed after each read's events.
         self._courier = Courier(config.slow_member_timeout, relay.counters)
         self._budget = relay.budget
+        self._buffers = relay.buffers
         # The member's place in its URL's group: what the group holds as its member.
         self._membership = Membership(self, group_name, since, trio.current_time())
         # The groups it is in now (from the moment a join begins), by name.
@@ -767,20 +768,24 @@ class Session:
         """The poller's read for this parked member (see poller.py): read once, and
         forward what needs no wait, here and now; return what the member's task goes on
         with, or None when nothing is left for it."""
-        if not self._usual():
+        # Parked, the session was found usual (_usual) and its task does nothing; what
+        # the poller forwards keeps it so (anything else is handed over). Only others
+        # can change it meanwhile: by closing it, or by taking the relay over its bound.
+        if self.state is not _OPEN or self._buffers.over:
             return READ_FOR_YOURSELF
         read = self._reader.read_now()
-        if read is None or type(read) is Handover:
-            return read
-        assert type(read) is list
+        if not isinstance(read, list):
+            return read  # (nothing read, or what only the task acts on)
         handover: Handover | None = None
         for index, event in enumerate(read):
-            if type(event) is Data and self.state is _OPEN and self._on_data_now(event):
-                sender = self._sender
-                if self._request is not None or (sender is not None and sender.blocked is not None):
-                    handover = Handover(read[index + 1 :])
-                    break
-            elif type(event) is not Pong:
+            if type(event) is Data and self.state is _OPEN:
+                done = self._on_data_now(event)
+                if done:
+                    continue
+                # The member's task goes on from this frame (nothing done), or after it.
+                handover = Handover(read[index:] if done is None else read[index + 1 :])
+                break
+            if type(event) is not Pong:
                 handover = Handover(read[index:])
                 break
         self._courier.flush()
@@ -984,23 +989,25 @@ class Session:
         if sender.blocked is not None:
             await sender.finish()
 
-    def _on_data_now(self, event: Data) -> bool:
-        """:meth:`_on_data` without a wait, for the poller: False, having done nothing,
-        for what could have to wait before its offers (the member's task does it)."""
+    def _on_data_now(self, event: Data) -> bool | None:
+        """:meth:`_on_data` without a wait, for the poller: None, having done nothing,
+        for what could have to wait before its offers (the member's task does it); else
+        True, or False when the member's task must act before the next frame (a join or
+        a leave the member asked for, an offer that found mailboxes full)."""
         if not (event.first and event.last):
-            return False
+            return None
         home = self._home
         # (In its URL's group alone, every message the poller may forward goes there.)
         sender = (
             home if home is not None and len(self._memberships) == 1 else self._sender_for(event)
         )
         if sender is None or sender.publish_hook is not None or not sender.clear():
-            return False
+            return None
         received = self._received(event)
         if received is None:
-            return True
+            return self._request is None
         sender.offer(Message(self.id, received.text, received.payload, self._assembly.to))
-        return True
+        return sender.blocked is None
 
     async def _published(self, sender: Sender, message: Message) -> Message | None:
         """What the back end's publish hook makes of ``message``: the message, or the

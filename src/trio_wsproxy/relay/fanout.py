@@ -44,12 +44,13 @@ class Courier:
         # nodes, handed over together by flush() (one publish per read's worth).
         self._outboxes: list[tuple[Group, MutableSequence[Message]]] = []
 
-    def serve(self, group: Group) -> MutableSequence[Message]:
+    def serve(self, group: Group) -> MutableSequence[Message] | None:
         """Be a courier of a member of ``group`` too: the outbox the producer appends
-        that group's messages to (of the group's kind: one that keeps nothing where
-        nothing leaves this node)."""
+        that group's messages to (of the group's kind: None where nothing leaves this
+        node)."""
         outbox = group.new_outbox()
-        self._outboxes.append((group, outbox))
+        if outbox is not None:
+            self._outboxes.append((group, outbox))
         return outbox
 
     def unserve(self, group: Group) -> None:
@@ -72,14 +73,14 @@ class Courier:
         held = self._held
         for member in members:
             if member is not skip:
-                result = member.mailbox.offer(data)
+                mailbox = member.mailbox
+                result = mailbox.offer(data)
                 if result == HELD:
-                    held.append(member.mailbox)
+                    held.append(mailbox)
                 elif result == FULL:
                     if blocked is None:
                         blocked = []
                     blocked.append(member)
-                    mailbox = member.mailbox
                     if mailbox.full_since is None:
                         # Its timer starts now, whoever the producer waits for first:
                         # K slow members cost the group one timeout, not K.
@@ -121,10 +122,11 @@ class Courier:
             for mailbox in held:
                 mailbox.flush()
             held.clear()
-        for group, outbox in self._outboxes:
-            if outbox:
-                group.publish(list(outbox))
-                outbox.clear()
+        if self._outboxes:  # (none where every group is in process)
+            for group, outbox in self._outboxes:
+                if outbox:
+                    group.publish(list(outbox))
+                    outbox.clear()
 
 
 def send_control(member: Member, data: bytes) -> None:

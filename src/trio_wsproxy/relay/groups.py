@@ -10,7 +10,6 @@ nothing here.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableSequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -220,11 +219,11 @@ class Group:
     async def wait_uncongested(self) -> None:
         """Wait until the group's other nodes have room for more."""
 
-    def new_outbox(self) -> MutableSequence[Message]:
+    def new_outbox(self) -> MutableSequence[Message] | None:
         """Where a member's courier collects whole messages for :meth:`publish`. In
-        process nothing leaves the node: a container that keeps nothing (appending to
-        it costs the hot path no more than that)."""
-        return collections.deque(maxlen=0)
+        process nothing leaves the node: None, no outbox (nothing to collect, nor to
+        hand over on the hot path)."""
+        return None
 
     def publish(self, messages: list[Message]) -> None:
         """Carry whole messages, in order, to the group's members on other nodes."""

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Final
 
 import trio
 
 #: :meth:`Mailbox.offer` results.
-FULL = 0
-QUEUED = 1
+FULL: Final = 0
+QUEUED: Final = 1
 #: Queued and held for a direct write: the caller must call :meth:`Mailbox.flush`
 #: before it next yields to the scheduler.
-HELD = 2
+HELD: Final = 2
 
 #: What the mailbox counts for each frame besides its bytes: a bytes object's header
 #: (33 bytes) and the queue's slot for it, rounded up (measured with tracemalloc: a
 #: mailbox full of 3-byte frames holds 0.66 bytes per counted byte, of 4 KiB frames
 #: 0.99; without it, a 4 MiB mailbox of 3-byte frames held 93 MB).
-FRAME_OVERHEAD = 64
+FRAME_OVERHEAD: Final = 64
+
+# os.write, bound once (a compiled build keeps it in C, not a module lookup per write).
+_write: Final = os.write
 
 
 class Mailbox:
@@ -150,12 +154,13 @@ class Mailbox:
         """Write held frames straight to the socket; what it does not take goes to the
         sender task. Only the producer that got HELD calls this, before it yields."""
         held, self._held = self._held, None
-        if held is None or self.closed or self.fd is None:
+        fd = self.fd
+        if held is None or fd is None:  # (closing the mailbox ends both)
             return
         count = len(held)
         data = held[0] if count == 1 else b"".join(held)
         try:
-            written = os.write(self.fd, data)
+            written = _write(fd, data)
         except OSError:
             # Would block, or the connection is broken: the sender task's own write
             # waits for room or reports the error and ends the session.
@@ -167,15 +172,15 @@ class Mailbox:
             if written:
                 self.tail = rest
             self._send.send_nowait(rest)
-        freed = written + count * FRAME_OVERHEAD
-        if freed:
-            # (written(), inline: this runs once per message on the direct path)
-            self.queued -= freed
-            if self._room is not None:
-                self._room.set()
-                self._room = None
-            if self.queued <= self.capacity >> 1:
-                self.full_since = None
+            if not written and not count:
+                return
+        # (written(), inline: this runs once per message on the direct path)
+        self.queued -= written + count * FRAME_OVERHEAD
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        if self.full_since is not None and self.queued <= self.capacity >> 1:
+            self.full_since = None
 
     async def wait_room(self, deadline: float) -> bool:
         """Wait until a write frees room or the mailbox closes; False at ``deadline``."""

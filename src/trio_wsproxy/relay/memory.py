@@ -16,6 +16,8 @@ passes the bound by at most that much per member.
 
 from __future__ import annotations
 
+from typing import Final
+
 import trio
 
 #: What a member's read-ahead counts for each data frame it holds besides its payload:
@@ -23,15 +25,15 @@ import trio
 #: tracemalloc: a frame with a one-byte payload costs 114 bytes held, 0.89 bytes per
 #: counted byte). Without it, a paused member sending one-byte frames held 114 bytes per
 #: counted byte.
-EVENT_OVERHEAD = 128
+EVENT_OVERHEAD: Final = 128
 #: How much a member holding nothing may read at once while the relay is over its
 #: bound (then, holding something, it waits its turn): however many members read, the
 #: bound is passed by at most this much each.
-SIP = 4096
+SIP: Final = 4096
 #: How long one member holds the turn at most, if what it holds has not gone out by
 #: then: long enough for a member sending at any useful speed to finish a fragment (and
 #: so bring the sum down), short enough that an idle or trickling one holds up nobody.
-TURN_SLICE = 0.5
+TURN_SLICE: Final = 0.5
 
 
 class BufferBudget:

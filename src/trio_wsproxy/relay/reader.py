@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import trio
@@ -40,11 +40,13 @@ T = TypeVar("T")
 
 # Bytes asked of the socket per read: large enough that a burst of small messages is
 # parsed in one go, small enough not to allocate much per read.
-READ_SIZE = 65536
+READ_SIZE: Final = 65536
 # While the relay pauses a member's reader (its rate limit, a full mailbox, the group's
 # floor, a scheduling turn), it reads ahead at most this much of the member's data, so
 # that it still answers the member's pings and sees its pongs; beyond it TCP pushes back.
-READ_AHEAD = 2 * READ_SIZE
+READ_AHEAD: Final = 2 * READ_SIZE
+# os.read, bound once (a compiled build keeps it in C, not a module lookup per read).
+_read: Final = os.read
 
 
 @attrs.frozen
@@ -176,7 +178,7 @@ class MemberReader:
         member's task must go on with (the connection's end, a burst to read on, a
         protocol error), or None when nothing was there."""
         try:
-            data = os.read(self.fd, READ_SIZE)  # type: ignore[arg-type]
+            data = _read(self.fd, READ_SIZE)  # type: ignore[arg-type]
         except BlockingIOError:
             return None
         except OSError:
@@ -322,7 +324,7 @@ class MemberReader:
                 # meanwhile (many members' data may arrive in one scheduling turn).
                 size = SIP
             try:
-                return os.read(fd, size)
+                return _read(fd, size)
             except BlockingIOError:
                 continue
             except OSError:

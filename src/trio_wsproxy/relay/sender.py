@@ -72,10 +72,13 @@ class Sender:
         "_budget",
         "_counters",
         "_cut_off_reason",
+        "_floor",
         "_head",
         "_in_group",
+        "_members",
         "_outbound",
         "_pause",
+        "_sequenced",
         "_stream_out",
         "_stream_to",
         "_unknown",
@@ -113,6 +116,13 @@ class Sender:
         #: out: its URL, and whether a failure to ask it allows (None: none).
         self.publish_hook = publish_hook
         self.group = group
+        # What the hot path reads of the group that is fixed for the group's life: its
+        # floor, its member table (a dict, changed in place) and whether it is
+        # sequenced. (Read here, they are the sender's own attributes: native ones in a
+        # compiled build, where the group's would be looked up by name.)
+        self._floor = group.floor
+        self._members = group.members
+        self._sequenced = group.sequenced
         #: Queues this sender's frames in their recipients' mailboxes (a session's one
         #: courier serves all its memberships); the outbox is what goes to the group's
         #: other nodes.
@@ -145,10 +155,10 @@ class Sender:
         group = self.group
         if group.congested:
             return False
-        holder = group.floor.holder
+        holder = self._floor.holder
         if holder is not None and holder is not self.member:
             return False
-        return self._budget.charge(len(group.members) - self._in_group)
+        return self._budget.charge(len(self._members) - self._in_group)
 
     async def send(self, message: Message) -> None:
         """Deliver a whole message, waiting for what it must wait for first (the
@@ -176,30 +186,32 @@ class Sender:
     def offer(self, message: Message) -> None:
         """Offer a whole message that passed the floor to its recipients, without
         waiting; what found mailboxes full is left in :attr:`blocked`."""
-        self._counters.messages += 1
+        counters = self._counters
+        counters.messages += 1
         group = self.group
         if message.to is None:
             audiences = group.audiences
-            recipients = len(group.members) - self._in_group
+            recipients = len(self._members) - self._in_group
         else:
             addressed = self.addressee(message.to)
             if addressed is None:
                 return
             audiences, recipients = addressed, 1
-        courier = self.courier
-        if group.sequenced:
-            self.outbox.append(message)  # the group delivers it, here too, in order
+        outbox = self.outbox
+        if self._sequenced:
+            assert outbox is not None  # (a sequenced group is on several nodes)
+            outbox.append(message)  # the group delivers it, here too, in order
             return
         history = group.history
         if history is not None:
             history.record(message)  # (its offset, before the offers: see history.py)
-        self._counters.deliveries += recipients
-        if message.to is None or not audiences:
+        counters.deliveries += recipients
+        if outbox is not None and (message.to is None or not audiences):
             # For the group's members on other nodes (a message to one member there
             # travels in order with the sender's other messages).
-            self.outbox.append(message)
+            outbox.append(message)
         blocked: Blocked | None = None
-        skip = self.member
+        courier, skip = self.courier, self.member
         for encoding, members in audiences:
             data = encoding.message(message)
             full = courier.offer(data, members, skip)

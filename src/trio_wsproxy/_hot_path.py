@@ -27,9 +27,12 @@ from types import ModuleType
 
 #: What runs for every message relayed: compiled in a compiled build.
 MODULES = (
+    "trio_wsproxy.protocol.assembly",
     "trio_wsproxy.protocol.frames",
     "trio_wsproxy.relay.budget",
+    "trio_wsproxy.relay.counters",
     "trio_wsproxy.relay.fanout",
+    "trio_wsproxy.relay.floor",
     "trio_wsproxy.relay.mailbox",
     "trio_wsproxy.relay.poller",
     "trio_wsproxy.relay.reader",

@@ -205,7 +205,9 @@ class FrameParser:
         while pos < end:
             if self._remaining:
                 take = min(self._remaining, end - pos)
-                chunk = self._unmask(data[pos : pos + take])
+                # (A read that is all payload is unmasked as it is: Python's slice of
+                # the whole would return it as it is too, a compiled build's copies it.)
+                chunk = self._unmask(data if take == end else data[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 self._data(events, chunk, self._fin and not self._remaining)

@@ -18,6 +18,8 @@ from trio_wsproxy.client.config import ClientConfig
 from trio_wsproxy.client.connection import open_websocket
 from trio_wsproxy.protocol import deflate
 from trio_wsproxy.protocol.deflate import STATS, negotiate
+from trio_wsproxy.protocol.encoding import PLAIN
+from trio_wsproxy.protocol.message import StreamHead
 from trio_wsproxy.relay.relay import Relay
 from wsraw import OP_BINARY, OP_CONT, OP_TEXT, RawClient, mask_frame, read_frame
 
@@ -253,6 +255,39 @@ async def test_a_streamed_message_is_compressed_piece_by_piece_for_all() -> None
 
 
 # -- inflating what members send ------------------------------------------------------
+
+
+def test_a_stream_keeps_its_compression_with_its_head_until_its_last_piece() -> None:
+    # (Each compressed encoding keeps its stream's compressor in the head's framing; the
+    # last piece takes it away, and a stream cut off unfinished leaves it only in its
+    # head, which goes with it.)
+    encoding = deflate.deflated(PLAIN, threshold=0)
+    head = StreamHead("a", True)
+    pieces = [b"to be or not to be " * 200] * 3
+    framed = [
+        encoding.piece(head, piece, index == 0, index == len(pieces) - 1)
+        for index, piece in enumerate(pieces)
+    ]
+    assert head.framing == {}
+    inflater = zlib.decompressobj(-15)
+    body = b"".join(read_frame_payload(each) for each in framed)
+    assert inflater.decompress(body + b"\x00\x00\xff\xff") == b"".join(pieces)
+    cut_off = StreamHead("b", True)
+    encoding.piece(cut_off, pieces[0], True, False)
+    assert list(cut_off.framing) == [encoding]
+    with pytest.raises(RuntimeError, match="never started"):
+        encoding.piece(StreamHead("c", True), pieces[0], False, True)
+
+
+def read_frame_payload(frame: bytes) -> bytes:
+    """The payload of an unmasked server frame."""
+    length = frame[1] & 0x7F
+    start = 2
+    if length == 126:
+        length, start = int.from_bytes(frame[2:4], "big"), 4
+    elif length == 127:
+        length, start = int.from_bytes(frame[2:10], "big"), 10
+    return frame[start : start + length]
 
 
 async def test_compressed_messages_are_inflated_for_every_member() -> None:

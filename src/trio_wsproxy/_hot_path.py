@@ -29,6 +29,7 @@ from types import ModuleType
 MODULES = (
     "trio_wsproxy.protocol.assembly",
     "trio_wsproxy.protocol.frames",
+    "trio_wsproxy.protocol.message",
     "trio_wsproxy.relay.budget",
     "trio_wsproxy.relay.counters",
     "trio_wsproxy.relay.fanout",

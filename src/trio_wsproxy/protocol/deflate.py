@@ -193,7 +193,6 @@ class Deflated(Encoding):
         "_compressor",
         "_hash",
         "_skip",
-        "_streams",
         "inner",
         "presence",
         "subprotocol",
@@ -211,11 +210,6 @@ class Deflated(Encoding):
         self._compressor = _compressor(window_bits)
         # Senders whose messages do not shrink: how many more to send plain untried.
         self._skip: dict[str, int] = {}
-        # The streamed messages being compressed, by their head's id: a weak reference
-        # to the head (a stream cut off unfinished drops its compressor with its head)
-        # and the compressor.
-        # (None: the stream goes out plain.)
-        self._streams: dict[int, tuple[weakref.ref[StreamHead], zlib._Compress | None]] = {}
 
     def __eq__(self, other: object) -> bool:
         return other is self or (
@@ -283,7 +277,9 @@ class Deflated(Encoding):
     def piece(self, head: StreamHead, payload: bytes, first: bool, last: bool) -> bytes:
         framed = self.inner.piece(head, payload, first, last)
         b0, start = _frame_parts(framed)
-        key = id(head)
+        # A streamed message's compressor (None: it goes out plain) is kept with its head
+        # while it flows (StreamHead.framing): a stream cut off unfinished drops it with
+        # its head.
         compressor: zlib._Compress | None
         if first:
             STATS.compressed += 1
@@ -296,29 +292,22 @@ class Deflated(Encoding):
             else:
                 STATS.incompressible += 1
             if not last:
-                streams = self._streams
-
-                def drop(_: object, key: int = key) -> None:
-                    streams.pop(key, None)
-
-                ref = weakref.ref(head, drop)
-                streams[key] = (ref, compressor)
+                head.framing[self] = compressor
         else:
-            known = self._streams.get(key)
-            if known is None or known[0]() is not head:
+            if self not in head.framing:
                 raise RuntimeError(f"{head!r}: a piece of a stream that never started")
-            compressor = known[1]
+            compressor = head.framing[self]
             b0 &= 0x80  # (a continuation: RSV1 clear)
             b0 |= OP_CONTINUATION
         if compressor is None:
             if last:
-                self._streams.pop(key, None)
+                head.framing.pop(self, None)
             STATS.input_bytes += len(framed) - start
             STATS.output_bytes += len(framed) - start
             return framed
         body = compressor.compress(memoryview(framed)[start:])
         if last:
-            self._streams.pop(key, None)
+            head.framing.pop(self, None)
             body = (body + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
         STATS.input_bytes += len(framed) - start
         STATS.output_bytes += len(body)

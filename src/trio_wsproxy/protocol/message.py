@@ -9,6 +9,8 @@ validated by the frame parser), binary stays raw bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: The sender id of a message the relay's HTTP API posts for a back end: no member has
 #: it (a member's id is never empty); v1 members see ``"from":null``.
 BACK_END = ""
@@ -49,15 +51,20 @@ class StreamHead:
     """What is known of a message that streams piece by piece before its first piece:
     who sends it, whether it is text, the one member it is addressed to (``to``), and its
     ``offset`` in its group's history (None: no history). Pieces follow in order, the last
-    one marked."""
+    one marked.
 
-    __slots__ = ("__weakref__", "offset", "sender", "text", "to")
+    ``framing``: what an encoding keeps for the stream while its pieces flow (a
+    compressor, for permessage-deflate), by encoding. It goes with the head: a stream cut
+    off unfinished leaves nothing behind."""
+
+    __slots__ = ("framing", "offset", "sender", "text", "to")
 
     def __init__(self, sender: str, text: bool, to: str | None = None) -> None:
         self.sender = sender
         self.text = text
         self.to = to
         self.offset: int | None = None
+        self.framing: dict[object, Any] = {}
 
     def __repr__(self) -> str:
         return f"<StreamHead from {self.sender!r}: {'text' if self.text else 'binary'}>"

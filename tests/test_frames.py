@@ -291,8 +291,8 @@ def test_a_read_of_one_whole_short_frame_is_parsed_as_byte_by_byte(
 
 @given(key=st.binary(min_size=4, max_size=4), seed=st.binary(min_size=125, max_size=125))
 def test_every_short_length_unmasks_by_its_mask_in_one_step(key: bytes, seed: bytes) -> None:
-    # (The one-step path unmasks with one multiplication; each length, 0 to 125, cuts
-    # the repeated mask differently: byte i of the payload is XORed with key[i % 4].)
+    # (A read that is one whole short frame takes feed's one-step path; each length, 0
+    # to 125, cuts the repeated mask differently: byte i is XORed with key[i % 4].)
     for n in range(126):
         masked = seed[:n]
         frame = bytes((0x82, 0x80 | n)) + key + masked

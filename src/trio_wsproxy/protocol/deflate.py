@@ -294,9 +294,10 @@ class Deflated(Encoding):
             if not last:
                 head.framing[self] = compressor
         else:
-            if self not in head.framing:
-                raise RuntimeError(f"{head!r}: a piece of a stream that never started")
-            compressor = head.framing[self]
+            try:
+                compressor = head.framing[self]
+            except KeyError:
+                raise RuntimeError(f"{head!r}: a piece of a stream that never started") from None
             b0 &= 0x80  # (a continuation: RSV1 clear)
             b0 |= OP_CONTINUATION
         if compressor is None:

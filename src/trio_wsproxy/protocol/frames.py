@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 import struct
-from typing import Final, Protocol
+from typing import Protocol
 
 import attrs
 
@@ -31,11 +31,6 @@ _WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)}) | fr
 # Unmasking: from this many bytes, by table (see FrameParser._unmask); below, as one int.
 _TRANSLATE_FROM = 4096
 _XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
-# A whole short frame's mask over its n payload bytes, as one int (FrameParser.feed): the
-# 4-byte mask's int times _REPEAT[n] (a 1 per 32-bit word: the mask once in each word),
-# cut to n bytes by _LOW[n]. (Final: a compiled build keeps them in C.)
-_REPEAT: Final = tuple(sum(1 << (32 * word) for word in range((n + 3) >> 2)) for n in range(126))
-_LOW: Final = tuple((1 << (8 * n)) - 1 for n in range(126))
 # Control frame payloads are at most 125 bytes; a close reason at most 123.
 _MAX_CLOSE_REASON = 123
 
@@ -141,11 +136,10 @@ class FrameParser:
         # RSV1, and its payload is then inflated, the limit counting inflated bytes.
         self._inflater = inflater
         self._compressed = False
-        # The longest whole frame the one-step paths take, and its second header byte
-        # (masked, with a 7-bit length): within the message size limit (a frame beyond
-        # it takes the step-by-step path, which refuses it).
-        self._short_max = min(125, 125 if max_message_size is None else max_message_size)
-        self._short_b1 = 0x80 | self._short_max
+        # The second header byte of a whole frame the one-step paths take: masked, with
+        # a 7-bit length within the message size limit (a frame beyond it takes the
+        # step-by-step path, which refuses it).
+        self._short_b1 = 0x80 | min(125, 125 if max_message_size is None else max_message_size)
         self._leftover = b""
         self._closed = False
         # The data frame whose payload is arriving.
@@ -173,17 +167,12 @@ class FrameParser:
         # One message in flight: what a read brings is one whole short frame and
         # nothing is pending. Taken in one step (the checks of _feed's own one-step
         # path), without its loop and calls: a text or binary frame, final, masked,
-        # whose 7-bit length (b1 is 0x80 + length) is the rest of the read exactly.
-        n = len(data) - 6
-        if n >= 0 and self._at_rest and data[1] == 0x80 + n and n <= self._short_max:
+        # whose 7-bit length is the rest of the read exactly.
+        b1 = len(data) - 6 + 0x80  # (the second header byte such a read has)
+        if b1 >= 0x80 and self._at_rest and data[1] == b1 and b1 <= self._short_b1:
             b0 = data[0]
             if b0 == 0x82 or b0 == 0x81:
-                mask = data[2] | data[3] << 8 | data[4] << 16 | data[5] << 24
-                key = mask * _REPEAT[n] & _LOW[n]
-                payload = (int.from_bytes(data[6:], "little") ^ key).to_bytes(n, "little")
-                if b0 == 0x82 or payload.isascii():  # (ASCII is UTF-8: checked for free)
-                    return [Data(payload, b0 == 0x81, True, True)]
-                return [_whole(b0, payload)]
+                return [_whole(b0, _xor(data[6:], data[2:6]))]
         events: list[Event] = []
         try:
             self._feed(data, events)

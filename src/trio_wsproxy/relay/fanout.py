@@ -122,11 +122,10 @@ class Courier:
             for mailbox in held:
                 mailbox.flush()
             held.clear()
-        if self._outboxes:  # (none where every group is in process)
-            for group, outbox in self._outboxes:
-                if outbox:
-                    group.publish(list(outbox))
-                    outbox.clear()
+        for group, outbox in self._outboxes:  # (none where every group is in process)
+            if outbox:
+                group.publish(list(outbox))
+                outbox.clear()
 
 
 def send_control(member: Member, data: bytes) -> None:

@@ -152,8 +152,7 @@ class Sender:
         """Whether a whole message may go out now, without any wait: no other sender's
         message streams, the group is not congested, and the scheduling turn has room
         for its recipients (charged to it then). False charges nothing."""
-        group = self.group
-        if group.congested:
+        if self.group.congested:
             return False
         holder = self._floor.holder
         if holder is not None and holder is not self.member:

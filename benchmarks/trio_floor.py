@@ -36,7 +36,7 @@ import select
 
 import trio
 
-from trio_wsproxy.protocol.frames import FINAL_SHORT_HEADERS
+from trio_wsproxy.protocol.frames import FINAL_SHORT_HEADERS, _xor
 from trio_wsproxy.protocol.handshake import Join, Limits, Refusal, decide, head_complete
 
 #: The handshake's checks: the relay's defaults.
@@ -57,11 +57,8 @@ def forward(fd: int, members: list[int]) -> bool:
     n = len(data) - 6
     if n < 0 or data[0] not in (0x81, 0x82) or data[1] != 0x80 | n or n > 125:
         return False
-    # (Unmasked as the relay's frames._xor does, inline: the floor makes no call more.)
-    mask = data[2:6]
-    key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "little")
-    payload = (int.from_bytes(data[6:], "little") ^ key).to_bytes(n, "little")
-    out = FINAL_SHORT_HEADERS[data[0] & 0x0F][n] + payload
+    # (Unmasked as the relay unmasks: websockets' C where it is built.)
+    out = FINAL_SHORT_HEADERS[data[0] & 0x0F][n] + _xor(data[6:], data[2:6])
     for other in members:
         if other != fd:
             os.write(other, out)

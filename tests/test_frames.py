@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from unittest import mock
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.speedups import apply_mask
 
 from trio_wsproxy import CloseCode
+from trio_wsproxy.protocol import frames as frames_module
 from trio_wsproxy.protocol.frames import (
     OP_BINARY,
     OP_TEXT,
@@ -20,6 +25,12 @@ from trio_wsproxy.protocol.frames import (
     frame,
 )
 from wsraw import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, mask_frame
+
+#: The two ways to unmask: websockets' C, which the parser uses where it is built, and
+#: the parser's Python, which it falls back to where not.
+UNMASKINGS = pytest.mark.parametrize(
+    "unmask", [apply_mask, frames_module._xor_python], ids=["c", "python"]
+)
 
 
 def messages(events: list[object]) -> list[tuple[bool, bytes]]:
@@ -243,19 +254,28 @@ def test_close_reason_is_cut_to_fit_on_a_character_boundary() -> None:
     payload[2:].decode("utf-8")
 
 
+@UNMASKINGS
 @given(st.binary(min_size=4090, max_size=20_000), st.lists(st.integers(0, 20_000), max_size=6))
 def test_large_payloads_unmask_alike_on_either_path_whatever_the_reads(
-    payload: bytes, cuts: list[int]
+    unmask: Callable[[bytes, bytes], bytes], payload: bytes, cuts: list[int]
 ) -> None:
-    """Chunks from 4 KiB up are unmasked by table, smaller ones as one int: a payload cut
-    into reads of any sizes comes back intact, the mask kept aligned across them."""
+    """A payload cut into reads of any sizes comes back intact, the mask kept aligned
+    across them; in Python, chunks from 4 KiB up are unmasked by table, smaller ones as
+    one int."""
     wire = mask_frame(OP_BINARY, payload)
     reads = sorted({min(cut, len(wire)) for cut in cuts})
     parser = FrameParser()
     events = []
-    for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
-        events += parser.feed(wire[a:b])
+    with mock.patch.object(frames_module, "_xor", unmask):
+        for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
+            events += parser.feed(wire[a:b])
     assert b"".join(e.payload for e in events if isinstance(e, Data)) == payload
+
+
+def test_the_parser_unmasks_in_c_where_websockets_has_built_it() -> None:
+    # (websockets' wheels carry its extension on every platform CI runs: a parser left
+    # on the Python unmasking there would be 5 to 60 times slower at it, silently.)
+    assert frames_module._xor is apply_mask
 
 
 def _outcome(parser: FrameParser, reads: list[bytes]) -> tuple[object, ...]:
@@ -289,15 +309,19 @@ def test_a_read_of_one_whole_short_frame_is_parsed_as_byte_by_byte(
     )
 
 
+@UNMASKINGS
 @given(key=st.binary(min_size=4, max_size=4), seed=st.binary(min_size=125, max_size=125))
-def test_every_short_length_unmasks_by_its_mask_in_one_step(key: bytes, seed: bytes) -> None:
+def test_every_short_length_unmasks_by_its_mask_in_one_step(
+    unmask: Callable[[bytes, bytes], bytes], key: bytes, seed: bytes
+) -> None:
     # (A read that is one whole short frame takes feed's one-step path; each length, 0
     # to 125, cuts the repeated mask differently: byte i is XORed with key[i % 4].)
-    for n in range(126):
-        masked = seed[:n]
-        frame = bytes((0x82, 0x80 | n)) + key + masked
-        expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(masked))
-        assert FrameParser().feed(frame) == [Data(expected, False, True, True)]
+    with mock.patch.object(frames_module, "_xor", unmask):
+        for n in range(126):
+            masked = seed[:n]
+            frame = bytes((0x82, 0x80 | n)) + key + masked
+            expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(masked))
+            assert FrameParser().feed(frame) == [Data(expected, False, True, True)]
 
 
 def test_a_whole_frame_in_the_middle_of_a_message_is_a_violation() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -28,7 +29,7 @@ OP_PONG = 0xA
 _WIRE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)}) | frozenset(
     range(3000, 5000)
 )
-# Unmasking: from this many bytes, by table (see FrameParser._unmask); below, as one int.
+# Unmasking in Python (_xor_python): from this many bytes by table, below as one int.
 _TRANSLATE_FROM = 4096
 _XOR_TABLES = [bytes(byte ^ key for byte in range(256)) for key in range(256)]
 # Control frame payloads are at most 125 bytes; a close reason at most 123.
@@ -285,13 +286,6 @@ class FrameParser:
         # Keep the mask aligned for the rest of this frame's payload.
         shift = n & 3
         self._mask = mask[shift:] + mask[:shift]
-        if n >= _TRANSLATE_FROM:
-            # Each fourth byte through a 256-byte table: twice as fast as one big XOR
-            # from 16 KiB up (1.6 against 3.3 ms per MiB), slower below 1 KiB.
-            data = bytearray(chunk)
-            for offset in range(4):
-                data[offset::4] = data[offset::4].translate(_XOR_TABLES[mask[offset]])
-            return bytes(data)
         return _xor(chunk, mask)
 
     def _data(self, events: list[Event], chunk: bytes, last: bool, inflated: bool = False) -> None:
@@ -368,11 +362,32 @@ def _whole(b0: int, payload: bytes) -> Data:
     return Data(payload, True, True, True)
 
 
-def _xor(chunk: bytes, mask: bytes) -> bytes:
-    """``chunk`` unmasked by the 4-byte ``mask``, as one big-integer XOR (small chunks)."""
+def _xor_python(chunk: bytes, mask: bytes) -> bytes:
+    """``chunk`` unmasked by the 4-byte ``mask``, in Python (where websockets' C
+    unmasking is not built)."""
     n = len(chunk)
+    if n >= _TRANSLATE_FROM:
+        # Each fourth byte through a 256-byte table: twice as fast as one big XOR from
+        # 16 KiB up (1.6 against 3.3 ms per MiB), slower below 1 KiB.
+        data = bytearray(chunk)
+        for offset in range(4):
+            data[offset::4] = data[offset::4].translate(_XOR_TABLES[mask[offset]])
+        return bytes(data)
     key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "little")
     return (int.from_bytes(chunk, "little") ^ key).to_bytes(n, "little")
+
+
+#: ``chunk`` unmasked by the 4-byte ``mask``: websockets' unmasking in C where its
+#: extension is built (its wheels carry it; a source build without a compiler leaves it
+#: out), else in Python. For 64 bytes the C one takes a fifth of the time, for 64 KiB a
+#: sixtieth (docs/performance.md, "Unmasking in C").
+_xor: Callable[[bytes, bytes], bytes]
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover (the wheels of every platform CI runs carry it)
+    _xor = _xor_python
+else:
+    _xor = apply_mask
 
 
 _HEADER_SHORT = struct.Struct("!BB")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
 from unittest import mock
 
 import pytest
@@ -25,12 +25,6 @@ from trio_wsproxy.protocol.frames import (
     frame,
 )
 from wsraw import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, mask_frame
-
-#: The two ways to unmask: websockets' C, which the parser uses where it is built, and
-#: the parser's Python, which it falls back to where not.
-UNMASKINGS = pytest.mark.parametrize(
-    "unmask", [apply_mask, frames_module._xor_python], ids=["c", "python"]
-)
 
 
 def messages(events: list[object]) -> list[tuple[bool, bytes]]:
@@ -254,21 +248,16 @@ def test_close_reason_is_cut_to_fit_on_a_character_boundary() -> None:
     payload[2:].decode("utf-8")
 
 
-@UNMASKINGS
 @given(st.binary(min_size=4090, max_size=20_000), st.lists(st.integers(0, 20_000), max_size=6))
-def test_large_payloads_unmask_alike_on_either_path_whatever_the_reads(
-    unmask: Callable[[bytes, bytes], bytes], payload: bytes, cuts: list[int]
-) -> None:
+def test_large_payloads_unmask_whatever_the_reads(payload: bytes, cuts: list[int]) -> None:
     """A payload cut into reads of any sizes comes back intact, the mask kept aligned
-    across them; in Python, chunks from 4 KiB up are unmasked by table, smaller ones as
-    one int."""
+    across them."""
     wire = mask_frame(OP_BINARY, payload)
     reads = sorted({min(cut, len(wire)) for cut in cuts})
     parser = FrameParser()
     events = []
-    with mock.patch.object(frames_module, "_xor", unmask):
-        for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
-            events += parser.feed(wire[a:b])
+    for a, b in zip([0, *reads], [*reads, len(wire)], strict=True):
+        events += parser.feed(wire[a:b])
     assert b"".join(e.payload for e in events if isinstance(e, Data)) == payload
 
 
@@ -276,6 +265,28 @@ def test_the_parser_unmasks_in_c_where_websockets_has_built_it() -> None:
     # (websockets' wheels carry its extension on every platform CI runs: a parser left
     # on the Python unmasking there would be 5 to 60 times slower at it, silently.)
     assert frames_module._xor is apply_mask
+
+
+def test_without_websockets_extension_the_parser_unmasks_in_python() -> None:
+    with mock.patch.dict(sys.modules, {"websockets.speedups": None}):
+        assert frames_module._unmasking() is frames_module._xor_python
+
+
+@given(
+    st.binary(max_size=20_000),
+    st.binary(min_size=4, max_size=4),
+)
+def test_the_python_unmasking_gives_what_the_c_one_gives(payload: bytes, key: bytes) -> None:
+    # (Below 4 KiB as one int, from 4 KiB by table: both against websockets' C.)
+    assert frames_module._xor_python(payload, key) == apply_mask(payload, key)
+
+
+def test_the_python_unmasking_xors_each_byte_with_its_key_byte() -> None:
+    key = bytes((0x12, 0x34, 0x56, 0x78))
+    for n in (*range(20), 4095, 4096, 4097, 65537):
+        payload = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+        expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
+        assert frames_module._xor_python(payload, key) == expected
 
 
 def _outcome(parser: FrameParser, reads: list[bytes]) -> tuple[object, ...]:
@@ -309,19 +320,15 @@ def test_a_read_of_one_whole_short_frame_is_parsed_as_byte_by_byte(
     )
 
 
-@UNMASKINGS
 @given(key=st.binary(min_size=4, max_size=4), seed=st.binary(min_size=125, max_size=125))
-def test_every_short_length_unmasks_by_its_mask_in_one_step(
-    unmask: Callable[[bytes, bytes], bytes], key: bytes, seed: bytes
-) -> None:
+def test_every_short_length_unmasks_by_its_mask_in_one_step(key: bytes, seed: bytes) -> None:
     # (A read that is one whole short frame takes feed's one-step path; each length, 0
     # to 125, cuts the repeated mask differently: byte i is XORed with key[i % 4].)
-    with mock.patch.object(frames_module, "_xor", unmask):
-        for n in range(126):
-            masked = seed[:n]
-            frame = bytes((0x82, 0x80 | n)) + key + masked
-            expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(masked))
-            assert FrameParser().feed(frame) == [Data(expected, False, True, True)]
+    for n in range(126):
+        masked = seed[:n]
+        frame = bytes((0x82, 0x80 | n)) + key + masked
+        expected = bytes(byte ^ key[i % 4] for i, byte in enumerate(masked))
+        assert FrameParser().feed(frame) == [Data(expected, False, True, True)]
 
 
 def test_a_whole_frame_in_the_middle_of_a_message_is_a_violation() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
@@ -377,17 +377,20 @@ def _xor_python(chunk: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(chunk, "little") ^ key).to_bytes(n, "little")
 
 
-#: ``chunk`` unmasked by the 4-byte ``mask``: websockets' unmasking in C where its
-#: extension is built (its wheels carry it; a source build without a compiler leaves it
-#: out), else in Python. For 64 bytes the C one takes a fifth of the time, for 64 KiB a
-#: sixtieth (docs/performance.md, "Unmasking in C").
-_xor: Callable[[bytes, bytes], bytes]
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover (the wheels of every platform CI runs carry it)
-    _xor = _xor_python
-else:
-    _xor = apply_mask
+def _unmasking() -> Callable[[bytes, bytes], bytes]:
+    """websockets' unmasking in C where its extension is built (its wheels carry it; a
+    source build without a compiler leaves it out), else :func:`_xor_python`. For 64
+    bytes the C one takes a fifth of the time, for 64 KiB a sixtieth (docs/performance.md,
+    "Unmasking in C")."""
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:
+        return _xor_python
+    return apply_mask
+
+
+#: ``chunk`` unmasked by the 4-byte ``mask``. (Final: a compiled build keeps it in C.)
+_xor: Final = _unmasking()
 
 
 _HEADER_SHORT = struct.Struct("!BB")

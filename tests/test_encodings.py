@@ -26,9 +26,9 @@ class Tagged(Encoding):
     """A test subprotocol: every whole message arrives as text ``<sender>|<payload>``."""
 
     __slots__ = ("framed",)
-    subprotocol = "test.tagged"
 
     def __init__(self) -> None:
+        super().__init__("test.tagged")
         self.framed = 0
 
     def message(self, message: Message) -> bytes:

@@ -54,6 +54,7 @@ class CountingPlain(Encoding):
     each had when it was framed."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.framed = 0
         self.offsets: list[int | None] = []
 

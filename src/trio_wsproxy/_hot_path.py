@@ -28,6 +28,7 @@ from types import ModuleType
 #: What runs for every message relayed: compiled in a compiled build.
 MODULES = (
     "trio_wsproxy.protocol.assembly",
+    "trio_wsproxy.protocol.encoding",
     "trio_wsproxy.protocol.frames",
     "trio_wsproxy.protocol.message",
     "trio_wsproxy.relay.budget",

@@ -194,18 +194,15 @@ class Deflated(Encoding):
         "_hash",
         "_skip",
         "inner",
-        "presence",
-        "subprotocol",
         "threshold",
         "window_bits",
     )
 
     def __init__(self, inner: Encoding, threshold: int, window_bits: int = 15) -> None:
+        super().__init__(inner.subprotocol, inner.presence)
         self.inner = inner
         self.threshold = threshold
         self.window_bits = window_bits
-        self.subprotocol = inner.subprotocol
-        self.presence = inner.presence
         self._hash = hash((type(self), inner, threshold, window_bits))
         self._compressor = _compressor(window_bits)
         # Senders whose messages do not shrink: how many more to send plain untried.

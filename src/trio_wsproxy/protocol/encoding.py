@@ -10,10 +10,10 @@ fragments, nothing else.
 
 from __future__ import annotations
 
-import weakref
 from functools import lru_cache
 
 import attrs
+from mypy_extensions import mypyc_attr
 
 from . import v1
 from .frames import (
@@ -27,15 +27,19 @@ from .frames import (
 from .message import BACK_END, Message, StreamHead
 
 
+# (Compiled in a compiled build, where permessage-deflate's Deflated and the tests'
+# encodings subclass these in Python.)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Encoding:
     """The plain protocol; a subprotocol's encoding overrides what it frames differently."""
 
-    __slots__ = ()
+    __slots__ = ("presence", "subprotocol")
 
-    #: The ``Sec-WebSocket-Protocol`` name that selects this encoding; None for plain.
-    subprotocol: str | None = None
-    #: Whether members of this encoding hear of joins and leaves (and their own id).
-    presence: bool = False
+    def __init__(self, subprotocol: str | None = None, presence: bool = False) -> None:
+        #: The ``Sec-WebSocket-Protocol`` name that selects this encoding; None for plain.
+        self.subprotocol = subprotocol
+        #: Whether members of this encoding hear of joins and leaves (and their own id).
+        self.presence = presence
 
     def message(self, message: Message) -> bytes:
         """``message`` framed whole, for a member of this encoding."""
@@ -68,6 +72,7 @@ class Encoding:
         return f"<Encoding {self.subprotocol or 'plain'}>"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class V1Encoding(Encoding):
     """``wsproxy.v1`` (protocol/v1.py): each message's payload behind a header line that
     names its sender, and whether it was addressed to this member alone.
@@ -77,12 +82,10 @@ class V1Encoding(Encoding):
     value, so that fan-out frames a message once for all the members of a group that
     joined it by name, and once for all those whose URL named it."""
 
-    __slots__ = ("__weakref__", "_hash", "group")
-
-    subprotocol = v1.SUBPROTOCOL
-    presence = True
+    __slots__ = ("_hash", "group")
 
     def __init__(self, group: str | None = None) -> None:
+        super().__init__(v1.SUBPROTOCOL, presence=True)
         self.group = group
         self._hash = hash((type(self), group))
 
@@ -114,12 +117,7 @@ class V1Encoding(Encoding):
         return frame(OP_TEXT, v1.encode_event(event))
 
     def for_group(self, group: str) -> Encoding:
-        # One object per group while any membership uses it: fan-out's audiences and
-        # presence group members by encoding, and a dict finds one by identity first.
-        tagged = _TAGGED.get(group)
-        if tagged is None:
-            tagged = _TAGGED[group] = V1Encoding(group)
-        return tagged
+        return _tagged(group)
 
     def __repr__(self) -> str:
         if self.group is None:
@@ -127,7 +125,12 @@ class V1Encoding(Encoding):
         return f"<Encoding {self.subprotocol} group={self.group!r}>"
 
 
-_TAGGED: weakref.WeakValueDictionary[str, V1Encoding] = weakref.WeakValueDictionary()
+@lru_cache(maxsize=4096)
+def _tagged(group: str) -> V1Encoding:
+    # One object per group of the last 4,096 named: fan-out's audiences and presence
+    # group members by encoding, and a dict finds one by identity before it compares.
+    # (Equal encodings are one audience whether or not they are one object.)
+    return V1Encoding(group)
 
 
 def _header(sender: str, direct: bool, offset: int | None, group: str | None) -> bytes:
@@ -152,7 +155,7 @@ V1 = V1Encoding()
 
 #: The relay's encodings by subprotocol name: what its handshake may select. Plain is
 #: what every other client gets.
-SUBPROTOCOLS: dict[str, Encoding] = {V1.subprotocol: V1}
+SUBPROTOCOLS: dict[str, Encoding] = {v1.SUBPROTOCOL: V1}
 
 
 def encoding_for(subprotocol: str | None) -> Encoding:

@@ -40,6 +40,7 @@ MODULES = (
     "trio_wsproxy.relay.reader",
     "trio_wsproxy.relay.sender",
     "trio_wsproxy.relay.session",
+    "trio_wsproxy.relay.views",
 )
 #: The environment variable that chooses, and its values.
 VARIABLE = "TRIO_WSPROXY_HOT_PATH"

@@ -138,8 +138,10 @@ class SharedGroup(Group):
         self.mirror: History | None = None
         self.early: list[tuple[Sequenced, bool]] = []
         #: Members that joined and are not yet caught up with the history: nothing live
-        #: goes to them (it is in what they are given when they are).
+        #: goes to them (it is in what they are given when they are). Fan-out's views
+        #: hold them back.
         self.catching: set[Member] = set()
+        self.views.held_back = self.catching
         #: How many channel messages are being carried out here right now.
         self.handing = 0
         self._changed = trio.Event()
@@ -250,12 +252,6 @@ class SharedGroup(Group):
         return exposed
 
     # -- history: the mirror, and members catching up with it ---------------------------
-
-    def _reachable(self) -> Iterable[Member]:
-        catching = self.catching
-        if not catching:
-            return self.members.values()
-        return [member for member in self.members.values() if member not in catching]
 
     def reachable(self, member_id: str) -> Member | None:
         """The member ``member_id`` here, if messages go to it now (caught up)."""

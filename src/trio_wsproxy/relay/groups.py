@@ -21,6 +21,7 @@ from ..protocol.encoding import Encoding
 from ..protocol.message import Message, StreamHead
 from .floor import Floor
 from .history import CatchUp, Histories, HistoryLimits, HistoryPage, HistoryUsage, catch_up
+from .views import Views
 
 if TYPE_CHECKING:
     from ..protocol import v1
@@ -92,8 +93,6 @@ class Group:
     """The members of one group on this node, by id, and its streaming floor."""
 
     __slots__ = (
-        "_audiences",
-        "_sessions",
         "floor",
         "history",
         "holds",
@@ -102,13 +101,15 @@ class Group:
         "members",
         "name",
         "next_announcement",
+        "views",
     )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict[str, Member] = {}
-        self._sessions: tuple[Member, ...] | None = ()
-        self._audiences: tuple[Audience, ...] | None = ()
+        #: Its members as fan-out reads them (the sender holds it: fixed for the
+        #: group's life).
+        self.views: Views[Member] = Views(self.members)
         #: Who streams a message to the group now (see :class:`Floor`).
         self.floor = Floor()
         #: Whether its v1 members were last told its member list (not its size only:
@@ -126,32 +127,17 @@ class Group:
     @property
     def sessions(self) -> tuple[Member, ...]:
         """The members as a tuple, rebuilt only when membership changes (fan-out's view)."""
-        sessions = self._sessions
-        if sessions is None:
-            sessions = self._sessions = tuple(self.members.values())
-        return sessions
+        return self.views.sessions()
 
     @property
     def audiences(self) -> tuple[Audience, ...]:
-        """The members by encoding, rebuilt only when membership changes: fan-out frames
-        each message once per audience."""
-        audiences = self._audiences
-        if audiences is None:
-            by_encoding: dict[Encoding, list[Member]] = {}
-            for member in self._reachable():
-                by_encoding.setdefault(member.encoding, []).append(member)
-            audiences = tuple((enc, tuple(members)) for enc, members in by_encoding.items())
-            self._audiences = audiences
-        return audiences
-
-    def _reachable(self) -> Iterable[Member]:
-        """The members that messages and presence events go to now (all of them here;
-        a distributed group leaves out those still catching up with its history)."""
-        return self.members.values()
+        """The members that messages reach now, by encoding (fan-out's view, see
+        :class:`~.views.Views`)."""
+        return self.views.audiences()
 
     def refresh_views(self) -> None:
         """Membership (or who is reachable) changed: fan-out's views are rebuilt."""
-        self._sessions = self._audiences = None
+        self.views.refresh()
 
     @property
     def size(self) -> int:

@@ -82,6 +82,7 @@ class Sender:
         "_stream_out",
         "_stream_to",
         "_unknown",
+        "_views",
         "blocked",
         "courier",
         "found_here",
@@ -117,11 +118,12 @@ class Sender:
         self.publish_hook = publish_hook
         self.group = group
         # What the hot path reads of the group that is fixed for the group's life: its
-        # floor, its member table (a dict, changed in place) and whether it is
-        # sequenced. (Read here, they are the sender's own attributes: native ones in a
-        # compiled build, where the group's would be looked up by name.)
+        # floor, its member table (a dict, changed in place), its views and whether it
+        # is sequenced. (Read here, they are the sender's own attributes: native ones in
+        # a compiled build, where the group's would be looked up by name.)
         self._floor = group.floor
         self._members = group.members
+        self._views = group.views
         self._sequenced = group.sequenced
         #: Queues this sender's frames in their recipients' mailboxes (a session's one
         #: courier serves all its memberships); the outbox is what goes to the group's
@@ -189,7 +191,7 @@ class Sender:
         counters.messages += 1
         group = self.group
         if message.to is None:
-            audiences = group.audiences
+            audiences = self._views.audiences()
             recipients = len(self._members) - self._in_group
         else:
             addressed = self.addressee(message.to)

@@ -30,8 +30,6 @@ goes back to reading for itself.
 from __future__ import annotations
 
 import select
-from collections.abc import Callable
-from typing import Protocol
 
 import outcome
 import trio
@@ -39,13 +37,17 @@ import trio
 from .reader import READ_FOR_YOURSELF, Handover
 
 
-class Reader(Protocol):
-    """What the poller needs of a session it reads for."""
+class Reader:
+    """What the poller reads for: the session (relay/session.py) is one. (A base class
+    rather than a protocol: in a compiled build the poller calls it natively.)"""
+
+    __slots__ = ()
 
     def readable(self) -> Handover | None:
         """Read the socket once and act on what it held: None when all was done (the
         session stays parked); else what its task wakes up with and goes on from (see
         :class:`~.reader.Handover`)."""
+        raise NotImplementedError
 
 
 class Poller:
@@ -55,8 +57,8 @@ class Poller:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        #: Parked sessions by descriptor: their reads (Reader.readable), and their tasks.
-        self._parked: dict[int, tuple[Callable[[], Handover | None], trio.lowlevel.Task]] = {}
+        #: Parked sessions by descriptor, and their tasks.
+        self._parked: dict[int, tuple[Reader, trio.lowlevel.Task]] = {}
         #: True while :meth:`run` runs: only then may sessions park.
         self.running = False
         #: How often the poller read for a parked session, and how often it handed one
@@ -86,10 +88,10 @@ class Poller:
                     entry = parked.get(fd)
                     if entry is None:  # (handed back meanwhile: a cancellation's abort)
                         continue
-                    readable, task = entry
+                    reader, task = entry
                     self.reads += 1
                     try:
-                        handover = readable()
+                        handover = reader.readable()
                     except Exception as exc:  # (a bug: raised in that session's own task)
                         self._hand_back(fd, task, outcome.Error(exc))
                         continue
@@ -117,7 +119,7 @@ class Poller:
         # Level-triggered, and only while parked: what is already waiting is reported at
         # once, and a socket its own task reads (handed back) never wakes the poller.
         epoll.register(fd, select.EPOLLIN)
-        parked[fd] = (reader.readable, trio.lowlevel.current_task())
+        parked[fd] = (reader, trio.lowlevel.current_task())
 
         def abort(_: object) -> trio.lowlevel.Abort:
             del parked[fd]

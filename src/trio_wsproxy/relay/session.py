@@ -54,7 +54,7 @@ from .mailbox import Mailbox
 from .membership import Membership
 from .memory import BufferBudget
 from .namespaces import PUBLISH_BACKEND
-from .poller import Poller
+from .poller import Poller, Reader
 from .presence import PresenceTracker, event_frame
 from .reader import READ_FOR_YOURSELF, Handover, MemberReader
 from .sender import Sender
@@ -152,7 +152,7 @@ class SessionHost(RelayCore, Protocol):
         namespace (or the relay) has one and it refuses; None: it may join."""
 
 
-class Session:
+class Session(Reader):
     """A connected member. Created when its upgrade request is admitted; :meth:`join`
     comes before the 101 is sent, and :meth:`run` (which owns its tasks) after."""
 

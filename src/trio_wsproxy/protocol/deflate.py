@@ -349,8 +349,9 @@ _DEFLATED: weakref.WeakValueDictionary[tuple[Encoding, int, int], Deflated] = (
 
 def deflated(inner: Encoding, threshold: int, window_bits: int = 15) -> Deflated:
     """The compressed variant of ``inner``: one object per (encoding, threshold,
-    window) while any member uses it, so that a streamed message's compressor is found
-    whichever member's audience names it."""
+    window) while any member uses it, so that its members share one compressor and one
+    record of the senders whose messages do not shrink. (A streamed message's compressor
+    is kept by its head, by encoding: equal variants find it either way.)"""
     key = (inner, threshold, window_bits)
     found = _DEFLATED.get(key)
     if found is None:

@@ -174,13 +174,7 @@ class Mailbox:
             self._send.send_nowait(rest)
             if not written and not count:
                 return
-        # (written(), inline: this runs once per message on the direct path)
-        self.queued -= written + count * FRAME_OVERHEAD
-        if self._room is not None:
-            self._room.set()
-            self._room = None
-        if self.full_since is not None and self.queued <= self.capacity >> 1:
-            self.full_since = None
+        self.written(written, count)
 
     async def wait_room(self, deadline: float) -> bool:
         """Wait until a write frees room or the mailbox closes; False at ``deadline``."""

@@ -56,23 +56,8 @@ async def pair(relay: Relay, group: str = "g") -> tuple[RawClient, RawClient]:
     return a, b
 
 
-async def test_one_to_one_traffic_is_relayed_in_order(relay: Relay) -> None:
-    a, b = await pair(relay)
-    with trio.fail_after(10):
-        for n in range(300):
-            sender, receiver = (a, b) if n % 2 == 0 else (b, a)
-            await sender.send_frame(OP_TEXT, f"m{n}".encode())
-            assert await receiver.recv_message() == (OP_TEXT, f"m{n}".encode())
-    if relay.poller is not None:
-        # Read by the poller, not handed back: the path the latency figures are about.
-        assert relay.poller.reads >= 300
-        assert relay.poller.handovers <= 2
-
-
-async def test_a_ping_among_messages_is_answered_in_order_and_reading_goes_on(
-    relay: Relay,
-) -> None:
-    a, b = await pair(relay)
+async def a_ping_among_messages(a: RawClient, b: RawClient) -> None:
+    """a sends a ping between two messages in one write: a gets its pong, b both."""
     await a.send(
         mask_frame(OP_TEXT, b"one") + mask_frame(OP_PING, b"are you there")
         + mask_frame(OP_BINARY, b"two")
@@ -81,6 +66,37 @@ async def test_a_ping_among_messages_is_answered_in_order_and_reading_goes_on(
         assert await a.recv_frame() == (True, OP_PONG, b"are you there")
         assert await b.recv_message() == (OP_TEXT, b"one")
         assert await b.recv_message() == (OP_BINARY, b"two")
+
+
+async def a_message_in_three_frames(a: RawClient, b: RawClient) -> None:
+    await a.send_frame(OP_TEXT, b"fi", fin=False)
+    await a.send_frame(OP_CONT, b"rst", fin=False)
+    await a.send_frame(OP_CONT, b"!")
+    with trio.fail_after(5):
+        assert await b.recv_message() == (OP_TEXT, b"first!")
+
+
+async def test_one_to_one_traffic_is_relayed_in_order(relay: Relay) -> None:
+    a, b = await pair(relay)
+    with trio.fail_after(10):
+        for n in range(300):
+            sender, receiver = (a, b) if n % 2 == 0 else (b, a)
+            await sender.send_frame(OP_TEXT, f"m{n}".encode())
+            assert await receiver.recv_message() == (OP_TEXT, f"m{n}".encode())
+    if relay.poller is not None:
+        # One conversation: the poller read a window of it, then went solo and handed
+        # both members back to read for themselves (one epoll_wait fewer per message).
+        poller = relay.poller
+        assert poller.solo and poller.solo_spells == 1
+        assert poller.solo_after <= poller.reads < 300
+        assert poller.handovers <= 4
+
+
+async def test_a_ping_among_messages_is_answered_in_order_and_reading_goes_on(
+    relay: Relay,
+) -> None:
+    a, b = await pair(relay)
+    await a_ping_among_messages(a, b)
     handovers = relay.poller.handovers if relay.poller is not None else 0
     assert handovers >= (1 if relay.poller is not None else 0)
     with trio.fail_after(5):
@@ -93,13 +109,10 @@ async def test_a_ping_among_messages_is_answered_in_order_and_reading_goes_on(
 
 async def test_a_message_in_several_frames_then_whole_ones(relay: Relay) -> None:
     a, b = await pair(relay)
-    await a.send_frame(OP_TEXT, b"fi", fin=False)
-    await a.send_frame(OP_CONT, b"rst", fin=False)
-    await a.send_frame(OP_CONT, b"!")
+    await a_message_in_three_frames(a, b)
     for n in range(5):
         await a.send_frame(OP_BINARY, bytes([n]) * 100)
     with trio.fail_after(5):
-        assert await b.recv_message() == (OP_TEXT, b"first!")
         for n in range(5):
             assert await b.recv_message() == (OP_BINARY, bytes([n]) * 100)
 
@@ -197,3 +210,173 @@ async def test_stopping_the_relay_hands_parked_members_back_and_closes_them_1001
             nursery.cancel_scope.cancel()
         for client in clients:
             assert (await client.expect_close())[0] == CloseCode.GOING_AWAY
+
+
+async def ping_pong(x: RawClient, y: RawClient, messages: int) -> None:
+    with trio.fail_after(10):
+        for n in range(messages):
+            sender, receiver = (x, y) if n % 2 == 0 else (y, x)
+            await sender.send_frame(OP_TEXT, b"%d" % n)
+            assert await receiver.recv_message() == (OP_TEXT, b"%d" % n)
+
+
+@pytest.fixture
+async def poller_relay() -> AsyncIterator[Relay]:
+    """A relay with the poller and short windows: 8 wake-ups decide solo, and 30 own
+    reads look again."""
+    async with trio.open_nursery() as nursery:
+        relay = await start(nursery, True)
+        assert relay.poller is not None
+        relay.poller.solo_after, relay.poller.look_again_after = 8, 30
+        yield relay
+        nursery.cancel_scope.cancel()
+
+
+async def solo_pair(relay: Relay) -> tuple[Poller, RawClient, RawClient]:
+    """Two members of group g, whose ping-pong of a window's length (8 messages, the
+    poller reading each) took the poller solo."""
+    poller = relay.poller
+    assert poller is not None
+    a, b = await pair(relay)
+    await ping_pong(a, b, 8)
+    assert poller.solo and poller.solo_spells == 1 and poller.reads == 8
+    return poller, a, b
+
+
+async def test_one_conversation_goes_solo_looks_again_and_stays_solo(
+    poller_relay: Relay,
+) -> None:
+    poller, a, b = await solo_pair(poller_relay)
+    # Solo: the poller handed b back with its read, and a with its next; then the
+    # members read for themselves.
+    await ping_pong(a, b, 20)
+    assert poller.solo and poller.reads == 9 and poller.parked == 0
+    # After 30 own reads it looks again (a window of 8 more of its own reads), and the
+    # conversation is still one: solo again. Every message arrived, in order, throughout.
+    await ping_pong(a, b, 200)
+    assert poller.solo_spells >= 3
+    assert poller.reads < 100
+
+
+async def test_two_conversations_keep_the_poller(poller_relay: Relay) -> None:
+    poller = poller_relay.poller
+    assert poller is not None
+    a1, b1 = await pair(poller_relay, "one")
+    a2, b2 = await pair(poller_relay, "two")
+    for _ in range(10):
+        await ping_pong(a1, b1, 4)
+        await ping_pong(a2, b2, 4)
+    # Each window held four members' sockets: never solo, every message the poller's.
+    assert not poller.solo and poller.solo_spells == 0
+    assert poller.reads == 80
+
+
+async def test_looking_again_with_a_third_member_brings_the_poller_back(
+    poller_relay: Relay,
+) -> None:
+    poller, a, b = await solo_pair(poller_relay)
+    c = await RawClient.open(poller_relay.port, "/ws?id=c&groupName=g")
+    with trio.fail_after(5):
+        await poller_relay.wait_members(3, "g")
+    members = [a, b, c]
+
+    async def round_of(messages: int, text: bytes) -> None:
+        with trio.fail_after(10):
+            for n in range(messages):
+                sender = members[n % 3]
+                await sender.send_frame(OP_TEXT, text + b"%d" % n)
+                for receiver in members:
+                    if receiver is not sender:
+                        assert await receiver.recv_message() == (OP_TEXT, text + b"%d" % n)
+
+    # Solo still: c reads for itself from the start. After 30 own reads the poller
+    # looks again and sees three members: not solo since, and it reads every message.
+    await round_of(90, b"")
+    assert not poller.solo and poller.solo_spells == 1
+    reads = poller.reads
+    await round_of(30, b"again ")
+    assert poller.reads == reads + 30 and not poller.solo
+
+
+async def test_idle_members_stay_parked_while_solo(poller_relay: Relay) -> None:
+    poller = poller_relay.poller
+    assert poller is not None
+    clients = [
+        await RawClient.open(poller_relay.port, f"/ws?id=m{n}&groupName=g") for n in range(4)
+    ]
+    with trio.fail_after(5):
+        await poller_relay.wait_members(4, "g")
+
+    async def everyone_hears(sender: RawClient, text: bytes) -> None:
+        await sender.send_frame(OP_TEXT, text)
+        with trio.fail_after(5):
+            for client in clients:
+                if client is not sender:
+                    assert await client.recv_message() == (OP_TEXT, text)
+
+    for sender in clients:
+        await everyone_hears(sender, b"hello")
+    assert poller.parked == 4 and not poller.solo
+    a, b, c, _ = clients
+    # The first window holds the four hellos; the second, a and b alone: solo.
+    for n in range(12):
+        await everyone_hears(a if n % 2 == 0 else b, b"%d" % n)
+    assert poller.solo
+    # Both went back to their own tasks (the window's last read handed b back, a's next
+    # message a), and c and d did not.
+    await everyone_hears(a, b"a again")
+    await everyone_hears(b, b"b again")
+    assert poller.parked == 2
+    # An idle member's message is read by the poller, which hands it back too.
+    reads = poller.reads
+    await everyone_hears(c, b"c speaks")
+    assert poller.reads == reads + 1 and poller.parked == 1
+
+
+async def test_a_solo_member_still_answers_pings_and_hands_over_what_waits(
+    poller_relay: Relay,
+) -> None:
+    poller, a, b = await solo_pair(poller_relay)
+    await ping_pong(a, b, 2)
+    assert poller.solo and poller.parked == 0
+    # Solo, a's own task reads: a ping among messages, a message in several frames, a
+    # close; each goes on as without the poller.
+    await a_ping_among_messages(a, b)
+    await a_message_in_three_frames(a, b)
+    await ping_pong(a, b, 6)
+    await a.send(mask_frame(OP_TEXT, b"bye") + mask_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+    with trio.fail_after(5):
+        assert await b.recv_message() == (OP_TEXT, b"bye")
+        assert await a.expect_close() == (CloseCode.NORMAL, "")
+        await poller_relay.wait_members(1, "g")
+
+
+def test_the_window_goes_solo_only_on_one_socket_of_at_most_two_members() -> None:
+    def solo_after(wakes: list[list[tuple[int, int]]]) -> bool:
+        poller = Poller()
+        poller.solo_after = len(wakes)
+        for ready in wakes:
+            poller._watch(ready)
+        return poller.solo
+
+    assert solo_after([[(5, 1)], [(6, 1)]] * 4)
+    assert solo_after([[(5, 1)]] * 8)
+    assert not solo_after([[(5, 1)], [(6, 1)], [(7, 1)], [(5, 1)]])  # a third member
+    assert not solo_after([[(5, 1)], [(5, 1), (6, 1)], [(6, 1)], [(5, 1)]])  # two at once
+    assert not solo_after([[(5, 1)], [], [(6, 1)], [(5, 1)]])  # (nothing ready: not one)
+    # A window that did not go solo is forgotten: the next one decides afresh.
+    poller = Poller()
+    poller.solo_after = 2
+    for ready in [[(5, 1)], [(6, 1), (7, 1)], [(5, 1)], [(6, 1)]]:
+        poller._watch(ready)
+    assert poller.solo and poller.solo_spells == 1
+
+
+def test_while_solo_members_read_for_themselves_until_it_looks_again() -> None:
+    poller = Poller()
+    assert poller.admits()  # (not solo: members park)
+    poller.solo_after, poller.look_again_after = 1, 3
+    poller._watch([(5, 1)])
+    assert poller.solo
+    assert [poller.admits() for _ in range(4)] == [False, False, True, True]
+    assert not poller.solo

@@ -21,6 +21,16 @@ message in several frames, a burst — goes back to the member's receiver task, 
 takes it from there and parks again once all is usual again. Its socket leaves the
 set meanwhile, so that the poller never wakes for a socket it does not read.
 
+One message in flight is the exception (a two-player game, a chat with one speaker):
+there every wake-up finds one socket ready, nothing is shared, and waiting for the set
+and then asking it costs an ``epoll_wait`` more per message than a task waiting for its
+own socket. When a whole window of wake-ups (:attr:`Poller.solo_after`) found one socket
+each, of at most two members, the poller goes *solo*: it hands each member it reads for
+back to its own task, and members read for themselves instead of parking. After
+:attr:`Poller.look_again_after` such reads, relay-wide, it looks again: members park,
+and a window with more than one socket ready at once (or more than two members) keeps
+them there. Members parked and idle meanwhile stay parked.
+
 Everything stays Trio's: the poller is one task in the relay's nursery, driven by
 Trio's own scheduler; its epoll set is just another descriptor Trio waits on. It does
 nothing without a readable socket (no busy loop), and when it stops, every parked task
@@ -30,11 +40,18 @@ goes back to reading for itself.
 from __future__ import annotations
 
 import select
+from typing import Final
 
 import outcome
 import trio
 
 from .reader import READ_FOR_YOURSELF, Handover
+
+#: Wake-ups in a row, each finding one socket of at most two members ready, after which
+#: the poller goes solo (members read for themselves).
+SOLO_AFTER: Final = 64
+#: Members' own reads while solo, relay-wide, after which the poller looks again.
+LOOK_AGAIN_AFTER: Final = 4096
 
 
 class Reader:
@@ -53,7 +70,22 @@ class Reader:
 class Poller:
     """One task that reads for every parked session; :meth:`run` is a relay task."""
 
-    __slots__ = ("_epoll", "_parked", "handovers", "reads", "running")
+    __slots__ = (
+        "_epoll",
+        "_first",
+        "_own_reads",
+        "_parked",
+        "_second",
+        "_several",
+        "_wakes",
+        "handovers",
+        "look_again_after",
+        "reads",
+        "running",
+        "solo",
+        "solo_after",
+        "solo_spells",
+    )
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
@@ -65,6 +97,21 @@ class Poller:
         #: back to its own task.
         self.reads = 0
         self.handovers = 0
+        #: True while solo: members read for themselves (see the module's docstring).
+        self.solo = False
+        #: How many times the poller went solo.
+        self.solo_spells = 0
+        #: The window of wake-ups that decides going solo, and the members' own reads
+        #: after which the poller looks again (settable: tests use short ones).
+        self.solo_after = SOLO_AFTER
+        self.look_again_after = LOOK_AGAIN_AFTER
+        # The window: its wake-ups so far, the (at most two) sockets found ready, and
+        # whether a wake-up found more than one (or a third member's).
+        self._wakes = 0
+        self._first = -1
+        self._second = -1
+        self._several = False
+        self._own_reads = 0
 
     @property
     def parked(self) -> int:
@@ -84,7 +131,10 @@ class Poller:
         try:
             while True:
                 await wait_readable(fileno)
-                for fd, _ in poll(0):
+                ready = poll(0)
+                if not self.solo:
+                    self._watch(ready)
+                for fd, _ in ready:
                     entry = parked.get(fd)
                     if entry is None:  # (handed back meanwhile: a cancellation's abort)
                         continue
@@ -95,6 +145,8 @@ class Poller:
                     except Exception as exc:  # (a bug: raised in that session's own task)
                         self._hand_back(fd, task, outcome.Error(exc))
                         continue
+                    if handover is None and self.solo:
+                        handover = READ_FOR_YOURSELF
                     if handover is not None:
                         self._hand_back(fd, task, outcome.Value(handover))
         finally:
@@ -103,6 +155,40 @@ class Poller:
                 trio.lowlevel.reschedule(task, outcome.Value(READ_FOR_YOURSELF))
             parked.clear()
             epoll.close()
+
+    def _watch(self, ready: list[tuple[int, int]]) -> None:
+        """Count a wake-up into the window; at its end, go solo if every one of its
+        wake-ups found one socket ready, of at most two members."""
+        if not self._several:
+            if len(ready) != 1:
+                self._several = True
+            else:
+                fd = ready[0][0]
+                if fd != self._first and fd != self._second:
+                    if self._first < 0:
+                        self._first = fd
+                    elif self._second < 0:
+                        self._second = fd
+                    else:
+                        self._several = True
+        self._wakes += 1
+        if self._wakes >= self.solo_after:
+            if not self._several:
+                self.solo = True
+                self.solo_spells += 1
+                self._own_reads = 0
+            self._wakes, self._first, self._second, self._several = 0, -1, -1, False
+
+    def admits(self) -> bool:
+        """Whether a member with nothing unusual going on parks now; False while solo
+        (it reads for itself once), until :attr:`look_again_after` such reads."""
+        if not self.solo:
+            return True
+        self._own_reads += 1
+        if self._own_reads < self.look_again_after:
+            return False
+        self.solo = False  # (look again: members park, a fresh window decides)
+        return True
 
     def _hand_back(
         self, fd: int, task: trio.lowlevel.Task, result: outcome.Outcome[object]

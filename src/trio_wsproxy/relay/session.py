@@ -739,7 +739,10 @@ class Session(Reader):
                 data = unusual
             elif poller is not None and poller.running and self._usual():
                 assert fd is not None
-                handover = await poller.park(self, fd)
+                if poller.admits():
+                    handover = await poller.park(self, fd)
+                else:
+                    handover = await self._read_solo(poller, fd)
                 if handover.error is not None:
                     events, failure = handover.events, handover.error
                     continue
@@ -763,6 +766,21 @@ class Session(Reader):
             and self.piece_due is None
             and self._reader.usual
         )
+
+    async def _read_solo(self, poller: Poller, fd: int) -> Handover:
+        """While the poller is solo (see poller.py): wait for this member's own socket and
+        read it as the poller would have, here, for as long as all stays usual; what
+        the task goes on with, as from the poller."""
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            except trio.ClosedResourceError:
+                return Handover(data=b"")
+            handover = self.readable()
+            if handover is not None:
+                return handover
+            if not poller.running or poller.admits():
+                return READ_FOR_YOURSELF  # (the poller stopped, or looks again: park)
 
     def readable(self) -> Handover | None:
         """The poller's read for this parked member (see poller.py): read once, and

@@ -9,7 +9,8 @@ For each relay, on a fresh process each time: round trips/s and p50 (``--rounds`
 medians), and per relayed message (two per round trip) the relay's user and kernel CPU
 (from /proc); with ``--strace``, its system calls (``strace -c`` attached for one run);
 with ``--callgrind``, the instructions it executes (valgrind's callgrind, counting only
-while the load runs: repeatable whatever else the machine does); with ``--opcodes``, for
+while the load runs: repeatable whatever else the machine does; ``--cache-sim`` adds its
+simulated cache misses per message); with ``--opcodes``, for
 a Python relay started with this interpreter, the bytecode instructions by package
 (benchmarks/opcodes.py): which part is Trio's loop and which the relay's own code.
 
@@ -116,8 +117,12 @@ def syscalls(command: str, env: dict[str, str] | None) -> dict[str, float]:
     return {name: round(n, 2) for name, n in calls.items() if n >= 0.05}
 
 
-def instructions(command: str, env: dict[str, str] | None) -> float:
-    """Instructions executed per relayed message (callgrind, counting during the load)."""
+def instructions(
+    command: str, env: dict[str, str] | None, cache_sim: bool = False
+) -> dict[str, float]:
+    """Instructions executed per relayed message (callgrind, counting during the load);
+    with ``cache_sim``, also callgrind's simulated cache misses per message (first-level
+    instruction and data, and last-level), by its event names."""
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -125,6 +130,7 @@ def instructions(command: str, env: dict[str, str] | None) -> float:
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
+            *(["--cache-sim=yes"] if cache_sim else []),
             f"--callgrind-out-file={out}",
             *shlex.split(command.format(port=port)),
         ]
@@ -133,16 +139,22 @@ def instructions(command: str, env: dict[str, str] | None) -> float:
                 ["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True
             )
             result = pingpong(port, seconds=10)
-            for command in ("-i", "off"), ("-d",):  # (stop counting, write the counts)
+            for control in ("-i", "off"), ("-d",):  # (stop counting, write the counts)
                 subprocess.run(
-                    ["callgrind_control", *command, str(pid)], check=True, capture_output=True
+                    ["callgrind_control", *control, str(pid)], check=True, capture_output=True
                 )
-        total = 0
+        totals: dict[str, int] = {}
         for dump in Path(tmp).glob("callgrind.out*"):
-            match = re.search(r"^totals: (\d+)", dump.read_text(), re.MULTILINE)
-            if match:
-                total += int(match.group(1))
-    return total / result["messages"]
+            text = dump.read_text()
+            events = re.search(r"^events: (.+)$", text, re.MULTILINE)
+            counts = re.search(r"^totals: (.+)$", text, re.MULTILINE)
+            if events and counts:
+                # (callgrind leaves out trailing zeros: fewer counts than events)
+                names, values = events.group(1).split(), counts.group(1).split()
+                for name, count in zip(names, values, strict=False):
+                    totals[name] = totals.get(name, 0) + int(count)
+    n = result["messages"]
+    return {name: round(count / n, 1) for name, count in totals.items()}
 
 
 def opcodes(command: str, env: dict[str, str] | None) -> dict[str, float]:
@@ -191,6 +203,11 @@ def main() -> None:
     parser.add_argument("--strace", action="store_true")
     parser.add_argument("--callgrind", action="store_true")
     parser.add_argument("--opcodes", action="store_true")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="--callgrind with its cache simulation: misses per message (I1mr, D1mr, ...)",
+    )
     args = parser.parse_args()
     # name: (command, environment or None for this one's)
     relays: dict[str, tuple[str, dict[str, str] | None]] = {"trio_wsproxy": (TRIO_WSPROXY, None)}
@@ -214,8 +231,11 @@ def main() -> None:
                 row[key] = round(statistics.median(run[key] for run in runs[name]), 1)
             if args.strace and shutil.which("strace"):
                 row["syscalls_per_message"] = syscalls(command, env)
-            if args.callgrind and shutil.which("valgrind"):
-                row["instructions_per_message"] = round(instructions(command, env))
+            if (args.callgrind or args.cache_sim) and shutil.which("valgrind"):
+                counted = instructions(command, env, cache_sim=args.cache_sim)
+                row["instructions_per_message"] = round(counted.pop("Ir", 0))
+                if counted:
+                    row["cache_events_per_message"] = counted
             if args.opcodes and shlex.split(command)[0] == sys.executable:
                 row["opcodes_per_message"] = opcodes(command, env)
             print(json.dumps(row), flush=True)

@@ -380,3 +380,17 @@ def test_while_solo_members_read_for_themselves_until_it_looks_again() -> None:
     assert poller.solo
     assert [poller.admits() for _ in range(4)] == [False, False, True, True]
     assert not poller.solo
+
+
+async def test_stopping_the_relay_while_solo_closes_the_members_1001() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            relay = await start(nursery, True, close_timeout=0.5)
+            assert relay.poller is not None
+            relay.poller.solo_after = 8
+            poller, a, b = await solo_pair(relay)
+            await ping_pong(a, b, 2)
+            assert poller.parked == 0  # (both wait for their own sockets)
+            nursery.cancel_scope.cancel()
+        for client in (a, b):
+            assert (await client.expect_close())[0] == CloseCode.GOING_AWAY

@@ -251,7 +251,7 @@ async def test_one_conversation_goes_solo_looks_again_and_stays_solo(
     # members read for themselves.
     await ping_pong(a, b, 20)
     assert poller.solo and poller.reads == 9 and poller.parked == 0
-    # After 30 own reads it looks again (a window of 8 more of its own reads), and the
+    # After 30 own reads it looks again (a window of 8 reads of the poller's), and the
     # conversation is still one: solo again. Every message arrived, in order, throughout.
     await ping_pong(a, b, 200)
     assert poller.solo_spells >= 3
@@ -339,11 +339,13 @@ async def test_a_solo_member_still_answers_pings_and_hands_over_what_waits(
     poller, a, b = await solo_pair(poller_relay)
     await ping_pong(a, b, 2)
     assert poller.solo and poller.parked == 0
+    reads = poller.reads
     # Solo, a's own task reads: a ping among messages, a message in several frames, a
     # close; each goes on as without the poller.
     await a_ping_among_messages(a, b)
     await a_message_in_three_frames(a, b)
     await ping_pong(a, b, 6)
+    assert poller.solo and poller.reads == reads  # (none of it read by the poller)
     await a.send(mask_frame(OP_TEXT, b"bye") + mask_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
     with trio.fail_after(5):
         assert await b.recv_message() == (OP_TEXT, b"bye")

@@ -24,12 +24,12 @@ set meanwhile, so that the poller never wakes for a socket it does not read.
 One message in flight is the exception (a two-player game, a chat with one speaker):
 there every wake-up finds one socket ready, nothing is shared, and waiting for the set
 and then asking it costs an ``epoll_wait`` more per message than a task waiting for its
-own socket. When a whole window of wake-ups (:attr:`Poller.solo_after`) found one socket
-each, of at most two members, the poller goes *solo*: it hands each member it reads for
-back to its own task, and members read for themselves instead of parking. After
-:attr:`Poller.look_again_after` such reads, relay-wide, it looks again: members park,
-and a window with more than one socket ready at once (or more than two members) keeps
-them there. Members parked and idle meanwhile stay parked.
+own socket. When every wake-up of a window (:attr:`Poller.solo_after` of them) found one
+socket ready, of at most two members, the poller goes *solo*: it hands each member it
+reads for back to its own task, and members read for themselves instead of parking.
+After :attr:`Poller.look_again_after` such reads, relay-wide, it looks again: members
+park as they next read, and a window with more than one socket ready at once (or more
+than two members) keeps them there. Members parked and idle meanwhile stay parked.
 
 Everything stays Trio's: the poller is one task in the relay's nursery, driven by
 Trio's own scheduler; its epoll set is just another descriptor Trio waits on. It does
@@ -47,8 +47,8 @@ import trio
 
 from .reader import READ_FOR_YOURSELF, Handover
 
-#: Wake-ups in a row, each finding one socket of at most two members ready, after which
-#: the poller goes solo (members read for themselves).
+#: The window of wake-ups: when each of them found one socket ready, of at most two
+#: members, the poller goes solo (members read for themselves).
 SOLO_AFTER: Final = 64
 #: Members' own reads while solo, relay-wide, after which the poller looks again.
 LOOK_AGAIN_AFTER: Final = 4096
@@ -180,8 +180,9 @@ class Poller:
             self._wakes, self._first, self._second, self._several = 0, -1, -1, False
 
     def admits(self) -> bool:
-        """Whether a member with nothing unusual going on parks now; False while solo
-        (it reads for itself once), until :attr:`look_again_after` such reads."""
+        """Whether a member with nothing unusual going on parks now: False while solo (it
+        waits for its own socket and reads it), each call counted as one such read,
+        until :attr:`look_again_after` of them."""
         if not self.solo:
             return True
         self._own_reads += 1

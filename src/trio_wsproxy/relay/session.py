@@ -779,8 +779,8 @@ class Session(Reader):
             handover = self.readable()
             if handover is not None:
                 return handover
-            if not poller.running or poller.admits():
-                return READ_FOR_YOURSELF  # (the poller stopped, or looks again: park)
+            if poller.admits():
+                return READ_FOR_YOURSELF  # (the poller looks again: park)
 
     def readable(self) -> Handover | None:
         """The poller's read for this parked member (see poller.py): read once, and

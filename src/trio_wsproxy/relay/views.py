@@ -32,8 +32,8 @@ class Views(Generic[M]):
     def __init__(self, members: dict[str, M]) -> None:
         self._members = members
         #: Members that messages and presence events do not reach yet: a distributed
-        #: group's members catching up with its history (backplane/group.py). None in
-        #: one process.
+        #: group's members catching up with its history (backplane/group.py); empty
+        #: in one process.
         self.held_back: Collection[M] = ()
         # (None: built when next read.)
         self._sessions: tuple[M, ...] | None = None
